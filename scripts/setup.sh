@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything wasmcell's build, tests and benchmarks need on a fresh Debian 12 machine.
+#
+# Idempotent: each step checks before it acts, so the test command can call it every time.
+# containerd 1.7 comes from Debian trixie, downloaded with a private apt state (the
+# machine's own sources are not touched) and extracted with `dpkg -x` into $WASMCELL_TOOLS.
+set -euo pipefail
+
+tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
+apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static)
+trixie_pkgs=(containerd)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_apt=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+for target in wasm32-wasip1 wasm32-wasip2; do
+  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+done
+
+if [ ! -x "$tools/usr/bin/containerd" ]; then
+  log "fetching ${trixie_pkgs[*]} from Debian trixie into $tools"
+  apt_dir="$tools/apt"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$tools/debs"
+  cat > "$apt_dir/sources.list" <<LIST
+deb http://deb.debian.org/debian trixie main
+LIST
+  apt_opts=(
+    -o "Dir::Etc::SourceList=$apt_dir/sources.list"
+    -o "Dir::Etc::SourceParts=-"
+    -o "Dir::State::Lists=$apt_dir/lists"
+    -o "Dir::Cache=$apt_dir/cache"
+    -o "Debug::NoLocking=1"
+    -o "APT::Sandbox::User=root"
+  )
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$tools/debs" && apt-get "${apt_opts[@]}" download "${trixie_pkgs[@]}")
+  for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools"; done
+fi
+log "containerd: $("$tools/usr/bin/containerd" --version)"
+log "runc: $(runc --version | head -1)"
