@@ -1,0 +1,129 @@
+//! The content-addressed cache of precompiled artifacts.
+//!
+//! Layout: `<dir>/wasmtime-<engine fingerprint>/<sha256 of the wasm>.cwasm`. The fingerprint covers
+//! the wasmtime version and every setting that changes generated code, so a different build or
+//! configuration gets its own directory and never loads a foreign artifact. Artifacts are
+//! written to a temporary file and renamed into place, so concurrent writers (two shims
+//! preparing the same image) each produce a whole file and the last rename wins; readers never
+//! see a partial one. Artifacts are loaded with `deserialize_file`, which maps the file, so every
+//! process using a module shares its code pages.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmcell_oci::WasmKind;
+use wasmtime::component::Component;
+
+use crate::error::Error;
+
+/// A compiled binary, either kind.
+#[derive(Clone)]
+pub(crate) enum Artifact {
+    Module(wasmtime::Module),
+    Component(Component),
+}
+
+/// The compile cache directory, shared by the shims and the CLI.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// A cache rooted at `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> CompileCache {
+        CompileCache { dir: dir.into() }
+    }
+
+    /// The default location: `$WASMCELL_CACHE_DIR`, else `/var/lib/wasmcell/cache` for root,
+    /// else `$XDG_CACHE_HOME/wasmcell` or `~/.cache/wasmcell`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("WASMCELL_CACHE_DIR") {
+            return dir.into();
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return "/var/lib/wasmcell/cache".into();
+        }
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("wasmcell")
+    }
+
+    /// The directory holding this engine's artifacts.
+    fn engine_dir(&self, engine: &wasmtime::Engine) -> PathBuf {
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        // The hash covers the wasmtime version as well as the code-generation settings.
+        self.dir.join(format!("wasmtime-{:016x}", hasher.finish()))
+    }
+
+    /// Returns the compiled form of `bytes`, from the cache when present, compiling and storing
+    /// it otherwise. An entry that fails to load (truncated, corrupted header, foreign version)
+    /// is discarded and rebuilt.
+    pub(crate) fn load(
+        &self,
+        engine: &wasmtime::Engine,
+        kind: WasmKind,
+        bytes: &[u8],
+        path: &str,
+    ) -> Result<Artifact, Error> {
+        let dir = self.engine_dir(engine);
+        let entry = dir.join(format!("{}.cwasm", hex::encode(Sha256::digest(bytes))));
+        if entry.exists() {
+            match deserialize(engine, kind, &entry) {
+                Ok(artifact) => {
+                    tracing::debug!(entry = %entry.display(), "compile cache hit");
+                    return Ok(artifact);
+                }
+                Err(error) => {
+                    tracing::warn!(entry = %entry.display(), "discarding unusable cache entry: {error:#}");
+                    let _ = std::fs::remove_file(&entry);
+                }
+            }
+        }
+        tracing::debug!(entry = %entry.display(), "compile cache miss: compiling {path}");
+        let compiled = match kind {
+            WasmKind::Module => engine.precompile_module(bytes),
+            WasmKind::Component => engine.precompile_component(bytes),
+        }
+        .map_err(|source| Error::Compile {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cache_err = |source| Error::Cache {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(cache_err)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(cache_err)?;
+        std::io::Write::write_all(&mut tmp, &compiled).map_err(cache_err)?;
+        tmp.persist(&entry).map_err(|e| cache_err(e.error))?;
+        deserialize(engine, kind, &entry).map_err(|source| Error::Compile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn deserialize(
+    engine: &wasmtime::Engine,
+    kind: WasmKind,
+    entry: &Path,
+) -> wasmtime::Result<Artifact> {
+    // SAFETY: `deserialize_file` trusts the file to be a wasmtime artifact. Entries in this cache
+    // are only ever created by `precompile_*` of this same engine configuration (the directory is
+    // keyed by its fingerprint) and renamed into place whole; wasmtime still checks the header,
+    // version and configuration, and anything it rejects is discarded by the caller.
+    Ok(match kind {
+        WasmKind::Module => {
+            Artifact::Module(unsafe { wasmtime::Module::deserialize_file(engine, entry)? })
+        }
+        WasmKind::Component => {
+            Artifact::Component(unsafe { Component::deserialize_file(engine, entry)? })
+        }
+    })
+}

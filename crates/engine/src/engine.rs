@@ -1,0 +1,340 @@
+//! The wasmtime engine, its WASI linkers, and the two steps of running a workload:
+//! [`Engine::prepare`] (everything that is not per instance) and [`Prepared::run`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use wasmcell_oci::FileKind;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ExternType, InstancePre, Linker, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::cache::{Artifact, CompileCache};
+use crate::error::Error;
+use crate::stdio;
+use crate::workload::{Access, ModuleSource, WorkloadSpec};
+
+/// How often running guests reach an epoch check, where they yield to the async runtime and
+/// can be cancelled. Bounds how long a CPU-bound guest delays a kill.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
+/// and what `wasmtime run` exits with on a trap.
+const TRAP_STATUS: u32 = 134;
+
+/// The store state of a core module (WASI preview 1).
+struct ModuleState {
+    wasi: WasiP1Ctx,
+}
+
+/// The store state of a component (WASI preview 2).
+struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// One per process: the wasmtime engine, the compile cache, and a linker per binary kind.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    cache: CompileCache,
+    modules: Linker<ModuleState>,
+    components: wasmtime::component::Linker<ComponentState>,
+}
+
+impl Engine {
+    /// Creates the engine and starts its epoch ticker thread (which ends with the engine).
+    pub fn new(cache: CompileCache) -> Result<Engine, Error> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
+
+        let mut modules = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |state: &mut ModuleState| {
+            &mut state.wasi
+        })
+        .map_err(Error::Engine)?;
+        let mut components = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(Error::Engine)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasmcell-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| Error::Engine(e.into()))?;
+
+        Ok(Engine {
+            engine,
+            cache,
+            modules,
+            components,
+        })
+    }
+
+    /// Does everything for `spec` that is not per instance: reads the binary (inside the rootfs,
+    /// where it cannot escape it), compiles it through the cache, checks the entry function and
+    /// links it. Blocking: compiling can take seconds on a cache miss.
+    pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
+        let path = match &spec.module {
+            ModuleSource::File(file) => file.display().to_string(),
+            ModuleSource::Rootfs { path, .. } => path.clone(),
+        };
+        let bytes = read_module(&spec)?;
+        let kind = match FileKind::detect(&bytes) {
+            FileKind::Wasm(kind) => kind,
+            other => return Err(Error::NotWasm { path, kind: other }),
+        };
+        let entry_err = |function: &str, reason: String| Error::EntryFunction {
+            path: path.clone(),
+            function: function.to_owned(),
+            reason,
+        };
+        let entry = match self.cache.load(&self.engine, kind, &bytes, &path)? {
+            Artifact::Module(module) => {
+                let function = spec.function.clone().unwrap_or_else(|| "_start".to_owned());
+                match module.get_export(&function) {
+                    Some(ExternType::Func(ty))
+                        if ty.params().len() == 0 && ty.results().len() == 0 => {}
+                    Some(ExternType::Func(ty)) => {
+                        return Err(entry_err(
+                            &function,
+                            format!(
+                                "its type is {ty}; an entry function takes no parameters and returns nothing"
+                            ),
+                        ));
+                    }
+                    _ if spec.function.is_none() => {
+                        return Err(entry_err(
+                            &function,
+                            format!(
+                                "the module has no `_start` (it is a library module); name the export to run as `{path}#FUNCTION`{}",
+                                exported_functions(&module)
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(entry_err(
+                            &function,
+                            format!(
+                                "the module exports no such function{}",
+                                exported_functions(&module)
+                            ),
+                        ));
+                    }
+                }
+                let pre = self
+                    .modules
+                    .instantiate_pre(&module)
+                    .map_err(|source| Error::Link {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Entry::Module { pre, function }
+            }
+            Artifact::Component(component) => {
+                if let Some(function) = &spec.function {
+                    return Err(entry_err(function, "a component runs `wasi:cli/run`; `#function` entrypoints apply to core modules only".to_owned()));
+                }
+                let pre = self
+                    .components
+                    .instantiate_pre(&component)
+                    .and_then(CommandPre::new)
+                    .map_err(|source| Error::Link {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Entry::Component(pre)
+            }
+        };
+        tracing::debug!(%path, %kind, "prepared");
+        Ok(Prepared {
+            engine: self.engine.clone(),
+            entry,
+            spec,
+        })
+    }
+}
+
+fn exported_functions(module: &wasmtime::Module) -> String {
+    let names: Vec<_> = module
+        .exports()
+        .filter(|e| matches!(e.ty(), ExternType::Func(_)))
+        .map(|e| format!("`{}`", e.name()))
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (it exports {})", names.join(", "))
+    }
+}
+
+/// Reads the binary the spec names. Inside a rootfs the path is resolved with the same
+/// capability rules the guest's own opens follow: no `..` above the root, no absolute symlinks.
+fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
+    match &spec.module {
+        ModuleSource::File(file) => std::fs::read(file).map_err(|source| Error::ReadEntrypoint {
+            path: file.display().to_string(),
+            root: None,
+            source,
+        }),
+        ModuleSource::Rootfs { root, path } => {
+            let err = |source| Error::ReadEntrypoint {
+                path: path.clone(),
+                root: Some(root.clone()),
+                source,
+            };
+            let relative = if path.starts_with('/') {
+                Path::new(path.trim_start_matches('/')).to_owned()
+            } else {
+                Path::new(spec.cwd.trim_start_matches('/')).join(path)
+            };
+            Dir::open_ambient_dir(root, ambient_authority())
+                .and_then(|dir| dir.read(&relative))
+                .map_err(err)
+        }
+    }
+}
+
+enum Entry {
+    Module {
+        pre: InstancePre<ModuleState>,
+        function: String,
+    },
+    Component(CommandPre<ComponentState>),
+}
+
+/// A workload ready to run: compiled, linked and pre-instantiated. Each [`Prepared::run`] is a
+/// fresh instance.
+pub struct Prepared {
+    engine: wasmtime::Engine,
+    entry: Entry,
+    spec: WorkloadSpec,
+}
+
+/// How a guest run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest returned or exited with this code.
+    Code(i32),
+    /// The guest trapped; the message (with its wasm backtrace) was also written to its stderr.
+    Trapped(String),
+}
+
+impl Exit {
+    /// The process exit status this corresponds to: the code's low 8 bits as on Linux, or 134 for a
+    /// trap.
+    pub fn status(&self) -> u32 {
+        match self {
+            Exit::Code(code) => (*code as u32) & 0xff,
+            Exit::Trapped(_) => TRAP_STATUS,
+        }
+    }
+
+    fn of(result: wasmtime::Result<()>) -> Exit {
+        match result {
+            Ok(()) => Exit::Code(0),
+            Err(error) => match error.downcast_ref::<I32Exit>() {
+                Some(I32Exit(code)) => Exit::Code(*code),
+                None => Exit::Trapped(format!("guest trapped: {error:?}")),
+            },
+        }
+    }
+}
+
+impl Prepared {
+    /// The spec this was prepared from.
+    pub fn spec(&self) -> &WorkloadSpec {
+        &self.spec
+    }
+
+    /// Runs one fresh instance to completion. Dropping the returned future stops the guest at its
+    /// next epoch tick or host call.
+    pub async fn run(&self) -> Result<Exit, Error> {
+        let spec = &self.spec;
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
+        for preopen in &spec.preopens {
+            let perms = match preopen.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&preopen.host, &preopen.guest, perms)
+                .map_err(|source| Error::Preopen {
+                    host: preopen.host.clone(),
+                    guest: preopen.guest.clone(),
+                    source,
+                })?;
+        }
+        stdio::attach(&mut wasi, &spec.stdio).await?;
+
+        let exit = match &self.entry {
+            Entry::Module { pre, function } => {
+                let mut store = Store::new(
+                    &self.engine,
+                    ModuleState {
+                        wasi: wasi.build_p1(),
+                    },
+                );
+                store.epoch_deadline_async_yield_and_update(1);
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(Error::Instantiate)?;
+                let init = match instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                    Ok(init) if function != "_start" => init.call_async(&mut store, ()).await,
+                    _ => Ok(()),
+                };
+                let result = match init {
+                    Ok(()) => {
+                        instance
+                            .get_typed_func::<(), ()>(&mut store, function)
+                            .map_err(Error::Instantiate)?
+                            .call_async(&mut store, ())
+                            .await
+                    }
+                    Err(error) => Err(error),
+                };
+                Exit::of(result)
+            }
+            Entry::Component(pre) => {
+                let state = ComponentState {
+                    wasi: wasi.build(),
+                    table: ResourceTable::new(),
+                };
+                let mut store = Store::new(&self.engine, state);
+                store.epoch_deadline_async_yield_and_update(1);
+                let command = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(Error::Instantiate)?;
+                match command.wasi_cli_run().call_run(&mut store).await {
+                    Ok(Ok(())) => Exit::Code(0),
+                    Ok(Err(())) => Exit::Code(1),
+                    Err(error) => Exit::of(Err(error)),
+                }
+            }
+        };
+        if let Exit::Trapped(message) = &exit {
+            stdio::report(&spec.stdio.stderr, message).await;
+        }
+        Ok(exit)
+    }
+}

@@ -1,0 +1,109 @@
+//! Errors preparing or running a workload. Each names the object that failed; causes hang
+//! below as sources.
+
+use std::path::PathBuf;
+
+use wasmcell_oci::FileKind;
+
+/// Why a workload could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The workload names no program.
+    #[error(
+        "no entrypoint: the process args are empty; set the image's Entrypoint or give a command"
+    )]
+    NoEntrypoint,
+    /// The entrypoint file is missing or unreadable (or would escape the rootfs).
+    #[error("cannot read the entrypoint `{path}`{}", in_root(root))]
+    ReadEntrypoint {
+        /// The path as written in the spec.
+        path: String,
+        /// The rootfs it was resolved in, if any.
+        root: Option<PathBuf>,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The entrypoint is not a Wasm binary.
+    #[error("the entrypoint `{path}` is {kind}")]
+    NotWasm {
+        /// The path as written in the spec.
+        path: String,
+        /// What it is instead.
+        kind: FileKind,
+    },
+    /// The binary failed validation or compilation.
+    #[error("the entrypoint `{path}` is not a valid Wasm binary")]
+    Compile {
+        /// The path as written in the spec.
+        path: String,
+        /// The cause.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// The binary imports something the host does not provide.
+    #[error(
+        "the entrypoint `{path}` cannot be linked (it imports something wasmcell does not provide)"
+    )]
+    Link {
+        /// The path as written in the spec.
+        path: String,
+        /// The cause.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// The `#function` entry does not exist or has the wrong type.
+    #[error("the entrypoint `{path}` has no usable function `{function}`: {reason}")]
+    EntryFunction {
+        /// The path as written in the spec.
+        path: String,
+        /// The function named.
+        function: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The compile cache could not be used.
+    #[error("compile cache {}", dir.display())]
+    Cache {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A preopened directory could not be opened.
+    #[error("cannot give the guest {} at `{guest}`", host.display())]
+    Preopen {
+        /// The host directory.
+        host: PathBuf,
+        /// Where the guest would see it.
+        guest: String,
+        /// The cause.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// A standard stream could not be opened.
+    #[error("cannot open the guest's {stream} at {}", path.display())]
+    Stdio {
+        /// `stdin`, `stdout` or `stderr`.
+        stream: &'static str,
+        /// The FIFO or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Instantiation failed (e.g. a start function trapped, or resources ran out).
+    #[error("cannot instantiate the guest")]
+    Instantiate(#[source] wasmtime::Error),
+    /// The engine could not be created.
+    #[error("cannot create the Wasm engine")]
+    Engine(#[source] wasmtime::Error),
+}
+
+fn in_root(root: &Option<PathBuf>) -> String {
+    match root {
+        Some(root) => format!(" in the container rootfs {}", root.display()),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,25 @@
+//! The one place that knows wasmtime.
+//!
+//! Both front ends (the containerd shim and `wasmcell run`) describe what to run as a
+//! [`WorkloadSpec`]: plain data, engine-agnostic. This crate turns it into a [`Prepared`]
+//! workload (module read from inside the rootfs, compiled once through the content-addressed
+//! [`CompileCache`], linked against WASI, pre-instantiated) and runs instances of it.
+//!
+//! Invariants:
+//! - one [`Engine`] per process; everything per-instance happens in [`Prepared::run`];
+//! - a guest gets exactly what its spec grants: its args, its env, its preopens, its stdio;
+//!   nothing of the host process's own environment;
+//! - every way a run can end is an [`Exit`]: dropping the future of [`Prepared::run`] stops the
+//!   guest at its next epoch tick or host call, which is how the shim kills guests.
+#![deny(missing_docs)]
+
+mod cache;
+mod engine;
+mod error;
+mod stdio;
+mod workload;
+
+pub use cache::CompileCache;
+pub use engine::{Engine, Exit, Prepared};
+pub use error::Error;
+pub use workload::{Access, Input, ModuleSource, Output, Preopen, Stdio, WorkloadSpec};

@@ -1,0 +1,96 @@
+//! [`WorkloadSpec`]: what to run, as plain data. The shim builds it from an OCI runtime spec,
+//! the CLI from an image and flags; nothing below it knows which.
+
+use std::path::PathBuf;
+
+/// Everything the engine needs to run a guest, and nothing it may add on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// Where the Wasm binary comes from.
+    pub module: ModuleSource,
+    /// The export to call for a core module (`path#function`); `None` runs `_start`, or
+    /// `wasi:cli/run` for a component.
+    pub function: Option<String>,
+    /// The guest's argv, program name first.
+    pub args: Vec<String>,
+    /// The guest's whole environment.
+    pub env: Vec<(String, String)>,
+    /// The guest's initial working directory.
+    pub cwd: String,
+    /// The directories the guest may open, and nothing else.
+    pub preopens: Vec<Preopen>,
+    /// Where the guest's standard streams go.
+    pub stdio: Stdio,
+}
+
+/// Where the Wasm binary is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// A file the user named on the host (`wasmcell run app.wasm`).
+    File(PathBuf),
+    /// A path inside a container rootfs, resolved like the guest would resolve it: symlinks and
+    /// `..` cannot leave `root`.
+    Rootfs {
+        /// The rootfs directory on the host.
+        root: PathBuf,
+        /// The path inside it, absolute or relative to the spec's `cwd`.
+        path: String,
+    },
+}
+
+/// A host directory the guest sees at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it, e.g. `/` for the rootfs.
+    pub guest: String,
+    /// Whether the guest may write.
+    pub access: Access,
+}
+
+/// What a guest may do in a preopened directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only.
+    ReadOnly,
+    /// Read and write.
+    ReadWrite,
+}
+
+/// The guest's standard streams.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stdio {
+    /// Standard input.
+    pub stdin: Input,
+    /// Standard output.
+    pub stdout: Output,
+    /// Standard error.
+    pub stderr: Output,
+}
+
+/// Where standard input comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Input {
+    /// Nothing: reads see end of file.
+    #[default]
+    Null,
+    /// This process's own standard input (the CLI).
+    Inherit,
+    /// A FIFO containerd writes to.
+    Fifo(PathBuf),
+}
+
+/// Where an output stream goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Output {
+    /// Discarded.
+    #[default]
+    Null,
+    /// This process's own stream (the CLI).
+    Inherit,
+    /// A FIFO containerd reads from. Writes wait while nobody reads, as they do under runc.
+    Fifo(PathBuf),
+    /// A log file, appended to (containerd's `file://` log URIs).
+    File(PathBuf),
+}
