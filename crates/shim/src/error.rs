@@ -1,0 +1,86 @@
+//! The shim's errors, and their one mapping to ttrpc status codes.
+
+use containerd_shim::protos::ttrpc::{self, Code};
+
+use crate::runtime::Runtime;
+use crate::spec::SpecError;
+
+/// Why a task request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No container or process with that id in this shim.
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// A container with that id exists already.
+    #[error("container {0} already exists")]
+    AlreadyExists(String),
+    /// The request does not fit the task's state.
+    #[error("container {id} is {state}: cannot {action}")]
+    WrongState {
+        /// The container.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The task already exited.
+    #[error("process already finished")]
+    Finished,
+    /// The runtime name is known but not built yet.
+    #[error(
+        "runtime {0} is not supported by this wasmcell build yet; use io.containerd.wasmtime.v1"
+    )]
+    UnsupportedRuntime(Runtime),
+    /// A feature of the request is not supported for Wasm guests.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The container spec cannot be run.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The workload cannot be prepared or run.
+    #[error(transparent)]
+    Engine(#[from] wasmcell_engine::Error),
+    /// The rootfs could not be mounted or unmounted.
+    #[error("cannot {action} the rootfs at {path}")]
+    Rootfs {
+        /// `mount` or `unmount`.
+        action: &'static str,
+        /// The mount point.
+        path: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A blocking step panicked or was cancelled.
+    #[error("internal task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    fn code(&self) -> Code {
+        match self {
+            Error::NotFound(_) | Error::Finished => Code::NOT_FOUND,
+            Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Error::WrongState { .. } => Code::FAILED_PRECONDITION,
+            Error::UnsupportedRuntime(_) | Error::Unsupported(_) => Code::UNIMPLEMENTED,
+            Error::Spec(_) | Error::Engine(_) => Code::INVALID_ARGUMENT,
+            Error::Rootfs { .. } | Error::Join(_) => Code::INTERNAL,
+        }
+    }
+}
+
+/// The one place errors cross into ttrpc: the message is the whole chain of causes, because
+/// containerd shows it to the user as is (`ctr: failed to create shim task: ...`).
+impl From<Error> for ttrpc::Error {
+    fn from(error: Error) -> ttrpc::Error {
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
+    }
+}

@@ -1,0 +1,138 @@
+//! The containerd shim v2 for Wasm workloads.
+//!
+//! containerd runs `containerd-shim-<name>-v1 start`, which re-executes the binary as the
+//! long-lived shim daemon serving the Task API over ttrpc, then exits. The daemon owns the
+//! containers of one group (a pod, by its sandbox id, or a lone container): their rootfs
+//! mounts, stdio, events and guest instances.
+//!
+//! The runtime name must survive the re-execution: the daemon is spawned from
+//! `/proc/self/exe`, which names `wasmcell`, not the link containerd invoked, so `start`
+//! passes the runtime to the daemon in [`RUNTIME_ENV`].
+#![deny(missing_docs)]
+
+mod container;
+mod error;
+mod runtime;
+mod service;
+mod spec;
+mod sys;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::{timestamp, write_str_to_file};
+use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
+use wasmcell_engine::{CompileCache, Engine};
+
+pub use error::Error;
+pub use runtime::Runtime;
+pub use spec::SpecError;
+
+use service::TaskService;
+
+/// Carries the runtime from `start` to the daemon it spawns.
+pub const RUNTIME_ENV: &str = "WASMCELL_SHIM_RUNTIME";
+
+/// The annotation CRI sets on every container of a pod: containers sharing it share a shim.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Exit status reported for a task whose shim died under it (as runc's shim reports a SIGKILL).
+const DIED_STATUS: u32 = 128 + libc::SIGKILL as u32;
+
+/// Runs the shim for `runtime`: containerd's `start`, `delete` and daemon modes. Does not return
+/// on error: the shim protocol reports failures by exit status and stderr.
+pub fn main(runtime: Runtime) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    tokio.block_on(containerd_shim::asynchronous::run::<WasmShim>(
+        runtime.id(),
+        None,
+    ));
+}
+
+struct WasmShim {
+    runtime: Runtime,
+    flags_namespace: String,
+    flags_bundle: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for WasmShim {
+    type T = TaskService;
+
+    async fn new(runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let runtime = Runtime::from_id(runtime_id).expect("main passes a known runtime id");
+        WasmShim {
+            runtime,
+            flags_namespace: args.namespace.clone(),
+            flags_bundle: args.bundle.clone(),
+            exit: Arc::default(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // containerd runs `start` in the bundle directory.
+        let grouping = spec::load(std::path::Path::new("."))
+            .ok()
+            .and_then(|oci| {
+                oci.annotations()
+                    .as_ref()?
+                    .get(SANDBOX_ID_ANNOTATION)
+                    .cloned()
+            })
+            .unwrap_or_else(|| opts.id.clone());
+        let address = containerd_shim::spawn(
+            opts,
+            &grouping,
+            vec![(RUNTIME_ENV, self.runtime.binary_name())],
+        )
+        .await?;
+        write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // The daemon is gone (crashed or killed): release what it held for this bundle.
+        let bundle = if self.flags_bundle.is_empty() {
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?
+        } else {
+            self.flags_bundle.clone().into()
+        };
+        if let Err(error) = sys::unmount_rootfs(&service::rootfs_of(&bundle)) {
+            tracing::warn!("{error}");
+        }
+        Ok(DeleteResponse {
+            exit_status: DIED_STATUS,
+            exited_at: MessageField::some(timestamp()?),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let engine = match Engine::new(CompileCache::new(CompileCache::default_dir())) {
+            Ok(engine) => Arc::new(engine),
+            Err(error) => {
+                // Nothing can run without an engine; containerd sees the shim exit and reports it.
+                tracing::error!("{error}");
+                std::process::exit(1);
+            }
+        };
+        TaskService::new(
+            self.runtime,
+            self.flags_namespace.clone(),
+            engine,
+            publisher,
+            self.exit.clone(),
+        )
+    }
+}

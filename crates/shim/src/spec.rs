@@ -1,0 +1,289 @@
+//! OCI runtime spec (`config.json`) → [`WorkloadSpec`].
+//!
+//! This is where the container's grants are decided, so it is deliberately narrow:
+//! - the rootfs is preopened as `/`, read-only when `root.readonly` says so;
+//! - each bind mount of a directory is preopened at its destination, read-only with `ro`;
+//! - kernel filesystems (`proc`, `sysfs`, `devpts`, `mqueue`, `cgroup`, ...) and anything mounted
+//!   under `/proc`, `/sys` or `/dev` are not exposed: a guest has no use for them and they leak
+//!   the host (a peer shim lets guests read `/proc/self/environ`);
+//! - the environment is exactly `process.env`.
+//!
+//! The only I/O is a `stat` of bind mount sources, so a missing source fails `create` with its
+//! name rather than the first guest open.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Mount, Spec};
+use wasmcell_engine::{Access, ModuleSource, Preopen, Stdio, WorkloadSpec};
+use wasmcell_oci::Entrypoint;
+
+/// Why a container spec cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// `config.json` is missing or malformed.
+    #[error("cannot read the container spec {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    /// The spec has no `process`.
+    #[error("the container spec has no `process`: nothing to run")]
+    NoProcess,
+    /// The spec has no `root`.
+    #[error("the container spec has no `root`")]
+    NoRoot,
+    /// `process.args` is empty.
+    #[error(
+        "no entrypoint: the process args are empty; set the image's Entrypoint or give a command"
+    )]
+    NoArgs,
+    /// A bind mount names a source that does not exist.
+    #[error("bind mount source {} (for {}) does not exist", source_path.display(), destination.display())]
+    MissingBindSource {
+        /// The host path.
+        source_path: PathBuf,
+        /// The mount point in the container.
+        destination: PathBuf,
+    },
+}
+
+/// Reads `<bundle>/config.json`.
+pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|source| SpecError::Read { path, source })
+}
+
+/// Translates a runtime spec into what the engine runs.
+pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec, SpecError> {
+    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let args = process.args().as_deref().unwrap_or_default();
+    let arg0 = args.first().ok_or(SpecError::NoArgs)?;
+    let root = spec.root().as_ref().ok_or(SpecError::NoRoot)?;
+    let rootfs = bundle.join(root.path());
+    let readonly = root.readonly().unwrap_or(false);
+
+    let entrypoint = Entrypoint::parse(arg0);
+    let mut argv = vec![entrypoint.path.clone()];
+    argv.extend(args[1..].iter().cloned());
+
+    let env = process
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|var| var.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+
+    let mut preopens = vec![Preopen {
+        host: rootfs.clone(),
+        guest: "/".to_owned(),
+        access: if readonly {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+    }];
+    for mount in spec.mounts().iter().flatten() {
+        if let Some(preopen) = bind_preopen(mount)? {
+            preopens.push(preopen);
+        }
+    }
+
+    Ok(WorkloadSpec {
+        module: ModuleSource::Rootfs {
+            root: rootfs,
+            path: entrypoint.path,
+        },
+        function: entrypoint.function,
+        args: argv,
+        env,
+        cwd: process.cwd().display().to_string(),
+        preopens,
+        stdio,
+    })
+}
+
+/// The preopen for a mount, if the guest gets one: directory bind mounts outside the kernel's
+/// pseudo-filesystems. File bind mounts (`/etc/hosts` and friends) cannot be preopens in WASI,
+/// which grants directories only.
+fn bind_preopen(mount: &Mount) -> Result<Option<Preopen>, SpecError> {
+    let destination = mount.destination();
+    let options = mount.options().as_deref().unwrap_or_default();
+    let is_bind = mount.typ().as_deref() == Some("bind")
+        || options.iter().any(|o| o == "bind" || o == "rbind");
+    let kernel_path = ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|p| destination.starts_with(p));
+    if !is_bind || kernel_path {
+        tracing::debug!(destination = %destination.display(), "mount not exposed to the guest");
+        return Ok(None);
+    }
+    let Some(source) = mount.source() else {
+        return Ok(None);
+    };
+    let metadata = std::fs::metadata(source).map_err(|_| SpecError::MissingBindSource {
+        source_path: source.clone(),
+        destination: destination.clone(),
+    })?;
+    if !metadata.is_dir() {
+        tracing::debug!(destination = %destination.display(), "file bind mount not exposed: WASI preopens are directories");
+        return Ok(None);
+    }
+    let readonly = options.iter().any(|o| o == "ro");
+    Ok(Some(Preopen {
+        host: source.clone(),
+        guest: destination.display().to_string(),
+        access: if readonly {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(mut value: serde_json::Value) -> Spec {
+        if let Some(process) = value.get_mut("process") {
+            process["user"] = json!({"uid": 0, "gid": 0});
+        }
+        serde_json::from_value(value).expect("test spec")
+    }
+
+    fn base(extra: serde_json::Value) -> Spec {
+        let mut value = json!({
+            "ociVersion": "1.1.0",
+            "process": {"args": ["/app.wasm", "a"], "env": ["A=1", "PATH=/bin"], "cwd": "/work"},
+            "root": {"path": "rootfs"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        spec(value)
+    }
+
+    #[test]
+    fn process_becomes_argv_env_cwd_and_module() {
+        let w = workload(&base(json!({})), Path::new("/b"), Stdio::default()).unwrap();
+        assert_eq!(
+            w.module,
+            ModuleSource::Rootfs {
+                root: "/b/rootfs".into(),
+                path: "/app.wasm".into()
+            }
+        );
+        assert_eq!(w.function, None);
+        assert_eq!(w.args, ["/app.wasm", "a"]);
+        assert_eq!(
+            w.env,
+            [("A".into(), "1".into()), ("PATH".into(), "/bin".into())]
+        );
+        assert_eq!(w.cwd, "/work");
+        assert_eq!(
+            w.preopens,
+            [Preopen {
+                host: "/b/rootfs".into(),
+                guest: "/".into(),
+                access: Access::ReadWrite
+            }]
+        );
+    }
+
+    #[test]
+    fn entry_function_is_split_from_argv0() {
+        let s = base(json!({"process": {"args": ["/lib.wasm#greet", "x"], "cwd": "/"}}));
+        let w = workload(&s, Path::new("/b"), Stdio::default()).unwrap();
+        assert_eq!(
+            (w.function.as_deref(), w.args.as_slice()),
+            (Some("greet"), &["/lib.wasm".to_owned(), "x".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn readonly_root_and_absolute_root_path() {
+        let s = base(json!({"root": {"path": "/elsewhere/rootfs", "readonly": true}}));
+        let w = workload(&s, Path::new("/b"), Stdio::default()).unwrap();
+        assert_eq!(
+            w.preopens[0],
+            Preopen {
+                host: "/elsewhere/rootfs".into(),
+                guest: "/".into(),
+                access: Access::ReadOnly
+            }
+        );
+    }
+
+    #[test]
+    fn mounts_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().display().to_string();
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, "").unwrap();
+        let s = base(json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup", "options": ["rbind", "ro"]},
+            {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/etc/hosts", "type": "bind", "source": file, "options": ["rbind", "ro"]},
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]},
+            {"destination": "/config", "source": data, "options": ["bind", "ro"]},
+        ]}));
+        let w = workload(&s, Path::new("/b"), Stdio::default()).unwrap();
+        let guest: Vec<_> = w
+            .preopens
+            .iter()
+            .map(|p| (p.guest.as_str(), p.access))
+            .collect();
+        assert_eq!(
+            guest,
+            [
+                ("/", Access::ReadWrite),
+                ("/data", Access::ReadWrite),
+                ("/config", Access::ReadOnly)
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_bind_source_is_named() {
+        let s = base(
+            json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}]}),
+        );
+        let err = workload(&s, Path::new("/b"), Stdio::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "bind mount source /no/such/dir (for /data) does not exist"
+        );
+    }
+
+    #[test]
+    fn empty_args_and_missing_process_are_refused() {
+        let s = base(json!({"process": {"args": [], "cwd": "/"}}));
+        assert!(matches!(
+            workload(&s, Path::new("/b"), Stdio::default()),
+            Err(SpecError::NoArgs)
+        ));
+        let s = spec(json!({"ociVersion": "1.1.0", "root": {"path": "rootfs"}}));
+        assert!(matches!(
+            workload(&s, Path::new("/b"), Stdio::default()),
+            Err(SpecError::NoProcess)
+        ));
+    }
+
+    #[test]
+    fn host_environment_never_leaks() {
+        // The shim's own environment has PATH, HOME etc.; the guest gets only process.env.
+        let s = base(json!({"process": {"args": ["/app.wasm"], "cwd": "/"}}));
+        let w = workload(&s, Path::new("/b"), Stdio::default()).unwrap();
+        assert!(w.env.is_empty());
+    }
+}
