@@ -1,0 +1,75 @@
+//! `wasmcell`: the CLI and, under their link names, the containerd shims.
+//!
+//! One binary serves every role so a node maps one copy of its pages for all shims:
+//! invoked as `containerd-shim-<runtime>-v1` it is that shim; re-executed as the shim daemon it
+//! finds its runtime in `WASMCELL_SHIM_RUNTIME`; otherwise it is the CLI.
+
+mod build;
+mod install;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wasmcell_shim::{RUNTIME_ENV, Runtime};
+
+/// Exit status for wasmcell's own failures, before a guest runs (as `docker run` uses 125).
+const FAILURE_STATUS: u8 = 125;
+
+/// Run WebAssembly apps as containers: with no container engine, or under containerd, Docker
+/// and Kubernetes through the shims this binary also provides.
+#[derive(Parser)]
+#[command(name = "wasmcell", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell install --prefix /usr/local"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Build(build::BuildArgs),
+    Install(install::InstallArgs),
+}
+
+fn main() -> ExitCode {
+    if let Some(runtime) = shim_runtime() {
+        wasmcell_shim::main(runtime);
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMCELL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Build(args) => build::build(args).map(|()| ExitCode::SUCCESS),
+        Command::Install(args) => install::install(args).map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("wasmcell: error: {error:#}");
+        ExitCode::from(FAILURE_STATUS)
+    })
+}
+
+/// The shim runtime this process serves, if it is a shim: by its link name, or (as the daemon
+/// re-executed from `/proc/self/exe`) by the variable its `start` step set.
+fn shim_runtime() -> Option<Runtime> {
+    let arg0 = std::env::args_os().next()?;
+    let name = std::path::Path::new(&arg0)
+        .file_name()?
+        .to_str()?
+        .to_owned();
+    Runtime::from_binary_name(&name).or_else(|| {
+        std::env::var(RUNTIME_ENV)
+            .ok()
+            .and_then(|name| Runtime::from_binary_name(&name))
+    })
+}

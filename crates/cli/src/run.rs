@@ -1,0 +1,233 @@
+//! `wasmcell run`: a `.wasm` file or an image archive, with no container engine.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use wasmcell_engine::{
+    Access, CompileCache, Engine, Input, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,
+};
+use wasmcell_oci::{Archive, Entrypoint, FileKind};
+
+/// Run a Wasm module or component, or a Wasm image archive, as a sandboxed process.
+///
+/// The guest gets exactly what a container would: its arguments, the image's environment plus
+/// --env, and the image's rootfs as / (for an image) or the --dir directories. Nothing else of the
+/// host: not its environment, files or network. The exit status is the guest's.
+///
+/// Compiled code is cached (see --cache-dir), so later runs of the same binary start at once.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Set an environment variable in the guest (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Give the guest a host directory: HOST[:GUEST][:ro] (repeatable; GUEST defaults to HOST).
+    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
+    dirs: Vec<String>,
+    /// The compile cache directory [default: $WASMCELL_CACHE_DIR, /var/lib/wasmcell/cache for root,
+    /// else ~/.cache/wasmcell]
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// A .wasm file (append #FUNCTION to call a module export other than _start), or an image
+    /// archive from `wasmcell build`.
+    target: String,
+    /// Arguments for the guest (for an image: they replace its Cmd, as with `docker run`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let cache = CompileCache::new(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(CompileCache::default_dir),
+    );
+    let engine = Engine::new(cache)?;
+    let mut preopens = args
+        .dirs
+        .iter()
+        .map(|dir| parse_dir(dir))
+        .collect::<Result<Vec<_>>>()?;
+    let stdio = Stdio {
+        stdin: Input::Inherit,
+        stdout: Output::Inherit,
+        stderr: Output::Inherit,
+    };
+
+    // Kept alive until the guest is done: the unpacked image rootfs.
+    let mut rootfs_dir = None;
+    let spec = match target_kind(&args.target)? {
+        Target::Wasm { path, function } => {
+            let mut argv = vec![file_name(&path)];
+            argv.extend(args.args.iter().cloned());
+            WorkloadSpec {
+                module: ModuleSource::File(path),
+                function,
+                args: argv,
+                env: parse_env(&args.env)?,
+                cwd: "/".to_owned(),
+                preopens,
+                stdio,
+            }
+        }
+        Target::Archive(path) => {
+            let image = Archive::read(&path)?;
+            let dir = tempfile::Builder::new()
+                .prefix("wasmcell-rootfs-")
+                .tempdir()
+                .context("cannot create a rootfs directory")?;
+            image.unpack(dir.path())?;
+            let (entrypoint, cmd) = image.command();
+            let command: Vec<String> = entrypoint
+                .into_iter()
+                .chain(if args.args.is_empty() {
+                    cmd
+                } else {
+                    args.args.clone()
+                })
+                .collect();
+            let Some(arg0) = command.first() else {
+                bail!(
+                    "{} has no Entrypoint or Cmd, and no command was given",
+                    path.display()
+                );
+            };
+            let entry = Entrypoint::parse(arg0);
+            let mut argv = vec![entry.path.clone()];
+            argv.extend(command[1..].iter().cloned());
+            let mut env = parse_env(&image.env())?;
+            for (key, value) in parse_env(&args.env)? {
+                env.retain(|(k, _)| *k != key);
+                env.push((key, value));
+            }
+            preopens.insert(
+                0,
+                Preopen {
+                    host: dir.path().to_owned(),
+                    guest: "/".to_owned(),
+                    access: Access::ReadWrite,
+                },
+            );
+            let spec = WorkloadSpec {
+                module: ModuleSource::Rootfs {
+                    root: dir.path().to_owned(),
+                    path: entry.path,
+                },
+                function: entry.function,
+                args: argv,
+                env,
+                cwd: image.working_dir(),
+                preopens,
+                stdio,
+            };
+            rootfs_dir = Some(dir);
+            spec
+        }
+    };
+
+    let prepared = engine.prepare(spec)?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exit = tokio.block_on(prepared.run())?;
+    drop(rootfs_dir);
+    Ok(ExitCode::from(exit.status() as u8))
+}
+
+enum Target {
+    Wasm {
+        path: PathBuf,
+        function: Option<String>,
+    },
+    Archive(PathBuf),
+}
+
+/// A Wasm binary or an image archive (a tar, by its `ustar` magic); anything else is refused
+/// with what it is.
+fn target_kind(target: &str) -> Result<Target> {
+    let (path, function) = if Path::new(target).exists() {
+        (PathBuf::from(target), None)
+    } else {
+        let entry = Entrypoint::parse(target);
+        (PathBuf::from(entry.path), entry.function)
+    };
+    let mut header = Vec::with_capacity(512);
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(512).read_to_end(&mut header))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    match FileKind::detect(&header) {
+        FileKind::Wasm(_) => Ok(Target::Wasm { path, function }),
+        _ if header.get(257..262) == Some(b"ustar") => Ok(Target::Archive(path)),
+        other => bail!(
+            "{} is {other}; give a .wasm file or an image archive from `wasmcell build`",
+            path.display()
+        ),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>> {
+    vars.iter()
+        .map(|var| match var.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => bail!("environment variable `{var}` is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn parse_dir(dir: &str) -> Result<Preopen> {
+    let (rest, access) = match dir.strip_suffix(":ro") {
+        Some(rest) => (rest, Access::ReadOnly),
+        None => (dir, Access::ReadWrite),
+    };
+    let (host, guest) = rest.split_once(':').unwrap_or((rest, rest));
+    let host = PathBuf::from(host);
+    if !host.is_dir() {
+        bail!("--dir {dir}: {} is not a directory", host.display());
+    }
+    Ok(Preopen {
+        host,
+        guest: guest.to_owned(),
+        access,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_flag_forms() {
+        let tmp = std::env::temp_dir();
+        let t = tmp.display();
+        let p = parse_dir(&format!("{t}")).unwrap();
+        assert_eq!(
+            (p.guest.as_str(), p.access),
+            (t.to_string().as_str(), Access::ReadWrite)
+        );
+        let p = parse_dir(&format!("{t}:/data:ro")).unwrap();
+        assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadOnly));
+        assert!(
+            parse_dir("/no/such/dir:/x")
+                .unwrap_err()
+                .to_string()
+                .contains("is not a directory")
+        );
+    }
+
+    #[test]
+    fn env_flag_forms() {
+        assert_eq!(
+            parse_env(&["A=1".into(), "B=".into()]).unwrap(),
+            [("A".into(), "1".into()), ("B".into(), String::new())]
+        );
+        assert!(parse_env(&["NOVALUE".into()]).is_err());
+    }
+}
