@@ -1,0 +1,173 @@
+//! Benchmarks, each reported against a baseline measured in the same run on the same machine.
+//!
+//! `wasmcell-bench ctr-run [N]`: N interleaved `ctr run --rm` of the hello guest under our shim
+//! and of busybox `echo` under runc, one private containerd.
+//! `wasmcell-bench cli [N]`: `wasmcell run hello.wasm` with a cold and a warm compile cache.
+//!
+//! Run through `bench/run.sh`, which builds everything first.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use wasmcell_e2e::{Containerd, build_image, guest, repo, run, wasmcell};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_else(|| "all".to_owned());
+    let n: usize = args
+        .next()
+        .map(|n| n.parse())
+        .transpose()
+        .context("N must be a number")?
+        .unwrap_or(30);
+    match which.as_str() {
+        "ctr-run" => ctr_run(n),
+        "cli" => cli(n),
+        "all" => ctr_run(n).and_then(|()| cli(n)),
+        other => bail!("unknown benchmark {other}: use ctr-run, cli or all"),
+    }
+}
+
+/// Runs `command` and returns how long it took; fails if it fails.
+fn timed(command: &mut Command) -> Result<Duration> {
+    let start = Instant::now();
+    let ran = run(command)?;
+    let took = start.elapsed();
+    ran.success()?;
+    Ok(took)
+}
+
+struct Stats {
+    median: Duration,
+    p10: Duration,
+    p90: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p10: at(0.1),
+        p90: at(0.9),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn table(title: &str, n: usize, rows: &[(&str, Stats)]) {
+    let baseline = rows[0].1.median.as_secs_f64();
+    println!("\n{title} (n = {n} each, interleaved)");
+    println!(
+        "| {:<40} | {:>10} | {:>10} | {:>10} | {:>8} |",
+        "what", "median", "p10", "p90", "ratio"
+    );
+    println!(
+        "|{:-<42}|{:->12}|{:->12}|{:->12}|{:->10}|",
+        "", "", "", "", ""
+    );
+    for (name, s) in rows {
+        let ratio = s.median.as_secs_f64() / baseline;
+        println!(
+            "| {name:<40} | {:>10} | {:>10} | {:>10} | {ratio:>7.2}x |",
+            ms(s.median),
+            ms(s.p10),
+            ms(s.p90)
+        );
+    }
+}
+
+fn ctr_run(n: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    containerd.import(&build_image(
+        &guest("hello.wasm"),
+        "bench.local/hello:latest",
+        tmp.path(),
+        &[],
+    )?)?;
+    let busybox = tmp.path().join("busybox.tar");
+    let made = run(Command::new(repo().join("bench/busybox-image.py"))
+        .args(["/bin/busybox", "bench.local/busybox:latest"])
+        .arg(&busybox))?;
+    ensure!(
+        made.code == Some(0),
+        "busybox image: {} (run scripts/setup.sh)",
+        made.stderr
+    );
+    containerd.import(&busybox)?;
+
+    let ours = |i: usize| {
+        let id = format!("wasm-{i}");
+        timed(containerd.ctr_command().args([
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.wasmtime.v1",
+            "bench.local/hello:latest",
+            &id,
+        ]))
+    };
+    let runc = |i: usize| {
+        timed(containerd.ctr_command().args([
+            "run",
+            "--rm",
+            "bench.local/busybox:latest",
+            &format!("runc-{i}"),
+        ]))
+    };
+    // Warm-up: the first wasm run compiles into the cache, the first runc run pages in binaries.
+    ours(1000)?;
+    runc(1000)?;
+    let (mut wasm, mut native) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        wasm.push(ours(i)?);
+        native.push(runc(i)?);
+    }
+    table(
+        "ctr run --rm: hello (exits at once), same containerd 1.7",
+        n,
+        &[
+            ("runc + busybox echo (baseline)", stats(native)),
+            ("wasmcell shim + hello.wasm", stats(wasm)),
+        ],
+    );
+    Ok(())
+}
+
+fn cli(n: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let hello = guest("hello.wasm");
+    let run_with = |cache: &Path| {
+        timed(
+            Command::new(wasmcell())
+                .arg("run")
+                .arg("--cache-dir")
+                .arg(cache)
+                .arg(&hello),
+        )
+    };
+    let warm_cache = tmp.path().join("warm");
+    run_with(&warm_cache)?;
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        cold.push(run_with(&tmp.path().join(format!("cold-{i}")))?);
+        warm.push(run_with(&warm_cache)?);
+    }
+    table(
+        &format!(
+            "wasmcell run hello.wasm ({} KB)",
+            std::fs::metadata(&hello)?.len() / 1024
+        ),
+        n,
+        &[
+            ("cold cache (compiles)", stats(cold)),
+            ("warm cache", stats(warm)),
+        ],
+    );
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! `wasmcell run` and `wasmcell build` as a user runs them: no container engine.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+use wasmcell_e2e::{Ran, build_image, guest, run, wasmcell};
+
+fn wasmcell_run(cache: &Path, args: &[&str]) -> Result<Ran> {
+    run(Command::new(wasmcell())
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .env("HOST_ONLY_CANARY", "leaked"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn module_gets_args_and_flags_env_and_its_exit_code() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = wasmcell_run(
+        tmp.path(),
+        &[
+            "-e",
+            "GREETING=hi",
+            path(&guest("hello.wasm")),
+            "one",
+            "env",
+            "exit=7",
+        ],
+    )?;
+    assert_eq!(out.code, Some(7), "{out:?}");
+    assert!(
+        out.stdout.starts_with("Hello from Wasm!\narg: one\n"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("GREETING=hi"), "{out:?}");
+    assert!(
+        !out.stdout.contains("HOST_ONLY_CANARY"),
+        "host environment leaked: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains("PATH="),
+        "host environment leaked: {out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn component_runs_wasi_cli_run() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = wasmcell_run(
+        tmp.path(),
+        &[
+            path(&guest("hello.component.wasm")),
+            "p2",
+            "stderr=to-stderr",
+        ],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "Hello from Wasm!\narg: p2\n");
+    assert_eq!(out.stderr, "to-stderr\n");
+    // WASI p2's exit carries only success or failure.
+    let out = wasmcell_run(
+        tmp.path(),
+        &[path(&guest("hello.component.wasm")), "exit=3"],
+    )?;
+    assert_eq!(out.code, Some(1));
+    Ok(())
+}
+
+#[test]
+fn image_archive_runs_like_a_container() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let assets = tmp.path().join("assets");
+    std::fs::create_dir(&assets)?;
+    std::fs::write(assets.join("motd"), "from the image\n")?;
+    let fs_image = build_image(
+        &guest("fs.wasm"),
+        "example.com/fs:latest",
+        tmp.path(),
+        &["--include", &format!("{}:/etc", path(&assets))],
+    )?;
+
+    let out = wasmcell_run(tmp.path(), &[path(&fs_image), "cat", "/etc/motd"])?.success()?;
+    assert_eq!(out.stdout, "from the image\n");
+    // The rootfs is the image's: the host's files are not there.
+    let out = wasmcell_run(tmp.path(), &[path(&fs_image), "cat", "/etc/hostname"])?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("fs: cat /etc/hostname"), "{out:?}");
+
+    let hello = build_image(
+        &guest("hello.wasm"),
+        "example.com/hello:latest",
+        tmp.path(),
+        &[],
+    )?;
+    let out = wasmcell_run(tmp.path(), &[path(&hello), "a", "exit=4"])?;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(4), "Hello from Wasm!\narg: a\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn dir_grants_exactly_what_it_says() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data)?;
+    std::fs::write(data.join("in.txt"), "inside")?;
+    let fs = guest("fs.wasm");
+    let ro = format!("{}:/data:ro", path(&data));
+    let rw = format!("{}:/data", path(&data));
+
+    let out = wasmcell_run(
+        tmp.path(),
+        &["--dir", &ro, path(&fs), "cat", "/data/in.txt"],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "inside");
+    let out = wasmcell_run(
+        tmp.path(),
+        &["--dir", &ro, path(&fs), "write", "/data/new.txt", "x"],
+    )?;
+    assert_eq!(out.code, Some(1), "a read-only dir was writable: {out:?}");
+    assert!(!data.join("new.txt").exists());
+    wasmcell_run(
+        tmp.path(),
+        &["--dir", &rw, path(&fs), "write", "/data/new.txt", "x"],
+    )?
+    .success()?;
+    assert_eq!(std::fs::read_to_string(data.join("new.txt"))?, "x");
+
+    // No --dir, no files at all.
+    let out = wasmcell_run(tmp.path(), &[path(&fs), "cat", "/data/in.txt"])?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn entry_function_of_a_library_module() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let target = format!("{}#greet", path(&guest("reactor.wasm")));
+    let out = wasmcell_run(tmp.path(), &[&target, "x"])?.success()?;
+    assert_eq!(out.stdout, "greetings from greet\narg: x\n");
+
+    let out = wasmcell_run(tmp.path(), &[path(&guest("reactor.wasm"))])?;
+    assert_eq!(out.code, Some(125));
+    assert!(
+        out.stderr.contains("has no `_start`") && out.stderr.contains("#FUNCTION"),
+        "{out:?}"
+    );
+    let out = wasmcell_run(
+        tmp.path(),
+        &[&format!("{}#nope", path(&guest("reactor.wasm")))],
+    )?;
+    assert!(
+        out.stderr.contains("no usable function `nope`") && out.stderr.contains("`greet`"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_named_with_what_to_do() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let invalid = tmp.path().join("invalid.wasm");
+    std::fs::write(&invalid, b"\0asm\x01\0\0\0\x01\xff\xff")?;
+    let cases: [(&str, &str); 3] = [
+        (path(&invalid), "is not a valid Wasm binary"),
+        ("/bin/true", "is a native ELF executable, not Wasm"),
+        ("/no/such.wasm", "cannot read /no/such.wasm"),
+    ];
+    for (target, message) in cases {
+        let out = wasmcell_run(tmp.path(), &[target])?;
+        assert_eq!(out.code, Some(125), "{target}: {out:?}");
+        assert!(out.stderr.contains(message), "{target}: {out:?}");
+    }
+    let out = run(Command::new(wasmcell())
+        .args(["build", "/bin/true", "--tag", "x:y", "--output"])
+        .arg(tmp.path().join("x.tar")))?;
+    assert!(
+        out.stderr.contains("true is a native ELF executable"),
+        "{out:?}"
+    );
+    assert!(
+        !tmp.path().join("x.tar").exists(),
+        "a failed build left an archive"
+    );
+    Ok(())
+}
+
+#[test]
+fn compiled_code_is_cached_and_reused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let artifacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .into_iter()
+            .flatten()
+            .flat_map(|engine_dir| std::fs::read_dir(engine_dir.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    wasmcell_run(&cache, &[path(&guest("hello.wasm"))])?.success()?;
+    let first = artifacts();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let written = std::fs::metadata(&first[0])?.modified()?;
+    wasmcell_run(&cache, &[path(&guest("hello.wasm"))])?.success()?;
+    assert_eq!(artifacts(), first);
+    assert_eq!(
+        std::fs::metadata(&first[0])?.modified()?,
+        written,
+        "a cache hit rewrote the entry"
+    );
+
+    // A corrupted entry is discarded and rebuilt, and the guest still runs.
+    std::fs::write(&first[0], b"garbage")?;
+    let out = wasmcell_run(&cache, &[path(&guest("hello.wasm")), "again"])?.success()?;
+    assert!(out.stdout.contains("arg: again"));
+    assert!(
+        std::fs::metadata(&first[0])?.len() > 1000,
+        "entry was not rebuilt"
+    );
+    Ok(())
+}
+
+#[test]
+fn install_links_every_shim_name_to_one_binary() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = run(Command::new(wasmcell())
+        .args(["install", "--prefix"])
+        .arg(tmp.path()))?
+    .success()?;
+    assert!(
+        out.stdout.contains("containerd-shim-wasmtime-v1"),
+        "{out:?}"
+    );
+    for shim in [
+        "containerd-shim-wasmtime-v1",
+        "containerd-shim-wasmedge-v1",
+        "containerd-shim-spin-v2",
+    ] {
+        assert_eq!(
+            std::fs::read_link(tmp.path().join("bin").join(shim))?,
+            Path::new("wasmcell")
+        );
+    }
+    let version = run(Command::new(tmp.path().join("bin/wasmcell")).arg("--version"))?.success()?;
+    assert!(version.stdout.starts_with("wasmcell "), "{version:?}");
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! The wasmtime shim under a real containerd 1.7, driven with `ctr` as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use wasmcell_e2e::{Containerd, Ran, build_image, guest};
+
+const RUNTIME: &str = "io.containerd.wasmtime.v1";
+
+/// `ctr run --rm --runtime wasmtime [OPTS] IMAGE ID [CMD...]`.
+fn ctr_run(
+    containerd: &Containerd,
+    opts: &[&str],
+    image: &str,
+    id: &str,
+    cmd: &[&str],
+) -> Result<Ran> {
+    let mut args = vec!["run", "--runtime", RUNTIME];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[image, id]);
+    args.extend_from_slice(cmd);
+    containerd.ctr(&args)
+}
+
+fn imported(
+    containerd: &Containerd,
+    dir: &Path,
+    wasm: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Result<()> {
+    containerd.import(&build_image(&guest(wasm), tag, dir, extra)?)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done()? {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn status_of(containerd: &Containerd, id: &str) -> Result<Option<String>> {
+    Ok(containerd
+        .task_pids()?
+        .into_iter()
+        .find(|(task, _, _)| task == id)
+        .map(|(_, _, status)| status))
+}
+
+#[test]
+fn hello_prints_args_and_env_and_exits_with_the_guest_code() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd =
+        Containerd::start_with_env(&[("HOST_ONLY_CANARY", "leaked"), ("RUST_LOG", "debug")])?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "hello.wasm",
+        "example.com/hello:latest",
+        &[],
+    )?;
+
+    let out = ctr_run(
+        &containerd,
+        &["--rm"],
+        "example.com/hello:latest",
+        "plain",
+        &[],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "Hello from Wasm!\n");
+
+    let out = ctr_run(
+        &containerd,
+        &["--rm", "--env", "GREETING=hi"],
+        "example.com/hello:latest",
+        "args",
+        &[
+            "/hello.wasm",
+            "arg1",
+            "arg2",
+            "env",
+            "stderr=oops",
+            "exit=3",
+        ],
+    )?;
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("Hello from Wasm!\narg: arg1\narg: arg2\n"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("GREETING=hi\n"), "{out:?}");
+    assert!(out.stderr.contains("oops"), "{out:?}");
+    // Only the spec's env: ctr's default PATH is in the spec; the shim's own env is not.
+    for leaked in ["HOST_ONLY_CANARY", "RUST_LOG", "TTRPC_ADDRESS", "WASMCELL_"] {
+        assert!(
+            !out.stdout.contains(leaked),
+            "{leaked} leaked into the guest: {out:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn component_and_entry_function_images_run() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "hello.component.wasm",
+        "example.com/hello-p2:latest",
+        &[],
+    )?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "reactor.wasm",
+        "example.com/reactor:latest",
+        &[],
+    )?;
+
+    let out = ctr_run(
+        &containerd,
+        &["--rm"],
+        "example.com/hello-p2:latest",
+        "p2",
+        &["/hello.component.wasm", "x"],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "Hello from Wasm!\narg: x\n");
+    let out = ctr_run(
+        &containerd,
+        &["--rm"],
+        "example.com/hello-p2:latest",
+        "p2-fail",
+        &["/hello.component.wasm", "exit=9"],
+    )?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+
+    let out = ctr_run(
+        &containerd,
+        &["--rm"],
+        "example.com/reactor:latest",
+        "fn",
+        &["/reactor.wasm#greet", "y"],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "greetings from greet\narg: y\n");
+    Ok(())
+}
+
+#[test]
+fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "sleeper.wasm",
+        "example.com/sleeper:latest",
+        &[],
+    )?;
+    let mut events = containerd
+        .ctr_command()
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let log = tmp.path().join("sleeper.log");
+
+    for (id, signal, status) in [("term", "SIGTERM", 143), ("kill", "SIGKILL", 137)] {
+        let log_uri = format!("file://{}", log.display());
+        let opts = ["-d", "--log-uri", log_uri.as_str()];
+        ctr_run(&containerd, &opts, "example.com/sleeper:latest", id, &[])?.success()?;
+        wait_for("RUNNING", || {
+            Ok(status_of(&containerd, id)?.as_deref() == Some("RUNNING"))
+        })?;
+        let ps = containerd.ctr(&["task", "ps", id])?.success()?;
+        let shim_pid = containerd
+            .task_pids()?
+            .into_iter()
+            .find(|t| t.0 == id)
+            .unwrap()
+            .1;
+        assert!(ps.stdout.contains(&shim_pid.to_string()), "{ps:?}");
+        wait_for("a tick in the log file", || {
+            Ok(std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("tick 1"))
+        })?;
+
+        containerd
+            .ctr(&["task", "kill", "-s", signal, id])?
+            .success()?;
+        wait_for("STOPPED", || {
+            Ok(status_of(&containerd, id)?.as_deref() == Some("STOPPED"))
+        })?;
+        // `ctr task delete` exits with the task's status.
+        let deleted = containerd.ctr(&["task", "delete", id])?;
+        assert_eq!(deleted.code, Some(status), "{deleted:?}");
+        containerd.ctr(&["container", "delete", id])?.success()?;
+
+        wait_for("the shim to exit", || {
+            Ok(!Path::new(&format!("/proc/{shim_pid}")).exists())
+        })?;
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        assert!(
+            !mounts.contains(&format!("/{id}/rootfs")),
+            "rootfs of {id} still mounted"
+        );
+        let bundles = containerd.dir().join("state/io.containerd.runtime.v2.task");
+        let left: Vec<_> = walk(&bundles)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(id))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+    assert!(std::fs::read_to_string(&log)?.starts_with("sleeper started\ntick 1\n"));
+
+    let _ = events.kill();
+    let mut seen = Vec::new();
+    for line in BufReader::new(events.stdout.take().unwrap()).lines() {
+        seen.push(line?);
+    }
+    for id in ["term", "kill"] {
+        for topic in [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete",
+        ] {
+            assert!(
+                seen.iter()
+                    .any(|line| line.contains(topic) && line.contains(&format!("\"{id}\""))),
+                "no {topic} event for {id} in:\n{}",
+                seen.join("\n")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        found.push(entry.path());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(walk(&entry.path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn attach_streams_a_running_task_output() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "sleeper.wasm",
+        "example.com/sleeper:latest",
+        &[],
+    )?;
+    ctr_run(
+        &containerd,
+        &["-d"],
+        "example.com/sleeper:latest",
+        "attached",
+        &[],
+    )?
+    .success()?;
+    let mut attach = containerd
+        .ctr_command()
+        .args(["task", "attach", "attached"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("a line from attach")?;
+    assert!(
+        line.starts_with("tick ") || line == "sleeper started",
+        "{line}"
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "attached"])?
+        .success()?;
+    let status = attach.wait()?;
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "attach exits with the task's status"
+    );
+    Ok(())
+}
+
+#[test]
+fn sandbox_grants_rootfs_and_binds_only() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    let assets = tmp.path().join("assets");
+    std::fs::create_dir_all(assets.join("etc"))?;
+    std::fs::write(assets.join("etc/motd"), "image file\n")?;
+    std::os::unix::fs::symlink("/etc/hostname", assets.join("etc/abs-link"))?;
+    std::os::unix::fs::symlink(
+        "../../../../../../etc/hostname",
+        assets.join("etc/rel-link"),
+    )?;
+    let include = format!("{}:/", assets.display());
+    imported(
+        &containerd,
+        tmp.path(),
+        "fs.wasm",
+        "example.com/fs:latest",
+        &["--include", &include],
+    )?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data)?;
+    std::fs::write(data.join("shared.txt"), "from the host\n")?;
+    let host_name = std::fs::read_to_string("/etc/hostname")?;
+
+    let fs = |id: &str, opts: &[&str], cmd: &[&str]| -> Result<Ran> {
+        let mut full = vec!["/fs.wasm"];
+        full.extend_from_slice(cmd);
+        let mut all = vec!["--rm"];
+        all.extend_from_slice(opts);
+        ctr_run(&containerd, &all, "example.com/fs:latest", id, &full)
+    };
+
+    assert_eq!(
+        fs("motd", &[], &["cat", "/etc/motd"])?.success()?.stdout,
+        "image file\n"
+    );
+    for (id, target) in [
+        ("abs", "/etc/abs-link"),
+        ("rel", "/etc/rel-link"),
+        ("dotdot", "/../../../../etc/hostname"),
+        ("hostfile", "/etc/hostname"),
+        ("environ", "/proc/self/environ"),
+        ("sys", "/sys/kernel/hostname"),
+    ] {
+        let out = fs(id, &[], &["cat", target])?;
+        assert_eq!(out.code, Some(1), "{target} was readable: {out:?}");
+        assert!(
+            !out.stdout.contains(host_name.trim()) || host_name.trim().is_empty(),
+            "{target}: {out:?}"
+        );
+        assert!(out.stderr.contains(&format!("fs: cat {target}")), "{out:?}");
+    }
+    let out = fs("proc", &[], &["ls", "/proc"])?;
+    assert!(out.stdout.is_empty(), "/proc is exposed: {out:?}");
+
+    // Writable rootfs by default, read-only with --read-only.
+    fs("rw", &[], &["write", "/new.txt", "x"])?.success()?;
+    let out = fs("ro", &["--read-only"], &["write", "/new.txt", "x"])?;
+    assert_eq!(out.code, Some(1), "read-only rootfs was writable: {out:?}");
+
+    // Bind mounts at their destination, with their ro/rw option.
+    let bind_ro = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        data.display()
+    );
+    let bind_rw = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        data.display()
+    );
+    assert_eq!(
+        fs("bind", &["--mount", &bind_ro], &["cat", "/data/shared.txt"])?
+            .success()?
+            .stdout,
+        "from the host\n"
+    );
+    let out = fs(
+        "bind-ro",
+        &["--mount", &bind_ro],
+        &["write", "/data/w.txt", "x"],
+    )?;
+    assert_eq!(out.code, Some(1), "ro bind mount was writable: {out:?}");
+    assert!(!data.join("w.txt").exists());
+    fs(
+        "bind-rw",
+        &["--mount", &bind_rw],
+        &["write", "/data/w.txt", "x"],
+    )?
+    .success()?;
+    assert_eq!(std::fs::read_to_string(data.join("w.txt"))?, "x");
+
+    let out = fs(
+        "bind-missing",
+        &[
+            "--mount",
+            "type=bind,src=/no/such/dir,dst=/data,options=rbind",
+        ],
+        &["ls", "/data"],
+    )?;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("/no/such/dir") || out.stderr.contains("no such file"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_entrypoints_fail_create_with_the_file_and_why_and_spare_other_containers() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    let junk = tmp.path().join("junk");
+    std::fs::create_dir(&junk)?;
+    std::fs::write(junk.join("run.sh"), "#!/bin/sh\necho hi\n")?;
+    std::fs::copy("/bin/true", junk.join("true"))?;
+    std::fs::write(junk.join("invalid.wasm"), b"\0asm\x01\0\0\0\x01\xff\xff")?;
+    std::fs::write(junk.join("readme.txt"), "no wasm here\n")?;
+    let include = format!("{}:/", junk.display());
+    imported(
+        &containerd,
+        tmp.path(),
+        "sleeper.wasm",
+        "example.com/mixed:latest",
+        &["--include", &include],
+    )?;
+
+    // A running container of the same group (one shim, as in a pod) must survive the failures.
+    let group = ["--annotation", "io.kubernetes.cri.sandbox-id=group1"];
+    ctr_run(
+        &containerd,
+        &[&group[..], &["-d"]].concat(),
+        "example.com/mixed:latest",
+        "survivor",
+        &[],
+    )?
+    .success()?;
+    wait_for("RUNNING", || {
+        Ok(status_of(&containerd, "survivor")?.as_deref() == Some("RUNNING"))
+    })?;
+    let shim_pid = containerd.task_pids()?[0].1;
+
+    for (id, cmd, message) in [
+        (
+            "script",
+            "/run.sh",
+            "the entrypoint `/run.sh` is a script for `/bin/sh`, not Wasm",
+        ),
+        (
+            "elf",
+            "/true",
+            "the entrypoint `/true` is a native ELF executable, not Wasm",
+        ),
+        (
+            "invalid",
+            "/invalid.wasm",
+            "the entrypoint `/invalid.wasm` is not a valid Wasm binary",
+        ),
+        (
+            "text",
+            "/readme.txt",
+            "the entrypoint `/readme.txt` is not a Wasm binary",
+        ),
+        (
+            "missing",
+            "/missing.wasm",
+            "cannot read the entrypoint `/missing.wasm`",
+        ),
+    ] {
+        let out = ctr_run(
+            &containerd,
+            &[&group[..], &["--rm"]].concat(),
+            "example.com/mixed:latest",
+            id,
+            &[cmd],
+        )?;
+        assert_ne!(out.code, Some(0), "{id}: {out:?}");
+        assert!(
+            out.stderr.contains(message),
+            "{id}: expected {message:?} in {out:?}"
+        );
+    }
+    assert_eq!(
+        containerd.task_pids()?,
+        vec![("survivor".to_owned(), shim_pid, "RUNNING".to_owned())]
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "survivor"])?
+        .success()?;
+    Ok(())
+}
+
+#[test]
+fn unsupported_runtime_names_refuse_instead_of_running_as_wasmtime() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "hello.wasm",
+        "example.com/hello:latest",
+        &[],
+    )?;
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wasmedge.v1",
+        "example.com/hello:latest",
+        "edge",
+    ])?;
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("runtime io.containerd.wasmedge.v1 is not supported"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("Hello"), "{out:?}");
+    Ok(())
+}
