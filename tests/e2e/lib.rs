@@ -287,3 +287,21 @@ impl Drop for Containerd {
             .status();
     }
 }
+
+/// The PIDs of shim daemons serving `namespace` (their command line is
+/// `... -namespace NAMESPACE -id ID ...`).
+pub fn shim_pids(namespace: &str) -> Vec<i32> {
+    let needle = format!("\0-namespace\0{namespace}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}

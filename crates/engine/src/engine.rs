@@ -14,7 +14,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::cache::{Artifact, CompileCache};
-use crate::error::Error;
+use crate::error::{Error, error_chain};
 use crate::stdio;
 use crate::workload::{Access, ModuleSource, WorkloadSpec};
 
@@ -260,14 +260,21 @@ impl Exit {
 }
 
 impl Prepared {
-    /// The spec this was prepared from.
-    pub fn spec(&self) -> &WorkloadSpec {
-        &self.spec
+    /// Runs one fresh instance to completion. Dropping the returned future stops the guest at its
+    /// next epoch tick or host call. Why a run failed or trapped is also written to the guest's
+    /// stderr, where its user looks.
+    pub async fn run(&self) -> Result<Exit, Error> {
+        let exit = self.instantiate_and_run().await;
+        let message = match &exit {
+            Ok(Exit::Trapped(message)) => message.clone(),
+            Ok(Exit::Code(_)) => return exit,
+            Err(error) => format!("cannot start the guest: {}", error_chain(error)),
+        };
+        stdio::report(&self.spec.stdio.stderr, &message).await;
+        exit
     }
 
-    /// Runs one fresh instance to completion. Dropping the returned future stops the guest at its
-    /// next epoch tick or host call.
-    pub async fn run(&self) -> Result<Exit, Error> {
+    async fn instantiate_and_run(&self) -> Result<Exit, Error> {
         let spec = &self.spec;
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
@@ -332,9 +339,6 @@ impl Prepared {
                 }
             }
         };
-        if let Exit::Trapped(message) = &exit {
-            stdio::report(&spec.stdio.stderr, message).await;
-        }
         Ok(exit)
     }
 }

@@ -14,7 +14,10 @@ pub enum Error {
     )]
     NoEntrypoint,
     /// The entrypoint file is missing or unreadable (or would escape the rootfs).
-    #[error("cannot read the entrypoint `{path}`{}", in_root(root))]
+    #[error(
+        "cannot read the entrypoint `{path}`{} (check the image's Entrypoint, or the command given)",
+        in_root(root)
+    )]
     ReadEntrypoint {
         /// The path as written in the spec.
         path: String,
@@ -106,4 +109,17 @@ fn in_root(root: &Option<PathBuf>) -> String {
         Some(root) => format!(" in the container rootfs {}", root.display()),
         None => String::new(),
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`: for messages that leave the
+/// process (containerd shows them as they are) or go to a guest's stderr.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }

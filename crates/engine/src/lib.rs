@@ -21,5 +21,5 @@ mod workload;
 
 pub use cache::CompileCache;
 pub use engine::{Engine, Exit, Prepared};
-pub use error::Error;
+pub use error::{Error, error_chain};
 pub use workload::{Access, Input, ModuleSource, Output, Preopen, Stdio, WorkloadSpec};

@@ -269,15 +269,21 @@ pub fn build_archive(
 
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
-    append(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    append(&mut tar, "index.json", &canonical_json(&index))?;
+    append(
+        &mut tar,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        0o644,
+    )?;
+    append(&mut tar, "index.json", &canonical_json(&index), 0o644)?;
     append(
         &mut tar,
         "manifest.json",
         docker_manifest.to_string().as_bytes(),
+        0o644,
     )?;
     for blob in [&layer, &config, &manifest] {
-        append(&mut tar, &blob.path(), &blob.bytes)?;
+        append(&mut tar, &blob.path(), &blob.bytes, 0o644)?;
     }
     tar.into_inner()
         .and_then(|mut w| w.flush())
@@ -306,13 +312,7 @@ fn layer_tar(
     let mut tar = tar::Builder::new(Vec::new());
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(wasm.len() as u64);
-    header.set_mode(0o755);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, name, wasm)
-        .map_err(io_err("build layer"))?;
+    append(&mut tar, name, wasm, 0o755)?;
     for (host, dest) in include {
         let dest = dest.trim_start_matches('/');
         let dest = if dest.is_empty() { "." } else { dest };
@@ -322,14 +322,16 @@ fn layer_tar(
     tar.into_inner().map_err(io_err("build layer"))
 }
 
+/// Appends a regular file with a fixed timestamp, so archives are reproducible.
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &str,
     bytes: &[u8],
+    mode: u32,
 ) -> Result<(), ArchiveError> {
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
-    header.set_mode(0o644);
+    header.set_mode(mode);
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
     tar.append_data(&mut header, path, bytes)

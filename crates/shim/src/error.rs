@@ -74,13 +74,7 @@ impl Error {
 /// containerd shows it to the user as is (`ctr: failed to create shim task: ...`).
 impl From<Error> for ttrpc::Error {
     fn from(error: Error) -> ttrpc::Error {
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let message = wasmcell_engine::error_chain(&error);
         ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
     }
 }

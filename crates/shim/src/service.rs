@@ -147,9 +147,9 @@ impl TaskService {
             let status = tokio::select! {
                 exit = prepared.run() => match exit {
                     Ok(exit) => exit.status(),
+                    // The engine has already said why on the guest's stderr.
                     Err(error) => {
-                        tracing::error!("container {id} failed to start: {error}");
-                        report_start_failure(&prepared.spec().stdio.stderr, &error).await;
+                        tracing::error!("container {id} failed to start: {}", wasmcell_engine::error_chain(&error));
                         1
                     }
                 },
@@ -178,19 +178,6 @@ fn output(path: &str) -> Result<Output> {
         )))
     } else {
         Ok(Output::Fifo(path.into()))
-    }
-}
-
-/// An instance that could not even start (e.g. its stdio FIFO vanished) says why on its stderr.
-async fn report_start_failure(stderr: &Output, error: &wasmcell_engine::Error) {
-    if let Output::Fifo(path) | Output::File(path) = stderr {
-        if let Ok(mut file) = tokio::fs::OpenOptions::new().append(true).open(path).await {
-            let _ = tokio::io::AsyncWriteExt::write_all(
-                &mut file,
-                format!("wasmcell: {error}\n").as_bytes(),
-            )
-            .await;
-        }
     }
 }
 

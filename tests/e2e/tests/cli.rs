@@ -51,6 +51,21 @@ fn module_gets_args_and_flags_env_and_its_exit_code() -> Result<()> {
 }
 
 #[test]
+fn a_trap_ends_the_guest_with_134_and_says_why_on_stderr() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // `exit=abc` makes the guest panic, which Rust compiles to an `unreachable` trap.
+    let out = wasmcell_run(tmp.path(), &[path(&guest("hello.wasm")), "exit=abc"])?;
+    assert_eq!(out.code, Some(134), "{out:?}");
+    assert!(out.stderr.contains("wasmcell: guest trapped"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("wasm `unreachable` instruction executed"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn component_runs_wasi_cli_run() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = wasmcell_run(
