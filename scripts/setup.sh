@@ -2,13 +2,13 @@
 # Installs everything wasmcell's build, tests and benchmarks need on a fresh Debian 12 machine.
 #
 # Idempotent: each step checks before it acts, so the test command can call it every time.
-# containerd 1.7 comes from Debian trixie, downloaded with a private apt state (the
+# containerd 1.7 and Docker Engine 26 come from Debian trixie, downloaded with a private apt state (the
 # machine's own sources are not touched) and extracted with `dpkg -x` into $WASMCELL_TOOLS.
 set -euo pipefail
 
 tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
 apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static)
-trixie_pkgs=(containerd)
+trixie_pkgs=(containerd docker.io docker-cli)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -26,7 +26,7 @@ for target in wasm32-wasip1 wasm32-wasip2; do
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 done
 
-if [ ! -x "$tools/usr/bin/containerd" ]; then
+if [ ! -x "$tools/usr/bin/containerd" ] || [ ! -x "$tools/usr/sbin/dockerd" ]; then
   log "fetching ${trixie_pkgs[*]} from Debian trixie into $tools"
   apt_dir="$tools/apt"
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$tools/debs"
@@ -42,8 +42,10 @@ LIST
     -o "APT::Sandbox::User=root"
   )
   apt-get "${apt_opts[@]}" update -qq
+  rm -f "$tools"/debs/*.deb
   (cd "$tools/debs" && apt-get "${apt_opts[@]}" download "${trixie_pkgs[@]}")
   for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools"; done
 fi
 log "containerd: $("$tools/usr/bin/containerd" --version)"
 log "runc: $(runc --version | head -1)"
+log "dockerd: $("$tools/usr/sbin/dockerd" --version)"

@@ -3,13 +3,18 @@
 //! - [`wasmcell`]: the built `wasmcell` binary (the one under test);
 //! - [`guest`]: a test guest from `guests/`, built on first use;
 //! - [`Containerd`]: a private containerd 1.7 (own root, state, sockets and namespace in a temp
-//!   dir; our shim links first on its PATH), stopped by PID when dropped.
+//!   dir; our shim links first on its PATH), stopped by PID when dropped;
+//! - [`Docker`]: a private Docker Engine 26 with the containerd image store, on its own private
+//!   containerd, stopped by PID when dropped.
 //!
-//! containerd comes from `scripts/setup.sh` (Debian trixie's package, extracted into
+//! containerd and Docker come from `scripts/setup.sh` (Debian trixie's packages, extracted into
 //! `$WASMCELL_TOOLS`, default `~/.cache/wasmcell/tools`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -132,8 +137,8 @@ pub fn build_image(wasm: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Result
 
 /// A private containerd 1.7 whose PATH starts with our shim links.
 pub struct Containerd {
+    daemon: Daemon,
     dir: tempfile::TempDir,
-    child: Child,
     namespace: String,
 }
 
@@ -170,38 +175,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                 root = root.display()
             ),
         )?;
-        let path = format!(
-            "{}:{}:{}",
-            bin.display(),
-            tools().join("usr/bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(root.join("containerd.log"))?;
-        let child = Command::new(tools().join("usr/bin/containerd"))
+        let path = search_path(&[&bin, &tools().join("usr/bin")]);
+        let namespace = format!("wasmcell-test-{}-{instance}", std::process::id());
+        let mut command = Command::new(tools().join("usr/bin/containerd"));
+        command
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
             .env("WASMCELL_CACHE_DIR", root.join("cache"))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start containerd (run scripts/setup.sh to install it)")?;
+            .envs(env.iter().copied());
+        let daemon = Daemon::spawn("containerd", &mut command, &root.join("containerd.log"))?;
         let containerd = Containerd {
+            daemon,
             dir,
-            child,
-            namespace: format!("wasmcell-test-{}-{instance}", std::process::id()),
+            namespace,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while containerd.ctr(&["version"])?.code != Some(0) {
-            ensure!(
-                Instant::now() < deadline,
-                "containerd did not start:\n{}",
-                containerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        containerd
+            .daemon
+            .wait_ready(|| containerd.ctr(&["version"]))?;
         Ok(containerd)
     }
 
@@ -213,11 +204,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// The instance's directory (root, state, sockets, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// containerd's own log, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir().join("containerd.log")).unwrap_or_default()
     }
 
     /// A `ctr` command against this instance and its namespace.
@@ -237,17 +223,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// Imports an image archive (all platforms: Wasm images are never the host's).
     pub fn import(&self, archive: &Path) -> Result<()> {
-        self.ctr(&[
-            "images",
-            "import",
-            "--all-platforms",
-            archive.to_str().expect("utf-8 path"),
-        ])?
-        .success()?;
+        let archive = archive.to_str().expect("utf-8 path");
+        self.ctr(&["images", "import", "--all-platforms", archive])?
+            .success()?;
         Ok(())
     }
 
-    /// The process ids of every task's shim, from `ctr task ls`.
+    /// Every task as (id, pid, status), from `ctr task ls`.
     pub fn task_pids(&self) -> Result<Vec<(String, u32, String)>> {
         let out = self.ctr(&["task", "ls"])?.success()?;
         Ok(out
@@ -275,17 +257,157 @@ impl Drop for Containerd {
                 let _ = self.ctr(&["task", "delete", "--force", &id]);
             }
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir().join("root"))
-            .stderr(Stdio::null())
-            .status();
+        self.daemon.stop();
+        // A shim daemon is detached from containerd; one that outlived it (a test failed between
+        // start and delete) is found by the namespace on its command line and stopped by PID.
+        for pid in shim_pids(&self.namespace) {
+            eprintln!(
+                "wasmcell-e2e: stopping shim {pid} left behind in namespace {}",
+                self.namespace
+            );
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        unmount_under(&self.dir().join("root"));
     }
+}
+
+/// A private Docker Engine 26 using the containerd image store (so it can run shim runtimes on
+/// Wasm images), on its own private containerd. No bridge network: tests that publish ports set
+/// one up themselves.
+pub struct Docker {
+    daemon: Daemon,
+    socket: PathBuf,
+    // Declared last: dropped after dockerd has stopped.
+    containerd: Containerd,
+}
+
+impl Docker {
+    /// Starts containerd, then dockerd on it, and waits until dockerd answers.
+    pub fn start() -> Result<Docker> {
+        let containerd = Containerd::start()?;
+        let dir = containerd.dir().join("docker");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("daemon.json"),
+            r#"{"features":{"containerd-snapshotter":true}}"#,
+        )?;
+        let socket = dir.join("docker.sock");
+        let namespace = format!("{}-docker", containerd.namespace);
+        let mut command = Command::new(tools().join("usr/sbin/dockerd"));
+        command
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--containerd")
+            .arg(containerd.dir().join("containerd.sock"))
+            .args(["--containerd-namespace", &namespace])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("{namespace}-plugins"),
+            ])
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            // docker-proxy lives in sbin.
+            .env(
+                "PATH",
+                search_path(&[&tools().join("usr/bin"), &tools().join("usr/sbin")]),
+            );
+        let daemon = Daemon::spawn("dockerd", &mut command, &dir.join("dockerd.log"))?;
+        let docker = Docker {
+            daemon,
+            socket,
+            containerd,
+        };
+        docker.daemon.wait_ready(|| docker.docker(&["version"]))?;
+        Ok(docker)
+    }
+
+    /// Runs `docker ARGS...` against this engine to completion.
+    pub fn docker(&self, args: &[&str]) -> Result<Ran> {
+        run(Command::new(tools().join("usr/bin/docker"))
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args))
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        unmount_under(&self.containerd.dir().join("docker"));
+    }
+}
+
+/// A daemon process a fixture started, with its log.
+struct Daemon {
+    name: &'static str,
+    child: std::cell::RefCell<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, command: &mut Command, log: &Path) -> Result<Daemon> {
+        let out = std::fs::File::create(log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {name} (run scripts/setup.sh to install it)"))?;
+        Ok(Daemon {
+            name,
+            child: child.into(),
+            log: log.to_owned(),
+        })
+    }
+
+    /// Waits until `probe` succeeds; fails with the daemon's log if it exits or 20 s pass.
+    fn wait_ready(&self, mut probe: impl FnMut() -> Result<Ran>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while probe()?.code != Some(0) {
+            let log = || std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(status) = self.child.borrow_mut().try_wait()? {
+                bail!("{} exited ({status}):\n{}", self.name, log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not start in 20 s:\n{}",
+                self.name,
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon by its PID and reaps it.
+    fn stop(&self) {
+        let mut child = self.child.borrow_mut();
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let _ = child.wait();
+    }
+}
+
+/// `PATH` with `dirs` first.
+fn search_path(dirs: &[&Path]) -> String {
+    let mut path: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    path.push(std::env::var("PATH").unwrap_or_default());
+    path.join(":")
+}
+
+/// Unmounts anything a failed test left mounted under `dir`, so its temp dir can be removed.
+fn unmount_under(dir: &Path) {
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The PIDs of shim daemons serving `namespace` (their command line is
