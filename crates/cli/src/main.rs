@@ -2,7 +2,8 @@
 //!
 //! One binary serves every role so a node maps one copy of its pages for all shims:
 //! invoked as `containerd-shim-<runtime>-v1` it is that shim; re-executed as the shim daemon it
-//! finds its runtime in `WASMCELL_SHIM_RUNTIME`; otherwise it is the CLI.
+//! finds its runtime in `WASMCELL_SHIM_RUNTIME`; started as `wasmcell-sandbox` it is a shim's
+//! sandbox process; otherwise it is the CLI.
 
 mod build;
 mod install;
@@ -36,7 +37,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if let Some(runtime) = shim_runtime() {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&arg0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if name == wasmcell_sandbox::SANDBOX_ARG0 {
+        return wasmcell_sandbox::main();
+    }
+    if let Some(runtime) = shim_runtime(&name) {
         wasmcell_shim::main(runtime);
         return ExitCode::SUCCESS;
     }
@@ -61,13 +71,8 @@ fn main() -> ExitCode {
 
 /// The shim runtime this process serves, if it is a shim: by its link name, or (as the daemon
 /// re-executed from `/proc/self/exe`) by the variable its `start` step set.
-fn shim_runtime() -> Option<Runtime> {
-    let arg0 = std::env::args_os().next()?;
-    let name = std::path::Path::new(&arg0)
-        .file_name()?
-        .to_str()?
-        .to_owned();
-    Runtime::from_binary_name(&name).or_else(|| {
+fn shim_runtime(arg0_name: &str) -> Option<Runtime> {
+    Runtime::from_binary_name(arg0_name).or_else(|| {
         std::env::var(RUNTIME_ENV)
             .ok()
             .and_then(|name| Runtime::from_binary_name(&name))

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use wasmcell_engine::{
-    Access, CompileCache, Engine, Input, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,
+    Access, CompileCache, Engine, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind};
 
@@ -70,6 +70,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 cwd: "/".to_owned(),
                 preopens,
                 stdio,
+                limits: Limits::default(),
             }
         }
         Target::Archive(path) => {
@@ -121,6 +122,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 cwd: image.working_dir(),
                 preopens,
                 stdio,
+                limits: Limits::default(),
             };
             rootfs_dir = Some(dir);
             spec

@@ -101,6 +101,12 @@ impl CompileCache {
         std::fs::create_dir_all(&dir).map_err(cache_err)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(cache_err)?;
         std::io::Write::write_all(&mut tmp, &compiled).map_err(cache_err)?;
+        // Readable by all: a sandbox running as the container's user loads what the shim compiled.
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .map_err(cache_err)?;
         tmp.persist(&entry).map_err(|e| cache_err(e.error))?;
         deserialize(engine, kind, &entry).map_err(|source| Error::Compile {
             path: path.to_owned(),

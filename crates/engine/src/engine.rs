@@ -26,15 +26,57 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// and what `wasmtime run` exits with on a trap.
 const TRAP_STATUS: u32 = 134;
 
+/// The exit status of a guest that exceeded its memory limit: what a process killed by the OOM
+/// killer reports (128 + SIGKILL).
+const OUT_OF_MEMORY_STATUS: u32 = 137;
+
+/// Enforces [`Limits`] on one store and remembers whether the guest hit them.
+struct Limiter {
+    memory: Option<usize>,
+    exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match self.memory {
+            // An error rather than `Ok(false)`: the guest traps at once instead of carrying on
+            // with a failed allocation, and the run ends as out of memory.
+            Some(limit) if desired > limit => {
+                self.exceeded = true;
+                Err(wasmtime::format_err!(
+                    "memory limit of {limit} bytes exceeded (growing to {desired})"
+                ))
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
 /// The store state of a core module (WASI preview 1).
 struct ModuleState {
     wasi: WasiP1Ctx,
+    limiter: Limiter,
 }
 
 /// The store state of a component (WASI preview 2).
 struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
+    limiter: Limiter,
 }
 
 impl WasiView for ComponentState {
@@ -236,6 +278,11 @@ pub enum Exit {
     Code(i32),
     /// The guest trapped; the message (with its wasm backtrace) was also written to its stderr.
     Trapped(String),
+    /// The guest tried to grow a memory past its limit.
+    OutOfMemory {
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 impl Exit {
@@ -245,12 +292,16 @@ impl Exit {
         match self {
             Exit::Code(code) => (*code as u32) & 0xff,
             Exit::Trapped(_) => TRAP_STATUS,
+            Exit::OutOfMemory { .. } => OUT_OF_MEMORY_STATUS,
         }
     }
 
-    fn of(result: wasmtime::Result<()>) -> Exit {
+    fn of(result: wasmtime::Result<()>, limiter: &Limiter) -> Exit {
         match result {
             Ok(()) => Exit::Code(0),
+            Err(_) if limiter.exceeded => Exit::OutOfMemory {
+                limit: limiter.memory.unwrap_or_default() as u64,
+            },
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => Exit::Code(*code),
                 None => Exit::Trapped(format!("guest trapped: {error:?}")),
@@ -267,6 +318,9 @@ impl Prepared {
         let exit = self.instantiate_and_run().await;
         let message = match &exit {
             Ok(Exit::Trapped(message)) => message.clone(),
+            Ok(Exit::OutOfMemory { limit }) => {
+                format!("guest ended: it exceeded its memory limit of {limit} bytes")
+            }
             Ok(Exit::Code(_)) => return exit,
             Err(error) => format!("cannot start the guest: {}", error_chain(error)),
         };
@@ -292,53 +346,58 @@ impl Prepared {
         }
         stdio::attach(&mut wasi, &spec.stdio).await?;
 
-        let exit = match &self.entry {
+        let limiter = Limiter {
+            memory: spec.limits.memory.map(|bytes| bytes as usize),
+            exceeded: false,
+        };
+        // Instantiation can fail like a run does (a start function traps, a data segment passes the
+        // memory limit), so each kind runs as one fallible block whose failure becomes an `Exit`.
+        Ok(match &self.entry {
             Entry::Module { pre, function } => {
                 let mut store = Store::new(
                     &self.engine,
                     ModuleState {
                         wasi: wasi.build_p1(),
+                        limiter,
                     },
                 );
+                store.limiter(|state| &mut state.limiter);
                 store.epoch_deadline_async_yield_and_update(1);
-                let instance = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(Error::Instantiate)?;
-                let init = match instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-                    Ok(init) if function != "_start" => init.call_async(&mut store, ()).await,
-                    _ => Ok(()),
-                };
-                let result = match init {
-                    Ok(()) => {
-                        instance
-                            .get_typed_func::<(), ()>(&mut store, function)
-                            .map_err(Error::Instantiate)?
-                            .call_async(&mut store, ())
-                            .await
+                let result = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    // A library module (WASI reactor) is initialised before its entry function.
+                    if function != "_start"
+                        && let Ok(init) =
+                            instance.get_typed_func::<(), ()>(&mut store, "_initialize")
+                    {
+                        init.call_async(&mut store, ()).await?;
                     }
-                    Err(error) => Err(error),
-                };
-                Exit::of(result)
+                    let entry = instance.get_typed_func::<(), ()>(&mut store, function)?;
+                    entry.call_async(&mut store, ()).await
+                }
+                .await;
+                Exit::of(result, &store.data().limiter)
             }
             Entry::Component(pre) => {
                 let state = ComponentState {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
+                    limiter,
                 };
                 let mut store = Store::new(&self.engine, state);
+                store.limiter(|state| &mut state.limiter);
                 store.epoch_deadline_async_yield_and_update(1);
-                let command = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(Error::Instantiate)?;
-                match command.wasi_cli_run().call_run(&mut store).await {
+                let result = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                }
+                .await;
+                match result {
                     Ok(Ok(())) => Exit::Code(0),
                     Ok(Err(())) => Exit::Code(1),
-                    Err(error) => Exit::of(Err(error)),
+                    Err(error) => Exit::of(Err(error), &store.data().limiter),
                 }
             }
-        };
-        Ok(exit)
+        })
     }
 }

@@ -96,9 +96,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Instantiation failed (e.g. a start function trapped, or resources ran out).
-    #[error("cannot instantiate the guest")]
-    Instantiate(#[source] wasmtime::Error),
     /// The engine could not be created.
     #[error("cannot create the Wasm engine")]
     Engine(#[source] wasmtime::Error),

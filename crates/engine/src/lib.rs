@@ -22,4 +22,4 @@ mod workload;
 pub use cache::CompileCache;
 pub use engine::{Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
-pub use workload::{Access, Input, ModuleSource, Output, Preopen, Stdio, WorkloadSpec};
+pub use workload::{Access, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec};

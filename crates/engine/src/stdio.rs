@@ -1,5 +1,7 @@
 //! Connecting a guest's standard streams to what its [`Stdio`] names.
 
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
@@ -14,6 +16,7 @@ use crate::workload::{Input, Output, Stdio};
 const WRITE_BUDGET: usize = 64 * 1024;
 
 type Writer = Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>;
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>;
 
 /// Opens the streams of `stdio` and hands them to the guest's WASI context.
 pub(crate) async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Result<(), Error> {
@@ -25,36 +28,30 @@ pub(crate) async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Resul
         Input::Fifo(path) => {
             let fifo = pipe::OpenOptions::new()
                 .open_receiver(path)
-                .map_err(|source| Error::Stdio {
-                    stream: "stdin",
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(stdio_err("stdin", path))?;
             builder.stdin(AsyncStdinStream::new(fifo));
         }
-    }
-    match &stdio.stdout {
-        Output::Null => {}
-        Output::Inherit => {
-            builder.inherit_stdout();
-        }
-        out => {
-            builder.stdout(AsyncStdoutStream::new(
-                WRITE_BUDGET,
-                open(out, "stdout").await?,
-            ));
+        Input::Descriptor(fd) => {
+            builder.stdin(AsyncStdinStream::new(reader_from(*fd)?));
         }
     }
-    match &stdio.stderr {
-        Output::Null => {}
-        Output::Inherit => {
-            builder.inherit_stderr();
-        }
-        out => {
-            builder.stderr(AsyncStdoutStream::new(
-                WRITE_BUDGET,
-                open(out, "stderr").await?,
-            ));
+    for (output, stream) in [(&stdio.stdout, "stdout"), (&stdio.stderr, "stderr")] {
+        let writer = match output {
+            Output::Null => continue,
+            Output::Inherit if stream == "stdout" => {
+                builder.inherit_stdout();
+                continue;
+            }
+            Output::Inherit => {
+                builder.inherit_stderr();
+                continue;
+            }
+            other => AsyncStdoutStream::new(WRITE_BUDGET, open(other, stream).await?),
+        };
+        if stream == "stdout" {
+            builder.stdout(writer);
+        } else {
+            builder.stderr(writer);
         }
     }
     Ok(())
@@ -77,14 +74,6 @@ pub(crate) async fn report(stderr: &Output, message: &str) {
 }
 
 async fn open(output: &Output, stream: &'static str) -> Result<Writer, Error> {
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| Error::Stdio {
-            stream,
-            path,
-            source,
-        }
-    };
     Ok(match output {
         // Opened read-write, as runc's shim does: the FIFO then always has a reader, so the
         // guest's writes wait for containerd instead of failing with EPIPE when no client is
@@ -93,7 +82,7 @@ async fn open(output: &Output, stream: &'static str) -> Result<Writer, Error> {
             pipe::OpenOptions::new()
                 .read_write(true)
                 .open_sender(path)
-                .map_err(err(path))?,
+                .map_err(stdio_err(stream, path))?,
         ),
         Output::File(path) => Box::new(
             tokio::fs::OpenOptions::new()
@@ -101,8 +90,52 @@ async fn open(output: &Output, stream: &'static str) -> Result<Writer, Error> {
                 .append(true)
                 .open(path)
                 .await
-                .map_err(err(path))?,
+                .map_err(stdio_err(stream, path))?,
         ),
-        Output::Null | Output::Inherit => unreachable!("{stream}: only FIFOs and files are opened"),
+        Output::Descriptor(fd) => writer_from(*fd, stream)?,
+        Output::Null | Output::Inherit => {
+            unreachable!("{stream}: only FIFOs, files and descriptors are opened")
+        }
+    })
+}
+
+fn stdio_err(stream: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_owned();
+    move |source| Error::Stdio {
+        stream,
+        path,
+        source,
+    }
+}
+
+/// A duplicate of a descriptor this process was handed, and whether it is a FIFO (driven by
+/// the reactor) rather than a regular file (driven by blocking threads).
+fn duplicate(fd: i32, stream: &'static str) -> Result<(OwnedFd, bool), Error> {
+    let err = || stdio_err(stream, Path::new(&format!("/proc/self/fd/{fd}")));
+    // SAFETY: the descriptor was handed to this process for this stream and stays open for the
+    // container's lifetime; it is only borrowed long enough to duplicate it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let file = std::fs::File::from(borrowed.try_clone_to_owned().map_err(err())?);
+    let is_fifo = file.metadata().map_err(err())?.file_type().is_fifo();
+    Ok((OwnedFd::from(file), is_fifo))
+}
+
+fn reader_from(fd: i32) -> Result<Reader, Error> {
+    let (owned, is_fifo) = duplicate(fd, "stdin")?;
+    let err = stdio_err("stdin", Path::new(&format!("/proc/self/fd/{fd}")));
+    Ok(if is_fifo {
+        Box::new(pipe::Receiver::from_owned_fd(owned).map_err(err)?)
+    } else {
+        Box::new(tokio::fs::File::from_std(std::fs::File::from(owned)))
+    })
+}
+
+fn writer_from(fd: i32, stream: &'static str) -> Result<Writer, Error> {
+    let (owned, is_fifo) = duplicate(fd, stream)?;
+    let err = stdio_err(stream, Path::new(&format!("/proc/self/fd/{fd}")));
+    Ok(if is_fifo {
+        Box::new(pipe::Sender::from_owned_fd(owned).map_err(err)?)
+    } else {
+        Box::new(tokio::fs::File::from_std(std::fs::File::from(owned)))
     })
 }

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// Everything the engine needs to run a guest, and nothing it may add on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadSpec {
     /// Where the Wasm binary comes from.
     pub module: ModuleSource,
@@ -21,10 +23,35 @@ pub struct WorkloadSpec {
     pub preopens: Vec<Preopen>,
     /// Where the guest's standard streams go.
     pub stdio: Stdio,
+    /// What the guest may consume.
+    pub limits: Limits,
+}
+
+impl WorkloadSpec {
+    /// The host paths the spec reaches directly: the module's source and every preopened
+    /// directory (stdio is separate: it is opened, not reached). A sandbox that is handed these
+    /// as descriptors rewrites them in place.
+    pub fn host_paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        let module = match &mut self.module {
+            ModuleSource::File(path) => path,
+            ModuleSource::Rootfs { root, .. } => root,
+        };
+        std::iter::once(module)
+            .chain(self.preopens.iter_mut().map(|p| &mut p.host))
+            .collect()
+    }
+}
+
+/// Resource limits of one guest instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// The most bytes any one of its linear memories may grow to; growing past it ends the guest
+    /// as out of memory (status 137), as the kernel's OOM killer would end a process.
+    pub memory: Option<u64>,
 }
 
 /// Where the Wasm binary is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModuleSource {
     /// A file the user named on the host (`wasmcell run app.wasm`).
     File(PathBuf),
@@ -39,7 +66,7 @@ pub enum ModuleSource {
 }
 
 /// A host directory the guest sees at `guest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preopen {
     /// The directory on the host.
     pub host: PathBuf,
@@ -50,7 +77,7 @@ pub struct Preopen {
 }
 
 /// What a guest may do in a preopened directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Access {
     /// Read only.
     ReadOnly,
@@ -59,7 +86,7 @@ pub enum Access {
 }
 
 /// The guest's standard streams.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Stdio {
     /// Standard input.
     pub stdin: Input,
@@ -70,7 +97,7 @@ pub struct Stdio {
 }
 
 /// Where standard input comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Input {
     /// Nothing: reads see end of file.
     #[default]
@@ -79,10 +106,13 @@ pub enum Input {
     Inherit,
     /// A FIFO containerd writes to.
     Fifo(PathBuf),
+    /// A descriptor this process already has open (a sandbox receives stdio this way); each
+    /// instance reads from a duplicate.
+    Descriptor(i32),
 }
 
 /// Where an output stream goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Output {
     /// Discarded.
     #[default]
@@ -93,4 +123,7 @@ pub enum Output {
     Fifo(PathBuf),
     /// A log file, appended to (containerd's `file://` log URIs).
     File(PathBuf),
+    /// A descriptor this process already has open (a sandbox receives stdio this way); each
+    /// instance writes to a duplicate.
+    Descriptor(i32),
 }

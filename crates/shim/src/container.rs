@@ -1,32 +1,28 @@
-//! One container in the shim: its prepared workload and where it is in its life.
+//! One container in the shim: where it is in its life.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use tokio::sync::{oneshot, watch};
-use wasmcell_engine::Prepared;
+use tokio::sync::watch;
 
 /// How a task ended: its status and when.
 #[derive(Debug, Clone)]
 pub struct ExitInfo {
-    /// The exit status containerd reports (guest code, 128 + signal, or 134 for a trap).
+    /// The exit status containerd reports (guest code, 128 + signal, 134 for a trap, 137 for
+    /// out of memory).
     pub status: u32,
     /// When it ended.
     pub at: Timestamp,
 }
 
-/// Where a container is in its life. Each state holds exactly what is valid in it.
+/// Where a container is in its life.
 pub enum State {
-    /// Created: prepared, not started.
+    /// Created: prepared in the sandbox, not started.
     Created,
-    /// Running: a signal sent on `kill` ends the guest with 128 + signal.
-    Running {
-        /// Delivers a terminating signal to the runner; taken by the first kill.
-        kill: Option<oneshot::Sender<u32>>,
-    },
+    /// Its guest is running in the sandbox.
+    Running,
     /// Finished.
     Stopped(ExitInfo),
 }
@@ -36,7 +32,7 @@ impl State {
     pub fn name(&self) -> &'static str {
         match self {
             State::Created => "created",
-            State::Running { .. } => "running",
+            State::Running => "running",
             State::Stopped(_) => "stopped",
         }
     }
@@ -50,8 +46,6 @@ pub struct Container {
     pub mounted_rootfs: Option<PathBuf>,
     /// The stdio paths as containerd gave them, for `state`.
     pub stdio: [String; 3],
-    /// The workload, ready to instantiate.
-    pub prepared: Arc<Prepared>,
     /// Where it is in its life.
     pub state: State,
     /// Set once when the task exits; `wait` watches it.
@@ -60,13 +54,13 @@ pub struct Container {
 
 impl Container {
     /// Records the exit, wakes every `wait`, and returns the event announcing it.
-    pub fn finish(&mut self, id: &str, exit: ExitInfo) -> TaskExit {
+    pub fn finish(&mut self, id: &str, pid: u32, exit: ExitInfo) -> TaskExit {
         self.state = State::Stopped(exit.clone());
         self.exited.send_replace(Some(exit.clone()));
         TaskExit {
             container_id: id.to_owned(),
             id: id.to_owned(),
-            pid: std::process::id(),
+            pid,
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
             ..Default::default()

@@ -52,6 +52,12 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The sandbox process failed or refused.
+    #[error(transparent)]
+    Sandbox(#[from] wasmcell_sandbox::SandboxError),
+    /// The container's cgroup could not be set up.
+    #[error("cannot set up the container's cgroup")]
+    Cgroup(#[source] std::io::Error),
     /// A blocking step panicked or was cancelled.
     #[error("internal task failed")]
     Join(#[from] tokio::task::JoinError),
@@ -65,7 +71,11 @@ impl Error {
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::UnsupportedRuntime(_) | Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::Spec(_) | Error::Engine(_) => Code::INVALID_ARGUMENT,
-            Error::Rootfs { .. } | Error::Join(_) => Code::INTERNAL,
+            // What the sandbox refuses is the workload's fault (e.g. a preopen it cannot open).
+            Error::Sandbox(wasmcell_sandbox::SandboxError::Refused(_)) => Code::INVALID_ARGUMENT,
+            Error::Rootfs { .. } | Error::Join(_) | Error::Sandbox(_) | Error::Cgroup(_) => {
+                Code::INTERNAL
+            }
         }
     }
 }

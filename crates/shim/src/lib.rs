@@ -10,6 +10,7 @@
 //! passes the runtime to the daemon in [`RUNTIME_ENV`].
 #![deny(missing_docs)]
 
+mod cgroup;
 mod container;
 mod error;
 mod runtime;
@@ -21,10 +22,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::api::DeleteResponse;
+use containerd_shim::event::Event;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::{timestamp, write_str_to_file};
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
+use tokio::sync::mpsc;
 use wasmcell_engine::{CompileCache, Engine};
 
 pub use error::Error;
@@ -119,7 +122,8 @@ impl Shim for WasmShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        let engine = match Engine::new(CompileCache::new(CompileCache::default_dir())) {
+        let cache_dir = CompileCache::default_dir();
+        let engine = match Engine::new(CompileCache::new(&cache_dir)) {
             Ok(engine) => Arc::new(engine),
             Err(error) => {
                 // Nothing can run without an engine; containerd sees the shim exit and reports it.
@@ -127,12 +131,28 @@ impl Shim for WasmShim {
                 std::process::exit(1);
             }
         };
-        TaskService::new(
-            self.runtime,
-            self.flags_namespace.clone(),
-            engine,
-            publisher,
-            self.exit.clone(),
-        )
+        let events = forward_events(publisher, self.flags_namespace.clone());
+        TaskService::new(self.runtime, engine, cache_dir, events, self.exit.clone())
     }
+}
+
+/// Publishes events to containerd in the order they are sent, from one task, so a slow
+/// publish never holds up a request and TaskExit never overtakes TaskStart.
+fn forward_events(
+    publisher: RemotePublisher,
+    namespace: String,
+) -> mpsc::UnboundedSender<Box<dyn Event + Send>> {
+    let (events, mut queue) = mpsc::unbounded_channel::<Box<dyn Event + Send>>();
+    tokio::spawn(async move {
+        while let Some(event) = queue.recv().await {
+            let topic = event.topic();
+            if let Err(error) = publisher
+                .publish(Default::default(), &topic, &namespace, event)
+                .await
+            {
+                tracing::error!("cannot publish {topic}: {error}");
+            }
+        }
+    });
+    events
 }

@@ -1,8 +1,14 @@
 //! The containerd task service (shim v2 `Task` API) over Wasm workloads.
+//!
+//! The shim keeps the privileged work (rootfs mounts, cgroups, opening stdio and granted
+//! paths, events, ttrpc) and validates each workload itself at `create`, so bad input fails
+//! there with its reason. Guests run in the group's sandbox process, started at the first
+//! `create` from that container's spec.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::api::{
@@ -12,21 +18,26 @@ use containerd_shim::api::{
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::api::ProcessInfo;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use oci_spec::runtime::Spec;
+use tokio::sync::{Mutex, OnceCell, mpsc, watch};
 use wasmcell_engine::{Engine, Input, Output, Stdio};
+use wasmcell_sandbox::protocol::{Request, grants};
+use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
+use crate::cgroup::Cgroup;
 use crate::container::{Container, ExitInfo, State};
 use crate::error::Error;
 use crate::runtime::Runtime;
 use crate::{spec, sys};
 
 type Result<T> = std::result::Result<T, Error>;
+type Containers = Arc<Mutex<HashMap<String, Container>>>;
+type Events = mpsc::UnboundedSender<Box<dyn Event + Send>>;
 
 /// Signals whose default action is to do nothing: a guest cannot install handlers, so these are
 /// no-ops, as they would be for a process that never handled them.
@@ -37,39 +48,41 @@ const IGNORED_SIGNALS: [u32; 4] = [
     libc::SIGWINCH as u32,
 ];
 
+/// The status of guests whose sandbox process died under them (killed, or OOM-killed as a
+/// whole by its cgroup).
+const SANDBOX_DIED_STATUS: u32 = 128 + libc::SIGKILL as u32;
+
+/// The group's sandbox process and the cgroup it was placed in.
+struct SandboxHandle {
+    sandbox: Sandbox,
+    cgroup: Option<Cgroup>,
+}
+
 /// Serves the Task API for every container of this shim (one shim per pod, or per container).
 pub struct TaskService {
     runtime: Runtime,
     engine: Arc<Engine>,
-    containers: Arc<Mutex<HashMap<String, Container>>>,
-    events: mpsc::UnboundedSender<Box<dyn Event + Send>>,
+    cache_dir: PathBuf,
+    sandbox: OnceCell<SandboxHandle>,
+    containers: Containers,
+    events: Events,
     exit: Arc<ExitSignal>,
 }
 
 impl TaskService {
-    /// Creates the service; events are forwarded in order to containerd by a background task.
+    /// Creates the service; events are forwarded in order to containerd by `publish`.
     pub fn new(
         runtime: Runtime,
-        namespace: String,
         engine: Arc<Engine>,
-        publisher: RemotePublisher,
+        cache_dir: PathBuf,
+        events: Events,
         exit: Arc<ExitSignal>,
-    ) -> TaskService {
-        let (events, mut queue) = mpsc::unbounded_channel::<Box<dyn Event + Send>>();
-        tokio::spawn(async move {
-            while let Some(event) = queue.recv().await {
-                let topic = event.topic();
-                if let Err(error) = publisher
-                    .publish(Default::default(), &topic, &namespace, event)
-                    .await
-                {
-                    tracing::error!("cannot publish {topic}: {error}");
-                }
-            }
-        });
+    ) -> Self {
         TaskService {
             runtime,
             engine,
+            cache_dir,
+            sandbox: OnceCell::new(),
             containers: Default::default(),
             events,
             exit,
@@ -79,6 +92,51 @@ impl TaskService {
     fn publish(&self, event: impl Event + Send + 'static) {
         // Fails only when the forwarder is gone, i.e. the shim is shutting down.
         let _ = self.events.send(Box::new(event));
+    }
+
+    /// The PID tasks report: the sandbox's, where the guests run (the shim's before it exists).
+    fn pid(&self) -> u32 {
+        self.sandbox
+            .get()
+            .map_or_else(std::process::id, |handle| handle.sandbox.pid())
+    }
+
+    /// The group's sandbox, started from the first container's spec.
+    async fn sandbox_for(&self, oci: &Spec) -> Result<&Sandbox> {
+        let handle = self
+            .sandbox
+            .get_or_try_init(|| async {
+                let setup = spec::sandbox_setup(oci, &self.cache_dir)?;
+                let cgroup = match spec::cgroup(oci) {
+                    Some((path, resources)) => {
+                        Some(Cgroup::create(&path, &resources).map_err(Error::Cgroup)?)
+                    }
+                    None => None,
+                };
+                let place = |pid| {
+                    cgroup
+                        .as_ref()
+                        .map_or(Ok(()), |c| c.add(pid))
+                        .map_err(Into::into)
+                };
+                match Sandbox::start(&setup, place).await {
+                    Ok((sandbox, exits)) => {
+                        tokio::spawn(record_exits(
+                            exits,
+                            self.containers.clone(),
+                            self.events.clone(),
+                            sandbox.pid(),
+                        ));
+                        Ok(SandboxHandle { sandbox, cgroup })
+                    }
+                    Err(error) => {
+                        cgroup.inspect(Cgroup::remove);
+                        Err(Error::Sandbox(error))
+                    }
+                }
+            })
+            .await?;
+        Ok(&handle.sandbox)
     }
 
     async fn create_container(&self, req: &CreateTaskRequest) -> Result<Container> {
@@ -113,56 +171,81 @@ impl TaskService {
             sys::mount_rootfs(&req.rootfs, &target).await?;
             Some(target)
         };
-        let prepared = async {
+        let created = async {
             let workload = spec::workload(&oci, &bundle, stdio)?;
+            // Validated and compiled here, where errors reach `ctr run` at once; the sandbox
+            // then loads the compiled artifact from the cache.
             let engine = self.engine.clone();
-            Ok::<_, Error>(tokio::task::spawn_blocking(move || engine.prepare(workload)).await??)
+            let checked = workload.clone();
+            tokio::task::spawn_blocking(move || engine.prepare(checked)).await??;
+            let sandbox = self.sandbox_for(&oci).await?;
+            let grants = grants(&workload);
+            sandbox
+                .request(Request::Create {
+                    id: req.id.clone(),
+                    spec: Box::new(workload),
+                    grants,
+                })
+                .await?;
+            Ok::<_, Error>(())
         }
         .await;
-        let prepared = match prepared {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                if let Some(target) = &mounted_rootfs {
-                    let _ = sys::unmount_rootfs(target);
-                }
-                return Err(error);
+        if let Err(error) = created {
+            if let Some(target) = &mounted_rootfs {
+                let _ = sys::unmount_rootfs(target);
             }
-        };
+            return Err(error);
+        }
         Ok(Container {
             bundle,
             mounted_rootfs,
             stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
-            prepared: Arc::new(prepared),
             state: State::Created,
             exited: watch::channel(None).0,
         })
     }
 
-    /// Runs the container's guest until it exits or is killed, then records and announces the exit.
-    fn run(&self, id: String, container: &Container, kill: oneshot::Receiver<u32>) {
-        let prepared = container.prepared.clone();
-        let containers = self.containers.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let status = tokio::select! {
-                exit = prepared.run() => match exit {
-                    Ok(exit) => exit.status(),
-                    // The engine has already said why on the guest's stderr.
-                    Err(error) => {
-                        tracing::error!("container {id} failed to start: {}", wasmcell_engine::error_chain(&error));
-                        1
-                    }
-                },
-                Ok(signal) = kill => 128 + signal,
-            };
+    fn sandbox(&self) -> Result<&Sandbox> {
+        self.sandbox
+            .get()
+            .map(|h| &h.sandbox)
+            .ok_or(Error::Sandbox(SandboxError::Gone))
+    }
+}
+
+/// Records the guests' exits as the sandbox reports them; when the sandbox itself ends, every
+/// guest it still held ends with it.
+async fn record_exits(
+    mut exits: mpsc::UnboundedReceiver<Exited>,
+    containers: Containers,
+    events: Events,
+    pid: u32,
+) {
+    while let Some(Exited { id, status, oom }) = exits.recv().await {
+        let exit = ExitInfo {
+            status,
+            at: timestamp().unwrap_or_default(),
+        };
+        if let Some(container) = containers.lock().await.get_mut(&id) {
+            if oom {
+                let _ = events.send(Box::new(TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                }));
+            }
+            let _ = events.send(Box::new(container.finish(&id, pid, exit)));
+        }
+    }
+    let mut containers = containers.lock().await;
+    for (id, container) in containers.iter_mut() {
+        if !matches!(container.state, State::Stopped(_)) {
+            tracing::warn!("the sandbox ended under container {id}");
             let exit = ExitInfo {
-                status,
+                status: SANDBOX_DIED_STATUS,
                 at: timestamp().unwrap_or_default(),
             };
-            if let Some(container) = containers.lock().await.get_mut(&id) {
-                let _ = events.send(Box::new(container.finish(&id, exit)));
-            }
-        });
+            let _ = events.send(Box::new(container.finish(id, pid, exit)));
+        }
     }
 }
 
@@ -178,20 +261,6 @@ fn output(path: &str) -> Result<Output> {
         )))
     } else {
         Ok(Output::Fifo(path.into()))
-    }
-}
-
-fn status_of(
-    state: &State,
-) -> (
-    Status,
-    u32,
-    Option<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp>,
-) {
-    match state {
-        State::Created => (Status::CREATED, 0, None),
-        State::Running { .. } => (Status::RUNNING, 0, None),
-        State::Stopped(exit) => (Status::STOPPED, exit.status, Some(exit.at.clone())),
     }
 }
 
@@ -217,11 +286,11 @@ impl Task for TaskService {
             .create_container(&req)
             .await
             .inspect_err(|e| tracing::warn!("create {}: {e}", req.id))?;
-        let pid = std::process::id();
         self.containers
             .lock()
             .await
             .insert(req.id.clone(), container);
+        let pid = self.pid();
         self.publish(TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -257,10 +326,20 @@ impl Task for TaskService {
             }
             .into());
         }
-        let (kill, killed) = oneshot::channel();
-        container.state = State::Running { kill: Some(kill) };
-        self.run(req.id.clone(), container, killed);
-        let pid = std::process::id();
+        // Marked running before the guest can exit, so its exit is never recorded first.
+        container.state = State::Running;
+        drop(containers);
+        if let Err(error) = self
+            .sandbox()?
+            .request(Request::Start { id: req.id.clone() })
+            .await
+        {
+            if let Some(container) = self.containers.lock().await.get_mut(&req.id) {
+                container.state = State::Created;
+            }
+            return Err(Error::Sandbox(error).into());
+        }
+        let pid = self.pid();
         self.publish(TaskStart {
             container_id: req.id,
             pid,
@@ -281,20 +360,25 @@ impl Task for TaskService {
         let container = containers
             .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        match &mut container.state {
+        match container.state {
             // A guest cannot handle signals: every other signal ends it at once, 128 + signal.
-            // The runner records the exit; until then the task still counts as running.
-            State::Running { kill } => {
-                if let Some(kill) = kill.take() {
-                    let _ = kill.send(req.signal);
-                }
+            // The sandbox reports the exit, which is recorded like any other.
+            State::Running => {
+                drop(containers);
+                self.sandbox()?
+                    .request(Request::Kill {
+                        id: req.id,
+                        signal: req.signal,
+                    })
+                    .await
+                    .map_err(|_| Error::Finished)?;
             }
             State::Created => {
                 let exit = ExitInfo {
                     status: 128 + req.signal,
                     at: timestamp().unwrap_or_default(),
                 };
-                let event = container.finish(&req.id, exit);
+                let event = container.finish(&req.id, self.pid(), exit);
                 self.publish(event);
             }
             State::Stopped(_) => return Err(Error::Finished.into()),
@@ -336,7 +420,7 @@ impl Task for TaskService {
             .get(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
         let (status, exited_at) = match &container.state {
-            State::Running { .. } => {
+            State::Running => {
                 return Err(Error::WrongState {
                     id: req.id,
                     state: "running",
@@ -348,10 +432,17 @@ impl Task for TaskService {
             State::Stopped(exit) => (exit.status, exit.at.clone()),
         };
         let container = containers.remove(&req.id).expect("present");
+        drop(containers);
+        if let Ok(sandbox) = self.sandbox() {
+            // A sandbox that is gone has forgotten the container already.
+            let _ = sandbox
+                .request(Request::Delete { id: req.id.clone() })
+                .await;
+        }
         if let Some(rootfs) = &container.mounted_rootfs {
             sys::unmount_rootfs(rootfs)?;
         }
-        let pid = std::process::id();
+        let pid = self.pid();
         self.publish(TaskDelete {
             container_id: req.id.clone(),
             id: req.id,
@@ -374,12 +465,16 @@ impl Task for TaskService {
         let container = containers
             .get(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        let (status, exit_status, exited_at) = status_of(&container.state);
+        let (status, exit_status, exited_at) = match &container.state {
+            State::Created => (Status::CREATED, 0, None),
+            State::Running => (Status::RUNNING, 0, None),
+            State::Stopped(exit) => (Status::STOPPED, exit.status, Some(exit.at.clone())),
+        };
         let [stdin, stdout, stderr] = container.stdio.clone();
         Ok(StateResponse {
             id: req.id,
             bundle: container.bundle.display().to_string(),
-            pid: std::process::id(),
+            pid: self.pid(),
             status: status.into(),
             stdin,
             stdout,
@@ -396,7 +491,7 @@ impl Task for TaskService {
             .get(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
         let process = ProcessInfo {
-            pid: std::process::id(),
+            pid: self.pid(),
             ..Default::default()
         };
         Ok(PidsResponse {
@@ -410,19 +505,33 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: ConnectRequest,
     ) -> ttrpc::Result<ConnectResponse> {
-        let pid = std::process::id();
         Ok(ConnectResponse {
-            shim_pid: pid,
-            task_pid: pid,
+            shim_pid: std::process::id(),
+            task_pid: self.pid(),
             ..Default::default()
         })
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
         // containerd asks after each delete; the shim stays while other containers of its group live.
-        if self.containers.lock().await.is_empty() {
-            self.exit.signal();
+        if !self.containers.lock().await.is_empty() {
+            return Ok(Empty::new());
         }
+        if let Some(handle) = self.sandbox.get() {
+            handle.sandbox.kill();
+            // The cgroup can go once the sandbox is gone (the shim's reaper collects it).
+            let gone = Path::new("/proc").join(handle.sandbox.pid().to_string());
+            for _ in 0..200 {
+                if !gone.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let Some(cgroup) = &handle.cgroup {
+                cgroup.remove();
+            }
+        }
+        self.exit.signal();
         Ok(Empty::new())
     }
 }

@@ -13,9 +13,12 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Mount, Spec};
-use wasmcell_engine::{Access, ModuleSource, Preopen, Stdio, WorkloadSpec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
 use wasmcell_oci::Entrypoint;
+use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Setup, User};
+
+use crate::cgroup::Resources;
 
 /// Why a container spec cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,9 @@ pub enum SpecError {
         "no entrypoint: the process args are empty; set the image's Entrypoint or give a command"
     )]
     NoArgs,
+    /// The spec asks for something wasmcell does not provide yet.
+    #[error("the container spec asks for {0}, which wasmcell does not support yet")]
+    Unsupported(&'static str),
     /// A bind mount names a source that does not exist.
     #[error("bind mount source {} (for {}) does not exist", source_path.display(), destination.display())]
     MissingBindSource {
@@ -103,7 +109,92 @@ pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec
         cwd: process.cwd().display().to_string(),
         preopens,
         stdio,
+        limits: limits(spec),
     })
+}
+
+/// The per-instance limits the spec sets: `linux.resources.memory.limit` (absent, zero or -1
+/// means none).
+fn limits(spec: &Spec) -> Limits {
+    let memory = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.resources().as_ref())
+        .and_then(|resources| resources.memory().as_ref())
+        .and_then(|memory| memory.limit())
+        .filter(|limit| *limit > 0)
+        .map(|limit| limit as u64);
+    Limits { memory }
+}
+
+/// The sandbox's isolation for this spec. Namespaces follow runc: listed without a path, a new
+/// one; with a path, that one is joined; not listed, the host's is kept (`ctr run --net-host`).
+/// The mount namespace is always private. A user namespace is refused rather than ignored.
+pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> {
+    let mut namespaces = Vec::new();
+    for namespace in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+    {
+        let kind = match namespace.typ() {
+            LinuxNamespaceType::Network => NamespaceKind::Network,
+            LinuxNamespaceType::Ipc => NamespaceKind::Ipc,
+            LinuxNamespaceType::Uts => NamespaceKind::Uts,
+            LinuxNamespaceType::User => return Err(SpecError::Unsupported("user namespaces")),
+            // Mount: always private. Pid and cgroup: guests see neither processes nor cgroups.
+            _ => continue,
+        };
+        namespaces.push(Namespace {
+            kind,
+            path: namespace.path().clone(),
+        });
+    }
+    let new_uts = namespaces
+        .iter()
+        .any(|n| n.kind == NamespaceKind::Uts && n.path.is_none());
+    let user = spec.process().as_ref().ok_or(SpecError::NoProcess)?.user();
+    Ok(Setup {
+        namespaces,
+        hostname: spec.hostname().clone().filter(|h| new_uts && !h.is_empty()),
+        user: User {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        },
+        cache_dir: cache_dir.to_owned(),
+    })
+}
+
+/// Room for the sandbox process itself (engine, runtime, buffers) on top of the guests' own
+/// memory limit, so the guest meets its limit in the engine (a clean 137 with an OOM event)
+/// before the kernel's OOM killer meets the whole sandbox.
+pub const SANDBOX_MEMORY_HEADROOM: i64 = 32 << 20;
+
+/// The cgroup path and limits the spec asks for, if it names a cgroup.
+pub fn cgroup(spec: &Spec) -> Option<(String, Resources)> {
+    let linux = spec.linux().as_ref()?;
+    let path = linux.cgroups_path().as_ref()?.display().to_string();
+    let resources = linux.resources().as_ref();
+    let memory = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0);
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    Some((
+        path,
+        Resources {
+            memory: memory.map(|limit| limit + SANDBOX_MEMORY_HEADROOM),
+            cpu_quota: cpu.and_then(|c| c.quota()),
+            cpu_period: cpu.and_then(|c| c.period()),
+            cpu_shares: cpu.and_then(|c| c.shares()),
+            pids: resources
+                .and_then(|r| r.pids().as_ref())
+                .map(|p| p.limit())
+                .filter(|l| *l > 0),
+        },
+    ))
 }
 
 /// The preopen for a mount, if the guest gets one: directory bind mounts outside the kernel's
@@ -248,6 +339,96 @@ mod tests {
                 ("/data", Access::ReadWrite),
                 ("/config", Access::ReadOnly)
             ]
+        );
+    }
+
+    #[test]
+    fn memory_limit_table() {
+        for (resources, expected) in [
+            (json!({}), None),
+            (json!({"memory": {"limit": 67108864}}), Some(67108864)),
+            (json!({"memory": {"limit": -1}}), None),
+            (json!({"memory": {"limit": 0}}), None),
+        ] {
+            let s = base(json!({"linux": {"resources": resources}}));
+            let w = workload(&s, Path::new("/b"), Stdio::default()).unwrap();
+            assert_eq!(w.limits.memory, expected, "{resources}");
+        }
+    }
+
+    #[test]
+    fn namespaces_follow_runc() {
+        let s = base(json!({"hostname": "box", "linux": {"namespaces": [
+            {"type": "network", "path": "/var/run/netns/pod"},
+            {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "pid"},
+        ]}}));
+        let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
+        assert_eq!(
+            setup.namespaces,
+            [
+                Namespace {
+                    kind: NamespaceKind::Network,
+                    path: Some("/var/run/netns/pod".into())
+                },
+                Namespace {
+                    kind: NamespaceKind::Ipc,
+                    path: None
+                },
+                Namespace {
+                    kind: NamespaceKind::Uts,
+                    path: None
+                },
+            ]
+        );
+        assert_eq!(setup.hostname.as_deref(), Some("box"));
+        // No network namespace listed: the host's (`--net-host`); no new UTS: no hostname.
+        let s = base(json!({"hostname": "box", "linux": {"namespaces": [{"type": "mount"}]}}));
+        let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
+        assert!(setup.namespaces.is_empty() && setup.hostname.is_none());
+        let s = base(json!({"linux": {"namespaces": [{"type": "user"}]}}));
+        assert!(
+            sandbox_setup(&s, Path::new("/cache"))
+                .unwrap_err()
+                .to_string()
+                .contains("user namespaces")
+        );
+    }
+
+    #[test]
+    fn user_and_groups_come_from_the_process() {
+        let mut value = serde_json::to_value(base(json!({}))).unwrap();
+        value["process"]["user"] = json!({"uid": 1000, "gid": 100, "additionalGids": [10, 20]});
+        let setup =
+            sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
+        assert_eq!(
+            setup.user,
+            User {
+                uid: 1000,
+                gid: 100,
+                additional_gids: vec![10, 20]
+            }
+        );
+    }
+
+    #[test]
+    fn cgroup_table() {
+        assert_eq!(cgroup(&base(json!({}))), None);
+        let s = base(
+            json!({"linux": {"cgroupsPath": "/default/c1", "resources": {
+                "memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000, "shares": 512}, "pids": {"limit": 64},
+            }}}),
+        );
+        let (path, resources) = cgroup(&s).unwrap();
+        assert_eq!(path, "/default/c1");
+        assert_eq!(
+            resources,
+            Resources {
+                memory: Some(67108864 + SANDBOX_MEMORY_HEADROOM),
+                cpu_quota: Some(50000),
+                cpu_period: Some(100000),
+                cpu_shares: Some(512),
+                pids: Some(64),
+            }
         );
     }
 

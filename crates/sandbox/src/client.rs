@@ -1,0 +1,178 @@
+//! The shim's handle on its sandbox process.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{Envelope, Message, Request, Setup};
+use crate::sys;
+
+/// Why talking to the sandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The process could not be started or placed.
+    #[error("cannot start the sandbox process")]
+    Start(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The sandbox could not isolate itself; the message is its own, with causes.
+    #[error("the sandbox could not isolate itself: {0}")]
+    Setup(String),
+    /// The sandbox refused a request; the message is its own, with causes.
+    #[error("{0}")]
+    Refused(String),
+    /// A granted path could not be opened.
+    #[error("cannot grant {} to the sandbox", path.display())]
+    Grant {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control socket failed.
+    #[error("cannot reach the sandbox process")]
+    Io(#[source] std::io::Error),
+    /// The sandbox process is gone.
+    #[error("the sandbox process exited")]
+    Gone,
+}
+
+/// A guest that ended, as the sandbox reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    /// The container id.
+    pub id: String,
+    /// Its exit status.
+    pub status: u32,
+    /// Whether it exceeded its memory limit.
+    pub oom: bool,
+}
+
+/// Replies being waited for, by sequence number; `None` once the sandbox is gone.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Option<String>>>>>>;
+
+/// A running sandbox process and its control socket.
+pub struct Sandbox {
+    pid: u32,
+    control: OwnedFd,
+    pending: Pending,
+    next_seq: AtomicU64,
+}
+
+impl Sandbox {
+    /// Starts the sandbox, lets `place` put it in its cgroup before it does anything, and waits
+    /// until it has isolated itself. Exits of its guests arrive on the returned channel, which
+    /// closes when the sandbox process ends.
+    pub async fn start(
+        setup: &Setup,
+        place: impl FnOnce(u32) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<(Sandbox, mpsc::UnboundedReceiver<Exited>), SandboxError> {
+        let exe = std::env::current_exe().map_err(|e| SandboxError::Start(e.into()))?;
+        let (control, theirs) = sys::socket_pair().map_err(SandboxError::Io)?;
+        let pid = sys::spawn(&exe, theirs).map_err(|e| SandboxError::Start(e.into()))?;
+        let sandbox = Sandbox {
+            pid,
+            control,
+            pending: Arc::new(Mutex::new(Some(HashMap::new()))),
+            next_seq: AtomicU64::new(1),
+        };
+        // Until setup is sent the sandbox only waits, so it runs nothing outside its cgroup.
+        if let Err(error) = place(pid) {
+            sandbox.kill();
+            return Err(SandboxError::Start(error));
+        }
+        let (exits, exits_rx) = mpsc::unbounded_channel();
+        let reader = sandbox.control.try_clone().map_err(SandboxError::Io)?;
+        let pending = sandbox.pending.clone();
+        std::thread::Builder::new()
+            .name("wasmcell-sandbox-rx".into())
+            .spawn(move || read_messages(reader, pending, exits))
+            .map_err(SandboxError::Io)?;
+        let setup = serde_json::to_vec(setup).expect("setup serializes");
+        sandbox
+            .exchange(0, &setup, &[])
+            .await
+            .map_err(|e| match e {
+                SandboxError::Refused(message) => SandboxError::Setup(message),
+                other => other,
+            })?;
+        Ok((sandbox, exits_rx))
+    }
+
+    /// The sandbox's PID.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `request` and waits for its reply. A `Create` carries a descriptor for each of
+    /// its grants, opened here in the order listed.
+    pub async fn request(&self, request: Request) -> Result<(), SandboxError> {
+        let grants = match &request {
+            Request::Create { grants, .. } => grants
+                .iter()
+                .map(|grant| {
+                    sys::open_grant(grant).map_err(|source| SandboxError::Grant {
+                        path: grant.path.clone(),
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<OwnedFd>, _>>()?,
+            _ => Vec::new(),
+        };
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let packet = serde_json::to_vec(&Envelope { seq, request }).expect("requests serialize");
+        self.exchange(seq, &packet, &grants).await
+    }
+
+    async fn exchange(&self, seq: u64, packet: &[u8], fds: &[OwnedFd]) -> Result<(), SandboxError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .as_mut()
+            .ok_or(SandboxError::Gone)?
+            .insert(seq, tx);
+        let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        sys::send(&self.control, packet, &raw).map_err(SandboxError::Io)?;
+        match rx.await {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => Err(SandboxError::Refused(error)),
+            Err(_) => Err(SandboxError::Gone),
+        }
+    }
+
+    /// Ends the sandbox and every guest in it at once.
+    pub fn kill(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
+    }
+}
+
+/// Dispatches the sandbox's messages until its socket closes, then fails every waiter.
+fn read_messages(control: OwnedFd, pending: Pending, exits: mpsc::UnboundedSender<Exited>) {
+    while let Ok(Some((packet, _))) = sys::recv(&control) {
+        match serde_json::from_slice(&packet) {
+            Ok(Message::Reply { seq, error }) => {
+                if let Some(tx) = pending
+                    .lock()
+                    .expect("pending lock")
+                    .as_mut()
+                    .and_then(|p| p.remove(&seq))
+                {
+                    let _ = tx.send(error);
+                }
+            }
+            Ok(Message::Exited { id, status, oom }) => {
+                let _ = exits.send(Exited { id, status, oom });
+            }
+            Err(error) => tracing::error!("unreadable message from the sandbox: {error}"),
+        }
+    }
+    // Dropping the senders wakes every waiter with `Gone`; later requests fail at once.
+    pending.lock().expect("pending lock").take();
+}

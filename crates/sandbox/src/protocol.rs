@@ -1,0 +1,316 @@
+//! The control protocol between a shim and its sandbox.
+//!
+//! A `SOCK_SEQPACKET` socket pair: every message is one JSON document in one packet, so no
+//! framing is needed and descriptors travel with the request that needs them (`SCM_RIGHTS`).
+//! The shim sends [`Setup`] first, then [`Envelope`]s; the sandbox answers each with a
+//! [`Message::Reply`] carrying its sequence number (setup is number 0), and reports
+//! [`Message::Exited`] whenever a guest ends.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use wasmcell_engine::{Input, Output, WorkloadSpec};
+
+/// The descriptor number the control socket has in the sandbox.
+pub const CONTROL_FD: i32 = 3;
+
+/// The largest packet either side sends (a spec with many mounts and a long environment fits
+/// comfortably).
+pub const MAX_PACKET: usize = 1 << 20;
+
+/// The most descriptors one request carries.
+pub const MAX_FDS: usize = 64;
+
+/// How the sandbox isolates itself, from the first container's spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Namespaces to join or create, besides the private mount namespace it always gets. A kind
+    /// not listed stays the host's, as with runc.
+    pub namespaces: Vec<Namespace>,
+    /// The hostname to set (needs a new UTS namespace).
+    pub hostname: Option<String>,
+    /// Who the guests run as.
+    pub user: User,
+    /// The compile cache to load artifacts from.
+    pub cache_dir: PathBuf,
+}
+
+/// A namespace of the spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    /// Which kind.
+    pub kind: NamespaceKind,
+    /// Join the namespace at this path (e.g. a pod's netns); `None` creates a new one.
+    pub path: Option<PathBuf>,
+}
+
+/// The namespace kinds a sandbox applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceKind {
+    /// Network: sockets the guests open live here.
+    Network,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Hostname and domain name.
+    Uts,
+}
+
+/// Credentials of the guests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+}
+
+/// A request from the shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Prepare a container. Each grant comes with the packet as a descriptor, in order, and
+    /// the spec's uses of its path are served through it (see [`apply_grants`]).
+    Create {
+        /// The container id.
+        id: String,
+        /// What to run, with host paths as the shim knows them.
+        spec: Box<WorkloadSpec>,
+        /// What the shim opened for it ([`grants`] of the spec).
+        grants: Vec<Grant>,
+    },
+    /// Start a created container's guest.
+    Start {
+        /// The container id.
+        id: String,
+    },
+    /// Deliver a signal: a guest cannot handle signals, so it ends with 128 + signal.
+    Kill {
+        /// The container id.
+        id: String,
+        /// The signal number.
+        signal: u32,
+    },
+    /// Forget a container that is not running, releasing its descriptors.
+    Delete {
+        /// The container id.
+        id: String,
+    },
+}
+
+/// A request with its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Echoed in the reply.
+    pub seq: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// A message from the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// The outcome of request `seq` (0: setup): `None` on success, else why it failed.
+    Reply {
+        /// The request's sequence number.
+        seq: u64,
+        /// The error, with its causes.
+        error: Option<String>,
+    },
+    /// A guest ended.
+    Exited {
+        /// The container id.
+        id: String,
+        /// Its exit status.
+        status: u32,
+        /// Whether it ended by exceeding its memory limit.
+        oom: bool,
+    },
+}
+
+/// A host path a container needs, and how the shim opens it for the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The host path.
+    pub path: PathBuf,
+    /// How it is opened.
+    pub open: Open,
+}
+
+/// How a granted path is opened by the shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Open {
+    /// `O_PATH`: a directory or the module, reached through `/proc/self/fd/N` (so the sandbox's
+    /// own uid decides what it may read or write there, as for a runc process).
+    Reach,
+    /// Read, non-blocking: the stdin FIFO.
+    Read,
+    /// Read-write, non-blocking: a stdout/stderr FIFO (it then never reports EPIPE).
+    Write,
+    /// Append, created if missing: a `file://` log.
+    Append,
+}
+
+/// What a spec needs from the host, each path once: its directories and module to reach, and
+/// its stdio to open. The shim opens these (as root, where containerd's 0700 directories are
+/// no obstacle) and passes them with `Create`.
+pub fn grants(spec: &WorkloadSpec) -> Vec<Grant> {
+    let mut grants: Vec<Grant> = Vec::new();
+    let mut add = |path: &PathBuf, open| {
+        if !grants.iter().any(|g| &g.path == path) {
+            grants.push(Grant {
+                path: path.clone(),
+                open,
+            });
+        }
+    };
+    for path in spec.clone().host_paths_mut() {
+        add(path, Open::Reach);
+    }
+    if let Input::Fifo(path) = &spec.stdio.stdin {
+        add(path, Open::Read);
+    }
+    for output in [&spec.stdio.stdout, &spec.stdio.stderr] {
+        match output {
+            Output::Fifo(path) => add(path, Open::Write),
+            Output::File(path) => add(path, Open::Append),
+            _ => {}
+        }
+    }
+    grants
+}
+
+/// Rewrites `spec` to use the descriptors that arrived for `grants`: reached paths become
+/// `/proc/self/fd/N`, stdio becomes the descriptor itself.
+pub fn apply_grants(
+    spec: &mut WorkloadSpec,
+    grants: &[Grant],
+    fds: &[OwnedFd],
+) -> Result<(), String> {
+    if grants.len() != fds.len() {
+        return Err(format!(
+            "{} grants arrived with {} descriptors",
+            grants.len(),
+            fds.len()
+        ));
+    }
+    let fd_of: HashMap<&PathBuf, i32> = grants
+        .iter()
+        .map(|g| &g.path)
+        .zip(fds.iter().map(AsRawFd::as_raw_fd))
+        .collect();
+    let granted = |path: &PathBuf| {
+        fd_of
+            .get(path)
+            .copied()
+            .ok_or_else(|| format!("{} was not granted", path.display()))
+    };
+    for path in spec.host_paths_mut() {
+        *path = PathBuf::from(format!("/proc/self/fd/{}", granted(path)?));
+    }
+    if let Input::Fifo(path) = &spec.stdio.stdin {
+        spec.stdio.stdin = Input::Descriptor(granted(path)?);
+    }
+    for output in [&mut spec.stdio.stdout, &mut spec.stdio.stderr] {
+        if let Output::Fifo(path) | Output::File(path) = output {
+            *output = Output::Descriptor(granted(path)?);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio};
+
+    fn spec() -> WorkloadSpec {
+        WorkloadSpec {
+            module: ModuleSource::Rootfs {
+                root: "/bundle/rootfs".into(),
+                path: "/app.wasm".into(),
+            },
+            function: None,
+            args: vec!["/app.wasm".into()],
+            env: vec![],
+            cwd: "/".into(),
+            preopens: vec![
+                Preopen {
+                    host: "/bundle/rootfs".into(),
+                    guest: "/".into(),
+                    access: Access::ReadWrite,
+                },
+                Preopen {
+                    host: "/data".into(),
+                    guest: "/data".into(),
+                    access: Access::ReadOnly,
+                },
+            ],
+            stdio: Stdio {
+                stdin: Input::Fifo("/fifo/in".into()),
+                stdout: Output::Fifo("/fifo/out".into()),
+                stderr: Output::File("/log".into()),
+            },
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn each_path_is_granted_once_with_its_mode() {
+        let opens: Vec<_> = grants(&spec())
+            .into_iter()
+            .map(|g| (g.path.display().to_string(), g.open))
+            .collect();
+        assert_eq!(
+            opens,
+            [
+                ("/bundle/rootfs".to_owned(), Open::Reach),
+                ("/data".to_owned(), Open::Reach),
+                ("/fifo/in".to_owned(), Open::Read),
+                ("/fifo/out".to_owned(), Open::Write),
+                ("/log".to_owned(), Open::Append),
+            ]
+        );
+    }
+
+    #[test]
+    fn granted_spec_uses_only_descriptors() {
+        let mut spec = spec();
+        let grants = grants(&spec);
+        let fds: Vec<OwnedFd> = grants
+            .iter()
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect();
+        let numbers: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        apply_grants(&mut spec, &grants, &fds).unwrap();
+        let root = PathBuf::from(format!("/proc/self/fd/{}", numbers[0]));
+        assert_eq!(
+            spec.module,
+            ModuleSource::Rootfs {
+                root: root.clone(),
+                path: "/app.wasm".into()
+            }
+        );
+        assert_eq!(spec.preopens[0].host, root);
+        assert_eq!(
+            spec.preopens[1].host,
+            PathBuf::from(format!("/proc/self/fd/{}", numbers[1]))
+        );
+        assert_eq!(spec.stdio.stdin, Input::Descriptor(numbers[2]));
+        assert_eq!(spec.stdio.stdout, Output::Descriptor(numbers[3]));
+        assert_eq!(spec.stdio.stderr, Output::Descriptor(numbers[4]));
+    }
+
+    #[test]
+    fn a_missing_descriptor_is_refused() {
+        let mut spec = spec();
+        let grants = grants(&spec);
+        assert!(
+            apply_grants(&mut spec, &grants, &[])
+                .unwrap_err()
+                .contains("5 grants arrived with 0")
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! Every syscall of the sandbox, on both sides: the control socket and descriptor passing,
+//! starting the sandbox process, and the isolation it applies to itself.
+
+use std::collections::BTreeMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use caps::CapSet;
+use nix::cmsg_space;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+use crate::SANDBOX_ARG0;
+use crate::protocol::{CONTROL_FD, Grant, MAX_FDS, MAX_PACKET, NamespaceKind, Open, Setup};
+
+/// Why isolating the sandbox failed; each names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    /// A namespace could not be joined or created.
+    #[error("cannot enter the {kind:?} namespace{}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Namespace {
+        /// Which namespace.
+        kind: NamespaceKind,
+        /// The path joined, if any.
+        path: Option<std::path::PathBuf>,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// A step that needs no more detail than its name and errno.
+    #[error("cannot {step}")]
+    Step {
+        /// What was being done.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The seccomp filter could not be built or installed.
+    #[error("cannot install the seccomp filter: {0}")]
+    Seccomp(String),
+}
+
+fn step(step: &'static str) -> impl FnOnce(nix::Error) -> IsolationError {
+    move |errno| IsolationError::Step {
+        step,
+        source: errno.into(),
+    }
+}
+
+/// A connected `SOCK_SEQPACKET` pair, close-on-exec.
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Sends one packet, with `fds` attached.
+pub fn send(socket: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(bytes)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one packet and the descriptors that came with it; `None` when the peer is gone.
+pub fn recv(socket: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut space = cmsg_space!([RawFd; MAX_FDS]);
+    let (len, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = loop {
+            match socket::recvmsg::<()>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::Error::EINTR) => continue,
+                other => break other?,
+            }
+        };
+        let mut fds = Vec::new();
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: SCM_RIGHTS installed these descriptors in this process just now; nothing
+                // else refers to them, so each gets exactly one owner.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    buf.truncate(len);
+    Ok(Some((buf, fds)))
+}
+
+/// Opens a grant as its [`Open`] mode says, close-on-exec (the descriptor travels by
+/// `SCM_RIGHTS`, not by inheritance).
+pub fn open_grant(grant: &Grant) -> io::Result<OwnedFd> {
+    let mode = match grant.open {
+        // Grants nothing by itself (no read, no write, not a FIFO reader or writer) until
+        // reopened through /proc/self/fd with the opener's own permissions.
+        Open::Reach => OFlag::O_PATH,
+        Open::Read => OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        Open::Write => OFlag::O_RDWR | OFlag::O_NONBLOCK,
+        Open::Append => OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT,
+    };
+    let fd = nix::fcntl::open(
+        &grant.path,
+        mode | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o640),
+    )?;
+    // SAFETY: `open` returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Starts `exe` as a sandbox with `control` as its descriptor [`CONTROL_FD`], an empty
+/// environment and no stdio. Returns its PID. The child is not waited for here: the shim's
+/// reaper collects it, and the control socket tells when it is gone.
+pub fn spawn(exe: &Path, control: OwnedFd) -> io::Result<u32> {
+    let mut command = Command::new(exe);
+    command
+        .arg0(SANDBOX_ARG0)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let fd = control.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec, so it may only make async-signal-safe
+    // calls: it calls dup2/fcntl on descriptors that exist in the child and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let result = if fd == CONTROL_FD {
+                // Already in place: dup2 would be a no-op and leave close-on-exec set.
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, CONTROL_FD)
+            };
+            if result < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let child = command.spawn()?;
+    drop(control);
+    Ok(child.id())
+}
+
+/// Closes every descriptor above the control socket that the sandbox may have inherited.
+pub fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; the ones above CONTROL_FD are not owned by
+    // anything in this freshly started process.
+    unsafe { libc::syscall(libc::SYS_close_range, CONTROL_FD + 1, u32::MAX, 0) };
+}
+
+/// Applies the setup to this process. Must run while single-threaded: unsharing a mount
+/// namespace fails in a multi-threaded process, and threads created before the seccomp filter
+/// would escape it.
+pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
+    for namespace in &setup.namespaces {
+        let flag = match namespace.kind {
+            NamespaceKind::Network => CloneFlags::CLONE_NEWNET,
+            NamespaceKind::Ipc => CloneFlags::CLONE_NEWIPC,
+            NamespaceKind::Uts => CloneFlags::CLONE_NEWUTS,
+        };
+        let err = |source| IsolationError::Namespace {
+            kind: namespace.kind,
+            path: namespace.path.clone(),
+            source,
+        };
+        match &namespace.path {
+            Some(path) => {
+                let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(err)?;
+                // SAFETY: `open` returned a new descriptor that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                nix::sched::setns(fd, flag).map_err(err)?;
+            }
+            None => nix::sched::unshare(flag).map_err(err)?,
+        }
+    }
+    // The sandbox reaches host files only through descriptors the shim passes, so it needs no
+    // mounts of its own; a private mount namespace keeps it from changing the host's.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare the mount namespace"))?;
+    nix::mount::mount::<str, str, str, str>(
+        None,
+        "/",
+        None,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None,
+    )
+    .map_err(step("make the mount namespace private"))?;
+    if let Some(hostname) = &setup.hostname {
+        nix::unistd::sethostname(hostname).map_err(step("set the hostname"))?;
+    }
+
+    // Capabilities, in the order the kernel allows: the bounding set while CAP_SETPCAP is still
+    // held, then the ids while CAP_SETUID/SETGID are, then every remaining set.
+    let caps_err = |step: &'static str| {
+        move |e: caps::errors::CapsError| IsolationError::Step {
+            step,
+            source: io::Error::other(e.to_string()),
+        }
+    };
+    caps::clear(None, CapSet::Bounding).map_err(caps_err("drop the bounding capability set"))?;
+    let user = &setup.user;
+    let groups: Vec<Gid> = user
+        .additional_gids
+        .iter()
+        .copied()
+        .map(Gid::from_raw)
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(step("set the supplementary groups"))?;
+    let (gid, uid) = (Gid::from_raw(user.gid), Uid::from_raw(user.uid));
+    nix::unistd::setresgid(gid, gid, gid).map_err(step("set the group id"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(step("set the user id"))?;
+    for set in [
+        CapSet::Inheritable,
+        CapSet::Ambient,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(caps_err("clear the capability sets"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
+    install_seccomp()
+}
+
+/// Namespace flags a guest-side `clone` must not carry: no new namespaces from inside.
+const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// What the engine, tokio and WASI need, and nothing else. Anything not listed fails with
+/// EPERM (not a kill), so an omission degrades into an error message rather than a dead pod.
+const ALLOWED_SYSCALLS: &[i64] = &[
+    // memory
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_msync,
+    libc::SYS_mincore,
+    libc::SYS_membarrier,
+    // threads, signals, time
+    libc::SYS_futex,
+    libc::SYS_set_robust_list,
+    libc::SYS_get_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_set_tid_address,
+    libc::SYS_arch_prctl,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_tgkill,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_getppid,
+    libc::SYS_prctl,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_getres,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettimeofday,
+    libc::SYS_getrandom,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_restart_syscall,
+    libc::SYS_getrlimit,
+    libc::SYS_prlimit64,
+    libc::SYS_uname,
+    libc::SYS_sysinfo,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_getgroups,
+    libc::SYS_getresuid,
+    libc::SYS_getresgid,
+    // descriptors and polling
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_fcntl,
+    libc::SYS_ioctl,
+    libc::SYS_pipe2,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_eventfd2,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_lseek,
+    libc::SYS_sendfile,
+    libc::SYS_copy_file_range,
+    libc::SYS_splice,
+    // files, within the descriptors the shim granted
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_getdents64,
+    libc::SYS_readlinkat,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_symlinkat,
+    libc::SYS_utimensat,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_flock,
+    libc::SYS_fadvise64,
+    libc::SYS_getcwd,
+    // sockets, in the container's network namespace
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_recvmmsg,
+];
+
+fn install_seccomp() -> Result<(), IsolationError> {
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| IsolationError::Seccomp(e.to_string()))?;
+    let err = |e: seccompiler::BackendError| IsolationError::Seccomp(e.to_string());
+    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
+    // Threads, never namespaces.
+    let no_namespaces = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(CLONE_NAMESPACES),
+        0,
+    )
+    .map_err(err)?;
+    allowed.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![no_namespaces]).map_err(err)?],
+    );
+    // clone3 passes its flags in memory, where a filter cannot look. The allow-list lets it
+    // through and the filter below answers ENOSYS, which makes libc fall back to clone, whose
+    // flags are checked above. Only one filter may answer with an errno: the kernel reports
+    // the last-installed filter's errno when two do.
+    allowed.insert(libc::SYS_clone3, vec![]);
+    let allow_list = SeccompFilter::new(
+        allowed,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(err)?;
+    let no_clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(err)?;
+    // The allow-list last: it does not allow `seccomp` itself.
+    for filter in [no_clone3, allow_list] {
+        let program: BpfProgram = filter.try_into().map_err(err)?;
+        seccompiler::apply_filter(&program).map_err(|e| IsolationError::Seccomp(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The container's cgroup, on cgroupfs: created and limited by the shim, which places the
+//! sandbox process in it before the sandbox runs anything.
+//!
+//! cgroup v1 (this project's CI hosts: a hierarchy per controller under `/sys/fs/cgroup`) and
+//! v2 (one unified hierarchy at `/sys/fs/cgroup`) are both handled; `cgroupsPath` is taken as a
+//! cgroupfs path, as runc does without the systemd driver.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// The v1 controllers a container gets a directory in.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+
+/// The limits the spec sets (`linux.resources`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU quota per period, in microseconds.
+    pub cpu_quota: Option<i64>,
+    /// CPU period, in microseconds.
+    pub cpu_period: Option<u64>,
+    /// Relative CPU weight (v1 shares).
+    pub cpu_shares: Option<u64>,
+    /// Most tasks (threads) the cgroup may hold.
+    pub pids: Option<i64>,
+}
+
+/// A container's cgroup: one directory per v1 controller, or one v2 directory.
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    unified: bool,
+}
+
+impl Cgroup {
+    /// Creates the cgroup at `path` (relative to each hierarchy's root) with `resources`.
+    pub fn create(path: &str, resources: &Resources) -> io::Result<Cgroup> {
+        let relative = path.trim_start_matches('/');
+        let unified = Path::new(ROOT).join("cgroup.controllers").exists();
+        let dirs: Vec<PathBuf> = if unified {
+            vec![Path::new(ROOT).join(relative)]
+        } else {
+            V1_CONTROLLERS
+                .iter()
+                .map(|c| Path::new(ROOT).join(c).join(relative))
+                .collect()
+        };
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).map_err(|e| context(e, dir))?;
+        }
+        let cgroup = Cgroup { dirs, unified };
+        cgroup.apply(resources)?;
+        Ok(cgroup)
+    }
+
+    fn apply(&self, resources: &Resources) -> io::Result<()> {
+        if self.unified {
+            if let Some(memory) = resources.memory {
+                self.write("", "memory.max", &memory.to_string())?;
+            }
+            if resources.cpu_quota.is_some() || resources.cpu_period.is_some() {
+                let quota = resources
+                    .cpu_quota
+                    .filter(|q| *q > 0)
+                    .map_or("max".to_owned(), |q| q.to_string());
+                self.write(
+                    "",
+                    "cpu.max",
+                    &format!("{quota} {}", resources.cpu_period.unwrap_or(100_000)),
+                )?;
+            }
+            if let Some(pids) = resources.pids {
+                self.write("", "pids.max", &pids.to_string())?;
+            }
+        } else {
+            if let Some(memory) = resources.memory {
+                self.write("memory", "memory.limit_in_bytes", &memory.to_string())?;
+            }
+            if let Some(period) = resources.cpu_period {
+                self.write("cpu", "cpu.cfs_period_us", &period.to_string())?;
+            }
+            if let Some(quota) = resources.cpu_quota {
+                self.write("cpu", "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+            if let Some(shares) = resources.cpu_shares {
+                self.write("cpu", "cpu.shares", &shares.to_string())?;
+            }
+            if let Some(pids) = resources.pids {
+                self.write("pids", "pids.max", &pids.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup (every hierarchy).
+    pub fn add(&self, pid: u32) -> io::Result<()> {
+        for dir in &self.dirs {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|e| context(e, &procs))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup's directories; they must hold no process any more.
+    pub fn remove(&self) {
+        for dir in &self.dirs {
+            if let Err(error) = std::fs::remove_dir(dir) {
+                tracing::warn!("cannot remove cgroup {}: {error}", dir.display());
+            }
+        }
+    }
+
+    fn write(&self, controller: &str, file: &str, value: &str) -> io::Result<()> {
+        let dir = self
+            .dirs
+            .iter()
+            .find(|d| self.unified || d.starts_with(Path::new(ROOT).join(controller)));
+        let path = dir.expect("a directory per controller").join(file);
+        std::fs::write(&path, value).map_err(|e| context(e, &path))
+    }
+}
+
+fn context(error: io::Error, path: &Path) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}

@@ -1,0 +1,53 @@
+//! Misbehaves on purpose, to test that limits hold and nothing else is affected.
+//!
+//! `alloc MIB` allocates (and touches) MIB mebibytes, printing each 16; `alloc` alone never
+//! stops. `spin` loops forever without a host call. `recurse` overflows the stack. `flood MIB`
+//! writes MIB mebibytes to stdout as fast as it can.
+
+use std::io::Write;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize| args.get(i).map(|n| n.parse::<usize>().expect("a number"));
+    match args.first().map(String::as_str) {
+        Some("alloc") => {
+            let limit = number(1);
+            let mut kept = Vec::new();
+            while limit.is_none_or(|limit| kept.len() < limit) {
+                kept.push(vec![1u8; 1 << 20]);
+                if kept.len() % 16 == 0 {
+                    println!("allocated {} MiB", kept.len());
+                }
+            }
+            println!("done: {} MiB", kept.len());
+        }
+        Some("spin") => {
+            println!("spinning");
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        Some("recurse") => {
+            println!("recursing");
+            println!("depth {}", recurse(0));
+        }
+        Some("flood") => {
+            let chunk = vec![b'x'; 1 << 20];
+            let mut out = std::io::stdout().lock();
+            for _ in 0..number(1).unwrap_or(100) {
+                out.write_all(&chunk).expect("stdout");
+            }
+        }
+        _ => eprintln!("usage: hostile alloc [MIB] | spin | recurse | flood [MIB]"),
+    }
+}
+
+/// Recursion that keeps its state in wasm locals (not the shadow stack in linear memory), so
+/// it exhausts the engine's call stack rather than running off the end of memory.
+fn recurse(depth: u64) -> u64 {
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    std::hint::black_box(recurse(depth + 1)) + 1
+}
