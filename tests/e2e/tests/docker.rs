@@ -41,3 +41,62 @@ fn docker_loads_a_built_image_and_runs_it_with_the_wasmtime_runtime() -> Result<
     }
     Ok(())
 }
+
+#[test]
+fn docker_user_runs_the_sandbox_as_that_user_and_the_guest_still_gets_its_files() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let docker = Docker::start()?;
+    for (wasm, tag) in [
+        ("hello.wasm", "example.com/hello:latest"),
+        ("sleeper.wasm", "example.com/sleeper:latest"),
+    ] {
+        let archive = build_image(&guest(wasm), tag, tmp.path(), &[])?;
+        docker
+            .docker(&["load", "--input", archive.to_str().unwrap()])?
+            .success()?;
+    }
+    let runtime = "--runtime=io.containerd.wasmtime.v1";
+    let platform = "--platform=wasip1/wasm";
+    // The module, the rootfs and the stdio FIFOs are root's; the sandbox reaches them through
+    // descriptors the shim passed, so user 1000 still runs and prints.
+    let out = docker.docker(&[
+        "run",
+        "--rm",
+        runtime,
+        platform,
+        "--user",
+        "1000:1000",
+        "example.com/hello:latest",
+        "hi",
+    ])?;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "Hello from Wasm!\narg: hi\n"),
+        "{out:?}"
+    );
+
+    let id = docker
+        .docker(&[
+            "run",
+            "-d",
+            runtime,
+            platform,
+            "--user",
+            "1000:1000",
+            "example.com/sleeper:latest",
+        ])?
+        .success()?;
+    let id = id.stdout.trim();
+    let pid = docker
+        .docker(&["inspect", "--format", "{{.State.Pid}}", id])?
+        .success()?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.stdout.trim()))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["1000"; 4],
+        "{uid}"
+    );
+    docker.docker(&["rm", "--force", id])?.success()?;
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The sandbox process and limits, under a real containerd: what a runc user expects of the
+//! Linux boundary, and hostile guests that must end alone.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use wasmcell_e2e::{Containerd, Ran, build_image, guest};
+
+const RUNTIME: &str = "io.containerd.wasmtime.v1";
+/// Puts containers in one shim and one sandbox, as CRI does for a pod.
+const GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
+
+fn start(images: &[(&str, &str)]) -> Result<(tempfile::TempDir, Containerd)> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    for (wasm, tag) in images {
+        containerd.import(&build_image(&guest(wasm), tag, tmp.path(), &[])?)?;
+    }
+    Ok((tmp, containerd))
+}
+
+fn run(containerd: &Containerd, opts: &[&str], image: &str, id: &str, cmd: &[&str]) -> Result<Ran> {
+    let mut args = vec!["run", "--runtime", RUNTIME];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[image, id]);
+    args.extend_from_slice(cmd);
+    containerd.ctr(&args)
+}
+
+fn task(containerd: &Containerd, id: &str) -> Result<Option<(u32, String)>> {
+    Ok(containerd
+        .task_pids()?
+        .into_iter()
+        .find(|(task, _, _)| task == id)
+        .map(|(_, pid, status)| (pid, status)))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done()? {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn running(containerd: &Containerd, id: &str) -> Result<u32> {
+    wait_for(&format!("{id} RUNNING"), || {
+        Ok(task(containerd, id)?.is_some_and(|(_, s)| s == "RUNNING"))
+    })?;
+    Ok(task(containerd, id)?.expect("running").0)
+}
+
+fn status_field(pid: u32, field: &str) -> Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .with_context(|| format!("no {field}"))?;
+    Ok(line[field.len() + 1..].trim().to_owned())
+}
+
+fn namespace(pid: &str, kind: &str) -> Result<PathBuf> {
+    Ok(std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))?)
+}
+
+#[test]
+fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Result<()> {
+    let (_tmp, containerd) = start(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    run(
+        &containerd,
+        &["-d", "--memory-limit", "67108864"],
+        "example.com/sleeper:latest",
+        "boxed",
+        &[],
+    )?
+    .success()?;
+    let pid = running(&containerd, "boxed")?;
+    assert_ne!(pid, 0);
+    assert_eq!(
+        status_field(pid, "Uid")?
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0"; 4]
+    );
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, caps)?, "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs")?, "1");
+    assert_eq!(status_field(pid, "Seccomp")?, "2", "seccomp filter mode");
+    for kind in ["net", "ipc", "uts", "mnt"] {
+        assert_ne!(
+            namespace(&pid.to_string(), kind)?,
+            namespace("self", kind)?,
+            "{kind} namespace is the host's"
+        );
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let memory = cgroups
+        .lines()
+        .find(|l| l.contains(":memory:"))
+        .context("memory cgroup")?;
+    let path = memory.rsplit(':').next().unwrap();
+    assert!(path.ends_with("/boxed"), "{memory}");
+    let limit = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(path.trim_start_matches('/'))
+            .join("memory.limit_in_bytes"),
+    )
+    .or_else(|_| {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(path.trim_start_matches('/'))
+                .join("memory.max"),
+        )
+    })?;
+    assert_eq!(
+        limit.trim(),
+        ((64u64 << 20) + (32 << 20)).to_string(),
+        "the spec limit plus the sandbox headroom"
+    );
+
+    // `--net-host` keeps the host's network namespace, as with runc.
+    run(
+        &containerd,
+        &["-d", "--net-host"],
+        "example.com/sleeper:latest",
+        "host-net",
+        &[],
+    )?
+    .success()?;
+    let host_pid = running(&containerd, "host-net")?;
+    assert_eq!(
+        namespace(&host_pid.to_string(), "net")?,
+        namespace("self", "net")?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> Result<()> {
+    let (_tmp, containerd) = start(&[
+        ("sleeper.wasm", "example.com/sleeper:latest"),
+        ("hostile.wasm", "example.com/hostile:latest"),
+    ])?;
+    let mut events = containerd
+        .ctr_command()
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    run(
+        &containerd,
+        &["-d", "--annotation", GROUP],
+        "example.com/sleeper:latest",
+        "survivor",
+        &[],
+    )?
+    .success()?;
+    let sandbox = running(&containerd, "survivor")?;
+
+    for (id, opts) in [
+        ("hog-grouped", vec!["--rm", "--annotation", GROUP]),
+        ("hog-alone", vec!["--rm"]),
+    ] {
+        let mut opts = opts;
+        opts.extend(["--memory-limit", "33554432"]);
+        let out = run(
+            &containerd,
+            &opts,
+            "example.com/hostile:latest",
+            id,
+            &["/hostile.wasm", "alloc"],
+        )?;
+        assert_eq!(out.code, Some(137), "{id}: {out:?}");
+        assert!(
+            out.stdout.contains("allocated 16 MiB"),
+            "{id}: it ran until the limit: {out:?}"
+        );
+        assert!(
+            out.stderr
+                .contains("exceeded its memory limit of 33554432 bytes"),
+            "{id}: {out:?}"
+        );
+    }
+    // Within the limit, the same guest completes.
+    let out = run(
+        &containerd,
+        &["--rm", "--memory-limit", "67108864"],
+        "example.com/hostile:latest",
+        "fits",
+        &["/hostile.wasm", "alloc", "20"],
+    )?;
+    assert_eq!(
+        (out.code, out.stdout.lines().last()),
+        (Some(0), Some("done: 20 MiB")),
+        "{out:?}"
+    );
+
+    assert_eq!(
+        task(&containerd, "survivor")?,
+        Some((sandbox, "RUNNING".to_owned())),
+        "the pod's other container died"
+    );
+    let _ = events.kill();
+    let seen: Vec<String> = BufReader::new(events.stdout.take().unwrap())
+        .lines()
+        .collect::<Result<_, _>>()?;
+    for id in ["hog-grouped", "hog-alone"] {
+        assert!(
+            seen.iter()
+                .any(|l| l.contains("/tasks/oom") && l.contains(id)),
+            "no /tasks/oom for {id} in:\n{}",
+            seen.join("\n")
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
+    let (tmp, containerd) = start(&[
+        ("sleeper.wasm", "example.com/sleeper:latest"),
+        ("hostile.wasm", "example.com/hostile:latest"),
+    ])?;
+    run(
+        &containerd,
+        &["-d", "--annotation", GROUP],
+        "example.com/sleeper:latest",
+        "survivor",
+        &[],
+    )?
+    .success()?;
+    let sandbox = running(&containerd, "survivor")?;
+    let group = ["--rm", "--annotation", GROUP];
+
+    // Deep recursion: the engine's stack limit, a trap, 134.
+    let out = run(
+        &containerd,
+        &group,
+        "example.com/hostile:latest",
+        "recurse",
+        &["/hostile.wasm", "recurse"],
+    )?;
+    assert_eq!(out.code, Some(134), "{out:?}");
+    assert!(out.stderr.contains("call stack exhausted"), "{out:?}");
+
+    // An infinite loop without host calls still ends at once on SIGKILL (epoch interruption).
+    run(
+        &containerd,
+        &["-d", "--annotation", GROUP],
+        "example.com/hostile:latest",
+        "spin",
+        &["/hostile.wasm", "spin"],
+    )?
+    .success()?;
+    running(&containerd, "spin")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "spin"])?
+        .success()?;
+    wait_for("spin STOPPED", || {
+        Ok(task(&containerd, "spin")?.is_some_and(|(_, s)| s == "STOPPED"))
+    })?;
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "a spinning guest took {:?} to die",
+        killed.elapsed()
+    );
+    containerd.ctr(&["task", "delete", "spin"])?.success()?;
+
+    // 100 MiB of output as fast as possible: it all arrives, and the sandbox does not buffer it.
+    let log = tmp.path().join("flood.log");
+    let log_uri = format!("file://{}", log.display());
+    let opts = [&group[..], &["--log-uri", &log_uri]].concat();
+    run(
+        &containerd,
+        &opts,
+        "example.com/hostile:latest",
+        "flood",
+        &["/hostile.wasm", "flood", "100"],
+    )?
+    .success()?;
+    assert_eq!(std::fs::metadata(&log)?.len(), 100 << 20);
+    let peak_kib: u64 = status_field(sandbox, "VmHWM")?
+        .trim_end_matches(" kB")
+        .parse()?;
+    assert!(
+        peak_kib < 64 << 10,
+        "the sandbox peaked at {peak_kib} KiB while flooding"
+    );
+
+    // A module importing a function nobody provides fails at create, naming it.
+    let module = tmp.path().join("imports");
+    std::fs::create_dir(&module)?;
+    std::fs::write(module.join("imports.wasm"), UNKNOWN_IMPORT_MODULE)?;
+    containerd.import(&build_image(
+        &module.join("imports.wasm"),
+        "example.com/imports:latest",
+        tmp.path(),
+        &[],
+    )?)?;
+    let out = run(
+        &containerd,
+        &group,
+        "example.com/imports:latest",
+        "imports",
+        &[],
+    )?;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("cannot be linked") && out.stderr.contains("env::nope"),
+        "{out:?}"
+    );
+
+    assert_eq!(
+        task(&containerd, "survivor")?,
+        Some((sandbox, "RUNNING".to_owned())),
+        "the pod's other container died"
+    );
+    Ok(())
+}
+
+/// `(module (import "env" "nope" (func)) (func (export "_start")))`, encoded by hand.
+const UNKNOWN_IMPORT_MODULE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: () -> ()
+    0x02, 0x0c, 0x01, 0x03, b'e', b'n', b'v', 0x04, b'n', b'o', b'p', b'e', 0x00,
+    0x00, // import env::nope
+    0x03, 0x02, 0x01, 0x00, // function section: one function of type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00,
+    0x01, // export _start = func 1
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
+];
