@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use wasmcell_engine::{CompileCache, Engine, Exit, Prepared, error_chain};
@@ -73,10 +73,10 @@ impl Outbox {
     }
 }
 
-/// A container in the sandbox: its workload and, while it runs, the way to stop it.
-struct Container {
+/// A guest workload in the sandbox (a container's init process or an exec), by its key: the
+/// container id, or `ID/EXEC`.
+struct Workload {
     prepared: Arc<Prepared>,
-    kill: Option<oneshot::Sender<u32>>,
     /// The directories and module its spec reaches through `/proc/self/fd`; closed when it is
     /// deleted.
     _reached: Vec<OwnedFd>,
@@ -84,6 +84,10 @@ struct Container {
     /// process's stdio closes when it exits, so readers see end of file (Docker waits for it).
     stdio: Vec<OwnedFd>,
 }
+
+/// The running workloads' kill switches, by key; shared with their runners, which remove their
+/// own when they end.
+type Running = Arc<Mutex<HashMap<String, oneshot::Sender<u32>>>>;
 
 async fn serve(engine: Arc<Engine>, outbox: Outbox) {
     let (requests, mut inbox) = mpsc::unbounded_channel();
@@ -98,18 +102,17 @@ async fn serve(engine: Arc<Engine>, outbox: Outbox) {
             }
         })
         .expect("control thread");
-    let mut containers: HashMap<String, Container> = HashMap::new();
+    let mut workloads: HashMap<String, Workload> = HashMap::new();
+    let running: Running = Arc::default();
     while let Some((packet, fds)) = inbox.recv().await {
-        let (seq, result) = match serde_json::from_slice::<Envelope>(&packet) {
-            Ok(Envelope { seq, request }) => (
-                seq,
-                handle(&engine, &outbox, &mut containers, request, fds).await,
-            ),
+        let Envelope { seq, request } = match serde_json::from_slice(&packet) {
+            Ok(envelope) => envelope,
             Err(error) => {
                 tracing::error!("unreadable request: {error}");
                 continue;
             }
         };
+        let result = handle(&engine, &outbox, &mut workloads, &running, request, fds).await;
         outbox.send(&Message::Reply {
             seq,
             error: result.err(),
@@ -120,7 +123,8 @@ async fn serve(engine: Arc<Engine>, outbox: Outbox) {
 async fn handle(
     engine: &Arc<Engine>,
     outbox: &Outbox,
-    containers: &mut HashMap<String, Container>,
+    workloads: &mut HashMap<String, Workload>,
+    running: &Running,
     request: Request,
     fds: Vec<OwnedFd>,
 ) -> Result<(), String> {
@@ -135,35 +139,31 @@ async fn handle(
                 .iter()
                 .zip(fds)
                 .partition(|(grant, _)| grant.open == Open::Reach);
-            let (reached, stdio) = (
-                reached.into_iter().map(|(_, fd)| fd).collect(),
-                stdio.into_iter().map(|(_, fd)| fd).collect(),
-            );
             let engine = engine.clone();
             let prepared = tokio::task::spawn_blocking(move || engine.prepare(*spec))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| error_chain(&e))?;
-            containers.insert(
-                id,
-                Container {
-                    prepared: Arc::new(prepared),
-                    kill: None,
-                    _reached: reached,
-                    stdio,
-                },
-            );
+            let workload = Workload {
+                prepared: Arc::new(prepared),
+                _reached: reached.into_iter().map(|(_, fd)| fd).collect(),
+                stdio: stdio.into_iter().map(|(_, fd)| fd).collect(),
+            };
+            workloads.insert(id, workload);
             Ok(())
         }
         Request::Start { id } => {
-            let container = containers
+            let workload = workloads
                 .get_mut(&id)
-                .ok_or_else(|| format!("no container {id}"))?;
+                .ok_or_else(|| format!("no workload {id}"))?;
             let (kill, killed) = oneshot::channel();
-            container.kill = Some(kill);
-            let prepared = container.prepared.clone();
-            let stdio = std::mem::take(&mut container.stdio);
-            let outbox = outbox.clone();
+            running
+                .lock()
+                .expect("running lock")
+                .insert(id.clone(), kill);
+            let prepared = workload.prepared.clone();
+            let stdio = std::mem::take(&mut workload.stdio);
+            let (outbox, running) = (outbox.clone(), running.clone());
             tokio::spawn(async move {
                 let (status, oom) = tokio::select! {
                     exit = prepared.run() => match exit {
@@ -174,21 +174,35 @@ async fn handle(
                     Ok(signal) = killed => (128 + signal, false),
                 };
                 drop(stdio);
+                let mut running = running.lock().expect("running lock");
+                running.remove(&id);
+                if !id.contains('/') {
+                    // An init process took its container's execs with it, as PID 1 does.
+                    let execs: Vec<String> = running
+                        .keys()
+                        .filter(|k| k.starts_with(&format!("{id}/")))
+                        .cloned()
+                        .collect();
+                    for exec in execs {
+                        let _ = running
+                            .remove(&exec)
+                            .map(|kill| kill.send(libc::SIGKILL as u32));
+                    }
+                }
+                drop(running);
                 outbox.send(&Message::Exited { id, status, oom });
             });
             Ok(())
         }
         Request::Kill { id, signal } => {
-            let container = containers
-                .get_mut(&id)
-                .ok_or_else(|| format!("no container {id}"))?;
-            match container.kill.take().map(|kill| kill.send(signal)) {
+            let kill = running.lock().expect("running lock").remove(&id);
+            match kill.map(|kill| kill.send(signal)) {
                 Some(Ok(())) => Ok(()),
-                _ => Err(format!("container {id} is not running")),
+                _ => Err(format!("{id} is not running")),
             }
         }
         Request::Delete { id } => {
-            containers.remove(&id);
+            workloads.remove(&id);
             Ok(())
         }
     }

@@ -8,6 +8,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+};
+use containerd_shim::protos::protobuf::MessageField;
+
 const ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers a container gets a directory in.
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
@@ -112,13 +117,66 @@ impl Cgroup {
         }
     }
 
+    /// Usage and limits for `ctr task metrics`, as containerd's cgroup v1 metrics.
+    pub fn metrics(&self) -> io::Result<Metrics> {
+        if self.unified {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "metrics on cgroup v2 are not implemented yet",
+            ));
+        }
+        // "max" (no limit) reads as 0, as containerd reports an unlimited pids.max.
+        let number = |controller: &str, file: &str| -> io::Result<u64> {
+            Ok(self.read(controller, file)?.trim().parse().unwrap_or(0))
+        };
+        let usage = MemoryEntry {
+            usage: number("memory", "memory.usage_in_bytes")?,
+            max: number("memory", "memory.max_usage_in_bytes")?,
+            limit: number("memory", "memory.limit_in_bytes")?,
+            failcnt: number("memory", "memory.failcnt")?,
+            ..Default::default()
+        };
+        let cpu = CPUUsage {
+            total: number("cpuacct", "cpuacct.usage")?,
+            user: number("cpuacct", "cpuacct.usage_user").unwrap_or(0),
+            kernel: number("cpuacct", "cpuacct.usage_sys").unwrap_or(0),
+            ..Default::default()
+        };
+        let pids = PidsStat {
+            current: number("pids", "pids.current")?,
+            limit: number("pids", "pids.max")?,
+            ..Default::default()
+        };
+        Ok(Metrics {
+            memory: MessageField::some(MemoryStat {
+                usage: MessageField::some(usage),
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage: MessageField::some(cpu),
+                ..Default::default()
+            }),
+            pids: MessageField::some(pids),
+            ..Default::default()
+        })
+    }
+
+    fn read(&self, controller: &str, file: &str) -> io::Result<String> {
+        let path = self.dir_of(controller).join(file);
+        std::fs::read_to_string(&path).map_err(|e| context(e, &path))
+    }
+
     fn write(&self, controller: &str, file: &str, value: &str) -> io::Result<()> {
+        let path = self.dir_of(controller).join(file);
+        std::fs::write(&path, value).map_err(|e| context(e, &path))
+    }
+
+    fn dir_of(&self, controller: &str) -> &Path {
         let dir = self
             .dirs
             .iter()
             .find(|d| self.unified || d.starts_with(Path::new(ROOT).join(controller)));
-        let path = dir.expect("a directory per controller").join(file);
-        std::fs::write(&path, value).map_err(|e| context(e, &path))
+        dir.expect("a directory per controller")
     }
 }
 

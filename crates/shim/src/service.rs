@@ -1,9 +1,9 @@
 //! The containerd task service (shim v2 `Task` API) over Wasm workloads.
 //!
 //! The shim keeps the privileged work (rootfs mounts, cgroups, opening stdio and granted
-//! paths, events, ttrpc) and validates each workload itself at `create`, so bad input fails
-//! there with its reason. Guests run in the group's sandbox process, started at the first
-//! `create` from that container's spec.
+//! paths, events, ttrpc) and validates each workload itself at `create` and `exec`, so bad
+//! input fails there with its reason. Guests run in the group's sandbox process, started at the
+//! first `create` from that container's spec.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,24 +13,28 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-    DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, Status, WaitRequest, WaitResponse,
+    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, Status, WaitRequest, WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::api::ProcessInfo;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskOOM, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskOOM, TaskStart,
+};
 use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::ttrpc;
-use containerd_shim::util::timestamp;
+use containerd_shim::util::{convert_to_any, timestamp};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use oci_spec::runtime::Spec;
-use tokio::sync::{Mutex, OnceCell, mpsc, watch};
-use wasmcell_engine::{Engine, Input, Output, Stdio};
+use tokio::sync::{Mutex, OnceCell, mpsc};
+use wasmcell_engine::{Engine, Input, Output, Stdio, WorkloadSpec};
 use wasmcell_sandbox::protocol::{Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
 use crate::cgroup::Cgroup;
-use crate::container::{Container, ExitInfo, State};
+use crate::container::{Container, ExitInfo, Process, State, describe, sandbox_key, split_key};
 use crate::error::Error;
 use crate::runtime::Runtime;
 use crate::{spec, sys};
@@ -101,6 +105,13 @@ impl TaskService {
             .map_or_else(std::process::id, |handle| handle.sandbox.pid())
     }
 
+    fn sandbox(&self) -> Result<&Sandbox> {
+        self.sandbox
+            .get()
+            .map(|h| &h.sandbox)
+            .ok_or(Error::Sandbox(SandboxError::Gone))
+    }
+
     /// The group's sandbox, started from the first container's spec.
     async fn sandbox_for(&self, oci: &Spec) -> Result<&Sandbox> {
         let handle = self
@@ -139,25 +150,29 @@ impl TaskService {
         Ok(&handle.sandbox)
     }
 
+    /// Checks and compiles a workload here, where errors reach the user at once, then creates it
+    /// in the sandbox, which loads the compiled artifact from the cache.
+    async fn prepare(&self, sandbox: &Sandbox, key: String, workload: WorkloadSpec) -> Result<()> {
+        let engine = self.engine.clone();
+        let checked = workload.clone();
+        tokio::task::spawn_blocking(move || engine.prepare(checked)).await??;
+        let grants = grants(&workload);
+        sandbox
+            .request(Request::Create {
+                id: key,
+                spec: Box::new(workload),
+                grants,
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn create_container(&self, req: &CreateTaskRequest) -> Result<Container> {
         if !self.runtime.is_supported() {
             return Err(Error::UnsupportedRuntime(self.runtime));
         }
-        if req.terminal {
-            return Err(Error::Unsupported(
-                "a terminal (`-t`) is not supported for Wasm guests: run without -t".to_owned(),
-            ));
-        }
+        let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
-        let stdio = Stdio {
-            stdin: if req.stdin.is_empty() {
-                Input::Null
-            } else {
-                Input::Fifo(req.stdin.clone().into())
-            },
-            stdout: output(&req.stdout)?,
-            stderr: output(&req.stderr)?,
-        };
         let oci = spec::load(&bundle)?;
         let mounted_rootfs = if req.rootfs.is_empty() {
             None
@@ -173,43 +188,28 @@ impl TaskService {
         };
         let created = async {
             let workload = spec::workload(&oci, &bundle, stdio)?;
-            // Validated and compiled here, where errors reach `ctr run` at once; the sandbox
-            // then loads the compiled artifact from the cache.
-            let engine = self.engine.clone();
-            let checked = workload.clone();
-            tokio::task::spawn_blocking(move || engine.prepare(checked)).await??;
             let sandbox = self.sandbox_for(&oci).await?;
-            let grants = grants(&workload);
-            sandbox
-                .request(Request::Create {
-                    id: req.id.clone(),
-                    spec: Box::new(workload),
-                    grants,
-                })
+            self.prepare(sandbox, req.id.clone(), workload.clone())
                 .await?;
-            Ok::<_, Error>(())
+            Ok::<_, Error>(workload)
         }
         .await;
-        if let Err(error) = created {
-            if let Some(target) = &mounted_rootfs {
-                let _ = sys::unmount_rootfs(target);
+        let workload = match created {
+            Ok(workload) => workload,
+            Err(error) => {
+                if let Some(target) = &mounted_rootfs {
+                    let _ = sys::unmount_rootfs(target);
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+        };
+        let init = Process::new([req.stdin.clone(), req.stdout.clone(), req.stderr.clone()]);
         Ok(Container {
             bundle,
             mounted_rootfs,
-            stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
-            state: State::Created,
-            exited: watch::channel(None).0,
+            workload,
+            processes: HashMap::from([(String::new(), init)]),
         })
-    }
-
-    fn sandbox(&self) -> Result<&Sandbox> {
-        self.sandbox
-            .get()
-            .map(|h| &h.sandbox)
-            .ok_or(Error::Sandbox(SandboxError::Gone))
     }
 }
 
@@ -221,55 +221,77 @@ async fn record_exits(
     events: Events,
     pid: u32,
 ) {
-    while let Some(Exited { id, status, oom }) = exits.recv().await {
+    while let Some(Exited {
+        id: key,
+        status,
+        oom,
+    }) = exits.recv().await
+    {
+        let (id, exec_id) = split_key(&key);
         let exit = ExitInfo {
             status,
             at: timestamp().unwrap_or_default(),
         };
-        if let Some(container) = containers.lock().await.get_mut(&id) {
+        if let Some(process) = containers
+            .lock()
+            .await
+            .get_mut(id)
+            .and_then(|c| c.processes.get_mut(exec_id))
+        {
             if oom {
                 let _ = events.send(Box::new(TaskOOM {
-                    container_id: id.clone(),
+                    container_id: id.to_owned(),
                     ..Default::default()
                 }));
             }
-            let _ = events.send(Box::new(container.finish(&id, pid, exit)));
+            let _ = events.send(Box::new(process.finish(id, exec_id, pid, exit)));
         }
     }
     let mut containers = containers.lock().await;
     for (id, container) in containers.iter_mut() {
-        if !matches!(container.state, State::Stopped(_)) {
-            tracing::warn!("the sandbox ended under container {id}");
-            let exit = ExitInfo {
-                status: SANDBOX_DIED_STATUS,
-                at: timestamp().unwrap_or_default(),
-            };
-            let _ = events.send(Box::new(container.finish(id, pid, exit)));
+        for (exec_id, process) in container.processes.iter_mut() {
+            if !matches!(process.state, State::Stopped(_)) {
+                tracing::warn!("the sandbox ended under {}", describe(id, exec_id));
+                let exit = ExitInfo {
+                    status: SANDBOX_DIED_STATUS,
+                    at: timestamp().unwrap_or_default(),
+                };
+                let _ = events.send(Box::new(process.finish(id, exec_id, pid, exit)));
+            }
         }
     }
 }
 
-/// A stdio path from containerd: a FIFO, or a `file://` log URI.
-fn output(path: &str) -> Result<Output> {
-    if path.is_empty() {
-        Ok(Output::Null)
-    } else if let Some(file) = path.strip_prefix("file://") {
-        Ok(Output::File(file.into()))
-    } else if path.contains("://") {
-        Err(Error::Unsupported(format!(
-            "log URI {path} is not supported: use FIFOs (the default) or a file:// log URI"
-        )))
-    } else {
-        Ok(Output::Fifo(path.into()))
+/// A process's stdio from containerd's paths: FIFOs, or a `file://` log URI.
+fn stdio(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Result<Stdio> {
+    if terminal {
+        return Err(Error::Unsupported(
+            "a terminal (`-t`) is not supported for Wasm guests: run without -t".to_owned(),
+        ));
     }
-}
-
-fn no_exec(exec_id: &str) -> Result<()> {
-    if exec_id.is_empty() {
-        Ok(())
+    let output = |path: &str| {
+        if path.is_empty() {
+            Ok(Output::Null)
+        } else if let Some(file) = path.strip_prefix("file://") {
+            Ok(Output::File(file.into()))
+        } else if path.contains("://") {
+            Err(Error::Unsupported(format!(
+                "log URI {path} is not supported: use FIFOs (the default) or a file:// log URI"
+            )))
+        } else {
+            Ok(Output::Fifo(path.into()))
+        }
+    };
+    let stdin = if stdin.is_empty() {
+        Input::Null
     } else {
-        Err(Error::NotFound(format!("exec {exec_id}")))
-    }
+        Input::Fifo(stdin.into())
+    };
+    Ok(Stdio {
+        stdin,
+        stdout: output(stdout)?,
+        stderr: output(stderr)?,
+    })
 }
 
 #[async_trait]
@@ -312,39 +334,84 @@ impl Task for TaskService {
         })
     }
 
-    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        no_exec(&req.exec_id)?;
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let workload = {
+            let mut containers = self.containers.lock().await;
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+            if container.processes.contains_key(&req.exec_id) {
+                return Err(Error::AlreadyExists(describe(&req.id, &req.exec_id)).into());
+            }
+            let process: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
+                .map_err(|e| Error::Spec(spec::SpecError::Exec(e.to_string())))?;
+            let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
+            spec::exec_workload(&container.workload, &process, stdio).map_err(Error::Spec)?
+        };
+        let key = sandbox_key(&req.id, &req.exec_id);
+        self.prepare(self.sandbox()?, key, workload)
+            .await
+            .inspect_err(|e| tracing::warn!("exec {}: {e}", req.exec_id))?;
         let mut containers = self.containers.lock().await;
         let container = containers
             .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        if !matches!(container.state, State::Created) {
+        let process = Process::new([req.stdin.clone(), req.stdout.clone(), req.stderr.clone()]);
+        container.processes.insert(req.exec_id.clone(), process);
+        self.publish(TaskExecAdded {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            ..Default::default()
+        });
+        Ok(Empty::new())
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let mut containers = self.containers.lock().await;
+        let container = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let process = container.process(&req.id, &req.exec_id)?;
+        if !matches!(process.state, State::Created) {
+            let id = describe(&req.id, &req.exec_id);
             return Err(Error::WrongState {
-                id: req.id,
-                state: container.state.name(),
+                id,
+                state: process.state.name(),
                 action: "start",
             }
             .into());
         }
         // Marked running before the guest can exit, so its exit is never recorded first.
-        container.state = State::Running;
+        process.state = State::Running;
         drop(containers);
-        if let Err(error) = self
-            .sandbox()?
-            .request(Request::Start { id: req.id.clone() })
-            .await
-        {
-            if let Some(container) = self.containers.lock().await.get_mut(&req.id) {
-                container.state = State::Created;
+        let key = sandbox_key(&req.id, &req.exec_id);
+        if let Err(error) = self.sandbox()?.request(Request::Start { id: key }).await {
+            if let Some(process) = self
+                .containers
+                .lock()
+                .await
+                .get_mut(&req.id)
+                .and_then(|c| c.processes.get_mut(&req.exec_id))
+            {
+                process.state = State::Created;
             }
             return Err(Error::Sandbox(error).into());
         }
         let pid = self.pid();
-        self.publish(TaskStart {
-            container_id: req.id,
-            pid,
-            ..Default::default()
-        });
+        if req.exec_id.is_empty() {
+            self.publish(TaskStart {
+                container_id: req.id,
+                pid,
+                ..Default::default()
+            });
+        } else {
+            self.publish(TaskExecStarted {
+                container_id: req.id,
+                exec_id: req.exec_id,
+                pid,
+                ..Default::default()
+            });
+        }
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -352,7 +419,6 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        no_exec(&req.exec_id)?;
         if IGNORED_SIGNALS.contains(&req.signal) {
             return Ok(Empty::new());
         }
@@ -360,14 +426,16 @@ impl Task for TaskService {
         let container = containers
             .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        match container.state {
+        let process = container.process(&req.id, &req.exec_id)?;
+        match process.state {
             // A guest cannot handle signals: every other signal ends it at once, 128 + signal.
             // The sandbox reports the exit, which is recorded like any other.
             State::Running => {
                 drop(containers);
+                let key = sandbox_key(&req.id, &req.exec_id);
                 self.sandbox()?
                     .request(Request::Kill {
-                        id: req.id,
+                        id: key,
                         signal: req.signal,
                     })
                     .await
@@ -378,7 +446,7 @@ impl Task for TaskService {
                     status: 128 + req.signal,
                     at: timestamp().unwrap_or_default(),
                 };
-                let event = container.finish(&req.id, self.pid(), exit);
+                let event = process.finish(&req.id, &req.exec_id, self.pid(), exit);
                 self.publish(event);
             }
             State::Stopped(_) => return Err(Error::Finished.into()),
@@ -387,19 +455,17 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        no_exec(&req.exec_id)?;
         let mut exited = {
-            let containers = self.containers.lock().await;
-            containers
-                .get(&req.id)
-                .ok_or_else(|| Error::NotFound(req.id.clone()))?
-                .exited
-                .subscribe()
+            let mut containers = self.containers.lock().await;
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+            container.process(&req.id, &req.exec_id)?.exited.subscribe()
         };
         let exit = exited
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::NotFound(req.id.clone()))?
+            .map_err(|_| Error::NotFound(describe(&req.id, &req.exec_id)))?
             .clone()
             .expect("waited for Some");
         Ok(WaitResponse {
@@ -414,15 +480,16 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: DeleteRequest,
     ) -> ttrpc::Result<DeleteResponse> {
-        no_exec(&req.exec_id)?;
         let mut containers = self.containers.lock().await;
         let container = containers
-            .get(&req.id)
+            .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        let (status, exited_at) = match &container.state {
+        let process = container.process(&req.id, &req.exec_id)?;
+        let (status, exited_at) = match &process.state {
             State::Running => {
+                let id = describe(&req.id, &req.exec_id);
                 return Err(Error::WrongState {
-                    id: req.id,
+                    id,
                     state: "running",
                     action: "delete",
                 }
@@ -431,26 +498,40 @@ impl Task for TaskService {
             State::Created => (0, timestamp().unwrap_or_default()),
             State::Stopped(exit) => (exit.status, exit.at.clone()),
         };
-        let container = containers.remove(&req.id).expect("present");
+        // Deleting the init process deletes the container, with whatever execs it still lists.
+        let (keys, mounted_rootfs) = if req.exec_id.is_empty() {
+            let container = containers.remove(&req.id).expect("present");
+            let keys = container
+                .processes
+                .keys()
+                .map(|exec_id| sandbox_key(&req.id, exec_id))
+                .collect();
+            (keys, container.mounted_rootfs)
+        } else {
+            container.processes.remove(&req.exec_id);
+            (vec![sandbox_key(&req.id, &req.exec_id)], None)
+        };
         drop(containers);
         if let Ok(sandbox) = self.sandbox() {
-            // A sandbox that is gone has forgotten the container already.
-            let _ = sandbox
-                .request(Request::Delete { id: req.id.clone() })
-                .await;
+            for key in keys {
+                // A sandbox that is gone has forgotten its workloads already.
+                let _ = sandbox.request(Request::Delete { id: key }).await;
+            }
         }
-        if let Some(rootfs) = &container.mounted_rootfs {
+        if let Some(rootfs) = &mounted_rootfs {
             sys::unmount_rootfs(rootfs)?;
         }
         let pid = self.pid();
-        self.publish(TaskDelete {
-            container_id: req.id.clone(),
-            id: req.id,
-            pid,
-            exit_status: status,
-            exited_at: MessageField::some(exited_at.clone()),
-            ..Default::default()
-        });
+        if req.exec_id.is_empty() {
+            self.publish(TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id,
+                pid,
+                exit_status: status,
+                exited_at: MessageField::some(exited_at.clone()),
+                ..Default::default()
+            });
+        }
         Ok(DeleteResponse {
             pid,
             exit_status: status,
@@ -460,20 +541,22 @@ impl Task for TaskService {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        no_exec(&req.exec_id)?;
-        let containers = self.containers.lock().await;
+        let mut containers = self.containers.lock().await;
         let container = containers
-            .get(&req.id)
+            .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        let (status, exit_status, exited_at) = match &container.state {
+        let bundle = container.bundle.display().to_string();
+        let process = container.process(&req.id, &req.exec_id)?;
+        let (status, exit_status, exited_at) = match &process.state {
             State::Created => (Status::CREATED, 0, None),
             State::Running => (Status::RUNNING, 0, None),
             State::Stopped(exit) => (Status::STOPPED, exit.status, Some(exit.at.clone())),
         };
-        let [stdin, stdout, stderr] = container.stdio.clone();
+        let [stdin, stdout, stderr] = process.stdio.clone();
         Ok(StateResponse {
             id: req.id,
-            bundle: container.bundle.display().to_string(),
+            exec_id: req.exec_id,
+            bundle,
             pid: self.pid(),
             status: status.into(),
             stdin,
@@ -487,15 +570,52 @@ impl Task for TaskService {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let containers = self.containers.lock().await;
-        containers
+        let container = containers
             .get(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        let process = ProcessInfo {
-            pid: self.pid(),
-            ..Default::default()
-        };
+        let pid = self.pid();
+        // Guests are instances in one sandbox process: each is listed with that PID and, for an
+        // exec, its exec id (as runc's shim reports exec processes).
+        let processes = container
+            .processes
+            .iter()
+            .filter(|(_, process)| !matches!(process.state, State::Stopped(_)))
+            .map(|(exec_id, _)| {
+                let info = (!exec_id.is_empty())
+                    .then(|| {
+                        convert_to_any(Box::new(ProcessDetails {
+                            exec_id: exec_id.clone(),
+                            ..Default::default()
+                        }))
+                        .ok()
+                    })
+                    .flatten();
+                ProcessInfo {
+                    pid,
+                    info: info.into(),
+                    ..Default::default()
+                }
+            })
+            .collect();
         Ok(PidsResponse {
-            processes: vec![process],
+            processes,
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        if !self.containers.lock().await.contains_key(&req.id) {
+            return Err(Error::NotFound(req.id).into());
+        }
+        // The sandbox's cgroup: the container's own outside pods, the pod's shared one inside.
+        let cgroup = self.sandbox.get().and_then(|h| h.cgroup.as_ref());
+        let cgroup = cgroup
+            .ok_or_else(|| Error::Unsupported(format!("container {} has no cgroup", req.id)))?;
+        let metrics = cgroup.metrics().map_err(Error::Cgroup)?;
+        let stats =
+            convert_to_any(Box::new(metrics)).map_err(|e| Error::Unsupported(e.to_string()))?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
             ..Default::default()
         })
     }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
 use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
 use wasmcell_oci::Entrypoint;
 use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Setup, User};
@@ -43,6 +43,9 @@ pub enum SpecError {
         "no entrypoint: the process args are empty; set the image's Entrypoint or give a command"
     )]
     NoArgs,
+    /// An `exec` request's process spec is malformed.
+    #[error("the exec process spec is not valid: {0}")]
+    Exec(String),
     /// The spec asks for something wasmcell does not provide yet.
     #[error("the container spec asks for {0}, which wasmcell does not support yet")]
     Unsupported(&'static str),
@@ -65,52 +68,83 @@ pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
 /// Translates a runtime spec into what the engine runs.
 pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec, SpecError> {
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
-    let args = process.args().as_deref().unwrap_or_default();
-    let arg0 = args.first().ok_or(SpecError::NoArgs)?;
     let root = spec.root().as_ref().ok_or(SpecError::NoRoot)?;
     let rootfs = bundle.join(root.path());
-    let readonly = root.readonly().unwrap_or(false);
-
-    let entrypoint = Entrypoint::parse(arg0);
-    let mut argv = vec![entrypoint.path.clone()];
-    argv.extend(args[1..].iter().cloned());
-
-    let env = process
-        .env()
-        .iter()
-        .flatten()
-        .filter_map(|var| var.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect();
-
+    let access = if root.readonly().unwrap_or(false) {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
     let mut preopens = vec![Preopen {
         host: rootfs.clone(),
         guest: "/".to_owned(),
-        access: if readonly {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        },
+        access,
     }];
     for mount in spec.mounts().iter().flatten() {
         if let Some(preopen) = bind_preopen(mount)? {
             preopens.push(preopen);
         }
     }
-
+    let (module, function, args) = command(process, rootfs)?;
     Ok(WorkloadSpec {
-        module: ModuleSource::Rootfs {
-            root: rootfs,
-            path: entrypoint.path,
-        },
-        function: entrypoint.function,
-        args: argv,
-        env,
+        module,
+        function,
+        args,
+        env: environment(process),
         cwd: process.cwd().display().to_string(),
         preopens,
         stdio,
         limits: limits(spec),
     })
+}
+
+/// An `exec` in a container: the exec's own command, environment, working directory and stdio,
+/// in the container's rootfs with the container's grants and limits.
+pub fn exec_workload(
+    container: &WorkloadSpec,
+    process: &Process,
+    stdio: Stdio,
+) -> Result<WorkloadSpec, SpecError> {
+    let ModuleSource::Rootfs { root, .. } = &container.module else {
+        unreachable!("container workloads come from a rootfs");
+    };
+    let (module, function, args) = command(process, root.clone())?;
+    Ok(WorkloadSpec {
+        module,
+        function,
+        args,
+        env: environment(process),
+        cwd: process.cwd().display().to_string(),
+        stdio,
+        ..container.clone()
+    })
+}
+
+/// The module, entry function and argv of a process: `args[0]` is `path[#function]` in `rootfs`.
+fn command(
+    process: &Process,
+    rootfs: PathBuf,
+) -> Result<(ModuleSource, Option<String>, Vec<String>), SpecError> {
+    let args = process.args().as_deref().unwrap_or_default();
+    let entrypoint = Entrypoint::parse(args.first().ok_or(SpecError::NoArgs)?);
+    let mut argv = vec![entrypoint.path.clone()];
+    argv.extend(args[1..].iter().cloned());
+    Ok((
+        ModuleSource::Rootfs {
+            root: rootfs,
+            path: entrypoint.path,
+        },
+        entrypoint.function,
+        argv,
+    ))
+}
+
+/// `process.env` as pairs; entries without `=` are dropped.
+fn environment(process: &Process) -> Vec<(String, String)> {
+    let vars = process.env().iter().flatten();
+    vars.filter_map(|var| var.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The per-instance limits the spec sets: `linux.resources.memory.limit` (absent, zero or -1
@@ -293,6 +327,43 @@ mod tests {
         assert_eq!(
             (w.function.as_deref(), w.args.as_slice()),
             (Some("greet"), &["/lib.wasm".to_owned(), "x".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn exec_runs_its_own_command_in_the_container() {
+        let container = workload(
+            &base(json!({"linux": {"resources": {"memory": {"limit": 1024}}}})),
+            Path::new("/b"),
+            Stdio::default(),
+        )
+        .unwrap();
+        let process: Process = serde_json::from_value(json!({
+            "args": ["/tool.wasm#probe", "x"], "env": ["ONLY=exec"], "cwd": "/tmp", "user": {"uid": 0, "gid": 0},
+        }))
+        .unwrap();
+        let exec = exec_workload(&container, &process, Stdio::default()).unwrap();
+        assert_eq!(
+            exec.module,
+            ModuleSource::Rootfs {
+                root: "/b/rootfs".into(),
+                path: "/tool.wasm".into()
+            }
+        );
+        assert_eq!(
+            (exec.function.as_deref(), exec.args.as_slice()),
+            (
+                Some("probe"),
+                &["/tool.wasm".to_owned(), "x".to_owned()][..]
+            )
+        );
+        assert_eq!(
+            (exec.env, exec.cwd.as_str()),
+            (vec![("ONLY".to_owned(), "exec".to_owned())], "/tmp")
+        );
+        assert_eq!(
+            (exec.preopens, exec.limits),
+            (container.preopens, container.limits)
         );
     }
 

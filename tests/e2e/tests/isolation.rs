@@ -336,3 +336,137 @@ const UNKNOWN_IMPORT_MODULE: &[u8] = &[
     0x01, // export _start = func 1
     0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
 ];
+
+#[test]
+fn exec_runs_another_entrypoint_in_the_container_with_its_own_stdio_and_status() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    let tools = tmp.path().join("tools");
+    std::fs::create_dir(&tools)?;
+    std::fs::copy(guest("fs.wasm"), tools.join("fs.wasm"))?;
+    std::fs::copy(guest("hello.wasm"), tools.join("hello.wasm"))?;
+    std::fs::copy("/bin/true", tools.join("true"))?;
+    std::fs::write(tools.join("motd"), "in the image\n")?;
+    let include = format!("{}:/", tools.display());
+    containerd.import(&build_image(
+        &guest("sleeper.wasm"),
+        "example.com/tools:latest",
+        tmp.path(),
+        &["--include", &include],
+    )?)?;
+    run(
+        &containerd,
+        &["-d", "--env", "FROM=init"],
+        "example.com/tools:latest",
+        "box",
+        &[],
+    )?
+    .success()?;
+    let pid = running(&containerd, "box")?;
+
+    // Same rootfs as the container; its own args, stdio and exit status.
+    let out = containerd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "cat",
+            "box",
+            "/fs.wasm",
+            "cat",
+            "/motd",
+        ])?
+        .success()?;
+    assert_eq!(out.stdout, "in the image\n");
+    // ctr gives an exec the container's process spec with its own args.
+    let hello = [
+        "task",
+        "exec",
+        "--exec-id",
+        "hello",
+        "box",
+        "/hello.wasm",
+        "env",
+        "exit=6",
+    ];
+    let out = containerd.ctr(&hello)?;
+    assert_eq!(out.code, Some(6), "{out:?}");
+    assert!(out.stdout.contains("FROM=init\n"), "{out:?}");
+    let out = containerd.ctr(&["task", "exec", "--exec-id", "elf", "box", "/true"])?;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("the entrypoint `/true` is a native ELF executable"),
+        "{out:?}"
+    );
+
+    // A long exec is listed, can be killed alone, and the container keeps running.
+    containerd
+        .ctr(&[
+            "task",
+            "exec",
+            "--detach",
+            "--exec-id",
+            "long",
+            "box",
+            "/sleeper.wasm",
+        ])?
+        .success()?;
+    wait_for("the exec in ps", || {
+        Ok(containerd
+            .ctr(&["task", "ps", "box"])?
+            .stdout
+            .contains("exec_id:\"long\""))
+    })?;
+    containerd
+        .ctr(&["task", "kill", "--exec-id", "long", "-s", "SIGKILL", "box"])?
+        .success()?;
+    wait_for("the exec gone from ps", || {
+        Ok(!containerd
+            .ctr(&["task", "ps", "box"])?
+            .stdout
+            .contains("long"))
+    })?;
+    assert_eq!(task(&containerd, "box")?, Some((pid, "RUNNING".to_owned())));
+    Ok(())
+}
+
+#[test]
+fn metrics_report_the_cgroup() -> Result<()> {
+    let (_tmp, containerd) = start(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    run(
+        &containerd,
+        &["-d", "--memory-limit", "67108864"],
+        "example.com/sleeper:latest",
+        "measured",
+        &[],
+    )?
+    .success()?;
+    running(&containerd, "measured")?;
+    let out = containerd
+        .ctr(&["task", "metrics", "--format", "json", "measured"])?
+        .success()?;
+    let metrics: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(
+        metrics["memory"]["usage"]["limit"],
+        (64u64 << 20) + (32 << 20),
+        "{metrics}"
+    );
+    assert!(
+        metrics["memory"]["usage"]["usage"]
+            .as_u64()
+            .is_some_and(|u| u > 0),
+        "{metrics}"
+    );
+    assert!(
+        metrics["cpu"]["usage"]["total"]
+            .as_u64()
+            .is_some_and(|t| t > 0),
+        "{metrics}"
+    );
+    assert!(
+        metrics["pids"]["current"].as_u64().is_some_and(|p| p > 0),
+        "{metrics}"
+    );
+    Ok(())
+}
