@@ -133,7 +133,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let exit = tokio.block_on(prepared.run())?;
+    let exit = tokio.block_on(prepared.run(&prepared.controls()))?;
     drop(rootfs_dir);
     Ok(ExitCode::from(exit.status() as u8))
 }

@@ -14,6 +14,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::cache::{Artifact, CompileCache};
+use crate::controls::Controls;
 use crate::error::{Error, error_chain};
 use crate::stdio;
 use crate::workload::{Access, ModuleSource, WorkloadSpec};
@@ -32,7 +33,7 @@ const OUT_OF_MEMORY_STATUS: u32 = 137;
 
 /// Enforces [`Limits`] on one store and remembers whether the guest hit them.
 struct Limiter {
-    memory: Option<usize>,
+    controls: Controls,
     exceeded: bool,
 }
 
@@ -43,10 +44,10 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        match self.memory {
+        match self.controls.memory_limit() {
             // An error rather than `Ok(false)`: the guest traps at once instead of carrying on
             // with a failed allocation, and the run ends as out of memory.
-            Some(limit) if desired > limit => {
+            Some(limit) if desired as u64 > limit => {
                 self.exceeded = true;
                 Err(wasmtime::format_err!(
                     "memory limit of {limit} bytes exceeded (growing to {desired})"
@@ -300,7 +301,7 @@ impl Exit {
         match result {
             Ok(()) => Exit::Code(0),
             Err(_) if limiter.exceeded => Exit::OutOfMemory {
-                limit: limiter.memory.unwrap_or_default() as u64,
+                limit: limiter.controls.memory_limit().unwrap_or_default(),
             },
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => Exit::Code(*code),
@@ -311,11 +312,12 @@ impl Exit {
 }
 
 impl Prepared {
-    /// Runs one fresh instance to completion. Dropping the returned future stops the guest at its
-    /// next epoch tick or host call. Why a run failed or trapped is also written to the guest's
-    /// stderr, where its user looks.
-    pub async fn run(&self) -> Result<Exit, Error> {
-        let exit = self.instantiate_and_run().await;
+    /// Runs one fresh instance to completion under `controls` (pause, live limits; see
+    /// [`Prepared::controls`]). Dropping the returned future stops the guest at its next epoch
+    /// tick or host call. Why a run failed or trapped is also written to the guest's stderr, where
+    /// its user looks.
+    pub async fn run(&self, controls: &Controls) -> Result<Exit, Error> {
+        let exit = self.instantiate_and_run(controls).await;
         let message = match &exit {
             Ok(Exit::Trapped(message)) => message.clone(),
             Ok(Exit::OutOfMemory { limit }) => {
@@ -328,7 +330,12 @@ impl Prepared {
         exit
     }
 
-    async fn instantiate_and_run(&self) -> Result<Exit, Error> {
+    /// Fresh controls for a run of this workload, starting from its spec's limits.
+    pub fn controls(&self) -> Controls {
+        Controls::new(&self.spec.limits)
+    }
+
+    async fn instantiate_and_run(&self, controls: &Controls) -> Result<Exit, Error> {
         let spec = &self.spec;
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
@@ -347,7 +354,7 @@ impl Prepared {
         stdio::attach(&mut wasi, &spec.stdio).await?;
 
         let limiter = Limiter {
-            memory: spec.limits.memory.map(|bytes| bytes as usize),
+            controls: controls.clone(),
             exceeded: false,
         };
         // Instantiation can fail like a run does (a start function traps, a data segment passes the
@@ -362,7 +369,9 @@ impl Prepared {
                     },
                 );
                 store.limiter(|state| &mut state.limiter);
-                store.epoch_deadline_async_yield_and_update(1);
+                store.set_epoch_deadline(1);
+                let at_epoch = controls.clone();
+                store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
                 let result = async {
                     let instance = pre.instantiate_async(&mut store).await?;
                     // A library module (WASI reactor) is initialised before its entry function.
@@ -386,7 +395,9 @@ impl Prepared {
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limiter);
-                store.epoch_deadline_async_yield_and_update(1);
+                store.set_epoch_deadline(1);
+                let at_epoch = controls.clone();
+                store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await

@@ -14,12 +14,14 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod controls;
 mod engine;
 mod error;
 mod stdio;
 mod workload;
 
 pub use cache::CompileCache;
+pub use controls::Controls;
 pub use engine::{Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
 pub use workload::{Access, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec};

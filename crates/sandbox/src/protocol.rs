@@ -93,6 +93,23 @@ pub enum Request {
         /// The signal number.
         signal: u32,
     },
+    /// Stop a running guest at its next epoch tick, until `Resume`.
+    Pause {
+        /// The workload's key.
+        id: String,
+    },
+    /// Let a paused guest go on.
+    Resume {
+        /// The workload's key.
+        id: String,
+    },
+    /// Change a workload's memory limit, live.
+    Update {
+        /// The workload's key.
+        id: String,
+        /// The new limit in bytes; `None` for none.
+        memory: Option<u64>,
+    },
     /// Forget a container that is not running, releasing its descriptors.
     Delete {
         /// The container id.

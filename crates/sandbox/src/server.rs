@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
-use wasmcell_engine::{CompileCache, Engine, Exit, Prepared, error_chain};
+use wasmcell_engine::{CompileCache, Controls, Engine, Exit, Prepared, error_chain};
 
 use crate::protocol::{CONTROL_FD, Envelope, Message, Open, Request, Setup, apply_grants};
 use crate::sys;
@@ -77,6 +77,8 @@ impl Outbox {
 /// container id, or `ID/EXEC`.
 struct Workload {
     prepared: Arc<Prepared>,
+    /// Pause and live limits, for its run.
+    controls: Controls,
     /// The directories and module its spec reaches through `/proc/self/fd`; closed when it is
     /// deleted.
     _reached: Vec<OwnedFd>,
@@ -145,6 +147,7 @@ async fn handle(
                 .map_err(|e| e.to_string())?
                 .map_err(|e| error_chain(&e))?;
             let workload = Workload {
+                controls: prepared.controls(),
                 prepared: Arc::new(prepared),
                 _reached: reached.into_iter().map(|(_, fd)| fd).collect(),
                 stdio: stdio.into_iter().map(|(_, fd)| fd).collect(),
@@ -161,12 +164,12 @@ async fn handle(
                 .lock()
                 .expect("running lock")
                 .insert(id.clone(), kill);
-            let prepared = workload.prepared.clone();
+            let (prepared, controls) = (workload.prepared.clone(), workload.controls.clone());
             let stdio = std::mem::take(&mut workload.stdio);
             let (outbox, running) = (outbox.clone(), running.clone());
             tokio::spawn(async move {
                 let (status, oom) = tokio::select! {
-                    exit = prepared.run() => match exit {
+                    exit = prepared.run(&controls) => match exit {
                         Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory { .. })),
                         // The engine has already said why on the guest's stderr.
                         Err(_) => (1, false),
@@ -200,6 +203,30 @@ async fn handle(
                 Some(Ok(())) => Ok(()),
                 _ => Err(format!("{id} is not running")),
             }
+        }
+        Request::Pause { id } => {
+            workloads
+                .get(&id)
+                .ok_or_else(|| format!("no workload {id}"))?
+                .controls
+                .pause();
+            Ok(())
+        }
+        Request::Resume { id } => {
+            workloads
+                .get(&id)
+                .ok_or_else(|| format!("no workload {id}"))?
+                .controls
+                .resume();
+            Ok(())
+        }
+        Request::Update { id, memory } => {
+            workloads
+                .get(&id)
+                .ok_or_else(|| format!("no workload {id}"))?
+                .controls
+                .set_memory_limit(memory);
+            Ok(())
         }
         Request::Delete { id } => {
             workloads.remove(&id);

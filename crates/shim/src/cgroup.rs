@@ -60,7 +60,9 @@ impl Cgroup {
         Ok(cgroup)
     }
 
-    fn apply(&self, resources: &Resources) -> io::Result<()> {
+    /// Writes the limits `resources` sets (unset ones are left as they are): at create, and live
+    /// for `ctr task update`.
+    pub fn apply(&self, resources: &Resources) -> io::Result<()> {
         if self.unified {
             if let Some(memory) = resources.memory {
                 self.write("", "memory.max", &memory.to_string())?;

@@ -28,6 +28,8 @@ pub enum State {
     Created,
     /// Its guest is running in the sandbox.
     Running,
+    /// Its guest is stopped at an epoch tick until resumed.
+    Paused,
     /// Finished.
     Stopped(ExitInfo),
 }
@@ -38,6 +40,7 @@ impl State {
         match self {
             State::Created => "created",
             State::Running => "running",
+            State::Paused => "paused",
             State::Stopped(_) => "stopped",
         }
     }

@@ -13,21 +13,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
-    StatsResponse, Status, WaitRequest, WaitResponse,
+    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
+    PidsResponse, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, StatsRequest, StatsResponse, Status, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
 };
 use containerd_shim::event::Event;
 use containerd_shim::protos::api::ProcessInfo;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::util::{convert_to_any, timestamp};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 use tokio::sync::{Mutex, OnceCell, mpsc};
 use wasmcell_engine::{Engine, Input, Output, Stdio, WorkloadSpec};
 use wasmcell_sandbox::protocol::{Request, grants};
@@ -210,6 +212,63 @@ impl TaskService {
             workload,
             processes: HashMap::from([(String::new(), init)]),
         })
+    }
+}
+
+impl TaskService {
+    /// Pauses or resumes every process of a container that is in state `from` (runc freezes a
+    /// whole container the same way), moving each to `to`.
+    async fn switch(&self, id: &str, from: State, to: State) -> Result<()> {
+        let keys = {
+            let mut containers = self.containers.lock().await;
+            let container = containers
+                .get_mut(id)
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            let init = container.process(id, "")?;
+            if std::mem::discriminant(&init.state) != std::mem::discriminant(&from) {
+                let action = if matches!(to, State::Paused) {
+                    "pause"
+                } else {
+                    "resume"
+                };
+                return Err(Error::WrongState {
+                    id: id.to_owned(),
+                    state: init.state.name(),
+                    action,
+                });
+            }
+            let matching = container
+                .processes
+                .iter()
+                .filter(|(_, p)| std::mem::discriminant(&p.state) == std::mem::discriminant(&from));
+            matching
+                .map(|(exec_id, _)| exec_id.clone())
+                .collect::<Vec<_>>()
+        };
+        for exec_id in keys {
+            let key = sandbox_key(id, &exec_id);
+            let request = if matches!(to, State::Paused) {
+                Request::Pause { id: key }
+            } else {
+                Request::Resume { id: key }
+            };
+            self.sandbox()?.request(request).await?;
+            if let Some(process) = self
+                .containers
+                .lock()
+                .await
+                .get_mut(id)
+                .and_then(|c| c.processes.get_mut(&exec_id))
+                && !matches!(process.state, State::Stopped(_))
+            {
+                process.state = if matches!(to, State::Paused) {
+                    State::Paused
+                } else {
+                    State::Running
+                };
+            }
+        }
+        Ok(())
     }
 }
 
@@ -430,7 +489,7 @@ impl Task for TaskService {
         match process.state {
             // A guest cannot handle signals: every other signal ends it at once, 128 + signal.
             // The sandbox reports the exit, which is recorded like any other.
-            State::Running => {
+            State::Running | State::Paused => {
                 drop(containers);
                 let key = sandbox_key(&req.id, &req.exec_id);
                 self.sandbox()?
@@ -486,11 +545,11 @@ impl Task for TaskService {
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
         let process = container.process(&req.id, &req.exec_id)?;
         let (status, exited_at) = match &process.state {
-            State::Running => {
+            running @ (State::Running | State::Paused) => {
                 let id = describe(&req.id, &req.exec_id);
                 return Err(Error::WrongState {
                     id,
-                    state: "running",
+                    state: running.name(),
                     action: "delete",
                 }
                 .into());
@@ -550,6 +609,7 @@ impl Task for TaskService {
         let (status, exit_status, exited_at) = match &process.state {
             State::Created => (Status::CREATED, 0, None),
             State::Running => (Status::RUNNING, 0, None),
+            State::Paused => (Status::PAUSED, 0, None),
             State::Stopped(exit) => (Status::STOPPED, exit.status, Some(exit.at.clone())),
         };
         let [stdin, stdout, stderr] = process.stdio.clone();
@@ -601,6 +661,55 @@ impl Task for TaskService {
             processes,
             ..Default::default()
         })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        self.switch(&req.id, State::Running, State::Paused).await?;
+        self.publish(TaskPaused {
+            container_id: req.id,
+            ..Default::default()
+        });
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        self.switch(&req.id, State::Paused, State::Running).await?;
+        self.publish(TaskResumed {
+            container_id: req.id,
+            ..Default::default()
+        });
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let resources: LinuxResources = serde_json::from_slice(&req.resources.value)
+            .map_err(|e| Error::Unsupported(format!("unreadable resources in the update: {e}")))?;
+        let keys = {
+            let mut containers = self.containers.lock().await;
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+            // Later execs get the new limit too.
+            container.workload.limits.memory = spec::memory_limit(&resources);
+            container
+                .processes
+                .keys()
+                .map(|exec_id| sandbox_key(&req.id, exec_id))
+                .collect::<Vec<_>>()
+        };
+        if let Some(cgroup) = self.sandbox.get().and_then(|h| h.cgroup.as_ref()) {
+            cgroup
+                .apply(&spec::resources(&resources))
+                .map_err(Error::Cgroup)?;
+        }
+        let memory = spec::memory_limit(&resources);
+        for id in keys {
+            self.sandbox()?
+                .request(Request::Update { id, memory })
+                .await
+                .map_err(Error::Sandbox)?;
+        }
+        Ok(Empty::new())
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {

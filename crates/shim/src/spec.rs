@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
 use wasmcell_oci::Entrypoint;
 use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Setup, User};
@@ -150,15 +150,13 @@ fn environment(process: &Process) -> Vec<(String, String)> {
 /// The per-instance limits the spec sets: `linux.resources.memory.limit` (absent, zero or -1
 /// means none).
 fn limits(spec: &Spec) -> Limits {
-    let memory = spec
+    let resources = spec
         .linux()
         .as_ref()
-        .and_then(|linux| linux.resources().as_ref())
-        .and_then(|resources| resources.memory().as_ref())
-        .and_then(|memory| memory.limit())
-        .filter(|limit| *limit > 0)
-        .map(|limit| limit as u64);
-    Limits { memory }
+        .and_then(|linux| linux.resources().as_ref());
+    Limits {
+        memory: resources.and_then(memory_limit),
+    }
 }
 
 /// The sandbox's isolation for this spec. Namespaces follow runc: listed without a path, a new
@@ -210,25 +208,40 @@ pub const SANDBOX_MEMORY_HEADROOM: i64 = 32 << 20;
 pub fn cgroup(spec: &Spec) -> Option<(String, Resources)> {
     let linux = spec.linux().as_ref()?;
     let path = linux.cgroups_path().as_ref()?.display().to_string();
-    let resources = linux.resources().as_ref();
-    let memory = resources
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0);
-    let cpu = resources.and_then(|r| r.cpu().as_ref());
     Some((
         path,
-        Resources {
-            memory: memory.map(|limit| limit + SANDBOX_MEMORY_HEADROOM),
-            cpu_quota: cpu.and_then(|c| c.quota()),
-            cpu_period: cpu.and_then(|c| c.period()),
-            cpu_shares: cpu.and_then(|c| c.shares()),
-            pids: resources
-                .and_then(|r| r.pids().as_ref())
-                .map(|p| p.limit())
-                .filter(|l| *l > 0),
-        },
+        linux
+            .resources()
+            .as_ref()
+            .map(resources)
+            .unwrap_or_default(),
     ))
+}
+
+/// The cgroup limits for `linux.resources` (at create, or from `ctr task update`).
+pub fn resources(resources: &LinuxResources) -> Resources {
+    let cpu = resources.cpu().as_ref();
+    Resources {
+        memory: memory_limit(resources).map(|limit| limit as i64 + SANDBOX_MEMORY_HEADROOM),
+        cpu_quota: cpu.and_then(|c| c.quota()),
+        cpu_period: cpu.and_then(|c| c.period()),
+        cpu_shares: cpu.and_then(|c| c.shares()),
+        pids: resources
+            .pids()
+            .as_ref()
+            .map(|p| p.limit())
+            .filter(|l| *l > 0),
+    }
+}
+
+/// The guest memory limit in `linux.resources` (absent, zero or -1 mean none).
+pub fn memory_limit(resources: &LinuxResources) -> Option<u64> {
+    resources
+        .memory()
+        .as_ref()
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64)
 }
 
 /// The preopen for a mount, if the guest gets one: directory bind mounts outside the kernel's

@@ -1,5 +1,7 @@
 //! Docker Engine 26 (containerd image store) loading and running images built by wasmcell.
 
+use std::path::Path;
+
 use anyhow::Result;
 use wasmcell_e2e::{Docker, build_image, guest};
 
@@ -97,6 +99,64 @@ fn docker_user_runs_the_sandbox_as_that_user_and_the_guest_still_gets_its_files(
         ["1000"; 4],
         "{uid}"
     );
+    docker.docker(&["rm", "--force", id])?.success()?;
+    Ok(())
+}
+
+#[test]
+fn docker_update_changes_the_limits_live() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let docker = Docker::start()?;
+    let archive = build_image(
+        &guest("sleeper.wasm"),
+        "example.com/sleeper:latest",
+        tmp.path(),
+        &[],
+    )?;
+    docker
+        .docker(&["load", "--input", archive.to_str().unwrap()])?
+        .success()?;
+    let run = [
+        "run",
+        "-d",
+        "--runtime=io.containerd.wasmtime.v1",
+        "--platform=wasip1/wasm",
+        "--memory",
+        "128m",
+    ];
+    let id = docker
+        .docker(&[&run[..], &["example.com/sleeper:latest"]].concat())?
+        .success()?;
+    let id = id.stdout.trim();
+    let pid = docker
+        .docker(&["inspect", "--format", "{{.State.Pid}}", id])?
+        .success()?
+        .stdout
+        .trim()
+        .to_owned();
+    let limit = || -> Result<u64> {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let path = cgroups
+            .lines()
+            .find(|l| l.contains(":memory:"))
+            .and_then(|l| l.rsplit(':').next())
+            .unwrap()
+            .to_owned();
+        let file = Path::new("/sys/fs/cgroup/memory")
+            .join(path.trim_start_matches('/'))
+            .join("memory.limit_in_bytes");
+        Ok(std::fs::read_to_string(file)?.trim().parse()?)
+    };
+    // The spec's limit plus the sandbox's own headroom (32 MiB).
+    assert_eq!(limit()?, (128 << 20) + (32 << 20));
+    docker
+        .docker(&["update", "--memory", "64m", "--memory-swap", "64m", id])?
+        .success()?;
+    assert_eq!(limit()?, (64 << 20) + (32 << 20));
+    let state = docker
+        .docker(&["inspect", "--format", "{{.State.Status}}", id])?
+        .success()?;
+    assert_eq!(state.stdout.trim(), "running");
     docker.docker(&["rm", "--force", id])?.success()?;
     Ok(())
 }

@@ -470,3 +470,54 @@ fn metrics_report_the_cgroup() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
+    let (tmp, containerd) = start(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    let log = tmp.path().join("ticks.log");
+    let log_uri = format!("file://{}", log.display());
+    run(
+        &containerd,
+        &["-d", "--log-uri", &log_uri],
+        "example.com/sleeper:latest",
+        "napper",
+        &[],
+    )?
+    .success()?;
+    let pid = running(&containerd, "napper")?;
+    let ticks = || -> Result<usize> {
+        Ok(std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("tick")
+            .count())
+    };
+    wait_for("a first tick", || Ok(ticks()? >= 1))?;
+
+    containerd.ctr(&["task", "pause", "napper"])?.success()?;
+    assert_eq!(
+        task(&containerd, "napper")?,
+        Some((pid, "PAUSED".to_owned()))
+    );
+    // A tick may already be on its way out; after that, nothing while paused.
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_at = ticks()?;
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(ticks()?, paused_at, "the guest ran while paused");
+
+    containerd.ctr(&["task", "resume", "napper"])?.success()?;
+    assert_eq!(
+        task(&containerd, "napper")?,
+        Some((pid, "RUNNING".to_owned()))
+    );
+    wait_for("ticks after resume", || Ok(ticks()? > paused_at))?;
+
+    // A paused container can still be killed.
+    containerd.ctr(&["task", "pause", "napper"])?.success()?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "napper"])?
+        .success()?;
+    wait_for("STOPPED", || {
+        Ok(task(&containerd, "napper")?.is_some_and(|(_, s)| s == "STOPPED"))
+    })?;
+    Ok(())
+}
