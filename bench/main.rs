@@ -3,6 +3,9 @@
 //! `wasmcell-bench ctr-run [N]`: N interleaved `ctr run --rm` of the hello guest under our shim
 //! and of busybox `echo` under runc, one private containerd.
 //! `wasmcell-bench cli [N]`: `wasmcell run hello.wasm` with a cold and a warm compile cache.
+//! `wasmcell-bench sandbox-cost OLD_WASMCELL [N]`: this build against an older one (e.g. before a
+//! change of process model): `ctr run --rm` hello and PSS per idle container, each binary behind
+//! its own private containerd, interleaved.
 //!
 //! Run through `bench/run.sh`, which builds everything first.
 
@@ -11,22 +14,28 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use wasmcell_e2e::{Containerd, build_image, guest, repo, run, wasmcell};
+use wasmcell_e2e::{Containerd, build_image, guest, repo, run, shim_pids, wasmcell};
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let which = args.next().unwrap_or_else(|| "all".to_owned());
-    let n: usize = args
-        .next()
-        .map(|n| n.parse())
-        .transpose()
-        .context("N must be a number")?
-        .unwrap_or(30);
-    match which.as_str() {
-        "ctr-run" => ctr_run(n),
-        "cli" => cli(n),
-        "all" => ctr_run(n).and_then(|()| cli(n)),
-        other => bail!("unknown benchmark {other}: use ctr-run, cli or all"),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let count = |at: usize| -> Result<usize> {
+        args.get(at)
+            .map(|n| n.parse())
+            .transpose()
+            .context("N must be a number")
+            .map(|n| n.unwrap_or(30))
+    };
+    match args.first().map(String::as_str).unwrap_or("all") {
+        "ctr-run" => ctr_run(count(1)?),
+        "cli" => cli(count(1)?),
+        "all" => ctr_run(count(1)?).and_then(|()| cli(count(1)?)),
+        "sandbox-cost" => {
+            let old = args
+                .get(1)
+                .context("sandbox-cost needs the older wasmcell binary")?;
+            sandbox_cost(Path::new(old), count(2)?)
+        }
+        other => bail!("unknown benchmark {other}: use ctr-run, cli, all or sandbox-cost"),
     }
 }
 
@@ -177,5 +186,101 @@ fn cli(n: usize) -> Result<()> {
             ("warm cache", stats(warm)),
         ],
     );
+    Ok(())
+}
+
+/// The proportional set size of a process, in KiB: its own pages plus its share of pages it
+/// maps together with others (the binary, shared libraries, cache artifacts).
+fn pss_kib(pid: u32) -> Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let line = rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .context("no Pss in smaps_rollup")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("Pss value")?
+        .parse()?)
+}
+
+fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
+    const IDLE: usize = 10;
+    let tmp = tempfile::tempdir()?;
+    let new_cd = Containerd::start()?;
+    let old_cd = Containerd::start_with(old, &[])?;
+    for containerd in [&new_cd, &old_cd] {
+        containerd.import(&build_image(
+            &guest("hello.wasm"),
+            "bench.local/hello:latest",
+            tmp.path(),
+            &[],
+        )?)?;
+        containerd.import(&build_image(
+            &guest("sleeper.wasm"),
+            "bench.local/sleeper:latest",
+            tmp.path(),
+            &[],
+        )?)?;
+    }
+    let run = |containerd: &Containerd, id: &str| {
+        timed(containerd.ctr_command().args([
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.wasmtime.v1",
+            "bench.local/hello:latest",
+            id,
+        ]))
+    };
+    run(&new_cd, "warm")?;
+    run(&old_cd, "warm")?;
+    let (mut new, mut older) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        older.push(run(&old_cd, &format!("h{i}"))?);
+        new.push(run(&new_cd, &format!("h{i}"))?);
+    }
+    table(
+        "ctr run --rm hello: older build vs this build",
+        n,
+        &[("older build", stats(older)), ("this build", stats(new))],
+    );
+
+    println!(
+        "\nidle containers ({IDLE} sleepers each): PSS of every process wasmcell adds (shims, sandboxes)"
+    );
+    println!(
+        "| {:<40} | {:>10} | {:>16} |",
+        "what", "processes", "PSS / container"
+    );
+    println!("|{:-<42}|{:->12}|{:->18}|", "", "", "");
+    for (name, containerd) in [("older build", &old_cd), ("this build", &new_cd)] {
+        for i in 0..IDLE {
+            let id = format!("idle{i}");
+            let args = [
+                "run",
+                "-d",
+                "--runtime",
+                "io.containerd.wasmtime.v1",
+                "bench.local/sleeper:latest",
+                &id,
+            ];
+            timed(containerd.ctr_command().args(args))?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let mut pids: Vec<u32> = shim_pids(containerd.namespace())
+            .into_iter()
+            .map(|p| p as u32)
+            .collect();
+        pids.extend(containerd.task_pids()?.into_iter().map(|(_, pid, _)| pid));
+        pids.sort_unstable();
+        pids.dedup();
+        let total: u64 = pids.iter().map(|&pid| pss_kib(pid)).sum::<Result<u64>>()?;
+        println!(
+            "| {name:<40} | {:>10} | {:>12} KiB |",
+            pids.len(),
+            total / IDLE as u64
+        );
+    }
     Ok(())
 }

@@ -146,14 +146,20 @@ impl Containerd {
     /// Starts containerd with extra environment (e.g. a canary that must not reach guests) and
     /// waits until it answers.
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Containerd> {
+        Containerd::start_with(&wasmcell(), env)
+    }
+
+    /// Starts containerd with `shim` (a `wasmcell` binary, e.g. an older build for a benchmark)
+    /// behind the shim names, and extra environment.
+    pub fn start_with(shim: &Path, env: &[(&str, &str)]) -> Result<Containerd> {
         static INSTANCE: AtomicU32 = AtomicU32::new(0);
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::Builder::new().prefix("wcd-").tempdir_in("/tmp")?;
         let root = dir.path();
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin)?;
-        for shim in ["containerd-shim-wasmtime-v1", "containerd-shim-wasmedge-v1"] {
-            std::os::unix::fs::symlink(wasmcell(), bin.join(shim))?;
+        for name in ["containerd-shim-wasmtime-v1", "containerd-shim-wasmedge-v1"] {
+            std::os::unix::fs::symlink(shim, bin.join(name))?;
         }
         let config = root.join("config.toml");
         std::fs::write(
@@ -199,6 +205,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// Starts containerd with no extra environment.
     pub fn start() -> Result<Containerd> {
         Containerd::start_with_env(&[])
+    }
+
+    /// The namespace its `ctr` commands use.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// The instance's directory (root, state, sockets, log).

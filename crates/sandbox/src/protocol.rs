@@ -33,6 +33,8 @@ pub struct Setup {
     pub hostname: Option<String>,
     /// Who the guests run as.
     pub user: User,
+    /// Resource limits of the sandbox process (`process.rlimits`).
+    pub rlimits: Vec<Rlimit>,
     /// The compile cache to load artifacts from.
     pub cache_dir: PathBuf,
 }
@@ -66,6 +68,17 @@ pub struct User {
     pub gid: u32,
     /// Supplementary groups.
     pub additional_gids: Vec<u32>,
+}
+
+/// A POSIX resource limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Its name as the OCI spec writes it, e.g. `RLIMIT_NOFILE`.
+    pub name: String,
+    /// The soft limit.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
 }
 
 /// A request from the shim.

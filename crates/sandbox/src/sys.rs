@@ -23,7 +23,7 @@ use seccompiler::{
 };
 
 use crate::SANDBOX_ARG0;
-use crate::protocol::{CONTROL_FD, Grant, MAX_FDS, MAX_PACKET, NamespaceKind, Open, Setup};
+use crate::protocol::{CONTROL_FD, Grant, MAX_FDS, MAX_PACKET, NamespaceKind, Open, Rlimit, Setup};
 
 /// Why isolating the sandbox failed; each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,19 @@ pub enum IsolationError {
     Step {
         /// What was being done.
         step: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A resource limit is unknown, or could not be set (e.g. above the current hard limit).
+    #[error("cannot set {name} to {soft}:{hard}")]
+    Rlimit {
+        /// The limit's name.
+        name: String,
+        /// Soft limit asked for.
+        soft: u64,
+        /// Hard limit asked for.
+        hard: u64,
         /// The cause.
         #[source]
         source: io::Error,
@@ -224,6 +237,11 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
         nix::unistd::sethostname(hostname).map_err(step("set the hostname"))?;
     }
 
+    // While still privileged: raising a hard limit needs CAP_SYS_RESOURCE.
+    for rlimit in &setup.rlimits {
+        set_rlimit(rlimit)?;
+    }
+
     // Capabilities, in the order the kernel allows: the bounding set while CAP_SETPCAP is still
     // held, then the ids while CAP_SETUID/SETGID are, then every remaining set.
     let caps_err = |step: &'static str| {
@@ -254,6 +272,48 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
     }
     nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
     install_seccomp()
+}
+
+fn set_rlimit(rlimit: &Rlimit) -> Result<(), IsolationError> {
+    let err = |source| IsolationError::Rlimit {
+        name: rlimit.name.clone(),
+        soft: rlimit.soft,
+        hard: rlimit.hard,
+        source,
+    };
+    let resource = match rlimit.name.as_str() {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unknown resource limit",
+            )));
+        }
+    };
+    let limit = libc::rlimit {
+        rlim_cur: rlimit.soft,
+        rlim_max: rlimit.hard,
+    };
+    // SAFETY: setrlimit reads the struct it is given and changes only this process's limits.
+    if unsafe { libc::setrlimit(resource, &limit) } < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Namespace flags a guest-side `clone` must not carry: no new namespaces from inside.

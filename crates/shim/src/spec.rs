@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
 use wasmcell_oci::Entrypoint;
-use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Setup, User};
+use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Rlimit, Setup, User};
 
 use crate::cgroup::Resources;
 
@@ -186,7 +186,8 @@ pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> 
     let new_uts = namespaces
         .iter()
         .any(|n| n.kind == NamespaceKind::Uts && n.path.is_none());
-    let user = spec.process().as_ref().ok_or(SpecError::NoProcess)?.user();
+    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let user = process.user();
     Ok(Setup {
         namespaces,
         hostname: spec.hostname().clone().filter(|h| new_uts && !h.is_empty()),
@@ -195,6 +196,19 @@ pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> 
             gid: user.gid(),
             additional_gids: user.additional_gids().clone().unwrap_or_default(),
         },
+        rlimits: process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| Rlimit {
+                name: serde_json::to_value(r.typ())
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+            .collect(),
         cache_dir: cache_dir.to_owned(),
     })
 }
@@ -475,6 +489,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("user namespaces")
+        );
+    }
+
+    #[test]
+    fn rlimits_keep_their_spec_names() {
+        let mut value = serde_json::to_value(base(json!({}))).unwrap();
+        value["process"]["rlimits"] =
+            json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096}]);
+        let setup =
+            sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
+        assert_eq!(
+            setup.rlimits,
+            [Rlimit {
+                name: "RLIMIT_NOFILE".into(),
+                soft: 1024,
+                hard: 4096
+            }]
         );
     }
 

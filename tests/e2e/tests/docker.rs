@@ -160,3 +160,86 @@ fn docker_update_changes_the_limits_live() -> Result<()> {
     docker.docker(&["rm", "--force", id])?.success()?;
     Ok(())
 }
+
+#[test]
+fn docker_ulimits_and_pids_limit_apply_and_an_impossible_ulimit_is_refused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let docker = Docker::start()?;
+    let archive = build_image(
+        &guest("sleeper.wasm"),
+        "example.com/sleeper:latest",
+        tmp.path(),
+        &[],
+    )?;
+    docker
+        .docker(&["load", "--input", archive.to_str().unwrap()])?
+        .success()?;
+    let run = [
+        "run",
+        "-d",
+        "--runtime=io.containerd.wasmtime.v1",
+        "--platform=wasip1/wasm",
+    ];
+    let limits = ["--ulimit", "nofile=512:512", "--pids-limit", "64"];
+    let id = docker
+        .docker(&[&run[..], &limits[..], &["example.com/sleeper:latest"]].concat())?
+        .success()?;
+    let id = id.stdout.trim();
+    let pid = docker
+        .docker(&["inspect", "--format", "{{.State.Pid}}", id])?
+        .success()?
+        .stdout
+        .trim()
+        .to_owned();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        nofile
+            .split_whitespace()
+            .skip(3)
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["512", "512"],
+        "{nofile}"
+    );
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = cgroups
+        .lines()
+        .find(|l| l.contains(":pids:"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_owned();
+    let pids_max = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/pids")
+            .join(path.trim_start_matches('/'))
+            .join("pids.max"),
+    )?;
+    assert_eq!(pids_max.trim(), "64");
+    docker.docker(&["rm", "--force", id])?.success()?;
+
+    // Above the hard limit the daemon itself has: refused with the limit named, as runc would.
+    let absurd = ["--ulimit", "nofile=1048576000:1048576000"];
+    let out = docker.docker(
+        &[
+            &[
+                "run",
+                "--rm",
+                "--runtime=io.containerd.wasmtime.v1",
+                "--platform=wasip1/wasm",
+            ][..],
+            &absurd[..],
+            &["example.com/sleeper:latest"],
+        ]
+        .concat(),
+    )?;
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot set RLIMIT_NOFILE to 1048576000:1048576000"),
+        "{out:?}"
+    );
+    Ok(())
+}

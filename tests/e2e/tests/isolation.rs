@@ -521,3 +521,41 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_cpu_quota_throttles_a_spinning_guest() -> Result<()> {
+    let (_tmp, containerd) = start(&[("hostile.wasm", "example.com/hostile:latest")])?;
+    run(
+        &containerd,
+        &["-d", "--cpus", "0.1"],
+        "example.com/hostile:latest",
+        "spinner",
+        &["/hostile.wasm", "spin"],
+    )?
+    .success()?;
+    let pid = running(&containerd, "spinner")?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = cgroups
+        .lines()
+        .find(|l| l.contains(":cpu:") || l.contains(":cpu,"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_owned();
+    let stat = Path::new("/sys/fs/cgroup/cpu")
+        .join(path.trim_start_matches('/'))
+        .join("cpu.stat");
+    // The kernel counts the periods in which it held the guest back: evidence, not a timing.
+    let throttled = || -> Result<u64> {
+        let text = std::fs::read_to_string(&stat)?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("nr_throttled"))
+            .context("nr_throttled")?;
+        Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+    };
+    wait_for("throttled periods", || Ok(throttled()? > 0))?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "spinner"])?
+        .success()?;
+    Ok(())
+}
