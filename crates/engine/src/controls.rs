@@ -1,12 +1,14 @@
-//! Live controls of a running guest: pausing it, and its memory limit.
+//! Live controls of a running guest: pausing it, its memory limit and its CPU quota.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use wasmtime::UpdateDeadline;
 
-use crate::workload::Limits;
+use crate::engine::EPOCH_TICK;
+use crate::workload::{CpuQuota, Limits};
 
 /// Changes what a running guest may do, from outside its run: shared by the run and whoever
 /// serves `pause`, `resume` and `update`.
@@ -17,15 +19,48 @@ struct Inner {
     paused: watch::Sender<bool>,
     /// The memory limit in bytes; `u64::MAX` for none.
     memory_limit: AtomicU64,
+    cpu: Mutex<Slicer>,
+}
+
+/// Epoch-based CPU time slicing: every tick at which the guest is found running wasm counts as
+/// one tick of CPU; a guest that has used its quota in the current period waits for the next.
+/// The sandbox's cgroup throttles the whole process; this throttles each guest within it, so
+/// the containers of a pod each get their own quota.
+struct Slicer {
+    quota: Option<CpuQuota>,
+    period_start: Instant,
+    used: Duration,
+}
+
+impl Slicer {
+    /// How long the guest must wait before running on, if it has used up its quota.
+    fn charge_tick(&mut self) -> Option<Duration> {
+        let quota = self.quota?;
+        let period = Duration::from_micros(quota.period_us.max(1));
+        let now = Instant::now();
+        if now.duration_since(self.period_start) >= period {
+            self.period_start = now;
+            self.used = Duration::ZERO;
+        }
+        self.used += EPOCH_TICK;
+        (self.used >= Duration::from_micros(quota.quota_us))
+            .then(|| (self.period_start + period).saturating_duration_since(now))
+    }
 }
 
 impl Controls {
     /// Controls starting from the spec's limits, not paused.
     pub fn new(limits: &Limits) -> Controls {
         let memory_limit = AtomicU64::new(limits.memory.unwrap_or(u64::MAX));
+        let cpu = Mutex::new(Slicer {
+            quota: limits.cpu,
+            period_start: Instant::now(),
+            used: Duration::ZERO,
+        });
         Controls(Arc::new(Inner {
             paused: watch::channel(false).0,
             memory_limit,
+            cpu,
         }))
     }
 
@@ -47,16 +82,25 @@ impl Controls {
             .store(limit.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// Changes the CPU quota; it applies from the next epoch tick.
+    pub fn set_cpu_quota(&self, quota: Option<CpuQuota>) {
+        self.0.cpu.lock().expect("slicer lock").quota = quota;
+    }
+
     /// The memory limit now.
     pub(crate) fn memory_limit(&self) -> Option<u64> {
         Some(self.0.memory_limit.load(Ordering::Relaxed)).filter(|limit| *limit != u64::MAX)
     }
 
     /// What a guest does at each epoch tick: yield to the async runtime (so kills and other
-    /// guests get their turn), and while paused, wait there until resumed.
+    /// guests get their turn); past its CPU quota, wait for the next period; while paused, wait
+    /// until resumed.
     pub(crate) fn at_epoch(&self) -> UpdateDeadline {
         if !*self.0.paused.borrow() {
-            return UpdateDeadline::Yield(1);
+            return match self.0.cpu.lock().expect("slicer lock").charge_tick() {
+                Some(wait) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait))),
+                None => UpdateDeadline::Yield(1),
+            };
         }
         let mut paused = self.0.paused.subscribe();
         UpdateDeadline::YieldCustom(

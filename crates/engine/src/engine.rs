@@ -21,7 +21,7 @@ use crate::workload::{Access, ModuleSource, WorkloadSpec};
 
 /// How often running guests reach an epoch check, where they yield to the async runtime and
 /// can be cancelled. Bounds how long a CPU-bound guest delays a kill.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
 /// and what `wasmtime run` exits with on a trap.

@@ -24,4 +24,6 @@ pub use cache::CompileCache;
 pub use controls::Controls;
 pub use engine::{Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
-pub use workload::{Access, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec};
+pub use workload::{
+    Access, CpuQuota, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,
+};

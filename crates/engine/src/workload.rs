@@ -48,6 +48,17 @@ pub struct Limits {
     /// The most bytes any one of its linear memories may grow to; growing past it ends the guest
     /// as out of memory (status 137), as the kernel's OOM killer would end a process.
     pub memory: Option<u64>,
+    /// The CPU time the guest may use per period, enforced at epoch ticks.
+    pub cpu: Option<CpuQuota>,
+}
+
+/// CPU time per period, as in the OCI spec's `cpu.quota` and `cpu.period` (microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuQuota {
+    /// Microseconds of CPU time per period.
+    pub quota_us: u64,
+    /// The period, in microseconds.
+    pub period_us: u64,
 }
 
 /// Where the Wasm binary is read from.

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use wasmcell_engine::{Input, Output, WorkloadSpec};
+use wasmcell_engine::{Input, Limits, Output, WorkloadSpec};
 
 /// The descriptor number the control socket has in the sandbox.
 pub const CONTROL_FD: i32 = 3;
@@ -116,12 +116,12 @@ pub enum Request {
         /// The workload's key.
         id: String,
     },
-    /// Change a workload's memory limit, live.
+    /// Change a workload's limits, live.
     Update {
         /// The workload's key.
         id: String,
-        /// The new limit in bytes; `None` for none.
-        memory: Option<u64>,
+        /// The new limits.
+        limits: Limits,
     },
     /// Forget a container that is not running, releasing its descriptors.
     Delete {

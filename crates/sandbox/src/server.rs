@@ -220,12 +220,12 @@ async fn handle(
                 .resume();
             Ok(())
         }
-        Request::Update { id, memory } => {
-            workloads
+        Request::Update { id, limits } => {
+            let workload = workloads
                 .get(&id)
-                .ok_or_else(|| format!("no workload {id}"))?
-                .controls
-                .set_memory_limit(memory);
+                .ok_or_else(|| format!("no workload {id}"))?;
+            workload.controls.set_memory_limit(limits.memory);
+            workload.controls.set_cpu_quota(limits.cpu);
             Ok(())
         }
         Request::Delete { id } => {

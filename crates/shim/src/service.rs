@@ -689,8 +689,8 @@ impl Task for TaskService {
             let container = containers
                 .get_mut(&req.id)
                 .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-            // Later execs get the new limit too.
-            container.workload.limits.memory = spec::memory_limit(&resources);
+            // Later execs get the new limits too.
+            container.workload.limits = spec::instance_limits(&resources);
             container
                 .processes
                 .keys()
@@ -702,10 +702,10 @@ impl Task for TaskService {
                 .apply(&spec::resources(&resources))
                 .map_err(Error::Cgroup)?;
         }
-        let memory = spec::memory_limit(&resources);
+        let limits = spec::instance_limits(&resources);
         for id in keys {
             self.sandbox()?
-                .request(Request::Update { id, memory })
+                .request(Request::Update { id, limits })
                 .await
                 .map_err(Error::Sandbox)?;
         }

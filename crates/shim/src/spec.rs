@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
-use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
+use wasmcell_engine::{Access, CpuQuota, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
 use wasmcell_oci::Entrypoint;
 use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Rlimit, Setup, User};
 
@@ -148,16 +148,34 @@ fn environment(process: &Process) -> Vec<(String, String)> {
 }
 
 /// The per-instance limits the spec sets: `linux.resources.memory.limit` (absent, zero or -1
-/// means none).
+/// mean none) and the CPU quota.
 fn limits(spec: &Spec) -> Limits {
     let resources = spec
         .linux()
         .as_ref()
         .and_then(|linux| linux.resources().as_ref());
+    resources.map(instance_limits).unwrap_or_default()
+}
+
+/// The limits one guest instance gets from `linux.resources` (at create, or from an update).
+pub fn instance_limits(resources: &LinuxResources) -> Limits {
+    let cpu = resources.cpu().as_ref();
+    let quota = cpu.and_then(|c| c.quota()).filter(|q| *q > 0);
+    let cpu = quota.map(|quota| CpuQuota {
+        quota_us: quota as u64,
+        period_us: cpu
+            .and_then(|c| c.period())
+            .filter(|p| *p > 0)
+            .unwrap_or(DEFAULT_CPU_PERIOD_US),
+    });
     Limits {
-        memory: resources.and_then(memory_limit),
+        memory: memory_limit(resources),
+        cpu,
     }
 }
+
+/// The CFS period the kernel uses when a quota comes without one.
+const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 
 /// The sandbox's isolation for this spec. Namespaces follow runc: listed without a path, a new
 /// one; with a path, that one is joined; not listed, the host's is kept (`ctr run --net-host`).
@@ -249,7 +267,7 @@ pub fn resources(resources: &LinuxResources) -> Resources {
 }
 
 /// The guest memory limit in `linux.resources` (absent, zero or -1 mean none).
-pub fn memory_limit(resources: &LinuxResources) -> Option<u64> {
+fn memory_limit(resources: &LinuxResources) -> Option<u64> {
     resources
         .memory()
         .as_ref()
@@ -534,6 +552,15 @@ mod tests {
             }}}),
         );
         let (path, resources) = cgroup(&s).unwrap();
+        let engine = limits(&s);
+        assert_eq!(
+            engine.cpu,
+            Some(CpuQuota {
+                quota_us: 50000,
+                period_us: 100000
+            })
+        );
+        assert_eq!(engine.memory, Some(67108864));
         assert_eq!(path, "/default/c1");
         assert_eq!(
             resources,

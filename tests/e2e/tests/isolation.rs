@@ -559,3 +559,56 @@ fn a_cpu_quota_throttles_a_spinning_guest() -> Result<()> {
         .success()?;
     Ok(())
 }
+
+#[test]
+fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
+    let (_tmp, containerd) = start(&[
+        ("sleeper.wasm", "example.com/sleeper:latest"),
+        ("hostile.wasm", "example.com/hostile:latest"),
+    ])?;
+    // The pod's sandbox (and its cgroup) comes from this container, which has no CPU quota;
+    // only the engine's time slicing can hold the spinner to its own 10%.
+    run(
+        &containerd,
+        &["-d", "--annotation", GROUP],
+        "example.com/sleeper:latest",
+        "pod-first",
+        &[],
+    )?
+    .success()?;
+    let pid = running(&containerd, "pod-first")?;
+    let spin = ["-d", "--annotation", GROUP, "--cpus", "0.1"];
+    run(
+        &containerd,
+        &spin,
+        "example.com/hostile:latest",
+        "pod-spinner",
+        &["/hostile.wasm", "spin"],
+    )?
+    .success()?;
+    running(&containerd, "pod-spinner")?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = cgroups
+        .lines()
+        .find(|l| l.contains(":cpuacct:") || l.contains(",cpuacct:"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_owned();
+    let usage_file = Path::new("/sys/fs/cgroup/cpuacct")
+        .join(path.trim_start_matches('/'))
+        .join("cpuacct.usage");
+    let usage = || -> Result<u64> { Ok(std::fs::read_to_string(&usage_file)?.trim().parse()?) };
+    let (before, started) = (usage()?, Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = Duration::from_nanos(usage()? - before);
+    let wall = started.elapsed();
+    // Unthrottled, a spin loop uses one whole core. Load on the machine can only lower this.
+    assert!(
+        used < wall / 2,
+        "the spinner used {used:?} of CPU in {wall:?}"
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "pod-spinner"])?
+        .success()?;
+    Ok(())
+}
