@@ -612,3 +612,55 @@ fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
         .success()?;
     Ok(())
 }
+
+#[test]
+fn hand_written_specs_unknown_fields_run_and_missing_or_impossible_parts_are_named() -> Result<()> {
+    let (tmp, containerd) = start(&[])?;
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir(&rootfs)?;
+    std::fs::copy(guest("hello.wasm"), rootfs.join("hello.wasm"))?;
+    // With --config, ctr takes the spec as it is: only a container id, no image.
+    let run_config = |config: &str, id: &str| {
+        containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", config, id])
+    };
+    let spec = |extra: serde_json::Value| -> Result<String> {
+        let mut spec = serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": {"args": ["/hello.wasm", "from-config"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["A=1"]},
+            "root": {"path": rootfs},
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "network"}]},
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            if value.is_null() {
+                spec.as_object_mut().unwrap().remove(key);
+            } else {
+                spec[key] = value.clone();
+            }
+        }
+        let path = tmp
+            .path()
+            .join(format!("spec-{}.json", extra.to_string().len()));
+        std::fs::write(&path, spec.to_string())?;
+        Ok(path.display().to_string())
+    };
+
+    // Fields from a newer spec version, or nobody's, are ignored as runc ignores them.
+    let future = spec(serde_json::json!({"futureKnob": {"x": 1}, "annotations": {"a": "b"}}))?;
+    let out = run_config(&future, "future")?.success()?;
+    assert_eq!(out.stdout, "Hello from Wasm!\narg: from-config\n");
+
+    let no_process = spec(serde_json::json!({"process": null}))?;
+    let out = run_config(&no_process, "noproc")?;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("no `process`"), "{out:?}");
+
+    let mut absurd =
+        serde_json::json!({"args": ["/hello.wasm"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    absurd["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1u64 << 40, "hard": 1u64 << 40}]);
+    let absurd = spec(serde_json::json!({"process": absurd}))?;
+    let out = run_config(&absurd, "absurd")?;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("cannot set RLIMIT_NOFILE"), "{out:?}");
+    Ok(())
+}
