@@ -339,6 +339,12 @@ impl Docker {
         Ok(docker)
     }
 
+    /// `docker load` of an image archive.
+    pub fn load(&self, archive: &Path) -> Result<Ran> {
+        self.docker(&["load", "--input", archive.to_str().expect("utf-8 path")])?
+            .success()
+    }
+
     /// Runs `docker ARGS...` against this engine to completion.
     pub fn docker(&self, args: &[&str]) -> Result<Ran> {
         run(Command::new(tools().join("usr/bin/docker"))
@@ -437,4 +443,64 @@ pub fn shim_pids(namespace: &str) -> Vec<i32> {
                 .then_some(pid)
         })
         .collect()
+}
+
+/// The runtime the tests run guests under.
+pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
+
+impl Containerd {
+    /// `ctr run --runtime io.containerd.wasmtime.v1 OPTS... IMAGE ID CMD...`.
+    pub fn run_wasm(&self, opts: &[&str], image: &str, id: &str, cmd: &[&str]) -> Result<Ran> {
+        let mut args = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[image, id]);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// A task's PID and status, from `ctr task ls`.
+    pub fn task(&self, id: &str) -> Result<Option<(u32, String)>> {
+        Ok(self
+            .task_pids()?
+            .into_iter()
+            .find(|(task, _, _)| task == id)
+            .map(|(_, pid, status)| (pid, status)))
+    }
+
+    /// Waits until the task is in `status`.
+    pub fn wait_status(&self, id: &str, status: &str) -> Result<()> {
+        wait_for(&format!("{id} {status}"), || {
+            Ok(self.task(id)?.is_some_and(|(_, s)| s == status))
+        })
+    }
+
+    /// Waits until the task runs, and returns its PID.
+    pub fn running(&self, id: &str) -> Result<u32> {
+        self.wait_status(id, "RUNNING")?;
+        Ok(self.task(id)?.context("task vanished")?.0)
+    }
+}
+
+/// A private containerd with extra environment and the given guests imported as images
+/// (guest file, tag); the temp dir holds the archives.
+pub fn containerd_with(
+    env: &[(&str, &str)],
+    images: &[(&str, &str)],
+) -> Result<(tempfile::TempDir, Containerd)> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start_with_env(env)?;
+    for (wasm, tag) in images {
+        containerd.import(&build_image(&guest(wasm), tag, tmp.path(), &[])?)?;
+    }
+    Ok((tmp, containerd))
+}
+
+/// Polls `done` until it holds, for at most 10 s.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done()? {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }

@@ -85,17 +85,7 @@ pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec
             preopens.push(preopen);
         }
     }
-    let (module, function, args) = command(process, rootfs)?;
-    Ok(WorkloadSpec {
-        module,
-        function,
-        args,
-        env: environment(process),
-        cwd: process.cwd().display().to_string(),
-        preopens,
-        stdio,
-        limits: limits(spec),
-    })
+    from_process(process, rootfs, preopens, stdio, limits(spec))
 }
 
 /// An `exec` in a container: the exec's own command, environment, working directory and stdio,
@@ -108,43 +98,48 @@ pub fn exec_workload(
     let ModuleSource::Rootfs { root, .. } = &container.module else {
         unreachable!("container workloads come from a rootfs");
     };
-    let (module, function, args) = command(process, root.clone())?;
-    Ok(WorkloadSpec {
-        module,
-        function,
-        args,
-        env: environment(process),
-        cwd: process.cwd().display().to_string(),
+    from_process(
+        process,
+        root.clone(),
+        container.preopens.clone(),
         stdio,
-        ..container.clone()
-    })
+        container.limits,
+    )
 }
 
-/// The module, entry function and argv of a process: `args[0]` is `path[#function]` in `rootfs`.
-fn command(
+/// A workload running an OCI `process`: `args[0]` is `path[#function]` in `rootfs`, the
+/// environment is exactly `process.env` (entries without `=` are dropped).
+fn from_process(
     process: &Process,
     rootfs: PathBuf,
-) -> Result<(ModuleSource, Option<String>, Vec<String>), SpecError> {
+    preopens: Vec<Preopen>,
+    stdio: Stdio,
+    limits: Limits,
+) -> Result<WorkloadSpec, SpecError> {
     let args = process.args().as_deref().unwrap_or_default();
     let entrypoint = Entrypoint::parse(args.first().ok_or(SpecError::NoArgs)?);
     let mut argv = vec![entrypoint.path.clone()];
     argv.extend(args[1..].iter().cloned());
-    Ok((
-        ModuleSource::Rootfs {
+    let env = process
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|var| var.split_once('='));
+    Ok(WorkloadSpec {
+        module: ModuleSource::Rootfs {
             root: rootfs,
             path: entrypoint.path,
         },
-        entrypoint.function,
-        argv,
-    ))
-}
-
-/// `process.env` as pairs; entries without `=` are dropped.
-fn environment(process: &Process) -> Vec<(String, String)> {
-    let vars = process.env().iter().flatten();
-    vars.filter_map(|var| var.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect()
+        function: entrypoint.function,
+        args: argv,
+        env: env
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect(),
+        cwd: process.cwd().display().to_string(),
+        preopens,
+        stdio,
+        limits,
+    })
 }
 
 /// The per-instance limits the spec sets: `linux.resources.memory.limit` (absent, zero or -1

@@ -3,27 +3,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
-use wasmcell_e2e::{Containerd, Ran, build_image, guest};
-
-const RUNTIME: &str = "io.containerd.wasmtime.v1";
-
-/// `ctr run --rm --runtime wasmtime [OPTS] IMAGE ID [CMD...]`.
-fn ctr_run(
-    containerd: &Containerd,
-    opts: &[&str],
-    image: &str,
-    id: &str,
-    cmd: &[&str],
-) -> Result<Ran> {
-    let mut args = vec!["run", "--runtime", RUNTIME];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&[image, id]);
-    args.extend_from_slice(cmd);
-    containerd.ctr(&args)
-}
+use anyhow::Result;
+use wasmcell_e2e::{Containerd, Ran, build_image, containerd_with, guest, wait_for};
 
 fn imported(
     containerd: &Containerd,
@@ -35,54 +17,18 @@ fn imported(
     containerd.import(&build_image(&guest(wasm), tag, dir, extra)?)
 }
 
-/// A private containerd (with extra environment) and the given guests imported as images.
-fn containerd_with(
-    env: &[(&str, &str)],
-    images: &[(&str, &str)],
-) -> Result<(tempfile::TempDir, Containerd)> {
-    let tmp = tempfile::tempdir()?;
-    let containerd = Containerd::start_with_env(env)?;
-    for (wasm, tag) in images {
-        imported(&containerd, tmp.path(), wasm, tag, &[])?;
-    }
-    Ok((tmp, containerd))
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done()? {
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn status_of(containerd: &Containerd, id: &str) -> Result<Option<String>> {
-    Ok(containerd
-        .task_pids()?
-        .into_iter()
-        .find(|(task, _, _)| task == id)
-        .map(|(_, _, status)| status))
-}
-
 #[test]
 fn hello_prints_args_and_env_and_exits_with_the_guest_code() -> Result<()> {
     let canaries = [("HOST_ONLY_CANARY", "leaked"), ("RUST_LOG", "debug")];
     let (_tmp, containerd) =
         containerd_with(&canaries, &[("hello.wasm", "example.com/hello:latest")])?;
 
-    let out = ctr_run(
-        &containerd,
-        &["--rm"],
-        "example.com/hello:latest",
-        "plain",
-        &[],
-    )?
-    .success()?;
+    let out = containerd
+        .run_wasm(&["--rm"], "example.com/hello:latest", "plain", &[])?
+        .success()?;
     assert_eq!(out.stdout, "Hello from Wasm!\n");
 
-    let out = ctr_run(
-        &containerd,
+    let out = containerd.run_wasm(
         &["--rm", "--env", "GREETING=hi"],
         "example.com/hello:latest",
         "args",
@@ -123,17 +69,16 @@ fn component_and_entry_function_images_run() -> Result<()> {
         ],
     )?;
 
-    let out = ctr_run(
-        &containerd,
-        &["--rm"],
-        "example.com/hello-p2:latest",
-        "p2",
-        &["/hello.component.wasm", "x"],
-    )?
-    .success()?;
+    let out = containerd
+        .run_wasm(
+            &["--rm"],
+            "example.com/hello-p2:latest",
+            "p2",
+            &["/hello.component.wasm", "x"],
+        )?
+        .success()?;
     assert_eq!(out.stdout, "Hello from Wasm!\narg: x\n");
-    let out = ctr_run(
-        &containerd,
+    let out = containerd.run_wasm(
         &["--rm"],
         "example.com/hello-p2:latest",
         "p2-fail",
@@ -141,14 +86,14 @@ fn component_and_entry_function_images_run() -> Result<()> {
     )?;
     assert_eq!(out.code, Some(1), "{out:?}");
 
-    let out = ctr_run(
-        &containerd,
-        &["--rm"],
-        "example.com/reactor:latest",
-        "fn",
-        &["/reactor.wasm#greet", "y"],
-    )?
-    .success()?;
+    let out = containerd
+        .run_wasm(
+            &["--rm"],
+            "example.com/reactor:latest",
+            "fn",
+            &["/reactor.wasm#greet", "y"],
+        )?
+        .success()?;
     assert_eq!(out.stdout, "greetings from greet\narg: y\n");
     Ok(())
 }
@@ -168,10 +113,10 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
     for (id, signal, status) in [("term", "SIGTERM", 143), ("kill", "SIGKILL", 137)] {
         let log_uri = format!("file://{}", log.display());
         let opts = ["-d", "--log-uri", log_uri.as_str()];
-        ctr_run(&containerd, &opts, "example.com/sleeper:latest", id, &[])?.success()?;
-        wait_for("RUNNING", || {
-            Ok(status_of(&containerd, id)?.as_deref() == Some("RUNNING"))
-        })?;
+        containerd
+            .run_wasm(&opts, "example.com/sleeper:latest", id, &[])?
+            .success()?;
+        containerd.wait_status(id, "RUNNING")?;
         let ps = containerd.ctr(&["task", "ps", id])?.success()?;
         let shim_pid = containerd
             .task_pids()?
@@ -189,9 +134,7 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
         containerd
             .ctr(&["task", "kill", "-s", signal, id])?
             .success()?;
-        wait_for("STOPPED", || {
-            Ok(status_of(&containerd, id)?.as_deref() == Some("STOPPED"))
-        })?;
+        containerd.wait_status(id, "STOPPED")?;
         // `ctr task delete` reports the task's status.
         let deleted = containerd.ctr(&["task", "delete", id])?.success()?;
         assert!(
@@ -257,14 +200,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn attach_streams_a_running_task_output() -> Result<()> {
     let (_tmp, containerd) =
         containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
-    ctr_run(
-        &containerd,
-        &["-d"],
-        "example.com/sleeper:latest",
-        "attached",
-        &[],
-    )?
-    .success()?;
+    containerd
+        .run_wasm(&["-d"], "example.com/sleeper:latest", "attached", &[])?
+        .success()?;
     let mut attach = containerd
         .ctr_command()
         .args(["task", "attach", "attached"])
@@ -317,7 +255,7 @@ fn sandbox_grants_rootfs_and_binds_only() -> Result<()> {
         full.extend_from_slice(cmd);
         let mut all = vec!["--rm"];
         all.extend_from_slice(opts);
-        ctr_run(&containerd, &all, "example.com/fs:latest", id, &full)
+        containerd.run_wasm(&all, "example.com/fs:latest", id, &full)
     };
 
     assert_eq!(
@@ -414,17 +352,15 @@ fn bad_entrypoints_fail_create_with_the_file_and_why_and_spare_other_containers(
 
     // A running container of the same group (one shim, as in a pod) must survive the failures.
     let group = ["--annotation", "io.kubernetes.cri.sandbox-id=group1"];
-    ctr_run(
-        &containerd,
-        &[&group[..], &["-d"]].concat(),
-        "example.com/mixed:latest",
-        "survivor",
-        &[],
-    )?
-    .success()?;
-    wait_for("RUNNING", || {
-        Ok(status_of(&containerd, "survivor")?.as_deref() == Some("RUNNING"))
-    })?;
+    containerd
+        .run_wasm(
+            &[&group[..], &["-d"]].concat(),
+            "example.com/mixed:latest",
+            "survivor",
+            &[],
+        )?
+        .success()?;
+    containerd.wait_status("survivor", "RUNNING")?;
     let shim_pid = containerd.task_pids()?[0].1;
 
     for (id, cmd, message) in [
@@ -454,8 +390,7 @@ fn bad_entrypoints_fail_create_with_the_file_and_why_and_spare_other_containers(
             "cannot read the entrypoint `/missing.wasm`",
         ),
     ] {
-        let out = ctr_run(
-            &containerd,
+        let out = containerd.run_wasm(
             &[&group[..], &["--rm"]].concat(),
             "example.com/mixed:latest",
             id,

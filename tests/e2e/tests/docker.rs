@@ -17,9 +17,7 @@ fn docker_loads_a_built_image_and_runs_it_with_the_wasmtime_runtime() -> Result<
             tmp.path(),
             &["--platform", platform],
         )?;
-        let loaded = docker
-            .docker(&["load", "--input", archive.to_str().unwrap()])?
-            .success()?;
+        let loaded = docker.load(&archive)?;
         assert!(
             loaded.stdout.contains(&format!("Loaded image: {tag}")),
             "{loaded:?}"
@@ -53,9 +51,7 @@ fn docker_user_runs_the_sandbox_as_that_user_and_the_guest_still_gets_its_files(
         ("sleeper.wasm", "example.com/sleeper:latest"),
     ] {
         let archive = build_image(&guest(wasm), tag, tmp.path(), &[])?;
-        docker
-            .docker(&["load", "--input", archive.to_str().unwrap()])?
-            .success()?;
+        docker.load(&archive)?;
     }
     let runtime = "--runtime=io.containerd.wasmtime.v1";
     let platform = "--platform=wasip1/wasm";
@@ -113,9 +109,7 @@ fn docker_update_changes_the_limits_live() -> Result<()> {
         tmp.path(),
         &[],
     )?;
-    docker
-        .docker(&["load", "--input", archive.to_str().unwrap()])?
-        .success()?;
+    docker.load(&archive)?;
     let run = [
         "run",
         "-d",
@@ -171,9 +165,7 @@ fn docker_ulimits_and_pids_limit_apply_and_an_impossible_ulimit_is_refused() -> 
         tmp.path(),
         &[],
     )?;
-    docker
-        .docker(&["load", "--input", archive.to_str().unwrap()])?
-        .success()?;
+    docker.load(&archive)?;
     let run = [
         "run",
         "-d",

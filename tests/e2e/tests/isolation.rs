@@ -6,53 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use wasmcell_e2e::{Containerd, Ran, build_image, guest};
+use anyhow::{Context, Result};
+use wasmcell_e2e::{Containerd, RUNTIME, build_image, containerd_with, guest, wait_for};
 
-const RUNTIME: &str = "io.containerd.wasmtime.v1";
 /// Puts containers in one shim and one sandbox, as CRI does for a pod.
 const GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
-
-fn start(images: &[(&str, &str)]) -> Result<(tempfile::TempDir, Containerd)> {
-    let tmp = tempfile::tempdir()?;
-    let containerd = Containerd::start()?;
-    for (wasm, tag) in images {
-        containerd.import(&build_image(&guest(wasm), tag, tmp.path(), &[])?)?;
-    }
-    Ok((tmp, containerd))
-}
-
-fn run(containerd: &Containerd, opts: &[&str], image: &str, id: &str, cmd: &[&str]) -> Result<Ran> {
-    let mut args = vec!["run", "--runtime", RUNTIME];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&[image, id]);
-    args.extend_from_slice(cmd);
-    containerd.ctr(&args)
-}
-
-fn task(containerd: &Containerd, id: &str) -> Result<Option<(u32, String)>> {
-    Ok(containerd
-        .task_pids()?
-        .into_iter()
-        .find(|(task, _, _)| task == id)
-        .map(|(_, pid, status)| (pid, status)))
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done()? {
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn running(containerd: &Containerd, id: &str) -> Result<u32> {
-    wait_for(&format!("{id} RUNNING"), || {
-        Ok(task(containerd, id)?.is_some_and(|(_, s)| s == "RUNNING"))
-    })?;
-    Ok(task(containerd, id)?.expect("running").0)
-}
 
 fn status_field(pid: u32, field: &str) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -69,16 +27,17 @@ fn namespace(pid: &str, kind: &str) -> Result<PathBuf> {
 
 #[test]
 fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Result<()> {
-    let (_tmp, containerd) = start(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
-    run(
-        &containerd,
-        &["-d", "--memory-limit", "67108864"],
-        "example.com/sleeper:latest",
-        "boxed",
-        &[],
-    )?
-    .success()?;
-    let pid = running(&containerd, "boxed")?;
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    containerd
+        .run_wasm(
+            &["-d", "--memory-limit", "67108864"],
+            "example.com/sleeper:latest",
+            "boxed",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("boxed")?;
     assert_ne!(pid, 0);
     assert_eq!(
         status_field(pid, "Uid")?
@@ -124,15 +83,15 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
     );
 
     // `--net-host` keeps the host's network namespace, as with runc.
-    run(
-        &containerd,
-        &["-d", "--net-host"],
-        "example.com/sleeper:latest",
-        "host-net",
-        &[],
-    )?
-    .success()?;
-    let host_pid = running(&containerd, "host-net")?;
+    containerd
+        .run_wasm(
+            &["-d", "--net-host"],
+            "example.com/sleeper:latest",
+            "host-net",
+            &[],
+        )?
+        .success()?;
+    let host_pid = containerd.running("host-net")?;
     assert_eq!(
         namespace(&host_pid.to_string(), "net")?,
         namespace("self", "net")?
@@ -142,25 +101,28 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
 
 #[test]
 fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> Result<()> {
-    let (_tmp, containerd) = start(&[
-        ("sleeper.wasm", "example.com/sleeper:latest"),
-        ("hostile.wasm", "example.com/hostile:latest"),
-    ])?;
+    let (_tmp, containerd) = containerd_with(
+        &[],
+        &[
+            ("sleeper.wasm", "example.com/sleeper:latest"),
+            ("hostile.wasm", "example.com/hostile:latest"),
+        ],
+    )?;
     let mut events = containerd
         .ctr_command()
         .arg("events")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    run(
-        &containerd,
-        &["-d", "--annotation", GROUP],
-        "example.com/sleeper:latest",
-        "survivor",
-        &[],
-    )?
-    .success()?;
-    let sandbox = running(&containerd, "survivor")?;
+    containerd
+        .run_wasm(
+            &["-d", "--annotation", GROUP],
+            "example.com/sleeper:latest",
+            "survivor",
+            &[],
+        )?
+        .success()?;
+    let sandbox = containerd.running("survivor")?;
 
     for (id, opts) in [
         ("hog-grouped", vec!["--rm", "--annotation", GROUP]),
@@ -168,8 +130,7 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
     ] {
         let mut opts = opts;
         opts.extend(["--memory-limit", "33554432"]);
-        let out = run(
-            &containerd,
+        let out = containerd.run_wasm(
             &opts,
             "example.com/hostile:latest",
             id,
@@ -187,8 +148,7 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
         );
     }
     // Within the limit, the same guest completes.
-    let out = run(
-        &containerd,
+    let out = containerd.run_wasm(
         &["--rm", "--memory-limit", "67108864"],
         "example.com/hostile:latest",
         "fits",
@@ -201,7 +161,7 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
     );
 
     assert_eq!(
-        task(&containerd, "survivor")?,
+        containerd.task("survivor")?,
         Some((sandbox, "RUNNING".to_owned())),
         "the pod's other container died"
     );
@@ -222,24 +182,26 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
 
 #[test]
 fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
-    let (tmp, containerd) = start(&[
-        ("sleeper.wasm", "example.com/sleeper:latest"),
-        ("hostile.wasm", "example.com/hostile:latest"),
-    ])?;
-    run(
-        &containerd,
-        &["-d", "--annotation", GROUP],
-        "example.com/sleeper:latest",
-        "survivor",
+    let (tmp, containerd) = containerd_with(
         &[],
-    )?
-    .success()?;
-    let sandbox = running(&containerd, "survivor")?;
+        &[
+            ("sleeper.wasm", "example.com/sleeper:latest"),
+            ("hostile.wasm", "example.com/hostile:latest"),
+        ],
+    )?;
+    containerd
+        .run_wasm(
+            &["-d", "--annotation", GROUP],
+            "example.com/sleeper:latest",
+            "survivor",
+            &[],
+        )?
+        .success()?;
+    let sandbox = containerd.running("survivor")?;
     let group = ["--rm", "--annotation", GROUP];
 
     // Deep recursion: the engine's stack limit, a trap, 134.
-    let out = run(
-        &containerd,
+    let out = containerd.run_wasm(
         &group,
         "example.com/hostile:latest",
         "recurse",
@@ -249,22 +211,24 @@ fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
     assert!(out.stderr.contains("call stack exhausted"), "{out:?}");
 
     // An infinite loop without host calls still ends at once on SIGKILL (epoch interruption).
-    run(
-        &containerd,
-        &["-d", "--annotation", GROUP],
-        "example.com/hostile:latest",
-        "spin",
-        &["/hostile.wasm", "spin"],
-    )?
-    .success()?;
-    running(&containerd, "spin")?;
+    containerd
+        .run_wasm(
+            &["-d", "--annotation", GROUP],
+            "example.com/hostile:latest",
+            "spin",
+            &["/hostile.wasm", "spin"],
+        )?
+        .success()?;
+    containerd.running("spin")?;
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "spin"])?
         .success()?;
     wait_for("spin STOPPED", || {
-        Ok(task(&containerd, "spin")?.is_some_and(|(_, s)| s == "STOPPED"))
+        Ok(containerd
+            .task("spin")?
+            .is_some_and(|(_, s)| s == "STOPPED"))
     })?;
     assert!(
         killed.elapsed() < Duration::from_secs(2),
@@ -277,14 +241,14 @@ fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
     let log = tmp.path().join("flood.log");
     let log_uri = format!("file://{}", log.display());
     let opts = [&group[..], &["--log-uri", &log_uri]].concat();
-    run(
-        &containerd,
-        &opts,
-        "example.com/hostile:latest",
-        "flood",
-        &["/hostile.wasm", "flood", "100"],
-    )?
-    .success()?;
+    containerd
+        .run_wasm(
+            &opts,
+            "example.com/hostile:latest",
+            "flood",
+            &["/hostile.wasm", "flood", "100"],
+        )?
+        .success()?;
     assert_eq!(std::fs::metadata(&log)?.len(), 100 << 20);
     let peak_kib: u64 = status_field(sandbox, "VmHWM")?
         .trim_end_matches(" kB")
@@ -304,13 +268,7 @@ fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
         tmp.path(),
         &[],
     )?)?;
-    let out = run(
-        &containerd,
-        &group,
-        "example.com/imports:latest",
-        "imports",
-        &[],
-    )?;
+    let out = containerd.run_wasm(&group, "example.com/imports:latest", "imports", &[])?;
     assert_ne!(out.code, Some(0));
     assert!(
         out.stderr.contains("cannot be linked") && out.stderr.contains("env::nope"),
@@ -318,7 +276,7 @@ fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
     );
 
     assert_eq!(
-        task(&containerd, "survivor")?,
+        containerd.task("survivor")?,
         Some((sandbox, "RUNNING".to_owned())),
         "the pod's other container died"
     );
@@ -354,15 +312,15 @@ fn exec_runs_another_entrypoint_in_the_container_with_its_own_stdio_and_status()
         tmp.path(),
         &["--include", &include],
     )?)?;
-    run(
-        &containerd,
-        &["-d", "--env", "FROM=init"],
-        "example.com/tools:latest",
-        "box",
-        &[],
-    )?
-    .success()?;
-    let pid = running(&containerd, "box")?;
+    containerd
+        .run_wasm(
+            &["-d", "--env", "FROM=init"],
+            "example.com/tools:latest",
+            "box",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("box")?;
 
     // Same rootfs as the container; its own args, stdio and exit status.
     let out = containerd
@@ -427,22 +385,23 @@ fn exec_runs_another_entrypoint_in_the_container_with_its_own_stdio_and_status()
             .stdout
             .contains("long"))
     })?;
-    assert_eq!(task(&containerd, "box")?, Some((pid, "RUNNING".to_owned())));
+    assert_eq!(containerd.task("box")?, Some((pid, "RUNNING".to_owned())));
     Ok(())
 }
 
 #[test]
 fn metrics_report_the_cgroup() -> Result<()> {
-    let (_tmp, containerd) = start(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
-    run(
-        &containerd,
-        &["-d", "--memory-limit", "67108864"],
-        "example.com/sleeper:latest",
-        "measured",
-        &[],
-    )?
-    .success()?;
-    running(&containerd, "measured")?;
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    containerd
+        .run_wasm(
+            &["-d", "--memory-limit", "67108864"],
+            "example.com/sleeper:latest",
+            "measured",
+            &[],
+        )?
+        .success()?;
+    containerd.running("measured")?;
     let out = containerd
         .ctr(&["task", "metrics", "--format", "json", "measured"])?
         .success()?;
@@ -473,18 +432,19 @@ fn metrics_report_the_cgroup() -> Result<()> {
 
 #[test]
 fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
-    let (tmp, containerd) = start(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    let (tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
     let log = tmp.path().join("ticks.log");
     let log_uri = format!("file://{}", log.display());
-    run(
-        &containerd,
-        &["-d", "--log-uri", &log_uri],
-        "example.com/sleeper:latest",
-        "napper",
-        &[],
-    )?
-    .success()?;
-    let pid = running(&containerd, "napper")?;
+    containerd
+        .run_wasm(
+            &["-d", "--log-uri", &log_uri],
+            "example.com/sleeper:latest",
+            "napper",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("napper")?;
     let ticks = || -> Result<usize> {
         Ok(std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -494,10 +454,7 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
     wait_for("a first tick", || Ok(ticks()? >= 1))?;
 
     containerd.ctr(&["task", "pause", "napper"])?.success()?;
-    assert_eq!(
-        task(&containerd, "napper")?,
-        Some((pid, "PAUSED".to_owned()))
-    );
+    assert_eq!(containerd.task("napper")?, Some((pid, "PAUSED".to_owned())));
     // A tick may already be on its way out; after that, nothing while paused.
     std::thread::sleep(Duration::from_millis(1500));
     let paused_at = ticks()?;
@@ -506,7 +463,7 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
 
     containerd.ctr(&["task", "resume", "napper"])?.success()?;
     assert_eq!(
-        task(&containerd, "napper")?,
+        containerd.task("napper")?,
         Some((pid, "RUNNING".to_owned()))
     );
     wait_for("ticks after resume", || Ok(ticks()? > paused_at))?;
@@ -517,23 +474,26 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
         .ctr(&["task", "kill", "-s", "SIGKILL", "napper"])?
         .success()?;
     wait_for("STOPPED", || {
-        Ok(task(&containerd, "napper")?.is_some_and(|(_, s)| s == "STOPPED"))
+        Ok(containerd
+            .task("napper")?
+            .is_some_and(|(_, s)| s == "STOPPED"))
     })?;
     Ok(())
 }
 
 #[test]
 fn a_cpu_quota_throttles_a_spinning_guest() -> Result<()> {
-    let (_tmp, containerd) = start(&[("hostile.wasm", "example.com/hostile:latest")])?;
-    run(
-        &containerd,
-        &["-d", "--cpus", "0.1"],
-        "example.com/hostile:latest",
-        "spinner",
-        &["/hostile.wasm", "spin"],
-    )?
-    .success()?;
-    let pid = running(&containerd, "spinner")?;
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("hostile.wasm", "example.com/hostile:latest")])?;
+    containerd
+        .run_wasm(
+            &["-d", "--cpus", "0.1"],
+            "example.com/hostile:latest",
+            "spinner",
+            &["/hostile.wasm", "spin"],
+        )?
+        .success()?;
+    let pid = containerd.running("spinner")?;
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let path = cgroups
         .lines()
@@ -562,31 +522,34 @@ fn a_cpu_quota_throttles_a_spinning_guest() -> Result<()> {
 
 #[test]
 fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
-    let (_tmp, containerd) = start(&[
-        ("sleeper.wasm", "example.com/sleeper:latest"),
-        ("hostile.wasm", "example.com/hostile:latest"),
-    ])?;
+    let (_tmp, containerd) = containerd_with(
+        &[],
+        &[
+            ("sleeper.wasm", "example.com/sleeper:latest"),
+            ("hostile.wasm", "example.com/hostile:latest"),
+        ],
+    )?;
     // The pod's sandbox (and its cgroup) comes from this container, which has no CPU quota;
     // only the engine's time slicing can hold the spinner to its own 10%.
-    run(
-        &containerd,
-        &["-d", "--annotation", GROUP],
-        "example.com/sleeper:latest",
-        "pod-first",
-        &[],
-    )?
-    .success()?;
-    let pid = running(&containerd, "pod-first")?;
+    containerd
+        .run_wasm(
+            &["-d", "--annotation", GROUP],
+            "example.com/sleeper:latest",
+            "pod-first",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("pod-first")?;
     let spin = ["-d", "--annotation", GROUP, "--cpus", "0.1"];
-    run(
-        &containerd,
-        &spin,
-        "example.com/hostile:latest",
-        "pod-spinner",
-        &["/hostile.wasm", "spin"],
-    )?
-    .success()?;
-    running(&containerd, "pod-spinner")?;
+    containerd
+        .run_wasm(
+            &spin,
+            "example.com/hostile:latest",
+            "pod-spinner",
+            &["/hostile.wasm", "spin"],
+        )?
+        .success()?;
+    containerd.running("pod-spinner")?;
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let path = cgroups
         .lines()
@@ -615,7 +578,7 @@ fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
 
 #[test]
 fn hand_written_specs_unknown_fields_run_and_missing_or_impossible_parts_are_named() -> Result<()> {
-    let (tmp, containerd) = start(&[])?;
+    let (tmp, containerd) = containerd_with(&[], &[])?;
     let rootfs = tmp.path().join("rootfs");
     std::fs::create_dir(&rootfs)?;
     std::fs::copy(guest("hello.wasm"), rootfs.join("hello.wasm"))?;
