@@ -12,6 +12,26 @@ use wasmcell_e2e::{Containerd, RUNTIME, build_image, containerd_with, guest, wai
 /// Puts containers in one shim and one sandbox, as CRI does for a pod.
 const GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
 
+/// A private containerd with the sleeper and hostile images, and a sleeper "survivor" running in
+/// pod [`GROUP`] (its shim and sandbox are the pod's); returns the sandbox's PID too.
+fn pod_with_survivor() -> Result<(tempfile::TempDir, Containerd, u32)> {
+    let images = [
+        ("sleeper.wasm", "example.com/sleeper:latest"),
+        ("hostile.wasm", "example.com/hostile:latest"),
+    ];
+    let (tmp, containerd) = containerd_with(&[], &images)?;
+    containerd
+        .run_wasm(
+            &["-d", "--annotation", GROUP],
+            "example.com/sleeper:latest",
+            "survivor",
+            &[],
+        )?
+        .success()?;
+    let sandbox = containerd.running("survivor")?;
+    Ok((tmp, containerd, sandbox))
+}
+
 fn status_field(pid: u32, field: &str) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -101,28 +121,13 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
 
 #[test]
 fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> Result<()> {
-    let (_tmp, containerd) = containerd_with(
-        &[],
-        &[
-            ("sleeper.wasm", "example.com/sleeper:latest"),
-            ("hostile.wasm", "example.com/hostile:latest"),
-        ],
-    )?;
+    let (_tmp, containerd, sandbox) = pod_with_survivor()?;
     let mut events = containerd
         .ctr_command()
         .arg("events")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    containerd
-        .run_wasm(
-            &["-d", "--annotation", GROUP],
-            "example.com/sleeper:latest",
-            "survivor",
-            &[],
-        )?
-        .success()?;
-    let sandbox = containerd.running("survivor")?;
 
     for (id, opts) in [
         ("hog-grouped", vec!["--rm", "--annotation", GROUP]),
@@ -182,22 +187,7 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
 
 #[test]
 fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
-    let (tmp, containerd) = containerd_with(
-        &[],
-        &[
-            ("sleeper.wasm", "example.com/sleeper:latest"),
-            ("hostile.wasm", "example.com/hostile:latest"),
-        ],
-    )?;
-    containerd
-        .run_wasm(
-            &["-d", "--annotation", GROUP],
-            "example.com/sleeper:latest",
-            "survivor",
-            &[],
-        )?
-        .success()?;
-    let sandbox = containerd.running("survivor")?;
+    let (tmp, containerd, sandbox) = pod_with_survivor()?;
     let group = ["--rm", "--annotation", GROUP];
 
     // Deep recursion: the engine's stack limit, a trap, 134.
@@ -522,34 +512,19 @@ fn a_cpu_quota_throttles_a_spinning_guest() -> Result<()> {
 
 #[test]
 fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
-    let (_tmp, containerd) = containerd_with(
-        &[],
-        &[
-            ("sleeper.wasm", "example.com/sleeper:latest"),
-            ("hostile.wasm", "example.com/hostile:latest"),
-        ],
-    )?;
-    // The pod's sandbox (and its cgroup) comes from this container, which has no CPU quota;
+    // The pod's sandbox (and its cgroup) comes from the survivor, which has no CPU quota;
     // only the engine's time slicing can hold the spinner to its own 10%.
-    containerd
-        .run_wasm(
-            &["-d", "--annotation", GROUP],
-            "example.com/sleeper:latest",
-            "pod-first",
-            &[],
-        )?
-        .success()?;
-    let pid = containerd.running("pod-first")?;
+    let (_tmp, containerd, pid) = pod_with_survivor()?;
     let spin = ["-d", "--annotation", GROUP, "--cpus", "0.1"];
     containerd
         .run_wasm(
             &spin,
             "example.com/hostile:latest",
-            "pod-spinner",
+            "spinner",
             &["/hostile.wasm", "spin"],
         )?
         .success()?;
-    containerd.running("pod-spinner")?;
+    containerd.running("spinner")?;
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let path = cgroups
         .lines()
@@ -571,7 +546,7 @@ fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
         "the spinner used {used:?} of CPU in {wall:?}"
     );
     containerd
-        .ctr(&["task", "kill", "-s", "SIGKILL", "pod-spinner"])?
+        .ctr(&["task", "kill", "-s", "SIGKILL", "spinner"])?
         .success()?;
     Ok(())
 }
