@@ -269,15 +269,7 @@ impl Drop for Containerd {
             }
         }
         self.daemon.stop();
-        // A shim daemon is detached from containerd; one that outlived it (a test failed between
-        // start and delete) is found by the namespace on its command line and stopped by PID.
-        for pid in shim_pids(&self.namespace) {
-            eprintln!(
-                "wasmcell-e2e: stopping shim {pid} left behind in namespace {}",
-                self.namespace
-            );
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        stop_shims(&self.namespace);
         unmount_under(&self.dir().join("root"));
     }
 }
@@ -288,6 +280,8 @@ impl Drop for Containerd {
 pub struct Docker {
     daemon: Daemon,
     socket: PathBuf,
+    /// The containerd namespace dockerd uses (its shims carry it).
+    namespace: String,
     // Declared last: dropped after dockerd has stopped.
     containerd: Containerd,
 }
@@ -333,6 +327,7 @@ impl Docker {
         let docker = Docker {
             daemon,
             socket,
+            namespace,
             containerd,
         };
         docker.daemon.wait_ready(|| docker.docker(&["version"]))?;
@@ -357,6 +352,7 @@ impl Docker {
 impl Drop for Docker {
     fn drop(&mut self) {
         self.daemon.stop();
+        stop_shims(&self.namespace);
         unmount_under(&self.containerd.dir().join("docker"));
     }
 }
@@ -425,6 +421,15 @@ fn unmount_under(dir: &Path) {
         .arg(dir)
         .stderr(Stdio::null())
         .status();
+}
+
+/// Stops, by PID, any shim daemon left serving `namespace`. A shim is detached from containerd;
+/// one outlives it when a test fails between start and delete.
+fn stop_shims(namespace: &str) {
+    for pid in shim_pids(namespace) {
+        eprintln!("wasmcell-e2e: stopping shim {pid} left behind in namespace {namespace}");
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
 
 /// The PIDs of shim daemons serving `namespace` (their command line is
