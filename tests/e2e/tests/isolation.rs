@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use wasmcell_e2e::{Containerd, RUNTIME, build_image, containerd_with, guest, wait_for};
 
 /// Puts containers in one shim and one sandbox, as CRI does for a pod.
@@ -600,5 +600,62 @@ fn hand_written_specs_unknown_fields_run_and_missing_or_impossible_parts_are_nam
     let out = run_config(&absurd, "absurd")?;
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("cannot set RLIMIT_NOFILE"), "{out:?}");
+    Ok(())
+}
+
+/// A network namespace made for a test with `ip netns`, deleted when dropped.
+struct NetNs(String);
+
+impl NetNs {
+    fn new() -> Result<NetNs> {
+        let name = format!("wasmcell-test-{}", std::process::id());
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(NetNs(name))
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_network_namespace_named_by_path_is_joined_as_a_pod_would_ask() -> Result<()> {
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    let netns = NetNs::new()?;
+    let with_ns = format!("network:{}", netns.path().display());
+    containerd
+        .run_wasm(
+            &["-d", "--with-ns", &with_ns],
+            "example.com/sleeper:latest",
+            "joined",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("joined")?;
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(netns.path())?);
+    assert_eq!(
+        namespace(&pid.to_string(), "net")?,
+        PathBuf::from(format!("net:[{inode}]"))
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "joined"])?
+        .success()?;
+    containerd.wait_status("joined", "STOPPED")?;
     Ok(())
 }
