@@ -61,6 +61,12 @@ impl CompileCache {
         self.dir.join(format!("wasmtime-{:016x}", hasher.finish()))
     }
 
+    /// Where the artifact of `bytes` for `engine` lives.
+    fn entry(&self, engine: &wasmtime::Engine, bytes: &[u8]) -> PathBuf {
+        self.engine_dir(engine)
+            .join(format!("{}.cwasm", hex::encode(Sha256::digest(bytes))))
+    }
+
     /// Returns the compiled form of `bytes`, from the cache when present, compiling and storing
     /// it otherwise. An entry that fails to load (truncated, corrupted header, foreign version)
     /// is discarded and rebuilt.
@@ -71,8 +77,11 @@ impl CompileCache {
         bytes: &[u8],
         path: &str,
     ) -> Result<Artifact, Error> {
-        let dir = self.engine_dir(engine);
-        let entry = dir.join(format!("{}.cwasm", hex::encode(Sha256::digest(bytes))));
+        let entry = self.entry(engine, bytes);
+        let dir = entry
+            .parent()
+            .expect("entries live in the engine's directory")
+            .to_owned();
         if entry.exists() {
             match deserialize(engine, kind, &entry) {
                 Ok(artifact) => {
@@ -132,4 +141,114 @@ fn deserialize(
             Artifact::Component(unsafe { Component::deserialize_file(engine, entry)? })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module() -> Vec<u8> {
+        wat::parse_str(r#"(module (memory 1) (func (export "_start")))"#).unwrap()
+    }
+
+    /// Engines whose artifacts are incompatible: linear memories are laid out differently.
+    fn engine(reservation: u64) -> wasmtime::Engine {
+        let mut config = wasmtime::Config::new();
+        config.memory_reservation(reservation);
+        wasmtime::Engine::new(&config).unwrap()
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().path())
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn digest(path: &Path) -> String {
+        hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+    }
+
+    #[test]
+    fn another_engine_configuration_gets_its_own_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(dir.path());
+        let (big, small) = (engine(4 << 30), engine(1 << 20));
+        assert_ne!(cache.engine_dir(&big), cache.engine_dir(&small));
+        cache.load(&big, WasmKind::Module, &module(), "m").unwrap();
+        cache
+            .load(&small, WasmKind::Module, &module(), "m")
+            .unwrap();
+        assert_eq!(entries(dir.path()).len(), 2, "one entry per configuration");
+    }
+
+    #[test]
+    fn a_foreign_or_truncated_entry_is_discarded_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(dir.path());
+        let (big, small) = (engine(4 << 30), engine(1 << 20));
+        cache.load(&big, WasmKind::Module, &module(), "m").unwrap();
+        cache
+            .load(&small, WasmKind::Module, &module(), "m")
+            .unwrap();
+        let (big_entry, small_entry) =
+            (cache.entry(&big, &module()), cache.entry(&small, &module()));
+        let (big_digest, small_bytes) = (digest(&big_entry), std::fs::read(&small_entry).unwrap());
+
+        // An incompatible configuration's artifact under this configuration's name.
+        std::fs::write(&big_entry, &small_bytes).unwrap();
+        assert!(matches!(
+            cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
+            Artifact::Module(_)
+        ));
+        assert_eq!(
+            digest(&big_entry),
+            big_digest,
+            "the foreign entry was not rebuilt"
+        );
+
+        // A half-written file.
+        let bytes = std::fs::read(&big_entry).unwrap();
+        std::fs::write(&big_entry, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(
+            cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
+            Artifact::Module(_)
+        ));
+        assert_eq!(
+            digest(&big_entry),
+            big_digest,
+            "the truncated entry was not rebuilt"
+        );
+    }
+
+    #[test]
+    fn a_hit_reuses_the_entry_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(dir.path());
+        let engine = engine(4 << 30);
+        cache
+            .load(&engine, WasmKind::Module, &module(), "m")
+            .unwrap();
+        let [entry] = entries(dir.path()).try_into().unwrap();
+        let written = std::fs::metadata(&entry).unwrap().modified().unwrap();
+        cache
+            .load(&engine, WasmKind::Module, &module(), "m")
+            .unwrap();
+        assert_eq!(
+            entries(dir.path()),
+            [entry.clone()],
+            "no temporary files left"
+        );
+        assert_eq!(
+            std::fs::metadata(&entry).unwrap().modified().unwrap(),
+            written
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&entry).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "sandboxes running as other users must read it");
+    }
 }

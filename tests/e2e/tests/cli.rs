@@ -270,3 +270,49 @@ fn install_links_every_shim_name_to_one_binary() -> Result<()> {
     assert!(version.stdout.starts_with("wasmcell "), "{version:?}");
     Ok(())
 }
+
+#[test]
+fn processes_racing_to_compile_one_module_all_run_and_leave_one_entry() -> Result<()> {
+    for round in 0..3 {
+        let tmp = tempfile::tempdir()?;
+        let cache = tmp.path().join("cache");
+        // All started before any is waited for, so they compile and write the entry together.
+        let children: Vec<_> = (0..4)
+            .map(|i| {
+                Command::new(wasmcell())
+                    .arg("run")
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .arg(guest("hello.wasm"))
+                    .arg(format!("racer{i}"))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        let racers: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output())
+            .collect::<Result<_, _>>()?;
+        for (i, out) in racers.iter().enumerate() {
+            assert!(
+                out.status.success(),
+                "round {round}, racer {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("arg: racer{i}")));
+        }
+        let entries: Vec<_> = std::fs::read_dir(&cache)?
+            .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(
+            entries.len(),
+            1,
+            "round {round}: {entries:?} (a temporary file left behind?)"
+        );
+        // The winner's entry is whole: a fresh run loads it without recompiling.
+        wasmcell_run(&cache, &[path(&guest("hello.wasm"))])?.success()?;
+    }
+    Ok(())
+}
