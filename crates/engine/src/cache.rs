@@ -240,7 +240,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             entries(dir.path()),
-            [entry.clone()],
+            std::slice::from_ref(&entry),
             "no temporary files left"
         );
         assert_eq!(
