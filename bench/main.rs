@@ -3,6 +3,9 @@
 //! `wasmcell-bench ctr-run [N]`: N interleaved `ctr run --rm` of the hello guest under our shim
 //! and of busybox `echo` under runc, one private containerd.
 //! `wasmcell-bench cli [N]`: `wasmcell run hello.wasm` with a cold and a warm compile cache.
+//! `wasmcell-bench density [N]`: PSS of N idle containers (ours: standalone and grouped in one pod;
+//! runc + busybox `sleep`), every process each adds.
+//! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc.
 //! `wasmcell-bench sandbox-cost OLD_WASMCELL [N]`: this build against an older one (e.g. before a
 //! change of process model): `ctr run --rm` hello and PSS per idle container, each binary behind
 //! its own private containerd, interleaved.
@@ -29,13 +32,17 @@ fn main() -> Result<()> {
         "ctr-run" => ctr_run(count(1)?),
         "cli" => cli(count(1)?),
         "all" => ctr_run(count(1)?).and_then(|()| cli(count(1)?)),
+        "density" => density(count(1)?),
+        "parallel" => parallel(count(1)?),
         "sandbox-cost" => {
             let old = args
                 .get(1)
                 .context("sandbox-cost needs the older wasmcell binary")?;
             sandbox_cost(Path::new(old), count(2)?)
         }
-        other => bail!("unknown benchmark {other}: use ctr-run, cli, all or sandbox-cost"),
+        other => bail!(
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel or sandbox-cost"
+        ),
     }
 }
 
@@ -281,6 +288,140 @@ fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
             pids.len(),
             total / IDLE as u64
         );
+    }
+    Ok(())
+}
+
+/// A containerd with our hello and sleeper images and a busybox image for runc.
+fn bench_containerd(tmp: &Path) -> Result<Containerd> {
+    let containerd = Containerd::start()?;
+    containerd.import(&build_image(
+        &guest("hello.wasm"),
+        "bench.local/hello:latest",
+        tmp,
+        &[],
+    )?)?;
+    containerd.import(&build_image(
+        &guest("sleeper.wasm"),
+        "bench.local/sleeper:latest",
+        tmp,
+        &[],
+    )?)?;
+    let busybox = tmp.join("busybox.tar");
+    let made = run(Command::new(repo().join("bench/busybox-image.py"))
+        .args(["/bin/busybox", "bench.local/busybox:latest"])
+        .arg(&busybox))?;
+    ensure!(
+        made.code == Some(0),
+        "busybox image: {} (run scripts/setup.sh)",
+        made.stderr
+    );
+    containerd.import(&busybox)?;
+    Ok(containerd)
+}
+
+/// `ctr run -d` arguments for container `id`: our sleeper (optionally in a pod), or busybox sleep.
+fn idle_container(id: &str, wasm: bool, pod: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = vec!["run".into(), "-d".into()];
+    if let Some(pod) = pod {
+        args.extend([
+            "--annotation".into(),
+            format!("io.kubernetes.cri.sandbox-id={pod}"),
+        ]);
+    }
+    if wasm {
+        args.extend(
+            [
+                "--runtime",
+                "io.containerd.wasmtime.v1",
+                "bench.local/sleeper:latest",
+                id,
+            ]
+            .map(String::from),
+        );
+    } else {
+        args.extend(["bench.local/busybox:latest", id, "/bin/sleep", "3600"].map(String::from));
+    }
+    args
+}
+
+/// Every process serving the containerd's tasks: shims (ours or runc's, found by namespace) and
+/// the task processes (our sandboxes, or the containers' own processes under runc).
+fn task_processes(containerd: &Containerd) -> Result<Vec<u32>> {
+    let mut pids: Vec<u32> = shim_pids(containerd.namespace())
+        .into_iter()
+        .map(|p| p as u32)
+        .collect();
+    pids.extend(containerd.task_pids()?.into_iter().map(|(_, pid, _)| pid));
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+fn density(n: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    println!("\n{n} idle containers: PSS of every process each runtime adds");
+    println!(
+        "| {:<40} | {:>10} | {:>14} | {:>16} |",
+        "what", "processes", "total PSS", "per container"
+    );
+    println!("|{:-<42}|{:->12}|{:->16}|{:->18}|", "", "", "", "");
+    for (name, wasm, pod) in [
+        ("runc + busybox sleep (baseline)", false, None),
+        ("wasmcell, one shim each", true, None),
+        ("wasmcell, one pod (grouped)", true, Some("pod")),
+    ] {
+        let containerd = bench_containerd(tmp.path())?;
+        for i in 0..n {
+            let args = idle_container(&format!("idle{i}"), wasm, pod);
+            timed(containerd.ctr_command().args(&args))?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let pids = task_processes(&containerd)?;
+        let total: u64 = pids.iter().map(|&pid| pss_kib(pid)).sum::<Result<u64>>()?;
+        println!(
+            "| {name:<40} | {:>10} | {:>10} KiB | {:>12} KiB |",
+            pids.len(),
+            total,
+            total / n as u64
+        );
+    }
+    Ok(())
+}
+
+fn parallel(n: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    println!("\n{n} `ctr run -d` started at once: wall time until all have returned");
+    println!("| {:<40} | {:>10} | {:>8} |", "what", "wall", "ratio");
+    println!("|{:-<42}|{:->12}|{:->10}|", "", "", "");
+    let mut baseline = None;
+    for (name, wasm) in [
+        ("runc + busybox sleep (baseline)", false),
+        ("wasmcell sleeper", true),
+    ] {
+        let containerd = bench_containerd(tmp.path())?;
+        let started = Instant::now();
+        let children: Vec<_> = (0..n)
+            .map(|i| {
+                containerd
+                    .ctr_command()
+                    .args(idle_container(&format!("p{i}"), wasm, None))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for child in children {
+            let out = child.wait_with_output()?;
+            ensure!(
+                out.status.success(),
+                "ctr run -d failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let wall = started.elapsed();
+        let ratio = wall.as_secs_f64() / *baseline.get_or_insert(wall.as_secs_f64());
+        println!("| {name:<40} | {:>10} | {ratio:>7.2}x |", ms(wall));
     }
     Ok(())
 }

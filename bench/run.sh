@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds everything and runs the benchmarks: bench/run.sh [ctr-run|cli|all] [N].
+# Builds everything (release) and runs the benchmarks:
+#   bench/run.sh [ctr-run|cli|all|density|parallel] [N] | sandbox-cost OLD_WASMCELL [N]
 # Every figure is printed with its baseline from the same run. Needs root (containerd, runc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/build-guests.sh >/dev/null
-cargo build --quiet --workspace --bins
-exec "${CARGO_TARGET_DIR:-target}/debug/wasmcell-bench" "$@"
+# Release: what users run. The first build of the wasmtime stack takes 15-20 minutes here.
+cargo build --quiet --release --workspace --bins
+exec "${CARGO_TARGET_DIR:-target}/release/wasmcell-bench" "$@"

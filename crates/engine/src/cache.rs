@@ -69,7 +69,8 @@ impl CompileCache {
 
     /// Returns the compiled form of `bytes`, from the cache when present, compiling and storing
     /// it otherwise. An entry that fails to load (truncated, corrupted header, foreign version)
-    /// is discarded and rebuilt.
+    /// is discarded and rebuilt. Concurrent callers (shims starting the same image at once)
+    /// compile once: the others wait on the entry's lock and then load what it wrote.
     pub(crate) fn load(
         &self,
         engine: &wasmtime::Engine,
@@ -78,21 +79,21 @@ impl CompileCache {
         path: &str,
     ) -> Result<Artifact, Error> {
         let entry = self.entry(engine, bytes);
+        if let Some(artifact) = hit(engine, kind, &entry) {
+            return Ok(artifact);
+        }
         let dir = entry
             .parent()
             .expect("entries live in the engine's directory")
             .to_owned();
-        if entry.exists() {
-            match deserialize(engine, kind, &entry) {
-                Ok(artifact) => {
-                    tracing::debug!(entry = %entry.display(), "compile cache hit");
-                    return Ok(artifact);
-                }
-                Err(error) => {
-                    tracing::warn!(entry = %entry.display(), "discarding unusable cache entry: {error:#}");
-                    let _ = std::fs::remove_file(&entry);
-                }
-            }
+        let cache_err = |source| Error::Cache {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(cache_err)?;
+        let _lock = EntryLock::acquire(entry.with_extension("lock")).map_err(cache_err)?;
+        if let Some(artifact) = hit(engine, kind, &entry) {
+            return Ok(artifact);
         }
         tracing::debug!(entry = %entry.display(), "compile cache miss: compiling {path}");
         let compiled = match kind {
@@ -103,11 +104,6 @@ impl CompileCache {
             path: path.to_owned(),
             source,
         })?;
-        let cache_err = |source| Error::Cache {
-            dir: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(cache_err)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(cache_err)?;
         std::io::Write::write_all(&mut tmp, &compiled).map_err(cache_err)?;
         // Readable by all: a sandbox running as the container's user loads what the shim compiled.
@@ -121,6 +117,56 @@ impl CompileCache {
             path: path.to_owned(),
             source,
         })
+    }
+}
+
+/// Loads `entry` if it is there and usable; an unusable one is removed so it gets rebuilt.
+fn hit(engine: &wasmtime::Engine, kind: WasmKind, entry: &Path) -> Option<Artifact> {
+    if !entry.exists() {
+        return None;
+    }
+    match deserialize(engine, kind, entry) {
+        Ok(artifact) => {
+            tracing::debug!(entry = %entry.display(), "compile cache hit");
+            Some(artifact)
+        }
+        Err(error) => {
+            tracing::warn!(entry = %entry.display(), "discarding unusable cache entry: {error:#}");
+            let _ = std::fs::remove_file(entry);
+            None
+        }
+    }
+}
+
+/// An exclusive `flock` on an entry's lock file while it is compiled and written.
+///
+/// On release the lock file is removed, after the entry exists: a process still waiting on the
+/// removed file acquires it, re-checks and finds the entry; a later one finds the entry without
+/// locking. So lock files do not accumulate, and a failed compile leaves none behind.
+struct EntryLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl EntryLock {
+    fn acquire(path: PathBuf) -> std::io::Result<EntryLock> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        // SAFETY: flock only locks the open file description that `file` owns; the lock is
+        // released when `file` is closed.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(EntryLock { path, _file: file })
+    }
+}
+
+impl Drop for EntryLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -272,7 +272,7 @@ fn install_links_every_shim_name_to_one_binary() -> Result<()> {
 }
 
 #[test]
-fn processes_racing_to_compile_one_module_all_run_and_leave_one_entry() -> Result<()> {
+fn processes_racing_to_compile_one_module_compile_it_once_and_leave_one_entry() -> Result<()> {
     for round in 0..3 {
         let tmp = tempfile::tempdir()?;
         let cache = tmp.path().join("cache");
@@ -285,6 +285,7 @@ fn processes_racing_to_compile_one_module_all_run_and_leave_one_entry() -> Resul
                     .arg(&cache)
                     .arg(guest("hello.wasm"))
                     .arg(format!("racer{i}"))
+                    .env("WASMCELL_LOG", "wasmcell_engine=debug")
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .spawn()
@@ -302,6 +303,15 @@ fn processes_racing_to_compile_one_module_all_run_and_leave_one_entry() -> Resul
             );
             assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("arg: racer{i}")));
         }
+        // The entry's lock lets one of them compile; the others load what it wrote.
+        let compiled = racers
+            .iter()
+            .filter(|out| String::from_utf8_lossy(&out.stderr).contains("compile cache miss"))
+            .count();
+        assert_eq!(
+            compiled, 1,
+            "round {round}: {compiled} of 4 racers compiled"
+        );
         let entries: Vec<_> = std::fs::read_dir(&cache)?
             .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
             .map(|entry| entry.unwrap().path())
