@@ -107,23 +107,7 @@ fn table(title: &str, n: usize, rows: &[(&str, Stats)]) {
 
 fn ctr_run(n: usize) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let containerd = Containerd::start()?;
-    containerd.import(&build_image(
-        &guest("hello.wasm"),
-        "bench.local/hello:latest",
-        tmp.path(),
-        &[],
-    )?)?;
-    let busybox = tmp.path().join("busybox.tar");
-    let made = run(Command::new(repo().join("bench/busybox-image.py"))
-        .args(["/bin/busybox", "bench.local/busybox:latest"])
-        .arg(&busybox))?;
-    ensure!(
-        made.code == Some(0),
-        "busybox image: {} (run scripts/setup.sh)",
-        made.stderr
-    );
-    containerd.import(&busybox)?;
+    let containerd = bench_containerd(tmp.path())?;
 
     let ours = |i: usize| {
         let id = format!("wasm-{i}");
