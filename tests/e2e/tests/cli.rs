@@ -215,11 +215,9 @@ fn compiled_code_is_cached_and_reused() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let cache = tmp.path().join("cache");
     let artifacts = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(&cache)
+        cache_files(&cache)
             .into_iter()
-            .flatten()
-            .flat_map(|engine_dir| std::fs::read_dir(engine_dir.unwrap().path()).unwrap())
-            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
             .collect()
     };
     wasmcell_run(&cache, &[path(&guest("hello.wasm"))])?.success()?;
@@ -312,17 +310,26 @@ fn processes_racing_to_compile_one_module_compile_it_once_and_leave_one_entry() 
             compiled, 1,
             "round {round}: {compiled} of 4 racers compiled"
         );
-        let entries: Vec<_> = std::fs::read_dir(&cache)?
-            .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
-            .map(|entry| entry.unwrap().path())
-            .collect();
+        let files = cache_files(&cache);
         assert_eq!(
-            entries.len(),
-            1,
-            "round {round}: {entries:?} (a temporary file left behind?)"
+            files.len(),
+            2,
+            "round {round}: {files:?} (one artifact and its checksum, nothing half-written)"
         );
         // The winner's entry is whole: a fresh run loads it without recompiling.
         wasmcell_run(&cache, &[path(&guest("hello.wasm"))])?.success()?;
     }
     Ok(())
+}
+
+/// Every file in a compile cache's engine directories, sorted.
+fn cache_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
 }
