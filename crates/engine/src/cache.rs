@@ -279,51 +279,40 @@ mod tests {
         let (big_entry, small_entry) =
             (cache.entry(&big, &module()), cache.entry(&small, &module()));
         let (big_digest, small_bytes) = (digest(&big_entry), std::fs::read(&small_entry).unwrap());
-
+        // Damages the entry, loads it, and expects the load to have rebuilt the entry.
+        let rebuilt_after = |what: &str, damage: &dyn Fn(&Path)| {
+            damage(&big_entry);
+            assert!(matches!(
+                cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
+                Artifact::Module(_)
+            ));
+            assert_eq!(
+                digest(&big_entry),
+                big_digest,
+                "the {what} entry was not rebuilt"
+            );
+            assert!(checksum_of(&big_entry).exists());
+        };
         // An incompatible configuration's artifact under this configuration's name.
-        std::fs::write(&big_entry, &small_bytes).unwrap();
-        assert!(matches!(
-            cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
-            Artifact::Module(_)
-        ));
-        assert_eq!(
-            digest(&big_entry),
-            big_digest,
-            "the foreign entry was not rebuilt"
-        );
-
+        rebuilt_after("foreign", &|entry| {
+            std::fs::write(entry, &small_bytes).unwrap()
+        });
         // One flipped bit in the middle, where wasmtime's header checks do not look.
-        let mut bytes = std::fs::read(&big_entry).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 1;
-        std::fs::write(&big_entry, &bytes).unwrap();
-        assert!(matches!(
-            cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
-            Artifact::Module(_)
-        ));
-        assert_eq!(
-            digest(&big_entry),
-            big_digest,
-            "the corrupted entry was not rebuilt"
-        );
-
-        // No checksum: unverifiable, so rebuilt too.
-        std::fs::remove_file(checksum_of(&big_entry)).unwrap();
-        cache.load(&big, WasmKind::Module, &module(), "m").unwrap();
-        assert!(checksum_of(&big_entry).exists());
-
+        rebuilt_after("corrupted", &|entry| {
+            let mut bytes = std::fs::read(entry).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 1;
+            std::fs::write(entry, &bytes).unwrap();
+        });
+        // No checksum: unverifiable.
+        rebuilt_after("unverifiable", &|entry| {
+            std::fs::remove_file(checksum_of(entry)).unwrap()
+        });
         // A half-written file.
-        let bytes = std::fs::read(&big_entry).unwrap();
-        std::fs::write(&big_entry, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(matches!(
-            cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
-            Artifact::Module(_)
-        ));
-        assert_eq!(
-            digest(&big_entry),
-            big_digest,
-            "the truncated entry was not rebuilt"
-        );
+        rebuilt_after("truncated", &|entry| {
+            let bytes = std::fs::read(entry).unwrap();
+            std::fs::write(entry, &bytes[..bytes.len() / 2]).unwrap();
+        });
     }
 
     #[test]
