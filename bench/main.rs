@@ -259,13 +259,7 @@ fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
             timed(containerd.ctr_command().args(args))?;
         }
         std::thread::sleep(Duration::from_secs(2));
-        let mut pids: Vec<u32> = shim_pids(containerd.namespace())
-            .into_iter()
-            .map(|p| p as u32)
-            .collect();
-        pids.extend(containerd.task_pids()?.into_iter().map(|(_, pid, _)| pid));
-        pids.sort_unstable();
-        pids.dedup();
+        let pids = task_processes(containerd)?;
         let total: u64 = pids.iter().map(|&pid| pss_kib(pid)).sum::<Result<u64>>()?;
         println!(
             "| {name:<40} | {:>10} | {:>12} KiB |",
