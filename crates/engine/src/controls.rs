@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use wasmtime::UpdateDeadline;
 
-use crate::engine::EPOCH_TICK;
+use crate::epoch::EPOCH_TICK;
 use crate::workload::{CpuQuota, Limits};
 
 /// Changes what a running guest may do, from outside its run: shared by the run and whoever

@@ -2,7 +2,6 @@
 //! [`Engine::prepare`] (everything that is not per instance) and [`Prepared::run`].
 
 use std::path::Path;
-use std::time::Duration;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -15,13 +14,10 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::cache::{Artifact, CompileCache};
 use crate::controls::Controls;
+use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
 use crate::stdio;
 use crate::workload::{Access, ModuleSource, WorkloadSpec};
-
-/// How often running guests reach an epoch check, where they yield to the async runtime and
-/// can be cancelled. Bounds how long a CPU-bound guest delays a kill.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
 /// and what `wasmtime run` exits with on a trap.
@@ -70,14 +66,52 @@ impl wasmtime::ResourceLimiter for Limiter {
 /// The store state of a core module (WASI preview 1).
 struct ModuleState {
     wasi: WasiP1Ctx,
-    limiter: Limiter,
+    guest: Guest,
 }
 
 /// The store state of a component (WASI preview 2).
 struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
+    guest: Guest,
+}
+
+/// What every store holds besides WASI: its limits and its part in the epoch clock.
+struct Guest {
     limiter: Limiter,
+    clock: StoreClock,
+}
+
+/// Gives [`new_store`] the store's [`Guest`] whatever the binary kind.
+trait HasGuest: Send + 'static {
+    fn guest(&mut self) -> &mut Guest;
+}
+
+impl HasGuest for ModuleState {
+    fn guest(&mut self) -> &mut Guest {
+        &mut self.guest
+    }
+}
+
+impl HasGuest for ComponentState {
+    fn guest(&mut self) -> &mut Guest {
+        &mut self.guest
+    }
+}
+
+/// A store for one run: memory limits, the epoch clock, and at every epoch the controls'
+/// decision (pause, CPU slice, go on).
+fn new_store<T: HasGuest>(engine: &wasmtime::Engine, state: T, controls: &Controls) -> Store<T> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.guest().limiter);
+    store.call_hook(|mut store, hook| {
+        store.data_mut().guest().clock.hook(hook);
+        Ok(())
+    });
+    store.set_epoch_deadline(1);
+    let at_epoch = controls.clone();
+    store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
+    store
 }
 
 impl WasiView for ComponentState {
@@ -95,10 +129,11 @@ pub struct Engine {
     cache: CompileCache,
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
+    ticker: Ticker,
 }
 
 impl Engine {
-    /// Creates the engine and starts its epoch ticker thread (which ends with the engine).
+    /// Creates the engine; its epoch clock starts with the first guest run.
     pub fn new(cache: CompileCache) -> Result<Engine, Error> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
@@ -112,19 +147,8 @@ impl Engine {
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(Error::Engine)?;
 
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("wasmcell-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .map_err(|e| Error::Engine(e.into()))?;
-
         Ok(Engine {
+            ticker: Ticker::new(&engine),
             engine,
             cache,
             modules,
@@ -210,6 +234,7 @@ impl Engine {
         tracing::debug!(%path, %kind, "prepared");
         Ok(Prepared {
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             entry,
             spec,
         })
@@ -268,6 +293,7 @@ enum Entry {
 /// fresh instance.
 pub struct Prepared {
     engine: wasmtime::Engine,
+    ticker: Ticker,
     entry: Entry,
     spec: WorkloadSpec,
 }
@@ -353,25 +379,25 @@ impl Prepared {
         }
         stdio::attach(&mut wasi, &spec.stdio).await?;
 
-        let limiter = Limiter {
-            controls: controls.clone(),
-            exceeded: false,
+        let guest = Guest {
+            limiter: Limiter {
+                controls: controls.clone(),
+                exceeded: false,
+            },
+            clock: self
+                .ticker
+                .store_clock()
+                .map_err(|e| Error::Engine(e.into()))?,
         };
         // Instantiation can fail like a run does (a start function traps, a data segment passes the
         // memory limit), so each kind runs as one fallible block whose failure becomes an `Exit`.
         Ok(match &self.entry {
             Entry::Module { pre, function } => {
-                let mut store = Store::new(
-                    &self.engine,
-                    ModuleState {
-                        wasi: wasi.build_p1(),
-                        limiter,
-                    },
-                );
-                store.limiter(|state| &mut state.limiter);
-                store.set_epoch_deadline(1);
-                let at_epoch = controls.clone();
-                store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
+                let state = ModuleState {
+                    wasi: wasi.build_p1(),
+                    guest,
+                };
+                let mut store = new_store(&self.engine, state, controls);
                 let result = async {
                     let instance = pre.instantiate_async(&mut store).await?;
                     // A library module (WASI reactor) is initialised before its entry function.
@@ -385,19 +411,15 @@ impl Prepared {
                     entry.call_async(&mut store, ()).await
                 }
                 .await;
-                Exit::of(result, &store.data().limiter)
+                Exit::of(result, &store.data().guest.limiter)
             }
             Entry::Component(pre) => {
                 let state = ComponentState {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
-                    limiter,
+                    guest,
                 };
-                let mut store = Store::new(&self.engine, state);
-                store.limiter(|state| &mut state.limiter);
-                store.set_epoch_deadline(1);
-                let at_epoch = controls.clone();
-                store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
+                let mut store = new_store(&self.engine, state, controls);
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
@@ -406,7 +428,7 @@ impl Prepared {
                 match result {
                     Ok(Ok(())) => Exit::Code(0),
                     Ok(Err(())) => Exit::Code(1),
-                    Err(error) => Exit::of(Err(error), &store.data().limiter),
+                    Err(error) => Exit::of(Err(error), &store.data().guest.limiter),
                 }
             }
         })

@@ -16,6 +16,7 @@
 mod cache;
 mod controls;
 mod engine;
+mod epoch;
 mod error;
 mod stdio;
 mod workload;
