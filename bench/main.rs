@@ -337,34 +337,159 @@ fn task_processes(containerd: &Containerd) -> Result<Vec<u32>> {
 }
 
 fn density(n: usize) -> Result<()> {
+    ensure!(n >= 2, "density needs at least 2 containers");
     let tmp = tempfile::tempdir()?;
+    let mut details = String::new();
     println!("\n{n} idle containers: PSS of every process each runtime adds");
     println!(
-        "| {:<40} | {:>10} | {:>14} | {:>16} |",
-        "what", "processes", "total PSS", "per container"
+        "| {:<40} | {:>10} | {:>14} | {:>16} | {:>16} | {:>10} |",
+        "what", "processes", "total PSS", "per container", "each after 1st", "wakeups/s"
     );
-    println!("|{:-<42}|{:->12}|{:->16}|{:->18}|", "", "", "", "");
+    println!(
+        "|{:-<42}|{:->12}|{:->16}|{:->18}|{:->18}|{:->12}|",
+        "", "", "", "", "", ""
+    );
     for (name, wasm, pod) in [
         ("runc + busybox sleep (baseline)", false, None),
         ("wasmcell, one shim each", true, None),
         ("wasmcell, one pod (grouped)", true, Some("pod")),
     ] {
         let containerd = bench_containerd(tmp.path())?;
-        for i in 0..n {
+        let settled_pss = || -> Result<(usize, u64)> {
+            // Let the starts' transient allocations be freed before measuring.
+            std::thread::sleep(Duration::from_secs(2));
+            let pids = task_processes(&containerd)?;
+            let total = pids.iter().map(|&pid| pss_kib(pid)).sum::<Result<u64>>()?;
+            Ok((pids.len(), total))
+        };
+        timed(
+            containerd
+                .ctr_command()
+                .args(idle_container("idle0", wasm, pod)),
+        )?;
+        let (_, first) = settled_pss()?;
+        for i in 1..n {
             let args = idle_container(&format!("idle{i}"), wasm, pod);
             timed(containerd.ctr_command().args(&args))?;
         }
-        std::thread::sleep(Duration::from_secs(2));
+        if wasm && pod.is_none() {
+            // The last one started: its image was compiled long before, as on a busy node.
+            let (sandbox, _) = containerd
+                .task(&format!("idle{}", n - 1))?
+                .context("the last container's task")?;
+            details = breakdown(&[parent_of(sandbox)?, sandbox])?;
+        }
+        let (processes, total) = settled_pss()?;
         let pids = task_processes(&containerd)?;
-        let total: u64 = pids.iter().map(|&pid| pss_kib(pid)).sum::<Result<u64>>()?;
+        let before = context_switches(&pids)?;
+        std::thread::sleep(Duration::from_secs(WAKEUP_WINDOW_S));
+        let wakeups = context_switches(&pids)?.saturating_sub(before) / WAKEUP_WINDOW_S;
         println!(
-            "| {name:<40} | {:>10} | {:>10} KiB | {:>12} KiB |",
-            pids.len(),
-            total,
-            total / n as u64
+            "| {name:<40} | {processes:>10} | {total:>10} KiB | {:>12} KiB | {:>12} KiB | {wakeups:>10} |",
+            total / n as u64,
+            total.saturating_sub(first) / (n as u64 - 1),
         );
     }
+    print!("{details}");
     Ok(())
+}
+
+fn parent_of(pid: u32) -> Result<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its closing paren do not.
+    let after = &stat[stat.rfind(')').context("stat")? + 1..];
+    Ok(after.split_whitespace().nth(1).context("ppid")?.parse()?)
+}
+
+/// How long idle containers are watched for wakeups.
+const WAKEUP_WINDOW_S: u64 = 5;
+
+/// Context switches so far of every thread of `pids`: each is a wakeup of an idle process.
+fn context_switches(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Ok(total)
+}
+
+/// Where one container's memory goes: each process's mappings by kind, PSS and private dirty
+/// pages (what the process alone costs), from `/proc/PID/smaps`.
+fn breakdown(pids: &[u32]) -> Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\none standalone container (shim, then sandbox): where its memory goes"
+    )?;
+    writeln!(
+        out,
+        "| {:<8} | {:<42} | {:>10} | {:>14} |",
+        "pid", "mappings", "PSS", "private dirty"
+    )?;
+    writeln!(out, "|{:-<10}|{:-<44}|{:->12}|{:->16}|", "", "", "", "")?;
+    for &pid in pids {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+        let mut kinds: Vec<(&str, u64, u64)> = Vec::new();
+        let mut at = 0;
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields
+                .first()
+                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                let kind = mapping_kind(fields.get(5).copied().unwrap_or(""), &exe);
+                at = kinds
+                    .iter()
+                    .position(|(k, _, _)| *k == kind)
+                    .unwrap_or_else(|| {
+                        kinds.push((kind, 0, 0));
+                        kinds.len() - 1
+                    });
+                continue;
+            }
+            let kib = || {
+                fields
+                    .get(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match fields.first() {
+                Some(&"Pss:") => kinds[at].1 += kib(),
+                Some(&"Private_Dirty:") => kinds[at].2 += kib(),
+                _ => {}
+            }
+        }
+        kinds.sort_by_key(|(_, pss, _)| std::cmp::Reverse(*pss));
+        for (kind, pss, dirty) in kinds {
+            writeln!(
+                out,
+                "| {pid:<8} | {kind:<42} | {pss:>6} KiB | {dirty:>10} KiB |"
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// The kind of an smaps mapping, from its path.
+fn mapping_kind(path: &str, exe: &Path) -> &'static str {
+    match path {
+        "" => "anonymous (malloc arenas, thread stacks)",
+        "[heap]" => "heap",
+        "[stack]" => "main thread stack",
+        p if Path::new(p) == exe => "the wasmcell binary",
+        p if p.ends_with(".cwasm") => "compiled guest (cache, mmapped)",
+        p if p.contains(".so") => "shared libraries",
+        _ => "other (vdso, vvar, ...)",
+    }
 }
 
 fn parallel(n: usize) -> Result<()> {
