@@ -69,9 +69,8 @@ impl CompileCache {
     }
 
     /// Returns the compiled form of `bytes`, from the cache when present, compiling and storing
-    /// it otherwise. An entry that fails to load (truncated, corrupted header, foreign version)
-    /// is discarded and rebuilt. Concurrent callers (shims starting the same image at once)
-    /// compile once: the others wait on the entry's lock and then load what it wrote.
+    /// it otherwise (see [`CompileCache::ensure`]). An entry wasmtime refuses despite its
+    /// checksum (written by a foreign build into this directory) is discarded and rebuilt once.
     pub(crate) fn load(
         &self,
         engine: &wasmtime::Engine,
@@ -79,9 +78,34 @@ impl CompileCache {
         bytes: &[u8],
         path: &str,
     ) -> Result<Artifact, Error> {
+        let entry = self.ensure(engine, kind, bytes, path)?;
+        let refused = match deserialize(engine, kind, &entry) {
+            Ok(artifact) => return Ok(artifact),
+            Err(error) => error,
+        };
+        discard(&entry, &refused);
+        let entry = self.ensure(engine, kind, bytes, path)?;
+        deserialize(engine, kind, &entry).map_err(|source| Error::Compile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Makes sure the cache holds a sound artifact of `bytes` and returns its path, without
+    /// loading it: what a shim needs, whose sandbox does the loading. An entry that fails its
+    /// checksum (corrupted, cut short, unverifiable) is discarded and rebuilt. Concurrent
+    /// callers (shims starting the same image at once) compile once: the others wait on the
+    /// entry's lock and then find what it wrote.
+    pub(crate) fn ensure(
+        &self,
+        engine: &wasmtime::Engine,
+        kind: WasmKind,
+        bytes: &[u8],
+        path: &str,
+    ) -> Result<PathBuf, Error> {
         let entry = self.entry(engine, bytes);
-        if let Some(artifact) = hit(engine, kind, &entry) {
-            return Ok(artifact);
+        if sound(&entry) {
+            return Ok(entry);
         }
         let dir = entry
             .parent()
@@ -93,8 +117,8 @@ impl CompileCache {
         };
         std::fs::create_dir_all(&dir).map_err(cache_err)?;
         let _lock = EntryLock::acquire(entry.with_extension("lock")).map_err(cache_err)?;
-        if let Some(artifact) = hit(engine, kind, &entry) {
-            return Ok(artifact);
+        if sound(&entry) {
+            return Ok(entry);
         }
         tracing::debug!(entry = %entry.display(), "compile cache miss: compiling {path}");
         let compiled = match kind {
@@ -111,10 +135,7 @@ impl CompileCache {
         write_atomically(&dir, &entry, &compiled).map_err(cache_err)?;
         drop(compiled);
         release_freed_memory();
-        deserialize(engine, kind, &entry).map_err(|source| Error::Compile {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(entry)
     }
 }
 
@@ -129,23 +150,28 @@ fn release_freed_memory() {
     }
 }
 
-/// Loads `entry` if it is there and usable; an unusable one is removed so it gets rebuilt.
-fn hit(engine: &wasmtime::Engine, kind: WasmKind, entry: &Path) -> Option<Artifact> {
+/// Whether `entry` is there and matches its checksum; an unsound one is discarded.
+fn sound(entry: &Path) -> bool {
     if !entry.exists() {
-        return None;
+        return false;
     }
-    match verify(entry).and_then(|()| deserialize(engine, kind, entry)) {
-        Ok(artifact) => {
+    match verify(entry) {
+        Ok(()) => {
             tracing::debug!(entry = %entry.display(), "compile cache hit");
-            Some(artifact)
+            true
         }
         Err(error) => {
-            tracing::warn!(entry = %entry.display(), "discarding unusable cache entry: {error:#}");
-            let _ = std::fs::remove_file(entry);
-            let _ = std::fs::remove_file(checksum_of(entry));
-            None
+            discard(entry, &error);
+            false
         }
     }
+}
+
+/// Removes an unusable entry (and its checksum) so that it gets rebuilt.
+fn discard(entry: &Path, why: &wasmtime::Error) {
+    tracing::warn!(entry = %entry.display(), "discarding unusable cache entry: {why:#}");
+    let _ = std::fs::remove_file(entry);
+    let _ = std::fs::remove_file(checksum_of(entry));
 }
 
 /// Checks an entry against the checksum written with it. wasmtime checks an artifact's header,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use wasmcell_oci::FileKind;
+use wasmcell_oci::{FileKind, WasmKind};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ExternType, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -123,10 +123,39 @@ impl WasiView for ComponentState {
     }
 }
 
-/// One per process: the wasmtime engine, the compile cache, and a linker per binary kind.
-pub struct Engine {
+/// The wasmtime engine and the compile cache, without the means to run: what a process that
+/// only compiles (the shim) holds. Its configuration is the one [`Engine`] runs with, so what
+/// it compiles is what the runners load.
+pub struct Compiler {
     engine: wasmtime::Engine,
     cache: CompileCache,
+}
+
+impl Compiler {
+    /// Creates the wasmtime engine.
+    pub fn new(cache: CompileCache) -> Result<Compiler, Error> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
+        Ok(Compiler { engine, cache })
+    }
+
+    /// Checks that `spec` names a wasm binary and compiles it into the cache unless it is there
+    /// already, without loading or linking it: the shim's half of `create`, which fails it at
+    /// once on a missing file, a non-wasm file or a malformed module. The sandbox loads the
+    /// artifact and links it (reporting a missing import or entry function). Blocking:
+    /// compiling can take seconds on a cache miss.
+    pub fn compile(&self, spec: &WorkloadSpec) -> Result<(), Error> {
+        let (path, bytes, kind) = read_wasm(spec)?;
+        self.cache.ensure(&self.engine, kind, &bytes, &path)?;
+        Ok(())
+    }
+}
+
+/// One per process that runs guests: the [`Compiler`], a linker per binary kind, and the
+/// epoch clock.
+pub struct Engine {
+    compiler: Compiler,
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
     ticker: Ticker,
@@ -135,22 +164,19 @@ pub struct Engine {
 impl Engine {
     /// Creates the engine; its epoch clock starts with the first guest run.
     pub fn new(cache: CompileCache) -> Result<Engine, Error> {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
-
-        let mut modules = Linker::new(&engine);
+        let compiler = Compiler::new(cache)?;
+        let engine = &compiler.engine;
+        let mut modules = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |state: &mut ModuleState| {
             &mut state.wasi
         })
         .map_err(Error::Engine)?;
-        let mut components = wasmtime::component::Linker::new(&engine);
+        let mut components = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(Error::Engine)?;
 
         Ok(Engine {
-            ticker: Ticker::new(&engine),
-            engine,
-            cache,
+            ticker: Ticker::new(engine),
+            compiler,
             modules,
             components,
         })
@@ -160,21 +186,14 @@ impl Engine {
     /// where it cannot escape it), compiles it through the cache, checks the entry function and
     /// links it. Blocking: compiling can take seconds on a cache miss.
     pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
-        let path = match &spec.module {
-            ModuleSource::File(file) => file.display().to_string(),
-            ModuleSource::Rootfs { path, .. } => path.clone(),
-        };
-        let bytes = read_module(&spec)?;
-        let kind = match FileKind::detect(&bytes) {
-            FileKind::Wasm(kind) => kind,
-            other => return Err(Error::NotWasm { path, kind: other }),
-        };
+        let (path, bytes, kind) = read_wasm(&spec)?;
+        let Compiler { engine, cache } = &self.compiler;
         let entry_err = |function: &str, reason: String| Error::EntryFunction {
             path: path.clone(),
             function: function.to_owned(),
             reason,
         };
-        let entry = match self.cache.load(&self.engine, kind, &bytes, &path)? {
+        let entry = match cache.load(engine, kind, &bytes, &path)? {
             Artifact::Module(module) => {
                 let function = spec.function.clone().unwrap_or_else(|| "_start".to_owned());
                 match module.get_export(&function) {
@@ -233,7 +252,7 @@ impl Engine {
         };
         tracing::debug!(%path, %kind, "prepared");
         Ok(Prepared {
-            engine: self.engine.clone(),
+            engine: engine.clone(),
             ticker: self.ticker.clone(),
             entry,
             spec,
@@ -251,6 +270,20 @@ fn exported_functions(module: &wasmtime::Module) -> String {
         String::new()
     } else {
         format!(" (it exports {})", names.join(", "))
+    }
+}
+
+/// Reads the binary the spec names and checks it is wasm: its path (as the user wrote it), its
+/// bytes and its kind.
+fn read_wasm(spec: &WorkloadSpec) -> Result<(String, Vec<u8>, WasmKind), Error> {
+    let path = match &spec.module {
+        ModuleSource::File(file) => file.display().to_string(),
+        ModuleSource::Rootfs { path, .. } => path.clone(),
+    };
+    let bytes = read_module(spec)?;
+    match FileKind::detect(&bytes) {
+        FileKind::Wasm(kind) => Ok((path, bytes, kind)),
+        other => Err(Error::NotWasm { path, kind: other }),
     }
 }
 

@@ -23,7 +23,7 @@ mod workload;
 
 pub use cache::CompileCache;
 pub use controls::Controls;
-pub use engine::{Engine, Exit, Prepared};
+pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
 pub use workload::{
     Access, CpuQuota, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,

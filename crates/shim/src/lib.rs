@@ -28,7 +28,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::{timestamp, write_str_to_file};
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
 use tokio::sync::mpsc;
-use wasmcell_engine::{CompileCache, Engine};
+use wasmcell_engine::{CompileCache, Compiler};
 
 pub use error::Error;
 pub use runtime::Runtime;
@@ -47,8 +47,12 @@ const DIED_STATUS: u32 = 128 + libc::SIGKILL as u32;
 
 /// Runs the shim for `runtime`: containerd's `start`, `delete` and daemon modes. Does not return
 /// on error: the shim protocol reports failures by exit status and stderr.
+///
+/// One thread serves every request: a shim only relays them to its sandbox and waits, and a
+/// multi-threaded runtime would start a worker per core in every shim on the node. Compiling,
+/// the one long step, runs on tokio's blocking pool.
 pub fn main(runtime: Runtime) {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
+    let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -123,8 +127,8 @@ impl Shim for WasmShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let cache_dir = CompileCache::default_dir();
-        let engine = match Engine::new(CompileCache::new(&cache_dir)) {
-            Ok(engine) => Arc::new(engine),
+        let compiler = match Compiler::new(CompileCache::new(&cache_dir)) {
+            Ok(compiler) => Arc::new(compiler),
             Err(error) => {
                 // Nothing can run without an engine; containerd sees the shim exit and reports it.
                 tracing::error!("{error}");
@@ -132,7 +136,7 @@ impl Shim for WasmShim {
             }
         };
         let events = forward_events(publisher, self.flags_namespace.clone());
-        TaskService::new(self.runtime, engine, cache_dir, events, self.exit.clone())
+        TaskService::new(self.runtime, compiler, cache_dir, events, self.exit.clone())
     }
 }
 

@@ -31,7 +31,7 @@ use containerd_shim::util::{convert_to_any, timestamp};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use oci_spec::runtime::{LinuxResources, Spec};
 use tokio::sync::{Mutex, OnceCell, mpsc};
-use wasmcell_engine::{Engine, Input, Output, Stdio, WorkloadSpec};
+use wasmcell_engine::{Compiler, Input, Output, Stdio, WorkloadSpec};
 use wasmcell_sandbox::protocol::{Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
@@ -67,7 +67,7 @@ struct SandboxHandle {
 /// Serves the Task API for every container of this shim (one shim per pod, or per container).
 pub struct TaskService {
     runtime: Runtime,
-    engine: Arc<Engine>,
+    compiler: Arc<Compiler>,
     cache_dir: PathBuf,
     sandbox: OnceCell<SandboxHandle>,
     containers: Containers,
@@ -79,14 +79,14 @@ impl TaskService {
     /// Creates the service; events are forwarded in order to containerd by `publish`.
     pub fn new(
         runtime: Runtime,
-        engine: Arc<Engine>,
+        compiler: Arc<Compiler>,
         cache_dir: PathBuf,
         events: Events,
         exit: Arc<ExitSignal>,
     ) -> Self {
         TaskService {
             runtime,
-            engine,
+            compiler,
             cache_dir,
             sandbox: OnceCell::new(),
             containers: Default::default(),
@@ -152,12 +152,12 @@ impl TaskService {
         Ok(&handle.sandbox)
     }
 
-    /// Checks and compiles a workload here, where errors reach the user at once, then creates it
-    /// in the sandbox, which loads the compiled artifact from the cache.
+    /// Compiles a workload into the cache here (as root, which may write it), then creates it
+    /// in the sandbox, which loads and links the artifact. Either step's error fails `create`.
     async fn prepare(&self, sandbox: &Sandbox, key: String, workload: WorkloadSpec) -> Result<()> {
-        let engine = self.engine.clone();
+        let compiler = self.compiler.clone();
         let checked = workload.clone();
-        tokio::task::spawn_blocking(move || engine.prepare(checked)).await??;
+        tokio::task::spawn_blocking(move || compiler.compile(&checked)).await??;
         let grants = grants(&workload);
         sandbox
             .request(Request::Create {
