@@ -99,7 +99,22 @@ pub fn send(socket: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
 
 /// Receives one packet and the descriptors that came with it; `None` when the peer is gone.
 pub fn recv(socket: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_PACKET];
+    // Peek at the packet's length first (MSG_TRUNC reports it for SOCK_SEQPACKET): a buffer of
+    // MAX_PACKET per receive would be a megabyte zeroed and kept dirty in every process.
+    let len = loop {
+        match socket::recv(
+            socket.as_raw_fd(),
+            &mut [],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        ) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len.min(MAX_PACKET)];
     let mut space = cmsg_space!([RawFd; MAX_FDS]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
