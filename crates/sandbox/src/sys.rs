@@ -211,6 +211,35 @@ pub fn close_inherited_fds() {
     unsafe { libc::syscall(libc::SYS_close_range, CONTROL_FD + 1, u32::MAX, 0) };
 }
 
+/// Brings up `lo` in a network namespace this process just created (it starts down), as runc
+/// does for a new network namespace: servers listening on 127.0.0.1 and clients in the same
+/// container reach each other.
+fn loopback_up() -> nix::Result<()> {
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write `request`, which lives across the
+    // calls and names an interface every network namespace has.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
+            return Err(nix::Error::last());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
+            return Err(nix::Error::last());
+        }
+    }
+    Ok(())
+}
+
 /// Applies the setup to this process. Must run while single-threaded: unsharing a mount
 /// namespace fails in a multi-threaded process, and threads created before the seccomp filter
 /// would escape it.
@@ -234,7 +263,12 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                 nix::sched::setns(fd, flag).map_err(err)?;
             }
-            None => nix::sched::unshare(flag).map_err(err)?,
+            None => {
+                nix::sched::unshare(flag).map_err(err)?;
+                if namespace.kind == NamespaceKind::Network {
+                    loopback_up().map_err(step("bring up the loopback interface"))?;
+                }
+            }
         }
     }
     // The sandbox reaches host files only through descriptors the shim passes, so it needs no
