@@ -94,6 +94,8 @@ impl Process {
 
 /// A container and its processes.
 pub struct Container {
+    /// Its runtime spec (for its hooks).
+    pub oci: oci_spec::runtime::Spec,
     /// The bundle directory containerd made.
     pub bundle: PathBuf,
     /// The rootfs the shim mounted (unmounted at delete), if containerd passed mounts.

@@ -55,6 +55,9 @@ pub enum Error {
     /// The sandbox process failed or refused.
     #[error(transparent)]
     Sandbox(#[from] wasmcell_sandbox::SandboxError),
+    /// An OCI hook failed.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// The container's cgroup could not be set up.
     #[error("cannot set up the container's cgroup")]
     Cgroup(#[source] std::io::Error),
@@ -70,7 +73,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::UnsupportedRuntime(_) | Error::Unsupported(_) => Code::UNIMPLEMENTED,
-            Error::Spec(_) | Error::Engine(_) => Code::INVALID_ARGUMENT,
+            Error::Spec(_) | Error::Engine(_) | Error::Hook(_) => Code::INVALID_ARGUMENT,
             // What the sandbox refuses is the workload's fault (e.g. a preopen it cannot open).
             Error::Sandbox(wasmcell_sandbox::SandboxError::Refused(_)) => Code::INVALID_ARGUMENT,
             Error::Rootfs { .. } | Error::Join(_) | Error::Sandbox(_) | Error::Cgroup(_) => {

@@ -13,6 +13,7 @@
 mod cgroup;
 mod container;
 mod error;
+mod hooks;
 mod runtime;
 mod service;
 mod spec;

@@ -38,6 +38,7 @@ use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 use crate::cgroup::Cgroup;
 use crate::container::{Container, ExitInfo, Process, State, describe, sandbox_key, split_key};
 use crate::error::Error;
+use crate::hooks::{self, Stage};
 use crate::runtime::Runtime;
 use crate::{spec, sys};
 
@@ -176,6 +177,11 @@ impl TaskService {
         let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
+        if let Some(what) = hooks::unsupported(&oci) {
+            return Err(Error::Unsupported(format!(
+                "the container spec asks for {what}, which wasmcell cannot run"
+            )));
+        }
         let mounted_rootfs = if req.rootfs.is_empty() {
             None
         } else {
@@ -191,6 +197,7 @@ impl TaskService {
         let created = async {
             let workload = spec::workload(&oci, &bundle, stdio)?;
             let sandbox = self.sandbox_for(&oci).await?;
+            hooks::run(&oci, Stage::Create, &req.id, sandbox.pid(), &bundle).await?;
             self.prepare(sandbox, req.id.clone(), workload.clone())
                 .await?;
             Ok::<_, Error>(workload)
@@ -207,6 +214,7 @@ impl TaskService {
         };
         let init = Process::new([req.stdin.clone(), req.stdout.clone(), req.stderr.clone()]);
         Ok(Container {
+            oci,
             bundle,
             mounted_rootfs,
             workload,
@@ -458,6 +466,19 @@ impl Task for TaskService {
         }
         let pid = self.pid();
         if req.exec_id.is_empty() {
+            let (oci, bundle) = {
+                let containers = self.containers.lock().await;
+                let container = containers.get(&req.id);
+                (
+                    container.map(|c| c.oci.clone()),
+                    container.map(|c| c.bundle.clone()),
+                )
+            };
+            if let (Some(oci), Some(bundle)) = (oci, bundle)
+                && let Err(error) = hooks::run(&oci, Stage::Poststart, &req.id, pid, &bundle).await
+            {
+                tracing::warn!("{}: {error}", req.id);
+            }
             self.publish(TaskStart {
                 container_id: req.id,
                 pid,
@@ -487,8 +508,9 @@ impl Task for TaskService {
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
         let process = container.process(&req.id, &req.exec_id)?;
         match process.state {
-            // A guest cannot handle signals: every other signal ends it at once, 128 + signal.
-            // The sandbox reports the exit, which is recorded like any other.
+            // A command cannot handle signals: every other signal ends it at once, 128 +
+            // signal; an HTTP server drains on SIGTERM/SIGINT. The sandbox reports the exit,
+            // which is recorded like any other.
             State::Running | State::Paused => {
                 drop(containers);
                 let key = sandbox_key(&req.id, &req.exec_id);
@@ -558,14 +580,14 @@ impl Task for TaskService {
             State::Stopped(exit) => (exit.status, exit.at.clone()),
         };
         // Deleting the init process deletes the container, with whatever execs it still lists.
-        let (keys, mounted_rootfs) = if req.exec_id.is_empty() {
+        let (keys, removed) = if req.exec_id.is_empty() {
             let container = containers.remove(&req.id).expect("present");
             let keys = container
                 .processes
                 .keys()
                 .map(|exec_id| sandbox_key(&req.id, exec_id))
                 .collect();
-            (keys, container.mounted_rootfs)
+            (keys, Some(container))
         } else {
             container.processes.remove(&req.exec_id);
             (vec![sandbox_key(&req.id, &req.exec_id)], None)
@@ -577,10 +599,22 @@ impl Task for TaskService {
                 let _ = sandbox.request(Request::Delete { id: key }).await;
             }
         }
-        if let Some(rootfs) = &mounted_rootfs {
-            sys::unmount_rootfs(rootfs)?;
-        }
         let pid = self.pid();
+        if let Some(container) = &removed {
+            if let Some(rootfs) = &container.mounted_rootfs {
+                sys::unmount_rootfs(rootfs)?;
+            }
+            let poststop = hooks::run(
+                &container.oci,
+                Stage::Poststop,
+                &req.id,
+                pid,
+                &container.bundle,
+            );
+            if let Err(error) = poststop.await {
+                tracing::warn!("{}: {error}", req.id);
+            }
+        }
         if req.exec_id.is_empty() {
             self.publish(TaskDelete {
                 container_id: req.id.clone(),

@@ -1,0 +1,196 @@
+//! OCI lifecycle hooks, run as runc runs them.
+//!
+//! Docker wires a container's network through a `prestart` hook (`libnetwork-setkey`), which
+//! moves the veth into the network namespace of the PID in the state it is given; CNI-less
+//! setups and tools like the NVIDIA toolkit do the same. Here that PID is the sandbox's: its
+//! namespaces are the container's. Hooks that must run inside the container's mount namespace
+//! (`createContainer`, `startContainer`) have no process to run in and are refused at create.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use oci_spec::runtime::{ContainerState, Hook, Spec, State, StateBuilder};
+use tokio::io::AsyncWriteExt;
+
+/// When hooks run, in the runtime's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// At create, after the sandbox exists and before the guest is prepared: `prestart`
+    /// (deprecated, still Docker's) then `createRuntime`.
+    Create,
+    /// After the guest started; failures are logged, as the spec says.
+    Poststart,
+    /// After the container is deleted; failures are logged.
+    Poststop,
+}
+
+/// Why a hook failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// The hook could not be started or fed its state.
+    #[error("cannot run the {stage} hook {path}")]
+    Spawn {
+        /// `prestart`, `createRuntime`, ...
+        stage: &'static str,
+        /// The hook's path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The hook exited non-zero.
+    #[error("the {stage} hook {path} failed ({status}): {stderr}")]
+    Failed {
+        /// `prestart`, `createRuntime`, ...
+        stage: &'static str,
+        /// The hook's path.
+        path: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        stderr: String,
+    },
+    /// The hook ran past its timeout and was killed.
+    #[error("the {stage} hook {path} did not finish within {timeout:?}")]
+    TimedOut {
+        /// `prestart`, `createRuntime`, ...
+        stage: &'static str,
+        /// The hook's path.
+        path: String,
+        /// Its timeout.
+        timeout: Duration,
+    },
+}
+
+/// The hook kinds with no process to run in: the spec cannot be honoured, so it is refused.
+pub fn unsupported(spec: &Spec) -> Option<&'static str> {
+    let hooks = spec.hooks().as_ref()?;
+    if hooks
+        .create_container()
+        .as_ref()
+        .is_some_and(|h| !h.is_empty())
+    {
+        return Some(
+            "createContainer hooks (they run inside the container; a Wasm guest is not a process)",
+        );
+    }
+    if hooks
+        .start_container()
+        .as_ref()
+        .is_some_and(|h| !h.is_empty())
+    {
+        return Some(
+            "startContainer hooks (they run inside the container; a Wasm guest is not a process)",
+        );
+    }
+    None
+}
+
+/// Runs the spec's hooks for `stage`, in order, each fed the container's state with `pid`.
+/// Stops at the first failure.
+pub async fn run(
+    spec: &Spec,
+    stage: Stage,
+    id: &str,
+    pid: u32,
+    bundle: &Path,
+) -> Result<(), HookError> {
+    let Some(hooks) = spec.hooks() else {
+        return Ok(());
+    };
+    #[allow(deprecated)]
+    let lists: Vec<(&'static str, &Option<Vec<Hook>>, ContainerState)> = match stage {
+        Stage::Create => vec![
+            ("prestart", hooks.prestart(), ContainerState::Created),
+            (
+                "createRuntime",
+                hooks.create_runtime(),
+                ContainerState::Created,
+            ),
+        ],
+        Stage::Poststart => vec![("poststart", hooks.poststart(), ContainerState::Running)],
+        Stage::Poststop => vec![("poststop", hooks.poststop(), ContainerState::Stopped)],
+    };
+    for (name, list, status) in lists {
+        let state = state(spec, id, pid, bundle, status);
+        for hook in list.iter().flatten() {
+            run_one(name, hook, &state).await?;
+        }
+    }
+    Ok(())
+}
+
+fn state(spec: &Spec, id: &str, pid: u32, bundle: &Path, status: ContainerState) -> Vec<u8> {
+    let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
+    let state: State = StateBuilder::default()
+        .version(spec.version().clone())
+        .id(id)
+        .status(status)
+        .pid(pid as i32)
+        .bundle(bundle)
+        .annotations(annotations)
+        .build()
+        .expect("every field is set");
+    serde_json::to_vec(&state).expect("state serializes")
+}
+
+async fn run_one(stage: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookError> {
+    let path = hook.path().display().to_string();
+    let spawn_err = |source| HookError::Spawn {
+        stage,
+        path: path.clone(),
+        source,
+    };
+    let mut command = tokio::process::Command::new(hook.path());
+    let args = hook.args().as_deref().unwrap_or_default();
+    if let Some((arg0, rest)) = args.split_first() {
+        command.arg0(arg0).args(rest);
+    }
+    // Exactly the hook's env, as runc gives it.
+    command.env_clear();
+    for (key, value) in hook
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|v| v.split_once('='))
+    {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn_err)?;
+    let mut stdin = child.stdin.take().expect("piped");
+    // A hook that does not read its state is not an error.
+    let _ = stdin.write_all(state).await;
+    drop(stdin);
+    let finished = child.wait_with_output();
+    let output = match hook.timeout().filter(|t| *t > 0) {
+        Some(seconds) => {
+            let timeout = Duration::from_secs(seconds as u64);
+            tokio::time::timeout(timeout, finished)
+                .await
+                .map_err(|_| HookError::TimedOut {
+                    stage,
+                    path: path.clone(),
+                    timeout,
+                })?
+        }
+        None => finished.await,
+    }
+    .map_err(spawn_err)?;
+    if !output.status.success() {
+        return Err(HookError::Failed {
+            stage,
+            path,
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
