@@ -1,13 +1,16 @@
 //! `wasmcell run`: a `.wasm` file or an image archive, with no container engine.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
 use wasmcell_engine::{
-    Access, CompileCache, Engine, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,
+    Access, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, Network, Output,
+    Preopen, Prepared, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind};
 
@@ -15,7 +18,11 @@ use wasmcell_oci::{Archive, Entrypoint, FileKind};
 ///
 /// The guest gets exactly what a container would: its arguments, the image's environment plus
 /// --env, and the image's rootfs as / (for an image) or the --dir directories. Nothing else of the
-/// host: not its environment, files or network. The exit status is the guest's.
+/// host: not its environment, files or network (unless --net). The exit status is the guest's.
+///
+/// A component exporting wasi:http/incoming-handler is served over HTTP, a fresh instance per
+/// request: on 127.0.0.1:8080, or where --publish says (`-p 8080:8080` for every interface, as
+/// with `docker run`). Ctrl-C stops it after the requests in flight.
 ///
 /// Compiled code is cached (see --cache-dir), so later runs of the same binary start at once.
 #[derive(Args)]
@@ -26,6 +33,13 @@ pub struct RunArgs {
     /// Give the guest a host directory: HOST[:GUEST][:ro] (repeatable; GUEST defaults to HOST).
     #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
     dirs: Vec<String>,
+    /// Serve an HTTP component on the host's [IP:]PORT (IP defaults to 0.0.0.0). The container
+    /// port must be the one the component serves on (8080).
+    #[arg(long = "publish", short = 'p', value_name = "[IP:]PORT:8080")]
+    publish: Option<String>,
+    /// Give the guest the host's network: WASI sockets and outgoing HTTP requests.
+    #[arg(long)]
+    net: bool,
     /// The compile cache directory [default: $WASMCELL_CACHE_DIR, /var/lib/wasmcell/cache for root,
     /// else ~/.cache/wasmcell]
     #[arg(long)]
@@ -55,6 +69,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         stdout: Output::Inherit,
         stderr: Output::Inherit,
     };
+    let network = if args.net {
+        Network::Inherit
+    } else {
+        Network::None
+    };
+    let addr = listen_addr(args.publish.as_deref())?;
 
     // Kept alive until the guest is done: the unpacked image rootfs.
     let mut rootfs_dir = None;
@@ -62,15 +82,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Target::Wasm { path, function } => {
             let mut argv = vec![file_name(&path)];
             argv.extend(args.args.iter().cloned());
+            let env = parse_env(&args.env)?;
+            let http = HttpServe {
+                addr,
+                ..HttpServe::from_env(&env)?
+            };
             WorkloadSpec {
                 module: ModuleSource::File(path),
                 function,
                 args: argv,
-                env: parse_env(&args.env)?,
+                env,
                 cwd: "/".to_owned(),
                 preopens,
                 stdio,
                 limits: Limits::default(),
+                network,
+                http,
             }
         }
         Target::Archive(path) => {
@@ -111,6 +138,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     access: Access::ReadWrite,
                 },
             );
+            let http = HttpServe {
+                addr,
+                ..HttpServe::from_env(&env)?
+            };
             let spec = WorkloadSpec {
                 module: ModuleSource::Rootfs {
                     root: dir.path().to_owned(),
@@ -123,6 +154,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 preopens,
                 stdio,
                 limits: Limits::default(),
+                network,
+                http,
             };
             rootfs_dir = Some(dir);
             spec
@@ -133,9 +166,65 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let exit = tokio.block_on(prepared.run(&prepared.controls()))?;
+    if prepared.stops_gracefully() {
+        eprintln!("wasmcell: serving HTTP on http://{addr} (Ctrl-C stops)");
+    }
+    let exit = tokio.block_on(until_done(&prepared))?;
     drop(rootfs_dir);
     Ok(ExitCode::from(exit.status() as u8))
+}
+
+/// Runs the guest to its end. A server is asked to stop on SIGINT or SIGTERM and finishes the
+/// requests in flight; a command keeps the default handling (the signal ends the process).
+async fn until_done(prepared: &Prepared) -> Result<Exit> {
+    let controls = prepared.controls();
+    let run = prepared.run(&controls);
+    if !prepared.stops_gracefully() {
+        return Ok(run.await?);
+    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            exit = &mut run => return Ok(exit?),
+            _ = interrupt.recv() => controls.terminate(),
+            _ = terminate.recv() => controls.terminate(),
+        }
+    }
+}
+
+/// Where an HTTP component listens: `-p [IP:]PORT:8080` on the host, else only locally.
+fn listen_addr(publish: Option<&str>) -> Result<SocketAddr> {
+    let Some(publish) = publish else {
+        return Ok(SocketAddr::from((
+            [127, 0, 0, 1],
+            HttpServe::default().addr.port(),
+        )));
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "--publish {publish}: expected [IP:]PORT:8080, e.g. -p 8080:8080 or -p 127.0.0.1:9000:8080"
+        )
+    };
+    let (host, container) = publish.rsplit_once(':').ok_or_else(bad)?;
+    let container: u16 = container.parse().map_err(|_| bad())?;
+    let served = HttpServe::default().addr.port();
+    if container != served {
+        bail!(
+            "--publish {publish}: HTTP components serve on port {served} in the container; publish it as [IP:]PORT:{served}"
+        );
+    }
+    let (ip, port) = match host.rsplit_once(':') {
+        Some((ip, port)) => (
+            ip.trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .map_err(|_| bad())?,
+            port,
+        ),
+        None => (std::net::IpAddr::from([0, 0, 0, 0]), host),
+    };
+    Ok(SocketAddr::new(ip, port.parse().map_err(|_| bad())?))
 }
 
 enum Target {
@@ -231,5 +320,21 @@ mod tests {
             [("A".into(), "1".into()), ("B".into(), String::new())]
         );
         assert!(parse_env(&["NOVALUE".into()]).is_err());
+    }
+
+    #[test]
+    fn publish_forms() {
+        let addr = |publish| listen_addr(publish).map(|a| a.to_string());
+        assert_eq!(addr(None).unwrap(), "127.0.0.1:8080");
+        assert_eq!(addr(Some("8080:8080")).unwrap(), "0.0.0.0:8080");
+        assert_eq!(addr(Some("127.0.0.1:9000:8080")).unwrap(), "127.0.0.1:9000");
+        assert_eq!(addr(Some("[::1]:9000:8080")).unwrap(), "[::1]:9000");
+        assert!(
+            addr(Some("9000:80"))
+                .unwrap_err()
+                .to_string()
+                .contains("PORT:8080")
+        );
+        assert!(addr(Some("eighty")).is_err());
     }
 }

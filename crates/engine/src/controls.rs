@@ -17,6 +17,8 @@ pub struct Controls(Arc<Inner>);
 
 struct Inner {
     paused: watch::Sender<bool>,
+    /// Asked to end gracefully (SIGTERM to a server: stop accepting, finish what is in flight).
+    terminating: watch::Sender<bool>,
     /// The memory limit in bytes; `u64::MAX` for none.
     memory_limit: AtomicU64,
     cpu: Mutex<Slicer>,
@@ -59,6 +61,7 @@ impl Controls {
         });
         Controls(Arc::new(Inner {
             paused: watch::channel(false).0,
+            terminating: watch::channel(false).0,
             memory_limit,
             cpu,
         }))
@@ -68,6 +71,18 @@ impl Controls {
     /// progress (a sleep, a read) completes first; the guest stops when it returns to wasm.
     pub fn pause(&self) {
         self.0.paused.send_replace(true);
+    }
+
+    /// Asks the guest to end gracefully. Only servers can (see [`crate::Prepared::stops_gracefully`]):
+    /// they stop accepting and let requests in flight finish.
+    pub fn terminate(&self) {
+        self.0.terminating.send_replace(true);
+    }
+
+    /// Resolves once [`Controls::terminate`] has been called.
+    pub(crate) async fn terminated(&self) {
+        let mut terminating = self.0.terminating.subscribe();
+        let _ = terminating.wait_for(|asked| *asked).await;
     }
 
     /// Lets a paused guest go on.

@@ -2,6 +2,8 @@
 //! [`Engine::prepare`] (everything that is not per instance) and [`Prepared::run`].
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -11,13 +13,16 @@ use wasmtime::{ExternType, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::{Artifact, CompileCache};
 use crate::controls::Controls;
 use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
+use crate::http::{self, HttpEngine, HttpHooks};
 use crate::stdio;
-use crate::workload::{Access, ModuleSource, WorkloadSpec};
+use crate::workload::{Access, ModuleSource, Network, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
 /// and what `wasmtime run` exits with on a trap.
@@ -28,9 +33,23 @@ const TRAP_STATUS: u32 = 134;
 const OUT_OF_MEMORY_STATUS: u32 = 137;
 
 /// Enforces [`Limits`] on one store and remembers whether the guest hit them.
-struct Limiter {
+pub(crate) struct Limiter {
     controls: Controls,
     exceeded: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(controls: Controls) -> Limiter {
+        Limiter {
+            controls,
+            exceeded: false,
+        }
+    }
+
+    /// Whether the guest tried to grow past its memory limit.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.exceeded
+    }
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
@@ -69,21 +88,40 @@ struct ModuleState {
     guest: Guest,
 }
 
-/// The store state of a component (WASI preview 2).
-struct ComponentState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    guest: Guest,
+/// The store state of a component (WASI 0.2, with `wasi:http`).
+pub(crate) struct ComponentState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) hooks: HttpHooks,
+    pub(crate) guest: Guest,
 }
 
-/// What every store holds besides WASI: its limits and its part in the epoch clock.
-struct Guest {
-    limiter: Limiter,
-    clock: StoreClock,
+/// What every store holds besides WASI: its limits, its part in the epoch clock, and the
+/// deadline of a request.
+pub(crate) struct Guest {
+    pub(crate) limiter: Limiter,
+    pub(crate) clock: StoreClock,
+    /// When the store's work must be done (an HTTP request's); the guest traps at the first
+    /// epoch tick after it.
+    pub(crate) deadline: Option<Instant>,
+    /// The deadline passed.
+    pub(crate) timed_out: bool,
+}
+
+impl Guest {
+    fn new(controls: &Controls, clock: StoreClock) -> Guest {
+        Guest {
+            limiter: Limiter::new(controls.clone()),
+            clock,
+            deadline: None,
+            timed_out: false,
+        }
+    }
 }
 
 /// Gives [`new_store`] the store's [`Guest`] whatever the binary kind.
-trait HasGuest: Send + 'static {
+pub(crate) trait HasGuest: Send + 'static {
     fn guest(&mut self) -> &mut Guest;
 }
 
@@ -99,9 +137,13 @@ impl HasGuest for ComponentState {
     }
 }
 
-/// A store for one run: memory limits, the epoch clock, and at every epoch the controls'
-/// decision (pause, CPU slice, go on).
-fn new_store<T: HasGuest>(engine: &wasmtime::Engine, state: T, controls: &Controls) -> Store<T> {
+/// A store for one run: memory limits, the epoch clock, and at every epoch the deadline and
+/// then the controls' decision (pause, CPU slice, go on).
+pub(crate) fn new_store<T: HasGuest>(
+    engine: &wasmtime::Engine,
+    state: T,
+    controls: &Controls,
+) -> Store<T> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.guest().limiter);
     store.call_hook(|mut store, hook| {
@@ -110,8 +152,46 @@ fn new_store<T: HasGuest>(engine: &wasmtime::Engine, state: T, controls: &Contro
     });
     store.set_epoch_deadline(1);
     let at_epoch = controls.clone();
-    store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
+    store.epoch_deadline_callback(move |mut store| {
+        let guest = store.data_mut().guest();
+        if guest
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            guest.timed_out = true;
+            wasmtime::bail!("the deadline passed");
+        }
+        Ok(at_epoch.at_epoch())
+    });
     store
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// The engine configuration every process compiles and runs with.
+pub(crate) fn config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    config
+}
+
+/// The linker for components: all of WASI 0.2 (Rust's std on wasm32-wasip2 imports
+/// `wasi:cli/environment`, `exit` and `terminal-*` even in an HTTP handler) and `wasi:http`.
+pub(crate) fn component_linker(
+    engine: &wasmtime::Engine,
+) -> Result<wasmtime::component::Linker<ComponentState>, Error> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(Error::Engine)?;
+    Ok(linker)
 }
 
 impl WasiView for ComponentState {
@@ -134,9 +214,7 @@ pub struct Compiler {
 impl Compiler {
     /// Creates the wasmtime engine.
     pub fn new(cache: CompileCache) -> Result<Compiler, Error> {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
+        let engine = wasmtime::Engine::new(&config()).map_err(Error::Engine)?;
         Ok(Compiler { engine, cache })
     }
 
@@ -159,6 +237,8 @@ pub struct Engine {
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
     ticker: Ticker,
+    /// The pooling engine for HTTP servers, made when the first one is prepared.
+    http: Mutex<Option<Arc<HttpEngine>>>,
 }
 
 impl Engine {
@@ -171,15 +251,23 @@ impl Engine {
             &mut state.wasi
         })
         .map_err(Error::Engine)?;
-        let mut components = wasmtime::component::Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(Error::Engine)?;
-
         Ok(Engine {
             ticker: Ticker::new(engine),
+            components: component_linker(engine)?,
             compiler,
             modules,
-            components,
+            http: Mutex::new(None),
         })
+    }
+
+    fn http_engine(&self) -> Result<Arc<HttpEngine>, Error> {
+        let mut http = self.http.lock().expect("http engine lock");
+        if let Some(engine) = &*http {
+            return Ok(engine.clone());
+        }
+        let engine = Arc::new(HttpEngine::new(config())?);
+        *http = Some(engine.clone());
+        Ok(engine)
     }
 
     /// Does everything for `spec` that is not per instance: reads the binary (inside the rootfs,
@@ -233,11 +321,21 @@ impl Engine {
                         path: path.clone(),
                         source,
                     })?;
-                Entry::Module { pre, function }
+                Command::Module { pre, function }
             }
             Artifact::Component(component) => {
                 if let Some(function) = &spec.function {
-                    return Err(entry_err(function, "a component runs `wasi:cli/run`; `#function` entrypoints apply to core modules only".to_owned()));
+                    return Err(entry_err(function, "a component runs `wasi:cli/run` or serves `wasi:http/incoming-handler`; `#function` entrypoints apply to core modules only".to_owned()));
+                }
+                if http::is_proxy(engine, &component) {
+                    let http = self.http_engine()?;
+                    let pre = http.prepare(&cache.ensure(engine, kind, &bytes, &path)?, &path)?;
+                    return Ok(Prepared {
+                        engine: engine.clone(),
+                        ticker: self.ticker.clone(),
+                        entry: Entry::Http { http, pre },
+                        spec: Arc::new(spec),
+                    });
                 }
                 let pre = self
                     .components
@@ -247,15 +345,15 @@ impl Engine {
                         path: path.clone(),
                         source,
                     })?;
-                Entry::Component(pre)
+                Command::Component(pre)
             }
         };
         tracing::debug!(%path, %kind, "prepared");
         Ok(Prepared {
             engine: engine.clone(),
             ticker: self.ticker.clone(),
-            entry,
-            spec,
+            entry: Entry::Command(entry),
+            spec: Arc::new(spec),
         })
     }
 }
@@ -271,6 +369,32 @@ fn exported_functions(module: &wasmtime::Module) -> String {
     } else {
         format!(" (it exports {})", names.join(", "))
     }
+}
+
+/// The WASI context every instance of `spec` starts from: its args, env, working directory,
+/// preopens and (when granted) the network. Standard streams are attached by the caller.
+pub(crate) fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
+    for preopen in &spec.preopens {
+        let perms = match preopen.access {
+            Access::ReadOnly => FsPerms::ReadOnly,
+            Access::ReadWrite => FsPerms::ReadWrite,
+        };
+        wasi.preopened_dir(&preopen.host, &preopen.guest, perms)
+            .map_err(|source| Error::Preopen {
+                host: preopen.host.clone(),
+                guest: preopen.guest.clone(),
+                source,
+            })?;
+    }
+    match spec.network {
+        Network::None => {}
+        Network::Inherit => {
+            wasi.inherit_network().allow_ip_name_lookup(true);
+        }
+    }
+    Ok(wasi)
 }
 
 /// Reads the binary the spec names and checks it is wasm: its path (as the user wrote it), its
@@ -314,7 +438,18 @@ fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
     }
 }
 
+/// What a run does: one instance of a command, or a server.
 enum Entry {
+    Command(Command),
+    /// A `wasi:http/proxy` component: served, an instance per request.
+    Http {
+        http: Arc<HttpEngine>,
+        pre: ProxyPre<ComponentState>,
+    },
+}
+
+/// A guest that runs once, from its entry to its exit.
+enum Command {
     Module {
         pre: InstancePre<ModuleState>,
         function: String,
@@ -328,7 +463,7 @@ pub struct Prepared {
     engine: wasmtime::Engine,
     ticker: Ticker,
     entry: Entry,
-    spec: WorkloadSpec,
+    spec: Arc<WorkloadSpec>,
 }
 
 /// How a guest run ended.
@@ -394,38 +529,29 @@ impl Prepared {
         Controls::new(&self.spec.limits)
     }
 
-    async fn instantiate_and_run(&self, controls: &Controls) -> Result<Exit, Error> {
-        let spec = &self.spec;
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
-        for preopen in &spec.preopens {
-            let perms = match preopen.access {
-                Access::ReadOnly => FsPerms::ReadOnly,
-                Access::ReadWrite => FsPerms::ReadWrite,
-            };
-            wasi.preopened_dir(&preopen.host, &preopen.guest, perms)
-                .map_err(|source| Error::Preopen {
-                    host: preopen.host.clone(),
-                    guest: preopen.guest.clone(),
-                    source,
-                })?;
-        }
-        stdio::attach(&mut wasi, &spec.stdio).await?;
+    /// Whether the guest can end gracefully when asked ([`Controls::terminate`], sent for
+    /// SIGTERM): HTTP servers stop accepting and finish their requests; commands cannot handle
+    /// signals, so they are stopped at once.
+    pub fn stops_gracefully(&self) -> bool {
+        matches!(self.entry, Entry::Http { .. })
+    }
 
-        let guest = Guest {
-            limiter: Limiter {
-                controls: controls.clone(),
-                exceeded: false,
-            },
-            clock: self
-                .ticker
-                .store_clock()
-                .map_err(|e| Error::Engine(e.into()))?,
+    async fn instantiate_and_run(&self, controls: &Controls) -> Result<Exit, Error> {
+        let command = match &self.entry {
+            Entry::Http { http, pre } => return http::serve(http, pre, &self.spec, controls).await,
+            Entry::Command(command) => command,
         };
+        let mut wasi = wasi_builder(&self.spec)?;
+        stdio::attach(&mut wasi, &self.spec.stdio).await?;
+        let clock = self
+            .ticker
+            .store_clock()
+            .map_err(|e| Error::Engine(e.into()))?;
+        let guest = Guest::new(controls, clock);
         // Instantiation can fail like a run does (a start function traps, a data segment passes the
         // memory limit), so each kind runs as one fallible block whose failure becomes an `Exit`.
-        Ok(match &self.entry {
-            Entry::Module { pre, function } => {
+        Ok(match command {
+            Command::Module { pre, function } => {
                 let state = ModuleState {
                     wasi: wasi.build_p1(),
                     guest,
@@ -446,10 +572,12 @@ impl Prepared {
                 .await;
                 Exit::of(result, &store.data().guest.limiter)
             }
-            Entry::Component(pre) => {
+            Command::Component(pre) => {
                 let state = ComponentState {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
+                    http: WasiHttpCtx::new(),
+                    hooks: HttpHooks::new(self.spec.network),
                     guest,
                 };
                 let mut store = new_store(&self.engine, state, controls);

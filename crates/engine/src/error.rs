@@ -85,6 +85,17 @@ pub enum Error {
         #[source]
         source: wasmtime::Error,
     },
+    /// An HTTP server could not listen where its spec says.
+    #[error(
+        "cannot serve HTTP on {addr} (is another server there? WASMCELL_HTTP_ADDR chooses the address)"
+    )]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A standard stream could not be opened.
     #[error("cannot open the guest's {stream} at {}", path.display())]
     Stdio {

@@ -18,6 +18,7 @@ mod controls;
 mod engine;
 mod epoch;
 mod error;
+mod http;
 mod stdio;
 mod workload;
 
@@ -26,5 +27,6 @@ pub use controls::Controls;
 pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
 pub use workload::{
-    Access, CpuQuota, Input, Limits, ModuleSource, Output, Preopen, Stdio, WorkloadSpec,
+    Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, Network, Output,
+    Preopen, Stdio, WorkloadSpec,
 };

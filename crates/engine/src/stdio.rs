@@ -3,11 +3,13 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::OutputStream;
 
 use crate::error::Error;
 use crate::workload::{Input, Output, Stdio};
@@ -18,7 +20,7 @@ const WRITE_BUDGET: usize = 64 * 1024;
 type Writer = Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>;
 type Reader = Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>;
 
-/// Opens the streams of `stdio` and hands them to the guest's WASI context.
+/// Connects a command's standard streams.
 pub(crate) async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Result<(), Error> {
     match &stdio.stdin {
         Input::Null => {}
@@ -35,26 +37,81 @@ pub(crate) async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Resul
             builder.stdin(AsyncStdinStream::new(reader_from(*fd)?));
         }
     }
-    for (output, stream) in [(&stdio.stdout, "stdout"), (&stdio.stderr, "stderr")] {
-        let writer = match output {
-            Output::Null => continue,
-            Output::Inherit if stream == "stdout" => {
-                builder.inherit_stdout();
-                continue;
-            }
-            Output::Inherit => {
-                builder.inherit_stderr();
-                continue;
-            }
-            other => AsyncStdoutStream::new(WRITE_BUDGET, open(other, stream).await?),
+    Outputs::open(stdio).await?.attach(builder);
+    Ok(())
+}
+
+/// Standard output and error, opened once and shared by every instance that attaches them
+/// (a server's requests all log to the container's streams).
+pub(crate) struct Outputs {
+    stdout: Out,
+    stderr: Out,
+}
+
+enum Out {
+    Null,
+    Inherit,
+    Stream(SharedStream),
+}
+
+impl Outputs {
+    pub(crate) async fn open(stdio: &Stdio) -> Result<Outputs, Error> {
+        let out = async |output: &Output, stream| {
+            Ok::<_, Error>(match output {
+                Output::Null => Out::Null,
+                Output::Inherit => Out::Inherit,
+                other => Out::Stream(SharedStream(Arc::new(AsyncStdoutStream::new(
+                    WRITE_BUDGET,
+                    open(other, stream).await?,
+                )))),
+            })
         };
-        if stream == "stdout" {
-            builder.stdout(writer);
-        } else {
-            builder.stderr(writer);
+        Ok(Outputs {
+            stdout: out(&stdio.stdout, "stdout").await?,
+            stderr: out(&stdio.stderr, "stderr").await?,
+        })
+    }
+
+    pub(crate) fn attach(&self, builder: &mut WasiCtxBuilder) {
+        match &self.stdout {
+            Out::Null => {}
+            Out::Inherit => {
+                builder.inherit_stdout();
+            }
+            Out::Stream(stream) => {
+                builder.stdout(stream.clone());
+            }
+        }
+        match &self.stderr {
+            Out::Null => {}
+            Out::Inherit => {
+                builder.inherit_stderr();
+            }
+            Out::Stream(stream) => {
+                builder.stderr(stream.clone());
+            }
         }
     }
-    Ok(())
+}
+
+/// One output stream shared by many instances: each gets a view of the same writer.
+#[derive(Clone)]
+struct SharedStream(Arc<AsyncStdoutStream>);
+
+impl StdoutStream for SharedStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        self.0.p2_stream()
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        self.0.async_stream()
+    }
+}
+
+impl IsTerminal for SharedStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
 }
 
 /// Writes a line from wasmcell itself (why a guest ended) to the guest's stderr, so the user

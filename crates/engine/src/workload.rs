@@ -25,6 +25,99 @@ pub struct WorkloadSpec {
     pub stdio: Stdio,
     /// What the guest may consume.
     pub limits: Limits,
+    /// Whether the guest may use sockets (WASI 0.2 `wasi:sockets`, outgoing `wasi:http`).
+    pub network: Network,
+    /// How a `wasi:http/proxy` component is served; ignored for commands.
+    pub http: HttpServe,
+}
+
+impl HttpServe {
+    /// The settings a guest's environment asks for, over the defaults: `WASMCELL_HTTP_ADDR`
+    /// (or runwasi's `WASMTIME_HTTP_PROXY_SOCKET_ADDR`) `IP:PORT`, `WASMCELL_HTTP_MAX_BODY`
+    /// bytes and `WASMCELL_HTTP_TIMEOUT` seconds. The last value of a variable wins, as in a
+    /// shell.
+    pub fn from_env(env: &[(String, String)]) -> Result<HttpServe, HttpSettingError> {
+        const ADDR: &str = "an IP:PORT address such as 0.0.0.0:8080";
+        let mut serve = HttpServe::default();
+        for (key, value) in env {
+            match key.as_str() {
+                "WASMCELL_HTTP_ADDR" => serve.addr = setting("WASMCELL_HTTP_ADDR", value, ADDR)?,
+                "WASMTIME_HTTP_PROXY_SOCKET_ADDR" => {
+                    serve.addr = setting("WASMTIME_HTTP_PROXY_SOCKET_ADDR", value, ADDR)?;
+                }
+                "WASMCELL_HTTP_MAX_BODY" => {
+                    let expected = "a size in bytes such as 1048576";
+                    serve.max_body = setting("WASMCELL_HTTP_MAX_BODY", value, expected)?;
+                }
+                "WASMCELL_HTTP_TIMEOUT" => {
+                    let expected = "a whole number of seconds such as 30";
+                    let seconds: u64 = setting("WASMCELL_HTTP_TIMEOUT", value, expected)?;
+                    serve.timeout = std::time::Duration::from_secs(seconds.max(1));
+                }
+                _ => {}
+            }
+        }
+        Ok(serve)
+    }
+}
+
+/// An HTTP setting in a guest's environment that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value} is not valid: {expected}")]
+pub struct HttpSettingError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What it should look like.
+    pub expected: &'static str,
+}
+
+fn setting<T: std::str::FromStr>(
+    variable: &'static str,
+    value: &str,
+    expected: &'static str,
+) -> Result<T, HttpSettingError> {
+    value.parse().map_err(|_| HttpSettingError {
+        variable,
+        value: value.to_owned(),
+        expected,
+    })
+}
+
+/// A guest's access to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Network {
+    /// No sockets at all.
+    #[default]
+    None,
+    /// The network of the process it runs in: under the shim, the container's network
+    /// namespace, which is what the OCI spec grants.
+    Inherit,
+}
+
+/// How a `wasi:http/proxy` component is served: HTTP/1.1 on `addr`, a fresh instance per
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpServe {
+    /// Where to listen.
+    pub addr: std::net::SocketAddr,
+    /// Larger request bodies are refused with 413 Content Too Large.
+    pub max_body: u64,
+    /// A request whose handler runs longer is cut off with 504 Gateway Timeout.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for HttpServe {
+    /// Port 8080 on every interface of the container's network namespace, as runwasi's wasmtime
+    /// shim does; 16 MiB bodies; 60 s per request.
+    fn default() -> HttpServe {
+        HttpServe {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body: 16 << 20,
+            timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl WorkloadSpec {
@@ -137,4 +230,45 @@ pub enum Output {
     /// A descriptor this process already has open (a sandbox receives stdio this way); each
     /// instance writes to a duplicate.
     Descriptor(i32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn http_settings_come_from_the_environment_last_one_winning() {
+        let serve = HttpServe::from_env(&env(&[
+            ("WASMTIME_HTTP_PROXY_SOCKET_ADDR", "127.0.0.1:3000"),
+            ("WASMCELL_HTTP_ADDR", "[::]:9000"),
+            ("WASMCELL_HTTP_MAX_BODY", "1024"),
+            ("WASMCELL_HTTP_TIMEOUT", "0"),
+            ("OTHER", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(serve.addr.to_string(), "[::]:9000");
+        assert_eq!(serve.max_body, 1024);
+        assert_eq!(
+            serve.timeout,
+            std::time::Duration::from_secs(1),
+            "at least a second"
+        );
+        assert_eq!(HttpServe::from_env(&[]).unwrap(), HttpServe::default());
+    }
+
+    #[test]
+    fn a_bad_http_setting_is_named_with_what_was_expected() {
+        let error = HttpServe::from_env(&env(&[("WASMCELL_HTTP_MAX_BODY", "1MB")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "WASMCELL_HTTP_MAX_BODY=1MB is not valid: a size in bytes such as 1048576"
+        );
+    }
 }

@@ -254,7 +254,7 @@ pub fn apply_grants(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmcell_engine::{Access, Limits, ModuleSource, Preopen, Stdio};
+    use wasmcell_engine::{Access, HttpServe, Limits, ModuleSource, Network, Preopen, Stdio};
 
     fn spec() -> WorkloadSpec {
         WorkloadSpec {
@@ -284,6 +284,8 @@ mod tests {
                 stderr: Output::File("/log".into()),
             },
             limits: Limits::default(),
+            network: Network::Inherit,
+            http: HttpServe::default(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use wasmcell_engine::{CompileCache, Controls, Engine, Exit, Prepared, error_chain};
 
 use crate::protocol::{CONTROL_FD, Envelope, Message, Open, Request, Setup, apply_grants};
@@ -87,9 +87,9 @@ struct Workload {
     stdio: Vec<OwnedFd>,
 }
 
-/// The running workloads' kill switches, by key; shared with their runners, which remove their
-/// own when they end.
-type Running = Arc<Mutex<HashMap<String, oneshot::Sender<u32>>>>;
+/// Where the running workloads' signals go, by key; shared with their runners, which remove
+/// their own entry when the guest ends.
+type Running = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<u32>>>>;
 
 async fn serve(engine: Arc<Engine>, outbox: Outbox) {
     let (requests, mut inbox) = mpsc::unbounded_channel();
@@ -159,7 +159,7 @@ async fn handle(
             let workload = workloads
                 .get_mut(&id)
                 .ok_or_else(|| format!("no workload {id}"))?;
-            let (kill, killed) = oneshot::channel();
+            let (kill, mut signals) = mpsc::unbounded_channel();
             running
                 .lock()
                 .expect("running lock")
@@ -168,13 +168,26 @@ async fn handle(
             let stdio = std::mem::take(&mut workload.stdio);
             let (outbox, running) = (outbox.clone(), running.clone());
             tokio::spawn(async move {
-                let (status, oom) = tokio::select! {
-                    exit = prepared.run(&controls) => match exit {
-                        Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory { .. })),
-                        // The engine has already said why on the guest's stderr.
-                        Err(_) => (1, false),
-                    },
-                    Ok(signal) = killed => (128 + signal, false),
+                let run = prepared.run(&controls);
+                tokio::pin!(run);
+                let (status, oom) = loop {
+                    tokio::select! {
+                        exit = &mut run => break match exit {
+                            Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory { .. })),
+                            // The engine has already said why on the guest's stderr.
+                            Err(_) => (1, false),
+                        },
+                        Some(signal) = signals.recv() => {
+                            // A server asked to stop finishes its requests and exits by itself;
+                            // anything else, or any other signal, ends the guest now.
+                            let polite = [libc::SIGTERM, libc::SIGINT].contains(&(signal as i32));
+                            if polite && prepared.stops_gracefully() {
+                                controls.terminate();
+                            } else {
+                                break (128 + signal, false);
+                            }
+                        }
+                    }
                 };
                 drop(stdio);
                 let mut running = running.lock().expect("running lock");
@@ -198,8 +211,8 @@ async fn handle(
             Ok(())
         }
         Request::Kill { id, signal } => {
-            let kill = running.lock().expect("running lock").remove(&id);
-            match kill.map(|kill| kill.send(signal)) {
+            let running = running.lock().expect("running lock");
+            match running.get(&id).map(|kill| kill.send(signal)) {
                 Some(Ok(())) => Ok(()),
                 _ => Err(format!("{id} is not running")),
             }

@@ -6,7 +6,10 @@
 //! - kernel filesystems (`proc`, `sysfs`, `devpts`, `mqueue`, `cgroup`, ...) and anything mounted
 //!   under `/proc`, `/sys` or `/dev` are not exposed: a guest has no use for them and they leak
 //!   the host (a peer shim lets guests read `/proc/self/environ`);
-//! - the environment is exactly `process.env`.
+//! - the environment is exactly `process.env`;
+//! - the network is the container's network namespace (sockets and outgoing HTTP work there);
+//! - an HTTP component is served where `WASMCELL_HTTP_ADDR` (or runwasi's
+//!   `WASMTIME_HTTP_PROXY_SOCKET_ADDR`) in `process.env` says, by default `0.0.0.0:8080`.
 //!
 //! The only I/O is a `stat` of bind mount sources, so a missing source fails `create` with its
 //! name rather than the first guest open.
@@ -14,7 +17,10 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
-use wasmcell_engine::{Access, CpuQuota, Limits, ModuleSource, Preopen, Stdio, WorkloadSpec};
+use wasmcell_engine::{
+    Access, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource, Network, Preopen, Stdio,
+    WorkloadSpec,
+};
 use wasmcell_oci::Entrypoint;
 use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Rlimit, Setup, User};
 
@@ -49,6 +55,9 @@ pub enum SpecError {
     /// The spec asks for something wasmcell does not provide yet.
     #[error("the container spec asks for {0}, which wasmcell does not support yet")]
     Unsupported(&'static str),
+    /// An HTTP setting in the environment cannot be used.
+    #[error(transparent)]
+    Http(#[from] HttpSettingError),
     /// A bind mount names a source that does not exist.
     #[error("bind mount source {} (for {}) does not exist", source_path.display(), destination.display())]
     MissingBindSource {
@@ -120,11 +129,14 @@ fn from_process(
     let entrypoint = Entrypoint::parse(args.first().ok_or(SpecError::NoArgs)?);
     let mut argv = vec![entrypoint.path.clone()];
     argv.extend(args[1..].iter().cloned());
-    let env = process
+    let env: Vec<(String, String)> = process
         .env()
         .iter()
         .flatten()
-        .filter_map(|var| var.split_once('='));
+        .filter_map(|var| var.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    let http = HttpServe::from_env(&env)?;
     Ok(WorkloadSpec {
         module: ModuleSource::Rootfs {
             root: rootfs,
@@ -132,13 +144,13 @@ fn from_process(
         },
         function: entrypoint.function,
         args: argv,
-        env: env
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect(),
+        env,
         cwd: process.cwd().display().to_string(),
         preopens,
         stdio,
         limits,
+        network: Network::Inherit,
+        http,
     })
 }
 

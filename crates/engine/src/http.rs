@@ -1,0 +1,397 @@
+//! Serving `wasi:http/proxy` components: HTTP/1.1 on a TCP listener, one fresh instance per
+//! request from an `InstancePre`.
+//!
+//! Servers get their own wasmtime engine with the pooling allocator: a request's instance
+//! takes a preallocated slot (its memory image mapped copy-on-write) instead of fresh mappings,
+//! which is most of what instantiation costs. Its configuration compiles the same code as the
+//! [`crate::Compiler`]'s, so both share one cache entry. Everything that can go wrong in a
+//! request (a trap, the memory limit, the deadline, a full pool) ends that request with a 5xx
+//! and a line on the container's stderr; the server carries on.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
+
+use crate::controls::Controls;
+use crate::engine::{ComponentState, Guest, Limiter, new_store, wasi_builder};
+use crate::epoch::Ticker;
+use crate::error::Error;
+use crate::stdio::{self, Outputs};
+use crate::workload::{HttpServe, Network, WorkloadSpec};
+
+/// How long in-flight requests may take to finish after SIGTERM. Below Docker's and
+/// Kubernetes' default grace periods (10 s, 30 s), so a server ends by itself with 0.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The interface name whose export makes a component an HTTP server.
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+
+/// Whether `component` serves HTTP: it exports `wasi:http/incoming-handler` (any 0.2 version).
+pub(crate) fn is_proxy(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with(INCOMING_HANDLER))
+}
+
+/// The pooling engine and its linker, created by the first server a process prepares.
+pub(crate) struct HttpEngine {
+    engine: wasmtime::Engine,
+    linker: wasmtime::component::Linker<ComponentState>,
+    ticker: Ticker,
+}
+
+impl HttpEngine {
+    pub(crate) fn new(mut config: wasmtime::Config) -> Result<HttpEngine, Error> {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // Concurrent requests per server; past this, requests get 503. Each slot reserves
+        // address space only (a 4 GiB memory reservation), not memory.
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(2000)
+            .total_tables(2000)
+            .total_stacks(1000);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
+        let linker = crate::engine::component_linker(&engine)?;
+        Ok(HttpEngine {
+            ticker: Ticker::new(&engine),
+            engine,
+            linker,
+        })
+    }
+
+    /// Loads a compiled proxy component from the cache entry and pre-instantiates it.
+    pub(crate) fn prepare(
+        &self,
+        entry: &std::path::Path,
+        path: &str,
+    ) -> Result<ProxyPre<ComponentState>, Error> {
+        let link = |source| Error::Link {
+            path: path.to_owned(),
+            source,
+        };
+        // SAFETY: as for every cache entry (see `cache::deserialize`): written by this
+        // engine configuration's compiler and checked against its checksum just before.
+        let component =
+            unsafe { Component::deserialize_file(&self.engine, entry) }.map_err(|source| {
+                Error::Compile {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        ProxyPre::new(pre).map_err(link)
+    }
+}
+
+/// Outgoing `wasi:http` requests go out only when the spec grants the network.
+pub(crate) struct HttpHooks {
+    network: Network,
+}
+
+impl HttpHooks {
+    pub(crate) fn new(network: Network) -> HttpHooks {
+        HttpHooks { network }
+    }
+}
+
+type ResponseFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _io: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> ResponseFuture {
+        if self.network == Network::None {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// What every request of one server shares.
+struct Server {
+    engine: wasmtime::Engine,
+    ticker: Ticker,
+    pre: ProxyPre<ComponentState>,
+    spec: Arc<WorkloadSpec>,
+    outputs: Outputs,
+    controls: Controls,
+}
+
+/// Serves until [`Controls::terminate`], then drains (bounded by [`DRAIN`]) and exits 0.
+/// Dropping the future (SIGKILL) closes the listener and every connection at once.
+pub(crate) async fn serve(
+    http: &HttpEngine,
+    pre: &ProxyPre<ComponentState>,
+    spec: &Arc<WorkloadSpec>,
+    controls: &Controls,
+) -> Result<crate::Exit, Error> {
+    let HttpServe { addr, .. } = spec.http;
+    let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
+    let server = Arc::new(Server {
+        engine: http.engine.clone(),
+        ticker: http.ticker.clone(),
+        pre: pre.clone(),
+        spec: spec.clone(),
+        outputs: Outputs::open(&spec.stdio).await?,
+        controls: controls.clone(),
+    });
+    tracing::debug!(%addr, "serving HTTP");
+    let graceful = GracefulShutdown::new();
+    let connections = hyper::server::conn::http1::Builder::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = controls.terminated() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of descriptors or a connection reset before it was accepted: the listener
+            // itself is fine, so wait a moment rather than spin or give up.
+            Err(error) => {
+                tracing::warn!("accept on {addr}: {error}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let service = service_fn(move |request| handle(server.clone(), request));
+        let connection =
+            graceful.watch(connections.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    Ok(crate::Exit::Code(0))
+}
+
+/// A listener that rebinds at once after a restart (`SO_REUSEADDR`), as servers do.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// One request: a fresh instance, its handler, and the response it sets; or a 4xx/5xx that
+/// says why there is none.
+async fn handle(
+    server: Arc<Server>,
+    request: Request<Incoming>,
+) -> Result<Response<HyperOutgoingBody>, Infallible> {
+    let HttpServe {
+        max_body, timeout, ..
+    } = server.spec.http;
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        return Ok(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max_body} bytes\n"),
+        ));
+    }
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let request = request.map(|body| {
+        Limited::new(body, max_body as usize)
+            .map_err(move |_| ErrorCode::HttpRequestBodySize(Some(max_body)))
+    });
+    match run_handler(&server, request, timeout).await {
+        Ok(response) => Ok(response),
+        Err(failure) => {
+            let (status, reason) = failure.status();
+            stdio::report(
+                &server.spec.stdio.stderr,
+                &format!("{method} {uri}: {reason}"),
+            )
+            .await;
+            Ok(plain(status, format!("{reason}\n")))
+        }
+    }
+}
+
+/// Why a request got no response from its handler.
+enum Failure {
+    /// No instance slot free: the server is at its concurrency limit.
+    Busy,
+    /// The handler ran past the request deadline.
+    TimedOut(Duration),
+    /// The handler exceeded its memory limit.
+    OutOfMemory,
+    /// The handler trapped, failed, or returned without setting a response.
+    Failed(String),
+}
+
+impl Failure {
+    fn status(&self) -> (StatusCode, String) {
+        match self {
+            Failure::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its limit of concurrent requests".to_owned(),
+            ),
+            Failure::TimedOut(after) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the handler did not respond within {after:?}"),
+            ),
+            Failure::OutOfMemory => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the handler exceeded its memory limit".to_owned(),
+            ),
+            Failure::Failed(why) => (StatusCode::INTERNAL_SERVER_ERROR, why.clone()),
+        }
+    }
+}
+
+async fn run_handler(
+    server: &Server,
+    request: Request<impl hyper::body::Body<Data = Bytes, Error = ErrorCode> + Send + 'static>,
+    timeout: Duration,
+) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
+    let mut wasi = wasi_builder(&server.spec).map_err(|e| failed(&e))?;
+    server.outputs.attach(&mut wasi);
+    let guest = Guest {
+        limiter: Limiter::new(server.controls.clone()),
+        clock: server.ticker.store_clock().map_err(|e| failed(&e))?,
+        deadline: Some(Instant::now() + timeout),
+        timed_out: false,
+    };
+    let state = ComponentState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        http: WasiHttpCtx::new(),
+        hooks: HttpHooks::new(server.spec.network),
+        guest,
+    };
+    let mut store = new_store(&server.engine, state, &server.controls);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let view = store.data_mut();
+    let request = view
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .map_err(|e| failed(&e))?;
+    let out = view
+        .http()
+        .new_response_outparam(sender)
+        .map_err(|e| failed(&e))?;
+    let pre = server.pre.clone();
+    // The handler runs on as its own task after it sets the response: it streams the body.
+    let task = tokio::spawn(async move {
+        let result = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out)
+                .await
+        }
+        .await;
+        let guest = &store.data().guest;
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if guest.timed_out => Err(Failure::TimedOut(timeout)),
+            Err(_) if guest.limiter.exceeded() => Err(Failure::OutOfMemory),
+            Err(error) if is_pool_exhausted(&error) => Err(Failure::Busy),
+            Err(error) => Err(Failure::Failed(format!("the handler failed: {error:?}"))),
+        }
+    });
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(Failure::Failed(format!(
+            "the handler answered with an error: {code:?}"
+        ))),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(Failure::Failed(
+                "the handler returned without setting a response".to_owned(),
+            )),
+            Ok(Err(failure)) => Err(failure),
+            Err(join) => Err(Failure::Failed(format!(
+                "the handler's task failed: {join}"
+            ))),
+        },
+    }
+}
+
+fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    })
+}
+
+fn plain(status: StatusCode, text: String) -> Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(text))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+
+    use super::*;
+
+    fn compatibility(engine: &wasmtime::Engine) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    #[test]
+    fn servers_load_the_artifacts_the_compiler_caches() {
+        // The shim compiles without knowing whether a component is a server; its sandbox loads
+        // the entry into the pooling engine, so the two must agree on what the code is.
+        let compiler = wasmtime::Engine::new(&crate::engine::config()).unwrap();
+        let http = HttpEngine::new(crate::engine::config()).unwrap();
+        assert_eq!(compatibility(&compiler), compatibility(&http.engine));
+    }
+}
