@@ -122,6 +122,48 @@ pub fn run(command: &mut Command) -> Result<Ran> {
     Ok(Ran::of(child.wait_with_output()?))
 }
 
+/// An HTTP reply as `curl` saw it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: String,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// `curl ARGS...`, as a user would type it; fails if curl cannot connect.
+pub fn curl(args: &[&str]) -> Result<Reply> {
+    let out = run(Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(["--write-out", "\n%{http_code} %{content_type}"])
+        .args(args))?
+    .success()?;
+    let (body, meta) = out
+        .stdout
+        .rsplit_once('\n')
+        .context("curl printed no status")?;
+    let (status, content_type) = meta.split_once(' ').unwrap_or((meta, ""));
+    Ok(Reply {
+        status: status.parse().context("curl's status code")?,
+        content_type: content_type.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// Waits until `url` answers at all.
+pub fn wait_http(url: &str) -> Result<()> {
+    wait_for(&format!("{url} to answer"), || Ok(curl(&[url]).is_ok()))
+}
+
+/// A TCP port nothing listens on now, for a test's server.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// `wasmcell build WASM --tag TAG --output DIR/NAME.tar [EXTRA...]`, returning the archive path.
 pub fn build_image(wasm: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Result<PathBuf> {
     let archive = dir.join(format!("{}.tar", tag.replace(['/', ':'], "_")));
@@ -282,13 +324,60 @@ pub struct Docker {
     socket: PathBuf,
     /// The containerd namespace dockerd uses (its shims carry it).
     namespace: String,
+    /// The bridge this fixture made for its containers, if it networks them; held to be
+    /// deleted after dockerd stops.
+    _bridge: Option<Bridge>,
     // Declared last: dropped after dockerd has stopped.
     containerd: Containerd,
 }
 
+/// A Linux bridge made for one Docker fixture, deleted with it. Its own name and subnet keep
+/// it clear of other fixtures: a dockerd started with `--bridge none` deletes `docker0`.
+struct Bridge(String);
+
+impl Bridge {
+    fn create() -> Result<Bridge> {
+        let pid = std::process::id();
+        let bridge = Bridge(format!("wcbr{pid}"));
+        let subnet = format!("10.213.{}.1/24", pid % 250);
+        for args in [
+            vec!["link", "add", "name", &bridge.0, "type", "bridge"],
+            vec!["addr", "add", &subnet, "dev", &bridge.0],
+            vec!["link", "set", &bridge.0, "up"],
+        ] {
+            run(Command::new("ip").args(&args))?.success()?;
+        }
+        Ok(bridge)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.0])
+            .status();
+    }
+}
+
 impl Docker {
-    /// Starts containerd, then dockerd on it, and waits until dockerd answers.
+    /// Starts containerd, then dockerd on it with no container networking (the tests that need
+    /// no ports run side by side without touching the host's iptables), and waits until
+    /// dockerd answers.
     pub fn start() -> Result<Docker> {
+        let network = ["--bridge", "none", "--iptables=false", "--ip6tables=false"];
+        Docker::start_with(&network, None)
+    }
+
+    /// As [`Docker::start`], with a bridge network and iptables, so `-p` publishes ports as on
+    /// any Docker host. One such daemon at a time: dockerd resets its iptables chains when it
+    /// starts.
+    pub fn start_bridged() -> Result<Docker> {
+        let bridge = Bridge::create()?;
+        let name = bridge.0.clone();
+        Docker::start_with(&["--bridge", &name], Some(bridge))
+    }
+
+    fn start_with(network: &[&str], bridge: Option<Bridge>) -> Result<Docker> {
         let containerd = Containerd::start()?;
         let dir = containerd.dir().join("docker");
         std::fs::create_dir_all(&dir)?;
@@ -317,7 +406,7 @@ impl Docker {
                 "--containerd-plugins-namespace",
                 &format!("{namespace}-plugins"),
             ])
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(network)
             // docker-proxy lives in sbin.
             .env(
                 "PATH",
@@ -328,6 +417,7 @@ impl Docker {
             daemon,
             socket,
             namespace,
+            _bridge: bridge,
             containerd,
         };
         docker.daemon.wait_ready(|| docker.docker(&["version"]))?;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use wasmcell_e2e::{Docker, build_image, guest};
+use wasmcell_e2e::{Docker, build_image, curl, free_port, guest, wait_for, wait_http};
 
 const RUNTIME: &str = "--runtime=io.containerd.wasmtime.v1";
 const PLATFORM: &str = "--platform=wasip1/wasm";
@@ -183,5 +183,69 @@ fn docker_ulimits_and_pids_limit_apply_and_an_impossible_ulimit_is_refused() -> 
             .contains("cannot set RLIMIT_NOFILE to 1048576000:1048576000"),
         "{out:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn docker_runs_the_http_example_as_in_dockers_wasm_guide() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let docker = Docker::start_bridged()?;
+    for (i, platform) in ["wasi/wasm32", "wasi/wasm", "wasip1/wasm"]
+        .iter()
+        .enumerate()
+    {
+        let tag = format!("example.com/hello-http-{i}:latest");
+        let archive = build_image(
+            &guest("hello-http.wasm"),
+            &tag,
+            tmp.path(),
+            &["--platform", platform],
+        )?;
+        docker.load(&archive)?;
+        // The command from Docker's guide, on a free host port.
+        let port = free_port()?;
+        let name = format!("--name=wasm-example-{i}");
+        let publish = format!("{port}:8080");
+        let platform = format!("--platform={platform}");
+        let run = ["run", "-dp", &publish, &name, RUNTIME, &platform, &tag];
+        let id = docker.docker(&run)?.success()?.stdout.trim().to_owned();
+        let base = format!("http://localhost:{port}");
+        wait_http(&format!("{base}/"))?;
+        let greeting = curl(&[&format!("{base}/")])?;
+        assert_eq!(
+            (greeting.status, greeting.body.as_str()),
+            (200, "Hello from a Wasm container!\n"),
+            "{greeting:?}"
+        );
+        let body = r#"{"message":"Hello"}"#;
+        let echo = curl(&[
+            &format!("{base}/echo"),
+            "-d",
+            body,
+            "-H",
+            "Content-type: application/json",
+        ])?;
+        assert_eq!(
+            (echo.status, echo.body.as_str(), echo.content_type.as_str()),
+            (200, body, "application/json"),
+            "{echo:?}"
+        );
+        curl(&[&format!("{base}/stdout")])?;
+        wait_for("the guest's line in docker logs", || {
+            Ok(docker
+                .docker(&["logs", &id])?
+                .stdout
+                .contains("hello-http: a log line"))
+        })?;
+
+        // SIGTERM is honoured: the server drains and exits 0 (a SIGKILL after the timeout
+        // would show as 137).
+        docker.docker(&["stop", &id])?.success()?;
+        let code = docker.docker(&["inspect", "--format", "{{.State.ExitCode}}", &id])?;
+        assert_eq!(code.success()?.stdout.trim(), "0");
+        docker.docker(&["rm", &id])?.success()?;
+        let left = docker.docker(&["ps", "--all", "--quiet"])?.success()?;
+        assert!(left.stdout.trim().is_empty(), "{left:?}");
+    }
     Ok(())
 }

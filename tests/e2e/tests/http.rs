@@ -1,0 +1,173 @@
+//! HTTP components (`wasi:http/proxy`): served by `wasmcell run` and by the shim under
+//! containerd, checked with curl as a user would.
+
+use std::process::{Command, Stdio};
+
+use anyhow::Result;
+use wasmcell_e2e::{containerd_with, curl, free_port, guest, wait_for, wait_http, wasmcell};
+
+const GREETING: &str = "Hello from a Wasm container!\n";
+const JSON: &str = r#"{"message":"Hello"}"#;
+
+/// The example's routes, as the README shows them.
+fn assert_serves_the_example(base: &str) -> Result<()> {
+    let root = curl(&[&format!("{base}/")])?;
+    assert_eq!(
+        (root.status, root.body.as_str()),
+        (200, GREETING),
+        "{root:?}"
+    );
+    let echo = curl(&[
+        &format!("{base}/echo"),
+        "-d",
+        JSON,
+        "-H",
+        "Content-type: application/json",
+    ])?;
+    assert_eq!(
+        (echo.status, echo.body.as_str(), echo.content_type.as_str()),
+        (200, JSON, "application/json"),
+        "{echo:?}"
+    );
+    let missing = curl(&[&format!("{base}/nothing-here")])?;
+    assert_eq!(missing.status, 404, "{missing:?}");
+    Ok(())
+}
+
+#[test]
+fn wasmcell_run_serves_a_proxy_component_and_survives_bad_requests() -> Result<()> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(wasmcell())
+        .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
+        .args([
+            "-e",
+            "WASMCELL_HTTP_TIMEOUT=1",
+            "-e",
+            "WASMCELL_HTTP_MAX_BODY=1024",
+        ])
+        .arg(guest("hello-http.wasm"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/"))?;
+    assert_serves_the_example(&base)?;
+
+    // Each failure ends its own request only; the next request is served as before.
+    let trapped = curl(&[&format!("{base}/trap")])?;
+    assert_eq!(trapped.status, 500, "{trapped:?}");
+    let spun = curl(&[&format!("{base}/spin")])?;
+    assert_eq!(spun.status, 504, "{spun:?}");
+    assert!(spun.body.contains("did not respond within 1s"), "{spun:?}");
+    let big = curl(&[&format!("{base}/echo"), "-d", &"x".repeat(2048)])?;
+    assert_eq!(big.status, 413, "{big:?}");
+    let logged = curl(&[&format!("{base}/stdout")])?;
+    assert_eq!(logged.status, 200, "{logged:?}");
+    assert_eq!(curl(&[&format!("{base}/")])?.body, GREETING);
+
+    // SIGTERM: stop accepting, finish, exit 0.
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
+    wait_for("the server to exit", || Ok(server.try_wait()?.is_some()))?;
+    let out = server.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello-http: a log line"),
+        "{out:?}"
+    );
+    // Why each request failed is on stderr, where the operator looks.
+    for reason in ["GET /trap", "GET /spin", "did not respond within 1s"] {
+        assert!(stderr.contains(reason), "no {reason:?} in {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_shim_serves_http_in_the_containers_network_and_stops_gracefully() -> Result<()> {
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("hello-http.wasm", "example.com/hello-http:latest")])?;
+    // In the host's network (`--net-host`), where the address says.
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let addr = format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}");
+    containerd
+        .run_wasm(
+            &["-d", "--net-host", "--env", &addr],
+            "example.com/hello-http:latest",
+            "web",
+            &[],
+        )?
+        .success()?;
+    wait_http(&format!("{base}/"))?;
+    assert_serves_the_example(&base)?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "web"])?
+        .success()?;
+    containerd.wait_status("web", "STOPPED")?;
+    let deleted = containerd.ctr(&["task", "delete", "web"])?.success()?;
+    assert!(!deleted.stderr.contains("non-zero"), "{deleted:?}");
+
+    // In its own network namespace, on the default 0.0.0.0:8080: reachable there, as a runc
+    // container's server would be, and not on the host.
+    containerd
+        .run_wasm(&["-d"], "example.com/hello-http:latest", "isolated", &[])?
+        .success()?;
+    let pid = containerd.running("isolated")?;
+    let inside = |path: &str| {
+        let out = wasmcell_e2e::run(
+            Command::new("nsenter")
+                .args(["--net", &format!("--target={pid}")])
+                .args(["curl", "--silent", "--show-error", "--max-time", "10"])
+                .arg(format!("http://127.0.0.1:8080{path}")),
+        )?;
+        Ok::<_, anyhow::Error>(out)
+    };
+    wait_for("the server in the namespace", || {
+        Ok(inside("/")?.code == Some(0))
+    })?;
+    assert_eq!(inside("/")?.stdout, GREETING);
+    let from_host = curl(&["http://127.0.0.1:8080/"]).map(|reply| reply.body);
+    assert!(
+        !from_host.is_ok_and(|body| body == GREETING),
+        "the container's port 8080 is reachable from the host"
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "isolated"])?
+        .success()?;
+    containerd.wait_status("isolated", "STOPPED")?;
+    Ok(())
+}
+
+#[test]
+fn a_bad_http_setting_fails_create_with_its_name() -> Result<()> {
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("hello-http.wasm", "example.com/hello-http:latest")])?;
+    let out = containerd.run_wasm(
+        &["--rm", "--env", "WASMCELL_HTTP_ADDR=port-eighty"],
+        "example.com/hello-http:latest",
+        "bad",
+        &[],
+    )?;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("WASMCELL_HTTP_ADDR=port-eighty is not valid: an IP:PORT address"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn wasmcell_run_refuses_a_publish_of_another_container_port() -> Result<()> {
+    let out = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["run", "-p", "9000:80"])
+            .arg(guest("hello-http.wasm")),
+    )?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("publish it as [IP:]PORT:8080"),
+        "{out:?}"
+    );
+    Ok(())
+}
