@@ -6,11 +6,15 @@
 //! `wasmcell-bench density [N]`: PSS of N idle containers (ours: standalone and grouped in one pod;
 //! runc + busybox `sleep`), every process each adds.
 //! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc.
+//! `wasmcell-bench http [SECONDS]`: requests per second and latency of the HTTP example (see
+//! `http.rs`).
 //! `wasmcell-bench sandbox-cost OLD_WASMCELL [N]`: this build against an older one (e.g. before a
 //! change of process model): `ctr run --rm` hello and PSS per idle container, each binary behind
 //! its own private containerd, interleaved.
 //!
 //! Run through `bench/run.sh`, which builds everything first.
+
+mod http;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,6 +38,8 @@ fn main() -> Result<()> {
         "all" => ctr_run(count(1)?).and_then(|()| cli(count(1)?)),
         "density" => density(count(1)?),
         "parallel" => parallel(count(1)?),
+        "http" => http::http(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(10)),
+        "native-http" => http::native(args.get(1).context("native-http PORT")?.parse()?),
         "sandbox-cost" => {
             let old = args
                 .get(1)
@@ -41,7 +47,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, http or sandbox-cost"
         ),
     }
 }
@@ -147,6 +153,8 @@ fn ctr_run(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// `wasmcell run hello.wasm` with a warm and a cold compile cache, against `wasmtime run` of
+/// the same module with its own cache warm (`$WASMTIME_CLI`, from scripts/wasmtime-cli.sh).
 fn cli(n: usize) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let hello = guest("hello.wasm");
@@ -159,23 +167,54 @@ fn cli(n: usize) -> Result<()> {
                 .arg(&hello),
         )
     };
+    let wasmtime = std::env::var_os("WASMTIME_CLI");
+    // wasmtime keeps its cache under $HOME/.cache unless told; give it a private, warm one.
+    let wasmtime_cache = tmp.path().join("wasmtime-cache.toml");
+    std::fs::write(
+        &wasmtime_cache,
+        format!(
+            "[cache]\ndirectory = \"{}\"\n",
+            tmp.path().join("wasmtime-cache").display()
+        ),
+    )?;
+    let wasmtime_run = || -> Option<Result<Duration>> {
+        let wasmtime = wasmtime.as_ref()?;
+        Some(timed(
+            Command::new(wasmtime)
+                .arg("run")
+                .arg("-C")
+                .arg("cache=y")
+                .arg("-C")
+                .arg(format!("cache-config={}", wasmtime_cache.display()))
+                .arg(&hello),
+        ))
+    };
     let warm_cache = tmp.path().join("warm");
     run_with(&warm_cache)?;
-    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    wasmtime_run().transpose()?;
+    let (mut cold, mut warm, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
+        if let Some(took) = wasmtime_run() {
+            baseline.push(took?);
+        }
         cold.push(run_with(&tmp.path().join(format!("cold-{i}")))?);
         warm.push(run_with(&warm_cache)?);
     }
+    let mut rows = Vec::new();
+    if baseline.is_empty() {
+        println!("(no $WASMTIME_CLI: run through bench/run.sh for the wasmtime run baseline)");
+    } else {
+        rows.push(("wasmtime run, cache warm (baseline)", stats(baseline)));
+    }
+    rows.push(("wasmcell run, cache warm", stats(warm)));
+    rows.push(("wasmcell run, cache cold (compiles)", stats(cold)));
     table(
         &format!(
-            "wasmcell run hello.wasm ({} KB)",
+            "run hello.wasm ({} KB) with no container engine",
             std::fs::metadata(&hello)?.len() / 1024
         ),
         n,
-        &[
-            ("cold cache (compiles)", stats(cold)),
-            ("warm cache", stats(warm)),
-        ],
+        &rows,
     );
     Ok(())
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds everything (release) and runs the benchmarks:
-#   bench/run.sh [ctr-run|cli|all|density|parallel] [N] | sandbox-cost OLD_WASMCELL [N]
+#   bench/run.sh [ctr-run|cli|all|density|parallel] [N] | http [SECONDS] | sandbox-cost OLD_WASMCELL [N]
 # Every figure is printed with its baseline from the same run. Needs root (containerd, runc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +8,8 @@ cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh >/dev/null
 # Release: what users run. The first build of the wasmtime stack takes 15-20 minutes here.
 cargo build --quiet --release --workspace --bins
+# The engine baseline (wasmtime-cli, built once and cached) for the benchmarks that use it.
+case "${1:-all}" in
+  cli|all|http) WASMTIME_CLI=$(./scripts/wasmtime-cli.sh); export WASMTIME_CLI ;;
+esac
 exec "${CARGO_TARGET_DIR:-target}/release/wasmcell-bench" "$@"
