@@ -163,15 +163,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
 
     let prepared = engine.prepare(spec)?;
-    // A command is one instance: one thread. A server runs requests side by side, on every
-    // core.
-    let tokio = if prepared.stops_gracefully() {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    }
-    .enable_all()
-    .build()?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     if prepared.stops_gracefully() {
         eprintln!("wasmcell: serving HTTP on http://{addr} (Ctrl-C stops)");
     }

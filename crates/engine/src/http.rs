@@ -65,6 +65,9 @@ impl HttpEngine {
             .total_memories(2000)
             .total_tables(2000)
             .total_stacks(1000);
+        // wasmtime's defaults for resetting slots (madvise, no pages kept resident) measured
+        // best here: keeping 256 KiB-1 MiB of memory resident (memset instead of madvise)
+        // cost 30-50% of the throughput (docs/performance.md).
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
         let linker = crate::engine::component_linker(&engine)?;
@@ -148,28 +151,64 @@ struct Server {
     ticker: Ticker,
     pre: ProxyPre<ComponentState>,
     spec: Arc<WorkloadSpec>,
-    outputs: Outputs,
     controls: Controls,
 }
 
 /// Serves until [`Controls::terminate`], then drains (bounded by [`DRAIN`]) and exits 0.
 /// Dropping the future (SIGKILL) closes the listener and every connection at once.
+///
+/// The server runs on a thread of its own with a single-threaded runtime. Each request's
+/// instance slot is reset with `madvise`, and in a process whose threads run on several CPUs
+/// every reset sends TLB shootdown IPIs to them: measured on 2 cores, one thread served 11k
+/// requests/s where the two-worker runtime served 8.8k (docs/performance.md).
 pub(crate) async fn serve(
     http: &HttpEngine,
     pre: &ProxyPre<ComponentState>,
     spec: &Arc<WorkloadSpec>,
     controls: &Controls,
 ) -> Result<crate::Exit, Error> {
-    let HttpServe { addr, .. } = spec.http;
-    let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
     let server = Arc::new(Server {
         engine: http.engine.clone(),
         ticker: http.ticker.clone(),
         pre: pre.clone(),
         spec: spec.clone(),
-        outputs: Outputs::open(&spec.stdio).await?,
         controls: controls.clone(),
     });
+    let (done, exit) = tokio::sync::oneshot::channel();
+    // Dropped with this future: the server thread sees it and stops at once.
+    let (_cancel, cancelled) = tokio::sync::oneshot::channel::<Infallible>();
+    std::thread::Builder::new()
+        .name("wasmcell-http".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let result = match runtime {
+                Ok(runtime) => runtime.block_on(async {
+                    tokio::select! {
+                        exit = serve_here(server) => exit,
+                        // Killed: nobody waits for this status.
+                        _ = cancelled => Ok(crate::Exit::Code(137)),
+                    }
+                }),
+                Err(error) => Err(Error::Engine(error.into())),
+            };
+            let _ = done.send(result);
+        })
+        .map_err(|e| Error::Engine(e.into()))?;
+    exit.await.unwrap_or_else(|_| {
+        Err(Error::Engine(wasmtime::format_err!(
+            "the HTTP server thread died"
+        )))
+    })
+}
+
+async fn serve_here(server: Arc<Server>) -> Result<crate::Exit, Error> {
+    let (spec, controls) = (&server.spec, &server.controls);
+    let HttpServe { addr, .. } = spec.http;
+    let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
+    // Opened on this thread's runtime, whose reactor drives them.
+    let outputs = Arc::new(Outputs::open(&spec.stdio).await?);
     tracing::debug!(%addr, "serving HTTP");
     let graceful = GracefulShutdown::new();
     let connections = hyper::server::conn::http1::Builder::new();
@@ -189,8 +228,8 @@ pub(crate) async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let server = server.clone();
-        let service = service_fn(move |request| handle(server.clone(), request));
+        let (server, outputs) = (server.clone(), outputs.clone());
+        let service = service_fn(move |request| handle(server.clone(), outputs.clone(), request));
         let connection =
             graceful.watch(connections.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -218,6 +257,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// says why there is none.
 async fn handle(
     server: Arc<Server>,
+    outputs: Arc<Outputs>,
     request: Request<Incoming>,
 ) -> Result<Response<HyperOutgoingBody>, Infallible> {
     let HttpServe {
@@ -238,7 +278,7 @@ async fn handle(
         Limited::new(body, max_body as usize)
             .map_err(move |_| ErrorCode::HttpRequestBodySize(Some(max_body)))
     });
-    match run_handler(&server, request, timeout).await {
+    match run_handler(&server, &outputs, request, timeout).await {
         Ok(response) => Ok(response),
         Err(failure) => {
             let (status, reason) = failure.status();
@@ -286,12 +326,13 @@ impl Failure {
 
 async fn run_handler(
     server: &Server,
+    outputs: &Outputs,
     request: Request<impl hyper::body::Body<Data = Bytes, Error = ErrorCode> + Send + 'static>,
     timeout: Duration,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
     let mut wasi = wasi_builder(&server.spec).map_err(|e| failed(&e))?;
-    server.outputs.attach(&mut wasi);
+    outputs.attach(&mut wasi);
     let guest = Guest {
         limiter: Limiter::new(server.controls.clone()),
         clock: server.ticker.store_clock().map_err(|e| failed(&e))?,
