@@ -2,7 +2,9 @@
 //!
 //! `wasmcell-bench ctr-run [N]`: N interleaved `ctr run --rm` of the hello guest under our shim
 //! and of busybox `echo` under runc, one private containerd.
-//! `wasmcell-bench cli [N]`: `wasmcell run hello.wasm` with a cold and a warm compile cache.
+//! `wasmcell-bench all [N]`: everything below at its defaults (N runs for ctr-run and cli).
+//! `wasmcell-bench cli [N]`: `wasmcell run hello.wasm` with a cold and a warm compile cache,
+//! against `wasmtime run` with its cache warm.
 //! `wasmcell-bench density [N]`: PSS of N idle containers (ours: standalone and grouped in one pod;
 //! runc + busybox `sleep`), every process each adds.
 //! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc.
@@ -35,7 +37,14 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str).unwrap_or("all") {
         "ctr-run" => ctr_run(count(1)?),
         "cli" => cli(count(1)?),
-        "all" => ctr_run(count(1)?).and_then(|()| cli(count(1)?)),
+        "all" => {
+            let n = count(1)?;
+            ctr_run(n)?;
+            cli(n)?;
+            density(50)?;
+            parallel(50)?;
+            http::http(10)
+        }
         "density" => density(count(1)?),
         "parallel" => parallel(count(1)?),
         "http" => http::http(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(10)),

@@ -2,12 +2,15 @@
 //!
 //! `GET /` answers with a greeting, `POST /echo` with the request body under the request's
 //! content type, anything else with 404. Each request runs in a fresh instance. Test-only
-//! routes exercise the host's limits: `/trap` traps, `/spin` never returns, `/stdout` writes
-//! a log line.
+//! routes exercise the host: `/trap` traps, `/spin` never returns, `/stdout` writes a log
+//! line, `/slow` answers after half a second, `/fetch?http://HOST:PORT/PATH` relays an
+//! outgoing request's status and body (which needs the network grant).
 
 use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
+    OutgoingResponse, ResponseOutparam, Scheme,
 };
 
 struct HelloHttp;
@@ -31,6 +34,14 @@ impl Guest for HelloHttp {
             (_, "/spin") => loop {
                 std::hint::spin_loop();
             },
+            (_, "/slow") => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                respond(out, 200, "text/plain", b"slow and steady\n");
+            }
+            (_, fetch) if fetch.starts_with("/fetch?") => match relay(&fetch["/fetch?".len()..]) {
+                Ok((status, body)) => respond(out, status, "text/plain", &body),
+                Err(why) => respond(out, 502, "text/plain", why.as_bytes()),
+            },
             (_, "/stdout") => {
                 println!("hello-http: a log line");
                 respond(out, 200, "text/plain", b"logged\n");
@@ -40,13 +51,39 @@ impl Guest for HelloHttp {
     }
 }
 
+/// GETs `url` (`http://authority/path`) through `wasi:http/outgoing-handler`.
+fn relay(url: &str) -> Result<(u16, Vec<u8>), String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request
+        .set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
+        .map_err(|()| "path")?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}\n"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken")?
+        .map_err(|e| format!("{e:?}\n"))?;
+    let body = response.consume().map_err(|()| "body")?;
+    Ok((response.status(), read_all(body)))
+}
+
 fn read_body(request: &IncomingRequest) -> Vec<u8> {
-    let body = request.consume().expect("the body is consumed once");
+    read_all(request.consume().expect("the body is consumed once"))
+}
+
+fn read_all(body: IncomingBody) -> Vec<u8> {
     let stream = body.stream().expect("the stream is taken once");
     let mut bytes = Vec::new();
     while let Ok(chunk) = stream.blocking_read(64 * 1024) {
         bytes.extend_from_slice(&chunk);
     }
+    drop(stream);
+    IncomingBody::finish(body);
     bytes
 }
 

@@ -64,9 +64,23 @@ fn wasmcell_run_serves_a_proxy_component_and_survives_bad_requests() -> Result<(
     let logged = curl(&[&format!("{base}/stdout")])?;
     assert_eq!(logged.status, 200, "{logged:?}");
     assert_eq!(curl(&[&format!("{base}/")])?.body, GREETING);
+    // No network grant (no --net): the guest's outgoing requests are refused.
+    let fetched = curl(&[&format!("{base}/fetch?{base}/")])?;
+    assert_eq!(fetched.status, 502, "{fetched:?}");
+    assert!(fetched.body.contains("HttpRequestDenied"), "{fetched:?}");
 
-    // SIGTERM: stop accepting, finish, exit 0.
+    // SIGTERM: stop accepting, let the request in flight finish, exit 0. The handler takes
+    // 500 ms; the signal follows its connection by 300.
+    let slow_url = format!("{base}/slow");
+    let slow = std::thread::spawn(move || curl(&[&slow_url]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     wasmcell_e2e::run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
+    let slow = slow.join().expect("curl thread")?;
+    assert_eq!(
+        (slow.status, slow.body.as_str()),
+        (200, "slow and steady\n"),
+        "{slow:?}"
+    );
     wait_for("the server to exit", || Ok(server.try_wait()?.is_some()))?;
     let out = server.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -100,6 +114,13 @@ fn the_shim_serves_http_in_the_containers_network_and_stops_gracefully() -> Resu
         .success()?;
     wait_http(&format!("{base}/"))?;
     assert_serves_the_example(&base)?;
+    // The container's network is granted: an outgoing request (here to itself) goes out.
+    let fetched = curl(&[&format!("{base}/fetch?{base}/")])?;
+    assert_eq!(
+        (fetched.status, fetched.body.as_str()),
+        (200, GREETING),
+        "{fetched:?}"
+    );
     containerd
         .ctr(&["task", "kill", "-s", "SIGTERM", "web"])?
         .success()?;
