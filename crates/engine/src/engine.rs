@@ -391,7 +391,10 @@ pub(crate) fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error>
     match spec.network {
         Network::None => {}
         Network::Inherit => {
-            wasi.inherit_network().allow_ip_name_lookup(true);
+            wasi.inherit_network()
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true);
         }
     }
     Ok(wasi)
