@@ -2,16 +2,18 @@
 # Builds the test guests in guests/ and prints the directory holding the .wasm files.
 #
 # wasm32-wasip1: every command guest. wasm32-wasip2: hello again, as a component
-# (`hello.component.wasm`), and the HTTP example `hello-http.wasm` (a wasi:http/proxy component).
+# (`hello.component.wasm`), the HTTP example `hello-http.wasm` (a wasi:http/proxy component) and
+# `echo-server.wasm` (wasi:sockets through std::net).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
-cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http
-cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http
+cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server
+cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
 cp target/wasm32-wasip2/release/hello.wasm "$out/hello.component.wasm"
 cp target/wasm32-wasip2/release/hello_http.wasm "$out/hello-http.wasm"
+cp target/wasm32-wasip2/release/echo-server.wasm "$out/echo-server.wasm"
 echo "$out"
