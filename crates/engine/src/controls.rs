@@ -85,6 +85,11 @@ impl Controls {
         let _ = terminating.wait_for(|asked| *asked).await;
     }
 
+    /// Whether the guest is to stay paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        *self.0.paused.borrow()
+    }
+
     /// Lets a paused guest go on.
     pub fn resume(&self) {
         self.0.paused.send_replace(false);
@@ -111,7 +116,7 @@ impl Controls {
     /// guests get their turn); past its CPU quota, wait for the next period; while paused, wait
     /// until resumed.
     pub(crate) fn at_epoch(&self) -> UpdateDeadline {
-        if !*self.0.paused.borrow() {
+        if !self.is_paused() {
             return match self.0.cpu.lock().expect("slicer lock").charge_tick() {
                 Some(wait) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait))),
                 None => UpdateDeadline::Yield(1),

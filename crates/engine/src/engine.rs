@@ -147,7 +147,13 @@ pub(crate) fn new_store<T: HasGuest>(
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.guest().limiter);
     store.call_hook(|mut store, hook| {
-        store.data_mut().guest().clock.hook(hook);
+        let guest = store.data_mut().guest();
+        guest.clock.hook(hook);
+        // The clock does not tick while guests wait in host calls, so a guest paused during one
+        // would run on until a tick happened to land: stop it at its first epoch check instead.
+        if !hook.entering_host() && guest.limiter.controls.is_paused() {
+            store.set_epoch_deadline(0);
+        }
         Ok(())
     });
     store.set_epoch_deadline(1);

@@ -377,7 +377,13 @@ async fn run_handler(
             Err(error) => Err(Failure::Failed(format!("the handler failed: {error:?}"))),
         }
     });
-    match receiver.await {
+    // The epoch deadline cuts off a handler computing in wasm; this one, a handler waiting in
+    // a host call (an outgoing request that never answers).
+    let Ok(response) = tokio::time::timeout(timeout, receiver).await else {
+        task.abort();
+        return Err(Failure::TimedOut(timeout));
+    };
+    match response {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(code)) => Err(Failure::Failed(format!(
             "the handler answered with an error: {code:?}"
