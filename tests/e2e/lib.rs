@@ -152,6 +152,49 @@ pub fn curl(args: &[&str]) -> Result<Reply> {
     })
 }
 
+/// Checks the routes of the HTTP example (`guests/hello-http`) at `base`, as the README shows
+/// them: the greeting, the echo with its content type, and a 404.
+pub fn assert_serves_hello_http(base: &str) -> Result<()> {
+    let root = curl(&[&format!("{base}/")])?;
+    ensure!(
+        (root.status, root.body.as_str()) == (200, "Hello from a Wasm container!\n"),
+        "GET /: {root:?}"
+    );
+    let json = r#"{"message":"Hello"}"#;
+    let echo = curl(&[
+        &format!("{base}/echo"),
+        "-d",
+        json,
+        "-H",
+        "Content-type: application/json",
+    ])?;
+    ensure!(
+        (echo.status, echo.body.as_str(), echo.content_type.as_str())
+            == (200, json, "application/json"),
+        "POST /echo: {echo:?}"
+    );
+    let missing = curl(&[&format!("{base}/nothing-here")])?;
+    ensure!(missing.status == 404, "GET /nothing-here: {missing:?}");
+    Ok(())
+}
+
+/// The directory of `pid`'s cgroup for a cgroup v1 controller (the test hosts are hybrid v1).
+pub fn cgroup_dir(pid: u32, controller: &str) -> Result<PathBuf> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = cgroups
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            rest.split_once(':')
+        })
+        .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
+        .map(|(_, path)| path)
+        .with_context(|| format!("no {controller} cgroup for {pid}"))?;
+    Ok(Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/')))
+}
+
 /// Waits until `url` answers at all.
 pub fn wait_http(url: &str) -> Result<()> {
     wait_for(&format!("{url} to answer"), || Ok(curl(&[url]).is_ok()))

@@ -67,25 +67,13 @@ pub enum HookError {
 /// The hook kinds with no process to run in: the spec cannot be honoured, so it is refused.
 pub fn unsupported(spec: &Spec) -> Option<&'static str> {
     let hooks = spec.hooks().as_ref()?;
-    if hooks
-        .create_container()
-        .as_ref()
-        .is_some_and(|h| !h.is_empty())
-    {
-        return Some(
-            "createContainer hooks (they run inside the container; a Wasm guest is not a process)",
-        );
-    }
-    if hooks
-        .start_container()
-        .as_ref()
-        .is_some_and(|h| !h.is_empty())
-    {
-        return Some(
-            "startContainer hooks (they run inside the container; a Wasm guest is not a process)",
-        );
-    }
-    None
+    [
+        (hooks.create_container(), "createContainer hooks"),
+        (hooks.start_container(), "startContainer hooks"),
+    ]
+    .into_iter()
+    .find(|(list, _)| list.as_ref().is_some_and(|h| !h.is_empty()))
+    .map(|(_, what)| what)
 }
 
 /// Runs the spec's hooks for `stage`, in order, each fed the container's state with `pid`.

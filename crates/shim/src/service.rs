@@ -179,7 +179,7 @@ impl TaskService {
         let oci = spec::load(&bundle)?;
         if let Some(what) = hooks::unsupported(&oci) {
             return Err(Error::Unsupported(format!(
-                "the container spec asks for {what}, which wasmcell cannot run"
+                "the container spec asks for {what}, which run inside the container: a Wasm guest is not a process to run them in"
             )));
         }
         let mounted_rootfs = if req.rootfs.is_empty() {

@@ -1,9 +1,10 @@
 //! Docker Engine 26 (containerd image store) loading and running images built by wasmcell.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result};
-use wasmcell_e2e::{Docker, build_image, curl, free_port, guest, wait_for, wait_http};
+use wasmcell_e2e::{
+    Docker, assert_serves_hello_http, build_image, cgroup_dir, curl, free_port, guest, wait_for,
+    wait_http,
+};
 
 const RUNTIME: &str = "--runtime=io.containerd.wasmtime.v1";
 const PLATFORM: &str = "--platform=wasip1/wasm";
@@ -31,19 +32,6 @@ fn run_sleeper(docker: &Docker, opts: &[&str]) -> Result<(String, u32)> {
         .docker(&["inspect", "--format", "{{.State.Pid}}", &id])?
         .success()?;
     Ok((id, pid.stdout.trim().parse().context("a PID")?))
-}
-
-/// The directory of `pid`'s cgroup in a v1 `controller` hierarchy.
-fn cgroup_dir(pid: u32, controller: &str) -> Result<PathBuf> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let line = cgroups
-        .lines()
-        .find(|l| l.contains(&format!(":{controller}:")))
-        .context("no such cgroup")?;
-    let path = line.rsplit(':').next().unwrap_or_default();
-    Ok(Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/')))
 }
 
 #[test]
@@ -211,25 +199,7 @@ fn docker_runs_the_http_example_as_in_dockers_wasm_guide() -> Result<()> {
         let id = docker.docker(&run)?.success()?.stdout.trim().to_owned();
         let base = format!("http://localhost:{port}");
         wait_http(&format!("{base}/"))?;
-        let greeting = curl(&[&format!("{base}/")])?;
-        assert_eq!(
-            (greeting.status, greeting.body.as_str()),
-            (200, "Hello from a Wasm container!\n"),
-            "{greeting:?}"
-        );
-        let body = r#"{"message":"Hello"}"#;
-        let echo = curl(&[
-            &format!("{base}/echo"),
-            "-d",
-            body,
-            "-H",
-            "Content-type: application/json",
-        ])?;
-        assert_eq!(
-            (echo.status, echo.body.as_str(), echo.content_type.as_str()),
-            (200, body, "application/json"),
-            "{echo:?}"
-        );
+        assert_serves_hello_http(&base)?;
         curl(&[&format!("{base}/stdout")])?;
         wait_for("the guest's line in docker logs", || {
             Ok(docker

@@ -4,35 +4,12 @@
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
-use wasmcell_e2e::{containerd_with, curl, free_port, guest, wait_for, wait_http, wasmcell};
+use wasmcell_e2e::{
+    assert_serves_hello_http, containerd_with, curl, free_port, guest, wait_for, wait_http,
+    wasmcell,
+};
 
 const GREETING: &str = "Hello from a Wasm container!\n";
-const JSON: &str = r#"{"message":"Hello"}"#;
-
-/// The example's routes, as the README shows them.
-fn assert_serves_the_example(base: &str) -> Result<()> {
-    let root = curl(&[&format!("{base}/")])?;
-    assert_eq!(
-        (root.status, root.body.as_str()),
-        (200, GREETING),
-        "{root:?}"
-    );
-    let echo = curl(&[
-        &format!("{base}/echo"),
-        "-d",
-        JSON,
-        "-H",
-        "Content-type: application/json",
-    ])?;
-    assert_eq!(
-        (echo.status, echo.body.as_str(), echo.content_type.as_str()),
-        (200, JSON, "application/json"),
-        "{echo:?}"
-    );
-    let missing = curl(&[&format!("{base}/nothing-here")])?;
-    assert_eq!(missing.status, 404, "{missing:?}");
-    Ok(())
-}
 
 #[test]
 fn wasmcell_run_serves_a_proxy_component_and_survives_bad_requests() -> Result<()> {
@@ -51,7 +28,7 @@ fn wasmcell_run_serves_a_proxy_component_and_survives_bad_requests() -> Result<(
         .stderr(Stdio::piped())
         .spawn()?;
     wait_http(&format!("{base}/"))?;
-    assert_serves_the_example(&base)?;
+    assert_serves_hello_http(&base)?;
 
     // Each failure ends its own request only; the next request is served as before.
     let trapped = curl(&[&format!("{base}/trap")])?;
@@ -113,7 +90,7 @@ fn the_shim_serves_http_in_the_containers_network_and_stops_gracefully() -> Resu
         )?
         .success()?;
     wait_http(&format!("{base}/"))?;
-    assert_serves_the_example(&base)?;
+    assert_serves_hello_http(&base)?;
     // The container's network is granted: an outgoing request (here to itself) goes out.
     let fetched = curl(&[&format!("{base}/fetch?{base}/")])?;
     assert_eq!(

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use wasmcell_e2e::{Containerd, RUNTIME, build_image, containerd_with, guest, wait_for};
+use wasmcell_e2e::{
+    Containerd, RUNTIME, build_image, cgroup_dir, containerd_with, guest, wait_for,
+};
 
 /// Puts containers in one shim and one sandbox, as CRI does for a pod.
 const GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
@@ -469,23 +471,6 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
             .is_some_and(|(_, s)| s == "STOPPED"))
     })?;
     Ok(())
-}
-
-/// The directory of `pid`'s cgroup for a cgroup v1 controller (this host is hybrid v1).
-fn cgroup_dir(pid: u32, controller: &str) -> Result<PathBuf> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let path = cgroups
-        .lines()
-        .filter_map(|line| {
-            let (_, rest) = line.split_once(':')?;
-            rest.split_once(':')
-        })
-        .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
-        .map(|(_, path)| path)
-        .with_context(|| format!("no {controller} cgroup for {pid}"))?;
-    Ok(Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/')))
 }
 
 /// Asserts that the guests in `pid`'s cgroup used less than half a core over two seconds
