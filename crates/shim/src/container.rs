@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::MessageField;
@@ -94,8 +95,8 @@ impl Process {
 
 /// A container and its processes.
 pub struct Container {
-    /// Its runtime spec (for its hooks).
-    pub oci: oci_spec::runtime::Spec,
+    /// Its OCI hooks, if its spec has any: poststart and poststop run from here.
+    pub hooks: Option<Arc<crate::hooks::Lifecycle>>,
     /// The bundle directory containerd made.
     pub bundle: PathBuf,
     /// The rootfs the shim mounted (unmounted at delete), if containerd passed mounts.

@@ -7,11 +7,11 @@
 //! (`createContainer`, `startContainer`) have no process to run in and are refused at create.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use oci_spec::runtime::{ContainerState, Hook, Spec, State, StateBuilder};
+use oci_spec::runtime::{ContainerState, Hook, Hooks, Spec, State, StateBuilder};
 use tokio::io::AsyncWriteExt;
 
 /// When hooks run, in the runtime's namespace.
@@ -64,64 +64,83 @@ pub enum HookError {
     },
 }
 
-/// The hook kinds with no process to run in: the spec cannot be honoured, so it is refused.
-pub fn unsupported(spec: &Spec) -> Option<&'static str> {
-    let hooks = spec.hooks().as_ref()?;
-    [
-        (hooks.create_container(), "createContainer hooks"),
-        (hooks.start_container(), "startContainer hooks"),
-    ]
-    .into_iter()
-    .find(|(list, _)| list.as_ref().is_some_and(|h| !h.is_empty()))
-    .map(|(_, what)| what)
+/// A container's hooks and the state they are fed, taken from its spec at create and kept
+/// until delete. Containers without hooks have none (see [`Lifecycle::of`]).
+pub struct Lifecycle {
+    hooks: Hooks,
+    id: String,
+    bundle: PathBuf,
+    version: String,
+    annotations: HashMap<String, String>,
 }
 
-/// Runs the spec's hooks for `stage`, in order, each fed the container's state with `pid`.
-/// Stops at the first failure.
-pub async fn run(
-    spec: &Spec,
-    stage: Stage,
-    id: &str,
-    pid: u32,
-    bundle: &Path,
-) -> Result<(), HookError> {
-    let Some(hooks) = spec.hooks() else {
-        return Ok(());
-    };
-    #[allow(deprecated)]
-    let lists: Vec<(&'static str, &Option<Vec<Hook>>, ContainerState)> = match stage {
-        Stage::Create => vec![
-            ("prestart", hooks.prestart(), ContainerState::Created),
-            (
-                "createRuntime",
-                hooks.create_runtime(),
-                ContainerState::Created,
-            ),
-        ],
-        Stage::Poststart => vec![("poststart", hooks.poststart(), ContainerState::Running)],
-        Stage::Poststop => vec![("poststop", hooks.poststop(), ContainerState::Stopped)],
-    };
-    for (name, list, status) in lists {
-        let state = state(spec, id, pid, bundle, status);
-        for hook in list.iter().flatten() {
-            run_one(name, hook, &state).await?;
+impl Lifecycle {
+    /// The lifecycle of container `id`, if its spec has hooks; the hook kinds that must run
+    /// inside the container have no process to run in and are refused with what they are.
+    pub fn of(spec: &Spec, id: &str, bundle: &Path) -> Result<Option<Lifecycle>, &'static str> {
+        let Some(hooks) = spec.hooks() else {
+            return Ok(None);
+        };
+        let inside = [
+            (hooks.create_container(), "createContainer hooks"),
+            (hooks.start_container(), "startContainer hooks"),
+        ];
+        if let Some((_, what)) = inside
+            .into_iter()
+            .find(|(list, _)| list.as_ref().is_some_and(|h| !h.is_empty()))
+        {
+            return Err(what);
         }
+        Ok(Some(Lifecycle {
+            hooks: hooks.clone(),
+            id: id.to_owned(),
+            bundle: bundle.to_owned(),
+            version: spec.version().clone(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+        }))
     }
-    Ok(())
-}
 
-fn state(spec: &Spec, id: &str, pid: u32, bundle: &Path, status: ContainerState) -> Vec<u8> {
-    let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
-    let state: State = StateBuilder::default()
-        .version(spec.version().clone())
-        .id(id)
-        .status(status)
-        .pid(pid as i32)
-        .bundle(bundle)
-        .annotations(annotations)
-        .build()
-        .expect("every field is set");
-    serde_json::to_vec(&state).expect("state serializes")
+    /// Runs the hooks of `stage` in order, each fed the container's state with `pid`. Stops
+    /// at the first failure.
+    pub async fn run(&self, stage: Stage, pid: u32) -> Result<(), HookError> {
+        let hooks = &self.hooks;
+        #[allow(deprecated)]
+        let lists: Vec<(&'static str, &Option<Vec<Hook>>, ContainerState)> = match stage {
+            Stage::Create => vec![
+                ("prestart", hooks.prestart(), ContainerState::Created),
+                (
+                    "createRuntime",
+                    hooks.create_runtime(),
+                    ContainerState::Created,
+                ),
+            ],
+            Stage::Poststart => vec![("poststart", hooks.poststart(), ContainerState::Running)],
+            Stage::Poststop => vec![("poststop", hooks.poststop(), ContainerState::Stopped)],
+        };
+        for (name, list, status) in lists {
+            let Some(list) = list.as_deref().filter(|list| !list.is_empty()) else {
+                continue;
+            };
+            let state = self.state(pid, status);
+            for hook in list {
+                run_one(name, hook, &state).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self, pid: u32, status: ContainerState) -> Vec<u8> {
+        let state: State = StateBuilder::default()
+            .version(self.version.clone())
+            .id(self.id.clone())
+            .status(status)
+            .pid(pid as i32)
+            .bundle(self.bundle.clone())
+            .annotations(self.annotations.clone())
+            .build()
+            .expect("every field is set");
+        serde_json::to_vec(&state).expect("state serializes")
+    }
 }
 
 async fn run_one(stage: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookError> {

@@ -38,7 +38,7 @@ use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 use crate::cgroup::Cgroup;
 use crate::container::{Container, ExitInfo, Process, State, describe, sandbox_key, split_key};
 use crate::error::Error;
-use crate::hooks::{self, Stage};
+use crate::hooks::{Lifecycle, Stage};
 use crate::runtime::Runtime;
 use crate::{spec, sys};
 
@@ -177,11 +177,11 @@ impl TaskService {
         let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
-        if let Some(what) = hooks::unsupported(&oci) {
-            return Err(Error::Unsupported(format!(
+        let hooks = Lifecycle::of(&oci, &req.id, &bundle).map_err(|what| {
+            Error::Unsupported(format!(
                 "the container spec asks for {what}, which run inside the container: a Wasm guest is not a process to run them in"
-            )));
-        }
+            ))
+        })?;
         let mounted_rootfs = if req.rootfs.is_empty() {
             None
         } else {
@@ -197,7 +197,9 @@ impl TaskService {
         let created = async {
             let workload = spec::workload(&oci, &bundle, stdio)?;
             let sandbox = self.sandbox_for(&oci).await?;
-            hooks::run(&oci, Stage::Create, &req.id, sandbox.pid(), &bundle).await?;
+            if let Some(hooks) = &hooks {
+                hooks.run(Stage::Create, sandbox.pid()).await?;
+            }
             self.prepare(sandbox, req.id.clone(), workload.clone())
                 .await?;
             Ok::<_, Error>(workload)
@@ -214,7 +216,7 @@ impl TaskService {
         };
         let init = Process::new([req.stdin.clone(), req.stdout.clone(), req.stderr.clone()]);
         Ok(Container {
-            oci,
+            hooks: hooks.map(Arc::new),
             bundle,
             mounted_rootfs,
             workload,
@@ -450,6 +452,11 @@ impl Task for TaskService {
         }
         // Marked running before the guest can exit, so its exit is never recorded first.
         process.state = State::Running;
+        let poststart = req
+            .exec_id
+            .is_empty()
+            .then(|| container.hooks.clone())
+            .flatten();
         drop(containers);
         let key = sandbox_key(&req.id, &req.exec_id);
         if let Err(error) = self.sandbox()?.request(Request::Start { id: key }).await {
@@ -465,20 +472,12 @@ impl Task for TaskService {
             return Err(Error::Sandbox(error).into());
         }
         let pid = self.pid();
+        if let Some(hooks) = poststart
+            && let Err(error) = hooks.run(Stage::Poststart, pid).await
+        {
+            tracing::warn!("{}: {error}", req.id);
+        }
         if req.exec_id.is_empty() {
-            let (oci, bundle) = {
-                let containers = self.containers.lock().await;
-                let container = containers.get(&req.id);
-                (
-                    container.map(|c| c.oci.clone()),
-                    container.map(|c| c.bundle.clone()),
-                )
-            };
-            if let (Some(oci), Some(bundle)) = (oci, bundle)
-                && let Err(error) = hooks::run(&oci, Stage::Poststart, &req.id, pid, &bundle).await
-            {
-                tracing::warn!("{}: {error}", req.id);
-            }
             self.publish(TaskStart {
                 container_id: req.id,
                 pid,
@@ -604,14 +603,9 @@ impl Task for TaskService {
             if let Some(rootfs) = &container.mounted_rootfs {
                 sys::unmount_rootfs(rootfs)?;
             }
-            let poststop = hooks::run(
-                &container.oci,
-                Stage::Poststop,
-                &req.id,
-                pid,
-                &container.bundle,
-            );
-            if let Err(error) = poststop.await {
+            if let Some(hooks) = &container.hooks
+                && let Err(error) = hooks.run(Stage::Poststop, pid).await
+            {
                 tracing::warn!("{}: {error}", req.id);
             }
         }
