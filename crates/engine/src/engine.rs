@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -39,7 +38,7 @@ pub(crate) struct Limiter {
 }
 
 impl Limiter {
-    pub(crate) fn new(controls: Controls) -> Limiter {
+    fn new(controls: Controls) -> Limiter {
         Limiter {
             controls,
             exceeded: false,
@@ -97,25 +96,17 @@ pub(crate) struct ComponentState {
     pub(crate) guest: Guest,
 }
 
-/// What every store holds besides WASI: its limits, its part in the epoch clock, and the
-/// deadline of a request.
+/// What every store holds besides WASI: its limits and its part in the epoch clock.
 pub(crate) struct Guest {
     pub(crate) limiter: Limiter,
     pub(crate) clock: StoreClock,
-    /// When the store's work must be done (an HTTP request's); the guest traps at the first
-    /// epoch tick after it.
-    pub(crate) deadline: Option<Instant>,
-    /// The deadline passed.
-    pub(crate) timed_out: bool,
 }
 
 impl Guest {
-    fn new(controls: &Controls, clock: StoreClock) -> Guest {
+    pub(crate) fn new(controls: &Controls, clock: StoreClock) -> Guest {
         Guest {
             limiter: Limiter::new(controls.clone()),
             clock,
-            deadline: None,
-            timed_out: false,
         }
     }
 }
@@ -137,8 +128,8 @@ impl HasGuest for ComponentState {
     }
 }
 
-/// A store for one run: memory limits, the epoch clock, and at every epoch the deadline and
-/// then the controls' decision (pause, CPU slice, go on).
+/// A store for one run: memory limits, the epoch clock, and at every epoch the controls'
+/// decision (pause, CPU slice, go on).
 pub(crate) fn new_store<T: HasGuest>(
     engine: &wasmtime::Engine,
     state: T,
@@ -158,17 +149,7 @@ pub(crate) fn new_store<T: HasGuest>(
     });
     store.set_epoch_deadline(1);
     let at_epoch = controls.clone();
-    store.epoch_deadline_callback(move |mut store| {
-        let guest = store.data_mut().guest();
-        if guest
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
-            guest.timed_out = true;
-            wasmtime::bail!("the deadline passed");
-        }
-        Ok(at_epoch.at_epoch())
-    });
+    store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
     store
 }
 

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
 use crate::controls::Controls;
-use crate::engine::{ComponentState, Guest, Limiter, new_store, wasi_builder};
+use crate::engine::{ComponentState, Guest, new_store, wasi_builder};
 use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::stdio::{self, Outputs};
@@ -333,12 +333,8 @@ async fn run_handler(
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
     let mut wasi = wasi_builder(&server.spec).map_err(|e| failed(&e))?;
     outputs.attach(&mut wasi);
-    let guest = Guest {
-        limiter: Limiter::new(server.controls.clone()),
-        clock: server.ticker.store_clock().map_err(|e| failed(&e))?,
-        deadline: Some(Instant::now() + timeout),
-        timed_out: false,
-    };
+    let clock = server.ticker.store_clock().map_err(|e| failed(&e))?;
+    let guest = Guest::new(&server.controls, clock);
     let state = ComponentState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
@@ -371,14 +367,13 @@ async fn run_handler(
         let guest = &store.data().guest;
         match result {
             Ok(()) => Ok(()),
-            Err(_) if guest.timed_out => Err(Failure::TimedOut(timeout)),
             Err(_) if guest.limiter.exceeded() => Err(Failure::OutOfMemory),
             Err(error) if is_pool_exhausted(&error) => Err(Failure::Busy),
             Err(error) => Err(Failure::Failed(format!("the handler failed: {error:?}"))),
         }
     });
-    // The epoch deadline cuts off a handler computing in wasm; this one, a handler waiting in
-    // a host call (an outgoing request that never answers).
+    // One deadline for a handler computing in wasm (it yields at every epoch tick, so the
+    // timer fires and the abort lands at its next tick) and for one waiting in a host call.
     let Ok(response) = tokio::time::timeout(timeout, receiver).await else {
         task.abort();
         return Err(Failure::TimedOut(timeout));
