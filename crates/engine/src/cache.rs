@@ -68,27 +68,32 @@ impl CompileCache {
             .join(format!("{}.cwasm", hex::encode(Sha256::digest(bytes))))
     }
 
-    /// Returns the compiled form of `bytes`, from the cache when present, compiling and storing
-    /// it otherwise (see [`CompileCache::ensure`]). An entry wasmtime refuses despite its
-    /// checksum (written by a foreign build into this directory) is discarded and rebuilt once.
+    /// Returns the compiled form of `bytes` and the entry it was loaded from (which another
+    /// engine of the same configuration may load too), from the cache when present, compiling
+    /// and storing it otherwise (see [`CompileCache::ensure`]). An entry wasmtime refuses
+    /// despite its checksum (written by a foreign build into this directory) is discarded and
+    /// rebuilt once.
     pub(crate) fn load(
         &self,
         engine: &wasmtime::Engine,
         kind: WasmKind,
         bytes: &[u8],
         path: &str,
-    ) -> Result<Artifact, Error> {
+    ) -> Result<(Artifact, PathBuf), Error> {
         let entry = self.ensure(engine, kind, bytes, path)?;
         let refused = match deserialize(engine, kind, &entry) {
-            Ok(artifact) => return Ok(artifact),
+            Ok(artifact) => return Ok((artifact, entry)),
             Err(error) => error,
         };
         discard(&entry, &refused);
         let entry = self.ensure(engine, kind, bytes, path)?;
-        deserialize(engine, kind, &entry).map_err(|source| Error::Compile {
-            path: path.to_owned(),
-            source,
-        })
+        match deserialize(engine, kind, &entry) {
+            Ok(artifact) => Ok((artifact, entry)),
+            Err(source) => Err(Error::Compile {
+                path: path.to_owned(),
+                source,
+            }),
+        }
     }
 
     /// Makes sure the cache holds a sound artifact of `bytes` and returns its path, without
@@ -249,10 +254,19 @@ fn deserialize(
         WasmKind::Module => {
             Artifact::Module(unsafe { wasmtime::Module::deserialize_file(engine, entry)? })
         }
-        WasmKind::Component => {
-            Artifact::Component(unsafe { Component::deserialize_file(engine, entry)? })
-        }
+        WasmKind::Component => Artifact::Component(deserialize_component(engine, entry)?),
     })
+}
+
+/// A component from a cache entry, into any engine of the configuration the entry's
+/// directory is keyed by (a server's pooling engine loads what the compiler wrote).
+pub(crate) fn deserialize_component(
+    engine: &wasmtime::Engine,
+    entry: &Path,
+) -> wasmtime::Result<Component> {
+    // SAFETY: as in `deserialize`: entries are only ever written whole by this configuration's
+    // `precompile_*`, and wasmtime checks the header, version and configuration.
+    unsafe { Component::deserialize_file(engine, entry) }
 }
 
 #[cfg(test)]
@@ -322,7 +336,10 @@ mod tests {
         let rebuilt_after = |what: &str, damage: &dyn Fn(&Path)| {
             damage(&big_entry);
             assert!(matches!(
-                cache.load(&big, WasmKind::Module, &module(), "m").unwrap(),
+                cache
+                    .load(&big, WasmKind::Module, &module(), "m")
+                    .unwrap()
+                    .0,
                 Artifact::Module(_)
             ));
             assert_eq!(

@@ -268,7 +268,8 @@ impl Engine {
             function: function.to_owned(),
             reason,
         };
-        let entry = match cache.load(engine, kind, &bytes, &path)? {
+        let (artifact, cached) = cache.load(engine, kind, &bytes, &path)?;
+        let entry = match artifact {
             Artifact::Module(module) => {
                 let function = spec.function.clone().unwrap_or_else(|| "_start".to_owned());
                 match module.get_export(&function) {
@@ -316,7 +317,7 @@ impl Engine {
                 }
                 if http::is_proxy(engine, &component) {
                     let http = self.http_engine()?;
-                    let pre = http.prepare(&cache.ensure(engine, kind, &bytes, &path)?, &path)?;
+                    let pre = http.prepare(&cached, &path)?;
                     return Ok(Prepared {
                         engine: engine.clone(),
                         ticker: self.ticker.clone(),

@@ -26,6 +26,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
+use crate::cache::deserialize_component;
 use crate::controls::Controls;
 use crate::engine::{ComponentState, Guest, new_store, wasi_builder};
 use crate::epoch::Ticker;
@@ -88,14 +89,10 @@ impl HttpEngine {
             path: path.to_owned(),
             source,
         };
-        // SAFETY: as for every cache entry (see `cache::deserialize`): written by this
-        // engine configuration's compiler and checked against its checksum just before.
         let component =
-            unsafe { Component::deserialize_file(&self.engine, entry) }.map_err(|source| {
-                Error::Compile {
-                    path: path.to_owned(),
-                    source,
-                }
+            deserialize_component(&self.engine, entry).map_err(|source| Error::Compile {
+                path: path.to_owned(),
+                source,
             })?;
         let pre = self.linker.instantiate_pre(&component).map_err(link)?;
         ProxyPre::new(pre).map_err(link)
