@@ -4,12 +4,12 @@
 //! Rust hyper server (the limit), one after another in one run.
 
 use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::Full;
-use wasmcell_e2e::{Containerd, build_image, free_port, guest, wait_http, wasmcell};
+use wasmcell_e2e::{Background, Containerd, build_image, free_port, guest, wait_http, wasmcell};
 
 /// One server's figures at one concurrency.
 struct Load {
@@ -36,7 +36,7 @@ pub fn http(seconds: u32) -> Result<()> {
     match std::env::var_os("WASMTIME_CLI") {
         Some(wasmtime) => {
             let port = free_port()?;
-            let server = Server::spawn(
+            let server = Background::spawn(
                 Command::new(wasmtime)
                     .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
                     .arg(&hello),
@@ -50,7 +50,7 @@ pub fn http(seconds: u32) -> Result<()> {
     }
 
     let port = free_port()?;
-    let server = Server::spawn(
+    let server = Background::spawn(
         Command::new(wasmcell())
             .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
             .arg(&hello),
@@ -84,7 +84,7 @@ pub fn http(seconds: u32) -> Result<()> {
     drop(containerd);
 
     let port = free_port()?;
-    let server = Server::spawn(
+    let server = Background::spawn(
         Command::new(std::env::current_exe()?).args(["native-http", &port.to_string()]),
     )?;
     measure("native Rust hyper (the limit)", port)?;
@@ -164,28 +164,6 @@ fn millis(value: &str) -> Result<f64> {
         "s" => number * 1000.0,
         other => anyhow::bail!("latency unit {other}"),
     })
-}
-
-/// A server process for the length of one measurement, killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn spawn(command: &mut Command) -> Result<Server> {
-        Ok(Server(
-            command
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("spawn {command:?}"))?,
-        ))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `wasmcell-bench native-http PORT`: the same greeting from hyper on tokio, as fast as Rust

@@ -124,17 +124,7 @@ fn ctr_run(n: usize) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let containerd = bench_containerd(tmp.path())?;
 
-    let ours = |i: usize| {
-        let id = format!("wasm-{i}");
-        timed(containerd.ctr_command().args([
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.wasmtime.v1",
-            "bench.local/hello:latest",
-            &id,
-        ]))
-    };
+    let ours = |i: usize| run_hello(&containerd, &format!("wasm-{i}"));
     let runc = |i: usize| {
         timed(containerd.ctr_command().args([
             "run",
@@ -249,35 +239,14 @@ fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
     let new_cd = Containerd::start()?;
     let old_cd = Containerd::start_with(old, &[])?;
     for containerd in [&new_cd, &old_cd] {
-        containerd.import(&build_image(
-            &guest("hello.wasm"),
-            "bench.local/hello:latest",
-            tmp.path(),
-            &[],
-        )?)?;
-        containerd.import(&build_image(
-            &guest("sleeper.wasm"),
-            "bench.local/sleeper:latest",
-            tmp.path(),
-            &[],
-        )?)?;
+        import_guests(containerd, tmp.path())?;
     }
-    let run = |containerd: &Containerd, id: &str| {
-        timed(containerd.ctr_command().args([
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.wasmtime.v1",
-            "bench.local/hello:latest",
-            id,
-        ]))
-    };
-    run(&new_cd, "warm")?;
-    run(&old_cd, "warm")?;
+    run_hello(&new_cd, "warm")?;
+    run_hello(&old_cd, "warm")?;
     let (mut new, mut older) = (Vec::new(), Vec::new());
     for i in 0..n {
-        older.push(run(&old_cd, &format!("h{i}"))?);
-        new.push(run(&new_cd, &format!("h{i}"))?);
+        older.push(run_hello(&old_cd, &format!("h{i}"))?);
+        new.push(run_hello(&new_cd, &format!("h{i}"))?);
     }
     table(
         "ctr run --rm hello: older build vs this build",
@@ -295,16 +264,8 @@ fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
     println!("|{:-<42}|{:->12}|{:->18}|", "", "", "");
     for (name, containerd) in [("older build", &old_cd), ("this build", &new_cd)] {
         for i in 0..IDLE {
-            let id = format!("idle{i}");
-            let args = [
-                "run",
-                "-d",
-                "--runtime",
-                "io.containerd.wasmtime.v1",
-                "bench.local/sleeper:latest",
-                &id,
-            ];
-            timed(containerd.ctr_command().args(args))?;
+            let args = idle_container(&format!("idle{i}"), true, None);
+            timed(containerd.ctr_command().args(&args))?;
         }
         std::thread::sleep(Duration::from_secs(2));
         let pids = task_processes(containerd)?;
@@ -321,18 +282,7 @@ fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
 /// A containerd with our hello and sleeper images and a busybox image for runc.
 fn bench_containerd(tmp: &Path) -> Result<Containerd> {
     let containerd = Containerd::start()?;
-    containerd.import(&build_image(
-        &guest("hello.wasm"),
-        "bench.local/hello:latest",
-        tmp,
-        &[],
-    )?)?;
-    containerd.import(&build_image(
-        &guest("sleeper.wasm"),
-        "bench.local/sleeper:latest",
-        tmp,
-        &[],
-    )?)?;
+    import_guests(&containerd, tmp)?;
     let busybox = tmp.join("busybox.tar");
     let made = run(Command::new(repo().join("bench/busybox-image.py"))
         .args(["/bin/busybox", "bench.local/busybox:latest"])
@@ -344,6 +294,32 @@ fn bench_containerd(tmp: &Path) -> Result<Containerd> {
     );
     containerd.import(&busybox)?;
     Ok(containerd)
+}
+
+/// Builds and imports our hello and sleeper images.
+fn import_guests(containerd: &Containerd, tmp: &Path) -> Result<()> {
+    for name in ["hello", "sleeper"] {
+        let tag = format!("bench.local/{name}:latest");
+        containerd.import(&build_image(
+            &guest(&format!("{name}.wasm")),
+            &tag,
+            tmp,
+            &[],
+        )?)?;
+    }
+    Ok(())
+}
+
+/// `ctr run --rm` of the hello image under our shim, timed.
+fn run_hello(containerd: &Containerd, id: &str) -> Result<Duration> {
+    timed(containerd.ctr_command().args([
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wasmtime.v1",
+        "bench.local/hello:latest",
+        id,
+    ]))
 }
 
 /// `ctr run -d` arguments for container `id`: our sleeper (optionally in a pod), or busybox sleep.

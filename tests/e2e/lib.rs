@@ -103,6 +103,31 @@ impl Ran {
     }
 }
 
+/// A background process (a server under test or under load) killed and reaped when dropped,
+/// so a failing test or benchmark leaves none behind. Its output is discarded.
+pub struct Background(Child);
+
+impl Background {
+    /// Spawns `command` with no stdin and its output discarded.
+    pub fn spawn(command: &mut Command) -> Result<Background> {
+        Ok(Background(
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("spawn {command:?}"))?,
+        ))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a command to completion, with a deadline so a hung test fails instead of stalling CI.
 pub fn run(command: &mut Command) -> Result<Ran> {
     let mut child = command

@@ -3,11 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmcell_e2e::{containerd_with, free_port, guest, run, wait_for, wasmcell};
+use wasmcell_e2e::{Background, containerd_with, free_port, guest, run, wait_for, wasmcell};
 
 /// Connects to `addr` once something listens there, sends `message` and returns the echo.
 fn tcp_echo(addr: &str, message: &[u8]) -> Result<Vec<u8>> {
@@ -24,25 +24,8 @@ fn tcp_echo(addr: &str, message: &[u8]) -> Result<Vec<u8>> {
     Ok(echo)
 }
 
-/// Kills and reaps a guest process when the test ends, however it ends.
-struct Guest(Child);
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn echo_server(args: &[&str]) -> Result<Guest> {
-    Ok(Guest(
-        Command::new(wasmcell())
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    ))
+fn echo_server(args: &[&str]) -> Result<Background> {
+    Background::spawn(Command::new(wasmcell()).arg("run").args(args))
 }
 
 #[test]
