@@ -218,27 +218,17 @@ async fn handle(
             }
         }
         Request::Pause { id } => {
-            workloads
-                .get(&id)
-                .ok_or_else(|| format!("no workload {id}"))?
-                .controls
-                .pause();
+            controls_of(workloads, &id)?.pause();
             Ok(())
         }
         Request::Resume { id } => {
-            workloads
-                .get(&id)
-                .ok_or_else(|| format!("no workload {id}"))?
-                .controls
-                .resume();
+            controls_of(workloads, &id)?.resume();
             Ok(())
         }
         Request::Update { id, limits } => {
-            let workload = workloads
-                .get(&id)
-                .ok_or_else(|| format!("no workload {id}"))?;
-            workload.controls.set_memory_limit(limits.memory);
-            workload.controls.set_cpu_quota(limits.cpu);
+            let controls = controls_of(workloads, &id)?;
+            controls.set_memory_limit(limits.memory);
+            controls.set_cpu_quota(limits.cpu);
             Ok(())
         }
         Request::Delete { id } => {
@@ -246,4 +236,15 @@ async fn handle(
             Ok(())
         }
     }
+}
+
+/// The live controls of workload `id`.
+fn controls_of<'a>(
+    workloads: &'a HashMap<String, Workload>,
+    id: &str,
+) -> Result<&'a Controls, String> {
+    workloads
+        .get(id)
+        .map(|workload| &workload.controls)
+        .ok_or_else(|| format!("no workload {id}"))
 }
