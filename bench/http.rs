@@ -90,7 +90,11 @@ pub fn http(seconds: u32) -> Result<()> {
     measure("native Rust hyper (the limit)", port)?;
     drop(server);
 
-    let baseline = rows.first().map(|(_, loads)| loads[1].requests_per_s);
+    // Ratios only against the baseline: without it, none.
+    let baseline = rows
+        .first()
+        .filter(|(name, _)| name.ends_with("(baseline)"))
+        .map(|(_, loads)| loads[1].requests_per_s);
     println!("\nHTTP GET / of the hello-http example, wrk {seconds} s per row, one run");
     println!(
         "| {:<40} | {:>10} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>8} |",
