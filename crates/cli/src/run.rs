@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use wasmcell_engine::{
-    Access, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, Network, Output,
-    Preopen, Prepared, Stdio, WorkloadSpec,
+    Access, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles, Network,
+    Output, Preopen, Prepared, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind};
 
@@ -74,6 +74,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         Network::None
     };
+    // With the host's network, the host's name lookup configuration, as `docker run` copies it.
+    let names = match network {
+        Network::Inherit => NameFiles {
+            hosts: Some("/etc/hosts".into()),
+            resolv_conf: Some("/etc/resolv.conf".into()),
+        },
+        Network::None => NameFiles::default(),
+    };
     let addr = listen_addr(args.publish.as_deref())?;
 
     // Kept alive until the guest is done: the unpacked image rootfs.
@@ -98,6 +106,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 limits: Limits::default(),
                 network,
                 http,
+                names,
             }
         }
         Target::Archive(path) => {
@@ -156,6 +165,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 limits: Limits::default(),
                 network,
                 http,
+                names,
             };
             rootfs_dir = Some(dir);
             spec

@@ -21,6 +21,7 @@ use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
 use crate::http::{self, HttpEngine, HttpHooks};
 use crate::stdio;
+use crate::wasmedge::{self, WasmEdge};
 use crate::workload::{Access, ModuleSource, Network, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
@@ -82,9 +83,11 @@ impl wasmtime::ResourceLimiter for Limiter {
 }
 
 /// The store state of a core module (WASI preview 1).
-struct ModuleState {
-    wasi: WasiP1Ctx,
+pub(crate) struct ModuleState {
+    pub(crate) wasi: WasiP1Ctx,
     guest: Guest,
+    /// The sockets of a module built for WasmEdge's socket ABI.
+    pub(crate) wasmedge: Option<Box<WasmEdge>>,
 }
 
 /// The store state of a component (WASI 0.2, with `wasi:http`).
@@ -302,14 +305,31 @@ impl Engine {
                         ));
                     }
                 }
-                let pre = self
-                    .modules
-                    .instantiate_pre(&module)
-                    .map_err(|source| Error::Link {
-                        path: path.clone(),
-                        source,
+                // A module built for WasmEdge's sockets gets them whatever the runtime name.
+                let wasmedge = wasmedge::wanted_by(&module);
+                let linker = if wasmedge {
+                    wasmedge::linker(&self.modules, &module).map_err(Error::Engine)?
+                } else {
+                    self.modules.clone()
+                };
+                let pre =
+                    linker.instantiate_pre(&module).map_err(|source| {
+                        match missing_imports(&linker, &module) {
+                            imports if imports.is_empty() => Error::Link {
+                                path: path.clone(),
+                                source,
+                            },
+                            imports => Error::MissingImports {
+                                path: path.clone(),
+                                imports: imports.join(", "),
+                            },
+                        }
                     })?;
-                Command::Module { pre, function }
+                Command::Module {
+                    pre,
+                    function,
+                    wasmedge,
+                }
             }
             Artifact::Component(component) => {
                 if let Some(function) = &spec.function {
@@ -344,6 +364,30 @@ impl Engine {
             spec: Arc::new(spec),
         })
     }
+}
+
+/// The imports of `module` that `linker` does not define, as `module::name (func ...)`. Defining
+/// an import that is already there fails when shadowing is off, which is the test.
+fn missing_imports<T: 'static>(linker: &Linker<T>, module: &wasmtime::Module) -> Vec<String> {
+    let mut probe = linker.clone();
+    probe.allow_shadowing(false);
+    module
+        .imports()
+        .filter(|import| match import.ty() {
+            ExternType::Func(ty) => probe
+                .func_new(import.module(), import.name(), ty, |_, _, _| Ok(()))
+                .is_ok(),
+            // WASI defines functions only.
+            _ => true,
+        })
+        .map(|import| {
+            let ty = match import.ty() {
+                ExternType::Func(ty) => ty.to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("{}::{} {ty}", import.module(), import.name())
+        })
+        .collect()
 }
 
 fn exported_functions(module: &wasmtime::Module) -> String {
@@ -444,6 +488,8 @@ enum Command {
     Module {
         pre: InstancePre<ModuleState>,
         function: String,
+        /// Whether the module is built for WasmEdge's sockets.
+        wasmedge: bool,
     },
     Component(CommandPre<ComponentState>),
 }
@@ -542,10 +588,15 @@ impl Prepared {
         // Instantiation can fail like a run does (a start function traps, a data segment passes the
         // memory limit), so each kind runs as one fallible block whose failure becomes an `Exit`.
         Ok(match command {
-            Command::Module { pre, function } => {
+            Command::Module {
+                pre,
+                function,
+                wasmedge,
+            } => {
                 let state = ModuleState {
                     wasi: wasi.build_p1(),
                     guest,
+                    wasmedge: wasmedge.then(|| Box::new(WasmEdge::new(&self.spec))),
                 };
                 let mut store = new_store(&self.engine, state, controls);
                 let result = async {

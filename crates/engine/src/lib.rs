@@ -20,6 +20,7 @@ mod epoch;
 mod error;
 mod http;
 mod stdio;
+mod wasmedge;
 mod workload;
 
 pub use cache::CompileCache;
@@ -27,6 +28,6 @@ pub use controls::Controls;
 pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
 pub use workload::{
-    Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, Network, Output,
-    Preopen, Stdio, WorkloadSpec,
+    Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles, Network,
+    Output, Preopen, Stdio, WorkloadSpec,
 };

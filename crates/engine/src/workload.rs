@@ -29,6 +29,20 @@ pub struct WorkloadSpec {
     pub network: Network,
     /// How a `wasi:http/proxy` component is served; ignored for commands.
     pub http: HttpServe,
+    /// The files name lookups read instead of the host's.
+    pub names: NameFiles,
+}
+
+/// The container's `/etc/hosts` and `/etc/resolv.conf` (the sources of the bind mounts a
+/// runtime such as Docker adds), read by the guest's name lookups (WasmEdge's
+/// `sock_getaddrinfo`) in place of the host's. A file not given here is read from the rootfs,
+/// if there is one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameFiles {
+    /// The hosts file.
+    pub hosts: Option<PathBuf>,
+    /// The resolver configuration.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl HttpServe {

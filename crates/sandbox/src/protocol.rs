@@ -286,6 +286,7 @@ mod tests {
             limits: Limits::default(),
             network: Network::Inherit,
             http: HttpServe::default(),
+            names: Default::default(),
         }
     }
 

@@ -7,7 +7,8 @@ use std::fmt;
 pub enum Runtime {
     /// `io.containerd.wasmtime.v1`: WASI modules and components.
     Wasmtime,
-    /// `io.containerd.wasmedge.v1`: WasmEdge-targeted apps (socket ABI).
+    /// `io.containerd.wasmedge.v1`: WasmEdge-targeted apps, on the same engine: a module that
+    /// imports WasmEdge's socket extension gets it under either name.
     Wasmedge,
     /// `io.containerd.spin.v1`: Spin apps.
     SpinV1,
@@ -62,7 +63,7 @@ impl Runtime {
     /// Whether this build can run containers of this runtime. The others refuse `create` with a
     /// message rather than quietly running as another runtime.
     pub fn is_supported(self) -> bool {
-        matches!(self, Runtime::Wasmtime)
+        matches!(self, Runtime::Wasmtime | Runtime::Wasmedge)
     }
 }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 use wasmcell_engine::{
-    Access, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource, Network, Preopen, Stdio,
-    WorkloadSpec,
+    Access, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource, NameFiles, Network,
+    Preopen, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::Entrypoint;
 use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Rlimit, Setup, User};
@@ -94,7 +94,26 @@ pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec
             preopens.push(preopen);
         }
     }
-    from_process(process, rootfs, preopens, stdio, limits(spec))
+    let names = name_files(spec);
+    from_process(process, rootfs, preopens, stdio, limits(spec), names)
+}
+
+/// The `/etc/hosts` and `/etc/resolv.conf` a runtime bind-mounts into the container (Docker
+/// does, as CRI does): guests cannot open them (file mounts are not preopens), but their name
+/// lookups read them.
+fn name_files(spec: &Spec) -> NameFiles {
+    let source_of = |destination: &str| {
+        spec.mounts()
+            .iter()
+            .flatten()
+            .rev()
+            .find(|m| m.destination() == Path::new(destination))
+            .and_then(|m| m.source().clone())
+    };
+    NameFiles {
+        hosts: source_of("/etc/hosts"),
+        resolv_conf: source_of("/etc/resolv.conf"),
+    }
 }
 
 /// An `exec` in a container: the exec's own command, environment, working directory and stdio,
@@ -113,6 +132,7 @@ pub fn exec_workload(
         container.preopens.clone(),
         stdio,
         container.limits,
+        container.names.clone(),
     )
 }
 
@@ -124,6 +144,7 @@ fn from_process(
     preopens: Vec<Preopen>,
     stdio: Stdio,
     limits: Limits,
+    names: NameFiles,
 ) -> Result<WorkloadSpec, SpecError> {
     let args = process.args().as_deref().unwrap_or_default();
     let entrypoint = Entrypoint::parse(args.first().ok_or(SpecError::NoArgs)?);
@@ -151,6 +172,7 @@ fn from_process(
         limits,
         network: Network::Inherit,
         http,
+        names,
     })
 }
 
@@ -462,6 +484,15 @@ mod tests {
                 ("/data", Access::ReadWrite),
                 ("/config", Access::ReadOnly)
             ]
+        );
+        // The file mount is no preopen, but name lookups read it; no resolv.conf mount, so
+        // that one comes from the rootfs.
+        assert_eq!(
+            w.names,
+            NameFiles {
+                hosts: Some(file),
+                resolv_conf: None
+            }
         );
     }
 

@@ -1,0 +1,175 @@
+//! `sock_getaddrinfo`: name lookups with the container's `/etc/hosts` and `/etc/resolv.conf`,
+//! not the host's (the process that runs the guest sees the host's `/etc`).
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::{Hosts, TokioResolver};
+
+use super::address::{family_matches, loopback};
+use super::memory::Errno;
+use crate::workload::{ModuleSource, NameFiles, WorkloadSpec};
+
+/// Where a guest's name lookups look: the files its spec names, else those in its rootfs.
+pub(crate) struct Names {
+    hosts: Option<Source>,
+    resolv_conf: Option<Source>,
+    resolver: Option<TokioResolver>,
+}
+
+/// A configuration file: one the spec names (a bind mount's source, trusted like a preopen),
+/// or one inside the rootfs, read with the rootfs as root so a symlink cannot leave it.
+enum Source {
+    Host(PathBuf),
+    Rootfs { root: PathBuf, path: &'static str },
+}
+
+impl Source {
+    fn of(file: &Option<PathBuf>, spec: &WorkloadSpec, path: &'static str) -> Option<Source> {
+        match (file, &spec.module) {
+            (Some(file), _) => Some(Source::Host(file.clone())),
+            (None, ModuleSource::Rootfs { root, .. }) => Some(Source::Rootfs {
+                root: root.clone(),
+                path,
+            }),
+            (None, ModuleSource::File(_)) => None,
+        }
+    }
+
+    /// The file's text; a missing or unreadable file is an empty one, as for the C library.
+    fn read(&self) -> String {
+        let mut text = String::new();
+        let read = match self {
+            Source::Host(path) => {
+                std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+            }
+            Source::Rootfs { root, path } => Dir::open_ambient_dir(root, ambient_authority())
+                .and_then(|dir| dir.open(Path::new(path)))
+                .and_then(|mut f| f.read_to_string(&mut text)),
+        };
+        if let Err(error) = read {
+            tracing::debug!(%error, "name lookup configuration not read");
+        }
+        text
+    }
+}
+
+impl Names {
+    pub(crate) fn new(spec: &WorkloadSpec) -> Names {
+        let NameFiles { hosts, resolv_conf } = &spec.names;
+        Names {
+            hosts: Source::of(hosts, spec, "etc/hosts"),
+            resolv_conf: Source::of(resolv_conf, spec, "etc/resolv.conf"),
+            resolver: None,
+        }
+    }
+
+    /// The resolver, built on the first lookup (most guests never make one). A clone shares
+    /// its cache and connections, and holds no borrow of the store across the lookup.
+    pub(crate) fn resolver(&mut self) -> TokioResolver {
+        self.resolver
+            .get_or_insert_with(|| build(&self.hosts, &self.resolv_conf))
+            .clone()
+    }
+}
+
+/// The addresses of `node` of `family` (0 for any): an IP literal as is, a name from the
+/// hosts file, else from the name servers of `resolv.conf`.
+pub(crate) async fn lookup(
+    resolver: &TokioResolver,
+    node: &str,
+    family: u8,
+) -> Result<Vec<IpAddr>, Errno> {
+    let found: Vec<IpAddr> = if let Ok(ip) = node.parse::<IpAddr>() {
+        vec![ip]
+    } else {
+        match resolver.lookup_ip(node).await {
+            Ok(lookup) => lookup.iter().collect(),
+            Err(_) if node.eq_ignore_ascii_case("localhost") => loopback().to_vec(),
+            Err(error) => {
+                tracing::debug!(%error, node, "name lookup failed");
+                let unknown = error.is_nx_domain()
+                    || error.is_no_records_found()
+                    || resolver.config().name_servers().is_empty();
+                return Err(if unknown {
+                    Errno::AI_NONAME
+                } else {
+                    Errno::AI_AGAIN
+                });
+            }
+        }
+    };
+    let found: Vec<_> = found
+        .into_iter()
+        .filter(|ip| family_matches(family, *ip))
+        .collect();
+    if found.is_empty() {
+        return Err(Errno::AI_NONAME);
+    }
+    Ok(found)
+}
+
+fn build(hosts_file: &Option<Source>, resolv_conf: &Option<Source>) -> TokioResolver {
+    let resolv_conf = resolv_conf.as_ref().map(Source::read).unwrap_or_default();
+    let (config, mut options) = hickory_resolver::system_conf::parse_resolv_conf(&resolv_conf)
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "resolv.conf not usable: no name servers");
+            (
+                ResolverConfig::from_parts(None, vec![], vec![]),
+                ResolverOpts::default(),
+            )
+        });
+    // The host's hosts file must not be read: the container's is set below.
+    options.use_hosts_file = ResolveHosts::Never;
+    let mut resolver =
+        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(options)
+            .build();
+    let mut hosts = Hosts::default();
+    if let Some(source) = hosts_file
+        && let Err(error) = hosts.read_hosts_conf(source.read().as_bytes())
+    {
+        tracing::debug!(%error, "hosts file not usable");
+    }
+    resolver.set_hosts(Arc::new(hosts));
+    resolver
+}
+
+/// A `sock_getaddrinfo` service: a port number, a well-known service name (Wasm images carry
+/// no `/etc/services`; `wasmedge_wasi_socket` asks for "http" whatever port it then uses), or
+/// empty for 0.
+pub(crate) fn service_port(service: &str) -> Result<u16, Errno> {
+    const WELL_KNOWN: [(&str, u16); 12] = [
+        ("ftp", 21),
+        ("ssh", 22),
+        ("smtp", 25),
+        ("domain", 53),
+        ("http", 80),
+        ("pop3", 110),
+        ("imap", 143),
+        ("https", 443),
+        ("mysql", 3306),
+        ("postgresql", 5432),
+        ("redis", 6379),
+        ("http-alt", 8080),
+    ];
+    if service.is_empty() {
+        return Ok(0);
+    }
+    service
+        .parse()
+        .ok()
+        .or_else(|| {
+            WELL_KNOWN
+                .iter()
+                .find(|(name, _)| *name == service)
+                .map(|&(_, port)| port)
+        })
+        .ok_or(Errno::AI_SERVICE)
+}
