@@ -119,6 +119,22 @@ impl Background {
                 .with_context(|| format!("spawn {command:?}"))?,
         ))
     }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the process to end.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "still running 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Background {
@@ -268,7 +284,12 @@ impl Containerd {
         let root = dir.path();
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin)?;
-        for name in ["containerd-shim-wasmtime-v1", "containerd-shim-wasmedge-v1"] {
+        // As `wasmcell install` links them; spin is not built and must refuse.
+        for name in [
+            "containerd-shim-wasmtime-v1",
+            "containerd-shim-wasmedge-v1",
+            "containerd-shim-spin-v2",
+        ] {
             std::os::unix::fs::symlink(shim, bin.join(name))?;
         }
         let config = root.join("config.toml");

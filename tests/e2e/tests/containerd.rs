@@ -419,14 +419,14 @@ fn unsupported_runtime_names_refuse_instead_of_running_as_wasmtime() -> Result<(
         "run",
         "--rm",
         "--runtime",
-        "io.containerd.wasmedge.v1",
+        "io.containerd.spin.v2",
         "example.com/hello:latest",
         "edge",
     ])?;
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(
         out.stderr
-            .contains("runtime io.containerd.wasmedge.v1 is not supported"),
+            .contains("runtime io.containerd.spin.v2 is not supported"),
         "{out:?}"
     );
     assert!(!out.stdout.contains("Hello"), "{out:?}");
