@@ -2,6 +2,11 @@
 //! and 50), served by the shim under containerd, by `wasmcell run`, by `wasmtime serve -Scli`
 //! (the engine's own server; `$WASMTIME_CLI`, see scripts/wasmtime-cli.sh) and by a native
 //! Rust hyper server (the limit), one after another in one run.
+//!
+//! `wasmcell-bench wasmedge-http [SECONDS]`: the same load on `guests/wasmedge-http` (tokio_wasi
+//! + hyper_wasi over WasmEdge's socket ABI) under `wasmcell run` and the shim's wasmedge
+//! runtime, against the same source built natively (`$WASMEDGE_HTTP_NATIVE`, built by
+//! bench/run.sh): the limit, and the ratio's baseline.
 
 use std::convert::Infallible;
 use std::process::Command;
@@ -18,31 +23,112 @@ struct Load {
     p99_ms: f64,
 }
 
-pub fn http(seconds: u32) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let hello = guest("hello-http.wasm");
-    let mut rows: Vec<(String, Vec<Load>)> = Vec::new();
-    let mut measure = |name: &str, port: u16| -> Result<()> {
+/// Servers' figures, a row each, measured one after another.
+struct Rows {
+    seconds: u32,
+    rows: Vec<(String, [Load; 2])>,
+}
+
+impl Rows {
+    fn new(seconds: u32) -> Rows {
+        Rows {
+            seconds,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Loads the server on `port` at concurrency 1 and 50.
+    fn measure(&mut self, name: &str, port: u16) -> Result<()> {
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url)?;
-        let loads = [1, 50]
-            .into_iter()
-            .map(|connections| wrk(&url, connections, seconds))
-            .collect::<Result<_>>()?;
-        rows.push((name.to_owned(), loads));
+        let loads = [wrk(&url, 1, self.seconds)?, wrk(&url, 50, self.seconds)?];
+        self.rows.push((name.to_owned(), loads));
         Ok(())
-    };
+    }
 
+    /// The table, with each row's c=50 throughput as a ratio of the row named `baseline` (none
+    /// without it: a ratio is only against a baseline from the same run).
+    fn print(&self, title: &str, baseline: &str) {
+        let base = self
+            .rows
+            .iter()
+            .find(|(name, _)| name == baseline)
+            .map(|(_, loads)| loads[1].requests_per_s);
+        println!("\n{title}, wrk {} s per row, one run", self.seconds);
+        println!(
+            "| {:<44} | {:>10} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>8} |",
+            "server", "c=1 req/s", "p50", "p99", "c=50 req/s", "p50", "p99", "c=50 ×"
+        );
+        println!(
+            "|{:-<46}|{:->12}|{:->11}|{:->11}|{:->12}|{:->11}|{:->11}|{:->10}|",
+            "", "", "", "", "", "", "", ""
+        );
+        for (name, loads) in &self.rows {
+            let ratio = base.map_or(String::from("-"), |b| {
+                format!("{:.2}x", loads[1].requests_per_s / b)
+            });
+            println!(
+                "| {name:<44} | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {ratio:>8} |",
+                loads[0].requests_per_s,
+                loads[0].p50_ms,
+                loads[0].p99_ms,
+                loads[1].requests_per_s,
+                loads[1].p50_ms,
+                loads[1].p99_ms,
+            );
+        }
+    }
+}
+
+/// Starts `image` (imported from `wasm`) under a fresh containerd with `runtime`, in the host's
+/// network, and measures it; `env` tells the guest where to listen.
+fn measure_shim(
+    rows: &mut Rows,
+    name: &str,
+    wasm: &std::path::Path,
+    runtime: &str,
+    env: impl FnOnce(u16) -> String,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    containerd.import(&build_image(
+        wasm,
+        "bench.local/server:latest",
+        tmp.path(),
+        &[],
+    )?)?;
+    let port = free_port()?;
+    let env = env(port);
+    let run = [
+        "run",
+        "-d",
+        "--net-host",
+        "--env",
+        &env,
+        "--runtime",
+        runtime,
+        "bench.local/server:latest",
+        "web",
+    ];
+    let ran = wasmcell_e2e::run(containerd.ctr_command().args(run))?;
+    ensure!(ran.code == Some(0), "ctr run: {}", ran.stderr);
+    rows.measure(name, port)
+}
+
+const WASMTIME_SERVE: &str = "wasmtime serve -Scli (baseline)";
+
+pub fn http(seconds: u32) -> Result<()> {
+    let hello = guest("hello-http.wasm");
+    let mut rows = Rows::new(seconds);
     match std::env::var_os("WASMTIME_CLI") {
         Some(wasmtime) => {
             let port = free_port()?;
-            let server = Background::spawn(
+            let _server = Background::spawn(
                 Command::new(wasmtime)
                     .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
                     .arg(&hello),
             )?;
-            measure("wasmtime serve -Scli (baseline)", port)?;
-            drop(server);
+            rows.measure(WASMTIME_SERVE, port)?;
         }
         None => {
             println!("(no $WASMTIME_CLI: run through bench/run.sh for the wasmtime serve baseline)")
@@ -55,69 +141,62 @@ pub fn http(seconds: u32) -> Result<()> {
             .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
             .arg(&hello),
     )?;
-    measure("wasmcell run", port)?;
+    rows.measure("wasmcell run", port)?;
     drop(server);
 
-    let containerd = Containerd::start()?;
-    containerd.import(&build_image(
+    measure_shim(
+        &mut rows,
+        "wasmcell shim (ctr run -d --net-host)",
         &hello,
-        "bench.local/hello-http:latest",
-        tmp.path(),
-        &[],
-    )?)?;
-    let port = free_port()?;
-    let addr = format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}");
-    let run = [
-        "run",
-        "-d",
-        "--net-host",
-        "--env",
-        &addr,
-        "--runtime",
         "io.containerd.wasmtime.v1",
-        "bench.local/hello-http:latest",
-        "web",
-    ];
-    let ran = wasmcell_e2e::run(containerd.ctr_command().args(run))?;
-    ensure!(ran.code == Some(0), "ctr run: {}", ran.stderr);
-    measure("wasmcell shim (ctr run -d --net-host)", port)?;
-    drop(containerd);
+        |port| format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}"),
+    )?;
 
     let port = free_port()?;
-    let server = Background::spawn(
+    let _server = Background::spawn(
         Command::new(std::env::current_exe()?).args(["native-http", &port.to_string()]),
     )?;
-    measure("native Rust hyper (the limit)", port)?;
-    drop(server);
+    rows.measure("native Rust hyper (the limit)", port)?;
+    rows.print("HTTP GET / of the hello-http example", WASMTIME_SERVE);
+    Ok(())
+}
 
-    // Ratios only against the baseline: without it, none.
-    let baseline = rows
-        .first()
-        .filter(|(name, _)| name.ends_with("(baseline)"))
-        .map(|(_, loads)| loads[1].requests_per_s);
-    println!("\nHTTP GET / of the hello-http example, wrk {seconds} s per row, one run");
-    println!(
-        "| {:<40} | {:>10} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>8} |",
-        "server", "c=1 req/s", "p50", "p99", "c=50 req/s", "p50", "p99", "c=50 ×"
-    );
-    println!(
-        "|{:-<42}|{:->12}|{:->11}|{:->11}|{:->12}|{:->11}|{:->11}|{:->10}|",
-        "", "", "", "", "", "", "", ""
-    );
-    for (name, loads) in &rows {
-        let ratio = baseline.map_or(String::from("-"), |b| {
-            format!("{:.2}x", loads[1].requests_per_s / b)
-        });
-        println!(
-            "| {name:<40} | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {ratio:>8} |",
-            loads[0].requests_per_s,
-            loads[0].p50_ms,
-            loads[0].p99_ms,
-            loads[1].requests_per_s,
-            loads[1].p50_ms,
-            loads[1].p99_ms,
-        );
+const NATIVE: &str = "the same server, native (the limit, baseline)";
+
+pub fn wasmedge_http(seconds: u32) -> Result<()> {
+    let server = guest("wasmedge-http.wasm");
+    let mut rows = Rows::new(seconds);
+    match std::env::var_os("WASMEDGE_HTTP_NATIVE") {
+        Some(native) => {
+            let port = free_port()?;
+            let _server = Background::spawn(Command::new(native).env("PORT", port.to_string()))?;
+            rows.measure(NATIVE, port)?;
+        }
+        None => {
+            println!("(no $WASMEDGE_HTTP_NATIVE: run through bench/run.sh for the native baseline)")
+        }
     }
+
+    let port = free_port()?;
+    let running = Background::spawn(
+        Command::new(wasmcell())
+            .args(["run", "--net", "--env", &format!("PORT={port}")])
+            .arg(&server),
+    )?;
+    rows.measure("wasmcell run --net", port)?;
+    drop(running);
+
+    measure_shim(
+        &mut rows,
+        "wasmcell shim (wasmedge runtime, --net-host)",
+        &server,
+        "io.containerd.wasmedge.v1",
+        |port| format!("PORT={port}"),
+    )?;
+    rows.print(
+        "HTTP GET / of guests/wasmedge-http (tokio_wasi + hyper_wasi)",
+        NATIVE,
+    );
     Ok(())
 }
 

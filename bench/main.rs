@@ -34,6 +34,13 @@ fn main() -> Result<()> {
             .context("N must be a number")
             .map(|n| n.unwrap_or(30))
     };
+    let seconds = |at: usize| -> Result<u32> {
+        args.get(at)
+            .map(|n| n.parse())
+            .transpose()
+            .context("SECONDS must be a number")
+            .map(|n| n.unwrap_or(10))
+    };
     match args.first().map(String::as_str).unwrap_or("all") {
         "ctr-run" => ctr_run(count(1)?),
         "cli" => cli(count(1)?),
@@ -43,11 +50,13 @@ fn main() -> Result<()> {
             cli(n)?;
             density(50)?;
             parallel(50)?;
-            http::http(10)
+            http::http(10)?;
+            http::wasmedge_http(10)
         }
         "density" => density(count(1)?),
         "parallel" => parallel(count(1)?),
-        "http" => http::http(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(10)),
+        "http" => http::http(seconds(1)?),
+        "wasmedge-http" => http::wasmedge_http(seconds(1)?),
         "native-http" => http::native(args.get(1).context("native-http PORT")?.parse()?),
         "sandbox-cost" => {
             let old = args
@@ -56,7 +65,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, http or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, http, wasmedge-http or sandbox-cost"
         ),
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything (release) and runs the benchmarks:
-#   bench/run.sh [ctr-run|cli|all|density|parallel] [N] | http [SECONDS] | sandbox-cost OLD_WASMCELL [N]
+#   bench/run.sh [ctr-run|cli|all|density|parallel] [N] | http|wasmedge-http [SECONDS]
+#                | sandbox-cost OLD_WASMCELL [N]
 # Every figure is printed with its baseline from the same run. Needs root (containerd, runc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +12,11 @@ cargo build --quiet --release --workspace --bins
 # The engine baseline (wasmtime-cli, built once and cached) for the benchmarks that use it.
 case "${1:-all}" in
   cli|all|http) WASMTIME_CLI=$(./scripts/wasmtime-cli.sh); export WASMTIME_CLI ;;
+esac
+# The WasmEdge-style server built natively: the limit its Wasm figures are measured against.
+case "${1:-all}" in
+  all|wasmedge-http)
+    (cd guests && CARGO_TARGET_DIR=$PWD/target cargo build --quiet --release -p wasmedge-http)
+    export WASMEDGE_HTTP_NATIVE=$PWD/guests/target/release/wasmedge-http ;;
 esac
 exec "${CARGO_TARGET_DIR:-target}/release/wasmcell-bench" "$@"
