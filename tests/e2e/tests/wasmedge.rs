@@ -237,64 +237,35 @@ fn the_wasmedge_runtime_serves_http_tcp_and_udp_under_containerd() -> Result<()>
 
     // A TCP and a UDP echo server, and their clients, each a container.
     let socket = "example.com/wasmedge-socket:latest";
-    let (tcp, udp) = (free_port()?.to_string(), free_port()?.to_string());
-    run_wasmedge(
-        &containerd,
-        &["-d", "--net-host"],
-        socket,
-        "tcp",
-        &["/wasmedge-socket.wasm", "tcp-server", &tcp],
-    )?
-    .success()?;
-    run_wasmedge(
-        &containerd,
-        &["-d", "--net-host"],
-        socket,
-        "udp",
-        &["/wasmedge-socket.wasm", "udp-server", &udp],
-    )?
-    .success()?;
-    let mut tcp_reply = String::new();
-    wait_for("the TCP echo server", || {
-        let out = run_wasmedge(
-            &containerd,
-            &["--rm", "--net-host"],
-            socket,
-            "tcp-client",
-            &[
-                "/wasmedge-socket.wasm",
-                "tcp-client",
-                &format!("127.0.0.1:{tcp}"),
-                "over tcp",
-            ],
-        )?;
-        tcp_reply = out.stdout;
-        Ok(out.code == Some(0))
-    })?;
-    assert_eq!(tcp_reply.trim(), "tcp reply: over tcp");
-    let mut udp_reply = String::new();
-    wait_for("the UDP echo server", || {
-        let out = run_wasmedge(
-            &containerd,
-            &["--rm", "--net-host"],
-            socket,
-            "udp-client",
-            &[
-                "/wasmedge-socket.wasm",
-                "udp-client",
-                &format!("127.0.0.1:{udp}"),
-                "over udp",
-            ],
-        )?;
-        udp_reply = out.stdout;
-        Ok(out.code == Some(0))
-    })?;
+    let mut replies = Vec::new();
+    for proto in ["tcp", "udp"] {
+        let port = free_port()?.to_string();
+        let server = [&format!("{proto}-server"), port.as_str()];
+        let args = [&["/wasmedge-socket.wasm"][..], &server[..]].concat();
+        run_wasmedge(&containerd, &["-d", "--net-host"], socket, proto, &args)?.success()?;
+        // Retried until the server is up (a datagram sent before is lost; the client gives up).
+        let (client, to, message) = (
+            format!("{proto}-client"),
+            format!("127.0.0.1:{port}"),
+            format!("over {proto}"),
+        );
+        let args = ["/wasmedge-socket.wasm", &client, &to, &message];
+        let mut reply = String::new();
+        wait_for(&format!("the {proto} echo server"), || {
+            let out = run_wasmedge(&containerd, &["--rm", "--net-host"], socket, &client, &args)?;
+            reply = out.stdout;
+            Ok(out.code == Some(0))
+        })?;
+        replies.push((port, reply));
+    }
+    assert_eq!(replies[0].1.trim(), "tcp reply: over tcp");
     // The sender's IPv4 address prints as 0.0.0.0: wasmedge_wasi_socket 0.5 reads it back from
     // a buffer it declared immutable, so the compiler folds those reads to its zeros (the IPv6
     // test shows the host writes the address). The port and the data arrive.
+    let (udp, reply) = &replies[1];
     assert!(
-        udp_reply.trim().ends_with(&format!(":{udp}: over udp")),
-        "{udp_reply:?}"
+        reply.trim().ends_with(&format!(":{udp}: over udp")),
+        "{reply:?}"
     );
     for id in ["tcp", "udp"] {
         containerd

@@ -17,7 +17,7 @@ mod socket;
 
 use std::net::SocketAddr;
 
-use wasmtime::{Caller, Extern, ExternType, Linker, Memory, Module, ValType};
+use wasmtime::{Caller, Extern, ExternType, Linker, Module, ValType};
 
 use crate::engine::ModuleState;
 use crate::workload::{Network, WorkloadSpec};
@@ -108,10 +108,10 @@ fn define(linker: &mut Linker<ModuleState>, name: &str, arity: usize) -> wasmtim
         ("sock_send", 5) => host!(sock_send, a, b, c, d, e),
         ("sock_send_to", 7) => host!(sock_send_to, a, b, c, d, e, f, g),
         ("sock_shutdown", 2) => host!(sock_shutdown, a, b),
-        ("sock_getlocaladdr", 3) => host!(sock_getlocaladdr, a, b, c),
-        ("sock_getlocaladdr", 4) => host!(sock_getlocaladdr_typed, a, b, c, d),
-        ("sock_getpeeraddr", 3) => host!(sock_getpeeraddr, a, b, c),
-        ("sock_getpeeraddr", 4) => host!(sock_getpeeraddr_typed, a, b, c, d),
+        ("sock_getlocaladdr", 3) => host!(sock_address::<false>, a, b, c),
+        ("sock_getlocaladdr", 4) => host!(sock_address_typed::<false>, a, b, c, d),
+        ("sock_getpeeraddr", 3) => host!(sock_address::<true>, a, b, c),
+        ("sock_getpeeraddr", 4) => host!(sock_address_typed::<true>, a, b, c, d),
         ("sock_getsockopt", 5) => host!(sock_getsockopt, a, b, c, d, e),
         ("sock_setsockopt", 5) => host!(sock_setsockopt, a, b, c, d, e),
         ("sock_getaddrinfo", 8) => host!(sock_getaddrinfo, a, b, c, d, e, f, g, h),
@@ -154,14 +154,6 @@ fn with<R>(
         .get_export("memory")
         .and_then(Extern::into_memory)
         .ok_or(Errno::FAULT)?;
-    with_memory(caller, memory, f)
-}
-
-fn with_memory<R>(
-    caller: &mut Host<'_>,
-    memory: Memory,
-    f: impl FnOnce(&mut Mem<'_>, &mut WasmEdge) -> Result<R, Errno>,
-) -> Result<R, Errno> {
     let (bytes, state) = memory.data_and_store_mut(&mut *caller);
     let state = state.wasmedge.as_deref_mut().ok_or(Errno::NOTSUP)?;
     f(&mut Mem(bytes), state)
@@ -411,28 +403,22 @@ async fn sock_shutdown(caller: &mut Host<'_>, fd: u32, how: u32) -> wasmtime::Re
     Ok(status(socket(caller, fd).and_then(|s| s.shutdown(how))))
 }
 
-/// Which end of a connection an address query asks for.
-#[derive(Clone, Copy)]
-enum End {
-    Local,
-    Peer,
-}
-
-/// Writes an end's address to `addr` and its port to `port_out`, and for the older, four
+/// Writes the local (or, with `peer`, the remote) address to `addr` and its port to `port_out`, and for the older, four
 /// parameter form the IP version (4 or 6) to `type_out`.
 fn address_of(
     caller: &mut Host<'_>,
     fd: u32,
-    end: End,
+    peer: bool,
     addr: u32,
     type_out: Option<u32>,
     port_out: u32,
 ) -> Result<(), Errno> {
     with(caller, |mem, state| {
         let socket = state.sockets.socket(fd)?;
-        let found = match end {
-            End::Local => socket.local_addr()?,
-            End::Peer => socket.peer_addr()?,
+        let found = if peer {
+            socket.peer_addr()?
+        } else {
+            socket.local_addr()?
         };
         mem.bytes_mut(port_out, 4)?;
         if let Some(type_out) = type_out {
@@ -447,56 +433,25 @@ fn address_of(
     })
 }
 
-async fn sock_getlocaladdr(
+/// `sock_getlocaladdr` and (`PEER`) `sock_getpeeraddr`, three-parameter form.
+async fn sock_address<const PEER: bool>(
     caller: &mut Host<'_>,
     fd: u32,
     addr: u32,
     port: u32,
 ) -> wasmtime::Result<i32> {
-    Ok(status(address_of(caller, fd, End::Local, addr, None, port)))
+    Ok(status(address_of(caller, fd, PEER, addr, None, port)))
 }
 
-async fn sock_getlocaladdr_typed(
+/// `sock_getlocaladdr` and (`PEER`) `sock_getpeeraddr`, four-parameter form.
+async fn sock_address_typed<const PEER: bool>(
     caller: &mut Host<'_>,
     fd: u32,
     addr: u32,
     ty: u32,
     port: u32,
 ) -> wasmtime::Result<i32> {
-    Ok(status(address_of(
-        caller,
-        fd,
-        End::Local,
-        addr,
-        Some(ty),
-        port,
-    )))
-}
-
-async fn sock_getpeeraddr(
-    caller: &mut Host<'_>,
-    fd: u32,
-    addr: u32,
-    port: u32,
-) -> wasmtime::Result<i32> {
-    Ok(status(address_of(caller, fd, End::Peer, addr, None, port)))
-}
-
-async fn sock_getpeeraddr_typed(
-    caller: &mut Host<'_>,
-    fd: u32,
-    addr: u32,
-    ty: u32,
-    port: u32,
-) -> wasmtime::Result<i32> {
-    Ok(status(address_of(
-        caller,
-        fd,
-        End::Peer,
-        addr,
-        Some(ty),
-        port,
-    )))
+    Ok(status(address_of(caller, fd, PEER, addr, Some(ty), port)))
 }
 
 async fn sock_getsockopt(

@@ -72,6 +72,12 @@ impl GuestSocket {
 
     fn wrap(socket: Socket, kind: Kind) -> Result<GuestSocket, Errno> {
         socket.set_nonblocking(true)?;
+        if kind == Kind::Stream {
+            // The ABI has no TCP-level options, so a guest could never turn Nagle off: with it
+            // on, a server that writes headers and body in two sends waits out the client's
+            // delayed ACK (40 ms) on every response.
+            socket.set_tcp_nodelay(true)?;
+        }
         Ok(GuestSocket {
             io: OnceLock::new(),
             socket,
@@ -215,12 +221,12 @@ impl GuestSocket {
         let socket = &self.socket;
         let int = |value: i32| Ok(value.to_le_bytes().to_vec());
         match option {
-            SocketOption::Type => int(self.kind as i32),
-            SocketOption::Error => int(match socket.take_error()? {
+            SocketOption::TYPE => int(self.kind as i32),
+            SocketOption::ERROR => int(match socket.take_error()? {
                 Some(error) => i32::from(Errno::from(error).0),
                 None => 0,
             }),
-            SocketOption::ReceiveTimeout | SocketOption::SendTimeout => {
+            SocketOption::RECEIVE_TIMEOUT | SocketOption::SEND_TIMEOUT => {
                 let timeout = self.timeouts.lock().expect("timeouts")[option.timeout_index()];
                 let timeout = timeout.unwrap_or_default();
                 let mut value = (timeout.as_secs() as i64).to_le_bytes().to_vec();
@@ -234,10 +240,10 @@ impl GuestSocket {
     /// `sock_setsockopt` at `SOL_SOCKET`.
     pub(crate) fn set_option(&self, option: SocketOption, value: &[u8]) -> Result<(), Errno> {
         match option {
-            SocketOption::Type | SocketOption::Error | SocketOption::AcceptConn => {
+            SocketOption::TYPE | SocketOption::ERROR | SocketOption::ACCEPT_CONN => {
                 Err(Errno::NOPROTOOPT)
             }
-            SocketOption::ReceiveTimeout | SocketOption::SendTimeout => {
+            SocketOption::RECEIVE_TIMEOUT | SocketOption::SEND_TIMEOUT => {
                 let value: [u8; 16] = value.try_into().map_err(|_| Errno::INVAL)?;
                 let secs = i64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
                 let micros = i64::from_le_bytes(value[8..].try_into().expect("8 bytes"));
@@ -333,55 +339,46 @@ impl GuestSocket {
     }
 }
 
-/// The `SOL_SOCKET` options of the ABI, by their codes 0-14.
+/// A `SOL_SOCKET` option of the ABI, by its code (0-14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SocketOption {
-    ReuseAddr,
-    Type,
-    Error,
-    DontRoute,
-    Broadcast,
-    SendBuffer,
-    ReceiveBuffer,
-    KeepAlive,
-    OobInline,
-    Linger,
-    ReceiveLowWater,
-    ReceiveTimeout,
-    SendTimeout,
-    AcceptConn,
-    BindToDevice,
-}
+pub(crate) struct SocketOption(u8);
 
 impl SocketOption {
+    const TYPE: SocketOption = SocketOption(1);
+    const ERROR: SocketOption = SocketOption(2);
+    const RECEIVE_TIMEOUT: SocketOption = SocketOption(11);
+    const SEND_TIMEOUT: SocketOption = SocketOption(12);
+    const ACCEPT_CONN: SocketOption = SocketOption(13);
+
+    /// Linux's name for each code, in the ABI's order.
+    const LINUX: [libc::c_int; 15] = [
+        libc::SO_REUSEADDR,
+        libc::SO_TYPE,
+        libc::SO_ERROR,
+        libc::SO_DONTROUTE,
+        libc::SO_BROADCAST,
+        libc::SO_SNDBUF,
+        libc::SO_RCVBUF,
+        libc::SO_KEEPALIVE,
+        libc::SO_OOBINLINE,
+        libc::SO_LINGER,
+        libc::SO_RCVLOWAT,
+        libc::SO_RCVTIMEO,
+        libc::SO_SNDTIMEO,
+        libc::SO_ACCEPTCONN,
+        libc::SO_BINDTODEVICE,
+    ];
+
     /// The option a guest names: level 0 (`SOL_SOCKET`) and a code, or `EINVAL`.
     pub(crate) fn of(level: u32, name: u32) -> Result<SocketOption, Errno> {
-        use SocketOption::*;
-        if level != 0 {
+        if level != 0 || name as usize >= Self::LINUX.len() {
             return Err(Errno::INVAL);
         }
-        const ALL: [SocketOption; 15] = [
-            ReuseAddr,
-            Type,
-            Error,
-            DontRoute,
-            Broadcast,
-            SendBuffer,
-            ReceiveBuffer,
-            KeepAlive,
-            OobInline,
-            Linger,
-            ReceiveLowWater,
-            ReceiveTimeout,
-            SendTimeout,
-            AcceptConn,
-            BindToDevice,
-        ];
-        ALL.get(name as usize).copied().ok_or(Errno::INVAL)
+        Ok(SocketOption(name as u8))
     }
 
     fn timeout_index(self) -> usize {
-        if self == SocketOption::ReceiveTimeout {
+        if self == SocketOption::RECEIVE_TIMEOUT {
             0
         } else {
             1
@@ -389,24 +386,7 @@ impl SocketOption {
     }
 
     fn linux_name(self) -> libc::c_int {
-        use SocketOption::*;
-        match self {
-            ReuseAddr => libc::SO_REUSEADDR,
-            Type => libc::SO_TYPE,
-            Error => libc::SO_ERROR,
-            DontRoute => libc::SO_DONTROUTE,
-            Broadcast => libc::SO_BROADCAST,
-            SendBuffer => libc::SO_SNDBUF,
-            ReceiveBuffer => libc::SO_RCVBUF,
-            KeepAlive => libc::SO_KEEPALIVE,
-            OobInline => libc::SO_OOBINLINE,
-            Linger => libc::SO_LINGER,
-            ReceiveLowWater => libc::SO_RCVLOWAT,
-            ReceiveTimeout => libc::SO_RCVTIMEO,
-            SendTimeout => libc::SO_SNDTIMEO,
-            AcceptConn => libc::SO_ACCEPTCONN,
-            BindToDevice => libc::SO_BINDTODEVICE,
-        }
+        Self::LINUX[usize::from(self.0)]
     }
 }
 
