@@ -7,7 +7,7 @@
 set -euo pipefail
 
 tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
-apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static iproute2 iptables wrk)
+apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static iproute2 iptables wrk skopeo)
 trixie_pkgs=(containerd docker.io docker-cli)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -46,6 +46,15 @@ LIST
   (cd "$tools/debs" && apt-get "${apt_opts[@]}" download "${trixie_pkgs[@]}")
   for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools"; done
 fi
+# Debian's registry, for the image tests: extracted, not installed, so that no system service
+# starts on port 5000; each test starts its own.
+if [ ! -x "$tools/usr/bin/docker-registry" ]; then
+  log "fetching docker-registry into $tools"
+  mkdir -p "$tools/debs/registry"
+  (cd "$tools/debs/registry" && rm -f ./*.deb && apt-get download docker-registry)
+  dpkg -x "$tools"/debs/registry/docker-registry_*.deb "$tools"
+fi
 log "containerd: $("$tools/usr/bin/containerd" --version)"
 log "runc: $(runc --version | head -1)"
 log "dockerd: $("$tools/usr/sbin/dockerd" --version)"
+log "registry: $("$tools/usr/bin/docker-registry" --version), skopeo: $(skopeo --version)"

@@ -249,9 +249,11 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// `wasmcell build WASM --tag TAG --output DIR/NAME.tar [EXTRA...]`, returning the archive path.
+/// (`dir/store` is the local image store `wasmcell build` also writes to.)
 pub fn build_image(wasm: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Result<PathBuf> {
     let archive = dir.join(format!("{}.tar", tag.replace(['/', ':'], "_")));
     run(Command::new(wasmcell())
+        .env("WASMCELL_STORE", dir.join("store"))
         .arg("build")
         .arg(wasm)
         .args(["--tag", tag, "--output"])

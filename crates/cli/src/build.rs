@@ -4,13 +4,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use wasmcell_oci::{BuildOptions, Platform, build_archive};
+use wasmcell_oci::{BuildOptions, Format, Layout, Platform, build_image};
+use wasmcell_registry::{Registry, parse_reference};
 
-/// Package a Wasm module or component as a container image (an OCI archive).
+use crate::images::{RegistryArgs, store};
+
+/// Package a Wasm module or component as a container image.
 ///
-/// The image holds the binary at /<file name> with an Entrypoint naming it, like a Dockerfile
-/// `COPY app.wasm /app.wasm` + `ENTRYPOINT ["/app.wasm"]`. Load it with
-/// `ctr images import --all-platforms FILE` or `docker load -i FILE`.
+/// Two formats: `image` (default), a Docker-compatible image holding the binary at /<file name>
+/// with an Entrypoint naming it, like a Dockerfile `COPY app.wasm /app.wasm` +
+/// `ENTRYPOINT ["/app.wasm"]`, which every container runtime can unpack; and `artifact`, the CNCF
+/// Wasm OCI artifact (the binary as its one `application/wasm` layer, a
+/// `application/vnd.wasm.config.v0+json` config).
+///
+/// Where it goes: an OCI archive (`-o app.tar`: `ctr images import --all-platforms app.tar`,
+/// `docker load -i app.tar`), an OCI layout directory (`-o dir/`), a registry (`--push`), and
+/// always the local store (`wasmcell images`, `wasmcell run REF`).
 #[derive(Args)]
 pub struct BuildArgs {
     /// The .wasm file (core module or component).
@@ -18,17 +27,35 @@ pub struct BuildArgs {
     /// The image name, e.g. example.com/hello:latest.
     #[arg(long, short = 't')]
     tag: String,
-    /// Where to write the OCI archive.
-    #[arg(long, short = 'o')]
-    output: PathBuf,
-    /// The platform to declare, OS/ARCH with OS wasi|wasip1|wasip2 and ARCH wasm|wasm32
+    /// Also write the image to FILE as an OCI archive, or into DIR/ (a trailing slash, or an
+    /// existing directory) as an OCI layout.
+    #[arg(long, short = 'o', value_name = "FILE|DIR/")]
+    output: Option<PathBuf>,
+    /// image (Docker-compatible) or artifact (CNCF Wasm OCI artifact).
+    #[arg(long, value_enum, default_value_t = FormatArg::Image)]
+    format: FormatArg,
+    /// The platform to declare, OS/ARCH with OS wasi|wasip1|wasip2 and ARCH wasm|wasm32;
+    /// repeat it for one index that any of them pulls
     /// [default: wasip1/wasm for modules, wasip2/wasm for components]
     #[arg(long)]
-    platform: Option<Platform>,
+    platform: Vec<Platform>,
     /// Copy a host directory into the image: HOST_DIR[:IMAGE_DIR] (repeatable; IMAGE_DIR defaults
     /// to /). For assets and config files the module reads; symlinks are kept as symlinks.
+    /// Image format only.
     #[arg(long, value_name = "HOST_DIR[:IMAGE_DIR]")]
     include: Vec<String>,
+    /// Push the image to its registry (the tag names it).
+    #[arg(long)]
+    push: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// The `--format` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Image,
+    Artifact,
 }
 
 pub fn build(args: BuildArgs) -> Result<()> {
@@ -54,30 +81,63 @@ pub fn build(args: BuildArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let options = BuildOptions {
         reference: args.tag.clone(),
-        platform: args.platform,
+        platforms: args.platform.clone(),
         file_name,
         include,
+        format: match args.format {
+            FormatArg::Image => Format::Image,
+            FormatArg::Artifact => Format::Artifact,
+        },
     };
-    // Written beside the destination and renamed into place: never a half-written archive.
-    let dir = args
-        .output
+    let image = build_image(&wasm, &options)?;
+    image.store(&store()?)?;
+    let platforms: Vec<_> = image.platforms.iter().map(ToString::to_string).collect();
+    println!(
+        "built {} ({} {}, platform {}) into the local store\n  {} {}",
+        args.tag,
+        image.kind,
+        options.file_name,
+        platforms.join(", "),
+        image.root.media_type(),
+        image.root.digest(),
+    );
+    if let Some(output) = &args.output {
+        if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
+            image.store(&Layout::open(output)?)?;
+            println!("  and into the OCI layout {}", output.display());
+        } else {
+            write_archive(&image, output)?;
+            println!(
+                "  and into {}\n  next: ctr images import --all-platforms {}",
+                output.display(),
+                output.display()
+            );
+        }
+    }
+    if args.push {
+        let reference = parse_reference(&args.tag)?;
+        let registry = Registry::new(&reference, args.registry.insecure);
+        let blob = |digest: &str| {
+            let found = image.blobs.iter().find(|b| b.digest == digest);
+            Ok(found.expect("the image's own blobs").bytes.clone())
+        };
+        crate::images::runtime()?.block_on(registry.push(&reference, &image.root, &blob))?;
+        println!("  and pushed to {reference}");
+    }
+    Ok(())
+}
+
+/// Writes `image` to `path` as an OCI archive: beside it first, then renamed into place, never
+/// a half-written archive.
+fn write_archive(image: &wasmcell_oci::Image, path: &Path) -> Result<()> {
+    let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(".".as_ref());
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write to {}", dir.display()))?;
-    let built = build_archive(&wasm, &options, std::io::BufWriter::new(tmp.as_file_mut()))?;
-    tmp.persist(&args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    println!(
-        "built {} ({} {}, platform {}) into {}\n  manifest {}\n  next: ctr images import --all-platforms {}",
-        args.tag,
-        built.kind,
-        options.file_name,
-        built.platform,
-        args.output.display(),
-        built.manifest_digest,
-        args.output.display(),
-    );
+    image.write_archive(std::io::BufWriter::new(tmp.as_file_mut()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

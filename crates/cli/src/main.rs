@@ -6,6 +6,7 @@
 //! sandbox process; otherwise it is the CLI.
 
 mod build;
+mod images;
 mod install;
 mod run;
 
@@ -22,7 +23,7 @@ const FAILURE_STATUS: u8 = 125;
 #[derive(Parser)]
 #[command(name = "wasmcell", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell install --prefix /usr/local"
+    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell install --prefix /usr/local"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +34,10 @@ struct Cli {
 enum Command {
     Run(run::RunArgs),
     Build(build::BuildArgs),
+    Push(images::PushArgs),
+    Pull(images::PullArgs),
+    Images(images::ImagesArgs),
+    Rmi(images::RmiArgs),
     Install(install::InstallArgs),
 }
 
@@ -61,6 +66,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Build(args) => build::build(args).map(|()| ExitCode::SUCCESS),
+        Command::Push(args) => images::push(args).map(|()| ExitCode::SUCCESS),
+        Command::Pull(args) => images::pull(args).map(|()| ExitCode::SUCCESS),
+        Command::Images(args) => images::images(args).map(|()| ExitCode::SUCCESS),
+        Command::Rmi(args) => images::rmi(args).map(|()| ExitCode::SUCCESS),
         Command::Install(args) => install::install(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

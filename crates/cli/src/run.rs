@@ -1,4 +1,5 @@
-//! `wasmcell run`: a `.wasm` file or an image archive, with no container engine.
+//! `wasmcell run`: a `.wasm` file, an image archive or an image reference, with no container
+//! engine.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -12,9 +13,12 @@ use wasmcell_engine::{
     Access, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles, Network,
     Output, Preopen, Prepared, Stdio, WorkloadSpec,
 };
-use wasmcell_oci::{Archive, Entrypoint, FileKind};
+use wasmcell_oci::{Archive, Entrypoint, FileKind, ImageContents};
 
-/// Run a Wasm module or component, or a Wasm image archive, as a sandboxed process.
+use crate::images::{RegistryArgs, pull_into_store, store};
+
+/// Run a Wasm module or component, a Wasm image archive, or an image by reference (from the
+/// local store, pulled when missing), as a sandboxed process.
 ///
 /// The guest gets exactly what a container would: its arguments, the image's environment plus
 /// --env, and the image's rootfs as / (for an image) or the --dir directories. Nothing else of the
@@ -44,12 +48,26 @@ pub struct RunArgs {
     /// else ~/.cache/wasmcell]
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// A .wasm file (append #FUNCTION to call a module export other than _start), or an image
-    /// archive from `wasmcell build`.
+    /// When to pull an image reference: always, missing (not in the local store) or never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// A .wasm file (append #FUNCTION to call a module export other than _start), an image
+    /// archive from `wasmcell build`, or an image reference (e.g. 127.0.0.1:5000/app:latest),
+    /// from the local store or pulled.
     target: String,
     /// Arguments for the guest (for an image: they replace its Cmd, as with `docker run`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+/// `--pull`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PullPolicy {
+    Always,
+    Missing,
+    Never,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -86,7 +104,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     // Kept alive until the guest is done: the unpacked image rootfs.
     let mut rootfs_dir = None;
-    let spec = match target_kind(&args.target)? {
+    let target = target_kind(&args.target)?;
+    let spec = match target {
         Target::Wasm { path, function } => {
             let mut argv = vec![file_name(&path)];
             argv.extend(args.args.iter().cloned());
@@ -109,8 +128,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 names,
             }
         }
-        Target::Archive(path) => {
-            let image = Archive::read(&path)?;
+        Target::Archive(_) | Target::Image(_) => {
+            let (path, image) = match target {
+                Target::Archive(path) => {
+                    let image = Archive::read(&path)?;
+                    (path, image)
+                }
+                Target::Image(reference) => {
+                    let image = stored_image(&reference, args.pull, &args.registry)?;
+                    (PathBuf::from(reference), image)
+                }
+                Target::Wasm { .. } => unreachable!("matched above"),
+            };
             let dir = tempfile::Builder::new()
                 .prefix("wasmcell-rootfs-")
                 .tempdir()
@@ -243,6 +272,8 @@ enum Target {
         function: Option<String>,
     },
     Archive(PathBuf),
+    /// An image reference: from the local store, pulled as `--pull` says.
+    Image(String),
 }
 
 /// A Wasm binary or an image archive (a tar, by its `ustar` magic); anything else is refused
@@ -252,6 +283,9 @@ fn target_kind(target: &str) -> Result<Target> {
         (PathBuf::from(target), None)
     } else {
         let entry = Entrypoint::parse(target);
+        if !Path::new(&entry.path).exists() && looks_like_reference(target) {
+            return Ok(Target::Image(target.to_owned()));
+        }
         (PathBuf::from(entry.path), entry.function)
     };
     let mut header = Vec::with_capacity(512);
@@ -266,6 +300,35 @@ fn target_kind(target: &str) -> Result<Target> {
             path.display()
         ),
     }
+}
+
+/// Whether a target that is not a file names an image: `[REGISTRY/]REPO[:TAG]` with a
+/// registry host or a tag, never a `.wasm` path.
+fn looks_like_reference(target: &str) -> bool {
+    !target.ends_with(".wasm")
+        && !target.ends_with(".tar")
+        && (target.contains(':') || target.split('/').count() > 1)
+        && wasmcell_registry::parse_reference(target).is_ok()
+}
+
+/// The image `reference` names, from the local store, pulling it as `pull` says.
+fn stored_image(
+    reference: &str,
+    pull: PullPolicy,
+    registry: &RegistryArgs,
+) -> Result<ImageContents> {
+    let store = store()?;
+    let have = store.resolve(reference)?.is_some();
+    match (pull, have) {
+        (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
+            pull_into_store(reference, None, registry)?;
+        }
+        (PullPolicy::Never, false) => bail!(
+            "no image {reference} in the local store, and --pull never: `wasmcell pull {reference}` first"
+        ),
+        _ => {}
+    }
+    Ok(ImageContents::from_layout(&store, reference)?)
 }
 
 fn file_name(path: &Path) -> String {

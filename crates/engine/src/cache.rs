@@ -54,6 +54,26 @@ impl CompileCache {
             .join("wasmcell")
     }
 
+    /// Removes the compiled forms of the wasm whose sha256 is `module` (hex), for every engine
+    /// configuration: what `wasmcell rmi` does when no stored image has that wasm any more.
+    /// Returns how many were removed.
+    pub fn forget(&self, module: &str) -> std::io::Result<usize> {
+        let mut removed = 0;
+        let Ok(engines) = std::fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
+        for engine in engines {
+            let engine = engine?.path();
+            let entry = engine.join(format!("{module}.cwasm"));
+            if entry.is_file() {
+                std::fs::remove_file(&entry)?;
+                let _ = std::fs::remove_file(checksum_of(&entry));
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The directory holding this engine's artifacts.
     fn engine_dir(&self, engine: &wasmtime::Engine) -> PathBuf {
         let mut hasher = std::hash::DefaultHasher::new();

@@ -1,34 +1,25 @@
-//! OCI image archives: an OCI image layout in a tar, as `ctr images import`, `docker load`
-//! and `wasmcell run` read it.
-//!
-//! The image is the Docker-compatible Wasm image: one uncompressed tar layer holding the
-//! module at `/<file name>`, an `Entrypoint` naming it, and a Wasm platform. The archive also
-//! carries Docker's `manifest.json`, so `docker load` accepts it without the containerd store.
-//! Everything written is reproducible: fixed timestamps and modes, so the same input gives
-//! the same digests.
+//! Reading Wasm images back, from an OCI archive (an OCI layout in a tar, as `ctr images
+//! import`, `docker load` and `wasmcell run` read it) or from the local store, in either format
+//! (see [`crate::image`]); and the helpers both directions share.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageIndex,
-    ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType, Os, PlatformBuilder,
-    RootFsBuilder, SCHEMA_VERSION,
-};
-use sha2::{Digest as _, Sha256};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
+use crate::image::{TITLE_ANNOTATION, WASM_CONFIG_MEDIA_TYPE};
+use crate::layout::{Layout, sha256};
 use crate::platform::{Platform, PlatformError};
-use crate::wasm::{FileKind, WasmKind};
+use crate::wasm::FileKind;
 
-/// The annotation containerd and Docker read an imported image's name from.
-const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
-/// The OCI annotation for the tag part of the name.
-const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
-/// Records whether the entry binary is a core module or a component.
-pub const WASM_KIND_ANNOTATION: &str = "run.wasmcell.wasm.kind";
-/// crun and other Wasm-aware runtimes recognise compat images by this manifest annotation.
-const WASM_VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
+/// Layer media types that are the Wasm binary itself, not a tar: the CNCF artifact's, and
+/// those of earlier Wasm artifact tools (runwasi's, wasm-pkg-tools').
+pub const WASM_LAYER_MEDIA_TYPES: [&str; 3] = [
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+];
 
 /// Errors reading or writing an image archive.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +84,35 @@ pub enum ArchiveError {
     /// A platform value is invalid.
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    /// `--include` asked of an artifact, whose one layer is the binary.
+    #[error("--include needs the image format: a Wasm artifact's only layer is the binary")]
+    IncludeInArtifact,
+    /// A component the builder cannot read.
+    #[error("the component cannot be parsed: {0}")]
+    Malformed(String),
+    /// A Wasm artifact that does not have exactly one layer.
+    #[error(
+        "{image} is a Wasm artifact with {layers} layers; it must have exactly one, the binary"
+    )]
+    ArtifactLayers {
+        /// The image.
+        image: String,
+        /// How many it has.
+        layers: usize,
+    },
+    /// A manifest whose config is neither an image config nor a Wasm config.
+    #[error(
+        "{image} has a config of media type {media_type}: neither an OCI image config nor {WASM_CONFIG_MEDIA_TYPE}"
+    )]
+    ConfigMediaType {
+        /// The image.
+        image: String,
+        /// The config's media type.
+        media_type: String,
+    },
+    /// The local store failed.
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
     /// A layer has a media type we cannot unpack.
     #[error("layer {digest} has media type {media_type}, which wasmcell cannot unpack")]
     UnsupportedLayer {
@@ -103,227 +123,27 @@ pub enum ArchiveError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ArchiveError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ArchiveError {
     let what = what.into();
     move |source| ArchiveError::Io { what, source }
 }
 
-fn json_err(what: impl Into<String>) -> impl FnOnce(oci_spec::OciSpecError) -> ArchiveError {
+pub(crate) fn json_err(
+    what: impl Into<String>,
+) -> impl FnOnce(oci_spec::OciSpecError) -> ArchiveError {
     let what = what.into();
     move |source| ArchiveError::Json { what, source }
 }
 
-/// What to build.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    /// The image name, e.g. `example.com/hello:latest`.
-    pub reference: String,
-    /// The platform to declare; `None` picks `wasip1/wasm` for modules, `wasip2/wasm` for components.
-    pub platform: Option<Platform>,
-    /// The module's file name inside the image: it is placed at `/<file_name>`.
-    pub file_name: String,
-    /// Host directories copied into the image: (host directory, absolute path in the image).
-    /// Symlinks are kept as symlinks.
-    pub include: Vec<(std::path::PathBuf, String)>,
-}
-
-/// What was built.
-#[derive(Debug, Clone)]
-pub struct BuiltImage {
-    /// The digest of the image manifest.
-    pub manifest_digest: String,
-    /// The platform declared.
-    pub platform: Platform,
-    /// Module or component.
-    pub kind: WasmKind,
-}
-
-struct Blob {
-    media_type: MediaType,
-    bytes: Vec<u8>,
-    digest: String,
-}
-
-impl Blob {
-    fn new(media_type: MediaType, bytes: Vec<u8>) -> Blob {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        Blob {
-            media_type,
-            bytes,
-            digest,
-        }
-    }
-
-    fn descriptor(&self) -> Result<Descriptor, ArchiveError> {
-        Ok(Descriptor::new(
-            self.media_type.clone(),
-            self.bytes.len() as u64,
-            self.digest
-                .parse::<oci_spec::image::Digest>()
-                .map_err(json_err("digest"))?,
-        ))
-    }
-
-    fn path(&self) -> String {
-        format!("blobs/{}", self.digest.replacen(':', "/", 1))
-    }
-}
-
-/// Builds the Docker-compatible Wasm image of `wasm` and writes it as an OCI archive to `out`.
-pub fn build_archive(
-    wasm: &[u8],
-    options: &BuildOptions,
-    out: impl Write,
-) -> Result<BuiltImage, ArchiveError> {
-    let kind = match FileKind::detect(wasm) {
-        FileKind::Wasm(kind) => kind,
-        other => {
-            return Err(ArchiveError::NotWasm {
-                file: options.file_name.clone(),
-                kind: other,
-            });
-        }
-    };
-    let name = &options.file_name;
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(ArchiveError::BadFileName(name.clone()));
-    }
-    let platform = options.platform.unwrap_or(match kind {
-        WasmKind::Module => Platform::WASIP1,
-        WasmKind::Component => Platform::WASIP2,
-    });
-
-    let layer = Blob::new(
-        MediaType::ImageLayer,
-        layer_tar(name, wasm, &options.include)?,
-    );
-    let config = ImageConfigurationBuilder::default()
-        .os(Os::from(platform.os()))
-        .architecture(Arch::from(platform.arch()))
-        .config(
-            ConfigBuilder::default()
-                .entrypoint(vec![format!("/{name}")])
-                .labels(HashMap::from([(
-                    WASM_KIND_ANNOTATION.to_owned(),
-                    kind.to_string(),
-                )]))
-                .build()
-                .map_err(json_err("image config"))?,
-        )
-        .rootfs(
-            RootFsBuilder::default()
-                .typ("layers")
-                .diff_ids(vec![layer.digest.clone()])
-                .build()
-                .map_err(json_err("image rootfs"))?,
-        )
-        .build()
-        .map_err(json_err("image config"))?;
-    let config = Blob::new(MediaType::ImageConfig, canonical_json(&config));
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(SCHEMA_VERSION)
-        .media_type(MediaType::ImageManifest)
-        .config(config.descriptor()?)
-        .layers(vec![layer.descriptor()?])
-        .annotations(HashMap::from([
-            (WASM_KIND_ANNOTATION.to_owned(), kind.to_string()),
-            (WASM_VARIANT_ANNOTATION.to_owned(), "compat".to_owned()),
-        ]))
-        .build()
-        .map_err(json_err("image manifest"))?;
-    let manifest = Blob::new(MediaType::ImageManifest, canonical_json(&manifest));
-
-    let tag = options
-        .reference
-        .rsplit_once(':')
-        .map(|(_, t)| t)
-        .filter(|t| !t.contains('/'));
-    let mut annotations =
-        HashMap::from([(IMAGE_NAME_ANNOTATION.to_owned(), options.reference.clone())]);
-    annotations.insert(
-        REF_NAME_ANNOTATION.to_owned(),
-        tag.unwrap_or("latest").to_owned(),
-    );
-    let mut manifest_descriptor = manifest.descriptor()?;
-    manifest_descriptor.set_platform(Some(
-        PlatformBuilder::default()
-            .os(Os::from(platform.os()))
-            .architecture(Arch::from(platform.arch()))
-            .build()
-            .map_err(json_err("platform"))?,
-    ));
-    manifest_descriptor.set_annotations(Some(annotations));
-    let index = ImageIndexBuilder::default()
-        .schema_version(SCHEMA_VERSION)
-        .media_type(MediaType::ImageIndex)
-        .manifests(vec![manifest_descriptor])
-        .build()
-        .map_err(json_err("image index"))?;
-
-    // Docker's own archive manifest, so `docker load` also works with the classic image store.
-    let docker_manifest = serde_json::json!([{
-        "Config": config.path(),
-        "RepoTags": [options.reference],
-        "Layers": [layer.path()],
-    }]);
-
-    let mut tar = tar::Builder::new(out);
-    tar.mode(tar::HeaderMode::Deterministic);
-    append(
-        &mut tar,
-        "oci-layout",
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-        0o644,
-    )?;
-    append(&mut tar, "index.json", &canonical_json(&index), 0o644)?;
-    append(
-        &mut tar,
-        "manifest.json",
-        docker_manifest.to_string().as_bytes(),
-        0o644,
-    )?;
-    for blob in [&layer, &config, &manifest] {
-        append(&mut tar, &blob.path(), &blob.bytes, 0o644)?;
-    }
-    tar.into_inner()
-        .and_then(|mut w| w.flush())
-        .map_err(io_err("write image archive"))?;
-
-    Ok(BuiltImage {
-        manifest_digest: manifest.digest,
-        platform,
-        kind,
-    })
-}
-
 /// JSON with object keys sorted: oci-spec keeps labels and annotations in `HashMap`s, whose
 /// order changes from run to run, and a digest must not.
-fn canonical_json(value: &impl serde::Serialize) -> Vec<u8> {
+pub(crate) fn canonical_json(value: &impl serde::Serialize) -> Vec<u8> {
     let value = serde_json::to_value(value).expect("OCI types serialize to JSON");
     serde_json::to_vec(&value).expect("a JSON value serializes")
 }
 
-/// The image's only layer: the binary at the root, executable, then the included directories.
-fn layer_tar(
-    name: &str,
-    wasm: &[u8],
-    include: &[(std::path::PathBuf, String)],
-) -> Result<Vec<u8>, ArchiveError> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.mode(tar::HeaderMode::Deterministic);
-    tar.follow_symlinks(false);
-    append(&mut tar, name, wasm, 0o755)?;
-    for (host, dest) in include {
-        let dest = dest.trim_start_matches('/');
-        let dest = if dest.is_empty() { "." } else { dest };
-        tar.append_dir_all(dest, host)
-            .map_err(io_err(format!("add {} to the image", host.display())))?;
-    }
-    tar.into_inner().map_err(io_err("build layer"))
-}
-
 /// Appends a regular file with a fixed timestamp, so archives are reproducible.
-fn append<W: Write>(
+pub(crate) fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &str,
     bytes: &[u8],
@@ -338,48 +158,37 @@ fn append<W: Write>(
         .map_err(io_err(format!("write {path}")))
 }
 
-/// An image read from an archive: what `wasmcell run` needs to build a container from it.
+/// An image read back: what `wasmcell run` needs to build a container from it.
 #[derive(Debug)]
 pub struct ImageContents {
     /// The image's platform.
     pub platform: Platform,
-    /// The image configuration (entrypoint, cmd, env, working dir).
-    pub config: ImageConfiguration,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    working_dir: String,
     layers: Vec<(Descriptor, Vec<u8>)>,
 }
 
 impl ImageContents {
     /// `Entrypoint` followed by `Cmd`, as a container would run them.
     pub fn command(&self) -> (Vec<String>, Vec<String>) {
-        let config = self.config.config().as_ref();
-        let entrypoint = config
-            .and_then(|c| c.entrypoint().clone())
-            .unwrap_or_default();
-        let cmd = config.and_then(|c| c.cmd().clone()).unwrap_or_default();
-        (entrypoint, cmd)
+        (self.entrypoint.clone(), self.cmd.clone())
     }
 
     /// The image's environment, as `KEY=VALUE` strings.
     pub fn env(&self) -> Vec<String> {
-        self.config
-            .config()
-            .as_ref()
-            .and_then(|c| c.env().clone())
-            .unwrap_or_default()
+        self.env.clone()
     }
 
     /// The image's working directory, `/` when unset.
     pub fn working_dir(&self) -> String {
-        self.config
-            .config()
-            .as_ref()
-            .and_then(|c| c.working_dir().clone())
-            .filter(|dir| !dir.is_empty())
-            .unwrap_or_else(|| "/".to_owned())
+        self.working_dir.clone()
     }
 
-    /// Unpacks every layer, in order, into `dir`. Entries that would land outside `dir`
-    /// (`..`, absolute paths) are refused by the tar reader.
+    /// Unpacks every layer, in order, into `dir`: tar layers are extracted (entries that would
+    /// land outside `dir`, `..` or absolute, are refused by the tar reader), a Wasm layer is
+    /// written at `/<its title>`.
     pub fn unpack(&self, dir: &Path) -> Result<(), ArchiveError> {
         for (descriptor, bytes) in &self.layers {
             let digest = descriptor.digest().to_string();
@@ -390,6 +199,13 @@ impl ImageContents {
                 }
                 MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
                     Box::new(flate2::read::GzDecoder::new(bytes.as_slice()))
+                }
+                MediaType::Other(t) if WASM_LAYER_MEDIA_TYPES.contains(&t.as_str()) => {
+                    let path = dir.join(title(descriptor));
+                    std::fs::create_dir_all(dir)
+                        .and_then(|()| std::fs::write(&path, bytes))
+                        .map_err(io_err(format!("write {}", path.display())))?;
+                    continue;
                 }
                 other => {
                     return Err(ArchiveError::UnsupportedLayer {
@@ -407,6 +223,173 @@ impl ImageContents {
         }
         Ok(())
     }
+
+    /// The bytes of the binary the entrypoint names, if a layer holds it: what the compile
+    /// cache keys its artifact by.
+    pub fn entry_module(&self) -> Option<Vec<u8>> {
+        let path = self
+            .entrypoint
+            .first()?
+            .split('#')
+            .next()?
+            .trim_start_matches('/')
+            .to_owned();
+        self.layers
+            .iter()
+            .rev()
+            .find_map(|(descriptor, bytes)| match descriptor.media_type() {
+                MediaType::Other(t) if WASM_LAYER_MEDIA_TYPES.contains(&t.as_str()) => {
+                    (title(descriptor) == path).then(|| bytes.clone())
+                }
+                MediaType::ImageLayer => {
+                    let mut tar = tar::Archive::new(bytes.as_slice());
+                    tar.entries().ok()?.flatten().find_map(|mut entry| {
+                        let name = entry
+                            .path()
+                            .ok()?
+                            .to_string_lossy()
+                            .trim_start_matches("./")
+                            .to_owned();
+                        let mut module = Vec::new();
+                        (name == path && entry.read_to_end(&mut module).is_ok()).then_some(module)
+                    })
+                }
+                _ => None,
+            })
+    }
+
+    /// Reads the Wasm image `index` leads to (the first manifest of a Wasm platform, through
+    /// nested indexes), fetching and verifying each blob with `blob`. `image` names it in
+    /// errors.
+    fn select(
+        image: &str,
+        mut index: ImageIndex,
+        blob: impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
+    ) -> Result<ImageContents, ArchiveError> {
+        let mut found = Vec::new();
+        loop {
+            let wasm = index.manifests().iter().find(|d| {
+                d.platform().as_ref().is_none_or(|p| {
+                    Platform::new(&p.os().to_string(), &p.architecture().to_string()).is_ok()
+                })
+            });
+            found.extend(
+                index
+                    .manifests()
+                    .iter()
+                    .filter_map(|d| d.platform().as_ref())
+                    .map(|p| format!("{}/{}", p.os(), p.architecture())),
+            );
+            let Some(descriptor) = wasm.cloned() else {
+                return Err(ArchiveError::NoWasmPlatform {
+                    archive: image.to_owned(),
+                    found: found.join(", "),
+                });
+            };
+            let bytes = blob(&descriptor)?;
+            if *descriptor.media_type() == MediaType::ImageIndex {
+                index = ImageIndex::from_reader(bytes.as_slice())
+                    .map_err(json_err("nested image index"))?;
+                continue;
+            }
+            let manifest =
+                ImageManifest::from_reader(bytes.as_slice()).map_err(json_err("image manifest"))?;
+            return ImageContents::of_manifest(image, &manifest, &blob);
+        }
+    }
+
+    fn of_manifest(
+        image: &str,
+        manifest: &ImageManifest,
+        blob: &impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
+    ) -> Result<ImageContents, ArchiveError> {
+        let config_bytes = blob(manifest.config())?;
+        let layers = manifest
+            .layers()
+            .iter()
+            .map(|d| Ok((d.clone(), blob(d)?)))
+            .collect::<Result<Vec<_>, ArchiveError>>()?;
+        let wrong_platform = |os: &str, arch: &str| ArchiveError::NoWasmPlatform {
+            archive: image.to_owned(),
+            found: format!("{os}/{arch}"),
+        };
+        match manifest.config().media_type() {
+            MediaType::ImageConfig => {
+                let config = ImageConfiguration::from_reader(config_bytes.as_slice())
+                    .map_err(json_err("image config"))?;
+                let (os, arch) = (config.os().to_string(), config.architecture().to_string());
+                let platform = Platform::new(&os, &arch).map_err(|_| wrong_platform(&os, &arch))?;
+                let process = config.config().as_ref();
+                Ok(ImageContents {
+                    platform,
+                    entrypoint: process
+                        .and_then(|c| c.entrypoint().clone())
+                        .unwrap_or_default(),
+                    cmd: process.and_then(|c| c.cmd().clone()).unwrap_or_default(),
+                    env: process.and_then(|c| c.env().clone()).unwrap_or_default(),
+                    working_dir: process
+                        .and_then(|c| c.working_dir().clone())
+                        .filter(|dir| !dir.is_empty())
+                        .unwrap_or_else(|| "/".to_owned()),
+                    layers,
+                })
+            }
+            MediaType::Other(t) if t == WASM_CONFIG_MEDIA_TYPE => {
+                let [(layer, _)] = layers.as_slice() else {
+                    return Err(ArchiveError::ArtifactLayers {
+                        image: image.to_owned(),
+                        layers: layers.len(),
+                    });
+                };
+                let config: serde_json::Value = serde_json::from_slice(&config_bytes)
+                    .map_err(|e| ArchiveError::Malformed(format!("Wasm config: {e}")))?;
+                let field = |name: &str| config[name].as_str().unwrap_or_default().to_owned();
+                let (os, arch) = (field("os"), field("architecture"));
+                let platform = Platform::new(&os, &arch).map_err(|_| wrong_platform(&os, &arch))?;
+                Ok(ImageContents {
+                    platform,
+                    entrypoint: vec![format!("/{}", title(layer))],
+                    cmd: vec![],
+                    env: vec![],
+                    working_dir: "/".to_owned(),
+                    layers,
+                })
+            }
+            other => Err(ArchiveError::ConfigMediaType {
+                image: image.to_owned(),
+                media_type: other.to_string(),
+            }),
+        }
+    }
+
+    /// Reads the image `reference` names in the local store.
+    pub fn from_layout(layout: &Layout, reference: &str) -> Result<ImageContents, ArchiveError> {
+        let root = layout
+            .resolve(reference)?
+            .ok_or_else(|| ArchiveError::NotAnArchive {
+                archive: layout.root().display().to_string(),
+                reason: format!("it has no image {reference}"),
+            })?;
+        let index = oci_spec::image::ImageIndexBuilder::default()
+            .schema_version(oci_spec::image::SCHEMA_VERSION)
+            .manifests(vec![root])
+            .build()
+            .map_err(json_err("image index"))?;
+        ImageContents::select(reference, index, |d| {
+            Ok(layout.read_blob(d.digest().as_ref())?)
+        })
+    }
+}
+
+/// The file name a Wasm layer is written as: its title, if it is a plain file name.
+fn title(layer: &Descriptor) -> String {
+    layer
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(TITLE_ANNOTATION))
+        .filter(|t| !t.is_empty() && !t.contains('/') && *t != "." && *t != "..")
+        .cloned()
+        .unwrap_or_else(|| "app.wasm".to_owned())
 }
 
 /// An OCI image archive on disk.
@@ -415,6 +398,20 @@ pub struct Archive;
 impl Archive {
     /// Reads the archive at `path` and selects its Wasm image, verifying every blob it uses.
     pub fn read(path: &Path) -> Result<ImageContents, ArchiveError> {
+        let shown = path.display().to_string();
+        let files = Archive::files(path)?;
+        let index = files
+            .get("index.json")
+            .ok_or_else(|| ArchiveError::NotAnArchive {
+                archive: shown.clone(),
+                reason: "it has no index.json".to_owned(),
+            })?;
+        let index = ImageIndex::from_reader(index.as_slice()).map_err(json_err("index.json"))?;
+        ImageContents::select(&shown, index, |d| Archive::blob(&files, &shown, d))
+    }
+
+    /// Every regular file in the archive by path.
+    pub fn files(path: &Path) -> Result<HashMap<String, Vec<u8>>, ArchiveError> {
         let shown = path.display().to_string();
         let file = std::fs::File::open(path).map_err(io_err(format!("open {shown}")))?;
         let mut files = HashMap::new();
@@ -432,133 +429,95 @@ impl Archive {
                 .map_err(io_err(format!("read {name} in {shown}")))?;
             files.insert(name, bytes);
         }
-        let blob = |descriptor: &Descriptor| -> Result<Vec<u8>, ArchiveError> {
-            let digest = descriptor.digest().to_string();
-            let (algorithm, hex) = digest.split_once(':').unwrap_or(("", ""));
-            let bytes = files
-                .get(&format!("blobs/{algorithm}/{hex}"))
-                .ok_or_else(|| ArchiveError::NotAnArchive {
-                    archive: shown.clone(),
-                    reason: format!("blob {digest} is missing"),
-                })?;
-            if algorithm != "sha256" || hex::encode(Sha256::digest(bytes)) != hex {
-                return Err(ArchiveError::DigestMismatch {
-                    archive: shown.clone(),
-                    digest,
-                });
-            }
-            Ok(bytes.clone())
-        };
+        Ok(files)
+    }
 
-        let index = files
-            .get("index.json")
+    /// The blob `descriptor` names among an archive's `files`, checked against its digest.
+    pub fn blob(
+        files: &HashMap<String, Vec<u8>>,
+        archive: &str,
+        descriptor: &Descriptor,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        let digest = descriptor.digest().to_string();
+        let (algorithm, hex) = digest.split_once(':').unwrap_or(("", ""));
+        let bytes = files
+            .get(&format!("blobs/{algorithm}/{hex}"))
             .ok_or_else(|| ArchiveError::NotAnArchive {
-                archive: shown.clone(),
-                reason: "it has no index.json".to_owned(),
+                archive: archive.to_owned(),
+                reason: format!("blob {digest} is missing"),
             })?;
-        let mut index =
-            ImageIndex::from_reader(index.as_slice()).map_err(json_err("index.json"))?;
-        let mut found = Vec::new();
-        loop {
-            let wasm = index.manifests().iter().find(|d| {
-                d.platform().as_ref().is_none_or(|p| {
-                    Platform::new(&p.os().to_string(), &p.architecture().to_string()).is_ok()
-                })
-            });
-            found.extend(
-                index
-                    .manifests()
-                    .iter()
-                    .filter_map(|d| d.platform().as_ref())
-                    .map(|p| format!("{}/{}", p.os(), p.architecture())),
-            );
-            let Some(descriptor) = wasm.cloned() else {
-                return Err(ArchiveError::NoWasmPlatform {
-                    archive: shown,
-                    found: found.join(", "),
-                });
-            };
-            let bytes = blob(&descriptor)?;
-            if *descriptor.media_type() == MediaType::ImageIndex {
-                index = ImageIndex::from_reader(bytes.as_slice())
-                    .map_err(json_err("nested image index"))?;
-                continue;
-            }
-            let manifest =
-                ImageManifest::from_reader(bytes.as_slice()).map_err(json_err("image manifest"))?;
-            let config = ImageConfiguration::from_reader(blob(manifest.config())?.as_slice())
-                .map_err(json_err("image config"))?;
-            let platform =
-                Platform::new(&config.os().to_string(), &config.architecture().to_string())
-                    .map_err(|_| ArchiveError::NoWasmPlatform {
-                        archive: shown.clone(),
-                        found: format!("{}/{}", config.os(), config.architecture()),
-                    })?;
-            let layers = manifest
-                .layers()
-                .iter()
-                .map(|d| Ok((d.clone(), blob(d)?)))
-                .collect::<Result<_, ArchiveError>>()?;
-            return Ok(ImageContents {
-                platform,
-                config,
-                layers,
+        if sha256(bytes) != digest {
+            return Err(ArchiveError::DigestMismatch {
+                archive: archive.to_owned(),
+                digest,
             });
         }
+        Ok(bytes.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{BuildOptions, Format, IMAGE_NAME_ANNOTATION, Image, build_image};
+    use crate::layout::REF_NAME;
+    use crate::wasm::WasmKind;
 
     const MODULE: &[u8] = b"\0asm\x01\0\0\0";
     const COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
 
-    fn options(platform: Option<&str>) -> BuildOptions {
+    fn options(platforms: &[&str], format: Format) -> BuildOptions {
         BuildOptions {
             reference: "example.com/hello:v1".into(),
-            platform: platform.map(|p| p.parse().unwrap()),
+            platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
             file_name: "app.wasm".into(),
             include: vec![],
+            format,
         }
     }
 
     fn build(
         wasm: &[u8],
-        platform: Option<&str>,
-    ) -> (tempfile::TempDir, std::path::PathBuf, BuiltImage) {
+        platforms: &[&str],
+        format: Format,
+    ) -> (tempfile::TempDir, std::path::PathBuf, Image) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image.tar");
-        let built = build_archive(
-            wasm,
-            &options(platform),
-            std::fs::File::create(&path).unwrap(),
-        )
-        .unwrap();
-        (dir, path, built)
+        let image = build_image(wasm, &options(platforms, format)).unwrap();
+        image
+            .write_archive(std::fs::File::create(&path).unwrap())
+            .unwrap();
+        (dir, path, image)
     }
 
     #[test]
     fn built_image_reads_back_with_entrypoint_and_layer() {
-        let (dir, path, built) = build(MODULE, None);
-        assert_eq!(
-            (built.platform, built.kind),
-            (Platform::WASIP1, WasmKind::Module)
-        );
-        let image = Archive::read(&path).unwrap();
-        assert_eq!(image.platform, Platform::WASIP1);
-        assert_eq!(image.command(), (vec!["/app.wasm".to_owned()], vec![]));
-        let rootfs = dir.path().join("rootfs");
-        image.unpack(&rootfs).unwrap();
-        assert_eq!(std::fs::read(rootfs.join("app.wasm")).unwrap(), MODULE);
+        for format in [Format::Image, Format::Artifact] {
+            let (dir, path, image) = build(MODULE, &[], format);
+            assert_eq!(
+                (image.platforms[0], image.kind),
+                (Platform::WASIP1, WasmKind::Module)
+            );
+            let read = Archive::read(&path).unwrap();
+            assert_eq!(read.platform, Platform::WASIP1);
+            assert_eq!(read.command(), (vec!["/app.wasm".to_owned()], vec![]));
+            let rootfs = dir.path().join("rootfs");
+            read.unpack(&rootfs).unwrap();
+            assert_eq!(
+                std::fs::read(rootfs.join("app.wasm")).unwrap(),
+                MODULE,
+                "{format:?}"
+            );
+        }
     }
 
     #[test]
     fn components_default_to_wasip2_and_platform_is_selectable() {
-        assert_eq!(build(COMPONENT, None).2.platform, Platform::WASIP2);
-        let (_dir, path, built) = build(MODULE, Some("wasi/wasm32"));
-        assert_eq!(built.platform.to_string(), "wasi/wasm32");
+        assert_eq!(
+            build(COMPONENT, &[], Format::Image).2.platforms,
+            [Platform::WASIP2]
+        );
+        let (_dir, path, _) = build(MODULE, &["wasi/wasm32"], Format::Image);
         assert_eq!(
             Archive::read(&path).unwrap().platform.to_string(),
             "wasi/wasm32"
@@ -566,29 +525,57 @@ mod tests {
     }
 
     #[test]
-    fn index_names_the_image_for_containerd_and_docker() {
-        let (_dir, path, _) = build(MODULE, None);
-        let mut tar = tar::Archive::new(std::fs::File::open(path).unwrap());
-        let mut names = Vec::new();
-        let mut index = String::new();
-        for entry in tar.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            if name == "index.json" {
-                entry.read_to_string(&mut index).unwrap();
-            }
-            names.push(name);
-        }
-        assert!(
-            names.contains(&"oci-layout".to_owned()) && names.contains(&"manifest.json".to_owned())
+    fn two_platforms_make_one_index_either_platform_finds() {
+        let (_dir, path, image) = build(MODULE, &["wasi/wasm32", "wasip1/wasm"], Format::Image);
+        assert_eq!(*image.root.media_type(), MediaType::ImageIndex);
+        let files = Archive::files(&path).unwrap();
+        let nested = Archive::blob(&files, "test", &image.root).unwrap();
+        let nested = ImageIndex::from_reader(nested.as_slice()).unwrap();
+        let platforms: Vec<_> = nested
+            .manifests()
+            .iter()
+            .map(|d| d.platform().as_ref().unwrap().os().to_string())
+            .collect();
+        assert_eq!(platforms, ["wasi", "wasip1"]);
+        assert_eq!(
+            Archive::read(&path).unwrap().platform.to_string(),
+            "wasi/wasm32"
         );
-        let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    }
+
+    #[test]
+    fn the_artifact_has_the_cncf_config_and_one_wasm_layer() {
+        let (_dir, path, image) = build(MODULE, &[], Format::Artifact);
+        let files = Archive::files(&path).unwrap();
+        let manifest = Archive::blob(&files, "test", &image.root).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(
+            manifest["config"]["mediaType"],
+            "application/vnd.wasm.config.v0+json"
+        );
+        assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+        assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+        let config = manifest["config"]["digest"].as_str().unwrap();
+        let config = &files[&format!("blobs/sha256/{}", &config[7..])];
+        let config: serde_json::Value = serde_json::from_slice(config).unwrap();
+        assert_eq!(config["os"], "wasip1");
+        assert_eq!(config["architecture"], "wasm");
+        assert_eq!(config["layerDigests"][0], manifest["layers"][0]["digest"]);
+        assert!(config.get("component").is_none());
+    }
+
+    #[test]
+    fn index_names_the_image_for_containerd_and_docker() {
+        let (_dir, path, _) = build(MODULE, &[], Format::Image);
+        let files = Archive::files(&path).unwrap();
+        assert!(files.contains_key("oci-layout") && files.contains_key("manifest.json"));
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
         let manifest = &index["manifests"][0];
         assert_eq!(
             manifest["annotations"][IMAGE_NAME_ANNOTATION],
             "example.com/hello:v1"
         );
-        assert_eq!(manifest["annotations"][REF_NAME_ANNOTATION], "v1");
+        assert_eq!(manifest["annotations"][REF_NAME], "v1");
         assert_eq!(manifest["platform"]["os"], "wasip1");
     }
 
@@ -599,10 +586,13 @@ mod tests {
         std::fs::create_dir_all(assets.join("sub")).unwrap();
         std::fs::write(assets.join("sub/a.txt"), "a").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", assets.join("escape")).unwrap();
-        let mut opts = options(None);
+        let mut opts = options(&[], Format::Image);
         opts.include = vec![(assets, "/static".into())];
         let path = dir.path().join("image.tar");
-        build_archive(MODULE, &opts, std::fs::File::create(&path).unwrap()).unwrap();
+        let image = build_image(MODULE, &opts).unwrap();
+        image
+            .write_archive(std::fs::File::create(&path).unwrap())
+            .unwrap();
         let rootfs = dir.path().join("rootfs");
         Archive::read(&path).unwrap().unpack(&rootfs).unwrap();
         assert_eq!(
@@ -613,19 +603,26 @@ mod tests {
             std::fs::read_link(rootfs.join("static/escape")).unwrap(),
             Path::new("/etc/hostname")
         );
+        opts.format = Format::Artifact;
+        assert!(matches!(
+            build_image(MODULE, &opts),
+            Err(ArchiveError::IncludeInArtifact)
+        ));
     }
 
     #[test]
     fn builds_are_reproducible() {
-        assert_eq!(
-            build(MODULE, None).2.manifest_digest,
-            build(MODULE, None).2.manifest_digest
-        );
+        for format in [Format::Image, Format::Artifact] {
+            assert_eq!(
+                build(MODULE, &[], format).2.root.digest(),
+                build(MODULE, &[], format).2.root.digest()
+            );
+        }
     }
 
     #[test]
     fn non_wasm_input_is_refused_with_what_it_is() {
-        let err = build_archive(b"\x7fELF....", &options(None), Vec::new()).unwrap_err();
+        let err = build_image(b"\x7fELF....", &options(&[], Format::Image)).unwrap_err();
         assert!(
             err.to_string()
                 .contains("app.wasm is a native ELF executable"),
@@ -634,8 +631,20 @@ mod tests {
     }
 
     #[test]
+    fn the_store_round_trips_both_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path().join("store")).unwrap();
+        for format in [Format::Image, Format::Artifact] {
+            let image = build_image(MODULE, &options(&[], format)).unwrap();
+            image.store(&layout).unwrap();
+            let read = ImageContents::from_layout(&layout, "example.com/hello:v1").unwrap();
+            assert_eq!(read.command().0, ["/app.wasm"]);
+        }
+    }
+
+    #[test]
     fn corrupted_blob_is_detected() {
-        let (dir, path, _) = build(MODULE, None);
+        let (dir, path, _) = build(MODULE, &[], Format::Image);
         // Rewrite the archive with the layer's bytes altered but its name kept.
         let mut tar = tar::Archive::new(std::fs::File::open(&path).unwrap());
         let corrupted = dir.path().join("corrupted.tar");

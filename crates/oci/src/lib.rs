@@ -3,15 +3,21 @@
 //! - [`wasm`]: what a file is (core module, component, or why it is not wasm at all);
 //! - [`platform`]: the `os/arch` pairs a Wasm image may carry;
 //! - [`entrypoint`]: the `path#function` entrypoint syntax;
-//! - [`archive`]: OCI image archives (an OCI layout in a tar), built from a `.wasm` and read back.
+//! - [`image`]: building images from a `.wasm`, Docker-compatible or as the CNCF Wasm artifact;
+//! - [`archive`]: reading them back, from OCI archives (an OCI layout in a tar) or the store;
+//! - [`layout`]: the local image store, an OCI image layout directory.
 #![deny(missing_docs)]
 
 pub mod archive;
 pub mod entrypoint;
+pub mod image;
+pub mod layout;
 pub mod platform;
 pub mod wasm;
 
-pub use archive::{Archive, ArchiveError, BuildOptions, ImageContents, build_archive};
+pub use archive::{Archive, ArchiveError, ImageContents};
 pub use entrypoint::Entrypoint;
+pub use image::{BuildOptions, Format, Image, build_image};
+pub use layout::{Layout, LayoutError};
 pub use platform::{Platform, PlatformError};
 pub use wasm::{FileKind, WasmKind};
