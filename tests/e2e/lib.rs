@@ -407,6 +407,51 @@ impl Drop for Containerd {
     }
 }
 
+/// A private registry (Debian's `docker-registry`) on a free loopback port, its storage in a
+/// temp dir; stopped by PID when dropped.
+pub struct Registry {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Registry {
+    /// Starts it and waits until it answers `/v2/`.
+    pub fn start() -> Result<Registry> {
+        let dir = tempfile::Builder::new().prefix("wcr-").tempdir_in("/tmp")?;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let mut command = Command::new(tools().join("usr/bin/docker-registry"));
+        command.arg("serve").arg(&config);
+        let daemon = Daemon::spawn(
+            "docker-registry",
+            &mut command,
+            &dir.path().join("registry.log"),
+        )?;
+        let url = format!("http://{addr}/v2/");
+        daemon.wait_ready(|| run(Command::new("curl").args(["-sf", "-o", "/dev/null", &url])))?;
+        Ok(Registry {
+            daemon,
+            _dir: dir,
+            addr,
+        })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.daemon.stop();
+    }
+}
+
 /// A private Docker Engine 26 using the containerd image store (so it can run shim runtimes on
 /// Wasm images), on its own private containerd. No bridge network: tests that publish ports set
 /// one up themselves.

@@ -329,6 +329,11 @@ impl Incoming {
         self.size.saturating_sub(self.have)
     }
 
+    /// Drops what arrived, for good: it is known to be wrong.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.partial);
+    }
+
     /// Drops what arrived so far, to download from the start.
     pub fn restart(&mut self) -> Result<(), LayoutError> {
         self.file

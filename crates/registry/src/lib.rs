@@ -19,7 +19,7 @@ use std::str::FromStr;
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
@@ -355,13 +355,27 @@ impl Registry {
                     .map_err(Registry::distribution(reference))?
             };
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| RegistryError::Interrupted {
-                    reference: whole.clone(),
-                    digest: digest.clone(),
-                    have: incoming.offset(),
-                    size: part.size(),
-                    source,
-                })?;
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    // oci-client checks the digest at the end of the stream too: what arrived is
+                    // wrong, not incomplete, so it is dropped rather than kept to resume.
+                    Err(source) if source.get_ref().is_some_and(|e| e.is::<DigestError>()) => {
+                        incoming.discard();
+                        return Err(RegistryError::Mismatch {
+                            reference: whole.clone(),
+                            what: format!("blob {digest} does not match its content ({source})"),
+                        });
+                    }
+                    Err(source) => {
+                        return Err(RegistryError::Interrupted {
+                            reference: whole.clone(),
+                            digest: digest.clone(),
+                            have: incoming.offset(),
+                            size: part.size(),
+                            source,
+                        });
+                    }
+                };
                 incoming.write(&chunk).map_err(store)?;
                 bar.inc(chunk.len() as u64);
             }

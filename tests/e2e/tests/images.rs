@@ -1,0 +1,452 @@
+//! Images through registries: `wasmcell build --push`, `push`, `pull`, `images`, `rmi` and
+//! `run REF` against a real registry (Debian's docker-registry, private to each test); `ctr` and
+//! Docker pulling what wasmcell pushed; and registries that misbehave.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use sha2::{Digest as _, Sha256};
+use wasmcell_e2e::{Containerd, Docker, Ran, Registry, guest, run, wasmcell};
+
+/// `wasmcell ARGS` with `store` as the local image store and its compile cache beside it.
+fn wasmcell_in(store: &Path, args: &[&str]) -> Result<Ran> {
+    run(Command::new(wasmcell())
+        .env("WASMCELL_STORE", store.join("images"))
+        .env("WASMCELL_CACHE_DIR", store.join("cache"))
+        .args(args))
+}
+
+#[test]
+fn wasmcell_pushes_pulls_and_runs_both_formats_through_a_registry() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start()?;
+    let hello = guest("hello.wasm");
+    let hello = hello.to_str().expect("utf-8 path");
+    let (artifact, image, multi) = (
+        format!("{}/hello:artifact", registry.addr),
+        format!("{}/hello:image", registry.addr),
+        format!("{}/hello:multi", registry.addr),
+    );
+    let wc = |args: &[&str]| wasmcell_in(tmp.path(), args);
+
+    // The artifact straight to the registry; the image as an archive, pushed after.
+    wc(&[
+        "build", hello, "-t", &artifact, "--format", "artifact", "--push",
+    ])?
+    .success()?;
+    let archive = tmp.path().join("hello.tar");
+    let archive = archive.to_str().expect("utf-8 path");
+    wc(&["build", hello, "-t", "local/hello:1", "-o", archive])?.success()?;
+    wc(&["push", archive, &image])?.success()?;
+    wc(&[
+        "build",
+        hello,
+        "-t",
+        &multi,
+        "--platform",
+        "wasi/wasm32",
+        "--platform",
+        "wasip1/wasm",
+        "--push",
+    ])?
+    .success()?;
+    // Emptied, so that everything below comes from the registry.
+    wc(&["rmi", &artifact, &multi, "local/hello:1"])?.success()?;
+    assert_eq!(
+        wc(&["images"])?.success()?.stdout.lines().count(),
+        1,
+        "only the header"
+    );
+
+    for reference in [&artifact, &image] {
+        let out = wc(&["run", reference, "from", "the registry"])?.success()?;
+        assert!(
+            out.stdout
+                .contains("Hello from Wasm!\narg: from\narg: the registry"),
+            "{out:?}"
+        );
+    }
+    let listed = wc(&["images"])?.success()?.stdout;
+    assert!(
+        listed.lines().any(|l| l.starts_with(&artifact)
+            && l.contains("artifact")
+            && l.contains("wasip1/wasm")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&image) && l.contains(" image ")),
+        "{listed}"
+    );
+
+    // Either platform of the index; the first Wasm one when none is named.
+    wc(&["pull", "--platform", "wasip1/wasm", &multi])?.success()?;
+    let listed = wc(&["images"])?.success()?.stdout;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&multi) && l.contains("wasip1/wasm")),
+        "{listed}"
+    );
+    wc(&["pull", &multi])?.success()?;
+    let listed = wc(&["images"])?.success()?.stdout;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&multi) && l.contains("wasi/wasm32")),
+        "{listed}"
+    );
+
+    // --pull never finds nothing it has not got, and says what to do.
+    let missing = format!("{}/hello:nope", registry.addr);
+    let out = wc(&["run", "--pull", "never", &missing])?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("wasmcell pull {missing}")),
+        "{out:?}"
+    );
+
+    // Removing the images removes their blobs, and the compiled binary once none holds it.
+    let out = wc(&["rmi", &artifact, &image])?.success()?;
+    assert!(
+        out.stdout.contains("0 compiled artifacts freed"),
+        "the multi image still holds it: {out:?}"
+    );
+    let out = wc(&["rmi", &multi])?.success()?;
+    assert!(out.stdout.contains("1 compiled artifacts freed"), "{out:?}");
+    let blobs = std::fs::read_dir(tmp.path().join("images/blobs/sha256"))?.count();
+    assert_eq!(blobs, 0);
+    Ok(())
+}
+
+#[test]
+fn ctr_and_docker_pull_and_run_what_wasmcell_pushed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start()?;
+    let hello = guest("hello.wasm");
+    let hello = hello.to_str().expect("utf-8 path");
+    let single = format!("{}/hello:single", registry.addr);
+    let multi = format!("{}/hello:multi", registry.addr);
+    wasmcell_in(tmp.path(), &["build", hello, "-t", &single, "--push"])?.success()?;
+    wasmcell_in(
+        tmp.path(),
+        &[
+            "build",
+            hello,
+            "-t",
+            &multi,
+            "--platform",
+            "wasi/wasm32",
+            "--platform",
+            "wasip1/wasm",
+            "--push",
+        ],
+    )?
+    .success()?;
+
+    let containerd = Containerd::start()?;
+    containerd
+        .ctr(&["images", "pull", "--plain-http", "--all-platforms", &single])?
+        .success()?;
+    containerd
+        .ctr(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--platform",
+            "wasi/wasm32",
+            &multi,
+        ])?
+        .success()?;
+    for (image, platform, id) in [
+        (&single, "wasip1/wasm", "single"),
+        (&multi, "wasi/wasm32", "multi"),
+    ] {
+        let out = containerd
+            .run_wasm(
+                &["--rm", "--platform", platform],
+                image,
+                id,
+                &["/hello.wasm", "pulled"],
+            )?
+            .success()?;
+        assert!(
+            out.stdout.contains("Hello from Wasm!\narg: pulled"),
+            "{out:?}"
+        );
+    }
+    drop(containerd);
+
+    let docker = Docker::start()?;
+    let out = docker
+        .docker(&[
+            "run",
+            "--rm",
+            "--runtime=io.containerd.wasmtime.v1",
+            "--platform=wasi/wasm32",
+            &multi,
+            "via",
+            "docker",
+        ])?
+        .success()?;
+    assert!(
+        out.stdout
+            .contains("Hello from Wasm!\narg: via\narg: docker"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+/// What a fake registry serves at a path, and how.
+#[derive(Clone)]
+struct Route {
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// Closes the connection after this many bytes of the body.
+    cut_after: Option<usize>,
+}
+
+/// A registry that serves fixed routes over HTTP/1.1 and honours `Range`: for the ways a
+/// registry can misbehave.
+struct FakeRegistry {
+    addr: String,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+}
+
+impl FakeRegistry {
+    fn start() -> Result<FakeRegistry> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
+        let served = routes.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let routes = served.clone();
+                std::thread::spawn(move || serve(stream, &routes));
+            }
+        });
+        let registry = FakeRegistry { addr, routes };
+        registry.route("/v2/", "application/json", b"{}".to_vec());
+        Ok(registry)
+    }
+
+    fn route(&self, path: &str, content_type: &'static str, body: Vec<u8>) {
+        self.routes.lock().unwrap().insert(
+            path.to_owned(),
+            Route {
+                content_type,
+                body,
+                cut_after: None,
+            },
+        );
+    }
+
+    fn cut(&self, path: &str, after: Option<usize>) {
+        self.routes.lock().unwrap().get_mut(path).unwrap().cut_after = after;
+    }
+
+    /// Serves `blobs` and a manifest of them as `repo:latest`; returns the blob digests.
+    fn image(
+        &self,
+        repo: &str,
+        config: (&str, &[u8]),
+        layers: &[(&str, &[u8], Option<usize>)],
+    ) -> Vec<String> {
+        let blob = |media_type: &str, bytes: &[u8], size: Option<usize>| {
+            let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+            self.route(
+                &format!("/v2/{repo}/blobs/{digest}"),
+                "application/octet-stream",
+                bytes.to_vec(),
+            );
+            (
+                serde_json::json!({"mediaType": media_type, "digest": digest, "size": size.unwrap_or(bytes.len())}),
+                digest,
+            )
+        };
+        let (config, config_digest) = blob(config.0, config.1, None);
+        let mut digests = vec![config_digest];
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|(media_type, bytes, size)| {
+                let (descriptor, digest) = blob(media_type, bytes, *size);
+                digests.push(digest);
+                descriptor
+            })
+            .collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": layers,
+        });
+        self.route(
+            &format!("/v2/{repo}/manifests/latest"),
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().into_bytes(),
+        );
+        digests
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Route>>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut request = String::new();
+    let mut range_from = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(range) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range_from = range
+                .trim()
+                .trim_end_matches('-')
+                .split('-')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok());
+        }
+        if request.is_empty() {
+            request = line;
+        }
+    }
+    let path = request
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/")
+        .to_owned();
+    let route = routes.lock().unwrap().get(&path).cloned();
+    let mut stream = stream;
+    let Some(route) = route else {
+        let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    };
+    let (status, body) = match range_from {
+        Some(from) if from <= route.body.len() => ("206 Partial Content", &route.body[from..]),
+        _ => ("200 OK", &route.body[..]),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        route.content_type,
+        body.len()
+    );
+    let sent = route
+        .cut_after
+        .map_or(body.len(), |cut| cut.min(body.len()));
+    let _ = stream.write_all(&body[..sent]);
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+}
+
+#[test]
+fn misbehaving_registries_and_unrunnable_images_fail_naming_the_image_and_store_nothing()
+-> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fake = FakeRegistry::start()?;
+    let wasm = std::fs::read(guest("hello.wasm"))?;
+    let oci_config =
+        br#"{"architecture":"wasm","os":"wasip1","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let wasm_config = br#"{"architecture":"wasm","os":"wasip1","layerDigests":[]}"#;
+    let image_config = ("application/vnd.oci.image.config.v1+json", &oci_config[..]);
+    let artifact_config = ("application/vnd.wasm.config.v0+json", &wasm_config[..]);
+    // A layer whose content is not what its digest says (served under the digest it claims).
+    let digests = fake.image("lie", artifact_config, &[("application/wasm", &wasm, None)]);
+    fake.route(
+        &format!("/v2/lie/blobs/{}", digests[1]),
+        "application/octet-stream",
+        b"\0asm not what was promised".to_vec(),
+    );
+    // A layer bigger than its descriptor says.
+    fake.image(
+        "size",
+        artifact_config,
+        &[("application/wasm", &wasm, Some(100))],
+    );
+    fake.image(
+        "two",
+        artifact_config,
+        &[
+            ("application/wasm", &wasm, None),
+            ("application/wasm", b"\0asm\x01\0\0\0", None),
+        ],
+    );
+    fake.image(
+        "config",
+        ("application/json", b"{}"),
+        &[("application/wasm", &wasm, None)],
+    );
+    // Cut after 1000 bytes: interrupted, then resumed.
+    let digests = fake.image("cut", artifact_config, &[("application/wasm", &wasm, None)]);
+    let cut_blob = format!("/v2/cut/blobs/{}", digests[1]);
+    fake.cut(&cut_blob, Some(1000));
+
+    let pull = |repo: &str| {
+        wasmcell_in(
+            tmp.path(),
+            &["pull", &format!("{}/{repo}:latest", fake.addr)],
+        )
+    };
+    for (repo, cause) in [
+        ("lie", "does not match its content"),
+        ("size", "more than 100 bytes"),
+        ("two", "with 2 layers; it must have exactly one"),
+        ("config", "its config has media type application/json"),
+        ("missing", "manifest unknown"),
+        ("cut", "stopped after 1000 of"),
+    ] {
+        let out = pull(repo)?;
+        assert_eq!(out.code, Some(125), "{repo}: {out:?}");
+        let reference = format!("{}/{repo}:latest", fake.addr);
+        assert!(
+            out.stderr.contains(&reference) && out.stderr.contains(cause),
+            "{repo}: {out:?}"
+        );
+    }
+    // Nothing half-written is in the store: no image, no blob but the configs that did match.
+    assert_eq!(
+        wasmcell_in(tmp.path(), &["images"])?
+            .success()?
+            .stdout
+            .lines()
+            .count(),
+        1
+    );
+    let stored: Vec<_> = std::fs::read_dir(tmp.path().join("images/blobs/sha256"))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    let wasm_digest = hex(&Sha256::digest(&wasm));
+    assert!(!stored.contains(&wasm_digest), "{stored:?}");
+
+    // The interrupted download resumes from its 1000 bytes and completes.
+    fake.cut(&cut_blob, None);
+    let out = pull("cut")?.success()?;
+    assert!(out.stdout.contains("pulled"), "{out:?}");
+    let out = wasmcell_in(
+        tmp.path(),
+        &["run", &format!("{}/cut:latest", fake.addr), "resumed"],
+    )?
+    .success()?;
+    assert!(out.stdout.contains("arg: resumed"), "{out:?}");
+    Ok(())
+}
