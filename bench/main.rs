@@ -17,6 +17,7 @@
 //! Run through `bench/run.sh`, which builds everything first.
 
 mod http;
+mod registry;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,12 +52,14 @@ fn main() -> Result<()> {
             density(50)?;
             parallel(50)?;
             http::http(10)?;
-            http::wasmedge_http(10)
+            http::wasmedge_http(10)?;
+            registry::registry(5)
         }
         "density" => density(count(1)?),
         "parallel" => parallel(count(1)?),
         "http" => http::http(seconds(1)?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
+        "registry" => registry::registry(count(1)?.min(10)),
         "native-http" => http::native(args.get(1).context("native-http PORT")?.parse()?),
         "sandbox-cost" => {
             let old = args
@@ -65,7 +68,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, http, wasmedge-http or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, http, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }

@@ -61,6 +61,9 @@ pub enum Error {
     /// The container's cgroup could not be set up.
     #[error("cannot set up the container's cgroup")]
     Cgroup(#[source] std::io::Error),
+    /// A Wasm layer could not be read from containerd's content store.
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
     /// A blocking step panicked or was cancelled.
     #[error("internal task failed")]
     Join(#[from] tokio::task::JoinError),
@@ -76,9 +79,11 @@ impl Error {
             Error::Spec(_) | Error::Engine(_) | Error::Hook(_) => Code::INVALID_ARGUMENT,
             // What the sandbox refuses is the workload's fault (e.g. a preopen it cannot open).
             Error::Sandbox(wasmcell_sandbox::SandboxError::Refused(_)) => Code::INVALID_ARGUMENT,
-            Error::Rootfs { .. } | Error::Join(_) | Error::Sandbox(_) | Error::Cgroup(_) => {
-                Code::INTERNAL
-            }
+            Error::Rootfs { .. }
+            | Error::Join(_)
+            | Error::Sandbox(_)
+            | Error::Cgroup(_)
+            | Error::Content(_) => Code::INTERNAL,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod cgroup;
 mod container;
+mod content;
 mod error;
 mod hooks;
 mod runtime;
@@ -35,6 +36,7 @@ pub use error::Error;
 pub use runtime::Runtime;
 pub use spec::SpecError;
 
+use content::ImageContent;
 use service::TaskService;
 
 /// Carries the runtime from `start` to the daemon it spawns.
@@ -67,6 +69,8 @@ struct WasmShim {
     runtime: Runtime,
     flags_namespace: String,
     flags_bundle: String,
+    /// containerd's gRPC address, for its content store.
+    flags_address: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -80,6 +84,7 @@ impl Shim for WasmShim {
             runtime,
             flags_namespace: args.namespace.clone(),
             flags_bundle: args.bundle.clone(),
+            flags_address: args.address.clone(),
             exit: Arc::default(),
         }
     }
@@ -137,7 +142,15 @@ impl Shim for WasmShim {
             }
         };
         let events = forward_events(publisher, self.flags_namespace.clone());
-        TaskService::new(self.runtime, compiler, cache_dir, events, self.exit.clone())
+        let content = ImageContent::new(self.flags_address.clone(), self.flags_namespace.clone());
+        TaskService::new(
+            self.runtime,
+            compiler,
+            cache_dir,
+            content,
+            events,
+            self.exit.clone(),
+        )
     }
 }
 

@@ -31,12 +31,13 @@ use containerd_shim::util::{convert_to_any, timestamp};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use oci_spec::runtime::{LinuxResources, Spec};
 use tokio::sync::{Mutex, OnceCell, mpsc};
-use wasmcell_engine::{Compiler, Input, Output, Stdio, WorkloadSpec};
+use wasmcell_engine::{Compiler, Input, ModuleSource, Output, Stdio, WorkloadSpec};
 use wasmcell_sandbox::protocol::{Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
 use crate::cgroup::Cgroup;
 use crate::container::{Container, ExitInfo, Process, State, describe, sandbox_key, split_key};
+use crate::content::ImageContent;
 use crate::error::Error;
 use crate::hooks::{Lifecycle, Stage};
 use crate::runtime::Runtime;
@@ -70,6 +71,7 @@ pub struct TaskService {
     runtime: Runtime,
     compiler: Arc<Compiler>,
     cache_dir: PathBuf,
+    content: ImageContent,
     sandbox: OnceCell<SandboxHandle>,
     containers: Containers,
     events: Events,
@@ -82,6 +84,7 @@ impl TaskService {
         runtime: Runtime,
         compiler: Arc<Compiler>,
         cache_dir: PathBuf,
+        content: ImageContent,
         events: Events,
         exit: Arc<ExitSignal>,
     ) -> Self {
@@ -89,6 +92,7 @@ impl TaskService {
             runtime,
             compiler,
             cache_dir,
+            content,
             sandbox: OnceCell::new(),
             containers: Default::default(),
             events,
@@ -196,6 +200,9 @@ impl TaskService {
         };
         let created = async {
             let workload = spec::workload(&oci, &bundle, stdio)?;
+            if let ModuleSource::Rootfs { root, path } = &workload.module {
+                self.content.materialize(&req.id, root, path).await?;
+            }
             let sandbox = self.sandbox_for(&oci).await?;
             if let Some(hooks) = &hooks {
                 hooks.run(Stage::Create, sandbox.pid()).await?;

@@ -203,6 +203,86 @@ fn ctr_and_docker_pull_and_run_what_wasmcell_pushed() -> Result<()> {
     Ok(())
 }
 
+/// An OCI archive of an image whose one layer is the binary itself, of `media_type`, under a
+/// standard image config (as runwasi's and wasm-pkg's tools build them).
+fn wasm_layer_archive(wasm: &[u8], media_type: &str, name: &str, path: &Path) -> Result<()> {
+    let digest = |bytes: &[u8]| format!("sha256:{}", hex(&Sha256::digest(bytes)));
+    let config = serde_json::json!({
+        "architecture": "wasm", "os": "wasip1",
+        "config": {"Entrypoint": ["/hello.wasm"]},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": media_type, "digest": digest(wasm), "size": wasm.len(),
+                    "annotations": {"org.opencontainers.image.title": "hello.wasm"}}],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest),
+                       "size": manifest.len(), "platform": {"os": "wasip1", "architecture": "wasm"},
+                       "annotations": {"io.containerd.image.name": name}}],
+    })
+    .to_string()
+    .into_bytes();
+    let mut tar = tar::Builder::new(std::fs::File::create(path)?);
+    let mut add = |name: String, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes)
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json".into(), &index)?;
+    for blob in [wasm, &config[..], &manifest[..]] {
+        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob)?;
+    }
+    tar.finish()?;
+    Ok(())
+}
+
+#[test]
+fn the_shim_runs_images_whose_wasm_layer_is_not_a_tar() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wasm = std::fs::read(guest("hello.wasm"))?;
+    let containerd = Containerd::start()?;
+    for (i, media_type) in [
+        "application/wasm",
+        "application/vnd.wasm.content.layer.v1+wasm",
+        "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("example.com/wasm-layer-{i}:latest");
+        let archive = tmp.path().join(format!("{i}.tar"));
+        wasm_layer_archive(&wasm, media_type, &name, &archive)?;
+        containerd.import(&archive)?;
+        // containerd does not unpack such a layer: the shim reads it from the content store.
+        let out = containerd
+            .run_wasm(
+                &["--rm"],
+                &name,
+                &format!("layer-{i}"),
+                &["/hello.wasm", media_type],
+            )?
+            .success()?;
+        assert!(
+            out.stdout
+                .contains(&format!("Hello from Wasm!\narg: {media_type}")),
+            "{out:?}"
+        );
+    }
+    Ok(())
+}
+
 /// What a fake registry serves at a path, and how.
 #[derive(Clone)]
 struct Route {
