@@ -4,7 +4,7 @@
 //! Rust hyper server (the limit), one after another in one run.
 //!
 //! `wasmcell-bench wasmedge-http [SECONDS]`: the same load on `guests/wasmedge-http` (tokio_wasi
-//! + hyper_wasi over WasmEdge's socket ABI) under `wasmcell run` and the shim's wasmedge
+//! and hyper_wasi over WasmEdge's socket ABI) under `wasmcell run` and the shim's wasmedge
 //! runtime, against the same source built natively (`$WASMEDGE_HTTP_NATIVE`, built by
 //! bench/run.sh): the limit, and the ratio's baseline.
 

@@ -11,9 +11,10 @@ use wasmcell_e2e::{Registry, build_image, guest};
 
 use crate::{ms, stats, timed};
 
-/// `hello.wasm` grown to about `size` bytes with a custom section of incompressible bytes, so
-/// the image is that big and still a valid module.
-fn padded_wasm(size: usize, dir: &Path) -> Result<std::path::PathBuf> {
+/// `hello.wasm` grown to about `size` bytes with a custom section of incompressible bytes (from
+/// `seed`), so the image is that big and still a valid module. Every push sends new content:
+/// skopeo remembers where it pushed a blob and mounts it from there instead of uploading.
+fn padded_wasm(size: usize, seed: u64, dir: &Path) -> Result<std::path::PathBuf> {
     let mut wasm = std::fs::read(guest("hello.wasm"))?;
     let name = b"bench-padding";
     let payload_len = size.saturating_sub(wasm.len());
@@ -21,7 +22,7 @@ fn padded_wasm(size: usize, dir: &Path) -> Result<std::path::PathBuf> {
     leb128(name.len() as u64, &mut section);
     section.extend_from_slice(name);
     // xorshift: reproducible, incompressible.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
     section.extend((0..payload_len).map(|_| {
         state ^= state << 13;
         state ^= state >> 7;
@@ -31,7 +32,7 @@ fn padded_wasm(size: usize, dir: &Path) -> Result<std::path::PathBuf> {
     wasm.push(0); // a custom section
     leb128(section.len() as u64, &mut wasm);
     wasm.extend_from_slice(&section);
-    let path = dir.join(format!("padded-{}mb.wasm", size >> 20));
+    let path = dir.join(format!("padded-{}mb-{seed}.wasm", size >> 20));
     std::fs::write(&path, wasm)?;
     Ok(path)
 }
@@ -54,10 +55,18 @@ pub fn registry(n: usize) -> Result<()> {
     let wasmcell = wasmcell_e2e::wasmcell();
     let mut rows = Vec::new();
     for mb in [5, 50] {
-        let wasm = padded_wasm(mb << 20, tmp.path())?;
-        let archive = build_image(&wasm, &format!("bench.local/padded:{mb}"), tmp.path(), &[])?;
         let mut samples: [Vec<Duration>; 4] = Default::default();
         for i in 0..n {
+            let image = |seed: u64| -> Result<std::path::PathBuf> {
+                let wasm = padded_wasm(mb << 20, seed, tmp.path())?;
+                build_image(
+                    &wasm,
+                    &format!("bench.local/padded:{mb}-{seed}"),
+                    tmp.path(),
+                    &[],
+                )
+            };
+            let (archive, skopeo_archive) = (image(2 * i as u64)?, image(2 * i as u64 + 1)?);
             // A fresh repository and store every run: nothing is already there.
             let ours = format!("{}/wasmcell-{mb}-{i}:latest", registry.addr);
             let theirs = format!("{}/skopeo-{mb}-{i}:latest", registry.addr);
@@ -74,7 +83,7 @@ pub fn registry(n: usize) -> Result<()> {
                 "copy",
                 "--quiet",
                 "--dest-tls-verify=false",
-                &format!("oci-archive:{}", archive.display()),
+                &format!("oci-archive:{}", skopeo_archive.display()),
                 &format!("docker://{theirs}"),
             ]))?);
             samples[3].push(timed(Command::new("skopeo").args([

@@ -445,10 +445,7 @@ fn misbehaving_registries_and_unrunnable_images_fail_naming_the_image_and_store_
     let tmp = tempfile::tempdir()?;
     let fake = FakeRegistry::start()?;
     let wasm = std::fs::read(guest("hello.wasm"))?;
-    let oci_config =
-        br#"{"architecture":"wasm","os":"wasip1","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let wasm_config = br#"{"architecture":"wasm","os":"wasip1","layerDigests":[]}"#;
-    let image_config = ("application/vnd.oci.image.config.v1+json", &oci_config[..]);
     let artifact_config = ("application/vnd.wasm.config.v0+json", &wasm_config[..]);
     // A layer whose content is not what its digest says (served under the digest it claims).
     let digests = fake.image("lie", artifact_config, &[("application/wasm", &wasm, None)]);
