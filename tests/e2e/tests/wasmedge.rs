@@ -276,12 +276,16 @@ fn the_wasmedge_runtime_serves_http_tcp_and_udp_under_containerd() -> Result<()>
 }
 
 #[test]
-fn wasmedge_sockets_live_in_the_containers_namespace_and_names_come_from_its_rootfs() -> Result<()>
-{
+fn wasmedge_sockets_live_in_the_containers_namespace_and_names_come_from_its_files() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let etc = tmp.path().join("etc");
     std::fs::create_dir(&etc)?;
     std::fs::write(etc.join("hosts"), "10.20.30.40 wasmcell-db\n")?;
+    // A name server only the image's resolv.conf names (on a loopback address of its own).
+    std::fs::write(
+        etc.join("resolv.conf"),
+        format!("nameserver {DNS_SERVER}\n"),
+    )?;
     let include = format!("{}:/etc", etc.display());
     let archive = build_image(
         &guest("wasmedge-socket.wasm"),
@@ -302,6 +306,35 @@ fn wasmedge_sockets_live_in_the_containers_namespace_and_names_come_from_its_roo
     )?
     .success()?;
     assert_eq!(out.stdout.trim(), "wasmcell-db has address 10.20.30.40");
+
+    // A name from the image's name server, which runs in the container's own network
+    // namespace: a container to hold the namespace, the server in it, a lookup exec'd in it.
+    run_wasmedge(
+        &containerd,
+        &["-d"],
+        "example.com/names:latest",
+        "anchor",
+        &["/wasmedge-socket.wasm", "tcp-server", "7000"],
+    )?
+    .success()?;
+    let pid = containerd.running("anchor")?;
+    dns_server_in(pid, "db.wasmcell.test", [10, 9, 8, 7])?;
+    let out = containerd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "lookup",
+            "anchor",
+            "/wasmedge-socket.wasm",
+            "lookup",
+            "db.wasmcell.test",
+        ])?
+        .success()?;
+    assert_eq!(out.stdout.trim(), "db.wasmcell.test has address 10.9.8.7");
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "anchor"])?
+        .success()?;
 
     // A server on the host's loopback is out of reach from the container's own namespace,
     // and within reach from the host's (--net-host).
@@ -340,6 +373,63 @@ fn wasmedge_sockets_live_in_the_containers_namespace_and_names_come_from_its_roo
     assert_eq!(out.stdout.trim(), "tcp reply: host says hi");
     assert_eq!(server.join().expect("server thread")?, "from inside");
     Ok(())
+}
+
+/// The loopback address the test's name server listens on (port 53, as resolv.conf implies).
+const DNS_SERVER: &str = "127.0.0.77";
+
+/// A name server on `DNS_SERVER:53` in the network namespace of process `pid`, answering
+/// `name`'s A query with `ip` (other questions get an empty answer), serving from a thread of
+/// its own (a thread can enter another network namespace) until the test process ends.
+fn dns_server_in(pid: u32, name: &str, ip: [u8; 4]) -> Result<()> {
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let name = name.to_owned();
+    let (bound, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let serving = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::net::UdpSocket::bind((DNS_SERVER, 53)));
+        let serving = match serving {
+            Ok(socket) => {
+                let _ = bound.send(Ok(()));
+                socket
+            }
+            Err(error) => {
+                let _ = bound.send(Err(error));
+                return;
+            }
+        };
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = serving.recv_from(&mut buf) {
+            let query = &buf[..n];
+            // The question: labels from byte 12, then the type and class.
+            let mut at = 12;
+            let mut labels = Vec::new();
+            while at < n && query[at] != 0 {
+                let len = query[at] as usize;
+                labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).into_owned());
+                at += 1 + len;
+            }
+            let question_end = at + 5;
+            if question_end > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+            let answer = labels.join(".").eq_ignore_ascii_case(&name) && qtype == 1;
+            let mut reply = query[..question_end].to_vec();
+            reply[2] = 0x81; // a response, recursion desired
+            reply[3] = 0x80; // recursion available, no error
+            reply[6..8].copy_from_slice(&u16::from(answer).to_be_bytes());
+            reply[8..12].copy_from_slice(&[0, 0, 0, 0]);
+            if answer {
+                // A pointer to the question's name, type A, class IN, TTL 60, 4 bytes.
+                reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend_from_slice(&ip);
+            }
+            let _ = serving.send_to(&reply, from);
+        }
+    });
+    Ok(ready.recv()??)
 }
 
 #[test]
