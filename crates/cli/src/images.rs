@@ -75,14 +75,7 @@ pub fn push(args: PushArgs) -> Result<()> {
         })?;
         let root = only_entry(&ImageIndex::from_reader(index.as_slice())?, &args.source)?;
         let blob = |digest: &str| {
-            let descriptor = Descriptor::new(
-                MediaType::Other(String::new()),
-                0,
-                digest
-                    .parse::<oci_spec::image::Digest>()
-                    .expect("a digest from a manifest"),
-            );
-            Archive::blob(&files, &args.source, &descriptor).map_err(|e| not_found(target, e))
+            Archive::blob(&files, &args.source, digest).map_err(|e| not_found(target, e))
         };
         runtime.block_on(registry.push(&reference, &root, &blob))?;
     } else {

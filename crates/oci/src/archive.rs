@@ -407,7 +407,9 @@ impl Archive {
                 reason: "it has no index.json".to_owned(),
             })?;
         let index = ImageIndex::from_reader(index.as_slice()).map_err(json_err("index.json"))?;
-        ImageContents::select(&shown, index, |d| Archive::blob(&files, &shown, d))
+        ImageContents::select(&shown, index, |d| {
+            Archive::blob(&files, &shown, d.digest().as_ref())
+        })
     }
 
     /// Every regular file in the archive by path.
@@ -432,13 +434,13 @@ impl Archive {
         Ok(files)
     }
 
-    /// The blob `descriptor` names among an archive's `files`, checked against its digest.
+    /// The blob `digest` names among an archive's `files`, checked against that digest.
     pub fn blob(
         files: &HashMap<String, Vec<u8>>,
         archive: &str,
-        descriptor: &Descriptor,
+        digest: &str,
     ) -> Result<Vec<u8>, ArchiveError> {
-        let digest = descriptor.digest().to_string();
+        let digest = digest.to_owned();
         let (algorithm, hex) = digest.split_once(':').unwrap_or(("", ""));
         let bytes = files
             .get(&format!("blobs/{algorithm}/{hex}"))
@@ -529,7 +531,7 @@ mod tests {
         let (_dir, path, image) = build(MODULE, &["wasi/wasm32", "wasip1/wasm"], Format::Image);
         assert_eq!(*image.root.media_type(), MediaType::ImageIndex);
         let files = Archive::files(&path).unwrap();
-        let nested = Archive::blob(&files, "test", &image.root).unwrap();
+        let nested = Archive::blob(&files, "test", image.root.digest().as_ref()).unwrap();
         let nested = ImageIndex::from_reader(nested.as_slice()).unwrap();
         let platforms: Vec<_> = nested
             .manifests()
@@ -547,7 +549,7 @@ mod tests {
     fn the_artifact_has_the_cncf_config_and_one_wasm_layer() {
         let (_dir, path, image) = build(MODULE, &[], Format::Artifact);
         let files = Archive::files(&path).unwrap();
-        let manifest = Archive::blob(&files, "test", &image.root).unwrap();
+        let manifest = Archive::blob(&files, "test", image.root.digest().as_ref()).unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
         assert_eq!(
             manifest["config"]["mediaType"],

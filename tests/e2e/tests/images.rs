@@ -21,6 +21,18 @@ fn wasmcell_in(store: &Path, args: &[&str]) -> Result<Ran> {
         .args(args))
 }
 
+/// Builds `wasm` for `wasi/wasm32` and `wasip1/wasm` (one index) and pushes it as `reference`.
+fn push_two_platforms(store: &Path, wasm: &str, reference: &str) -> Result<()> {
+    let platforms = ["--platform", "wasi/wasm32", "--platform", "wasip1/wasm"];
+    let args = [
+        &["build", wasm, "-t", reference, "--push"][..],
+        &platforms[..],
+    ]
+    .concat();
+    wasmcell_in(store, &args)?.success()?;
+    Ok(())
+}
+
 #[test]
 fn wasmcell_pushes_pulls_and_runs_both_formats_through_a_registry() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -43,18 +55,7 @@ fn wasmcell_pushes_pulls_and_runs_both_formats_through_a_registry() -> Result<()
     let archive = archive.to_str().expect("utf-8 path");
     wc(&["build", hello, "-t", "local/hello:1", "-o", archive])?.success()?;
     wc(&["push", archive, &image])?.success()?;
-    wc(&[
-        "build",
-        hello,
-        "-t",
-        &multi,
-        "--platform",
-        "wasi/wasm32",
-        "--platform",
-        "wasip1/wasm",
-        "--push",
-    ])?
-    .success()?;
+    push_two_platforms(tmp.path(), hello, &multi)?;
     // Emptied, so that everything below comes from the registry.
     wc(&["rmi", &artifact, &multi, "local/hello:1"])?.success()?;
     assert_eq!(
@@ -134,21 +135,7 @@ fn ctr_and_docker_pull_and_run_what_wasmcell_pushed() -> Result<()> {
     let single = format!("{}/hello:single", registry.addr);
     let multi = format!("{}/hello:multi", registry.addr);
     wasmcell_in(tmp.path(), &["build", hello, "-t", &single, "--push"])?.success()?;
-    wasmcell_in(
-        tmp.path(),
-        &[
-            "build",
-            hello,
-            "-t",
-            &multi,
-            "--platform",
-            "wasi/wasm32",
-            "--platform",
-            "wasip1/wasm",
-            "--push",
-        ],
-    )?
-    .success()?;
+    push_two_platforms(tmp.path(), hello, &multi)?;
 
     let containerd = Containerd::start()?;
     containerd
