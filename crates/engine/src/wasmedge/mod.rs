@@ -104,6 +104,7 @@ fn define(linker: &mut Linker<ModuleState>, name: &str, arity: usize) -> wasmtim
         ("sock_accept", 3) => host!(sock_accept_with_flags, a, b, c),
         ("sock_connect", 3) => host!(sock_connect, a, b, c),
         ("sock_recv", 6) => host!(sock_recv, a, b, c, d, e, f),
+        ("sock_recv_from", 7) => host!(sock_recv_from_without_port, a, b, c, d, e, f, g),
         ("sock_recv_from", 8) => host!(sock_recv_from, a, b, c, d, e, f, g, h),
         ("sock_send", 5) => host!(sock_send, a, b, c, d, e),
         ("sock_send_to", 7) => host!(sock_send_to, a, b, c, d, e, f, g),
@@ -347,6 +348,36 @@ async fn sock_recv_from(
                 address::write(mem, addr, from)?;
                 mem.set_u16(port_out, from.port())
             }),
+            None => Ok(()),
+        }
+    };
+    Ok(status(result.await))
+}
+
+/// The older, seven-parameter `sock_recv_from`: the sender's address only, as bare octets in
+/// a 4- or 16-byte buffer, no port.
+#[allow(clippy::too_many_arguments)] // The ABI's signature.
+async fn sock_recv_from_without_port(
+    caller: &mut Host<'_>,
+    fd: u32,
+    iovs: u32,
+    count: u32,
+    addr: u32,
+    flags: u32,
+    len_out: u32,
+    flags_out: u32,
+) -> wasmtime::Result<i32> {
+    let result = async {
+        with(caller, |mem, _| {
+            let (buf, len) = (mem.u32(addr)?, mem.u32(addr + 4)?);
+            match len {
+                4 | 16 => mem.bytes_mut(buf, len).map(drop),
+                _ => Err(Errno::INVAL),
+            }
+        })?;
+        let from = receive(caller, fd, (iovs, count), flags, len_out, Some(flags_out)).await?;
+        match from {
+            Some(from) => with(caller, |mem, _| address::write(mem, addr, from).map(drop)),
             None => Ok(()),
         }
     };
