@@ -270,6 +270,158 @@ fn the_shim_runs_images_whose_wasm_layer_is_not_a_tar() -> Result<()> {
     Ok(())
 }
 
+/// Runs `image` (pulled into `containerd`) as container `id` the way CRI does: through
+/// containerd's API, with the image recorded on the container and an empty snapshot (the image
+/// has no tar layers), its stdout to `log`. Returns the exit status.
+fn run_like_cri(
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    args: &[&str],
+    log: &Path,
+) -> Result<u32> {
+    use containerd_client::services::v1::container::Runtime;
+    use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+    use containerd_client::services::v1::{
+        Container, CreateContainerRequest, CreateTaskRequest, StartRequest, WaitRequest,
+    };
+    use containerd_client::tonic::Request;
+    use containerd_client::with_namespace;
+
+    let namespace = containerd.namespace();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "cwd": "/", "env": [], "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "pid"}]},
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client =
+            containerd_client::Client::from_path(containerd.dir().join("containerd.sock")).await?;
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: "overlayfs".into(),
+            key: id.into(),
+            ..Default::default()
+        };
+        let mounts = client
+            .snapshots()
+            .prepare(with_namespace!(prepare, namespace))
+            .await?
+            .into_inner()
+            .mounts;
+        let container = Container {
+            id: id.into(),
+            image: image.into(),
+            runtime: Some(Runtime {
+                name: "io.containerd.wasmtime.v1".into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: spec.to_string().into_bytes(),
+            }),
+            snapshotter: "overlayfs".into(),
+            snapshot_key: id.into(),
+            ..Default::default()
+        };
+        let create = CreateContainerRequest {
+            container: Some(container),
+        };
+        client
+            .containers()
+            .create(with_namespace!(create, namespace))
+            .await?;
+        let output = format!("file://{}", log.display());
+        let task = CreateTaskRequest {
+            container_id: id.into(),
+            rootfs: mounts,
+            stdout: output.clone(),
+            stderr: output,
+            ..Default::default()
+        };
+        client
+            .tasks()
+            .create(with_namespace!(task, namespace))
+            .await?;
+        let start = StartRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        client
+            .tasks()
+            .start(with_namespace!(start, namespace))
+            .await?;
+        // containerd keeps a task's exit status until it is deleted: waiting after the start
+        // misses nothing.
+        let wait = WaitRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let exited = client
+            .tasks()
+            .wait(with_namespace!(wait, namespace))
+            .await?;
+        Ok::<_, anyhow::Error>(exited.into_inner().exit_status)
+    })
+}
+
+#[test]
+fn the_shim_runs_a_cncf_artifact_for_a_client_that_records_its_image() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start()?;
+    let hello = guest("hello.wasm");
+    let reference = format!("{}/hello:artifact", registry.addr);
+    wasmcell_in(
+        tmp.path(),
+        &[
+            "build",
+            hello.to_str().expect("utf-8"),
+            "-t",
+            &reference,
+            "--format",
+            "artifact",
+            "--push",
+        ],
+    )?
+    .success()?;
+    let containerd = Containerd::start()?;
+    containerd
+        .ctr(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--platform",
+            "wasip1/wasm",
+            &reference,
+        ])?
+        .success()?;
+    // ctr itself cannot start it (it refuses the config's media type before any shim runs).
+    let out = containerd.run_wasm(&["--rm"], &reference, "by-ctr", &["/hello.wasm"])?;
+    assert!(
+        out.stderr.contains("unknown image config media type"),
+        "{out:?}"
+    );
+    // A client that records the image, as CRI does: the shim finds the Wasm layer.
+    let log = tmp.path().join("artifact.log");
+    let status = run_like_cri(
+        &containerd,
+        &reference,
+        "as-cri",
+        &["/hello.wasm", "as", "cri"],
+        &log,
+    )?;
+    assert_eq!(status, 0);
+    let output = std::fs::read_to_string(&log)?;
+    assert!(
+        output.contains("Hello from Wasm!\narg: as\narg: cri"),
+        "{output:?}"
+    );
+    Ok(())
+}
+
 /// What a fake registry serves at a path, and how.
 #[derive(Clone)]
 struct Route {
