@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use nix::sys::signal::Signal;
@@ -80,11 +80,10 @@ fn wasmcell_run_serves_a_tokio_wasi_hyper_server() -> Result<()> {
     wait_http(&format!("{base}/"))?;
     assert_serves_echo(&base)?;
     assert_serves_concurrent_keepalive_clients(&base)?;
-    // SIGTERM ends it: a command cannot drain, so it stops at once, as a process would.
-    let started = Instant::now();
+    // SIGTERM ends it: a command cannot drain, so it stops at once, as a process would
+    // (terminate waits at most 10 s).
     let status = server.terminate()?;
     assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     Ok(())
 }
 
@@ -472,14 +471,8 @@ fn docker_runs_a_wasmedge_app_with_the_wasmedge_runtime() -> Result<()> {
             .stdout
             .contains("listening on 0.0.0.0:8080"))
     })?;
-    // SIGTERM stops it at once (128 + 15), well within docker's 10 s before SIGKILL (137).
-    let started = Instant::now();
+    // SIGTERM stops it (128 + 15), not docker's SIGKILL after its 10 s (137).
     docker.docker(&["stop", &id])?.success()?;
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "docker stop took {:?}",
-        started.elapsed()
-    );
     let code = docker.docker(&["inspect", "--format", "{{.State.ExitCode}}", &id])?;
     assert_eq!(code.success()?.stdout.trim(), "143");
     docker.docker(&["rm", &id])?.success()?;
