@@ -17,7 +17,7 @@ mod socket;
 
 use std::net::SocketAddr;
 
-use wasmtime::{Caller, Extern, ExternType, Linker, Module, ValType};
+use wasmtime::{Caller, Extern, ExternType, Linker, Memory, Module, ValType};
 
 use crate::engine::ModuleState;
 use crate::workload::{Network, WorkloadSpec};
@@ -132,6 +132,8 @@ pub(crate) struct WasmEdge {
     sockets: SocketTable,
     names: Names,
     network: Network,
+    /// The guest's exported memory, once looked up.
+    memory: Option<Memory>,
 }
 
 impl WasmEdge {
@@ -140,21 +142,36 @@ impl WasmEdge {
             sockets: SocketTable::default(),
             names: Names::new(spec),
             network: spec.network,
+            memory: None,
         }
     }
 }
 
 type Host<'a> = Caller<'a, ModuleState>;
 
+/// The guest's memory: looked up by name at the first call of a store, not at every call.
+pub(crate) fn guest_memory(caller: &mut Host<'_>) -> Option<Memory> {
+    if let Some(memory) = caller
+        .data()
+        .wasmedge
+        .as_ref()
+        .and_then(|state| state.memory)
+    {
+        return Some(memory);
+    }
+    let memory = caller.get_export("memory").and_then(Extern::into_memory)?;
+    if let Some(state) = caller.data_mut().wasmedge.as_deref_mut() {
+        state.memory = Some(memory);
+    }
+    Some(memory)
+}
+
 /// Runs `f` with the guest's memory and this ABI's state.
 fn with<R>(
     caller: &mut Host<'_>,
     f: impl FnOnce(&mut Mem<'_>, &mut WasmEdge) -> Result<R, Errno>,
 ) -> Result<R, Errno> {
-    let memory = caller
-        .get_export("memory")
-        .and_then(Extern::into_memory)
-        .ok_or(Errno::FAULT)?;
+    let memory = guest_memory(caller).ok_or(Errno::FAULT)?;
     let (bytes, state) = memory.data_and_store_mut(&mut *caller);
     let state = state.wasmedge.as_deref_mut().ok_or(Errno::NOTSUP)?;
     f(&mut Mem(bytes), state)
@@ -170,9 +187,7 @@ fn socket(caller: &mut Host<'_>, fd: u32) -> Result<std::sync::Arc<GuestSocket>,
 macro_rules! wasi {
     ($caller:expr, $function:ident($($arg:expr),*) $(.$await:tt)?) => {{
         let caller: &mut Host<'_> = $caller;
-        let memory = caller
-            .get_export("memory")
-            .and_then(wasmtime::Extern::into_memory)
+        let memory = crate::wasmedge::guest_memory(caller)
             .ok_or_else(|| wasmtime::format_err!("missing required memory export"))?;
         let (bytes, state) = memory.data_and_store_mut(&mut *caller);
         let mut memory = wiggle::GuestMemory::Unshared(bytes);
@@ -324,6 +339,38 @@ async fn sock_recv(
     Ok(status(result.map(drop)))
 }
 
+/// `sock_recv_from`: receives, then writes the sender's address at `addr` and, in the
+/// eight-parameter form, its port at `port_out`. The older seven-parameter form has no port and
+/// takes bare 4- or 16-byte addresses only.
+async fn receive_from(
+    caller: &mut Host<'_>,
+    fd: u32,
+    iovs: (u32, u32),
+    (addr, port_out): (u32, Option<u32>),
+    flags: u32,
+    (len_out, flags_out): (u32, u32),
+) -> Result<(), Errno> {
+    with(caller, |mem, _| {
+        let (buf, len) = (mem.u32(addr)?, mem.u32(addr + 4)?);
+        match port_out {
+            Some(port_out) => mem.bytes_mut(port_out, 2).map(drop)?,
+            None if len != 4 && len != 16 => return Err(Errno::INVAL),
+            None => {}
+        }
+        mem.bytes_mut(buf, len).map(drop)
+    })?;
+    let Some(from) = receive(caller, fd, iovs, flags, len_out, Some(flags_out)).await? else {
+        return Ok(());
+    };
+    with(caller, |mem, _| {
+        address::write(mem, addr, from)?;
+        match port_out {
+            Some(port_out) => mem.set_u16(port_out, from.port()),
+            None => Ok(()),
+        }
+    })
+}
+
 #[allow(clippy::too_many_arguments)] // The ABI's signature.
 async fn sock_recv_from(
     caller: &mut Host<'_>,
@@ -336,26 +383,19 @@ async fn sock_recv_from(
     len_out: u32,
     flags_out: u32,
 ) -> wasmtime::Result<i32> {
-    let result = async {
-        with(caller, |mem, _| {
-            mem.bytes_mut(port_out, 2)?;
-            let (buf, len) = (mem.u32(addr)?, mem.u32(addr + 4)?);
-            mem.bytes_mut(buf, len).map(drop)
-        })?;
-        let from = receive(caller, fd, (iovs, count), flags, len_out, Some(flags_out)).await?;
-        match from {
-            Some(from) => with(caller, |mem, _| {
-                address::write(mem, addr, from)?;
-                mem.set_u16(port_out, from.port())
-            }),
-            None => Ok(()),
-        }
-    };
+    let address = (addr, Some(port_out));
+    let result = receive_from(
+        caller,
+        fd,
+        (iovs, count),
+        address,
+        flags,
+        (len_out, flags_out),
+    );
     Ok(status(result.await))
 }
 
-/// The older, seven-parameter `sock_recv_from`: the sender's address only, as bare octets in
-/// a 4- or 16-byte buffer, no port.
+/// The older, seven-parameter `sock_recv_from`: the sender's address only, no port.
 #[allow(clippy::too_many_arguments)] // The ABI's signature.
 async fn sock_recv_from_without_port(
     caller: &mut Host<'_>,
@@ -367,20 +407,15 @@ async fn sock_recv_from_without_port(
     len_out: u32,
     flags_out: u32,
 ) -> wasmtime::Result<i32> {
-    let result = async {
-        with(caller, |mem, _| {
-            let (buf, len) = (mem.u32(addr)?, mem.u32(addr + 4)?);
-            match len {
-                4 | 16 => mem.bytes_mut(buf, len).map(drop),
-                _ => Err(Errno::INVAL),
-            }
-        })?;
-        let from = receive(caller, fd, (iovs, count), flags, len_out, Some(flags_out)).await?;
-        match from {
-            Some(from) => with(caller, |mem, _| address::write(mem, addr, from).map(drop)),
-            None => Ok(()),
-        }
-    };
+    let address = (addr, None);
+    let result = receive_from(
+        caller,
+        fd,
+        (iovs, count),
+        address,
+        flags,
+        (len_out, flags_out),
+    );
     Ok(status(result.await))
 }
 
