@@ -158,6 +158,43 @@ pub(crate) fn append<W: Write>(
         .map_err(io_err(format!("write {path}")))
 }
 
+/// Whether a layer is the Wasm binary itself rather than a tar.
+pub fn is_wasm_layer(media_type: &MediaType) -> bool {
+    WASM_LAYER_MEDIA_TYPES.contains(&media_type.to_string().as_str())
+}
+
+/// The entry of `index` for `wanted`, or without one the first entry of a Wasm platform (an
+/// entry with no platform counts: an index of one image need not say). When none fits, the
+/// platforms the index has, for the error.
+pub fn wasm_entry<'a>(
+    index: &'a ImageIndex,
+    wanted: Option<&Platform>,
+) -> Result<&'a Descriptor, Vec<String>> {
+    let platform_of = |d: &Descriptor| {
+        d.platform()
+            .as_ref()
+            .map(|p| (p.os().to_string(), p.architecture().to_string()))
+    };
+    index
+        .manifests()
+        .iter()
+        .find(|d| match (platform_of(d), wanted) {
+            (Some((os, arch)), Some(wanted)) => {
+                Platform::new(&os, &arch).is_ok_and(|p| p == *wanted)
+            }
+            (Some((os, arch)), None) => Platform::new(&os, &arch).is_ok(),
+            (None, wanted) => wanted.is_none(),
+        })
+        .ok_or_else(|| {
+            index
+                .manifests()
+                .iter()
+                .filter_map(platform_of)
+                .map(|(os, arch)| format!("{os}/{arch}"))
+                .collect()
+        })
+}
+
 /// An image read back: what `wasmcell run` needs to build a container from it.
 #[derive(Debug)]
 pub struct ImageContents {
@@ -200,7 +237,7 @@ impl ImageContents {
                 MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
                     Box::new(flate2::read::GzDecoder::new(bytes.as_slice()))
                 }
-                MediaType::Other(t) if WASM_LAYER_MEDIA_TYPES.contains(&t.as_str()) => {
+                media_type if is_wasm_layer(media_type) => {
                     let path = dir.join(title(descriptor));
                     std::fs::create_dir_all(dir)
                         .and_then(|()| std::fs::write(&path, bytes))
@@ -238,7 +275,7 @@ impl ImageContents {
             .iter()
             .rev()
             .find_map(|(descriptor, bytes)| match descriptor.media_type() {
-                MediaType::Other(t) if WASM_LAYER_MEDIA_TYPES.contains(&t.as_str()) => {
+                media_type if is_wasm_layer(media_type) => {
                     (title(descriptor) == path).then(|| bytes.clone())
                 }
                 MediaType::ImageLayer => {
@@ -266,26 +303,13 @@ impl ImageContents {
         mut index: ImageIndex,
         blob: impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
     ) -> Result<ImageContents, ArchiveError> {
-        let mut found = Vec::new();
         loop {
-            let wasm = index.manifests().iter().find(|d| {
-                d.platform().as_ref().is_none_or(|p| {
-                    Platform::new(&p.os().to_string(), &p.architecture().to_string()).is_ok()
-                })
-            });
-            found.extend(
-                index
-                    .manifests()
-                    .iter()
-                    .filter_map(|d| d.platform().as_ref())
-                    .map(|p| format!("{}/{}", p.os(), p.architecture())),
-            );
-            let Some(descriptor) = wasm.cloned() else {
-                return Err(ArchiveError::NoWasmPlatform {
+            let descriptor = wasm_entry(&index, None)
+                .map_err(|found| ArchiveError::NoWasmPlatform {
                     archive: image.to_owned(),
                     found: found.join(", "),
-                });
-            };
+                })?
+                .clone();
             let bytes = blob(&descriptor)?;
             if *descriptor.media_type() == MediaType::ImageIndex {
                 index = ImageIndex::from_reader(bytes.as_slice())

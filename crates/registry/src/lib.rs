@@ -23,7 +23,7 @@ use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
-use wasmcell_oci::archive::WASM_LAYER_MEDIA_TYPES;
+use wasmcell_oci::archive::{is_wasm_layer, wasm_entry};
 use wasmcell_oci::image::WASM_CONFIG_MEDIA_TYPE;
 use wasmcell_oci::layout::sha256;
 use wasmcell_oci::{Layout, LayoutError, Platform};
@@ -259,7 +259,9 @@ impl Registry {
                     reference: whole.clone(),
                     reason: format!("its index is not valid: {e}"),
                 })?;
-            let entry = pick_platform(&index, platform).map_err(|found| RegistryError::NotWasm {
+            let entry = wasm_entry(&index, platform).cloned().map_err(|found| {
+                let found = found.join(", ");
+                RegistryError::NotWasm {
                 reference: whole.clone(),
                 reason: match platform {
                     Some(p) => format!("it has no {p} image; its platforms are {found}"),
@@ -267,6 +269,7 @@ impl Registry {
                         "it has no Wasm image; its platforms are {found}; build one with `wasmcell build`"
                     ),
                 },
+            }
             })?;
             let digest = entry.digest().to_string();
             let (manifest, _) = self
@@ -409,11 +412,7 @@ fn check_runnable(reference: &str, manifest: &ImageManifest) -> Result<(), Regis
         MediaType::ImageConfig => Ok(()),
         MediaType::Other(t) if t == "application/vnd.docker.container.image.v1+json" => Ok(()),
         MediaType::Other(t) if t == WASM_CONFIG_MEDIA_TYPE => match manifest.layers().as_slice() {
-            [layer]
-                if WASM_LAYER_MEDIA_TYPES.contains(&layer.media_type().to_string().as_str()) =>
-            {
-                Ok(())
-            }
+            [layer] if is_wasm_layer(layer.media_type()) => Ok(()),
             [layer] => Err(not_wasm(format!(
                 "its Wasm artifact's layer has media type {}, not application/wasm",
                 layer.media_type()
@@ -427,35 +426,6 @@ fn check_runnable(reference: &str, manifest: &ImageManifest) -> Result<(), Regis
             "its config has media type {other}: neither an OCI image config nor {WASM_CONFIG_MEDIA_TYPE}"
         ))),
     }
-}
-
-/// The index entry for `platform`, or the first of a Wasm platform; else the platforms found.
-fn pick_platform(index: &ImageIndex, platform: Option<&Platform>) -> Result<Descriptor, String> {
-    let of = |d: &Descriptor| {
-        d.platform()
-            .as_ref()
-            .map(|p| (p.os().to_string(), p.architecture().to_string()))
-    };
-    index
-        .manifests()
-        .iter()
-        .find(|d| match (of(d), platform) {
-            (Some((os, arch)), Some(wanted)) => {
-                Platform::new(&os, &arch).is_ok_and(|p| p == *wanted)
-            }
-            (Some((os, arch)), None) => Platform::new(&os, &arch).is_ok(),
-            (None, _) => false,
-        })
-        .cloned()
-        .ok_or_else(|| {
-            index
-                .manifests()
-                .iter()
-                .filter_map(of)
-                .map(|(os, arch)| format!("{os}/{arch}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
 }
 
 fn digest_of(digest: &str) -> oci_spec::image::Digest {

@@ -14,8 +14,7 @@ use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, Read
 use containerd_client::tonic::Request;
 use containerd_client::{Client, with_namespace};
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
-use wasmcell_oci::Platform;
-use wasmcell_oci::archive::WASM_LAYER_MEDIA_TYPES;
+use wasmcell_oci::archive::{is_wasm_layer, wasm_entry};
 use wasmcell_oci::layout::sha256;
 
 /// Why a Wasm layer could not be brought into the rootfs.
@@ -123,11 +122,7 @@ impl ImageContent {
             let bytes = self.read(&client, &target.1).await.map_err(|e| err(&e))?;
             if target.0 == MediaType::ImageIndex.to_string() {
                 let index = ImageIndex::from_reader(bytes.as_slice()).map_err(|e| err(&e))?;
-                let Some(wasm) = index.manifests().iter().find(|d| {
-                    d.platform().as_ref().is_some_and(|p| {
-                        Platform::new(&p.os().to_string(), &p.architecture().to_string()).is_ok()
-                    })
-                }) else {
+                let Ok(wasm) = wasm_entry(&index, None) else {
                     return Ok(None);
                 };
                 target = (wasm.media_type().to_string(), wasm.digest().to_string());
@@ -137,7 +132,7 @@ impl ImageContent {
             let layers: Vec<_> = manifest
                 .layers()
                 .iter()
-                .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type().to_string().as_str()))
+                .filter(|l| is_wasm_layer(l.media_type()))
                 .collect();
             return match layers.as_slice() {
                 [] => Ok(None),
