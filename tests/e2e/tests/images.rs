@@ -21,6 +21,13 @@ fn wasmcell_in(store: &Path, args: &[&str]) -> Result<Ran> {
         .args(args))
 }
 
+/// A temp dir (the local store and compile cache live in it), a private registry, and the
+/// hello guest's path.
+fn registry_fixture() -> Result<(tempfile::TempDir, Registry, String)> {
+    let hello = guest("hello.wasm").to_str().expect("utf-8 path").to_owned();
+    Ok((tempfile::tempdir()?, Registry::start()?, hello))
+}
+
 /// Builds `wasm` for `wasi/wasm32` and `wasip1/wasm` (one index) and pushes it as `reference`.
 fn push_two_platforms(store: &Path, wasm: &str, reference: &str) -> Result<()> {
     let platforms = ["--platform", "wasi/wasm32", "--platform", "wasip1/wasm"];
@@ -35,10 +42,8 @@ fn push_two_platforms(store: &Path, wasm: &str, reference: &str) -> Result<()> {
 
 #[test]
 fn wasmcell_pushes_pulls_and_runs_both_formats_through_a_registry() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let registry = Registry::start()?;
-    let hello = guest("hello.wasm");
-    let hello = hello.to_str().expect("utf-8 path");
+    let (tmp, registry, hello) = registry_fixture()?;
+    let hello = hello.as_str();
     let (artifact, image, multi) = (
         format!("{}/hello:artifact", registry.addr),
         format!("{}/hello:image", registry.addr),
@@ -128,10 +133,8 @@ fn wasmcell_pushes_pulls_and_runs_both_formats_through_a_registry() -> Result<()
 
 #[test]
 fn ctr_and_docker_pull_and_run_what_wasmcell_pushed() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let registry = Registry::start()?;
-    let hello = guest("hello.wasm");
-    let hello = hello.to_str().expect("utf-8 path");
+    let (tmp, registry, hello) = registry_fixture()?;
+    let hello = hello.as_str();
     let single = format!("{}/hello:single", registry.addr);
     let multi = format!("{}/hello:multi", registry.addr);
     wasmcell_in(tmp.path(), &["build", hello, "-t", &single, "--push"])?.success()?;
@@ -370,23 +373,12 @@ fn run_like_cri(
 
 #[test]
 fn the_shim_runs_a_cncf_artifact_for_a_client_that_records_its_image() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let registry = Registry::start()?;
-    let hello = guest("hello.wasm");
+    let (tmp, registry, hello) = registry_fixture()?;
     let reference = format!("{}/hello:artifact", registry.addr);
-    wasmcell_in(
-        tmp.path(),
-        &[
-            "build",
-            hello.to_str().expect("utf-8"),
-            "-t",
-            &reference,
-            "--format",
-            "artifact",
-            "--push",
-        ],
-    )?
-    .success()?;
+    let build = [
+        "build", &hello, "-t", &reference, "--format", "artifact", "--push",
+    ];
+    wasmcell_in(tmp.path(), &build)?.success()?;
     let containerd = Containerd::start()?;
     containerd
         .ctr(&[
