@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{Envelope, Message, Request, Setup};
@@ -14,9 +18,9 @@ use crate::sys;
 /// Why talking to the sandbox failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// The process could not be started or placed.
+    /// The process could not be started or could not join its cgroup.
     #[error("cannot start the sandbox process")]
-    Start(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Start(#[source] std::io::Error),
     /// The sandbox could not isolate itself; the message is its own, with causes.
     #[error("the sandbox could not isolate itself: {0}")]
     Setup(String),
@@ -63,27 +67,22 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Starts the sandbox, lets `place` put it in its cgroup before it does anything, and waits
-    /// until it has isolated itself. Exits of its guests arrive on the returned channel, which
-    /// closes when the sandbox process ends.
+    /// Starts the sandbox, which joins its cgroup through `joins` before it runs anything (see
+    /// [`sys::spawn`]), and waits until it has isolated itself. Exits of its guests arrive on
+    /// the returned channel, which closes when the sandbox process ends.
     pub async fn start(
         setup: &Setup,
-        place: impl FnOnce(u32) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+        joins: Vec<OwnedFd>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<Exited>), SandboxError> {
-        let exe = std::env::current_exe().map_err(|e| SandboxError::Start(e.into()))?;
+        let exe = std::env::current_exe().map_err(SandboxError::Start)?;
         let (control, theirs) = sys::socket_pair().map_err(SandboxError::Io)?;
-        let pid = sys::spawn(&exe, theirs).map_err(|e| SandboxError::Start(e.into()))?;
+        let pid = sys::spawn(&exe, theirs, joins).map_err(SandboxError::Start)?;
         let sandbox = Sandbox {
             pid,
             control,
             pending: Arc::new(Mutex::new(Some(HashMap::new()))),
             next_seq: AtomicU64::new(1),
         };
-        // Until setup is sent the sandbox only waits, so it runs nothing outside its cgroup.
-        if let Err(error) = place(pid) {
-            sandbox.kill();
-            return Err(SandboxError::Start(error));
-        }
         let (exits, exits_rx) = mpsc::unbounded_channel();
         let reader = sandbox.control.try_clone().map_err(SandboxError::Io)?;
         let pending = sandbox.pending.clone();
@@ -144,12 +143,27 @@ impl Sandbox {
         }
     }
 
-    /// Ends the sandbox and every guest in it at once.
-    pub fn kill(&self) {
+    /// Ends the sandbox and every guest in it at once. The returned future completes when the
+    /// process is gone from its cgroup (a killed process still unwinds its memory and
+    /// namespaces), or after `patience`; it does not borrow the sandbox.
+    pub fn end(&self, patience: Duration) -> impl Future<Output = ()> + Send + 'static {
+        // Opened before the kill, so that the number cannot be reused by another process first.
+        let pidfd = sys::pidfd(self.pid);
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid as i32),
             nix::sys::signal::SIGKILL,
         );
+        async move {
+            // No pidfd: the process was reaped already.
+            let Ok(pidfd) = pidfd else { return };
+            // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
+            match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+                Ok(gone) => {
+                    let _ = tokio::time::timeout(patience, gone.readable()).await;
+                }
+                Err(error) => tracing::warn!("cannot wait for the sandbox to end: {error}"),
+            }
+        }
     }
 }
 

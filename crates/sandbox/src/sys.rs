@@ -173,7 +173,14 @@ pub fn open_grant(grant: &Grant) -> io::Result<OwnedFd> {
 /// Starts `exe` as a sandbox with `control` as its descriptor [`CONTROL_FD`], an empty
 /// environment and no stdio. Returns its PID. The child is not waited for here: the shim's
 /// reaper collects it, and the control socket tells when it is gone.
-pub fn spawn(exe: &Path, control: OwnedFd) -> io::Result<u32> {
+///
+/// Before it executes anything, the child writes `0` (the writer itself) to each of `joins`:
+/// cgroup files the caller opened that move the writer, a v1 hierarchy's `tasks` or v2's
+/// `cgroup.procs`. Between fork and exec the writing thread is the whole process, so the
+/// sandbox starts inside its cgroup; on v1 a thread moving itself also skips the kernel's
+/// global threadgroup lock, whose RCU grace period made the shim's write of the PID to
+/// `cgroup.procs` take 6-24 ms.
+pub fn spawn(exe: &Path, control: OwnedFd, joins: Vec<OwnedFd>) -> io::Result<u32> {
     let mut command = Command::new(exe);
     command
         .arg0(SANDBOX_ARG0)
@@ -182,10 +189,17 @@ pub fn spawn(exe: &Path, control: OwnedFd) -> io::Result<u32> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let fd = control.as_raw_fd();
+    let join_fds: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
     // SAFETY: the closure runs between fork and exec, so it may only make async-signal-safe
-    // calls: it calls dup2/fcntl on descriptors that exist in the child and allocates nothing.
+    // calls: it calls write, dup2 and fcntl on descriptors that exist in the child and
+    // allocates nothing (the descriptor list was built before the fork).
     unsafe {
         command.pre_exec(move || {
+            for &join in &join_fds {
+                if libc::write(join, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             let result = if fd == CONTROL_FD {
                 // Already in place: dup2 would be a no-op and leave close-on-exec set.
                 libc::fcntl(fd, libc::F_SETFD, 0)
@@ -200,8 +214,19 @@ pub fn spawn(exe: &Path, control: OwnedFd) -> io::Result<u32> {
         });
     }
     let child = command.spawn()?;
-    drop(control);
+    drop((control, joins));
     Ok(child.id())
+}
+
+/// A pidfd for process `pid`: readable once it has exited.
+pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Closes every descriptor above the control socket that the sandbox may have inherited.

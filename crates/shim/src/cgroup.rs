@@ -6,6 +6,7 @@
 //! cgroupfs path, as runc does without the systemd driver.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::cgroups::metrics::{
@@ -33,7 +34,7 @@ pub struct Resources {
 }
 
 /// A container's cgroup: one directory per v1 controller, or one v2 directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     unified: bool,
@@ -101,13 +102,24 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves process `pid` into the cgroup (every hierarchy).
-    pub fn add(&self, pid: u32) -> io::Result<()> {
-        for dir in &self.dirs {
-            let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, pid.to_string()).map_err(|e| context(e, &procs))?;
-        }
-        Ok(())
+    /// Opens, in every hierarchy, the file through which a process about to start joins the
+    /// cgroup by writing `0` ([`wasmcell_sandbox`]'s spawn does): `tasks` on v1, where a thread
+    /// moving itself does not wait for the kernel's global threadgroup lock, `cgroup.procs` on
+    /// v2.
+    pub fn join_files(&self) -> io::Result<Vec<OwnedFd>> {
+        let file = if self.unified {
+            "cgroup.procs"
+        } else {
+            "tasks"
+        };
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let path = dir.join(file);
+                let opened = std::fs::OpenOptions::new().write(true).open(&path);
+                opened.map(OwnedFd::from).map_err(|e| context(e, &path))
+            })
+            .collect()
     }
 
     /// Removes the cgroup's directories; they must hold no process any more.

@@ -27,7 +27,7 @@ use containerd_shim::api::DeleteResponse;
 use containerd_shim::event::Event;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::util::{timestamp, write_str_to_file};
+use containerd_shim::util::timestamp;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
 use tokio::sync::mpsc;
 use wasmcell_engine::{CompileCache, Compiler};
@@ -106,7 +106,9 @@ impl Shim for WasmShim {
             vec![(RUNTIME_ENV, self.runtime.binary_name())],
         )
         .await?;
-        write_str_to_file("address", &address).await?;
+        // Written directly: tokio's file functions would start a thread for it.
+        std::fs::write("address", &address)
+            .map_err(|e| containerd_shim::Error::Other(format!("write address: {e}")))?;
         Ok(address)
     }
 
@@ -117,8 +119,10 @@ impl Shim for WasmShim {
         } else {
             self.flags_bundle.clone().into()
         };
-        if let Err(error) = sys::unmount_rootfs(&service::rootfs_of(&bundle)) {
-            tracing::warn!("{error}");
+        match sys::unmount_rootfs(&service::rootfs_of(&bundle)) {
+            // Released here: this process exists only to clean up.
+            Ok(detached) => drop(detached),
+            Err(error) => tracing::warn!("{error}"),
         }
         Ok(DeleteResponse {
             exit_status: DIED_STATUS,

@@ -131,13 +131,12 @@ impl TaskService {
                     }
                     None => None,
                 };
-                let place = |pid| {
-                    cgroup
-                        .as_ref()
-                        .map_or(Ok(()), |c| c.add(pid))
-                        .map_err(Into::into)
+                let joins = cgroup.as_ref().map_or(Ok(Vec::new()), Cgroup::join_files);
+                let started = match joins {
+                    Ok(joins) => Sandbox::start(&setup, joins).await.map_err(Error::Sandbox),
+                    Err(error) => Err(Error::Cgroup(error)),
                 };
-                match Sandbox::start(&setup, place).await {
+                match started {
                     Ok((sandbox, exits)) => {
                         tokio::spawn(record_exits(
                             exits,
@@ -149,7 +148,7 @@ impl TaskService {
                     }
                     Err(error) => {
                         cgroup.inspect(Cgroup::remove);
-                        Err(Error::Sandbox(error))
+                        Err(error)
                     }
                 }
             })
@@ -186,6 +185,9 @@ impl TaskService {
                 "the container spec asks for {what}, which run inside the container: a Wasm guest is not a process to run them in"
             ))
         })?;
+        // The sandbox first: it copies the shim's mounts when it makes its mount namespace, and
+        // one that held the rootfs would keep it alive until the sandbox exits.
+        let sandbox = self.sandbox_for(&oci).await?;
         let mounted_rootfs = if req.rootfs.is_empty() {
             None
         } else {
@@ -203,7 +205,6 @@ impl TaskService {
             if let ModuleSource::Rootfs { root, path } = &workload.module {
                 self.content.materialize(&req.id, root, path).await?;
             }
-            let sandbox = self.sandbox_for(&oci).await?;
             if let Some(hooks) = &hooks {
                 hooks.run(Stage::Create, sandbox.pid()).await?;
             }
@@ -608,7 +609,7 @@ impl Task for TaskService {
         let pid = self.pid();
         if let Some(container) = &removed {
             if let Some(rootfs) = &container.mounted_rootfs {
-                sys::unmount_rootfs(rootfs)?;
+                sys::unmount_rootfs(rootfs)?.release_in_background();
             }
             if let Some(hooks) = &container.hooks
                 && let Err(error) = hooks.run(Stage::Poststop, pid).await
@@ -781,21 +782,21 @@ impl Task for TaskService {
         if !self.containers.lock().await.is_empty() {
             return Ok(Empty::new());
         }
-        if let Some(handle) = self.sandbox.get() {
-            handle.sandbox.kill();
-            // The cgroup can go once the sandbox is gone (the shim's reaper collects it).
-            let gone = Path::new("/proc").join(handle.sandbox.pid().to_string());
-            for _ in 0..200 {
-                if !gone.exists() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        // Answered at once: containerd waits for the reply, not for this process. The shim
+        // exits once the sandbox is gone and its cgroup removed.
+        let handle = self.sandbox.get();
+        let gone = handle.map(|h| h.sandbox.end(Duration::from_secs(1)));
+        let cgroup = handle.and_then(|h| h.cgroup.clone());
+        let exit = self.exit.clone();
+        tokio::spawn(async move {
+            if let Some(gone) = gone {
+                gone.await;
             }
-            if let Some(cgroup) = &handle.cgroup {
+            if let Some(cgroup) = cgroup {
                 cgroup.remove();
             }
-        }
-        self.exit.signal();
+            exit.signal();
+        });
         Ok(Empty::new())
     }
 }

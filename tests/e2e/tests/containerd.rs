@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::Result;
-use wasmcell_e2e::{Containerd, Ran, build_image, containerd_with, guest, wait_for};
+use wasmcell_e2e::{Containerd, Ran, build_image, cgroup_dir, containerd_with, guest, wait_for};
 
 fn imported(
     containerd: &Containerd,
@@ -125,6 +125,8 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
             .unwrap()
             .1;
         assert!(ps.stdout.contains(&shim_pid.to_string()), "{ps:?}");
+        let sandbox = containerd.running(id)?;
+        let cgroup = cgroup_dir(sandbox, "memory")?;
         wait_for("a tick in the log file", || {
             Ok(std::fs::read_to_string(&log)
                 .unwrap_or_default()
@@ -145,9 +147,15 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
         );
         containerd.ctr(&["container", "delete", id])?.success()?;
 
-        wait_for("the shim to exit", || {
-            Ok(!Path::new(&format!("/proc/{shim_pid}")).exists())
-        })?;
+        wait_for(
+            "the shim and the sandbox to exit and the cgroup to go",
+            || {
+                Ok([format!("/proc/{shim_pid}"), format!("/proc/{sandbox}")]
+                    .iter()
+                    .all(|p| !Path::new(p).exists())
+                    && !cgroup.exists())
+            },
+        )?;
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
         assert!(
             !mounts.contains(&format!("/{id}/rootfs")),

@@ -86,6 +86,23 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
         .context("memory cgroup")?;
     let path = memory.rsplit(':').next().unwrap();
     assert!(path.ends_with("/boxed"), "{memory}");
+    // Every thread, in every hierarchy: the sandbox joined before it started any.
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    threads.sort();
+    for controller in ["memory", "cpu", "pids"] {
+        let dir = cgroup_dir(pid, controller)?;
+        let mut listed: Vec<String> = std::fs::read_to_string(dir.join("tasks"))?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, threads, "{controller}: {}", dir.display());
+    }
+    // It reaches the rootfs through descriptors only: the mount is not in its namespace.
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    assert!(!mounts.contains("/boxed/rootfs"), "{mounts}");
     let limit = std::fs::read_to_string(
         Path::new("/sys/fs/cgroup/memory")
             .join(path.trim_start_matches('/'))
