@@ -216,6 +216,23 @@ pub fn assert_serves_hello_http(base: &str) -> Result<()> {
     );
     let missing = curl(&[&format!("{base}/nothing-here")])?;
     ensure!(missing.status == 404, "GET /nothing-here: {missing:?}");
+    // Every request starts from the component's initial state, however the host reuses the
+    // memory of earlier instances.
+    let first = curl(&[&format!("{base}/state")])?;
+    ensure!(
+        first.status == 200
+            && first
+                .body
+                .starts_with("counter=42 bss=clean heap=clean pages="),
+        "GET /state: {first:?}"
+    );
+    for _ in 0..4 {
+        let again = curl(&[&format!("{base}/state")])?;
+        ensure!(
+            again.body == first.body,
+            "GET /state again: {again:?} after {first:?}"
+        );
+    }
     Ok(())
 }
 

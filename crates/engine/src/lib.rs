@@ -27,6 +27,7 @@ pub use cache::CompileCache;
 pub use controls::Controls;
 pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
+pub use http::open_pagemap;
 pub use workload::{
     Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles, Network,
     Output, Preopen, Stdio, WorkloadSpec,

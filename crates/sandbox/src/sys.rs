@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use caps::CapSet;
+use caps::{CapSet, Capability};
 use nix::cmsg_space;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
@@ -325,6 +325,13 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
         }
     };
     caps::clear(None, CapSet::Bounding).map_err(caps_err("drop the bounding capability set"))?;
+    // HTTP servers reset their instance slots through wasmtime's handle on /proc/self/pagemap,
+    // opened once per process: open it while it is still this process's (the uid change below
+    // hands /proc/self to root) and without CAP_SYS_ADMIN (which would let it show physical
+    // page frames). Where the kernel lacks PAGEMAP_SCAN this finds out and servers do without.
+    caps::drop(None, CapSet::Effective, Capability::CAP_SYS_ADMIN)
+        .map_err(caps_err("drop CAP_SYS_ADMIN"))?;
+    wasmcell_engine::open_pagemap();
     let user = &setup.user;
     let groups: Vec<Gid> = user
         .additional_gids

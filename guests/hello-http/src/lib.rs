@@ -4,13 +4,16 @@
 //! content type, anything else with 404. Each request runs in a fresh instance. Test-only
 //! routes exercise the host: `/trap` traps, `/spin` never returns, `/stdout` writes a log
 //! line, `/slow` answers after half a second, `/fetch?http://HOST:PORT/PATH` relays an
-//! outgoing request's status and body (which needs the network grant).
+//! outgoing request's status and body (which needs the network grant), `/state` reports what a
+//! request can see of the ones before it (nothing, in a fresh instance).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
-    OutgoingResponse, ResponseOutparam, Scheme,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 struct HelloHttp;
@@ -19,7 +22,9 @@ impl Guest for HelloHttp {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         match (request.method(), path.as_str()) {
-            (Method::Get, "/") => respond(out, 200, "text/plain", b"Hello from a Wasm container!\n"),
+            (Method::Get, "/") => {
+                respond(out, 200, "text/plain", b"Hello from a Wasm container!\n")
+            }
             (Method::Post, "/echo") => {
                 let content_type = request
                     .headers()
@@ -42,6 +47,7 @@ impl Guest for HelloHttp {
                 Ok((status, body)) => respond(out, status, "text/plain", &body),
                 Err(why) => respond(out, 502, "text/plain", why.as_bytes()),
             },
+            (_, "/state") => respond(out, 200, "text/plain", state().as_bytes()),
             (_, "/stdout") => {
                 println!("hello-http: a log line");
                 respond(out, 200, "text/plain", b"logged\n");
@@ -51,13 +57,47 @@ impl Guest for HelloHttp {
     }
 }
 
+/// A counter in the data segment, starting at 41.
+static COUNTER: AtomicU32 = AtomicU32::new(41);
+/// 64 KiB of zero-initialised memory, marked by every request.
+static MARKS: [AtomicU64; 8192] = [const { AtomicU64::new(0) }; 8192];
+/// Past the memory the host keeps resident per instance slot (1 MiB), so the part of the slot
+/// it releases is checked too.
+const HEAP: usize = 4 << 20;
+
+/// Reads, then writes, state that a reused instance or an imperfectly reset slot would carry
+/// from one request to the next: every request in a fresh instance sees
+/// `counter=42 bss=clean heap=clean pages=N` with the same N.
+fn state() -> String {
+    let pages = core::arch::wasm32::memory_size(0);
+    let counter = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+    let bss = MARKS
+        .iter()
+        .all(|mark| mark.swap(0xabab, Ordering::Relaxed) == 0);
+    // Fresh pages from memory.grow, which the allocator hands out as zeroed.
+    let mut heap = vec![0u8; HEAP];
+    let heap_clean = heap.iter().all(|&byte| byte == 0);
+    heap.fill(0xab);
+    std::hint::black_box(&heap);
+    let word = |clean| if clean { "clean" } else { "dirty" };
+    format!(
+        "counter={counter} bss={} heap={} pages={pages}\n",
+        word(bss),
+        word(heap_clean)
+    )
+}
+
 /// GETs `url` (`http://authority/path`) through `wasi:http/outgoing-handler`.
 fn relay(url: &str) -> Result<(u16, Vec<u8>), String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let request = OutgoingRequest::new(Fields::new());
-    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
-    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "authority")?;
     request
         .set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
         .map_err(|()| "path")?;
@@ -88,15 +128,18 @@ fn read_all(body: IncomingBody) -> Vec<u8> {
 }
 
 fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers = Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
-        .expect("valid header");
+    let headers =
+        Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
+            .expect("valid header");
     let response = OutgoingResponse::new(headers);
     response.set_status_code(status).expect("valid status");
     let outgoing = response.body().expect("the body is taken once");
     ResponseOutparam::set(out, Ok(response));
     let stream = outgoing.write().expect("the stream is taken once");
     for chunk in body.chunks(4096) {
-        stream.blocking_write_and_flush(chunk).expect("the client is there");
+        stream
+            .blocking_write_and_flush(chunk)
+            .expect("the client is there");
     }
     drop(stream);
     OutgoingBody::finish(outgoing, None).expect("the body is complete");
