@@ -406,8 +406,29 @@ fn exported_functions(module: &wasmtime::Module) -> String {
 /// The WASI context every instance of `spec` starts from: its args, env, working directory,
 /// preopens and (when granted) the network. Standard streams are attached by the caller.
 pub(crate) fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error> {
+    let mut wasi = wasi_builder_without_preopens(spec);
+    add_preopens(&mut wasi, spec)?;
+    Ok(wasi)
+}
+
+/// [`wasi_builder`] for instances that share preopens opened once (HTTP servers' requests).
+pub(crate) fn wasi_builder_without_preopens(spec: &WorkloadSpec) -> WasiCtxBuilder {
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
+    match spec.network {
+        Network::None => {}
+        Network::Inherit => {
+            wasi.inherit_network()
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true);
+        }
+    }
+    wasi
+}
+
+/// Opens the spec's preopened directories into `wasi`.
+pub(crate) fn add_preopens(wasi: &mut WasiCtxBuilder, spec: &WorkloadSpec) -> Result<(), Error> {
     for preopen in &spec.preopens {
         let perms = match preopen.access {
             Access::ReadOnly => FsPerms::ReadOnly,
@@ -420,16 +441,7 @@ pub(crate) fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error>
                 source,
             })?;
     }
-    match spec.network {
-        Network::None => {}
-        Network::Inherit => {
-            wasi.inherit_network()
-                .allow_tcp(true)
-                .allow_udp(true)
-                .allow_ip_name_lookup(true);
-        }
-    }
-    Ok(wasi)
+    Ok(())
 }
 
 /// Reads the binary the spec names and checks it is wasm: its path (as the user wrote it), its

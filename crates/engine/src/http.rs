@@ -21,6 +21,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use wasmtime::component::{Component, ResourceTable};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -28,7 +30,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
 use crate::cache::deserialize_component;
 use crate::controls::Controls;
-use crate::engine::{ComponentState, Guest, new_store, wasi_builder};
+use crate::engine::{
+    ComponentState, Guest, add_preopens, new_store, wasi_builder_without_preopens,
+};
 use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::stdio::{self, Outputs};
@@ -59,6 +63,8 @@ pub(crate) struct HttpEngine {
     engine: wasmtime::Engine,
     linker: wasmtime::component::Linker<ComponentState>,
     ticker: Ticker,
+    /// How many threads a server runs requests on (see [`HttpEngine::new`]).
+    threads: usize,
 }
 
 impl HttpEngine {
@@ -79,11 +85,22 @@ impl HttpEngine {
         // per request (docs/performance.md). Without the ioctl, keeping memory resident means
         // a `memset` of the whole bound, which measured slower than `madvise`, so the defaults
         // stay.
-        if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        //
+        // An `madvise` also interrupts every other CPU running one of the process's threads to
+        // flush its TLB, so with `madvise` resets a server runs requests on one thread (measured
+        // on 2 cores: 11-14k requests/s on one thread, 8.8k on two). Resets in place flush
+        // nothing, and then requests run on a thread per CPU the process may use.
+        let in_place = wasmtime::PoolingAllocationConfig::is_pagemap_scan_available();
+        if in_place {
             pool.pagemap_scan(wasmtime::Enabled::Yes)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(KEEP_RESIDENT);
         }
+        let threads = if in_place {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            1
+        };
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(Error::Engine)?;
         let linker = crate::engine::component_linker(&engine)?;
@@ -91,6 +108,7 @@ impl HttpEngine {
             ticker: Ticker::new(&engine),
             engine,
             linker,
+            threads,
         })
     }
 
@@ -173,37 +191,49 @@ struct Server {
     pre: ProxyPre<ComponentState>,
     spec: Arc<WorkloadSpec>,
     controls: Controls,
+    /// The spec's preopened directories, opened once. They are `O_PATH` descriptors, which
+    /// carry no offset or other state one request's guest could change for the next; opening
+    /// them per request was a path walk through `/proc/self/fd` for each.
+    preopens: WasiFilesystemCtx,
 }
 
 /// Serves until [`Controls::terminate`], then drains (bounded by [`DRAIN`]) and exits 0.
 /// Dropping the future (SIGKILL) closes the listener and every connection at once.
 ///
-/// The server runs on a thread of its own with a single-threaded runtime. Each request's
-/// instance slot is reset with `madvise`, and in a process whose threads run on several CPUs
-/// every reset sends TLB shootdown IPIs to them: measured on 2 cores, one thread served 11k
-/// requests/s where the two-worker runtime served 8.8k (docs/performance.md).
+/// The server runs on a thread of its own with a runtime of its own: single-threaded, or with a
+/// worker per CPU where instance slots are reset without flushing TLBs ([`HttpEngine::new`]).
 pub(crate) async fn serve(
     http: &HttpEngine,
     pre: &ProxyPre<ComponentState>,
     spec: &Arc<WorkloadSpec>,
     controls: &Controls,
 ) -> Result<crate::Exit, Error> {
+    let mut preopens = WasiCtxBuilder::new();
+    add_preopens(&mut preopens, spec)?;
     let server = Arc::new(Server {
         engine: http.engine.clone(),
         ticker: http.ticker.clone(),
         pre: pre.clone(),
         spec: spec.clone(),
         controls: controls.clone(),
+        preopens: preopens.build().filesystem().clone(),
     });
+    let threads = http.threads;
     let (done, exit) = tokio::sync::oneshot::channel();
     // Dropped with this future: the server thread sees it and stops at once.
     let (_cancel, cancelled) = tokio::sync::oneshot::channel::<Infallible>();
     std::thread::Builder::new()
         .name("wasmcell-http".into())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let mut builder = match threads {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                n => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(n).thread_name("wasmcell-http");
+                    builder
+                }
+            };
+            let runtime = builder.enable_all().build();
             let result = match runtime {
                 Ok(runtime) => runtime.block_on(async {
                     tokio::select! {
@@ -352,12 +382,14 @@ async fn run_handler(
     timeout: Duration,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
-    let mut wasi = wasi_builder(&server.spec).map_err(|e| failed(&e))?;
+    let mut wasi = wasi_builder_without_preopens(&server.spec);
     outputs.attach(&mut wasi);
+    let mut wasi = wasi.build();
+    *wasi.filesystem() = server.preopens.clone();
     let clock = server.ticker.store_clock().map_err(|e| failed(&e))?;
     let guest = Guest::new(&server.controls, clock);
     let state = ComponentState {
-        wasi: wasi.build(),
+        wasi,
         table: ResourceTable::new(),
         http: WasiHttpCtx::new(),
         hooks: HttpHooks::new(server.spec.network),

@@ -5,7 +5,8 @@
 //! routes exercise the host: `/trap` traps, `/spin` never returns, `/stdout` writes a log
 //! line, `/slow` answers after half a second, `/fetch?http://HOST:PORT/PATH` relays an
 //! outgoing request's status and body (which needs the network grant), `/state` reports what a
-//! request can see of the ones before it (nothing, in a fresh instance).
+//! request can see of the ones before it (nothing, in a fresh instance), `/files` lists the
+//! root directory.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -48,6 +49,10 @@ impl Guest for HelloHttp {
                 Err(why) => respond(out, 502, "text/plain", why.as_bytes()),
             },
             (_, "/state") => respond(out, 200, "text/plain", state().as_bytes()),
+            (_, "/files") => match list_root() {
+                Ok(names) => respond(out, 200, "text/plain", names.as_bytes()),
+                Err(why) => respond(out, 500, "text/plain", why.to_string().as_bytes()),
+            },
             (_, "/stdout") => {
                 println!("hello-http: a log line");
                 respond(out, 200, "text/plain", b"logged\n");
@@ -85,6 +90,15 @@ fn state() -> String {
         word(bss),
         word(heap_clean)
     )
+}
+
+/// The names in `/`, one per line, sorted.
+fn list_root() -> std::io::Result<String> {
+    let mut names = std::fs::read_dir("/")?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names.iter().map(|name| format!("{name}\n")).collect())
 }
 
 /// GETs `url` (`http://authority/path`) through `wasi:http/outgoing-handler`.

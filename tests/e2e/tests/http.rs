@@ -91,6 +91,14 @@ fn the_shim_serves_http_in_the_containers_network_and_stops_gracefully() -> Resu
         .success()?;
     wait_http(&format!("{base}/"))?;
     assert_serves_hello_http(&base)?;
+    // The rootfs is every request's `/`, request after request.
+    let files = curl(&[&format!("{base}/files")])?;
+    assert_eq!(
+        (files.status, files.body.as_str()),
+        (200, "hello-http.wasm\n"),
+        "{files:?}"
+    );
+    assert_eq!(curl(&[&format!("{base}/files")])?.body, files.body);
     // The container's network is granted: an outgoing request (here to itself) goes out.
     let fetched = curl(&[&format!("{base}/fetch?{base}/")])?;
     assert_eq!(
