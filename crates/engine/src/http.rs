@@ -203,7 +203,7 @@ struct Server {
 /// The server runs on threads of its own, each with a single-threaded runtime: one, or one per
 /// CPU where instance slots are reset without flushing TLBs ([`HttpEngine::new`]). The first
 /// also accepts, and deals connections out in turn; a connection's requests then run on its
-/// thread alone, woken by that thread's reactor. Measured on 2 cores: 25-40% less CPU per
+/// thread alone, woken by that thread's reactor. Measured on 2 cores: 12-28% less CPU per
 /// request than one two-worker runtime, whose request tasks woke the other worker.
 pub(crate) async fn serve(
     http: &HttpEngine,
