@@ -37,6 +37,11 @@ pub struct Setup {
     pub rlimits: Vec<Rlimit>,
     /// The compile cache to load artifacts from.
     pub cache_dir: PathBuf,
+    /// The first container's rootfs mount point. The shim mounts it while the sandbox starts,
+    /// so the sandbox's new mount namespace may get a copy of that mount, which would keep the
+    /// overlay alive until the sandbox exits (and its sync would then be the sandbox's exit's);
+    /// the sandbox detaches whatever is mounted there in its namespace.
+    pub rootfs: Option<PathBuf>,
 }
 
 /// A namespace of the spec.

@@ -307,6 +307,19 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
         None,
     )
     .map_err(step("make the mount namespace private"))?;
+    // The shim mounts the first container's rootfs while this process starts: if the mount came
+    // first, this namespace has a copy of it (overlays may be stacked). Nothing can propagate in
+    // any more, so whatever is there now is all there will be.
+    if let Some(rootfs) = &setup.rootfs {
+        loop {
+            match nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                // Nothing (left) mounted there, or not created yet.
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => break,
+                Err(error) => return Err(step("detach the container's rootfs")(error)),
+            }
+        }
+    }
     if let Some(hostname) = &setup.hostname {
         nix::unistd::sethostname(hostname).map_err(step("set the hostname"))?;
     }

@@ -120,11 +120,13 @@ impl TaskService {
     }
 
     /// The group's sandbox, started from the first container's spec.
-    async fn sandbox_for(&self, oci: &Spec) -> Result<&Sandbox> {
+    /// `rootfs` is where this container's rootfs is (being) mounted, which a new sandbox must
+    /// not hold (see [`wasmcell_sandbox::protocol::Setup::rootfs`]).
+    async fn sandbox_for(&self, oci: &Spec, rootfs: Option<&Path>) -> Result<&Sandbox> {
         let handle = self
             .sandbox
             .get_or_try_init(|| async {
-                let setup = spec::sandbox_setup(oci, &self.cache_dir)?;
+                let setup = spec::sandbox_setup(oci, &self.cache_dir, rootfs)?;
                 let cgroup = match spec::cgroup(oci) {
                     Some((path, resources)) => {
                         Some(Cgroup::create(&path, &resources).map_err(Error::Cgroup)?)
@@ -156,12 +158,23 @@ impl TaskService {
         Ok(&handle.sandbox)
     }
 
-    /// Compiles a workload into the cache here (as root, which may write it), then creates it
-    /// in the sandbox, which loads and links the artifact. Either step's error fails `create`.
-    async fn prepare(&self, sandbox: &Sandbox, key: String, workload: WorkloadSpec) -> Result<()> {
+    /// Compiles a workload into the cache here (as root, which may write it) unless it is there
+    /// already: the shim's half of `create` and `exec`, which fails them at once on a missing,
+    /// non-wasm or malformed binary.
+    async fn compile(&self, workload: &WorkloadSpec) -> Result<()> {
         let compiler = self.compiler.clone();
         let checked = workload.clone();
         tokio::task::spawn_blocking(move || compiler.compile(&checked)).await??;
+        Ok(())
+    }
+
+    /// Creates a compiled workload in the sandbox, which loads and links the artifact.
+    async fn create_in(
+        &self,
+        sandbox: &Sandbox,
+        key: String,
+        workload: WorkloadSpec,
+    ) -> Result<()> {
         let grants = grants(&workload);
         sandbox
             .request(Request::Create {
@@ -185,30 +198,35 @@ impl TaskService {
                 "the container spec asks for {what}, which run inside the container: a Wasm guest is not a process to run them in"
             ))
         })?;
-        // The sandbox first: it copies the shim's mounts when it makes its mount namespace, and
-        // one that held the rootfs would keep it alive until the sandbox exits.
-        let sandbox = self.sandbox_for(&oci).await?;
-        let mounted_rootfs = if req.rootfs.is_empty() {
-            None
-        } else {
-            let target = bundle.join(
+        let rootfs = (!req.rootfs.is_empty()).then(|| {
+            bundle.join(
                 oci.root()
                     .as_ref()
                     .map(|r| r.path().clone())
                     .unwrap_or_else(|| "rootfs".into()),
-            );
-            sys::mount_rootfs(&req.rootfs, &target).await?;
-            Some(target)
-        };
-        let created = async {
+            )
+        });
+        // The first container's sandbox starts while its rootfs is mounted and its module
+        // compiled or found in the cache: the sandbox's exec and isolation take milliseconds
+        // in which the shim would otherwise wait.
+        let staged = async {
+            if let Some(target) = &rootfs {
+                sys::mount_rootfs(&req.rootfs, target).await?;
+            }
             let workload = spec::workload(&oci, &bundle, stdio)?;
             if let ModuleSource::Rootfs { root, path } = &workload.module {
                 self.content.materialize(&req.id, root, path).await?;
             }
+            self.compile(&workload).await?;
+            Ok::<_, Error>(workload)
+        };
+        let (sandbox, staged) = tokio::join!(self.sandbox_for(&oci, rootfs.as_deref()), staged);
+        let created = async {
+            let (sandbox, workload) = (sandbox?, staged?);
             if let Some(hooks) = &hooks {
                 hooks.run(Stage::Create, sandbox.pid()).await?;
             }
-            self.prepare(sandbox, req.id.clone(), workload.clone())
+            self.create_in(sandbox, req.id.clone(), workload.clone())
                 .await?;
             Ok::<_, Error>(workload)
         }
@@ -216,7 +234,8 @@ impl TaskService {
         let workload = match created {
             Ok(workload) => workload,
             Err(error) => {
-                if let Some(target) = &mounted_rootfs {
+                // Also undoes a mount that failed part of the way; not mounted is not an error.
+                if let Some(target) = &rootfs {
                     let _ = sys::unmount_rootfs(target);
                 }
                 return Err(error);
@@ -226,7 +245,7 @@ impl TaskService {
         Ok(Container {
             hooks: hooks.map(Arc::new),
             bundle,
-            mounted_rootfs,
+            mounted_rootfs: rootfs,
             workload,
             processes: HashMap::from([(String::new(), init)]),
         })
@@ -426,7 +445,11 @@ impl Task for TaskService {
             spec::exec_workload(&container.workload, &process, stdio).map_err(Error::Spec)?
         };
         let key = sandbox_key(&req.id, &req.exec_id);
-        self.prepare(self.sandbox()?, key, workload)
+        let created = async {
+            self.compile(&workload).await?;
+            self.create_in(self.sandbox()?, key, workload).await
+        };
+        created
             .await
             .inspect_err(|e| tracing::warn!("exec {}: {e}", req.exec_id))?;
         let mut containers = self.containers.lock().await;

@@ -209,7 +209,11 @@ const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 /// The sandbox's isolation for this spec. Namespaces follow runc: listed without a path, a new
 /// one; with a path, that one is joined; not listed, the host's is kept (`ctr run --net-host`).
 /// The mount namespace is always private. A user namespace is refused rather than ignored.
-pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> {
+pub fn sandbox_setup(
+    spec: &Spec,
+    cache_dir: &Path,
+    rootfs: Option<&Path>,
+) -> Result<Setup, SpecError> {
     let mut namespaces = Vec::new();
     for namespace in spec
         .linux()
@@ -257,6 +261,7 @@ pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> 
             })
             .collect(),
         cache_dir: cache_dir.to_owned(),
+        rootfs: rootfs.map(Path::to_owned),
     })
 }
 
@@ -516,7 +521,7 @@ mod tests {
             {"type": "network", "path": "/var/run/netns/pod"},
             {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "pid"},
         ]}}));
-        let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
+        let setup = sandbox_setup(&s, Path::new("/cache"), None).unwrap();
         assert_eq!(
             setup.namespaces,
             [
@@ -537,11 +542,11 @@ mod tests {
         assert_eq!(setup.hostname.as_deref(), Some("box"));
         // No network namespace listed: the host's (`--net-host`); no new UTS: no hostname.
         let s = base(json!({"hostname": "box", "linux": {"namespaces": [{"type": "mount"}]}}));
-        let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
+        let setup = sandbox_setup(&s, Path::new("/cache"), None).unwrap();
         assert!(setup.namespaces.is_empty() && setup.hostname.is_none());
         let s = base(json!({"linux": {"namespaces": [{"type": "user"}]}}));
         assert!(
-            sandbox_setup(&s, Path::new("/cache"))
+            sandbox_setup(&s, Path::new("/cache"), None)
                 .unwrap_err()
                 .to_string()
                 .contains("user namespaces")
@@ -553,8 +558,12 @@ mod tests {
         let mut value = serde_json::to_value(base(json!({}))).unwrap();
         value["process"]["rlimits"] =
             json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096}]);
-        let setup =
-            sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
+        let setup = sandbox_setup(
+            &serde_json::from_value(value).unwrap(),
+            Path::new("/cache"),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             setup.rlimits,
             [Rlimit {
@@ -569,8 +578,12 @@ mod tests {
     fn user_and_groups_come_from_the_process() {
         let mut value = serde_json::to_value(base(json!({}))).unwrap();
         value["process"]["user"] = json!({"uid": 1000, "gid": 100, "additionalGids": [10, 20]});
-        let setup =
-            sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
+        let setup = sandbox_setup(
+            &serde_json::from_value(value).unwrap(),
+            Path::new("/cache"),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             setup.user,
             User {
