@@ -220,6 +220,7 @@ impl TaskService {
             self.compile(&workload).await?;
             Ok::<_, Error>(workload)
         };
+        // Both run to the end even when one fails: a mount still in flight could not be undone.
         let (sandbox, staged) = tokio::join!(self.sandbox_for(&oci, rootfs.as_deref()), staged);
         let created = async {
             let (sandbox, workload) = (sandbox?, staged?);
