@@ -324,14 +324,16 @@ impl Engine {
                 // A module built for WasmEdge's sockets gets them whatever the runtime name.
                 let wasmedge = wasmedge::wanted_by(&module);
                 let modules = self.modules.get(|| module_linker(engine))?;
+                let extended;
                 let linker = if wasmedge {
-                    wasmedge::linker(&modules, &module).map_err(Error::Engine)?
+                    extended = wasmedge::linker(&modules, &module).map_err(Error::Engine)?;
+                    &extended
                 } else {
-                    Linker::clone(&modules)
+                    &*modules
                 };
                 let pre =
                     linker.instantiate_pre(&module).map_err(|source| {
-                        match missing_imports(&linker, &module) {
+                        match missing_imports(linker, &module) {
                             imports if imports.is_empty() => Error::Link {
                                 path: path.clone(),
                                 source,
