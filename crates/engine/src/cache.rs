@@ -158,20 +158,7 @@ impl CompileCache {
         let checksum = hex::encode(Sha256::digest(&compiled));
         write_atomically(&dir, &checksum_of(&entry), checksum.as_bytes()).map_err(cache_err)?;
         write_atomically(&dir, &entry, &compiled).map_err(cache_err)?;
-        drop(compiled);
-        release_freed_memory();
         Ok(entry)
-    }
-}
-
-/// Hands the memory a compile freed back to the kernel. Cranelift's working set is megabytes,
-/// spread over the malloc arenas of the threads that compiled; glibc keeps freed arena memory,
-/// so without this a shim that compiled once would carry it for the life of its container.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages to the kernel; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
