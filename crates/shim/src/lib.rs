@@ -14,6 +14,7 @@ mod cgroup;
 mod container;
 mod content;
 mod error;
+mod events;
 mod hooks;
 mod runtime;
 mod service;
@@ -24,12 +25,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::api::DeleteResponse;
-use containerd_shim::event::Event;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
-use tokio::sync::mpsc;
 use wasmcell_engine::{CompileCache, Compiler};
 
 pub use error::Error;
@@ -145,7 +144,7 @@ impl Shim for WasmShim {
                 std::process::exit(1);
             }
         };
-        let events = forward_events(publisher, self.flags_namespace.clone());
+        let events = events::forward(publisher, self.flags_namespace.clone());
         let content = ImageContent::new(self.flags_address.clone(), self.flags_namespace.clone());
         TaskService::new(
             self.runtime,
@@ -156,25 +155,4 @@ impl Shim for WasmShim {
             self.exit.clone(),
         )
     }
-}
-
-/// Publishes events to containerd in the order they are sent, from one task, so a slow
-/// publish never holds up a request and TaskExit never overtakes TaskStart.
-fn forward_events(
-    publisher: RemotePublisher,
-    namespace: String,
-) -> mpsc::UnboundedSender<Box<dyn Event + Send>> {
-    let (events, mut queue) = mpsc::unbounded_channel::<Box<dyn Event + Send>>();
-    tokio::spawn(async move {
-        while let Some(event) = queue.recv().await {
-            let topic = event.topic();
-            if let Err(error) = publisher
-                .publish(Default::default(), &topic, &namespace, event)
-                .await
-            {
-                tracing::error!("cannot publish {topic}: {error}");
-            }
-        }
-    });
-    events
 }

@@ -24,7 +24,7 @@ use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::util::{convert_to_any, timestamp};
@@ -39,13 +39,13 @@ use crate::cgroup::Cgroup;
 use crate::container::{Container, ExitInfo, Process, State, describe, sandbox_key, split_key};
 use crate::content::ImageContent;
 use crate::error::Error;
+use crate::events::{Events, Outgoing};
 use crate::hooks::{Lifecycle, Stage};
 use crate::runtime::Runtime;
 use crate::{spec, sys};
 
 type Result<T> = std::result::Result<T, Error>;
 type Containers = Arc<Mutex<HashMap<String, Container>>>;
-type Events = mpsc::UnboundedSender<Box<dyn Event + Send>>;
 
 /// Signals whose default action is to do nothing: a guest cannot install handlers, so these are
 /// no-ops, as they would be for a process that never handled them.
@@ -100,9 +100,9 @@ impl TaskService {
         }
     }
 
-    fn publish(&self, event: impl Event + Send + 'static) {
+    fn publish<E: Event + Message>(&self, event: E) {
         // Fails only when the forwarder is gone, i.e. the shim is shutting down.
-        let _ = self.events.send(Box::new(event));
+        let _ = self.events.send(Outgoing::new(&event));
     }
 
     /// The PID tasks report: the sandbox's, where the guests run (the shim's before it exists).
@@ -336,12 +336,12 @@ async fn record_exits(
             .and_then(|c| c.processes.get_mut(exec_id))
         {
             if oom {
-                let _ = events.send(Box::new(TaskOOM {
+                let _ = events.send(Outgoing::new(&TaskOOM {
                     container_id: id.to_owned(),
                     ..Default::default()
                 }));
             }
-            let _ = events.send(Box::new(process.finish(id, exec_id, pid, exit)));
+            let _ = events.send(Outgoing::new(&process.finish(id, exec_id, pid, exit)));
         }
     }
     let mut containers = containers.lock().await;
@@ -353,7 +353,7 @@ async fn record_exits(
                     status: SANDBOX_DIED_STATUS,
                     at: timestamp().unwrap_or_default(),
                 };
-                let _ = events.send(Box::new(process.finish(id, exec_id, pid, exit)));
+                let _ = events.send(Outgoing::new(&process.finish(id, exec_id, pid, exit)));
             }
         }
     }
