@@ -71,3 +71,35 @@ pub fn forward(publisher: RemotePublisher, namespace: String) -> Events {
     });
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim::protos::events::task::{
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+        TaskResumed, TaskStart,
+    };
+    use containerd_shim::protos::protobuf::MessageFull;
+
+    use super::*;
+
+    /// The written-out type URL is the one the reflection tables give, for every event the task
+    /// service sends; containerd decodes the event by it.
+    fn type_url_matches<E: Event + MessageFull + Default>() {
+        let outgoing = Outgoing::new(&E::default());
+        assert_eq!(outgoing.event.type_url, E::descriptor().full_name());
+        assert_eq!(outgoing.topic, E::default().topic());
+    }
+
+    #[test]
+    fn type_urls_are_the_events_full_names() {
+        type_url_matches::<TaskCreate>();
+        type_url_matches::<TaskStart>();
+        type_url_matches::<TaskExit>();
+        type_url_matches::<TaskDelete>();
+        type_url_matches::<TaskOOM>();
+        type_url_matches::<TaskExecAdded>();
+        type_url_matches::<TaskExecStarted>();
+        type_url_matches::<TaskPaused>();
+        type_url_matches::<TaskResumed>();
+    }
+}
