@@ -90,13 +90,10 @@ impl HttpEngine {
         // flush its TLB, so with `madvise` resets a server runs requests on one thread (measured
         // on 2 cores: 11-14k requests/s on one thread, 8.8k on two). Resets in place flush
         // nothing, and then requests run on a thread per CPU the process may use.
-        let in_place = wasmtime::PoolingAllocationConfig::is_pagemap_scan_available();
-        if in_place {
+        let threads = if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
             pool.pagemap_scan(wasmtime::Enabled::Yes)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(KEEP_RESIDENT);
-        }
-        let threads = if in_place {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
             1
