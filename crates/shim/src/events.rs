@@ -45,6 +45,12 @@ impl Outgoing {
 pub fn forward(publisher: RemotePublisher, namespace: String) -> Events {
     let (events, mut queue) = mpsc::unbounded_channel::<Outgoing>();
     tokio::spawn(async move {
+        // `forward` is the publisher's own service method; it reads nothing of the context.
+        let context = TtrpcContext {
+            mh: Default::default(),
+            metadata: Default::default(),
+            timeout_nano: 0,
+        };
         while let Some(Outgoing { topic, event }) = queue.recv().await {
             let envelope = Envelope {
                 timestamp: MessageField::some(timestamp().unwrap_or_default()),
@@ -59,11 +65,6 @@ pub fn forward(publisher: RemotePublisher, namespace: String) -> Events {
             };
             // The publisher queues it and retries on its own; an error here means its queue is
             // full or gone.
-            let context = TtrpcContext {
-                mh: Default::default(),
-                metadata: Default::default(),
-                timeout_nano: 0,
-            };
             if let Err(error) = publisher.forward(&context, request).await {
                 tracing::error!("cannot publish {topic}: {error}");
             }
