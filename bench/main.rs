@@ -7,7 +7,8 @@
 //! against `wasmtime run` with its cache warm.
 //! `wasmcell-bench density [N]`: PSS of N idle containers (ours: standalone and grouped in one pod;
 //! runc + busybox `sleep`), every process each adds.
-//! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc.
+//! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc, and
+//! the CPU time each container took from `ctr`, containerd and the runtime.
 //! `wasmcell-bench http [SECONDS]`: requests per second and latency of the HTTP example (see
 //! `http.rs`).
 //! `wasmcell-bench sandbox-cost OLD_WASMCELL [N]`: this build against an older one (e.g. before a
@@ -431,10 +432,18 @@ fn density(n: usize) -> Result<()> {
 }
 
 fn parent_of(pid: u32) -> Result<u32> {
+    stat_field(&pid.to_string(), 4)
+}
+
+/// Field `number` (counted from 1, as proc(5) does) of `/proc/PID/stat`, from the state (3) on.
+fn stat_field(pid: &str, number: usize) -> Result<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; the fields after its closing paren do not.
     let after = &stat[stat.rfind(')').context("stat")? + 1..];
-    Ok(after.split_whitespace().nth(1).context("ppid")?.parse()?)
+    let field = after.split_whitespace().nth(number - 3);
+    Ok(field
+        .with_context(|| format!("no field {number} in {stat}"))?
+        .parse()?)
 }
 
 /// How long idle containers are watched for wakeups.
@@ -530,15 +539,30 @@ fn mapping_kind(path: &str, exe: &Path) -> &'static str {
 
 fn parallel(n: usize) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    println!("\n{n} `ctr run -d` started at once: wall time until all have returned");
-    println!("| {:<40} | {:>10} | {:>8} |", "what", "wall", "ratio");
-    println!("|{:-<42}|{:->12}|{:->10}|", "", "", "");
+    let cpus = std::thread::available_parallelism()?.get();
+    println!("\n{n} `ctr run -d` started at once: wall time until all have returned, and CPU time");
+    println!(
+        "per container: the `ctr` clients', containerd's, and the runtime's (everything else the"
+    );
+    println!(
+        "machine ran: shims and sandboxes, or runc and the containers' processes). The floor is"
+    );
+    println!("the wall time `ctr` and containerd alone would need on this machine's {cpus} CPUs.");
+    println!(
+        "| {:<32} | {:>10} | {:>7} | {:>9} | {:>10} | {:>9} | {:>9} |",
+        "what", "wall", "ratio", "ctr CPU", "containerd", "runtime", "floor"
+    );
+    println!(
+        "|{:-<34}|{:->12}|{:->9}|{:->11}|{:->12}|{:->11}|{:->11}|",
+        "", "", "", "", "", "", ""
+    );
     let mut baseline = None;
     for (name, wasm) in [
         ("runc + busybox sleep (baseline)", false),
         ("wasmcell sleeper", true),
     ] {
         let containerd = bench_containerd(tmp.path())?;
+        let before = CpuTicks::now(&containerd)?;
         let started = Instant::now();
         let children: Vec<_> = (0..n)
             .map(|i| {
@@ -559,8 +583,62 @@ fn parallel(n: usize) -> Result<()> {
             );
         }
         let wall = started.elapsed();
+        let used = CpuTicks::now(&containerd)?.since(&before);
         let ratio = wall.as_secs_f64() / *baseline.get_or_insert(wall.as_secs_f64());
-        println!("| {name:<40} | {:>10} | {ratio:>7.2}x |", ms(wall));
+        let per_container = |ticks: u64| format!("{:.1} ms", ticks as f64 * TICK_MS / n as f64);
+        let floor = (used.ctr + used.containerd) as f64 * TICK_MS / cpus as f64;
+        println!(
+            "| {name:<32} | {:>10} | {ratio:>6.2}x | {:>9} | {:>10} | {:>9} | {:>6.0} ms |",
+            ms(wall),
+            per_container(used.ctr),
+            per_container(used.containerd),
+            per_container(used.all.saturating_sub(used.ctr + used.containerd)),
+            floor,
+        );
     }
     Ok(())
+}
+
+/// Milliseconds per clock tick: `/proc` counts CPU time in ticks of 1/100 s (`USER_HZ`, fixed
+/// at 100 for user space on Linux).
+const TICK_MS: f64 = 10.0;
+
+/// CPU time used so far, in clock ticks: by this process's reaped children (the `ctr` clients),
+/// by containerd itself, and by the whole machine.
+struct CpuTicks {
+    ctr: u64,
+    containerd: u64,
+    all: u64,
+}
+
+impl CpuTicks {
+    fn now(containerd: &Containerd) -> Result<CpuTicks> {
+        // utime and stime are fields 14 and 15 of /proc/PID/stat, cutime and cstime 16 and 17.
+        let fields = |pid: &str, from: usize| -> Result<u64> {
+            Ok(u64::from(stat_field(pid, from)?) + u64::from(stat_field(pid, from + 1)?))
+        };
+        // The first line of /proc/stat: user nice system idle iowait irq softirq steal ...
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let all: Vec<u64> = stat
+            .lines()
+            .next()
+            .context("/proc/stat")?
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        Ok(CpuTicks {
+            ctr: fields("self", 16)?,
+            containerd: fields(&containerd.pid().to_string(), 14)?,
+            all: all[0] + all[1] + all[2] + all[5] + all[6],
+        })
+    }
+
+    fn since(&self, before: &CpuTicks) -> CpuTicks {
+        CpuTicks {
+            ctr: self.ctr - before.ctr,
+            containerd: self.containerd - before.containerd,
+            all: self.all - before.all,
+        }
+    }
 }

@@ -362,6 +362,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         &self.namespace
     }
 
+    /// The daemon's process id (for a benchmark's CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.daemon.child.borrow().id()
+    }
+
     /// The instance's directory (root, state, sockets, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
