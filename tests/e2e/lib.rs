@@ -367,6 +367,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         self.daemon.child.borrow().id()
     }
 
+    /// The socket file of the shim serving container `id` (from its bundle's `address`).
+    pub fn shim_socket(&self, id: &str) -> Result<PathBuf> {
+        let bundle = self
+            .dir()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id);
+        let address = std::fs::read_to_string(bundle.join("address"))?;
+        let path = address
+            .trim()
+            .strip_prefix("unix://")
+            .with_context(|| format!("shim address {address:?}"))?;
+        Ok(PathBuf::from(path))
+    }
+
     /// The instance's directory (root, state, sockets, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -18,6 +18,7 @@ mod events;
 mod hooks;
 mod runtime;
 mod service;
+mod socket;
 mod spec;
 mod sys;
 
@@ -37,6 +38,7 @@ pub use spec::SpecError;
 
 use content::ImageContent;
 use service::TaskService;
+use socket::ShimSocket;
 
 /// Carries the runtime from `start` to the daemon it spawns.
 pub const RUNTIME_ENV: &str = "WASMCELL_SHIM_RUNTIME";
@@ -67,9 +69,12 @@ pub fn main(runtime: Runtime) {
 struct WasmShim {
     runtime: Runtime,
     flags_namespace: String,
+    flags_id: String,
     flags_bundle: String,
-    /// containerd's gRPC address, for its content store.
+    /// containerd's gRPC address, for its content store (and the shim's socket name).
     flags_address: String,
+    /// The daemon's own socket (`-socket`; empty in `start` and `delete`).
+    flags_socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -82,23 +87,17 @@ impl Shim for WasmShim {
         WasmShim {
             runtime,
             flags_namespace: args.namespace.clone(),
+            flags_id: args.id.clone(),
             flags_bundle: args.bundle.clone(),
             flags_address: args.address.clone(),
+            flags_socket: args.socket.clone(),
             exit: Arc::default(),
         }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         // containerd runs `start` in the bundle directory.
-        let grouping = spec::load(std::path::Path::new("."))
-            .ok()
-            .and_then(|oci| {
-                oci.annotations()
-                    .as_ref()?
-                    .get(SANDBOX_ID_ANNOTATION)
-                    .cloned()
-            })
-            .unwrap_or_else(|| opts.id.clone());
+        let grouping = grouping(std::path::Path::new("."), &opts.id);
         let address = containerd_shim::spawn(
             opts,
             &grouping,
@@ -123,6 +122,15 @@ impl Shim for WasmShim {
             Ok(detached) => drop(detached),
             Err(error) => tracing::warn!("{error}"),
         }
+        // containerd runs this after every disconnect, so the daemon may be alive (serving
+        // other containers of a pod): its socket goes only if nobody listens on it.
+        let grouping = grouping(&bundle, &self.flags_id);
+        ShimSocket::from_address(&containerd_shim::socket_address(
+            &self.flags_address,
+            &self.flags_namespace,
+            &grouping,
+        ))
+        .remove_if_stale();
         Ok(DeleteResponse {
             exit_status: DIED_STATUS,
             exited_at: MessageField::some(timestamp()?),
@@ -152,7 +160,22 @@ impl Shim for WasmShim {
             cache_dir,
             content,
             events,
+            ShimSocket::from_address(&self.flags_socket),
             self.exit.clone(),
         )
     }
+}
+
+/// Which shim serves the container of `bundle`: the pod's (its sandbox id) for a container of
+/// a pod, its own otherwise. containerd's shim address is derived from it.
+fn grouping(bundle: &std::path::Path, id: &str) -> String {
+    spec::load(bundle)
+        .ok()
+        .and_then(|oci| {
+            oci.annotations()
+                .as_ref()?
+                .get(SANDBOX_ID_ANNOTATION)
+                .cloned()
+        })
+        .unwrap_or_else(|| id.to_owned())
 }

@@ -42,6 +42,7 @@ use crate::error::Error;
 use crate::events::{Events, Outgoing};
 use crate::hooks::{Lifecycle, Stage};
 use crate::runtime::Runtime;
+use crate::socket::ShimSocket;
 use crate::{spec, sys};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -75,6 +76,7 @@ pub struct TaskService {
     sandbox: OnceCell<SandboxHandle>,
     containers: Containers,
     events: Events,
+    socket: ShimSocket,
     exit: Arc<ExitSignal>,
 }
 
@@ -86,6 +88,7 @@ impl TaskService {
         cache_dir: PathBuf,
         content: ImageContent,
         events: Events,
+        socket: ShimSocket,
         exit: Arc<ExitSignal>,
     ) -> Self {
         TaskService {
@@ -96,6 +99,7 @@ impl TaskService {
             sandbox: OnceCell::new(),
             containers: Default::default(),
             events,
+            socket,
             exit,
         }
     }
@@ -806,6 +810,9 @@ impl Task for TaskService {
         if !self.containers.lock().await.is_empty() {
             return Ok(Empty::new());
         }
+        // Before the reply: containerd deletes the bundle once it has it, and a `start` for this
+        // pod from now on must make a new shim rather than find this one leaving.
+        self.socket.remove();
         // Answered at once: containerd waits for the reply, not for this process. The shim
         // exits once the sandbox is gone and its cgroup removed.
         let handle = self.sandbox.get();

@@ -5,7 +5,11 @@ use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::Result;
-use wasmcell_e2e::{Containerd, Ran, build_image, cgroup_dir, containerd_with, guest, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use wasmcell_e2e::{
+    Containerd, Ran, build_image, cgroup_dir, containerd_with, guest, shim_pids, wait_for,
+};
 
 fn imported(
     containerd: &Containerd,
@@ -127,6 +131,8 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
         assert!(ps.stdout.contains(&shim_pid.to_string()), "{ps:?}");
         let sandbox = containerd.running(id)?;
         let cgroup = cgroup_dir(sandbox, "memory")?;
+        let socket = containerd.shim_socket(id)?;
+        assert!(socket.exists(), "no shim socket at {}", socket.display());
         wait_for("a tick in the log file", || {
             Ok(std::fs::read_to_string(&log)
                 .unwrap_or_default()
@@ -144,6 +150,12 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
                 .stderr
                 .contains(&format!("task {id} exit with non-zero exit code {status}")),
             "{deleted:?}"
+        );
+        // Gone before containerd deletes the bundle, where the shim library looks it up.
+        assert!(
+            !socket.exists(),
+            "the shim left its socket {}",
+            socket.display()
         );
         containerd.ctr(&["container", "delete", id])?.success()?;
 
@@ -190,6 +202,42 @@ fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn a_shim_killed_under_its_task_is_cleaned_up_after() -> Result<()> {
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    containerd
+        .run_wasm(&["-d"], "example.com/sleeper:latest", "orphan", &[])?
+        .success()?;
+    let sandbox = containerd.running("orphan")?;
+    let socket = containerd.shim_socket("orphan")?;
+    let shims = shim_pids(containerd.namespace());
+    assert_eq!(shims.len(), 1, "shims: {shims:?}");
+
+    kill(Pid::from_raw(shims[0]), Signal::SIGKILL)?;
+    // containerd sees the connection drop and runs the shim's `delete` in the bundle.
+    wait_for("the task to go and its sandbox to exit", || {
+        Ok(
+            containerd.task("orphan")?.is_none()
+                && !Path::new(&format!("/proc/{sandbox}")).exists(),
+        )
+    })?;
+    assert!(
+        !socket.exists(),
+        "the dead shim's socket {} stayed",
+        socket.display()
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(
+        !mounts.contains("/orphan/rootfs"),
+        "rootfs of the dead shim's container still mounted"
+    );
+    containerd
+        .ctr(&["container", "delete", "orphan"])?
+        .success()?;
     Ok(())
 }
 
