@@ -97,7 +97,10 @@ impl Shim for WasmShim {
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         // containerd runs `start` in the bundle directory.
-        let grouping = grouping(std::path::Path::new("."), &opts.id);
+        let grouping = grouping(
+            spec::load(std::path::Path::new(".")).ok().as_ref(),
+            &opts.id,
+        );
         let address = containerd_shim::spawn(
             opts,
             &grouping,
@@ -111,20 +114,26 @@ impl Shim for WasmShim {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        // The daemon is gone (crashed or killed): release what it held for this bundle.
+        // containerd runs this whenever its connection to the daemon drops: after a clean exit
+        // nothing is left; after a crash (killed, out of memory) this releases what it held.
         let bundle = if self.flags_bundle.is_empty() {
             std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?
         } else {
             self.flags_bundle.clone().into()
         };
-        match sys::unmount_rootfs(&service::rootfs_of(&bundle)) {
+        let oci = spec::load(&bundle).ok();
+        let rootfs = oci
+            .as_ref()
+            .and_then(|oci| oci.root().as_ref().map(|root| bundle.join(root.path())))
+            .unwrap_or_else(|| bundle.join("rootfs"));
+        match sys::unmount_rootfs(&rootfs) {
             // Released here: this process exists only to clean up.
             Ok(detached) => drop(detached),
             Err(error) => tracing::warn!("{error}"),
         }
-        // containerd runs this after every disconnect, so the daemon may be alive (serving
-        // other containers of a pod): its socket goes only if nobody listens on it.
-        let grouping = grouping(&bundle, &self.flags_id);
+        // The daemon may still be alive, serving other containers of a pod: its socket goes
+        // only if nobody listens on it.
+        let grouping = grouping(oci.as_ref(), &self.flags_id);
         ShimSocket::from_address(&containerd_shim::socket_address(
             &self.flags_address,
             &self.flags_namespace,
@@ -166,16 +175,14 @@ impl Shim for WasmShim {
     }
 }
 
-/// Which shim serves the container of `bundle`: the pod's (its sandbox id) for a container of
+/// Which shim serves container `id`, by its spec: the pod's (its sandbox id) for a container of
 /// a pod, its own otherwise. containerd's shim address is derived from it.
-fn grouping(bundle: &std::path::Path, id: &str) -> String {
-    spec::load(bundle)
-        .ok()
-        .and_then(|oci| {
-            oci.annotations()
-                .as_ref()?
-                .get(SANDBOX_ID_ANNOTATION)
-                .cloned()
-        })
-        .unwrap_or_else(|| id.to_owned())
+fn grouping(oci: Option<&oci_spec::runtime::Spec>, id: &str) -> String {
+    oci.and_then(|oci| {
+        oci.annotations()
+            .as_ref()?
+            .get(SANDBOX_ID_ANNOTATION)
+            .cloned()
+    })
+    .unwrap_or_else(|| id.to_owned())
 }

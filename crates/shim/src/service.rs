@@ -831,11 +831,3 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
-
-/// The bundle's rootfs mount point, for cleaning up after a shim that died (`delete` action).
-pub fn rootfs_of(bundle: &Path) -> PathBuf {
-    spec::load(bundle)
-        .ok()
-        .and_then(|oci| oci.root().as_ref().map(|root| bundle.join(root.path())))
-        .unwrap_or_else(|| bundle.join("rootfs"))
-}
