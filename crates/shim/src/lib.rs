@@ -122,11 +122,7 @@ impl Shim for WasmShim {
             self.flags_bundle.clone().into()
         };
         let oci = spec::load(&bundle).ok();
-        let rootfs = oci
-            .as_ref()
-            .and_then(|oci| oci.root().as_ref().map(|root| bundle.join(root.path())))
-            .unwrap_or_else(|| bundle.join("rootfs"));
-        match sys::unmount_rootfs(&rootfs) {
+        match sys::unmount_rootfs(&spec::rootfs_path(oci.as_ref(), &bundle)) {
             // Released here: this process exists only to clean up.
             Ok(detached) => drop(detached),
             Err(error) => tracing::warn!("{error}"),

@@ -202,14 +202,7 @@ impl TaskService {
                 "the container spec asks for {what}, which run inside the container: a Wasm guest is not a process to run them in"
             ))
         })?;
-        let rootfs = (!req.rootfs.is_empty()).then(|| {
-            bundle.join(
-                oci.root()
-                    .as_ref()
-                    .map(|r| r.path().clone())
-                    .unwrap_or_else(|| "rootfs".into()),
-            )
-        });
+        let rootfs = (!req.rootfs.is_empty()).then(|| spec::rootfs_path(Some(&oci), &bundle));
         // The first container's sandbox starts while its rootfs is mounted and its module
         // compiled or found in the cache: the sandbox's exec and isolation take milliseconds
         // in which the shim would otherwise wait.

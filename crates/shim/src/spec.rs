@@ -74,6 +74,13 @@ pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
     Spec::load(&path).map_err(|source| SpecError::Read { path, source })
 }
 
+/// Where the container's rootfs is mounted: the spec's root path in the bundle, `rootfs` when
+/// the spec names none or could not be read (cleaning up after a shim that died).
+pub fn rootfs_path(spec: Option<&Spec>, bundle: &Path) -> PathBuf {
+    let root = spec.and_then(|spec| spec.root().as_ref());
+    bundle.join(root.map_or(Path::new("rootfs"), |root| root.path()))
+}
+
 /// Translates a runtime spec into what the engine runs.
 pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec, SpecError> {
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
