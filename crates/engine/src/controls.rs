@@ -1,4 +1,5 @@
-//! Live controls of a running guest: pausing it, its memory limit and its CPU quota.
+//! Live controls of a running guest: pausing it, its memory limit and its CPU quota; and what it
+//! has used ([`Usage`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use tokio::sync::watch;
 use wasmtime::UpdateDeadline;
 
 use crate::epoch::EPOCH_TICK;
+use crate::usage::{Meter, Usage};
 use crate::workload::{CpuQuota, Limits};
 
 /// Changes what a running guest may do, from outside its run: shared by the run and whoever
@@ -22,6 +24,8 @@ struct Inner {
     /// The memory limit in bytes; `u64::MAX` for none.
     memory_limit: AtomicU64,
     cpu: Mutex<Slicer>,
+    /// What its runs have used.
+    meter: Meter,
 }
 
 /// Epoch-based CPU time slicing: every tick at which the guest is found running wasm counts as
@@ -64,6 +68,7 @@ impl Controls {
             terminating: watch::channel(false).0,
             memory_limit,
             cpu,
+            meter: Meter::default(),
         }))
     }
 
@@ -105,6 +110,16 @@ impl Controls {
     /// Changes the CPU quota; it applies from the next epoch tick.
     pub fn set_cpu_quota(&self, quota: Option<CpuQuota>) {
         self.0.cpu.lock().expect("slicer lock").quota = quota;
+    }
+
+    /// What the guest's runs have used so far (CPU, and the memory they hold now).
+    pub fn usage(&self) -> Usage {
+        self.0.meter.usage()
+    }
+
+    /// Where the guest's use is counted.
+    pub(crate) fn meter(&self) -> &Meter {
+        &self.0.meter
     }
 
     /// The memory limit now.

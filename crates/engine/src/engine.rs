@@ -32,10 +32,13 @@ const TRAP_STATUS: u32 = 134;
 /// killer reports (128 + SIGKILL).
 const OUT_OF_MEMORY_STATUS: u32 = 137;
 
-/// Enforces [`Limits`] on one store and remembers whether the guest hit them.
+/// Enforces [`Limits`] on one store, remembers whether the guest hit them, and counts the
+/// store's memories in the workload's [`Usage`](crate::Usage) for as long as it lives.
 pub(crate) struct Limiter {
     controls: Controls,
     exceeded: bool,
+    /// Bytes of linear memory this store holds.
+    held: u64,
 }
 
 impl Limiter {
@@ -43,6 +46,7 @@ impl Limiter {
         Limiter {
             controls,
             exceeded: false,
+            held: 0,
         }
     }
 
@@ -55,7 +59,7 @@ impl Limiter {
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -68,7 +72,13 @@ impl wasmtime::ResourceLimiter for Limiter {
                     "memory limit of {limit} bytes exceeded (growing to {desired})"
                 ))
             }
-            _ => Ok(true),
+            _ => {
+                // Also called when a memory is created (from 0 to its initial size).
+                let grown = desired.saturating_sub(current) as u64;
+                self.held += grown;
+                self.controls.meter().grew(grown);
+                Ok(true)
+            }
         }
     }
 
@@ -79,6 +89,12 @@ impl wasmtime::ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(true)
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.controls.meter().released(self.held);
     }
 }
 
@@ -599,7 +615,14 @@ impl Prepared {
     /// tick or host call. Why a run failed or trapped is also written to the guest's stderr, where
     /// its user looks.
     pub async fn run(&self, controls: &Controls) -> Result<Exit, Error> {
-        let exit = self.instantiate_and_run(controls).await;
+        let exit = match &self.entry {
+            // A server counts its own threads' CPU (see `crate::usage`).
+            Entry::Http { .. } => self.instantiate_and_run(controls).await,
+            Entry::Command(_) => {
+                let meter = controls.meter();
+                meter.metered(self.instantiate_and_run(controls)).await
+            }
+        };
         let message = match &exit {
             Ok(Exit::Trapped(message)) => message.clone(),
             Ok(Exit::OutOfMemory { limit }) => {

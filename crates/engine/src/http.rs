@@ -222,12 +222,14 @@ pub(crate) async fn serve(
     // Dropped with this future: the server thread sees it and stops at once.
     let (_cancel, cancelled) = tokio::sync::oneshot::channel::<Infallible>();
     let workers = (1..http.threads)
-        .map(|_| Worker::start())
+        .map(|_| Worker::start(controls.clone()))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| Error::Engine(e.into()))?;
+    let meter_of = server.controls.clone();
     std::thread::Builder::new()
         .name("wasmcell-http".into())
         .spawn(move || {
+            let _counted = meter_of.meter().own_thread();
             let result = match single_threaded_runtime() {
                 Ok(runtime) => runtime.block_on(async {
                     let mut runtimes = vec![tokio::runtime::Handle::current()];
@@ -266,13 +268,15 @@ struct Worker {
 }
 
 impl Worker {
-    fn start() -> std::io::Result<Worker> {
+    /// Starts the thread; its CPU counts as the server's (`controls`' usage).
+    fn start(controls: Controls) -> std::io::Result<Worker> {
         let runtime = single_threaded_runtime()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<Infallible>();
         std::thread::Builder::new()
             .name("wasmcell-http".into())
             .spawn(move || {
+                let _counted = controls.meter().own_thread();
                 let _ = runtime.block_on(stopped);
             })?;
         Ok(Worker {

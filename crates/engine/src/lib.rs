@@ -20,6 +20,7 @@ mod epoch;
 mod error;
 mod http;
 mod stdio;
+mod usage;
 mod wasmedge;
 mod workload;
 
@@ -28,6 +29,7 @@ pub use controls::Controls;
 pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
 pub use http::open_pagemap;
+pub use usage::Usage;
 pub use workload::{
     Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles, Network,
     Output, Preopen, Stdio, WorkloadSpec,
