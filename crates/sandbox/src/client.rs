@@ -12,7 +12,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{Envelope, Message, Request, Setup};
+use crate::protocol::{Answer, Envelope, Message, Request, Setup};
 use crate::sys;
 
 /// Why talking to the sandbox failed.
@@ -56,7 +56,7 @@ pub struct Exited {
 }
 
 /// Replies being waited for, by sequence number; `None` once the sandbox is gone.
-type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Option<String>>>>>>;
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Answer, String>>>>>>;
 
 /// A running sandbox process and its control socket.
 pub struct Sandbox {
@@ -108,7 +108,7 @@ impl Sandbox {
 
     /// Sends `request` and waits for its reply. A `Create` carries a descriptor for each of
     /// its grants, opened here in the order listed.
-    pub async fn request(&self, request: Request) -> Result<(), SandboxError> {
+    pub async fn request(&self, request: Request) -> Result<Answer, SandboxError> {
         let grants = match &request {
             Request::Create { grants, .. } => grants
                 .iter()
@@ -126,7 +126,22 @@ impl Sandbox {
         self.exchange(seq, &packet, &grants).await
     }
 
-    async fn exchange(&self, seq: u64, packet: &[u8], fds: &[OwnedFd]) -> Result<(), SandboxError> {
+    /// What container `id`'s processes have used (see [`Request::Usage`]).
+    pub async fn usage(&self, id: &str) -> Result<wasmcell_engine::Usage, SandboxError> {
+        match self.request(Request::Usage { id: id.to_owned() }).await? {
+            Answer::Usage(usage) => Ok(usage),
+            other => Err(SandboxError::Refused(format!(
+                "the sandbox answered {other:?} to a usage request"
+            ))),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        seq: u64,
+        packet: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<Answer, SandboxError> {
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -137,8 +152,8 @@ impl Sandbox {
         let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         sys::send(&self.control, packet, &raw).map_err(SandboxError::Io)?;
         match rx.await {
-            Ok(None) => Ok(()),
-            Ok(Some(error)) => Err(SandboxError::Refused(error)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(SandboxError::Refused(error)),
             Err(_) => Err(SandboxError::Gone),
         }
     }
@@ -171,14 +186,14 @@ impl Sandbox {
 fn read_messages(control: OwnedFd, pending: Pending, exits: mpsc::UnboundedSender<Exited>) {
     while let Ok(Some((packet, _))) = sys::recv(&control) {
         match serde_json::from_slice(&packet) {
-            Ok(Message::Reply { seq, error }) => {
+            Ok(Message::Reply { seq, result }) => {
                 if let Some(tx) = pending
                     .lock()
                     .expect("pending lock")
                     .as_mut()
                     .and_then(|p| p.remove(&seq))
                 {
-                    let _ = tx.send(error);
+                    let _ = tx.send(result);
                 }
             }
             Ok(Message::Exited { id, status, oom }) => {

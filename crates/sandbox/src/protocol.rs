@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use wasmcell_engine::{Input, Limits, Output, WorkloadSpec};
+use wasmcell_engine::{Input, Limits, Output, Usage, WorkloadSpec};
 
 /// The descriptor number the control socket has in the sandbox.
 pub const CONTROL_FD: i32 = 3;
@@ -133,6 +133,21 @@ pub enum Request {
         /// The container id.
         id: String,
     },
+    /// What a container's processes (its init process and execs, deleted ones included) have
+    /// used: answered with [`Answer::Usage`].
+    Usage {
+        /// The container id.
+        id: String,
+    },
+}
+
+/// What a request that succeeded returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Done; nothing to say.
+    Done,
+    /// A container's use (for [`Request::Usage`]).
+    Usage(Usage),
 }
 
 /// A request with its sequence number.
@@ -147,12 +162,12 @@ pub struct Envelope {
 /// A message from the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// The outcome of request `seq` (0: setup): `None` on success, else why it failed.
+    /// The outcome of request `seq` (0: setup): its answer, or why it failed (with causes).
     Reply {
         /// The request's sequence number.
         seq: u64,
-        /// The error, with its causes.
-        error: Option<String>,
+        /// The answer or the error.
+        result: Result<Answer, String>,
     },
     /// A guest ended.
     Exited {

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use wasmcell_engine::{CompileCache, Controls, Engine, Exit, Prepared, error_chain};
+use wasmcell_engine::{CompileCache, Controls, Engine, Exit, Prepared, Usage, error_chain};
 
-use crate::protocol::{CONTROL_FD, Envelope, Message, Open, Request, Setup, apply_grants};
+use crate::protocol::{Answer, CONTROL_FD, Envelope, Message, Open, Request, Setup, apply_grants};
 use crate::sys;
 
 /// The sandbox's entry point (the `wasmcell` binary calls it when started as
@@ -46,7 +46,7 @@ pub fn main() -> ExitCode {
     };
     outbox.send(&Message::Reply {
         seq: 0,
-        error: None,
+        result: Ok(Answer::Done),
     });
     runtime.block_on(serve(engine, outbox));
     // The shim closed the socket: it is gone, and its guests go with it.
@@ -67,7 +67,7 @@ impl Outbox {
     fn fail_setup(&self, error: &str) -> ExitCode {
         self.send(&Message::Reply {
             seq: 0,
-            error: Some(error.to_owned()),
+            result: Err(error.to_owned()),
         });
         ExitCode::FAILURE
     }
@@ -104,7 +104,7 @@ async fn serve(engine: Arc<Engine>, outbox: Outbox) {
             }
         })
         .expect("control thread");
-    let mut workloads: HashMap<String, Workload> = HashMap::new();
+    let mut workloads = Workloads::default();
     let running: Running = Arc::default();
     while let Some((packet, fds)) = inbox.recv().await {
         let Envelope { seq, request } = match serde_json::from_slice(&packet) {
@@ -115,21 +115,61 @@ async fn serve(engine: Arc<Engine>, outbox: Outbox) {
             }
         };
         let result = handle(&engine, &outbox, &mut workloads, &running, request, fds).await;
-        outbox.send(&Message::Reply {
-            seq,
-            error: result.err(),
-        });
+        outbox.send(&Message::Reply { seq, result });
+    }
+}
+
+/// The sandbox's workloads by key, and what deleted ones had used, by container: a
+/// container's CPU time must not go back when one of its execs is deleted.
+#[derive(Default)]
+struct Workloads {
+    live: HashMap<String, Workload>,
+    retired: HashMap<String, Usage>,
+}
+
+impl Workloads {
+    /// What container `id`'s processes have used, live and deleted.
+    fn usage(&self, id: &str) -> Usage {
+        let exec_prefix = format!("{id}/");
+        let live = self
+            .live
+            .iter()
+            .filter(|(key, _)| *key == id || key.starts_with(&exec_prefix))
+            .map(|(_, workload)| workload.controls.usage())
+            .fold(Usage::default(), |sum, usage| sum + usage);
+        let retired = self.retired.get(id).copied().unwrap_or_default();
+        Usage {
+            cpu_ns: live.cpu_ns + retired.cpu_ns,
+            memory_bytes: live.memory_bytes,
+        }
+    }
+
+    /// Forgets workload `key`, keeping its CPU time in its container's total (until the
+    /// container itself is deleted).
+    fn delete(&mut self, key: &str) {
+        let Some(workload) = self.live.remove(key) else {
+            return;
+        };
+        match key.split_once('/') {
+            Some((container, _)) => {
+                let retired = self.retired.entry(container.to_owned()).or_default();
+                retired.cpu_ns += workload.controls.usage().cpu_ns;
+            }
+            None => {
+                self.retired.remove(key);
+            }
+        }
     }
 }
 
 async fn handle(
     engine: &Arc<Engine>,
     outbox: &Outbox,
-    workloads: &mut HashMap<String, Workload>,
+    workloads: &mut Workloads,
     running: &Running,
     request: Request,
     fds: Vec<OwnedFd>,
-) -> Result<(), String> {
+) -> Result<Answer, String> {
     match request {
         Request::Create {
             id,
@@ -152,11 +192,12 @@ async fn handle(
                 _reached: reached.into_iter().map(|(_, fd)| fd).collect(),
                 stdio: stdio.into_iter().map(|(_, fd)| fd).collect(),
             };
-            workloads.insert(id, workload);
-            Ok(())
+            workloads.live.insert(id, workload);
+            Ok(Answer::Done)
         }
         Request::Start { id } => {
             let workload = workloads
+                .live
                 .get_mut(&id)
                 .ok_or_else(|| format!("no workload {id}"))?;
             let (kill, mut signals) = mpsc::unbounded_channel();
@@ -208,42 +249,41 @@ async fn handle(
                 drop(running);
                 outbox.send(&Message::Exited { id, status, oom });
             });
-            Ok(())
+            Ok(Answer::Done)
         }
         Request::Kill { id, signal } => {
             let running = running.lock().expect("running lock");
             match running.get(&id).map(|kill| kill.send(signal)) {
-                Some(Ok(())) => Ok(()),
+                Some(Ok(())) => Ok(Answer::Done),
                 _ => Err(format!("{id} is not running")),
             }
         }
         Request::Pause { id } => {
             controls_of(workloads, &id)?.pause();
-            Ok(())
+            Ok(Answer::Done)
         }
         Request::Resume { id } => {
             controls_of(workloads, &id)?.resume();
-            Ok(())
+            Ok(Answer::Done)
         }
         Request::Update { id, limits } => {
             let controls = controls_of(workloads, &id)?;
             controls.set_memory_limit(limits.memory);
             controls.set_cpu_quota(limits.cpu);
-            Ok(())
+            Ok(Answer::Done)
         }
         Request::Delete { id } => {
-            workloads.remove(&id);
-            Ok(())
+            workloads.delete(&id);
+            Ok(Answer::Done)
         }
+        Request::Usage { id } => Ok(Answer::Usage(workloads.usage(&id))),
     }
 }
 
 /// The live controls of workload `id`.
-fn controls_of<'a>(
-    workloads: &'a HashMap<String, Workload>,
-    id: &str,
-) -> Result<&'a Controls, String> {
+fn controls_of<'a>(workloads: &'a Workloads, id: &str) -> Result<&'a Controls, String> {
     workloads
+        .live
         .get(id)
         .map(|workload| &workload.controls)
         .ok_or_else(|| format!("no workload {id}"))
