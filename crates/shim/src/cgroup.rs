@@ -194,6 +194,30 @@ impl Cgroup {
     }
 }
 
+/// A pod container's own use (its guests', as the engine measured it) in the shape of
+/// containerd's cgroup v1 metrics, which CRI turns into ContainerStats: CPU as
+/// `cpuacct.usage`, memory as `memory.usage_in_bytes` (the working set, as nothing of it is
+/// page cache).
+pub fn usage_metrics(usage: wasmcell_engine::Usage) -> Metrics {
+    Metrics {
+        memory: MessageField::some(MemoryStat {
+            usage: MessageField::some(MemoryEntry {
+                usage: usage.memory_bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        cpu: MessageField::some(CPUStat {
+            usage: MessageField::some(CPUUsage {
+                total: usage.cpu_ns,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn context(error: io::Error, path: &Path) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }

@@ -95,19 +95,43 @@ impl Process {
 
 /// A container and its processes.
 pub struct Container {
-    /// Its OCI hooks, if its spec has any: poststart and poststop run from here.
-    pub hooks: Option<Arc<crate::hooks::Lifecycle>>,
     /// The bundle directory containerd made.
     pub bundle: PathBuf,
-    /// The rootfs the shim mounted (unmounted at delete), if containerd passed mounts.
-    pub mounted_rootfs: Option<PathBuf>,
-    /// What its init process runs; execs run in the same rootfs with the same grants.
-    pub workload: WorkloadSpec,
+    /// What it runs.
+    pub payload: Payload,
     /// Its processes by exec id; the init process is `""`.
     pub processes: HashMap<String, Process>,
 }
 
+/// What a container runs.
+pub enum Payload {
+    /// A Wasm guest (boxed: a guest's workload spec is large, a pod sandbox is nothing).
+    Guest(Box<Guest>),
+    /// Nothing: CRI's sandbox container of a pod, emulated (see `crate::pod`).
+    PodSandbox,
+}
+
+/// A container's guest: what its init process runs, and what the shim set up for it.
+pub struct Guest {
+    /// Its OCI hooks, if its spec has any: poststart and poststop run from here.
+    pub hooks: Option<Arc<crate::hooks::Lifecycle>>,
+    /// The rootfs the shim mounted (unmounted at delete), if containerd passed mounts.
+    pub mounted_rootfs: Option<PathBuf>,
+    /// What its init process runs; execs run in the same rootfs with the same grants.
+    pub workload: WorkloadSpec,
+}
+
 impl Container {
+    /// Its guest; a pod's sandbox container has none, so there is nothing to exec or update.
+    pub fn guest(&mut self, id: &str) -> Result<&mut Guest, Error> {
+        match &mut self.payload {
+            Payload::Guest(guest) => Ok(guest),
+            Payload::PodSandbox => Err(Error::Unsupported(format!(
+                "container {id} is a pod's sandbox: it runs nothing (no pause process either)"
+            ))),
+        }
+    }
+
     /// The process with this exec id (`""`: the init process).
     pub fn process(&mut self, id: &str, exec_id: &str) -> Result<&mut Process, Error> {
         self.processes

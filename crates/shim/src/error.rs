@@ -64,6 +64,43 @@ pub enum Error {
     /// A Wasm layer could not be read from containerd's content store.
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
+    /// A pod's container cannot run as asked.
+    #[error(transparent)]
+    Pod(#[from] crate::pod::PodError),
+    /// A pod's container is not Wasm.
+    #[error(
+        "this pod's runtime class runs WebAssembly only ({runtime}); give Linux containers pods of their own, with a runtime class for Linux containers (such as runc)"
+    )]
+    NotWasmInPod {
+        /// The runtime the pod's class names.
+        runtime: Runtime,
+        /// What the entrypoint is instead.
+        #[source]
+        source: wasmcell_engine::Error,
+    },
+    /// An exec names a program that is not a Wasm file of the container.
+    #[error(
+        "cannot exec `{command}` in container {id}: a Wasm container runs the Wasm files of its image, and has no shell or other programs; name a .wasm file in its rootfs"
+    )]
+    ExecNotWasm {
+        /// The command's first word.
+        command: String,
+        /// The container.
+        id: String,
+        /// What is wrong with it.
+        #[source]
+        source: wasmcell_engine::Error,
+    },
+    /// A pod's container could not be created: the container and image as the pod spec
+    /// names them, and why.
+    #[error("cannot create {container}")]
+    PodContainer {
+        /// `container `NAME` of image `IMAGE``.
+        container: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// A blocking step panicked or was cancelled.
     #[error("internal task failed")]
     Join(#[from] tokio::task::JoinError),
@@ -72,11 +109,17 @@ pub enum Error {
 impl Error {
     fn code(&self) -> Code {
         match self {
+            Error::PodContainer { source, .. } => source.code(),
             Error::NotFound(_) | Error::Finished => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::UnsupportedRuntime(_) | Error::Unsupported(_) => Code::UNIMPLEMENTED,
-            Error::Spec(_) | Error::Engine(_) | Error::Hook(_) => Code::INVALID_ARGUMENT,
+            Error::Spec(_)
+            | Error::Engine(_)
+            | Error::Hook(_)
+            | Error::Pod(_)
+            | Error::NotWasmInPod { .. }
+            | Error::ExecNotWasm { .. } => Code::INVALID_ARGUMENT,
             // What the sandbox refuses is the workload's fault (e.g. a preopen it cannot open).
             Error::Sandbox(wasmcell_sandbox::SandboxError::Refused(_)) => Code::INVALID_ARGUMENT,
             Error::Rootfs { .. }

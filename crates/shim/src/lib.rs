@@ -16,6 +16,7 @@ mod content;
 mod error;
 mod events;
 mod hooks;
+mod pod;
 mod runtime;
 mod service;
 mod socket;
@@ -42,9 +43,6 @@ use socket::ShimSocket;
 
 /// Carries the runtime from `start` to the daemon it spawns.
 pub const RUNTIME_ENV: &str = "WASMCELL_SHIM_RUNTIME";
-
-/// The annotation CRI sets on every container of a pod: containers sharing it share a shim.
-const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 /// Exit status reported for a task whose shim died under it (as runc's shim reports a SIGKILL).
 const DIED_STATUS: u32 = 128 + libc::SIGKILL as u32;
@@ -177,7 +175,7 @@ fn grouping(oci: Option<&oci_spec::runtime::Spec>, id: &str) -> String {
     oci.and_then(|oci| {
         oci.annotations()
             .as_ref()?
-            .get(SANDBOX_ID_ANNOTATION)
+            .get(pod::SANDBOX_ID_ANNOTATION)
             .cloned()
     })
     .unwrap_or_else(|| id.to_owned())

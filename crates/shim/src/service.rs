@@ -31,19 +31,24 @@ use containerd_shim::util::{convert_to_any, timestamp};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use oci_spec::runtime::{LinuxResources, Spec};
 use tokio::sync::{Mutex, OnceCell, mpsc};
-use wasmcell_engine::{Compiler, Input, ModuleSource, Output, Stdio, WorkloadSpec};
-use wasmcell_sandbox::protocol::{Request, grants};
+use wasmcell_engine::{
+    Compiler, Error as EngineError, Input, ModuleSource, Output, Stdio, WorkloadSpec,
+};
+use wasmcell_sandbox::protocol::{Answer, Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
-use crate::cgroup::Cgroup;
-use crate::container::{Container, ExitInfo, Process, State, describe, sandbox_key, split_key};
+use crate::cgroup::{Cgroup, Resources};
+use crate::container::{
+    Container, ExitInfo, Guest, Payload, Process, State, describe, sandbox_key, split_key,
+};
 use crate::content::ImageContent;
 use crate::error::Error;
 use crate::events::{Events, Outgoing};
 use crate::hooks::{Lifecycle, Stage};
+use crate::pod::{self, Role};
 use crate::runtime::Runtime;
 use crate::socket::ShimSocket;
-use crate::{spec, sys};
+use crate::{cgroup, spec, sys};
 
 type Result<T> = std::result::Result<T, Error>;
 type Containers = Arc<Mutex<HashMap<String, Container>>>;
@@ -65,6 +70,10 @@ const SANDBOX_DIED_STATUS: u32 = 128 + libc::SIGKILL as u32;
 struct SandboxHandle {
     sandbox: Sandbox,
     cgroup: Option<Cgroup>,
+    /// The container whose spec started the sandbox and named its cgroup: a lone container,
+    /// a pod's sandbox container, or the first of a group. Its stats and updates are the
+    /// cgroup's; every other container's are its guests' own.
+    owner: String,
 }
 
 /// Serves the Task API for every container of this shim (one shim per pod, or per container).
@@ -116,6 +125,17 @@ impl TaskService {
             .map_or_else(std::process::id, |handle| handle.sandbox.pid())
     }
 
+    /// Whether container `id` started the group's sandbox (see [`SandboxHandle::owner`]).
+    fn owns_sandbox(&self, id: &str) -> bool {
+        self.sandbox.get().is_some_and(|h| h.owner == id)
+    }
+
+    /// The sandbox's cgroup, if container `id` owns it.
+    fn cgroup_of(&self, id: &str) -> Option<&Cgroup> {
+        let handle = self.sandbox.get().filter(|h| h.owner == id)?;
+        handle.cgroup.as_ref()
+    }
+
     fn sandbox(&self) -> Result<&Sandbox> {
         self.sandbox
             .get()
@@ -123,16 +143,29 @@ impl TaskService {
             .ok_or(Error::Sandbox(SandboxError::Gone))
     }
 
-    /// The group's sandbox, started from the first container's spec.
-    /// `rootfs` is where this container's rootfs is (being) mounted, which a new sandbox must
-    /// not hold (see [`wasmcell_sandbox::protocol::Setup::rootfs`]).
-    async fn sandbox_for(&self, oci: &Spec, rootfs: Option<&Path>) -> Result<&Sandbox> {
+    /// The group's sandbox, started from the first container's spec (container `id`'s, in
+    /// role `role`). `rootfs` is where this container's rootfs is (being) mounted, which a new
+    /// sandbox must not hold (see [`wasmcell_sandbox::protocol::Setup::rootfs`]).
+    async fn sandbox_for(
+        &self,
+        oci: &Spec,
+        rootfs: Option<&Path>,
+        id: &str,
+        role: Role,
+    ) -> Result<&Sandbox> {
         let handle = self
             .sandbox
             .get_or_try_init(|| async {
                 let setup = spec::sandbox_setup(oci, &self.cache_dir, rootfs)?;
                 let cgroup = match spec::cgroup(oci) {
                     Some((path, resources)) => {
+                        // A pod's sandbox container is the pause process's (CRI gives it two
+                        // CPU shares); its cgroup holds every guest of the pod here, bounded
+                        // by the pod's cgroup above it.
+                        let resources = match role {
+                            Role::PodSandbox => Resources::default(),
+                            Role::PodContainer | Role::Plain => resources,
+                        };
                         Some(Cgroup::create(&path, &resources).map_err(Error::Cgroup)?)
                     }
                     None => None,
@@ -150,7 +183,11 @@ impl TaskService {
                             self.events.clone(),
                             sandbox.pid(),
                         ));
-                        Ok(SandboxHandle { sandbox, cgroup })
+                        Ok(SandboxHandle {
+                            sandbox,
+                            cgroup,
+                            owner: id.to_owned(),
+                        })
                     }
                     Err(error) => {
                         cgroup.inspect(Cgroup::remove);
@@ -197,12 +234,63 @@ impl TaskService {
         let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
-        let hooks = Lifecycle::of(&oci, &req.id, &bundle).map_err(|what| {
+        let role = Role::of(&oci);
+        pod::check_privilege(&oci, role)?;
+        let init = Process::new([req.stdin.clone(), req.stdout.clone(), req.stderr.clone()]);
+        let processes = HashMap::from([(String::new(), init)]);
+        if role == Role::PodSandbox {
+            // Nothing to mount or run: the pod's sandbox process is all it stands for.
+            self.sandbox_for(&oci, None, &req.id, role).await?;
+            return Ok(Container {
+                bundle,
+                payload: Payload::PodSandbox,
+                processes,
+            });
+        }
+        if let Some(handle) = self.sandbox.get() {
+            pod::check_namespaces(&oci, handle.sandbox.pid())?;
+        }
+        let guest = self
+            .create_guest(req, &oci, role, &bundle, stdio)
+            .await
+            .map_err(|error| match role {
+                Role::PodContainer => Error::PodContainer {
+                    container: pod::describe(&oci),
+                    source: Box::new(match error {
+                        Error::Engine(source @ EngineError::NotWasm { .. }) => {
+                            Error::NotWasmInPod {
+                                runtime: self.runtime,
+                                source,
+                            }
+                        }
+                        error => error,
+                    }),
+                },
+                Role::PodSandbox | Role::Plain => error,
+            })?;
+        Ok(Container {
+            bundle,
+            payload: Payload::Guest(Box::new(guest)),
+            processes,
+        })
+    }
+
+    /// Mounts the rootfs, builds and compiles the workload, and creates it in the group's
+    /// sandbox (started now if this is the group's first container).
+    async fn create_guest(
+        &self,
+        req: &CreateTaskRequest,
+        oci: &Spec,
+        role: Role,
+        bundle: &Path,
+        stdio: Stdio,
+    ) -> Result<Guest> {
+        let hooks = Lifecycle::of(oci, &req.id, bundle).map_err(|what| {
             Error::Unsupported(format!(
                 "the container spec asks for {what}, which run inside the container: a Wasm guest is not a process to run them in"
             ))
         })?;
-        let rootfs = (!req.rootfs.is_empty()).then(|| spec::rootfs_path(Some(&oci), &bundle));
+        let rootfs = (!req.rootfs.is_empty()).then(|| spec::rootfs_path(Some(oci), bundle));
         // The first container's sandbox starts while its rootfs is mounted and its module
         // compiled or found in the cache: the sandbox's exec and isolation take milliseconds
         // in which the shim would otherwise wait.
@@ -210,7 +298,7 @@ impl TaskService {
             if let Some(target) = &rootfs {
                 sys::mount_rootfs(&req.rootfs, target).await?;
             }
-            let workload = spec::workload(&oci, &bundle, stdio)?;
+            let workload = spec::workload(oci, bundle, stdio)?;
             if let ModuleSource::Rootfs { root, path } = &workload.module {
                 self.content.materialize(&req.id, root, path).await?;
             }
@@ -218,7 +306,10 @@ impl TaskService {
             Ok::<_, Error>(workload)
         };
         // Both run to the end even when one fails: a mount still in flight could not be undone.
-        let (sandbox, staged) = tokio::join!(self.sandbox_for(&oci, rootfs.as_deref()), staged);
+        let (sandbox, staged) = tokio::join!(
+            self.sandbox_for(oci, rootfs.as_deref(), &req.id, role),
+            staged
+        );
         let created = async {
             let (sandbox, workload) = (sandbox?, staged?);
             if let Some(hooks) = &hooks {
@@ -239,13 +330,10 @@ impl TaskService {
                 return Err(error);
             }
         };
-        let init = Process::new([req.stdin.clone(), req.stdout.clone(), req.stderr.clone()]);
-        Ok(Container {
+        Ok(Guest {
             hooks: hooks.map(Arc::new),
-            bundle,
             mounted_rootfs: rootfs,
             workload,
-            processes: HashMap::from([(String::new(), init)]),
         })
     }
 }
@@ -440,15 +528,28 @@ impl Task for TaskService {
             let process: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
                 .map_err(|e| Error::Spec(spec::SpecError::Exec(e.to_string())))?;
             let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
-            spec::exec_workload(&container.workload, &process, stdio).map_err(Error::Spec)?
+            spec::exec_workload(&container.guest(&req.id)?.workload, &process, stdio)
+                .map_err(Error::Spec)?
         };
         let key = sandbox_key(&req.id, &req.exec_id);
+        let command = workload.args.first().cloned().unwrap_or_default();
         let created = async {
             self.compile(&workload).await?;
             self.create_in(self.sandbox()?, key, workload).await
         };
         created
             .await
+            .map_err(|error| match error {
+                // What `kubectl exec` and `docker exec` users try first is a shell.
+                Error::Engine(
+                    source @ (EngineError::ReadEntrypoint { .. } | EngineError::NotWasm { .. }),
+                ) => Error::ExecNotWasm {
+                    command,
+                    id: req.id.clone(),
+                    source,
+                },
+                error => error,
+            })
             .inspect_err(|e| tracing::warn!("exec {}: {e}", req.exec_id))?;
         let mut containers = self.containers.lock().await;
         let container = containers
@@ -481,14 +582,24 @@ impl Task for TaskService {
         }
         // Marked running before the guest can exit, so its exit is never recorded first.
         process.state = State::Running;
-        let poststart = req
-            .exec_id
-            .is_empty()
-            .then(|| container.hooks.clone())
-            .flatten();
+        let (poststart, runs_guest) = match &container.payload {
+            Payload::Guest(guest) => (
+                req.exec_id
+                    .is_empty()
+                    .then(|| guest.hooks.clone())
+                    .flatten(),
+                true,
+            ),
+            Payload::PodSandbox => (None, false),
+        };
         drop(containers);
         let key = sandbox_key(&req.id, &req.exec_id);
-        if let Err(error) = self.sandbox()?.request(Request::Start { id: key }).await {
+        let started = if runs_guest {
+            self.sandbox()?.request(Request::Start { id: key }).await
+        } else {
+            Ok(Answer::Done)
+        };
+        if let Err(error) = started {
             if let Some(process) = self
                 .containers
                 .lock()
@@ -534,12 +645,13 @@ impl Task for TaskService {
         let container = containers
             .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let runs_guest = matches!(container.payload, Payload::Guest(_));
         let process = container.process(&req.id, &req.exec_id)?;
         match process.state {
             // A command cannot handle signals: every other signal ends it at once, 128 +
             // signal; an HTTP server drains on SIGTERM/SIGINT. The sandbox reports the exit,
             // which is recorded like any other.
-            State::Running | State::Paused => {
+            State::Running | State::Paused if runs_guest => {
                 drop(containers);
                 let key = sandbox_key(&req.id, &req.exec_id);
                 self.sandbox()?
@@ -550,7 +662,9 @@ impl Task for TaskService {
                     .await
                     .map_err(|_| Error::Finished)?;
             }
-            State::Created => {
+            // Nothing runs yet, or nothing runs at all (a pod's sandbox container): it ends
+            // here, as a process killed by the signal would.
+            State::Created | State::Running | State::Paused => {
                 let exit = ExitInfo {
                     status: 128 + req.signal,
                     at: timestamp().unwrap_or_default(),
@@ -628,11 +742,15 @@ impl Task for TaskService {
             }
         }
         let pid = self.pid();
-        if let Some(container) = &removed {
-            if let Some(rootfs) = &container.mounted_rootfs {
+        if let Some(Container {
+            payload: Payload::Guest(guest),
+            ..
+        }) = &removed
+        {
+            if let Some(rootfs) = &guest.mounted_rootfs {
                 sys::unmount_rootfs(rootfs)?.release_in_background();
             }
-            if let Some(hooks) = &container.hooks
+            if let Some(hooks) = &guest.hooks
                 && let Err(error) = hooks.run(Stage::Poststop, pid).await
             {
                 tracing::warn!("{}: {error}", req.id);
@@ -747,14 +865,14 @@ impl Task for TaskService {
                 .get_mut(&req.id)
                 .ok_or_else(|| Error::NotFound(req.id.clone()))?;
             // Later execs get the new limits too.
-            container.workload.limits = spec::instance_limits(&resources);
+            container.guest(&req.id)?.workload.limits = spec::instance_limits(&resources);
             container
                 .processes
                 .keys()
                 .map(|exec_id| sandbox_key(&req.id, exec_id))
                 .collect::<Vec<_>>()
         };
-        if let Some(cgroup) = self.sandbox.get().and_then(|h| h.cgroup.as_ref()) {
+        if let Some(cgroup) = self.cgroup_of(&req.id) {
             cgroup
                 .apply(&spec::resources(&resources))
                 .map_err(Error::Cgroup)?;
@@ -773,11 +891,23 @@ impl Task for TaskService {
         if !self.containers.lock().await.contains_key(&req.id) {
             return Err(Error::NotFound(req.id).into());
         }
-        // The sandbox's cgroup: the container's own outside pods, the pod's shared one inside.
-        let cgroup = self.sandbox.get().and_then(|h| h.cgroup.as_ref());
-        let cgroup = cgroup
-            .ok_or_else(|| Error::Unsupported(format!("container {} has no cgroup", req.id)))?;
-        let metrics = cgroup.metrics().map_err(Error::Cgroup)?;
+        // The container that owns the sandbox's cgroup reports it (all of a lone container's
+        // use; a whole pod's, for its sandbox container); a pod's other containers report
+        // what their own guests used, since they share the cgroup.
+        let metrics = match self.cgroup_of(&req.id) {
+            Some(cgroup) => cgroup.metrics().map_err(Error::Cgroup)?,
+            None if self.owns_sandbox(&req.id) => {
+                return Err(
+                    Error::Unsupported(format!("container {} has no cgroup", req.id)).into(),
+                );
+            }
+            None => cgroup::usage_metrics(
+                self.sandbox()?
+                    .usage(&req.id)
+                    .await
+                    .map_err(Error::Sandbox)?,
+            ),
+        };
         let stats =
             convert_to_any(Box::new(metrics)).map_err(|e| Error::Unsupported(e.to_string()))?;
         Ok(StatsResponse {

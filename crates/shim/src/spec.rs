@@ -232,7 +232,11 @@ pub fn sandbox_setup(
             LinuxNamespaceType::Network => NamespaceKind::Network,
             LinuxNamespaceType::Ipc => NamespaceKind::Ipc,
             LinuxNamespaceType::Uts => NamespaceKind::Uts,
-            LinuxNamespaceType::User => return Err(SpecError::Unsupported("user namespaces")),
+            LinuxNamespaceType::User => {
+                return Err(SpecError::Unsupported(
+                    "a user namespace (Kubernetes: `hostUsers: false`)",
+                ));
+            }
             // Mount: always private. Pid and cgroup: guests see neither processes nor cgroups.
             _ => continue,
         };
@@ -556,7 +560,7 @@ mod tests {
             sandbox_setup(&s, Path::new("/cache"), None)
                 .unwrap_err()
                 .to_string()
-                .contains("user namespaces")
+                .contains("a user namespace")
         );
     }
 
