@@ -2,7 +2,9 @@
 //!
 //! Each argument is an instruction, applied in order:
 //! `env` prints the whole environment as `KEY=VALUE` lines, `stderr=TEXT` writes TEXT to stderr,
-//! `exit=N` exits with status N after everything else, any other word is echoed as `arg: WORD`.
+//! `stdin` echoes each line of stdin as `stdin: LINE` until end of input or a line `exit` (an
+//! interactive session), `exit=N` exits with status N after everything else, any other word is
+//! echoed as `arg: WORD`.
 
 use std::process::ExitCode;
 
@@ -13,6 +15,14 @@ fn main() -> ExitCode {
         if arg == "env" {
             for (key, value) in std::env::vars() {
                 println!("{key}={value}");
+            }
+        } else if arg == "stdin" {
+            for line in std::io::stdin().lines() {
+                let line = line.expect("stdin");
+                if line == "exit" {
+                    break;
+                }
+                println!("stdin: {line}");
             }
         } else if let Some(text) = arg.strip_prefix("stderr=") {
             eprintln!("{text}");
