@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use wasmcell_e2e::{Containerd, build_image, guest, repo, run, shim_pids, wasmcell};
+use wasmcell_e2e::{Containerd, build_image, guest, repo, run, wasmcell};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -360,10 +360,11 @@ fn idle_container(id: &str, wasm: bool, pod: Option<&str>) -> Vec<String> {
     args
 }
 
-/// Every process serving the containerd's tasks: shims (ours or runc's, found by namespace) and
+/// Every process serving the containerd's tasks: shims (ours or runc's, found by address) and
 /// the task processes (our sandboxes, or the containers' own processes under runc).
 fn task_processes(containerd: &Containerd) -> Result<Vec<u32>> {
-    let mut pids: Vec<u32> = shim_pids(containerd.namespace())
+    let mut pids: Vec<u32> = containerd
+        .shim_pids()
         .into_iter()
         .map(|p| p as u32)
         .collect();

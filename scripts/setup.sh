@@ -7,7 +7,8 @@
 set -euo pipefail
 
 tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
-apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static iproute2 iptables wrk skopeo protobuf-compiler)
+apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static iproute2 iptables wrk skopeo protobuf-compiler
+  containernetworking-plugins)
 trixie_pkgs=(containerd docker.io docker-cli)
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -7,8 +7,16 @@
 //! - [`Docker`]: a private Docker Engine 26 with the containerd image store, on its own private
 //!   containerd, stopped by PID when dropped.
 //!
+//! - [`cri::Cri`]: containerd with its CRI plugin, CNI pod networking and pod cgroups, and a
+//!   client making kubelet's calls; [`stream`]: `kubectl exec`/`port-forward` over WebSocket;
+//! - [`linux_image`]: native images (pause, busybox) for the runc baselines.
+//!
 //! containerd and Docker come from `scripts/setup.sh` (Debian trixie's packages, extracted into
 //! `$WASMCELL_TOOLS`, default `~/.cache/wasmcell/tools`).
+
+pub mod cri;
+pub mod linux_image;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,6 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest as _, Sha256};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -280,11 +289,71 @@ pub fn build_image(wasm: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Result
     Ok(archive)
 }
 
+/// The shim binaries a private containerd finds first on its PATH, each a link to the
+/// `wasmcell` under test.
+const SHIM_NAMES: [&str; 5] = [
+    "containerd-shim-wasmtime-v1",
+    "containerd-shim-wasmedge-v1",
+    "containerd-shim-spin-v1",
+    "containerd-shim-spin-v2",
+    "containerd-shim-slight-v1",
+];
+
+/// The containerd namespace CRI keeps Kubernetes' pods, containers and images in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// An OCI archive of an image whose one layer is the binary itself, of `media_type`, under a
+/// standard image config (as runwasi's and wasm-pkg's tools build them).
+pub fn wasm_layer_archive(wasm: &[u8], media_type: &str, name: &str, path: &Path) -> Result<()> {
+    let digest = |bytes: &[u8]| format!("sha256:{:x}", Sha256::digest(bytes));
+    let config = serde_json::json!({
+        "architecture": "wasm", "os": "wasip1",
+        "config": {"Entrypoint": ["/hello.wasm"]},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": media_type, "digest": digest(wasm), "size": wasm.len(),
+                    "annotations": {"org.opencontainers.image.title": "hello.wasm"}}],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest),
+                       "size": manifest.len(), "platform": {"os": "wasip1", "architecture": "wasm"},
+                       "annotations": {"io.containerd.image.name": name}}],
+    })
+    .to_string()
+    .into_bytes();
+    let mut tar = tar::Builder::new(std::fs::File::create(path)?);
+    let mut add = |name: String, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes)
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json".into(), &index)?;
+    for blob in [wasm, &config[..], &manifest[..]] {
+        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob)?;
+    }
+    tar.finish()?;
+    Ok(())
+}
+
 /// A private containerd 1.7 whose PATH starts with our shim links.
 pub struct Containerd {
     daemon: Daemon,
     dir: tempfile::TempDir,
     namespace: String,
+    /// Extra environment it was started with, for a restart.
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -297,19 +366,36 @@ impl Containerd {
     /// Starts containerd with `shim` (a `wasmcell` binary, e.g. an older build for a benchmark)
     /// behind the shim names, and extra environment.
     pub fn start_with(shim: &Path, env: &[(&str, &str)]) -> Result<Containerd> {
+        Containerd::launch(shim, env, None)
+    }
+
+    /// Starts containerd; with `cri` (the CRI plugin's configuration), the CRI plugin is enabled
+    /// and `ctr` commands use CRI's namespace, `k8s.io`.
+    pub(crate) fn launch(
+        shim: &Path,
+        env: &[(&str, &str)],
+        cri: Option<&dyn Fn(&Path) -> String>,
+    ) -> Result<Containerd> {
         static INSTANCE: AtomicU32 = AtomicU32::new(0);
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::Builder::new().prefix("wcd-").tempdir_in("/tmp")?;
         let root = dir.path();
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin)?;
-        // As `wasmcell install` links them; spin is not built and must refuse.
-        for name in [
-            "containerd-shim-wasmtime-v1",
-            "containerd-shim-wasmedge-v1",
-            "containerd-shim-spin-v2",
-        ] {
-            std::os::unix::fs::symlink(shim, bin.join(name))?;
+        // As `wasmcell install` links them.
+        for runtime in SHIM_NAMES {
+            std::os::unix::fs::symlink(shim, bin.join(runtime))?;
+        }
+        let mut disabled = vec![
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.zfs",
+            "io.containerd.snapshotter.v1.devmapper",
+            "io.containerd.snapshotter.v1.aufs",
+            "io.containerd.tracing.processor.v1.otlp",
+            "io.containerd.internal.v1.tracing",
+        ];
+        if cri.is_none() {
+            disabled.push("io.containerd.grpc.v1.cri");
         }
         let config = root.join("config.toml");
         std::fs::write(
@@ -318,7 +404,7 @@ impl Containerd {
                 r#"version = 2
 root = "{root}/root"
 state = "{root}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = {disabled:?}
 [grpc]
   address = "{root}/containerd.sock"
 [ttrpc]
@@ -327,29 +413,42 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   level = "debug"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
-"#,
-                root = root.display()
+{cri}"#,
+                root = root.display(),
+                cri = cri.map(|section| section(root)).unwrap_or_default(),
             ),
         )?;
-        let path = search_path(&[&bin, &tools().join("usr/bin")]);
-        let namespace = format!("wasmcell-test-{}-{instance}", std::process::id());
-        let mut command = Command::new(tools().join("usr/bin/containerd"));
-        command
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("WASMCELL_CACHE_DIR", root.join("cache"))
-            .envs(env.iter().copied());
+        let namespace = if cri.is_some() {
+            CRI_NAMESPACE.to_owned()
+        } else {
+            format!("wasmcell-test-{}-{instance}", std::process::id())
+        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut command = containerd_command(root, &env);
         let daemon = Daemon::spawn("containerd", &mut command, &root.join("containerd.log"))?;
         let containerd = Containerd {
             daemon,
             dir,
             namespace,
+            env,
         };
         containerd
             .daemon
             .wait_ready(|| containerd.ctr(&["version"]))?;
         Ok(containerd)
+    }
+
+    /// Stops containerd with `signal` (SIGTERM: as a service manager restarts it; SIGKILL: a
+    /// crash) and starts it again on the same root and state; shims and their containers run
+    /// on meanwhile, as they do under runc.
+    pub fn restart(&self, signal: Signal) -> Result<()> {
+        self.daemon.stop_with(signal);
+        self.daemon
+            .respawn(&mut containerd_command(self.dir(), &self.env))?;
+        self.daemon.wait_ready(|| self.ctr(&["version"]))
     }
 
     /// Starts containerd with no extra environment.
@@ -380,6 +479,36 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .strip_prefix("unix://")
             .with_context(|| format!("shim address {address:?}"))?;
         Ok(PathBuf::from(path))
+    }
+
+    /// The PIDs of the shim daemons this instance started, in any namespace (their command
+    /// line is `... -address SOCKET ...`, SOCKET being this instance's).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let needle = format!(
+            "\0-address\0{}\0",
+            self.dir().join("containerd.sock").display()
+        );
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains(&needle)
+                    .then_some(pid)
+            })
+            .collect()
+    }
+
+    /// Stops, by PID, any shim daemon of this instance still running. A shim is detached from
+    /// containerd; one outlives it when a test fails between start and delete.
+    fn stop_shims(&self) {
+        for pid in self.shim_pids() {
+            eprintln!("wasmcell-e2e: stopping shim {pid} left behind");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 
     /// The instance's directory (root, state, sockets, log).
@@ -439,9 +568,23 @@ impl Drop for Containerd {
             }
         }
         self.daemon.stop();
-        stop_shims(&self.namespace);
+        self.stop_shims();
         unmount_under(&self.dir().join("root"));
     }
+}
+
+/// The command starting a private containerd whose directory is `root` (its config, and the
+/// shim links first on its PATH).
+fn containerd_command(root: &Path, env: &[(String, String)]) -> Command {
+    let path = search_path(&[&root.join("bin"), &tools().join("usr/bin")]);
+    let mut command = Command::new(tools().join("usr/bin/containerd"));
+    command
+        .arg("--config")
+        .arg(root.join("config.toml"))
+        .env("PATH", path)
+        .env("WASMCELL_CACHE_DIR", root.join("cache"))
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    command
 }
 
 /// A private registry (Debian's `docker-registry`) on a free loopback port, its storage in a
@@ -495,8 +638,6 @@ impl Drop for Registry {
 pub struct Docker {
     daemon: Daemon,
     socket: PathBuf,
-    /// The containerd namespace dockerd uses (its shims carry it).
-    namespace: String,
     /// The bridge this fixture made for its containers, if it networks them; held to be
     /// deleted after dockerd stops.
     _bridge: Option<Bridge>,
@@ -589,7 +730,6 @@ impl Docker {
         let docker = Docker {
             daemon,
             socket,
-            namespace,
             _bridge: bridge,
             containerd,
         };
@@ -615,7 +755,7 @@ impl Docker {
 impl Drop for Docker {
     fn drop(&mut self) {
         self.daemon.stop();
-        stop_shims(&self.namespace);
+        self.containerd.stop_shims();
         unmount_under(&self.containerd.dir().join("docker"));
     }
 }
@@ -664,9 +804,27 @@ impl Daemon {
 
     /// Stops the daemon by its PID and reaps it.
     fn stop(&self) {
+        self.stop_with(Signal::SIGTERM);
+    }
+
+    /// Sends `signal` to the daemon by its PID and reaps it.
+    fn stop_with(&self, signal: Signal) {
         let mut child = self.child.borrow_mut();
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
         let _ = child.wait();
+    }
+
+    /// Starts the daemon again with `command`, its output appended to the same log.
+    fn respawn(&self, command: &mut Command) -> Result<()> {
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("restart {}", self.name))?;
+        *self.child.borrow_mut() = child;
+        Ok(())
     }
 }
 
@@ -684,33 +842,6 @@ fn unmount_under(dir: &Path) {
         .arg(dir)
         .stderr(Stdio::null())
         .status();
-}
-
-/// Stops, by PID, any shim daemon left serving `namespace`. A shim is detached from containerd;
-/// one outlives it when a test fails between start and delete.
-fn stop_shims(namespace: &str) {
-    for pid in shim_pids(namespace) {
-        eprintln!("wasmcell-e2e: stopping shim {pid} left behind in namespace {namespace}");
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
-/// The PIDs of shim daemons serving `namespace` (their command line is
-/// `... -namespace NAMESPACE -id ID ...`).
-pub fn shim_pids(namespace: &str) -> Vec<i32> {
-    let needle = format!("\0-namespace\0{namespace}\0");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
-        })
-        .collect()
 }
 
 /// The runtime the tests run guests under.

@@ -7,9 +7,7 @@ use std::process::Stdio;
 use anyhow::Result;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use wasmcell_e2e::{
-    Containerd, Ran, build_image, cgroup_dir, containerd_with, guest, shim_pids, wait_for,
-};
+use wasmcell_e2e::{Containerd, Ran, build_image, cgroup_dir, containerd_with, guest, wait_for};
 
 fn imported(
     containerd: &Containerd,
@@ -214,7 +212,7 @@ fn a_shim_killed_under_its_task_is_cleaned_up_after() -> Result<()> {
         .success()?;
     let sandbox = containerd.running("orphan")?;
     let socket = containerd.shim_socket("orphan")?;
-    let shims = shim_pids(containerd.namespace());
+    let shims = containerd.shim_pids();
     assert_eq!(shims.len(), 1, "shims: {shims:?}");
 
     kill(Pid::from_raw(shims[0]), Signal::SIGKILL)?;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use sha2::{Digest as _, Sha256};
-use wasmcell_e2e::{Containerd, Docker, Ran, Registry, guest, run, wasmcell};
+use wasmcell_e2e::{Containerd, Docker, Ran, Registry, guest, run, wasm_layer_archive, wasmcell};
 
 /// `wasmcell ARGS` with `store` as the local image store and its compile cache beside it.
 fn wasmcell_in(store: &Path, args: &[&str]) -> Result<Ran> {
@@ -190,51 +190,6 @@ fn ctr_and_docker_pull_and_run_what_wasmcell_pushed() -> Result<()> {
             .contains("Hello from Wasm!\narg: via\narg: docker"),
         "{out:?}"
     );
-    Ok(())
-}
-
-/// An OCI archive of an image whose one layer is the binary itself, of `media_type`, under a
-/// standard image config (as runwasi's and wasm-pkg's tools build them).
-fn wasm_layer_archive(wasm: &[u8], media_type: &str, name: &str, path: &Path) -> Result<()> {
-    let digest = |bytes: &[u8]| format!("sha256:{}", hex(&Sha256::digest(bytes)));
-    let config = serde_json::json!({
-        "architecture": "wasm", "os": "wasip1",
-        "config": {"Entrypoint": ["/hello.wasm"]},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    })
-    .to_string()
-    .into_bytes();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
-        "layers": [{"mediaType": media_type, "digest": digest(wasm), "size": wasm.len(),
-                    "annotations": {"org.opencontainers.image.title": "hello.wasm"}}],
-    })
-    .to_string()
-    .into_bytes();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest),
-                       "size": manifest.len(), "platform": {"os": "wasip1", "architecture": "wasm"},
-                       "annotations": {"io.containerd.image.name": name}}],
-    })
-    .to_string()
-    .into_bytes();
-    let mut tar = tar::Builder::new(std::fs::File::create(path)?);
-    let mut add = |name: String, bytes: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, name, bytes)
-    };
-    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    add("index.json".into(), &index)?;
-    for blob in [wasm, &config[..], &manifest[..]] {
-        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob)?;
-    }
-    tar.finish()?;
     Ok(())
 }
 
