@@ -27,11 +27,17 @@ pub enum Error {
     /// The task already exited.
     #[error("process already finished")]
     Finished,
-    /// The runtime name is known but not built yet.
+    /// The image is an app of a framework this build does not run yet.
     #[error(
-        "runtime {0} is not supported by this wasmcell build yet; use io.containerd.wasmtime.v1"
+        "the image is a {} app (/{} in its rootfs): {runtime} does not run {} apps yet; plain WASI commands and HTTP components run under it as under io.containerd.wasmtime.v1",
+        app.name, app.manifest, app.name
     )]
-    UnsupportedRuntime(Runtime),
+    AppNotSupported {
+        /// The runtime name the container asked for.
+        runtime: Runtime,
+        /// The framework.
+        app: crate::runtime::App,
+    },
     /// A feature of the request is not supported for Wasm guests.
     #[error("{0}")]
     Unsupported(String),
@@ -113,7 +119,7 @@ impl Error {
             Error::NotFound(_) | Error::Finished => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
-            Error::UnsupportedRuntime(_) | Error::Unsupported(_) => Code::UNIMPLEMENTED,
+            Error::AppNotSupported { .. } | Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::Spec(_)
             | Error::Engine(_)
             | Error::Hook(_)

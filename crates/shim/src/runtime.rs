@@ -10,11 +10,11 @@ pub enum Runtime {
     /// `io.containerd.wasmedge.v1`: WasmEdge-targeted apps, on the same engine: a module that
     /// imports WasmEdge's socket extension gets it under either name.
     Wasmedge,
-    /// `io.containerd.spin.v1`: Spin apps.
+    /// `io.containerd.spin.v1`: Spin apps, and plain WASI images.
     SpinV1,
-    /// `io.containerd.spin.v2`: Spin apps.
+    /// `io.containerd.spin.v2`: Spin apps, and plain WASI images.
     SpinV2,
-    /// `io.containerd.slight.v1`: SpiderLightning apps.
+    /// `io.containerd.slight.v1`: SpiderLightning apps, and plain WASI images.
     SlightV1,
 }
 
@@ -50,6 +50,16 @@ impl Runtime {
         }
     }
 
+    /// The runtimes a Kubernetes node gets, by the RuntimeClass handler CRI knows each by
+    /// (`runtimeClassName` names a RuntimeClass, whose `handler` names the CRI runtime). Spin's
+    /// handler is its current shim name's, `io.containerd.spin.v2`, as SpinKube's.
+    pub const KUBERNETES: [(&'static str, Runtime); 4] = [
+        ("wasmtime", Runtime::Wasmtime),
+        ("wasmedge", Runtime::Wasmedge),
+        ("spin", Runtime::SpinV2),
+        ("slight", Runtime::SlightV1),
+    ];
+
     /// The runtime a shim binary name (argv[0]'s file name) stands for.
     pub fn from_binary_name(name: &str) -> Option<Runtime> {
         Runtime::ALL.into_iter().find(|r| r.binary_name() == name)
@@ -60,11 +70,32 @@ impl Runtime {
         Runtime::ALL.into_iter().find(|r| r.id() == id)
     }
 
-    /// Whether this build can run containers of this runtime. The others refuse `create` with a
-    /// message rather than quietly running as another runtime.
-    pub fn is_supported(self) -> bool {
-        matches!(self, Runtime::Wasmtime | Runtime::Wasmedge)
+    /// The app framework this runtime also runs, by the manifest its apps carry at the root
+    /// of their rootfs: Spin's `spin.toml`, SpiderLightning's `slightfile.toml`. Images
+    /// without one are plain WASI and run as under wasmtime, whatever the runtime name (as
+    /// Docker's Wasm runtimes run them).
+    pub fn app(self) -> Option<App> {
+        match self {
+            Runtime::Wasmtime | Runtime::Wasmedge => None,
+            Runtime::SpinV1 | Runtime::SpinV2 => Some(App {
+                name: "Spin",
+                manifest: "spin.toml",
+            }),
+            Runtime::SlightV1 => Some(App {
+                name: "SpiderLightning",
+                manifest: "slightfile.toml",
+            }),
+        }
     }
+}
+
+/// An app framework a runtime name stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct App {
+    /// Its name in messages.
+    pub name: &'static str,
+    /// The manifest file its apps have at the root of their rootfs.
+    pub manifest: &'static str,
 }
 
 impl fmt::Display for Runtime {

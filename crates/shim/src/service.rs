@@ -199,6 +199,23 @@ impl TaskService {
         Ok(&handle.sandbox)
     }
 
+    /// Refuses an app of the framework the runtime name stands for (its manifest in the
+    /// rootfs), which this build does not run yet; plain WASI runs under every name.
+    fn check_app(&self, workload: &WorkloadSpec) -> Result<()> {
+        let (Some(app), ModuleSource::Rootfs { root, .. }) = (self.runtime.app(), &workload.module)
+        else {
+            return Ok(());
+        };
+        // Not followed: a manifest that is a symlink (to a host path) still marks an app.
+        if root.join(app.manifest).symlink_metadata().is_ok() {
+            return Err(Error::AppNotSupported {
+                runtime: self.runtime,
+                app,
+            });
+        }
+        Ok(())
+    }
+
     /// Compiles a workload into the cache here (as root, which may write it) unless it is there
     /// already: the shim's half of `create` and `exec`, which fails them at once on a missing,
     /// non-wasm or malformed binary.
@@ -228,9 +245,6 @@ impl TaskService {
     }
 
     async fn create_container(&self, req: &CreateTaskRequest) -> Result<Container> {
-        if !self.runtime.is_supported() {
-            return Err(Error::UnsupportedRuntime(self.runtime));
-        }
         let stdio = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
         let oci = spec::load(&bundle)?;
@@ -299,6 +313,7 @@ impl TaskService {
                 sys::mount_rootfs(&req.rootfs, target).await?;
             }
             let workload = spec::workload(oci, bundle, stdio)?;
+            self.check_app(&workload)?;
             if let ModuleSource::Rootfs { root, path } = &workload.module {
                 self.content.materialize(&req.id, root, path).await?;
             }

@@ -466,23 +466,80 @@ fn bad_entrypoints_fail_create_with_the_file_and_why_and_spare_other_containers(
     Ok(())
 }
 
+/// Docker + Wasm's four runtime names, each running one plain WASI image (issue: "slight printed
+/// nothing at all" for such an image in the original preview).
 #[test]
-fn unsupported_runtime_names_refuse_instead_of_running_as_wasmtime() -> Result<()> {
-    let (_tmp, containerd) = containerd_with(&[], &[("hello.wasm", "example.com/hello:latest")])?;
-    let out = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.spin.v2",
+fn every_runtime_name_runs_plain_wasi_and_refuses_apps_it_cannot_run_yet() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    imported(
+        &containerd,
+        tmp.path(),
+        "hello.wasm",
         "example.com/hello:latest",
-        "edge",
-    ])?;
-    assert_ne!(out.code, Some(0), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("runtime io.containerd.spin.v2 is not supported"),
-        "{out:?}"
-    );
-    assert!(!out.stdout.contains("Hello"), "{out:?}");
+        &[],
+    )?;
+    for runtime in [
+        "io.containerd.wasmtime.v1",
+        "io.containerd.wasmedge.v1",
+        "io.containerd.spin.v1",
+        "io.containerd.spin.v2",
+        "io.containerd.slight.v1",
+    ] {
+        let out = containerd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--env",
+            "NAME=value",
+            "example.com/hello:latest",
+            "plain",
+            "/hello.wasm",
+            runtime,
+            "env",
+            "exit=7",
+        ])?;
+        assert_eq!(out.code, Some(7), "{runtime}: {out:?}");
+        assert!(
+            out.stdout
+                .starts_with(&format!("Hello from Wasm!\narg: {runtime}\n")),
+            "{runtime}: {out:?}"
+        );
+        assert!(out.stdout.contains("NAME=value\n"), "{runtime}: {out:?}");
+    }
+
+    // An app of the framework the name stands for is not run as a plain module.
+    for (runtime, manifest, app) in [
+        ("io.containerd.spin.v2", "spin.toml", "Spin"),
+        (
+            "io.containerd.slight.v1",
+            "slightfile.toml",
+            "SpiderLightning",
+        ),
+    ] {
+        let app_dir = tmp.path().join(manifest);
+        std::fs::create_dir(&app_dir)?;
+        std::fs::write(app_dir.join(manifest), "# an app\n")?;
+        let tag = format!("example.com/{app}-app:latest").to_lowercase();
+        let include = format!("{}:/", app_dir.display());
+        imported(
+            &containerd,
+            tmp.path(),
+            "hello.wasm",
+            &tag,
+            &["--include", &include],
+        )?;
+        let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, &tag, "app"])?;
+        assert_ne!(out.code, Some(0), "{out:?}");
+        let expected = format!("the image is a {app} app (/{manifest} in its rootfs)");
+        assert!(out.stderr.contains(&expected), "{runtime}: {out:?}");
+        assert!(!out.stdout.contains("Hello"), "{out:?}");
+        // The same image runs as a plain module under wasmtime's name.
+        let out = containerd
+            .run_wasm(&["--rm"], &tag, "as-wasmtime", &[])?
+            .success()?;
+        assert_eq!(out.stdout, "Hello from Wasm!\n");
+    }
     Ok(())
 }

@@ -71,6 +71,42 @@ fn docker_loads_a_built_image_and_runs_it_with_the_wasmtime_runtime() -> Result<
     Ok(())
 }
 
+/// Docker + Wasm's documentation runs one plain WASI image under each runtime name.
+#[test]
+fn docker_runs_one_wasi_image_under_every_runtime_name() -> Result<()> {
+    let (tmp, docker) = docker_with(&[])?;
+    let tag = "example.com/hello-wasi:latest";
+    let archive = build_image(
+        &guest("hello.wasm"),
+        tag,
+        tmp.path(),
+        &["--platform", "wasi/wasm32"],
+    )?;
+    docker.load(&archive)?;
+    for runtime in [
+        "io.containerd.wasmtime.v1",
+        "io.containerd.spin.v1",
+        "io.containerd.spin.v2",
+        "io.containerd.slight.v1",
+    ] {
+        let run = [
+            "run",
+            "--rm",
+            &format!("--runtime={runtime}"),
+            "--platform=wasi/wasm32",
+            tag,
+            runtime,
+        ];
+        let out = docker.docker(&run)?.success()?;
+        assert_eq!(
+            out.stdout,
+            format!("Hello from Wasm!\narg: {runtime}\n"),
+            "{out:?}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn docker_user_runs_the_sandbox_as_that_user_and_the_guest_still_gets_its_files() -> Result<()> {
     let (_tmp, docker) = docker_with(&[
