@@ -43,6 +43,7 @@ pub const HANDLERS: [(&str, &str); 5] = [
     ("wasmedge", "io.containerd.wasmedge.v1"),
     ("spin", "io.containerd.spin.v2"),
     ("slight", "io.containerd.slight.v1"),
+    // Last: `Cri::start_installed` keeps only this one.
     ("runc", "io.containerd.runc.v2"),
 ];
 
@@ -68,12 +69,30 @@ impl Cri {
 
     /// As [`Cri::start`], with `shim` (a `wasmcell` binary) behind the shim names.
     pub fn start_with(shim: &Path) -> Result<Cri> {
+        Cri::start_prepared(Some(shim), &HANDLERS, |_| Ok(()))
+    }
+
+    /// As a node is set up by `wasmcell install`: containerd's directory and config are made
+    /// with runc as the only runtime and no shim on its PATH, then `install` runs (given the
+    /// directory, whose `config.toml` is containerd's and whose `bin/` is first on its PATH),
+    /// then containerd starts.
+    pub fn start_installed(install: impl FnOnce(&Path) -> Result<()>) -> Result<Cri> {
+        Cri::start_prepared(None, &HANDLERS[4..], install)
+    }
+
+    fn start_prepared(
+        shim: Option<&Path>,
+        handlers: &[(&str, &str)],
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Cri> {
         let network = PodNetwork::reserve()?;
         let cgroups = PodCgroups::create()?;
         let stream_port = free_port()?;
-        let section = |root: &Path| cri_config(root, stream_port);
-        let containerd = Containerd::launch(shim, &[], Some(&section))?;
-        network.write_conflist(&containerd.dir().join("cni"))?;
+        let section = |root: &Path| cri_config(root, stream_port, handlers);
+        let (dir, namespace) = Containerd::configure(shim, Some(&section))?;
+        network.write_conflist(&dir.path().join("cni"))?;
+        prepare(dir.path())?;
+        let containerd = Containerd::start_in(dir, namespace, &[])?;
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -467,10 +486,11 @@ fn pod_namespaces() -> NamespaceOption {
     }
 }
 
-/// The CRI plugin's section of a fixture's containerd config (containerd 1.7, version 2).
-fn cri_config(root: &Path, stream_port: u16) -> String {
+/// The CRI plugin's section of a fixture's containerd config (containerd 1.7, version 2), with
+/// runtime `handlers`.
+fn cri_config(root: &Path, stream_port: u16, handlers: &[(&str, &str)]) -> String {
     let mut runtimes = String::new();
-    for (handler, runtime_type) in HANDLERS {
+    for (handler, runtime_type) in handlers {
         runtimes.push_str(&format!(
             "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]\n  runtime_type = \"{runtime_type}\"\n"
         ));

@@ -376,6 +376,18 @@ impl Containerd {
         env: &[(&str, &str)],
         cri: Option<&dyn Fn(&Path) -> String>,
     ) -> Result<Containerd> {
+        let (dir, namespace) = Containerd::configure(Some(shim), cri)?;
+        Containerd::start_in(dir, namespace, env)
+    }
+
+    /// A private containerd's directory and `config.toml`, not started yet: `shim` linked in
+    /// its `bin/` (first on its PATH) behind every shim name, or nothing there when `None` (a
+    /// test installs them, as `wasmcell install --prefix DIR` does). Returns the directory and
+    /// the namespace its `ctr` commands will use.
+    pub(crate) fn configure(
+        shim: Option<&Path>,
+        cri: Option<&dyn Fn(&Path) -> String>,
+    ) -> Result<(tempfile::TempDir, String)> {
         static INSTANCE: AtomicU32 = AtomicU32::new(0);
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::Builder::new().prefix("wcd-").tempdir_in("/tmp")?;
@@ -383,8 +395,10 @@ impl Containerd {
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin)?;
         // As `wasmcell install` links them.
-        for runtime in SHIM_NAMES {
-            std::os::unix::fs::symlink(shim, bin.join(runtime))?;
+        if let Some(shim) = shim {
+            for runtime in SHIM_NAMES {
+                std::os::unix::fs::symlink(shim, bin.join(runtime))?;
+            }
         }
         let mut disabled = vec![
             "io.containerd.snapshotter.v1.btrfs",
@@ -397,9 +411,8 @@ impl Containerd {
         if cri.is_none() {
             disabled.push("io.containerd.grpc.v1.cri");
         }
-        let config = root.join("config.toml");
         std::fs::write(
-            &config,
+            root.join("config.toml"),
             format!(
                 r#"version = 2
 root = "{root}/root"
@@ -423,12 +436,23 @@ disabled_plugins = {disabled:?}
         } else {
             format!("wasmcell-test-{}-{instance}", std::process::id())
         };
+        Ok((dir, namespace))
+    }
+
+    /// Starts the containerd [`Containerd::configure`] prepared, with extra environment, and
+    /// waits until it answers.
+    pub(crate) fn start_in(
+        dir: tempfile::TempDir,
+        namespace: String,
+        env: &[(&str, &str)],
+    ) -> Result<Containerd> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let mut command = containerd_command(root, &env);
-        let daemon = Daemon::spawn("containerd", &mut command, &root.join("containerd.log"))?;
+        let mut command = containerd_command(dir.path(), &env);
+        let log = dir.path().join("containerd.log");
+        let daemon = Daemon::spawn("containerd", &mut command, &log)?;
         let containerd = Containerd {
             daemon,
             dir,

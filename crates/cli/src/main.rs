@@ -8,6 +8,7 @@
 mod build;
 mod images;
 mod install;
+mod node;
 mod run;
 
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ const FAILURE_STATUS: u8 = 125;
 #[derive(Parser)]
 #[command(name = "wasmcell", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell install --prefix /usr/local"
+    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -21,6 +21,11 @@ struct Node {
 
 impl Node {
     fn start() -> Result<Node> {
+        Node::start_with(Cri::start)
+    }
+
+    /// A node whose CRI `start_cri` starts.
+    fn start_with(start_cri: impl FnOnce() -> Result<Cri>) -> Result<Node> {
         let tmp = tempfile::tempdir()?;
         let registry = Registry::start()?;
         // The toolbox: the sleeper as its entrypoint, with the other command guests beside it
@@ -47,7 +52,7 @@ impl Node {
             .success()?;
         }
         Ok(Node {
-            cri: Cri::start()?,
+            cri: start_cri()?,
             registry,
             _tmp: tmp,
         })
@@ -761,5 +766,103 @@ fn every_wasm_image_format_runs_in_a_pod() -> Result<()> {
             format!("Hello from Wasm!\narg: {media_type}\n")
         );
     }
+    Ok(())
+}
+
+/// `wasmcell install ARGS...` against a node's containerd directory: its config, and its `bin/`
+/// (first on its PATH) as the prefix's.
+fn install(dir: &Path, args: &[&str]) -> Result<wasmcell_e2e::Ran> {
+    run(Command::new(wasmcell())
+        .args(["install", "--containerd", "--config"])
+        .arg(dir.join("config.toml"))
+        .arg("--prefix")
+        .arg(dir)
+        .args(args))?
+    .success()
+}
+
+#[test]
+fn the_node_installer_adds_a_handler_per_runtime_keeps_the_nodes_config_and_undoes_itself()
+-> Result<()> {
+    let mut before = String::new();
+    let node = Node::start_with(|| {
+        Cri::start_installed(|dir| {
+            before = std::fs::read_to_string(dir.join("config.toml"))?;
+            // --dry-run: the diff, and nothing changed.
+            let dry = install(dir, &["--dry-run"])?;
+            assert!(
+                dry.stdout.contains(
+                    "+[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]"
+                ),
+                "{dry:?}"
+            );
+            assert_eq!(std::fs::read_to_string(dir.join("config.toml"))?, before);
+            assert!(!dir.join("bin/containerd-shim-wasmtime-v1").exists());
+            install(dir, &[])?;
+            // Again: nothing to do.
+            let again = install(dir, &[])?;
+            assert!(again.stdout.contains("config.toml: unchanged"), "{again:?}");
+            Ok(())
+        })
+    })?;
+    let cri = &node.cri;
+    let config = cri.containerd().dir().join("config.toml");
+    let installed = std::fs::read_to_string(&config)?;
+    assert!(installed.starts_with(&before), "{installed}");
+
+    // containerd's effective config still has the node's own CRI settings (an imported
+    // drop-in would have replaced them) and every handler.
+    let dump = run(
+        Command::new(wasmcell_e2e::tools().join("usr/bin/containerd"))
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "dump"]),
+    )?
+    .success()?
+    .stdout;
+    let pause = wasmcell_e2e::linux_image::PAUSE_IMAGE;
+    assert!(
+        dump.contains(&format!("sandbox_image = \"{pause}\"")),
+        "{dump}"
+    );
+    for handler in ["runc", "wasmtime", "wasmedge", "spin", "slight"] {
+        let table =
+            format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]");
+        assert!(dump.contains(&table), "no {handler} in {dump}");
+    }
+
+    // A pod through each installed handler.
+    let toolbox = node.pull("toolbox:1")?;
+    for handler in ["wasmtime", "wasmedge", "spin", "slight"] {
+        let pod = cri.run_pod(cri.pod_config(handler)?, handler)?;
+        let config = command(&pod, "hello", &toolbox, &["/hello.wasm", handler]);
+        let id = pod.run(config.clone())?;
+        let status = cri.wait_exited(&id)?;
+        assert_eq!(status.exit_code, 0, "{handler}: {status:?}");
+        assert_eq!(
+            logged(&pod, &config, "stdout")?,
+            format!("Hello from Wasm!\narg: {handler}\n")
+        );
+        pod.stop()?;
+        pod.remove()?;
+    }
+
+    // The RuntimeClasses to apply name the same handlers.
+    let classes = run(Command::new(wasmcell()).args(["install", "--print-runtime-classes"]))?
+        .success()?
+        .stdout;
+    for handler in ["wasmtime", "wasmedge", "spin", "slight"] {
+        assert!(
+            classes.contains(&format!("handler: {handler}\n")),
+            "{classes}"
+        );
+    }
+
+    // --uninstall: the node's config as it was, and no shim links.
+    let dir = cri.containerd().dir();
+    install(dir, &["--uninstall"])?;
+    assert_eq!(std::fs::read_to_string(&config)?, before);
+    assert!(!dir.join("bin/containerd-shim-wasmtime-v1").exists());
+    assert!(!dir.join("bin/wasmcell").exists());
     Ok(())
 }
