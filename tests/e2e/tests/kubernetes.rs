@@ -127,6 +127,24 @@ fn namespace_of(path: &Path) -> Result<u64> {
         .ino())
 }
 
+/// FIFOs under `dir` (containers' stdio; none may be left when a pod is gone).
+fn fifos_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_fifo() {
+                found.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Mount points under `dir` (none may be left when a pod is gone).
 fn mounts_under(dir: &Path) -> Result<Vec<String>> {
     let dir = dir.display().to_string();
@@ -265,6 +283,8 @@ fn an_http_pod_runs_through_kubelets_calls_and_leaves_nothing_behind() -> Result
         "shim socket {} left",
         shim_socket.display()
     );
+    let fifos = fifos_under(containerd.dir())?;
+    ensure!(fifos.is_empty(), "FIFOs left: {fifos:?}");
     Ok(())
 }
 
@@ -665,6 +685,21 @@ fn unrunnable_pods_are_refused_clearly() -> Result<()> {
         .err()
         .context("user-namespace pod ran")?;
     assert!(error.to_string().contains("user namespace"), "{error}");
+
+    // A node with no CNI network: containerd refuses the pod (its decision, and its message).
+    let conf_dir = cri.containerd().dir().join("cni");
+    for entry in std::fs::read_dir(&conf_dir)?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "conflist") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    let mut refused = None;
+    wait_for("containerd to see no CNI network", || {
+        refused = cri.run_pod(cri.pod_config("no-cni")?, "wasmtime").err();
+        Ok(refused.is_some())
+    })?;
+    let error = refused.expect("waited for it").to_string();
+    assert!(error.contains("cni"), "{error}");
     Ok(())
 }
 
@@ -707,6 +742,18 @@ fn pods_run_on_through_a_containerd_restart_and_stop_cleanly_after() -> Result<(
     // Stopping works as before: exits reach CRI (the shim's events go to the new containerd).
     cri.stop_container(&sleeper_id, 10)?;
     assert_eq!(cri.container_status(&sleeper_id)?.exit_code, 143);
+    // A server still busy with a request when its grace period ends is killed.
+    let mut busy = wasmcell_e2e::Background::spawn(Command::new("curl").args([
+        "--silent",
+        "--max-time",
+        "30",
+        &format!("{base}/spin"),
+    ]))?;
+    std::thread::sleep(Duration::from_millis(300));
+    cri.stop_container(&web_id, 1)?;
+    let status = cri.container_status(&web_id)?;
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "Error"));
+    let _ = busy.terminate();
     pod.stop()?;
     cri.remove_container(&sleeper_id)?;
     cri.remove_container(&web_id)?;
