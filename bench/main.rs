@@ -11,6 +11,9 @@
 //! the CPU time each container took from `ctr`, containerd and the runtime.
 //! `wasmcell-bench http [SECONDS]`: requests per second and latency of the HTTP example (see
 //! `http.rs`).
+//! `wasmcell-bench pod [N]`: Kubernetes pods through containerd's CRI plugin, ours against
+//! runc's: start to running, start to first HTTP 200, PSS per idle pod, 50 at once (see
+//! `pod.rs`).
 //! `wasmcell-bench sandbox-cost OLD_WASMCELL [N]`: this build against an older one (e.g. before a
 //! change of process model): `ctr run --rm` hello and PSS per idle container, each binary behind
 //! its own private containerd, interleaved.
@@ -18,6 +21,7 @@
 //! Run through `bench/run.sh`, which builds everything first.
 
 mod http;
+mod pod;
 mod registry;
 
 use std::path::Path;
@@ -25,7 +29,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use wasmcell_e2e::{Containerd, build_image, guest, repo, run, wasmcell};
+use wasmcell_e2e::linux_image::{BUSYBOX_IMAGE, busybox_image};
+use wasmcell_e2e::{Containerd, build_image, guest, wasmcell};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,12 +57,14 @@ fn main() -> Result<()> {
             cli(n)?;
             density(50)?;
             parallel(50)?;
+            pod::pod(n)?;
             http::http(10)?;
             http::wasmedge_http(10)?;
             registry::registry(5)
         }
         "density" => density(count(1)?),
         "parallel" => parallel(count(1)?),
+        "pod" => pod::pod(count(1)?),
         "http" => http::http(seconds(1)?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
         "registry" => registry::registry(count(1)?.min(10)),
@@ -69,7 +76,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, http, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, http, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }
@@ -139,12 +146,11 @@ fn ctr_run(n: usize) -> Result<()> {
 
     let ours = |i: usize| run_hello(&containerd, &format!("wasm-{i}"));
     let runc = |i: usize| {
-        timed(containerd.ctr_command().args([
-            "run",
-            "--rm",
-            "bench.local/busybox:latest",
-            &format!("runc-{i}"),
-        ]))
+        timed(
+            containerd
+                .ctr_command()
+                .args(["run", "--rm", BUSYBOX_IMAGE, &format!("runc-{i}")]),
+        )
     };
     // Warm-up: the first wasm run compiles into the cache, the first runc run pages in binaries.
     ours(1000)?;
@@ -296,16 +302,7 @@ fn sandbox_cost(old: &Path, n: usize) -> Result<()> {
 fn bench_containerd(tmp: &Path) -> Result<Containerd> {
     let containerd = Containerd::start()?;
     import_guests(&containerd, tmp)?;
-    let busybox = tmp.join("busybox.tar");
-    let made = run(Command::new(repo().join("bench/busybox-image.py"))
-        .args(["/bin/busybox", "bench.local/busybox:latest"])
-        .arg(&busybox))?;
-    ensure!(
-        made.code == Some(0),
-        "busybox image: {} (run scripts/setup.sh)",
-        made.stderr
-    );
-    containerd.import(&busybox)?;
+    containerd.import(&busybox_image(tmp)?)?;
     Ok(containerd)
 }
 
@@ -355,7 +352,7 @@ fn idle_container(id: &str, wasm: bool, pod: Option<&str>) -> Vec<String> {
             .map(String::from),
         );
     } else {
-        args.extend(["bench.local/busybox:latest", id, "/bin/sleep", "3600"].map(String::from));
+        args.extend([BUSYBOX_IMAGE, id, "/bin/sleep", "3600"].map(String::from));
     }
     args
 }

@@ -23,7 +23,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, DnsConfig, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
-    KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusRequest,
     PortForwardRequest, PortMapping, Protocol, PullImageRequest, RemoveContainerRequest,
@@ -366,29 +366,10 @@ pub struct Pod<'a> {
 }
 
 impl Pod<'_> {
-    /// The container config kubelet would send for container `name` of `image`: its log path
-    /// `NAME/0.log` under the pod's log directory, the pod's namespaces, no limits.
+    /// The container config kubelet would send for container `name` of `image` in this pod
+    /// (see [`container_config`]).
     pub fn container_config(&self, name: &str, image: &str) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_owned(),
-                attempt: 0,
-            }),
-            image: Some(image_spec(image)),
-            log_path: format!("{name}/0.log"),
-            linux: Some(LinuxContainerConfig {
-                resources: Some(LinuxContainerResources {
-                    cpu_period: 100_000,
-                    cpu_shares: 2,
-                    ..Default::default()
-                }),
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(pod_namespaces()),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }
+        container_config(name, image)
     }
 
     /// CreateContainer in this pod; returns the container id.
@@ -458,14 +439,29 @@ impl Pod<'_> {
     }
 }
 
-/// A container's environment as CRI takes it.
-pub fn envs(vars: &[(&str, &str)]) -> Vec<KeyValue> {
-    vars.iter()
-        .map(|(key, value)| KeyValue {
-            key: key.to_string(),
-            value: value.to_string(),
-        })
-        .collect()
+/// The container config kubelet would send for container `name` of `image`: its log path
+/// `NAME/0.log` under the pod's log directory, the pod's namespaces, no limits.
+pub fn container_config(name: &str, image: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(image_spec(image)),
+        log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_shares: 2,
+                ..Default::default()
+            }),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(pod_namespaces()),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
 }
 
 fn image_spec(image: &str) -> ImageSpec {

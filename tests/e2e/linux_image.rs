@@ -26,7 +26,7 @@ struct File {
 }
 
 enum Contents {
-    Executable(Vec<u8>),
+    File { bytes: Vec<u8>, mode: u32 },
     Symlink(String),
 }
 
@@ -50,13 +50,21 @@ impl LinuxImage {
     }
 
     /// Adds the executable at host path `from` as `path` in the image.
-    pub fn executable(mut self, path: &str, from: &Path) -> Result<LinuxImage> {
+    pub fn executable(self, path: &str, from: &Path) -> Result<LinuxImage> {
         let bytes = std::fs::read(from).with_context(|| format!("read {}", from.display()))?;
+        Ok(self.file(path, bytes, 0o755))
+    }
+
+    /// Adds a file with these contents and mode.
+    pub fn file(mut self, path: &str, bytes: impl Into<Vec<u8>>, mode: u32) -> LinuxImage {
         self.files.push(File {
             path: path.to_owned(),
-            contents: Contents::Executable(bytes),
+            contents: Contents::File {
+                bytes: bytes.into(),
+                mode,
+            },
         });
-        Ok(self)
+        self
     }
 
     /// Adds a symbolic link `path` -> `target`.
@@ -142,7 +150,7 @@ impl LinuxImage {
         for file in &self.files {
             let path = file.path.trim_start_matches('/');
             match &file.contents {
-                Contents::Executable(bytes) => append(&mut tar, path, bytes, 0o755)?,
+                Contents::File { bytes, mode } => append(&mut tar, path, bytes, *mode)?,
                 Contents::Symlink(target) => {
                     let mut header = tar::Header::new_gnu();
                     header.set_entry_type(tar::EntryType::Symlink);
@@ -191,8 +199,9 @@ pub fn pause_image(dir: &Path) -> Result<PathBuf> {
     Ok(archive)
 }
 
-/// Debian's static busybox as an image (`/bin/busybox`, with `echo`, `sh` and `sleep` linked
-/// to it; `Cmd` echoes a greeting), as an archive in `dir`.
+/// Debian's static busybox as an image (`/bin/busybox`, with `echo`, `sh`, `sleep` and `httpd`
+/// linked to it, and a page for httpd in `/www`; `Cmd` echoes a greeting), as an archive in
+/// `dir`: the runc baseline of the benchmarks.
 pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
     let archive = dir.join("busybox.tar");
     LinuxImage::new(BUSYBOX_IMAGE)
@@ -201,6 +210,8 @@ pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
         .symlink("/bin/echo", "busybox")
         .symlink("/bin/sh", "busybox")
         .symlink("/bin/sleep", "busybox")
+        .symlink("/bin/httpd", "busybox")
+        .file("/www/index.html", "Hello from busybox httpd\n", 0o644)
         .cmd(&["/bin/echo", "Hello from busybox"])
         .write(&archive)?;
     Ok(archive)
