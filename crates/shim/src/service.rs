@@ -34,7 +34,7 @@ use tokio::sync::{Mutex, OnceCell, mpsc};
 use wasmcell_engine::{
     Compiler, Error as EngineError, Input, ModuleSource, Output, Stdio, WorkloadSpec,
 };
-use wasmcell_sandbox::protocol::{Answer, Request, grants};
+use wasmcell_sandbox::protocol::{Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
 use crate::cgroup::{Cgroup, Resources};
@@ -609,12 +609,8 @@ impl Task for TaskService {
         };
         drop(containers);
         let key = sandbox_key(&req.id, &req.exec_id);
-        let started = if runs_guest {
-            self.sandbox()?.request(Request::Start { id: key }).await
-        } else {
-            Ok(Answer::Done)
-        };
-        if let Err(error) = started {
+        if runs_guest && let Err(error) = self.sandbox()?.request(Request::Start { id: key }).await
+        {
             if let Some(process) = self
                 .containers
                 .lock()

@@ -232,6 +232,23 @@ fn an_http_pod_runs_through_kubelets_calls_and_leaves_nothing_behind() -> Result
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
 
+    // The server's CPU (its threads') is in its stats.
+    let stats = cri
+        .call(
+            cri.runtime()
+                .container_stats(k8s_cri::v1::ContainerStatsRequest {
+                    container_id: id.clone(),
+                }),
+        )?
+        .stats
+        .and_then(|s| s.cpu)
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value);
+    ensure!(
+        stats.is_some_and(|cpu| cpu > 0),
+        "the server's CPU: {stats:?}"
+    );
+
     // StopContainer: SIGTERM, the server drains and exits 0 ("Completed").
     cri.stop_container(&id, 10)?;
     let stopped = cri.container_status(&id)?;
