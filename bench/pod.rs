@@ -144,7 +144,7 @@ pub fn pod(n: usize) -> Result<()> {
             (SLEEPER.name, total(&ours)),
             ("runc, hostNetwork (no netns, no CNI)", total(&runc_host)),
             (
-                "wasmcell, host network (no netns, no CNI)",
+                "wasmcell, hostNetwork (no netns, no CNI)",
                 total(&ours_host),
             ),
         ],
@@ -154,8 +154,8 @@ pub fn pod(n: usize) -> Result<()> {
         &[
             (BUSYBOX_SLEEP.name, &runc),
             (SLEEPER.name, &ours),
-            ("runc, host network", &runc_host),
-            ("wasmcell, host network", &ours_host),
+            ("runc, hostNetwork", &runc_host),
+            ("wasmcell, hostNetwork", &ours_host),
         ],
     );
 
