@@ -274,6 +274,17 @@ fn an_http_pod_runs_through_kubelets_calls_and_leaves_nothing_behind() -> Result
     cri.remove_container(&id)?;
     pod.remove()?;
     pod.remove()?;
+    // Stop and remove on objects already gone: done, or "not found" (as kubelet takes it).
+    for gone in [
+        cri.stop_container(&id, 10),
+        cri.remove_container(&id),
+        pod.stop(),
+        pod.remove(),
+    ] {
+        if let Err(error) = gone {
+            ensure!(error.to_string().starts_with("NotFound"), "{error}");
+        }
+    }
 
     // Nothing left: no shim, no sandbox process, no mount, no network namespace, no cgroup,
     // no shim socket.
@@ -505,6 +516,23 @@ fn a_pods_containers_share_its_network_and_keep_their_own_logs_exits_and_limits(
     let error = pod.run(linux).unwrap_err().to_string();
     assert!(error.contains("runs WebAssembly only"), "{error}");
     assert!(error.contains("/bin/sleep"), "{error}");
+
+    // The pod's pids cgroup counts the sandbox's threads, so kubelet's pod PID limit binds it.
+    let pids: u64 = std::fs::read_to_string(pod.cgroup_dir("pids").join("pids.current"))?
+        .trim()
+        .parse()?;
+    assert!(pids > 0);
+
+    // StopPodSandbox with a container still running (the server) ends it at once.
+    let started = Instant::now();
+    pod.stop()?;
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(5),
+        "StopPodSandbox took {took:?}"
+    );
+    let status = cri.container_status(&server_id)?;
+    assert_eq!(status.exit_code, 137, "{status:?}");
     Ok(())
 }
 
