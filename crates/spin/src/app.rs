@@ -1,0 +1,620 @@
+//! A Spin app resolved for running: every template rendered, every reference checked, every
+//! grant spelled out. This is what travels to the engine (inside the workload spec); the
+//! engine then only instantiates.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{
+    ComponentDecl, ComponentRef, FileDecl, HttpHandlerDecl, Manifest, SourceDecl, StaticResponse,
+};
+use crate::outbound::AllowedHosts;
+use crate::routes::Router;
+use crate::runtime_config::{DatabaseConfig, RuntimeConfig, StoreConfig};
+use crate::variables;
+
+/// A resolved app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// Its name.
+    pub name: String,
+    /// Its components; triggers refer to them by index.
+    pub components: Vec<Component>,
+    /// Its HTTP triggers, in manifest order.
+    pub http: Vec<HttpTrigger>,
+    /// The routes of its public HTTP triggers (indexes into `http`).
+    pub router: Router,
+    /// Its Redis triggers.
+    pub redis: Vec<RedisTrigger>,
+    /// Components run to completion (command triggers).
+    pub command: Vec<usize>,
+    /// The key-value stores its components may open, by label.
+    pub key_value_stores: BTreeMap<String, StoreConfig>,
+    /// The SQLite databases its components may open, by label.
+    pub sqlite_databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// A component, with what it is granted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    /// Its id (the `[component.ID]` key).
+    pub id: String,
+    /// Its Wasm file, relative to the app's directory.
+    pub source: String,
+    /// What it may read: see [`stage_files`].
+    pub files: Vec<FileDecl>,
+    /// Patterns of files left out.
+    pub exclude_files: Vec<String>,
+    /// Read-only directories it sees (after [`stage_files`]): host path, path in its view.
+    pub mounts: Vec<(PathBuf, String)>,
+    /// Its environment, exactly.
+    pub environment: Vec<(String, String)>,
+    /// Its variables, resolved.
+    pub variables: BTreeMap<String, String>,
+    /// Where its outbound requests may go.
+    pub allowed_hosts: AllowedHosts,
+    /// The key-value stores it may open.
+    pub key_value_stores: Vec<String>,
+    /// The SQLite databases it may open.
+    pub sqlite_databases: Vec<String>,
+}
+
+/// An HTTP trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpTrigger {
+    /// Its route; `None` for a private endpoint (reachable only from the app).
+    pub route: Option<String>,
+    /// What answers it.
+    pub handler: HttpHandler,
+}
+
+/// What answers an HTTP trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpHandler {
+    /// A component, by index.
+    Component(usize),
+    /// A fixed answer.
+    Static(StaticResponse),
+}
+
+/// A Redis trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisTrigger {
+    /// The server, `redis://host[:port]`.
+    pub address: String,
+    /// The channel subscribed to.
+    pub channel: String,
+    /// The component handling each message, by index.
+    pub component: usize,
+}
+
+/// The settings an app is resolved with.
+pub struct Resolve<'a> {
+    /// The app's environment, for `SPIN_VARIABLE_*`.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Its stores and databases.
+    pub runtime_config: RuntimeConfig,
+}
+
+impl App {
+    /// Resolves `manifest`: variables, templates, component references, routes, stores.
+    pub fn resolve(manifest: Manifest, settings: Resolve<'_>) -> Result<App, String> {
+        let values = variables::resolve(&manifest.variables, settings.env)?;
+        let mut resolver = Resolver {
+            values: &values,
+            runtime_config: &settings.runtime_config,
+            components: Vec::new(),
+            ids: BTreeMap::new(),
+            declared: &manifest.components,
+        };
+        let mut http = Vec::new();
+        for (n, trigger) in manifest.http.iter().enumerate() {
+            let handler = match &trigger.handler {
+                HttpHandlerDecl::Component(reference) => {
+                    HttpHandler::Component(resolver.component(reference, &format!("http-{n}"))?)
+                }
+                HttpHandlerDecl::Static(response) => HttpHandler::Static(response.clone()),
+            };
+            http.push(HttpTrigger {
+                route: trigger.route.clone(),
+                handler,
+            });
+        }
+        let router = Router::new(
+            http.iter()
+                .enumerate()
+                .filter_map(|(i, t)| Some((t.route.as_deref()?, i))),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut redis = Vec::new();
+        for (n, trigger) in manifest.redis.iter().enumerate() {
+            let address = trigger
+                .address
+                .as_ref()
+                .or(manifest.redis_address.as_ref())
+                .ok_or_else(|| {
+                    format!(
+                        "[[trigger.redis]] for channel {}: no `address`, and no [application.trigger.redis] address",
+                        trigger.channel
+                    )
+                })?;
+            redis.push(RedisTrigger {
+                address: variables::render(address, &values)?,
+                channel: variables::render(&trigger.channel, &values)?,
+                component: resolver.component(&trigger.component, &format!("redis-{n}"))?,
+            });
+        }
+        let command = manifest
+            .command
+            .iter()
+            .enumerate()
+            .map(|(n, c)| resolver.component(c, &format!("command-{n}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if http.is_empty() && redis.is_empty() && command.is_empty() {
+            return Err(
+                "the app has no triggers: add a [[trigger.http]] (or redis, command)".to_owned(),
+            );
+        }
+        let components = resolver.components;
+        let used = |label: &String, kind: fn(&Component) -> &Vec<String>| {
+            components.iter().any(|c| kind(c).contains(label))
+        };
+        let key_value_stores = settings
+            .runtime_config
+            .key_value_stores
+            .into_iter()
+            .filter(|(label, _)| used(label, |c| &c.key_value_stores))
+            .collect();
+        let sqlite_databases = settings
+            .runtime_config
+            .sqlite_databases
+            .into_iter()
+            .filter(|(label, _)| used(label, |c| &c.sqlite_databases))
+            .collect();
+        Ok(App {
+            name: manifest.name,
+            components,
+            http,
+            router,
+            redis,
+            command,
+            key_value_stores,
+            sqlite_databases,
+        })
+    }
+
+    /// The component files (each component's `source`), relative to the app's directory.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.components.iter().map(|c| c.source.as_str())
+    }
+
+    /// The host paths the app reaches (its components' mounts), for a sandbox to be handed
+    /// them as descriptors, which then rewrites them in place.
+    pub fn host_paths_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        self.components
+            .iter_mut()
+            .flat_map(|c| c.mounts.iter_mut().map(|(host, _)| host))
+    }
+}
+
+/// Resolves trigger references into components, each once.
+struct Resolver<'a> {
+    values: &'a BTreeMap<String, String>,
+    runtime_config: &'a RuntimeConfig,
+    components: Vec<Component>,
+    ids: BTreeMap<String, usize>,
+    declared: &'a BTreeMap<String, ComponentDecl>,
+}
+
+impl Resolver<'_> {
+    /// The index of the referenced component; `inline_id` names an inline one.
+    fn component(&mut self, reference: &ComponentRef, inline_id: &str) -> Result<usize, String> {
+        let (id, decl) = match reference {
+            ComponentRef::Id(id) => {
+                if let Some(index) = self.ids.get(id) {
+                    return Ok(*index);
+                }
+                let decl = self.declared.get(id).ok_or_else(|| {
+                    format!("a trigger names component `{id}`, which has no [component.{id}]")
+                })?;
+                (id.clone(), decl)
+            }
+            ComponentRef::Inline(decl) => (inline_id.to_owned(), &**decl),
+        };
+        let component = self.resolve(&id, decl)?;
+        self.components.push(component);
+        let index = self.components.len() - 1;
+        self.ids.insert(id, index);
+        Ok(index)
+    }
+
+    fn resolve(&self, id: &str, decl: &ComponentDecl) -> Result<Component, String> {
+        let within = |what: String| format!("[component.{id}]: {what}");
+        let source = match &decl.source {
+            SourceDecl::Path(path) if !path.is_empty() => path.clone(),
+            SourceDecl::Path(_) => return Err(within("`source` names no file".to_owned())),
+            SourceDecl::Url { url, .. } => {
+                return Err(within(format!(
+                    "its source is a URL ({url}), which Spin fetches when the app is built; build the app (`spin build`, or `wasmcell build --spin`) so the image holds the file"
+                )));
+            }
+            SourceDecl::Registry { package, .. } => {
+                return Err(within(format!(
+                    "its source is a registry package ({package}), which Spin fetches when the app is built; build the app so the image holds the file"
+                )));
+            }
+        };
+        if !decl.ai_models.is_empty() {
+            return Err(within(
+                "it uses AI models (`ai_models`): wasmcell does not provide Spin's LLM interface"
+                    .to_owned(),
+            ));
+        }
+        if decl.dependencies.is_some() {
+            return Err(within(
+                "component dependencies are not supported: compose the component before packaging it".to_owned(),
+            ));
+        }
+        let render = |template: &String| variables::render(template, self.values).map_err(&within);
+        let variables = decl
+            .variables
+            .iter()
+            .map(|(name, template)| Ok((name.clone(), render(template)?)))
+            .collect::<Result<_, String>>()?;
+        let outbound = decl
+            .allowed_outbound_hosts
+            .iter()
+            .map(render)
+            .collect::<Result<Vec<_>, _>>()?;
+        let allowed_hosts =
+            AllowedHosts::parse(&outbound, &decl.allowed_http_hosts).map_err(&within)?;
+        for label in &decl.key_value_stores {
+            if !self.runtime_config.key_value_stores.contains_key(label) {
+                return Err(within(format!(
+                    "key-value store `{label}` is not defined: only `default` is built in; define others in the runtime config ([key_value_store.{label}])"
+                )));
+            }
+        }
+        for label in &decl.sqlite_databases {
+            if !self.runtime_config.sqlite_databases.contains_key(label) {
+                return Err(within(format!(
+                    "SQLite database `{label}` is not defined: only `default` is built in; define others in the runtime config ([sqlite_database.{label}])"
+                )));
+            }
+        }
+        Ok(Component {
+            id: id.to_owned(),
+            source,
+            files: decl.files.clone(),
+            exclude_files: decl.exclude_files.clone(),
+            mounts: Vec::new(),
+            environment: decl
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            variables,
+            allowed_hosts,
+            key_value_stores: decl.key_value_stores.clone(),
+            sqlite_databases: decl.sqlite_databases.clone(),
+        })
+    }
+}
+
+/// Copies each component's `files` from the app's directory `root` into `staging/<id>/`, where
+/// the component then sees them read-only: glob matches at their relative paths under `/`,
+/// `{ source, destination }` mounts at their destination. Everything is read within `root`
+/// (a symlink or `..` cannot reach outside it, whoever runs this), and copied, so the component
+/// sees no file the manifest does not name.
+pub fn stage_files(app: &mut App, root: &Path, staging: &Path) -> Result<(), String> {
+    let root_dir = cap_std_dir(root)?;
+    for component in &mut app.components {
+        if component.files.is_empty() {
+            continue;
+        }
+        let target = staging.join(&component.id);
+        let mut mounts: Vec<(PathBuf, String)> = Vec::new();
+        let excluded = component
+            .exclude_files
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p)
+                    .map_err(|e| format!("[component.{}] exclude_files {p:?}: {e}", component.id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (n, file) in component.files.iter().enumerate() {
+            let error = |what: String| format!("[component.{}] files: {what}", component.id);
+            match file {
+                FileDecl::Pattern(pattern) => {
+                    let matched = glob_within(&root_dir, pattern).map_err(&error)?;
+                    let into = target.join("files");
+                    for path in matched
+                        .iter()
+                        .filter(|p| !excluded.iter().any(|e| e.matches_path(p)))
+                    {
+                        copy_within(&root_dir, path, &into.join(path)).map_err(&error)?;
+                    }
+                    if !mounts.iter().any(|(host, _)| *host == into) {
+                        mounts.push((into, "/".to_owned()));
+                    }
+                }
+                FileDecl::Mount {
+                    source,
+                    destination,
+                } => {
+                    if !destination.starts_with('/') {
+                        return Err(error(format!(
+                            "destination {destination:?} must be an absolute path"
+                        )));
+                    }
+                    let into = target.join(format!("mount-{n}"));
+                    let source = source.trim_start_matches("./");
+                    let metadata = root_dir.metadata(source).map_err(|e| {
+                        error(format!("source {source:?} in the app's directory: {e}"))
+                    })?;
+                    if metadata.is_dir() {
+                        for path in walk_within(&root_dir, source).map_err(&error)? {
+                            let rest = path.strip_prefix(source).unwrap_or(&path);
+                            copy_within(&root_dir, &path, &into.join(rest)).map_err(&error)?;
+                        }
+                        std::fs::create_dir_all(&into).map_err(|e| error(e.to_string()))?;
+                        mounts.push((into, destination.clone()));
+                    } else {
+                        // A single file: its directory is the mount, named as the destination's.
+                        let name = Path::new(destination).file_name().ok_or_else(|| {
+                            error(format!("destination {destination:?} names no file"))
+                        })?;
+                        copy_within(&root_dir, Path::new(source), &into.join(name))
+                            .map_err(&error)?;
+                        let parent = Path::new(destination).parent().unwrap_or(Path::new("/"));
+                        mounts.push((into, parent.display().to_string()));
+                    }
+                }
+            }
+        }
+        component.mounts = mounts;
+    }
+    Ok(())
+}
+
+fn cap_std_dir(root: &Path) -> Result<cap_std::fs::Dir, String> {
+    cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open the app's directory {}: {e}", root.display()))
+}
+
+/// The files (not directories) in `root` matching `pattern` (relative to `root`).
+fn glob_within(root: &cap_std::fs::Dir, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let pattern = pattern.trim_start_matches("./");
+    let compiled = glob::Pattern::new(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+    // Walk from the pattern's literal prefix rather than the whole app.
+    let literal: PathBuf = Path::new(pattern)
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .collect();
+    let start = if literal.as_os_str() == pattern {
+        literal.parent().map(Path::to_owned).unwrap_or_default()
+    } else {
+        literal
+    };
+    let candidates = match root.metadata(&start) {
+        Ok(m) if m.is_dir() || start.as_os_str().is_empty() => {
+            walk_within(root, &start.display().to_string())?
+        }
+        Ok(_) => vec![start],
+        Err(_) => Vec::new(),
+    };
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let matched: Vec<PathBuf> = candidates
+        .into_iter()
+        .filter(|p| compiled.matches_path_with(p, options))
+        .collect();
+    if matched.is_empty() {
+        return Err(format!(
+            "{pattern:?} matches no file in the app's directory"
+        ));
+    }
+    Ok(matched)
+}
+
+/// Every file under directory `dir` of `root` (relative to `root`), symlinks not followed.
+fn walk_within(root: &cap_std::fs::Dir, dir: &str) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    let mut pending = vec![PathBuf::from(dir)];
+    while let Some(dir) = pending.pop() {
+        let entries = if dir.as_os_str().is_empty() {
+            root.entries()
+        } else {
+            root.read_dir(&dir)
+        }
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let path = dir.join(entry.file_name());
+            let kind = entry.file_type().map_err(|e| e.to_string())?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Copies file `path` of `root` to host path `to`, creating its directories.
+fn copy_within(root: &cap_std::fs::Dir, path: &Path, to: &Path) -> Result<(), String> {
+    let mut from = root
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let mut out = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    std::io::copy(&mut from, &mut out).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(manifest: &str, env: &[(&str, &str)]) -> Result<App, String> {
+        let manifest = Manifest::parse(manifest, "spin.toml").map_err(|e| e.to_string())?;
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        App::resolve(
+            manifest,
+            Resolve {
+                env: &|name| env.get(name).cloned(),
+                runtime_config: RuntimeConfig::default(),
+            },
+        )
+    }
+
+    const SHOP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[variables]
+api_host = { default = "api.example.com" }
+greeting = { default = "hello" }
+[[trigger.http]]
+route = "/..."
+component = "web"
+[[trigger.http]]
+route = "/cart/..."
+component = "web"
+[[trigger.http]]
+route = { private = true }
+component = "internal"
+[component.web]
+source = "web.wasm"
+allowed_outbound_hosts = ["https://{{ api_host }}", "http://internal.spin.internal"]
+key_value_stores = ["default"]
+environment = { MODE = "prod" }
+variables = { message = "{{ greeting }}, world" }
+[component.internal]
+source = "internal.wasm"
+"#;
+
+    #[test]
+    fn an_app_resolves_its_components_once_and_its_grants() {
+        let app = app(SHOP, &[("SPIN_VARIABLE_GREETING", "hi")]).unwrap();
+        assert_eq!(app.components.len(), 2, "web is shared by two routes");
+        let web = &app.components[0];
+        assert_eq!(web.variables["message"], "hi, world");
+        assert!(web.allowed_hosts.allows("https", "api.example.com", 443));
+        assert!(
+            web.allowed_hosts
+                .allows("http", "internal.spin.internal", 80)
+        );
+        assert_eq!(web.environment, [("MODE".to_owned(), "prod".to_owned())]);
+        assert_eq!(app.router.route("/cart/x").map(|m| m.index), Some(1));
+        assert_eq!(app.http[2].route, None);
+        assert!(app.key_value_stores.contains_key("default"));
+        assert!(
+            app.sqlite_databases.is_empty(),
+            "no component uses a database"
+        );
+        assert_eq!(
+            app.sources().collect::<Vec<_>>(),
+            ["web.wasm", "internal.wasm"]
+        );
+    }
+
+    #[test]
+    fn bad_apps_are_refused_naming_what_to_fix() {
+        for (change, expected) in [
+            (
+                ("route = \"/cart/...\"", "route = \"/...\""),
+                "route /... is claimed by two triggers",
+            ),
+            (
+                ("component = \"internal\"", "component = \"nope\""),
+                "component `nope`, which has no [component.nope]",
+            ),
+            (
+                ("[\"default\"]", "[\"cache\"]"),
+                "key-value store `cache` is not defined",
+            ),
+            (("{{ api_host }}", "{{ api }}"), "variable `api`"),
+            (
+                (
+                    "source = \"internal.wasm\"",
+                    "source = { url = \"https://x/y.wasm\", digest = \"sha256:0\" }",
+                ),
+                "is a URL",
+            ),
+        ] {
+            let manifest = SHOP.replace(change.0, change.1);
+            let error = app(&manifest, &[]).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let required = SHOP.replace(
+            "greeting = { default = \"hello\" }",
+            "greeting = { required = true }",
+        );
+        assert!(
+            app(&required, &[])
+                .unwrap_err()
+                .contains("SPIN_VARIABLE_GREETING")
+        );
+    }
+
+    #[test]
+    fn files_are_copied_from_within_the_app_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("app");
+        std::fs::create_dir_all(root.join("static/css")).unwrap();
+        std::fs::write(root.join("static/index.html"), "<h1>hi</h1>").unwrap();
+        std::fs::write(root.join("static/css/site.css"), "body{}").unwrap();
+        std::fs::write(root.join("static/secret.key"), "k").unwrap();
+        std::fs::create_dir_all(root.join("assets")).unwrap();
+        std::fs::write(root.join("assets/logo.txt"), "logo").unwrap();
+        std::fs::write(dir.path().join("outside"), "host file").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("static/escape")).unwrap();
+        let manifest = SHOP.replace(
+            "source = \"web.wasm\"",
+            "source = \"web.wasm\"\nfiles = [\"static/**/*\", { source = \"assets\", destination = \"/pics\" }]\nexclude_files = [\"**/*.key\"]",
+        );
+        let mut app = app(&manifest, &[]).unwrap();
+        let staging = dir.path().join("staging");
+        stage_files(&mut app, &root, &staging).unwrap();
+        let web = &app.components[0];
+        assert_eq!(
+            web.mounts,
+            [
+                (staging.join("web/files"), "/".to_owned()),
+                (staging.join("web/mount-1"), "/pics".to_owned())
+            ]
+        );
+        let files = staging.join("web/files/static");
+        assert_eq!(
+            std::fs::read_to_string(files.join("index.html")).unwrap(),
+            "<h1>hi</h1>"
+        );
+        assert!(files.join("css/site.css").exists());
+        assert!(!files.join("secret.key").exists(), "excluded");
+        assert!(
+            !files.join("escape").exists(),
+            "a symlink out of the app is not followed"
+        );
+        assert!(staging.join("web/mount-1/logo.txt").exists());
+
+        let missing = SHOP.replace(
+            "source = \"web.wasm\"",
+            "source = \"web.wasm\"\nfiles = [\"nothing/*\"]",
+        );
+        let mut app = self::app(&missing, &[]).unwrap();
+        let error = stage_files(&mut app, &root, &staging).unwrap_err();
+        assert!(error.contains("matches no file"), "{error}");
+    }
+}

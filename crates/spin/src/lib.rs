@@ -1,0 +1,25 @@
+//! Spin applications as plain data: `spin.toml` (manifest versions 1 and 2) and
+//! `runtime-config.toml` resolved into an [`App`]: its components and what each is granted
+//! (files, environment, variables, outbound hosts, stores), its HTTP routes, Redis channels and
+//! command components. The shim builds one from a container's rootfs and `wasmcell up` from a
+//! directory; the engine runs it. Nothing here knows wasmtime or containerd.
+#![deny(missing_docs)]
+
+mod app;
+pub mod manifest;
+pub mod outbound;
+pub mod routes;
+pub mod runtime_config;
+pub mod variables;
+
+pub use app::{App, Component, HttpHandler, HttpTrigger, RedisTrigger, Resolve, stage_files};
+pub use manifest::{Manifest, ManifestError, StaticResponse};
+pub use outbound::AllowedHosts;
+pub use routes::{RouteMatch, Router};
+pub use runtime_config::{DatabaseConfig, RuntimeConfig, StoreConfig};
+
+/// The manifest's file name at the root of an app's directory (or a container's rootfs).
+pub const MANIFEST: &str = "spin.toml";
+
+/// The runtime config's file name beside the manifest, read when present.
+pub const RUNTIME_CONFIG: &str = "runtime-config.toml";
