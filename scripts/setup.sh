@@ -8,10 +8,22 @@ set -euo pipefail
 
 tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
 apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static iproute2 iptables wrk skopeo protobuf-compiler
-  containernetworking-plugins)
+  containernetworking-plugins redis-server)
 trixie_pkgs=(containerd docker.io docker-cli)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# The Debian archive this machine's apt already uses (its own sources, as apt reads them), so the
+# trixie packages come from the same mirror: never a host name of ours.
+debian_mirror() {
+  local codename uri
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  uri=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
+    awk -v c="$codename" '$2 == c { print $1; exit }')
+  [ -n "$uri" ] || die "no apt source for Debian '$codename' in /etc/apt/sources.list{,.d}: add the Debian archive there (apt needs it too), then rerun"
+  printf '%s\n' "${uri%/}"
+}
 
 need_apt=()
 for p in "${apt_pkgs[@]}"; do
@@ -19,8 +31,9 @@ for p in "${apt_pkgs[@]}"; do
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get update -qq || die "apt-get update failed: check the machine's apt sources and network"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null ||
+    die "could not install ${need_apt[*]} from the machine's apt sources"
 fi
 
 for target in wasm32-wasip1 wasm32-wasip2; do
@@ -31,9 +44,9 @@ if [ ! -x "$tools/usr/bin/containerd" ] || [ ! -x "$tools/usr/sbin/dockerd" ]; t
   log "fetching ${trixie_pkgs[*]} from Debian trixie into $tools"
   apt_dir="$tools/apt"
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$tools/debs"
-  cat > "$apt_dir/sources.list" <<LIST
-deb http://deb.debian.org/debian trixie main
-LIST
+  mirror=$(debian_mirror)
+  log "using the Debian mirror $mirror from this machine's apt sources"
+  printf 'deb %s trixie main\n' "$mirror" >"$apt_dir/sources.list"
   apt_opts=(
     -o "Dir::Etc::SourceList=$apt_dir/sources.list"
     -o "Dir::Etc::SourceParts=-"
@@ -42,9 +55,10 @@ LIST
     -o "Debug::NoLocking=1"
     -o "APT::Sandbox::User=root"
   )
-  apt-get "${apt_opts[@]}" update -qq
+  apt-get "${apt_opts[@]}" update -qq || die "could not read Debian trixie's package lists from $mirror"
   rm -f "$tools"/debs/*.deb
-  (cd "$tools/debs" && apt-get "${apt_opts[@]}" download "${trixie_pkgs[@]}")
+  (cd "$tools/debs" && apt-get "${apt_opts[@]}" download "${trixie_pkgs[@]}") ||
+    die "could not download ${trixie_pkgs[*]} from Debian trixie at $mirror"
   for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools"; done
 fi
 # Debian's registry, for the image tests: extracted, not installed, so that no system service
@@ -52,7 +66,8 @@ fi
 if [ ! -x "$tools/usr/bin/docker-registry" ]; then
   log "fetching docker-registry into $tools"
   mkdir -p "$tools/debs/registry"
-  (cd "$tools/debs/registry" && rm -f ./*.deb && apt-get download docker-registry)
+  (cd "$tools/debs/registry" && rm -f ./*.deb && apt-get download docker-registry) ||
+    die "could not download docker-registry from the machine's apt sources"
   dpkg -x "$tools"/debs/registry/docker-registry_*.deb "$tools"
 fi
 log "containerd: $("$tools/usr/bin/containerd" --version)"
