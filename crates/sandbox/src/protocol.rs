@@ -42,6 +42,10 @@ pub struct Setup {
     /// overlay alive until the sandbox exits (and its sync would then be the sandbox's exit's);
     /// the sandbox detaches whatever is mounted there in its namespace.
     pub rootfs: Option<PathBuf>,
+    /// Keep `CAP_NET_BIND_SERVICE` (and no other capability), for servers on ports below
+    /// 1024: set when the spec's process has it, as Docker's and Kubernetes' defaults do and
+    /// as Spin apps need for their default port 80.
+    pub bind_low_ports: bool,
 }
 
 /// A namespace of the spec.
@@ -307,6 +311,7 @@ mod tests {
             network: Network::Inherit,
             http: HttpServe::default(),
             names: Default::default(),
+            app: None,
         }
     }
 

@@ -337,7 +337,15 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
             source: io::Error::other(e.to_string()),
         }
     };
-    caps::clear(None, CapSet::Bounding).map_err(caps_err("drop the bounding capability set"))?;
+    let kept: caps::CapsHashSet = if setup.bind_low_ports {
+        [Capability::CAP_NET_BIND_SERVICE].into()
+    } else {
+        caps::CapsHashSet::new()
+    };
+    for cap in caps::all().difference(&kept) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .map_err(caps_err("drop the bounding capability set"))?;
+    }
     // HTTP servers reset their instance slots through wasmtime's handle on /proc/self/pagemap,
     // opened once per process: open it while it is still this process's (the uid change below
     // hands /proc/self to root) and without CAP_SYS_ADMIN (which would let it show physical
@@ -355,14 +363,19 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
     nix::unistd::setgroups(&groups).map_err(step("set the supplementary groups"))?;
     let (gid, uid) = (Gid::from_raw(user.gid), Uid::from_raw(user.uid));
     nix::unistd::setresgid(gid, gid, gid).map_err(step("set the group id"))?;
+    // A kept capability must survive the change away from uid 0.
+    if !kept.is_empty() {
+        nix::sys::prctl::set_keepcaps(true).map_err(step("keep capabilities"))?;
+    }
     nix::unistd::setresuid(uid, uid, uid).map_err(step("set the user id"))?;
-    for set in [
-        CapSet::Inheritable,
-        CapSet::Ambient,
-        CapSet::Effective,
-        CapSet::Permitted,
-    ] {
+    for set in [CapSet::Inheritable, CapSet::Ambient] {
         caps::clear(None, set).map_err(caps_err("clear the capability sets"))?;
+    }
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &kept).map_err(caps_err("clear the capability sets"))?;
+    }
+    if !kept.is_empty() {
+        nix::sys::prctl::set_keepcaps(false).map_err(step("keep capabilities"))?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
     install_seccomp()

@@ -84,6 +84,59 @@ pub fn rootfs_path(spec: Option<&Spec>, bundle: &Path) -> PathBuf {
 /// Translates a runtime spec into what the engine runs.
 pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec, SpecError> {
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let (rootfs, preopens) = filesystem(spec, bundle)?;
+    let names = name_files(spec);
+    from_process(process, rootfs, preopens, stdio, limits(spec), names)
+}
+
+/// A Spin app's workload: the app (read from the rootfs by the caller) instead of an
+/// entrypoint, which Spin images need not have. Its HTTP trigger listens where Spin's shim
+/// does, `0.0.0.0:80`, unless `SPIN_HTTP_LISTEN_ADDR` or wasmcell's own setting says otherwise.
+pub fn spin_workload(
+    spec: &Spec,
+    bundle: &Path,
+    stdio: Stdio,
+    app: wasmcell_spin::App,
+) -> Result<WorkloadSpec, SpecError> {
+    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let (rootfs, preopens) = filesystem(spec, bundle)?;
+    let env = environment(process);
+    let mut http = HttpServe::from_env(&env)?;
+    let ours = env
+        .iter()
+        .any(|(k, _)| k == "WASMCELL_HTTP_ADDR" || k == "WASMTIME_HTTP_PROXY_SOCKET_ADDR");
+    if !ours {
+        http.addr = match env.iter().rev().find(|(k, _)| k == "SPIN_HTTP_LISTEN_ADDR") {
+            Some((_, value)) => value.parse().map_err(|_| HttpSettingError {
+                variable: "SPIN_HTTP_LISTEN_ADDR",
+                value: value.clone(),
+                expected: "an IP:PORT address such as 0.0.0.0:80",
+            })?,
+            None => std::net::SocketAddr::from(([0, 0, 0, 0], 80)),
+        };
+    }
+    Ok(WorkloadSpec {
+        module: ModuleSource::Rootfs {
+            root: rootfs,
+            path: wasmcell_spin::MANIFEST.to_owned(),
+        },
+        function: None,
+        args: Vec::new(),
+        env,
+        cwd: "/".to_owned(),
+        preopens,
+        stdio,
+        limits: limits(spec),
+        network: Network::Inherit,
+        http,
+        names: name_files(spec),
+        app: Some(Box::new(app)),
+    })
+}
+
+/// The rootfs, and what the guest may open: the rootfs itself and the directories bind-mounted
+/// into it.
+fn filesystem(spec: &Spec, bundle: &Path) -> Result<(PathBuf, Vec<Preopen>), SpecError> {
     let root = spec.root().as_ref().ok_or(SpecError::NoRoot)?;
     let rootfs = bundle.join(root.path());
     let access = if root.readonly().unwrap_or(false) {
@@ -101,8 +154,18 @@ pub fn workload(spec: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec
             preopens.push(preopen);
         }
     }
-    let names = name_files(spec);
-    from_process(process, rootfs, preopens, stdio, limits(spec), names)
+    Ok((rootfs, preopens))
+}
+
+/// The process's environment, exactly: `KEY=VALUE` entries (others are dropped).
+pub fn environment(process: &Process) -> Vec<(String, String)> {
+    process
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|var| var.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The `/etc/hosts` and `/etc/resolv.conf` a runtime bind-mounts into the container (Docker
@@ -157,13 +220,7 @@ fn from_process(
     let entrypoint = Entrypoint::parse(args.first().ok_or(SpecError::NoArgs)?);
     let mut argv = vec![entrypoint.path.clone()];
     argv.extend(args[1..].iter().cloned());
-    let env: Vec<(String, String)> = process
-        .env()
-        .iter()
-        .flatten()
-        .filter_map(|var| var.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect();
+    let env = environment(process);
     let http = HttpServe::from_env(&env)?;
     Ok(WorkloadSpec {
         module: ModuleSource::Rootfs {
@@ -180,6 +237,7 @@ fn from_process(
         network: Network::Inherit,
         http,
         names,
+        app: None,
     })
 }
 
@@ -273,6 +331,13 @@ pub fn sandbox_setup(
             .collect(),
         cache_dir: cache_dir.to_owned(),
         rootfs: rootfs.map(Path::to_owned),
+        bind_low_ports: process
+            .capabilities()
+            .as_ref()
+            .and_then(|caps| caps.effective().as_ref())
+            .is_some_and(|effective| {
+                effective.contains(&oci_spec::runtime::Capability::NetBindService)
+            }),
     })
 }
 
