@@ -12,14 +12,14 @@ use wasmtime::{ExternType, InstancePre, Linker, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cache::{Artifact, CompileCache};
 use crate::controls::Controls;
 use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
-use crate::http::{self, HttpEngine, HttpHooks};
+use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
+use crate::spin::{self, SpinApp, host::SpinHost};
 use crate::stdio;
 use crate::wasmedge::{self, WasmEdge};
 use crate::workload::{Access, ModuleSource, Network, WorkloadSpec};
@@ -113,6 +113,8 @@ pub(crate) struct ComponentState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: HttpHooks,
     pub(crate) guest: Guest,
+    /// A Spin component's grants; `None` for every other component.
+    pub(crate) spin: Option<Arc<SpinHost>>,
 }
 
 /// What every store holds besides WASI: its limits and its part in the epoch clock.
@@ -193,7 +195,7 @@ pub(crate) fn config() -> wasmtime::Config {
 /// life. A process mostly runs one kind of guest: a sandbox running modules never needs the
 /// component linker (133 KiB of heap and 0.26 ms to build, measured), a server neither linker
 /// of the default engine. A failed attempt is made again by the next caller.
-struct OnFirstUse<T>(Mutex<Option<Arc<T>>>);
+pub(crate) struct OnFirstUse<T>(Mutex<Option<Arc<T>>>);
 
 impl<T> Default for OnFirstUse<T> {
     fn default() -> Self {
@@ -202,7 +204,7 @@ impl<T> Default for OnFirstUse<T> {
 }
 
 impl<T> OnFirstUse<T> {
-    fn get(&self, make: impl FnOnce() -> Result<T, Error>) -> Result<Arc<T>, Error> {
+    pub(crate) fn get(&self, make: impl FnOnce() -> Result<T, Error>) -> Result<Arc<T>, Error> {
         let mut made = self.0.lock().expect("engine part lock");
         if let Some(part) = &*made {
             return Ok(part.clone());
@@ -280,6 +282,9 @@ impl Compiler {
     /// compiling can take seconds on a cache miss.
     pub fn compile(&self, spec: &WorkloadSpec) -> Result<(), Error> {
         let _release = ReleaseFreedMemory;
+        if let Some(app) = &spec.app {
+            return spin::compile(&self.engine, &self.cache, spec, app);
+        }
         let (path, bytes, kind) = read_wasm(spec)?;
         self.cache.ensure(&self.engine, kind, &bytes, &path)?;
         Ok(())
@@ -315,6 +320,17 @@ impl Engine {
     /// links it. Blocking: compiling can take seconds on a cache miss.
     pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
         let _release = ReleaseFreedMemory;
+        if let Some(app) = &spec.app {
+            let http = self.http.get(|| HttpEngine::new(config()))?;
+            let Compiler { engine, cache } = &self.compiler;
+            let app = Arc::new(spin::prepare(engine, cache, &http, &spec, app)?);
+            return Ok(Prepared {
+                engine: engine.clone(),
+                ticker: self.ticker.clone(),
+                entry: Entry::Spin { http, app },
+                spec: Arc::new(spec),
+            });
+        }
         let (path, bytes, kind) = read_wasm(&spec)?;
         let Compiler { engine, cache } = &self.compiler;
         let entry_err = |function: &str, reason: String| Error::EntryFunction {
@@ -392,10 +408,14 @@ impl Engine {
                 if http::is_proxy(engine, &component) {
                     let http = self.http.get(|| HttpEngine::new(config()))?;
                     let pre = http.prepare(&cached, &path)?;
+                    let target = Arc::new(Target::of_spec(pre, &spec)?);
                     return Ok(Prepared {
                         engine: engine.clone(),
                         ticker: self.ticker.clone(),
-                        entry: Entry::Http { http, pre },
+                        entry: Entry::Http {
+                            http,
+                            routes: Routes::One(target),
+                        },
                         spec: Arc::new(spec),
                     });
                 }
@@ -461,15 +481,17 @@ fn exported_functions(module: &wasmtime::Module) -> String {
 /// The WASI context every instance of `spec` starts from: its args, env, working directory,
 /// preopens and (when granted) the network. Standard streams are attached by the caller.
 pub(crate) fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error> {
-    let mut wasi = wasi_builder_without_preopens(spec);
+    let mut wasi = wasi_base(spec);
+    wasi.args(&spec.args).envs(&spec.env);
     add_preopens(&mut wasi, spec)?;
     Ok(wasi)
 }
 
-/// [`wasi_builder`] for instances that share preopens opened once (HTTP servers' requests).
-pub(crate) fn wasi_builder_without_preopens(spec: &WorkloadSpec) -> WasiCtxBuilder {
+/// What every instance of `spec` starts from whatever its own args, env and files: the
+/// working directory, and the network when granted.
+pub(crate) fn wasi_base(spec: &WorkloadSpec) -> WasiCtxBuilder {
     let mut wasi = WasiCtxBuilder::new();
-    wasi.args(&spec.args).envs(&spec.env).initial_cwd(&spec.cwd);
+    wasi.initial_cwd(&spec.cwd);
     match spec.network {
         Network::None => {}
         Network::Inherit => {
@@ -546,7 +568,12 @@ enum Entry {
     /// A `wasi:http/proxy` component: served, an instance per request.
     Http {
         http: Arc<HttpEngine>,
-        pre: ProxyPre<ComponentState>,
+        routes: Routes,
+    },
+    /// A Spin app: its HTTP routes served and its Redis channels followed.
+    Spin {
+        http: Arc<HttpEngine>,
+        app: Arc<SpinApp>,
     },
 }
 
@@ -618,7 +645,7 @@ impl Prepared {
         let exit = match &self.entry {
             // A server counts its own threads' CPU (see `crate::usage`).
             Entry::Http { .. } => self.instantiate_and_run(controls).await,
-            Entry::Command(_) => {
+            Entry::Command(_) | Entry::Spin { .. } => {
                 let meter = controls.meter();
                 meter.metered(self.instantiate_and_run(controls)).await
             }
@@ -644,12 +671,15 @@ impl Prepared {
     /// SIGTERM): HTTP servers stop accepting and finish their requests; commands cannot handle
     /// signals, so they are stopped at once.
     pub fn stops_gracefully(&self) -> bool {
-        matches!(self.entry, Entry::Http { .. })
+        matches!(self.entry, Entry::Http { .. } | Entry::Spin { .. })
     }
 
     async fn instantiate_and_run(&self, controls: &Controls) -> Result<Exit, Error> {
         let command = match &self.entry {
-            Entry::Http { http, pre } => return http::serve(http, pre, &self.spec, controls).await,
+            Entry::Http { http, routes } => {
+                return http::serve(http, routes, &self.spec, controls).await;
+            }
+            Entry::Spin { http, app } => return spin::run(http, app, &self.spec, controls).await,
             Entry::Command(command) => command,
         };
         let mut wasi = wasi_builder(&self.spec)?;
@@ -695,6 +725,7 @@ impl Prepared {
                     http: WasiHttpCtx::new(),
                     hooks: HttpHooks::new(self.spec.network),
                     guest,
+                    spin: None,
                 };
                 let mut store = new_store(&self.engine, state, controls);
                 let result = async {

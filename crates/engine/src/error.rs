@@ -75,6 +75,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A Spin app cannot be prepared or run: the message names the component and the fix.
+    #[error("{0}")]
+    Spin(String),
     /// The compile cache could not be used.
     #[error("compile cache {}", dir.display())]
     Cache {

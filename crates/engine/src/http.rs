@@ -30,11 +30,11 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
 use crate::cache::deserialize_component;
 use crate::controls::Controls;
-use crate::engine::{
-    ComponentState, Guest, add_preopens, new_store, wasi_builder_without_preopens,
-};
+use crate::engine::{ComponentState, Guest, OnFirstUse, add_preopens, new_store, wasi_base};
 use crate::epoch::Ticker;
 use crate::error::Error;
+use crate::spin::host::SpinHost;
+use crate::spin::{Routed, SpinApp};
 use crate::stdio::{self, Outputs};
 use crate::workload::{HttpServe, Network, WorkloadSpec};
 
@@ -58,10 +58,12 @@ pub(crate) fn is_proxy(engine: &wasmtime::Engine, component: &Component) -> bool
         .any(|(name, _)| name.starts_with(INCOMING_HANDLER))
 }
 
-/// The pooling engine and its linker, created by the first server a process prepares.
+/// The pooling engine and its linkers, created by the first server a process prepares.
 pub(crate) struct HttpEngine {
     engine: wasmtime::Engine,
     linker: wasmtime::component::Linker<ComponentState>,
+    /// WASI, `wasi:http` and Spin's interfaces: only Spin apps' components see the latter.
+    spin_linker: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
     ticker: Ticker,
     /// How many threads a server runs requests on (see [`HttpEngine::new`]).
     threads: usize,
@@ -105,7 +107,27 @@ impl HttpEngine {
             ticker: Ticker::new(&engine),
             engine,
             linker,
+            spin_linker: OnFirstUse::default(),
             threads,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    pub(crate) fn ticker(&self) -> &Ticker {
+        &self.ticker
+    }
+
+    /// The linker Spin components are linked with.
+    pub(crate) fn spin_linker(
+        &self,
+    ) -> Result<Arc<wasmtime::component::Linker<ComponentState>>, Error> {
+        self.spin_linker.get(|| {
+            let mut linker = crate::engine::component_linker(&self.engine)?;
+            crate::spin::host::add_to_linker(&mut linker).map_err(Error::Engine)?;
+            Ok(linker)
         })
     }
 
@@ -138,14 +160,38 @@ pub fn open_pagemap() {
     wasmtime::PoolingAllocationConfig::is_pagemap_scan_available();
 }
 
-/// Outgoing `wasi:http` requests go out only when the spec grants the network.
+/// Outgoing `wasi:http` requests go out only when the spec grants the network, and from a Spin
+/// component only to the hosts its manifest entry allows; its requests to the app itself
+/// (`http://ID.spin.internal`, or a path alone with `self` allowed) are served in-process.
 pub(crate) struct HttpHooks {
     network: Network,
+    spin: Option<Arc<SpinHost>>,
+    chain: Option<Chain>,
+}
+
+/// The server a Spin component's requests to its own app go to.
+#[derive(Clone)]
+pub(crate) struct Chain {
+    server: std::sync::Weak<Server>,
+    outputs: Arc<Outputs>,
 }
 
 impl HttpHooks {
     pub(crate) fn new(network: Network) -> HttpHooks {
-        HttpHooks { network }
+        HttpHooks {
+            network,
+            spin: None,
+            chain: None,
+        }
+    }
+
+    /// The hooks of a Spin component's instance.
+    pub(crate) fn spin(network: Network, host: Arc<SpinHost>, chain: Option<Chain>) -> HttpHooks {
+        HttpHooks {
+            network,
+            spin: Some(host),
+            chain,
+        }
     }
 }
 
@@ -168,30 +214,227 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _io: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> ResponseFuture {
+        if let Some(host) = &self.spin {
+            return spin_request(
+                host.clone(),
+                self.chain.clone(),
+                self.network,
+                request,
+                options,
+            );
+        }
         if self.network == Network::None {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+        send_out(request, options)
+    }
+}
+
+/// Sends a request to the network.
+fn send_out(
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> ResponseFuture {
+    Box::new(async move {
+        let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+        Ok((
+            response.map(BodyExt::boxed_unsync),
+            Box::new(io) as Box<dyn Future<Output = _> + Send>,
+        ))
+    })
+}
+
+/// A Spin component's outbound request: to its own app, to an allowed host, or denied with a
+/// line on stderr that says what to add to the manifest.
+fn spin_request(
+    host: Arc<SpinHost>,
+    chain: Option<Chain>,
+    network: Network,
+    mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> ResponseFuture {
+    let uri = request.uri().clone();
+    let authority = uri.authority().map(|a| a.host().to_ascii_lowercase());
+    let internal = match authority.as_deref() {
+        Some(name) => name.strip_suffix(".spin.internal").map(str::to_owned),
+        None => None,
+    };
+    let to_self = authority.is_none() || authority.as_deref() == Some("self");
+    if internal.is_some() || to_self {
+        let allowed = internal.is_some() || host.allowed_hosts.allows_self();
+        let Some(Chain { server, outputs }) = chain.filter(|_| allowed) else {
+            return Box::new(async move {
+                host.report_denied("self (the app itself)").await;
+                Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+            });
+        };
+        return Box::new(async move {
+            let server = server
+                .upgrade()
+                .ok_or(wasmtime_wasi_http::Error::HttpRequestDenied)?;
+            let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let named = uri.authority().map_or("self", |a| a.as_str());
+            if let Ok(named) = hyper::header::HeaderValue::from_str(named) {
+                request
+                    .headers_mut()
+                    .entry(hyper::header::HOST)
+                    .or_insert(named);
+            }
+            *request.uri_mut() = path.parse().map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
+            let target = match internal {
+                Some(id) => server.internal(&id).ok_or(ErrorCode::DestinationNotFound)?,
+                None => match server.route(&mut request, host_addr()) {
+                    Ok(target) => target,
+                    Err(response) => return Ok((response, no_io())),
+                },
+            };
+            let timeout = server.spec.http.timeout;
+            let response = run_handler(&server, &target, &outputs, request, timeout)
+                .await
+                .unwrap_or_else(|failure| {
+                    let (status, reason) = failure.status();
+                    plain(status, format!("{reason}\n"))
+                });
+            Ok((response, no_io()))
+        });
+    }
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let name = authority.unwrap_or_default();
+    if network == Network::None || !host.allowed_hosts.allows(&scheme, &name, port) {
+        return Box::new(async move {
+            host.report_denied(&format!("{scheme}://{name}:{port}"))
+                .await;
+            Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+        });
+    }
+    send_out(request, options)
+}
+
+/// The client address a request from the app itself comes from.
+fn host_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn no_io() -> Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> {
+    Box::new(async { Ok(()) })
+}
+
+/// What every request of one server shares.
+pub(crate) struct Server {
+    engine: wasmtime::Engine,
+    ticker: Ticker,
+    routes: Routes,
+    spec: Arc<WorkloadSpec>,
+    controls: Controls,
+}
+
+/// What answers a server's requests.
+#[derive(Clone)]
+pub(crate) enum Routes {
+    /// One `wasi:http/proxy` component, for every path.
+    One(Arc<Target>),
+    /// A Spin app's components, by its routes.
+    Spin(Arc<SpinApp>),
+}
+
+/// A component requests run, with what each of its instances starts from.
+pub(crate) struct Target {
+    pub(crate) pre: ProxyPre<ComponentState>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) args: Vec<String>,
+    /// Its preopened directories, opened once. They are `O_PATH` descriptors, which carry no
+    /// offset or other state one request's guest could change for the next; opening them per
+    /// request was a path walk through `/proc/self/fd` for each.
+    pub(crate) preopens: WasiFilesystemCtx,
+    /// Its Spin grants, for a Spin app's component.
+    pub(crate) spin: Option<Arc<SpinHost>>,
+}
+
+impl Target {
+    /// The one component of a plain server: the spec's args, env and preopens.
+    pub(crate) fn of_spec(
+        pre: ProxyPre<ComponentState>,
+        spec: &WorkloadSpec,
+    ) -> Result<Target, Error> {
+        let mut preopens = WasiCtxBuilder::new();
+        add_preopens(&mut preopens, spec)?;
+        Ok(Target {
+            pre,
+            env: spec.env.clone(),
+            args: spec.args.clone(),
+            preopens: preopens.build().filesystem().clone(),
+            spin: None,
         })
     }
 }
 
-/// What every request of one server shares.
-struct Server {
-    engine: wasmtime::Engine,
-    ticker: Ticker,
-    pre: ProxyPre<ComponentState>,
-    spec: Arc<WorkloadSpec>,
-    controls: Controls,
-    /// The spec's preopened directories, opened once. They are `O_PATH` descriptors, which
-    /// carry no offset or other state one request's guest could change for the next; opening
-    /// them per request was a path walk through `/proc/self/fd` for each.
-    preopens: WasiFilesystemCtx,
+impl Server {
+    /// The component a request from outside goes to, with Spin's headers set on it; or the
+    /// answer when it goes to none.
+    fn route<B>(
+        &self,
+        request: &mut http::Request<B>,
+        client: SocketAddr,
+    ) -> Result<Arc<Target>, Response<HyperOutgoingBody>> {
+        let app = match &self.routes {
+            Routes::One(target) => return Ok(target.clone()),
+            Routes::Spin(app) => app,
+        };
+        let (routed, matched) = app.route(request.uri().path());
+        match routed {
+            Routed::NotFound => Err(plain(StatusCode::NOT_FOUND, "Not Found\n".to_owned())),
+            Routed::Static(response) => Err(static_response(&response)),
+            Routed::Component(target) => {
+                if let Some(matched) = matched {
+                    let host = request
+                        .headers()
+                        .get(hyper::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| self.spec.http.addr.to_string());
+                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let full_url = format!("http://{host}{path}");
+                    for (name, value) in crate::spin::headers(&matched, &full_url, client) {
+                        if let (Ok(name), Ok(value)) = (
+                            hyper::header::HeaderName::try_from(name),
+                            hyper::header::HeaderValue::try_from(value),
+                        ) {
+                            request.headers_mut().insert(name, value);
+                        }
+                    }
+                }
+                Ok(target)
+            }
+        }
+    }
+
+    /// A Spin app's component by id, for `http://ID.spin.internal`.
+    fn internal(&self, id: &str) -> Option<Arc<Target>> {
+        match &self.routes {
+            Routes::Spin(app) => app.internal(id),
+            Routes::One(_) => None,
+        }
+    }
+}
+
+fn static_response(response: &wasmcell_spin::StaticResponse) -> Response<HyperOutgoingBody> {
+    let body = response.body.clone().unwrap_or_default();
+    let mut answer = plain(
+        StatusCode::from_u16(response.status_code.unwrap_or(200)).unwrap_or(StatusCode::OK),
+        body,
+    );
+    for (name, value) in &response.headers {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::try_from(name.as_str()),
+            hyper::header::HeaderValue::try_from(value.as_str()),
+        ) {
+            answer.headers_mut().insert(name, value);
+        }
+    }
+    answer
 }
 
 /// Serves until [`Controls::terminate`], then drains (bounded by [`DRAIN`]) and exits 0.
@@ -204,19 +447,16 @@ struct Server {
 /// request than one two-worker runtime, whose request tasks woke the other worker.
 pub(crate) async fn serve(
     http: &HttpEngine,
-    pre: &ProxyPre<ComponentState>,
+    routes: &Routes,
     spec: &Arc<WorkloadSpec>,
     controls: &Controls,
 ) -> Result<crate::Exit, Error> {
-    let mut preopens = WasiCtxBuilder::new();
-    add_preopens(&mut preopens, spec)?;
     let server = Arc::new(Server {
         engine: http.engine.clone(),
         ticker: http.ticker.clone(),
-        pre: pre.clone(),
+        routes: routes.clone(),
         spec: spec.clone(),
         controls: controls.clone(),
-        preopens: preopens.build().filesystem().clone(),
     });
     let (done, exit) = tokio::sync::oneshot::channel();
     // Dropped with this future: the server thread sees it and stops at once.
@@ -306,8 +546,8 @@ async fn serve_here(
             accepted = listener.accept() => accepted,
             () = controls.terminated() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             // Out of descriptors or a connection reset before it was accepted: the listener
             // itself is fine, so wait a moment rather than spin or give up.
             Err(error) => {
@@ -328,7 +568,7 @@ async fn serve_here(
                 return;
             };
             let service =
-                service_fn(move |request| handle(server.clone(), outputs.clone(), request));
+                service_fn(move |request| handle(server.clone(), outputs.clone(), request, peer));
             let connection = connections.serve_connection(TokioIo::new(stream), service);
             let _ = watcher.watch(connection).await;
         });
@@ -356,7 +596,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 async fn handle(
     server: Arc<Server>,
     outputs: Arc<Outputs>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<HyperOutgoingBody>, Infallible> {
     let HttpServe {
         max_body, timeout, ..
@@ -372,11 +613,16 @@ async fn handle(
         ));
     }
     let (method, uri) = (request.method().clone(), request.uri().clone());
+    let target = match server.route(&mut request, peer) {
+        Ok(target) => target,
+        Err(answer) => return Ok(answer),
+    };
     let request = request.map(|body| {
         Limited::new(body, max_body as usize)
-            .map_err(move |_| ErrorCode::HttpRequestBodySize(Some(max_body)))
+            .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body)))
+            .boxed_unsync()
     });
-    match run_handler(&server, &outputs, request, timeout).await {
+    match run_handler(&server, &target, &outputs, request, timeout).await {
         Ok(response) => Ok(response),
         Err(failure) => {
             let (status, reason) = failure.status();
@@ -423,24 +669,37 @@ impl Failure {
 }
 
 async fn run_handler(
-    server: &Server,
-    outputs: &Outputs,
-    request: Request<impl hyper::body::Body<Data = Bytes, Error = ErrorCode> + Send + 'static>,
+    server: &Arc<Server>,
+    target: &Target,
+    outputs: &Arc<Outputs>,
+    request: Request<wasmtime_wasi_http::WasiBody>,
     timeout: Duration,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
-    let mut wasi = wasi_builder_without_preopens(&server.spec);
+    let mut wasi = wasi_base(&server.spec);
+    wasi.args(&target.args).envs(&target.env);
     outputs.attach(&mut wasi);
     let mut wasi = wasi.build();
-    *wasi.filesystem() = server.preopens.clone();
+    *wasi.filesystem() = target.preopens.clone();
     let clock = server.ticker.store_clock().map_err(|e| failed(&e))?;
     let guest = Guest::new(&server.controls, clock);
+    let hooks = match &target.spin {
+        Some(host) => {
+            let chain = Chain {
+                server: Arc::downgrade(server),
+                outputs: outputs.clone(),
+            };
+            HttpHooks::spin(server.spec.network, host.clone(), Some(chain))
+        }
+        None => HttpHooks::new(server.spec.network),
+    };
     let state = ComponentState {
         wasi,
         table: ResourceTable::new(),
         http: WasiHttpCtx::new(),
-        hooks: HttpHooks::new(server.spec.network),
+        hooks,
         guest,
+        spin: target.spin.clone(),
     };
     let mut store = new_store(&server.engine, state, &server.controls);
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -453,7 +712,7 @@ async fn run_handler(
         .http()
         .new_response_outparam(sender)
         .map_err(|e| failed(&e))?;
-    let pre = server.pre.clone();
+    let pre = target.pre.clone();
     // The handler runs on as its own task after it sets the response: it streams the body.
     let task = tokio::spawn(async move {
         let result = async {

@@ -19,6 +19,7 @@ mod engine;
 mod epoch;
 mod error;
 mod http;
+mod spin;
 mod stdio;
 mod usage;
 mod wasmedge;

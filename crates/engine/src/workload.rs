@@ -31,6 +31,9 @@ pub struct WorkloadSpec {
     pub http: HttpServe,
     /// The files name lookups read instead of the host's.
     pub names: NameFiles,
+    /// A Spin app to run instead of `module`, whose root is then the app's directory (its
+    /// component sources, and its store files at relative paths, are read there).
+    pub app: Option<Box<wasmcell_spin::App>>,
 }
 
 /// The container's `/etc/hosts` and `/etc/resolv.conf` (the sources of the bind mounts a
@@ -143,8 +146,10 @@ impl WorkloadSpec {
             ModuleSource::File(path) => path,
             ModuleSource::Rootfs { root, .. } => root,
         };
+        let mounts = self.app.iter_mut().flat_map(|app| app.host_paths_mut());
         std::iter::once(module)
             .chain(self.preopens.iter_mut().map(|p| &mut p.host))
+            .chain(mounts)
             .collect()
     }
 }

@@ -16,7 +16,7 @@ use crate::runtime_config::{DatabaseConfig, RuntimeConfig, StoreConfig};
 use crate::variables;
 
 /// A resolved app.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
     /// Its name.
     pub name: String,
@@ -37,7 +37,7 @@ pub struct App {
 }
 
 /// A component, with what it is granted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Component {
     /// Its id (the `[component.ID]` key).
     pub id: String,

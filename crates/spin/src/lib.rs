@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod app;
+mod load;
 pub mod manifest;
 pub mod outbound;
 pub mod routes;
@@ -13,6 +14,7 @@ pub mod runtime_config;
 pub mod variables;
 
 pub use app::{App, Component, HttpHandler, HttpTrigger, RedisTrigger, Resolve, stage_files};
+pub use load::{RuntimeConfigSource, is_app, load};
 pub use manifest::{Manifest, ManifestError, StaticResponse};
 pub use outbound::AllowedHosts;
 pub use routes::{RouteMatch, Router};

@@ -1,0 +1,507 @@
+//! Spin's host interfaces (`fermyon:spin@2.0.0`): key-value, variables, SQLite and outbound
+//! Redis, as a component's grants allow them. A component asking for a store, database or
+//! host it was not granted gets Spin's own error for it (`access-denied`, `no-such-store`),
+//! never a trap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
+use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig};
+use wasmtime::component::{HasSelf, Linker, Resource};
+
+use super::stores::{KeyValue, Places, Sqlite};
+use crate::engine::ComponentState;
+
+wasmtime::component::bindgen!({
+    path: "wit/spin",
+    world: "fermyon:spin/host@2.0.0",
+    imports: { default: async | trappable },
+    with: {
+        "fermyon:spin/key-value.store": StoreHandle,
+        "fermyon:spin/sqlite.connection": DatabaseHandle,
+        "fermyon:spin/redis.connection": RedisHandle,
+    },
+});
+
+use fermyon::spin2_0_0::{key_value, redis as outbound_redis, sqlite, variables};
+
+/// What one component of an app is granted, shared by all its instances.
+pub(crate) struct SpinHost {
+    /// The component's id, for messages.
+    pub(crate) id: String,
+    variables: BTreeMap<String, String>,
+    /// Where its outbound requests may go.
+    pub(crate) allowed_hosts: AllowedHosts,
+    /// Where its complaints go (a denied host): the container's stderr.
+    pub(crate) stderr: crate::workload::Output,
+    stores: BTreeMap<String, (StoreConfig, Arc<OnceCell<KeyValue>>)>,
+    databases: BTreeMap<String, (DatabaseConfig, Arc<OnceCell<Sqlite>>)>,
+    places: Arc<Places>,
+}
+
+impl SpinHost {
+    pub(crate) fn new(
+        component: &wasmcell_spin::Component,
+        app: &wasmcell_spin::App,
+        opened: &super::stores::Opened,
+        places: Arc<Places>,
+        stderr: crate::workload::Output,
+    ) -> SpinHost {
+        let stores = component
+            .key_value_stores
+            .iter()
+            .filter_map(|label| {
+                let config = app.key_value_stores.get(label)?.clone();
+                Some((label.clone(), (config, opened.stores.get(label)?.clone())))
+            })
+            .collect();
+        let databases = component
+            .sqlite_databases
+            .iter()
+            .filter_map(|label| {
+                let config = app.sqlite_databases.get(label)?.clone();
+                Some((
+                    label.clone(),
+                    (config, opened.databases.get(label)?.clone()),
+                ))
+            })
+            .collect();
+        SpinHost {
+            id: component.id.clone(),
+            variables: component.variables.clone(),
+            allowed_hosts: component.allowed_hosts.clone(),
+            stderr,
+            stores,
+            databases,
+            places,
+        }
+    }
+}
+
+impl SpinHost {
+    /// Says on the container's stderr that the component asked for a host it was not
+    /// granted, and how to grant it.
+    pub(crate) async fn report_denied(&self, target: &str) {
+        let message = format!(
+            "component {id}: outbound request to {target} denied: add it to allowed_outbound_hosts in [component.{id}] of spin.toml",
+            id = self.id
+        );
+        crate::stdio::report(&self.stderr, &message).await;
+    }
+}
+
+/// An open key-value store: its label and the store itself.
+pub struct StoreHandle {
+    label: String,
+    store: Arc<OnceCell<KeyValue>>,
+}
+
+impl StoreHandle {
+    fn store(&self) -> &KeyValue {
+        self.store
+            .get()
+            .expect("a handle exists only for an opened store")
+    }
+}
+
+/// An open SQLite database.
+pub struct DatabaseHandle(Arc<OnceCell<Sqlite>>);
+
+/// An open connection to a Redis server.
+pub struct RedisHandle(::redis::aio::ConnectionManager);
+
+/// Adds the Spin interfaces to a component linker.
+pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
+    Host_::add_to_linker::<ComponentState, HasSelf<ComponentState>>(linker, |state| state)
+}
+
+impl ComponentState {
+    fn spin(&self) -> wasmtime::Result<&Arc<SpinHost>> {
+        self.spin
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("Spin interfaces called outside a Spin app"))
+    }
+
+    /// Reports a failure on the container's stderr as Spin does, naming the component.
+    fn warn(&self, what: &str) {
+        if let Some(spin) = &self.spin {
+            tracing::warn!(component = %spin.id, "{what}");
+        }
+    }
+}
+
+type Outcome<T, E> = wasmtime::Result<Result<T, E>>;
+
+impl key_value::Host for ComponentState {}
+
+impl key_value::HostStore for ComponentState {
+    async fn open(&mut self, label: String) -> Outcome<Resource<StoreHandle>, key_value::Error> {
+        let spin = self.spin()?.clone();
+        let Some((config, cell)) = spin.stores.get(&label) else {
+            return Ok(Err(key_value::Error::AccessDenied));
+        };
+        let places = spin.places.clone();
+        if let Err(error) = cell
+            .get_or_try_init(|| KeyValue::open(config, &places))
+            .await
+        {
+            self.warn(&format!("key-value store {label}: {error}"));
+            return Ok(Err(key_value::Error::Other(format!(
+                "key-value store {label}: {error}"
+            ))));
+        }
+        let handle = StoreHandle {
+            label,
+            store: cell.clone(),
+        };
+        Ok(Ok(self.table.push(handle)?))
+    }
+
+    async fn get(
+        &mut self,
+        this: Resource<StoreHandle>,
+        key: String,
+    ) -> Outcome<Option<Vec<u8>>, key_value::Error> {
+        let handle = self.table.get(&this)?;
+        Ok(handle
+            .store()
+            .get(&handle.label, &key)
+            .await
+            .map_err(key_value::Error::Other))
+    }
+
+    async fn set(
+        &mut self,
+        this: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Outcome<(), key_value::Error> {
+        let handle = self.table.get(&this)?;
+        Ok(handle
+            .store()
+            .set(&handle.label, &key, &value)
+            .await
+            .map_err(key_value::Error::Other))
+    }
+
+    async fn delete(
+        &mut self,
+        this: Resource<StoreHandle>,
+        key: String,
+    ) -> Outcome<(), key_value::Error> {
+        let handle = self.table.get(&this)?;
+        Ok(handle
+            .store()
+            .delete(&handle.label, &key)
+            .await
+            .map_err(key_value::Error::Other))
+    }
+
+    async fn exists(
+        &mut self,
+        this: Resource<StoreHandle>,
+        key: String,
+    ) -> Outcome<bool, key_value::Error> {
+        let handle = self.table.get(&this)?;
+        Ok(handle
+            .store()
+            .get(&handle.label, &key)
+            .await
+            .map(|v| v.is_some())
+            .map_err(key_value::Error::Other))
+    }
+
+    async fn get_keys(
+        &mut self,
+        this: Resource<StoreHandle>,
+    ) -> Outcome<Vec<String>, key_value::Error> {
+        let handle = self.table.get(&this)?;
+        Ok(handle
+            .store()
+            .keys(&handle.label)
+            .await
+            .map_err(key_value::Error::Other))
+    }
+
+    async fn drop(&mut self, this: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl variables::Host for ComponentState {
+    async fn get(&mut self, name: String) -> Outcome<String, variables::Error> {
+        let spin = self.spin()?;
+        let valid = !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Ok(Err(variables::Error::InvalidName(name)));
+        }
+        Ok(spin
+            .variables
+            .get(&name)
+            .cloned()
+            .ok_or(variables::Error::Undefined(format!(
+                "component {} has no variable {name}: add it to [component.{}.variables]",
+                spin.id, spin.id
+            ))))
+    }
+}
+
+impl sqlite::Host for ComponentState {}
+
+impl sqlite::HostConnection for ComponentState {
+    async fn open(&mut self, database: String) -> Outcome<Resource<DatabaseHandle>, sqlite::Error> {
+        let spin = self.spin()?.clone();
+        let Some((config, cell)) = spin.databases.get(&database) else {
+            return Ok(Err(sqlite::Error::AccessDenied));
+        };
+        let places = spin.places.clone();
+        let opened = cell
+            .get_or_try_init(|| super::stores::open_database(config, &places))
+            .await;
+        if let Err(error) = opened {
+            self.warn(&format!("SQLite database {database}: {error}"));
+            return Ok(Err(sqlite::Error::Io(format!(
+                "SQLite database {database}: {error}"
+            ))));
+        }
+        Ok(Ok(self.table.push(DatabaseHandle(cell.clone()))?))
+    }
+
+    async fn execute(
+        &mut self,
+        this: Resource<DatabaseHandle>,
+        statement: String,
+        parameters: Vec<sqlite::Value>,
+    ) -> Outcome<sqlite::QueryResult, sqlite::Error> {
+        let handle = self.table.get(&this)?;
+        let db = handle
+            .0
+            .get()
+            .expect("a handle exists only for an opened database");
+        Ok(db
+            .run(|db| execute(db, &statement, parameters))
+            .map_err(sqlite::Error::Io))
+    }
+
+    async fn drop(&mut self, this: Resource<DatabaseHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+fn execute(
+    db: &rusqlite::Connection,
+    statement: &str,
+    parameters: Vec<sqlite::Value>,
+) -> rusqlite::Result<sqlite::QueryResult> {
+    use rusqlite::types::{Value as Sql, ValueRef};
+    let mut prepared = db.prepare(statement)?;
+    let columns: Vec<String> = prepared
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let parameters = parameters.into_iter().map(|v| match v {
+        sqlite::Value::Integer(i) => Sql::Integer(i),
+        sqlite::Value::Real(r) => Sql::Real(r),
+        sqlite::Value::Text(t) => Sql::Text(t),
+        sqlite::Value::Blob(b) => Sql::Blob(b),
+        sqlite::Value::Null => Sql::Null,
+    });
+    let mut rows = prepared.query(rusqlite::params_from_iter(parameters))?;
+    let mut results = Vec::new();
+    while let Some(row) = rows.next()? {
+        let values = (0..columns.len())
+            .map(|i| {
+                Ok(match row.get_ref(i)? {
+                    ValueRef::Null => sqlite::Value::Null,
+                    ValueRef::Integer(i) => sqlite::Value::Integer(i),
+                    ValueRef::Real(r) => sqlite::Value::Real(r),
+                    ValueRef::Text(t) => sqlite::Value::Text(String::from_utf8_lossy(t).into()),
+                    ValueRef::Blob(b) => sqlite::Value::Blob(b.to_vec()),
+                })
+            })
+            .collect::<rusqlite::Result<_>>()?;
+        results.push(sqlite::RowResult { values });
+    }
+    Ok(sqlite::QueryResult {
+        columns,
+        rows: results,
+    })
+}
+
+impl outbound_redis::Host for ComponentState {}
+
+impl ComponentState {
+    fn redis(
+        &mut self,
+        this: &Resource<RedisHandle>,
+    ) -> wasmtime::Result<::redis::aio::ConnectionManager> {
+        Ok(self.table.get(this)?.0.clone())
+    }
+}
+
+async fn redis_query<T: ::redis::FromRedisValue>(
+    mut connection: ::redis::aio::ConnectionManager,
+    command: &::redis::Cmd,
+) -> Result<T, outbound_redis::Error> {
+    command.query_async(&mut connection).await.map_err(|e| {
+        if e.kind() == ::redis::ErrorKind::TypeError {
+            outbound_redis::Error::TypeError
+        } else {
+            outbound_redis::Error::Other(e.to_string())
+        }
+    })
+}
+
+impl outbound_redis::HostConnection for ComponentState {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> Outcome<Resource<RedisHandle>, outbound_redis::Error> {
+        let spin = self.spin()?.clone();
+        let Ok(client) = ::redis::Client::open(address.as_str()) else {
+            return Ok(Err(outbound_redis::Error::InvalidAddress));
+        };
+        let (scheme, host, port) = match &client.get_connection_info().addr {
+            ::redis::ConnectionAddr::Tcp(host, port) => ("redis", host.clone(), *port),
+            ::redis::ConnectionAddr::TcpTls { host, port, .. } => ("rediss", host.clone(), *port),
+            _ => return Ok(Err(outbound_redis::Error::InvalidAddress)),
+        };
+        if !spin.allowed_hosts.allows(scheme, &host, port) {
+            spin.report_denied(&format!("{scheme}://{host}:{port}"))
+                .await;
+            return Ok(Err(outbound_redis::Error::Other(format!(
+                "{scheme}://{host}:{port} is not in the component's allowed_outbound_hosts"
+            ))));
+        }
+        match ::redis::aio::ConnectionManager::new(client).await {
+            Ok(manager) => Ok(Ok(self.table.push(RedisHandle(manager))?)),
+            Err(error) => Ok(Err(outbound_redis::Error::Other(error.to_string()))),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        this: Resource<RedisHandle>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Outcome<(), outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        let command = ::redis::cmd("PUBLISH").arg(channel).arg(payload).clone();
+        Ok(redis_query::<i64>(connection, &command).await.map(drop))
+    }
+
+    async fn get(
+        &mut self,
+        this: Resource<RedisHandle>,
+        key: String,
+    ) -> Outcome<Option<Vec<u8>>, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("GET").arg(key)).await)
+    }
+
+    async fn set(
+        &mut self,
+        this: Resource<RedisHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Outcome<(), outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("SET").arg(key).arg(value)).await)
+    }
+
+    async fn incr(
+        &mut self,
+        this: Resource<RedisHandle>,
+        key: String,
+    ) -> Outcome<i64, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("INCR").arg(key)).await)
+    }
+
+    async fn del(
+        &mut self,
+        this: Resource<RedisHandle>,
+        keys: Vec<String>,
+    ) -> Outcome<u32, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("DEL").arg(keys)).await)
+    }
+
+    async fn sadd(
+        &mut self,
+        this: Resource<RedisHandle>,
+        key: String,
+        values: Vec<String>,
+    ) -> Outcome<u32, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("SADD").arg(key).arg(values)).await)
+    }
+
+    async fn smembers(
+        &mut self,
+        this: Resource<RedisHandle>,
+        key: String,
+    ) -> Outcome<Vec<String>, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("SMEMBERS").arg(key)).await)
+    }
+
+    async fn srem(
+        &mut self,
+        this: Resource<RedisHandle>,
+        key: String,
+        values: Vec<String>,
+    ) -> Outcome<u32, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        Ok(redis_query(connection, ::redis::cmd("SREM").arg(key).arg(values)).await)
+    }
+
+    async fn execute(
+        &mut self,
+        this: Resource<RedisHandle>,
+        command: String,
+        arguments: Vec<outbound_redis::RedisParameter>,
+    ) -> Outcome<Vec<outbound_redis::RedisResult>, outbound_redis::Error> {
+        let connection = self.redis(&this)?;
+        let mut cmd = ::redis::cmd(&command);
+        for argument in arguments {
+            match argument {
+                outbound_redis::RedisParameter::Int64(i) => cmd.arg(i),
+                outbound_redis::RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        let value: ::redis::Value = match redis_query(connection, &cmd).await {
+            Ok(value) => value,
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(Ok(flatten(value)))
+    }
+
+    async fn drop(&mut self, this: Resource<RedisHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+/// A Redis reply as Spin's `redis-result` list: arrays flattened, scalars one element.
+fn flatten(value: ::redis::Value) -> Vec<outbound_redis::RedisResult> {
+    use ::redis::Value;
+    use outbound_redis::RedisResult as R;
+    match value {
+        Value::Nil => vec![R::Nil],
+        Value::Int(i) => vec![R::Int64(i)],
+        Value::BulkString(b) => vec![R::Binary(b)],
+        Value::SimpleString(s) => vec![R::Status(s)],
+        Value::Okay => vec![R::Status("OK".to_owned())],
+        Value::Array(items) | Value::Set(items) => items.into_iter().flat_map(flatten).collect(),
+        other => vec![R::Binary(format!("{other:?}").into_bytes())],
+    }
+}

@@ -1,0 +1,313 @@
+//! Spin apps: a [`wasmcell_spin::App`] (resolved by the front end from `spin.toml`) prepared
+//! into one instance-pre per component, served over HTTP by Spin's routes and fed by its Redis
+//! channels.
+//!
+//! Every component runs on the pooling engine of [`HttpEngine`], with WASI, `wasi:http` and
+//! Spin's interfaces ([`host`]); it sees its own environment and files, not the rootfs, and
+//! reaches only the hosts, stores and databases its manifest entry grants.
+
+pub(crate) mod host;
+mod redis_trigger;
+mod stores;
+
+use std::sync::Arc;
+
+use wasmcell_spin::{App, HttpHandler, RouteMatch};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::filesystem::WasiFilesystemCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::cache::CompileCache;
+use crate::controls::Controls;
+use crate::engine::ComponentState;
+use crate::error::Error;
+use crate::http::{self, HttpEngine, Target};
+use crate::workload::{ModuleSource, WorkloadSpec};
+use host::SpinHost;
+use stores::{Opened, Places};
+
+/// A Spin app ready to serve: its components linked, its routes known.
+pub(crate) struct SpinApp {
+    pub(crate) app: App,
+    /// By the app's component index.
+    components: Vec<Prepared>,
+}
+
+/// One component: what runs it for each of its triggers.
+struct Prepared {
+    /// Set when an HTTP trigger uses the component.
+    http: Option<Arc<Target>>,
+    /// Set when a Redis trigger uses the component.
+    redis: Option<redis_trigger::RedisTriggerPre<ComponentState>>,
+    env: Vec<(String, String)>,
+    preopens: WasiFilesystemCtx,
+    host: Arc<SpinHost>,
+}
+
+/// Where a request goes.
+pub(crate) enum Routed {
+    /// To this component.
+    Component(Arc<Target>),
+    /// A fixed answer.
+    Static(wasmcell_spin::StaticResponse),
+    /// Nowhere: 404.
+    NotFound,
+}
+
+/// The path of a component's source in the app's directory, and the directory.
+fn source_of<'a>(
+    spec: &'a WorkloadSpec,
+    source: &'a str,
+) -> Result<(&'a std::path::Path, &'a str), Error> {
+    match &spec.module {
+        ModuleSource::Rootfs { root, .. } => Ok((root, source.trim_start_matches('/'))),
+        ModuleSource::File(_) => Err(Error::Spin(
+            "a Spin app is read from its directory, not from a single file".to_owned(),
+        )),
+    }
+}
+
+/// Reads and compiles every component of `app` into the cache (the shim's half of `create`).
+pub(crate) fn compile(
+    engine: &wasmtime::Engine,
+    cache: &CompileCache,
+    spec: &WorkloadSpec,
+    app: &App,
+) -> Result<(), Error> {
+    for component in &app.components {
+        let (bytes, kind) = read_component(spec, component)?;
+        cache.ensure(engine, kind, &bytes, &component.source)?;
+    }
+    Ok(())
+}
+
+fn read_component(
+    spec: &WorkloadSpec,
+    component: &wasmcell_spin::Component,
+) -> Result<(Vec<u8>, wasmcell_oci::WasmKind), Error> {
+    let (root, path) = source_of(spec, &component.source)?;
+    let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
+    let bytes = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
+        .and_then(|dir| dir.read(path))
+        .map_err(|e| {
+            spin(format!(
+                "cannot read its source `{}` in the app's directory: {e}",
+                component.source
+            ))
+        })?;
+    match wasmcell_oci::FileKind::detect(&bytes) {
+        wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Component) => Ok((bytes, kind)),
+        wasmcell_oci::FileKind::Wasm(_) => Err(spin(format!(
+            "its source `{}` is a core module; Spin 2+ runs components: build it with a current Spin SDK (Spin 1 modules are not supported)",
+            component.source
+        ))),
+        other => Err(spin(format!(
+            "its source `{}` is {other}",
+            component.source
+        ))),
+    }
+}
+
+/// Loads, links and pre-instantiates every component of the spec's app.
+pub(crate) fn prepare(
+    compiler_engine: &wasmtime::Engine,
+    cache: &CompileCache,
+    http: &Arc<HttpEngine>,
+    spec: &WorkloadSpec,
+    app: &App,
+) -> Result<SpinApp, Error> {
+    let (root, _) = source_of(spec, "")?;
+    let places = Arc::new(Places::new(root, &spec.preopens));
+    let opened = Opened {
+        stores: app
+            .key_value_stores
+            .keys()
+            .map(|label| (label.clone(), Default::default()))
+            .collect(),
+        databases: app
+            .sqlite_databases
+            .keys()
+            .map(|label| (label.clone(), Default::default()))
+            .collect(),
+    };
+    let served: Vec<usize> = app
+        .http
+        .iter()
+        .filter_map(|t| match t.handler {
+            HttpHandler::Component(index) => Some(index),
+            HttpHandler::Static(_) => None,
+        })
+        .collect();
+    let linker = http.spin_linker()?;
+    let mut components = Vec::new();
+    for (index, component) in app.components.iter().enumerate() {
+        let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
+        let (bytes, kind) = read_component(spec, component)?;
+        let (_, cached) = cache.load(compiler_engine, kind, &bytes, &component.source)?;
+        let loaded = crate::cache::deserialize_component(http.engine(), &cached)
+            .map_err(|e| spin(format!("cannot load its compiled code: {e}")))?;
+        let pre = linker.instantiate_pre(&loaded).map_err(|e| {
+            spin(format!(
+                "cannot be linked: {}. wasmcell provides WASI 0.2, wasi:http and fermyon:spin@2.0.0 key-value, variables, sqlite and redis",
+                crate::error::error_chain(&Error::Engine(e))
+            ))
+        })?;
+        let mut files = WasiCtxBuilder::new();
+        for (host, guest) in &component.mounts {
+            files
+                .preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| spin(format!("cannot open its files {}: {e}", host.display())))?;
+        }
+        let preopens = files.build().filesystem().clone();
+        let host = Arc::new(SpinHost::new(
+            component,
+            app,
+            &opened,
+            places.clone(),
+            spec.stdio.stderr.clone(),
+        ));
+        let http = if served.contains(&index) {
+            let proxy = ProxyPre::new(pre.clone()).map_err(|_| {
+                spin("has an HTTP trigger but does not export wasi:http/incoming-handler@0.2 (Spin 1's inbound-http is not supported)".to_owned())
+            })?;
+            Some(Arc::new(Target {
+                pre: proxy,
+                env: component.environment.clone(),
+                args: Vec::new(),
+                preopens: preopens.clone(),
+                spin: Some(host.clone()),
+            }))
+        } else {
+            None
+        };
+        let redis = if app.redis.iter().any(|t| t.component == index) {
+            Some(redis_trigger::RedisTriggerPre::new(pre).map_err(|_| {
+                spin(
+                    "has a Redis trigger but does not export fermyon:spin/inbound-redis".to_owned(),
+                )
+            })?)
+        } else {
+            None
+        };
+        components.push(Prepared {
+            http,
+            redis,
+            env: component.environment.clone(),
+            preopens,
+            host,
+        });
+    }
+    Ok(SpinApp {
+        app: app.clone(),
+        components,
+    })
+}
+
+impl SpinApp {
+    /// Where a request for `path` goes from outside: public routes only.
+    pub(crate) fn route(&self, path: &str) -> (Routed, Option<RouteMatch>) {
+        let Some(matched) = self.app.router.route(path) else {
+            return (Routed::NotFound, None);
+        };
+        let routed = self.trigger(matched.index);
+        (routed, Some(matched))
+    }
+
+    fn trigger(&self, index: usize) -> Routed {
+        match &self.app.http[index].handler {
+            HttpHandler::Static(response) => Routed::Static(response.clone()),
+            HttpHandler::Component(c) => match &self.components[*c].http {
+                Some(target) => Routed::Component(target.clone()),
+                None => Routed::NotFound,
+            },
+        }
+    }
+
+    /// The component a `http://ID.spin.internal` request reaches, private ones included.
+    pub(crate) fn internal(&self, id: &str) -> Option<Arc<Target>> {
+        let index = self.app.components.iter().position(|c| c.id == id)?;
+        self.components[index].http.clone()
+    }
+
+    /// Whether the app has HTTP triggers to serve.
+    pub(crate) fn serves_http(&self) -> bool {
+        !self.app.http.is_empty()
+    }
+
+    /// Runs the Redis triggers until `controls` say stop.
+    pub(crate) async fn listen(
+        self: &Arc<Self>,
+        http: &HttpEngine,
+        spec: &Arc<WorkloadSpec>,
+        controls: &Controls,
+    ) -> Result<(), Error> {
+        redis_trigger::listen(self, http, spec, controls).await
+    }
+}
+
+/// Runs a Spin app: its HTTP server and Redis listeners, until terminated.
+pub(crate) async fn run(
+    http: &HttpEngine,
+    app: &Arc<SpinApp>,
+    spec: &Arc<WorkloadSpec>,
+    controls: &Controls,
+) -> Result<crate::Exit, Error> {
+    if app.app.redis.is_empty() {
+        return http::serve(http, &http::Routes::Spin(app.clone()), spec, controls).await;
+    }
+    if !app.serves_http() {
+        app.listen(http, spec, controls).await?;
+        return Ok(crate::Exit::Code(0));
+    }
+    let routes = http::Routes::Spin(app.clone());
+    let (served, listened) = tokio::join!(
+        http::serve(http, &routes, spec, controls),
+        app.listen(http, spec, controls)
+    );
+    listened?;
+    served
+}
+
+/// The request headers Spin sets for a routed request.
+pub(crate) fn headers(
+    matched: &RouteMatch,
+    full_url: &str,
+    client: std::net::SocketAddr,
+) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("spin-full-url".to_owned(), full_url.to_owned()),
+        ("spin-path-info".to_owned(), matched.path_info.clone()),
+        ("spin-matched-route".to_owned(), matched.route.clone()),
+        ("spin-raw-component-route".to_owned(), matched.route.clone()),
+        (
+            "spin-component-route".to_owned(),
+            matched.component_route.clone(),
+        ),
+        ("spin-base-path".to_owned(), "/".to_owned()),
+        ("spin-client-addr".to_owned(), client.to_string()),
+    ];
+    for (name, value) in &matched.params {
+        headers.push((format!("spin-path-match-{name}"), value.clone()));
+    }
+    headers
+}
+
+/// What the Redis trigger needs of a component.
+pub(crate) struct RedisComponent<'a> {
+    pub(crate) redis: Option<&'a redis_trigger::RedisTriggerPre<ComponentState>>,
+    pub(crate) env: &'a [(String, String)],
+    pub(crate) preopens: &'a WasiFilesystemCtx,
+    pub(crate) host: &'a Arc<SpinHost>,
+}
+
+impl SpinApp {
+    pub(crate) fn component(&self, index: usize) -> RedisComponent<'_> {
+        let prepared = &self.components[index];
+        RedisComponent {
+            redis: prepared.redis.as_ref(),
+            env: &prepared.env,
+            preopens: &prepared.preopens,
+            host: &prepared.host,
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Reading an app from its directory: what the shim does with a container's rootfs and
+//! `wasmcell up` with a directory on the host.
+
+use std::path::Path;
+
+use crate::app::{App, Resolve, stage_files};
+use crate::manifest::Manifest;
+use crate::runtime_config::RuntimeConfig;
+use crate::{MANIFEST, RUNTIME_CONFIG};
+
+/// Where an app's runtime config comes from.
+pub enum RuntimeConfigSource<'a> {
+    /// `runtime-config.toml` in the app's directory, if there is one.
+    Beside,
+    /// A file the user named (`--runtime-config-file`).
+    File(&'a Path),
+}
+
+/// Whether `dir` holds a Spin app: a `spin.toml` at its root (a link counts: it is never
+/// followed, but it marks the image as an app).
+pub fn is_app(dir: &Path) -> bool {
+    dir.join(MANIFEST).symlink_metadata().is_ok()
+}
+
+/// Reads `spin.toml` and the runtime config in `dir` (never through a link out of it),
+/// resolves the app with `env`'s `SPIN_VARIABLE_*`, and stages each component's files under
+/// `staging`. Errors name the file, and the line where there is one.
+pub fn load(
+    dir: &Path,
+    runtime_config: RuntimeConfigSource<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    staging: &Path,
+) -> Result<App, String> {
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))?;
+    let text = root
+        .read_to_string(MANIFEST)
+        .map_err(|e| format!("cannot read {MANIFEST}: {e}"))?;
+    let manifest = Manifest::parse(&text, MANIFEST).map_err(|e| e.to_string())?;
+    let runtime_config = match runtime_config {
+        RuntimeConfigSource::File(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            RuntimeConfig::parse(&text, &file.display().to_string())?
+        }
+        RuntimeConfigSource::Beside => match root.read_to_string(RUNTIME_CONFIG) {
+            Ok(text) => RuntimeConfig::parse(&text, RUNTIME_CONFIG)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RuntimeConfig::default(),
+            Err(e) => return Err(format!("cannot read {RUNTIME_CONFIG}: {e}")),
+        },
+    };
+    let mut app = App::resolve(
+        manifest,
+        Resolve {
+            env,
+            runtime_config,
+        },
+    )?;
+    stage_files(&mut app, dir, staging)?;
+    Ok(app)
+}
