@@ -10,6 +10,7 @@ mod images;
 mod install;
 mod node;
 mod run;
+mod up;
 
 use std::process::ExitCode;
 
@@ -24,7 +25,7 @@ const FAILURE_STATUS: u8 = 125;
 #[derive(Parser)]
 #[command(name = "wasmcell", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
+    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell up -f spin.toml --listen 127.0.0.1:3000\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    Up(up::UpArgs),
     Build(build::BuildArgs),
     Push(images::PushArgs),
     Pull(images::PullArgs),
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Up(args) => up::up(args),
         Command::Build(args) => build::build(args).map(|()| ExitCode::SUCCESS),
         Command::Push(args) => images::push(args).map(|()| ExitCode::SUCCESS),
         Command::Pull(args) => images::pull(args).map(|()| ExitCode::SUCCESS),

@@ -64,7 +64,7 @@ pub struct RunArgs {
 
 /// `--pull`.
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum PullPolicy {
+pub(crate) enum PullPolicy {
     Always,
     Missing,
     Never,
@@ -126,25 +126,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 network,
                 http,
                 names,
+                app: None,
             }
         }
         Target::Archive(_) | Target::Image(_) => {
-            let (path, image) = match target {
-                Target::Archive(path) => {
-                    let image = Archive::read(&path)?;
-                    (path, image)
-                }
-                Target::Image(reference) => {
-                    let image = stored_image(&reference, args.pull, &args.registry)?;
-                    (PathBuf::from(reference), image)
-                }
-                Target::Wasm { .. } => unreachable!("matched above"),
-            };
-            let dir = tempfile::Builder::new()
-                .prefix("wasmcell-rootfs-")
-                .tempdir()
-                .context("cannot create a rootfs directory")?;
-            image.unpack(dir.path())?;
+            let (path, image, dir) = unpack(target, args.pull, &args.registry)?;
             let (entrypoint, cmd) = image.command();
             let command: Vec<String> = entrypoint
                 .into_iter()
@@ -195,6 +181,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 network,
                 http,
                 names,
+                app: None,
             };
             rootfs_dir = Some(dir);
             spec
@@ -215,7 +202,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// Runs the guest to its end. A server is asked to stop on SIGINT or SIGTERM and finishes the
 /// requests in flight; a command keeps the default handling (the signal ends the process).
-async fn until_done(prepared: &Prepared) -> Result<Exit> {
+pub(crate) async fn until_done(prepared: &Prepared) -> Result<Exit> {
     let controls = prepared.controls();
     let run = prepared.run(&controls);
     if !prepared.stops_gracefully() {
@@ -266,7 +253,33 @@ fn listen_addr(publish: Option<&str>) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port.parse().map_err(|_| bad())?))
 }
 
-enum Target {
+/// An image archive or reference (not a `.wasm` file): its name for messages, its contents,
+/// and its rootfs unpacked into a directory that lives as long as the returned handle.
+pub(crate) fn unpack(
+    target: Target,
+    pull: PullPolicy,
+    registry: &RegistryArgs,
+) -> Result<(PathBuf, ImageContents, tempfile::TempDir)> {
+    let (path, image) = match target {
+        Target::Archive(path) => {
+            let image = Archive::read(&path)?;
+            (path, image)
+        }
+        Target::Image(reference) => {
+            let image = stored_image(&reference, pull, registry)?;
+            (PathBuf::from(reference), image)
+        }
+        Target::Wasm { path, .. } => bail!("{} is a Wasm binary, not an image", path.display()),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("wasmcell-rootfs-")
+        .tempdir()
+        .context("cannot create a rootfs directory")?;
+    image.unpack(dir.path())?;
+    Ok((path, image, dir))
+}
+
+pub(crate) enum Target {
     Wasm {
         path: PathBuf,
         function: Option<String>,
@@ -278,7 +291,7 @@ enum Target {
 
 /// A Wasm binary or an image archive (a tar, by its `ustar` magic); anything else is refused
 /// with what it is.
-fn target_kind(target: &str) -> Result<Target> {
+pub(crate) fn target_kind(target: &str) -> Result<Target> {
     let (path, function) = if Path::new(target).exists() {
         (PathBuf::from(target), None)
     } else {
@@ -337,7 +350,7 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>> {
     vars.iter()
         .map(|var| match var.split_once('=') {
             Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),

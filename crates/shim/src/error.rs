@@ -30,7 +30,7 @@ pub enum Error {
     /// The image is an app of a framework this build does not run yet.
     #[error(
         "the image is a {} app (/{} in its rootfs): {runtime} does not run {} apps yet; plain WASI commands and HTTP components run under it as under io.containerd.wasmtime.v1",
-        app.name, app.manifest, app.name
+        app.name(), app.manifest(), app.name()
     )]
     AppNotSupported {
         /// The runtime name the container asked for.
@@ -38,6 +38,9 @@ pub enum Error {
         /// The framework.
         app: crate::runtime::App,
     },
+    /// The image's Spin app cannot run: the message names the file, line or component.
+    #[error("the image's Spin app cannot run: {0}")]
+    SpinApp(String),
     /// A feature of the request is not supported for Wasm guests.
     #[error("{0}")]
     Unsupported(String),
@@ -125,6 +128,7 @@ impl Error {
             | Error::Hook(_)
             | Error::Pod(_)
             | Error::NotWasmInPod { .. }
+            | Error::SpinApp(_)
             | Error::ExecNotWasm { .. } => Code::INVALID_ARGUMENT,
             // What the sandbox refuses is the workload's fault (e.g. a preopen it cannot open).
             Error::Sandbox(wasmcell_sandbox::SandboxError::Refused(_)) => Code::INVALID_ARGUMENT,

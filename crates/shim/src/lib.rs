@@ -21,6 +21,7 @@ mod runtime;
 mod service;
 mod socket;
 mod spec;
+mod spin;
 mod sys;
 
 use std::sync::Arc;

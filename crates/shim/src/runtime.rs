@@ -71,31 +71,42 @@ impl Runtime {
     }
 
     /// The app framework this runtime also runs, by the manifest its apps carry at the root
-    /// of their rootfs: Spin's `spin.toml`, SpiderLightning's `slightfile.toml`. Images
-    /// without one are plain WASI and run as under wasmtime, whatever the runtime name (as
-    /// Docker's Wasm runtimes run them).
+    /// of their rootfs. Images without one are plain WASI and run as under wasmtime, whatever
+    /// the runtime name (as Docker's Wasm runtimes run them).
     pub fn app(self) -> Option<App> {
         match self {
             Runtime::Wasmtime | Runtime::Wasmedge => None,
-            Runtime::SpinV1 | Runtime::SpinV2 => Some(App {
-                name: "Spin",
-                manifest: "spin.toml",
-            }),
-            Runtime::SlightV1 => Some(App {
-                name: "SpiderLightning",
-                manifest: "slightfile.toml",
-            }),
+            Runtime::SpinV1 | Runtime::SpinV2 => Some(App::Spin),
+            Runtime::SlightV1 => Some(App::SpiderLightning),
         }
     }
 }
 
 /// An app framework a runtime name stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct App {
+pub enum App {
+    /// Spin: `spin.toml`.
+    Spin,
+    /// SpiderLightning: `slightfile.toml`.
+    SpiderLightning,
+}
+
+impl App {
     /// Its name in messages.
-    pub name: &'static str,
+    pub fn name(self) -> &'static str {
+        match self {
+            App::Spin => "Spin",
+            App::SpiderLightning => "SpiderLightning",
+        }
+    }
+
     /// The manifest file its apps have at the root of their rootfs.
-    pub manifest: &'static str,
+    pub fn manifest(self) -> &'static str {
+        match self {
+            App::Spin => wasmcell_spin::MANIFEST,
+            App::SpiderLightning => "slightfile.toml",
+        }
+    }
 }
 
 impl fmt::Display for Runtime {

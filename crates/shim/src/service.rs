@@ -46,9 +46,9 @@ use crate::error::Error;
 use crate::events::{Events, Outgoing};
 use crate::hooks::{Lifecycle, Stage};
 use crate::pod::{self, Role};
-use crate::runtime::Runtime;
+use crate::runtime::{App, Runtime};
 use crate::socket::ShimSocket;
-use crate::{cgroup, spec, sys};
+use crate::{cgroup, spec, spin, sys};
 
 type Result<T> = std::result::Result<T, Error>;
 type Containers = Arc<Mutex<HashMap<String, Container>>>;
@@ -199,21 +199,24 @@ impl TaskService {
         Ok(&handle.sandbox)
     }
 
-    /// Refuses an app of the framework the runtime name stands for (its manifest in the
-    /// rootfs), which this build does not run yet; plain WASI runs under every name.
-    fn check_app(&self, workload: &WorkloadSpec) -> Result<()> {
-        let (Some(app), ModuleSource::Rootfs { root, .. }) = (self.runtime.app(), &workload.module)
-        else {
-            return Ok(());
-        };
+    /// The workload of a container: an app of the framework the runtime name stands for when
+    /// the rootfs holds its manifest (a Spin app; SpiderLightning apps are refused, as this
+    /// build does not run them), otherwise the spec's entrypoint, plain WASI under every name.
+    fn workload(&self, oci: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec> {
+        let rootfs = spec::rootfs_path(Some(oci), bundle);
         // Not followed: a manifest that is a symlink (to a host path) still marks an app.
-        if root.join(app.manifest).symlink_metadata().is_ok() {
-            return Err(Error::AppNotSupported {
+        let app = self
+            .runtime
+            .app()
+            .filter(|app| rootfs.join(app.manifest()).symlink_metadata().is_ok());
+        match app {
+            None => Ok(spec::workload(oci, bundle, stdio)?),
+            Some(App::Spin) => spin::workload(oci, bundle, stdio),
+            Some(app) => Err(Error::AppNotSupported {
                 runtime: self.runtime,
                 app,
-            });
+            }),
         }
-        Ok(())
     }
 
     /// Compiles a workload into the cache here (as root, which may write it) unless it is there
@@ -312,9 +315,8 @@ impl TaskService {
             if let Some(target) = &rootfs {
                 sys::mount_rootfs(&req.rootfs, target).await?;
             }
-            let workload = spec::workload(oci, bundle, stdio)?;
-            self.check_app(&workload)?;
-            if let ModuleSource::Rootfs { root, path } = &workload.module {
+            let workload = self.workload(oci, bundle, stdio)?;
+            if let (ModuleSource::Rootfs { root, path }, None) = (&workload.module, &workload.app) {
                 self.content.materialize(&req.id, root, path).await?;
             }
             self.compile(&workload).await?;

@@ -1,0 +1,207 @@
+//! `wasmcell up`: a Spin app from its directory or an image, with no container engine, as
+//! `spin up` runs it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use wasmcell_engine::{
+    Access, CompileCache, Engine, HttpServe, Input, Limits, ModuleSource, NameFiles, Network,
+    Output, Preopen, Stdio, WorkloadSpec,
+};
+use wasmcell_spin::{App, HttpHandler, RuntimeConfigSource};
+
+use crate::images::RegistryArgs;
+use crate::run::{PullPolicy, Target, parse_env, target_kind, unpack, until_done};
+
+/// Run a Spin app: its HTTP routes served on --listen, its Redis channels followed.
+///
+/// The app is read from spin.toml (-f, or the current directory), or from an image built with
+/// `wasmcell build --spin` (an archive or a reference). Each component gets exactly what its
+/// manifest entry grants: its `files` read-only, its `environment`, the hosts in its
+/// `allowed_outbound_hosts`, its key-value stores and SQLite databases (by default in .spin/
+/// in the app's directory). Variables come from the manifest's defaults, then
+/// SPIN_VARIABLE_<NAME> in --env or this shell's environment.
+///
+/// Ctrl-C stops the app after the requests in flight.
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  wasmcell up -f guests/spin-apps/shop/spin.toml\n  SPIN_VARIABLE_GREETING=Hi wasmcell up --listen 0.0.0.0:3000\n  wasmcell up 127.0.0.1:5000/shop:latest"
+)]
+pub struct UpArgs {
+    /// The app's manifest, or the directory holding spin.toml [default: ./spin.toml]
+    #[arg(
+        long = "from",
+        short = 'f',
+        value_name = "MANIFEST|DIR",
+        conflicts_with = "image"
+    )]
+    from: Option<PathBuf>,
+    /// An image holding a Spin app (an archive or a reference), instead of -f.
+    image: Option<String>,
+    /// Where the HTTP trigger listens.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// The runtime config (key-value stores, SQLite databases) [default: runtime-config.toml
+    /// beside the manifest, if there is one]
+    #[arg(long, value_name = "FILE")]
+    runtime_config_file: Option<PathBuf>,
+    /// Set an environment variable in every component, and for SPIN_VARIABLE_* (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The compile cache directory [default: as for `wasmcell run`]
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// When to pull an image reference: always, missing or never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn up(args: UpArgs) -> Result<ExitCode> {
+    let env = parse_env(&args.env)?;
+    // Kept until the app is done: an unpacked image, and the components' staged files.
+    let mut unpacked = None;
+    let (dir, root) = match &args.image {
+        Some(image) => {
+            let target = target_kind(image)?;
+            if let Target::Wasm { path, .. } = &target {
+                bail!(
+                    "{} is a Wasm binary: `wasmcell run` runs it; `wasmcell up` runs Spin apps",
+                    path.display()
+                );
+            }
+            let (_, _, rootfs) = unpack(target, args.pull, &args.registry)?;
+            let dir = rootfs.path().to_owned();
+            unpacked = Some(rootfs);
+            (dir.clone(), dir)
+        }
+        None => (app_dir(args.from.as_deref())?, PathBuf::from("/")),
+    };
+    if !wasmcell_spin::is_app(&dir) {
+        bail!(
+            "no {} in {}: give the app's manifest with -f, or an image built with `wasmcell build --spin`",
+            wasmcell_spin::MANIFEST,
+            dir.display()
+        );
+    }
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .or_else(|| std::env::var(name).ok())
+    };
+    let staging = tempfile::Builder::new()
+        .prefix("wasmcell-spin-files-")
+        .tempdir()
+        .context("cannot create a directory for the components' files")?;
+    let config = match &args.runtime_config_file {
+        Some(file) => RuntimeConfigSource::File(file),
+        None => RuntimeConfigSource::Beside,
+    };
+    let mut app = wasmcell_spin::load(&dir, config, &lookup, staging.path())
+        .map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
+    for component in &mut app.components {
+        component.environment.extend(env.iter().cloned());
+    }
+    let routes = describe_routes(&app, args.listen);
+    let spec = WorkloadSpec {
+        module: ModuleSource::Rootfs {
+            root: dir.clone(),
+            path: wasmcell_spin::MANIFEST.to_owned(),
+        },
+        function: None,
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: "/".to_owned(),
+        // Where absolute store paths are: the host's, or the image's rootfs.
+        preopens: vec![Preopen {
+            host: root,
+            guest: "/".to_owned(),
+            access: Access::ReadWrite,
+        }],
+        stdio: Stdio {
+            stdin: Input::Null,
+            stdout: Output::Inherit,
+            stderr: Output::Inherit,
+        },
+        limits: Limits::default(),
+        // Components reach only their allowed_outbound_hosts.
+        network: Network::Inherit,
+        http: HttpServe {
+            addr: args.listen,
+            ..HttpServe::default()
+        },
+        names: NameFiles {
+            hosts: Some("/etc/hosts".into()),
+            resolv_conf: Some("/etc/resolv.conf".into()),
+        },
+        app: Some(Box::new(app)),
+    };
+    let cache = CompileCache::new(args.cache_dir.unwrap_or_else(CompileCache::default_dir));
+    let engine = Engine::new(cache)?;
+    let prepared = engine.prepare(spec)?;
+    eprint!("{routes}");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exit = tokio.block_on(until_done(&prepared))?;
+    drop((staging, unpacked));
+    Ok(ExitCode::from(exit.status() as u8))
+}
+
+/// The app's directory from -f: a manifest's directory, or a directory.
+fn app_dir(from: Option<&Path>) -> Result<PathBuf> {
+    let from = from.unwrap_or(Path::new("."));
+    let dir = if from.is_dir() {
+        from.to_owned()
+    } else if from
+        .file_name()
+        .is_some_and(|n| n == wasmcell_spin::MANIFEST)
+    {
+        from.parent().unwrap_or(Path::new(".")).to_owned()
+    } else if from.exists() {
+        bail!(
+            "-f {}: the manifest must be named {} (Spin reads the app's directory)",
+            from.display(),
+            wasmcell_spin::MANIFEST
+        );
+    } else {
+        bail!("-f {}: no such file or directory", from.display());
+    };
+    Ok(if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    })
+}
+
+/// What `spin up` prints: each route and what serves it.
+fn describe_routes(app: &App, listen: SocketAddr) -> String {
+    let mut text = format!(
+        "wasmcell: serving Spin app {} on http://{listen}\n",
+        app.name
+    );
+    for trigger in &app.http {
+        let Some(route) = &trigger.route else {
+            continue;
+        };
+        let by = match &trigger.handler {
+            HttpHandler::Component(index) => app.components[*index].id.clone(),
+            HttpHandler::Static(_) => "static response".to_owned(),
+        };
+        text.push_str(&format!("  {by}: http://{listen}{route}\n"));
+    }
+    for trigger in &app.redis {
+        let id = &app.components[trigger.component].id;
+        text.push_str(&format!(
+            "  {id}: Redis channel {} at {}\n",
+            trigger.channel, trigger.address
+        ));
+    }
+    text
+}

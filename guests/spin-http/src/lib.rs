@@ -1,0 +1,126 @@
+//! A Spin HTTP component written with Spin's own SDK, as Spin users write them. One binary
+//! plays several components of the test apps (`guests/spin-apps`), chosen by its `ROLE`
+//! environment variable (the manifest's `environment`):
+//!
+//! - `web` (the default): `GET /hello` greets with the `greeting` variable and echoes Spin's
+//!   request headers; `GET|PUT|DELETE /kv/KEY` use the `default` key-value store; `POST /orders`
+//!   adds the body to the `default` SQLite database and `GET /orders` lists them;
+//!   `GET /fetch?URL` relays an outbound request (status and body, or 502 with the error);
+//!   `GET /private` calls the private component through `http://private.spin.internal`;
+//!   `GET /files/NAME` reads `/NAME` from the files it was given; `GET /env` prints its
+//!   environment.
+//! - `admin`: answers every request with the path below its route.
+//! - `private`: answers with a secret only the app itself can ask for.
+
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::key_value::Store;
+use spin_sdk::sqlite::{Connection, Value};
+
+#[http_component]
+async fn handle(request: Request) -> anyhow::Result<Response> {
+    let header = |name: &str| {
+        request
+            .header(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match std::env::var("ROLE").as_deref().unwrap_or("web") {
+        "admin" => Ok(text(200, format!("admin: {}\n", header("spin-path-info")))),
+        "private" => Ok(text(200, "private: the secret is 42\n".to_owned())),
+        _ => web(&request, header).await,
+    }
+}
+
+async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Result<Response> {
+    let path = request.path().to_owned();
+    let method = request.method().clone();
+    if path == "/hello" {
+        let greeting = spin_sdk::variables::get("greeting")?;
+        let mut body = format!("{greeting}, Spin!\n");
+        for name in [
+            "spin-full-url",
+            "spin-path-info",
+            "spin-matched-route",
+            "spin-raw-component-route",
+            "spin-component-route",
+            "spin-base-path",
+            "spin-client-addr",
+        ] {
+            body.push_str(&format!("{name}: {}\n", header(name)));
+        }
+        return Ok(text(200, body));
+    }
+    if let Some(key) = path.strip_prefix("/kv/") {
+        let store = Store::open_default()?;
+        return Ok(match method {
+            Method::Get => match store.get(key)? {
+                Some(value) => Response::new(200, value),
+                None => text(404, format!("no key {key}\n")),
+            },
+            Method::Put | Method::Post => {
+                store.set(key, request.body())?;
+                text(201, format!("stored {key} ({} bytes)\n", request.body().len()))
+            }
+            Method::Delete => {
+                store.delete(key)?;
+                text(200, format!("deleted {key}\n"))
+            }
+            _ => text(405, "GET, PUT or DELETE\n".to_owned()),
+        });
+    }
+    if path == "/orders" {
+        let db = Connection::open_default()?;
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)",
+            &[],
+        )?;
+        if method == Method::Post {
+            let item = String::from_utf8_lossy(request.body()).into_owned();
+            db.execute("INSERT INTO orders (item) VALUES (?)", &[Value::Text(item)])?;
+        }
+        let rows = db.execute("SELECT id, item FROM orders ORDER BY id", &[])?;
+        let mut body = String::new();
+        for row in &rows.rows {
+            if let [Value::Integer(id), Value::Text(item)] = row.values.as_slice() {
+                body.push_str(&format!("{id} {item}\n"));
+            }
+        }
+        return Ok(text(200, body));
+    }
+    if path == "/fetch" {
+        let url = request.query().to_owned();
+        return Ok(relay(Request::get(url).build()).await);
+    }
+    if path == "/private" {
+        return Ok(relay(Request::get("http://private.spin.internal/secret").build()).await);
+    }
+    if let Some(name) = path.strip_prefix("/files/") {
+        return Ok(match std::fs::read(format!("/{name}")) {
+            Ok(bytes) => Response::new(200, bytes),
+            Err(error) => text(404, format!("/{name}: {error}\n")),
+        });
+    }
+    if path == "/env" {
+        let env: String = std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+        return Ok(text(200, env));
+    }
+    Ok(text(404, format!("no such page {path}\n")))
+}
+
+/// An outbound request's status and body, or 502 with why it failed.
+async fn relay(request: Request) -> Response {
+    match spin_sdk::http::send::<_, Response>(request).await {
+        Ok(response) => Response::new(*response.status(), response.body().to_vec()),
+        Err(error) => text(502, format!("outbound request failed: {error}\n")),
+    }
+}
+
+fn text(status: u16, body: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(body)
+        .build()
+}
