@@ -3,17 +3,25 @@
 #
 # wasm32-wasip1: every command guest. wasm32-wasip2: hello again, as a component
 # (`hello.component.wasm`), the HTTP example `hello-http.wasm` (a wasi:http/proxy component) and
-# `echo-server.wasm` (wasi:sockets through std::net).
+# `echo-server.wasm` (wasi:sockets through std::net). Spin apps: guests/spin-apps/NAME with the
+# Spin SDK components they name, assembled into `spin/NAME/` (the app's directory).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
-cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server
-cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server
+cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server \
+  --exclude spin-http --exclude spin-redis
+cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
 cp target/wasm32-wasip2/release/hello.wasm "$out/hello.component.wasm"
 cp target/wasm32-wasip2/release/hello_http.wasm "$out/hello-http.wasm"
 cp target/wasm32-wasip2/release/echo-server.wasm "$out/echo-server.wasm"
+for app in spin-apps/*/; do
+  name=$(basename "$app")
+  rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"
+  cp -r "$app". "$out/spin/$name/"
+  cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm "$out/spin/$name/"
+done
 echo "$out"

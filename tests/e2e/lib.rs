@@ -927,3 +927,73 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()
     }
     Ok(())
 }
+
+/// A private `redis-server` (Debian's, installed by scripts/setup.sh) on a free loopback port,
+/// keeping nothing on disk; stopped by PID when dropped.
+pub struct Redis {
+    daemon: Daemon,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts the server and waits until it answers `PING`.
+    pub fn start() -> Result<Redis> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path());
+        let daemon = Daemon::spawn("redis-server", &mut command, &dir.path().join("redis.log"))?;
+        let redis = Redis {
+            daemon,
+            port,
+            _dir: dir,
+        };
+        redis.daemon.wait_ready(|| redis.cli(&["PING"]))?;
+        Ok(redis)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli -p PORT ARGS...`.
+    pub fn cli(&self, args: &[&str]) -> Result<Ran> {
+        run(Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.daemon.stop();
+    }
+}
+
+/// A copy of the Spin test app `name` (guests/spin-apps, assembled by build-guests.sh) in
+/// `dir`, for a test to change or to keep its stores in.
+pub fn spin_app(name: &str, dir: &Path) -> Result<PathBuf> {
+    let from = guest(&format!("spin/{name}"));
+    let to = dir.join(name);
+    run(Command::new("cp").arg("-r").arg(&from).arg(&to))?.success()?;
+    Ok(to)
+}
+
+/// `wasmcell build --spin APP/spin.toml --tag TAG --output DIR/NAME.tar`, returning the archive.
+pub fn build_spin_image(app: &Path, tag: &str, dir: &Path) -> Result<PathBuf> {
+    let archive = dir.join(format!("{}.tar", tag.replace(['/', ':'], "_")));
+    run(Command::new(wasmcell())
+        .env("WASMCELL_STORE", dir.join("store"))
+        .args(["build", "--spin"])
+        .arg(app.join("spin.toml"))
+        .args(["--tag", tag, "--output"])
+        .arg(&archive))?
+    .success()?;
+    Ok(archive)
+}

@@ -1,10 +1,10 @@
-//! `wasmcell build`: a `.wasm` into an OCI image archive.
+//! `wasmcell build`: a `.wasm`, or a Spin app, into an OCI image.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use wasmcell_oci::{BuildOptions, Format, Layout, Platform, build_image};
+use wasmcell_oci::{BuildOptions, Format, Layout, Platform, build_app_image, build_image};
 use wasmcell_registry::{Registry, parse_reference};
 
 use crate::images::{RegistryArgs, store};
@@ -17,13 +17,20 @@ use crate::images::{RegistryArgs, store};
 /// Wasm OCI artifact (the binary as its one `application/wasm` layer, a
 /// `application/vnd.wasm.config.v0+json` config).
 ///
+/// With --spin, the positional names a Spin app's spin.toml: its directory becomes the image
+/// (platform wasi/wasm), which the spin runtime names and `wasmcell up IMAGE` run.
+///
 /// Where it goes: an OCI archive (`-o app.tar`: `ctr images import --all-platforms app.tar`,
 /// `docker load -i app.tar`), an OCI layout directory (`-o dir/`), a registry (`--push`), and
 /// always the local store (`wasmcell images`, `wasmcell run REF`).
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The .wasm file (core module or component).
+    /// The .wasm file (core module or component), or with --spin the app's spin.toml.
     wasm: PathBuf,
+    /// Build a Spin app: the positional is its spin.toml, and its directory (components,
+    /// files) becomes the image's one layer.
+    #[arg(long, conflicts_with = "include")]
+    spin: bool,
     /// The image name, e.g. example.com/hello:latest.
     #[arg(long, short = 't')]
     tag: String,
@@ -59,6 +66,22 @@ enum FormatArg {
 }
 
 pub fn build(args: BuildArgs) -> Result<()> {
+    let format = match args.format {
+        FormatArg::Image => Format::Image,
+        FormatArg::Artifact => Format::Artifact,
+    };
+    if args.spin {
+        let dir = spin_app_dir(&args.wasm)?;
+        let options = BuildOptions {
+            reference: args.tag.clone(),
+            platforms: args.platform.clone(),
+            file_name: wasmcell_spin::MANIFEST.to_owned(),
+            include: Vec::new(),
+            format,
+        };
+        let image = build_app_image(&dir, wasmcell_spin::MANIFEST, &options)?;
+        return deliver(&args, &image, &format!("Spin app {}", dir.display()));
+    }
     let wasm = std::fs::read(&args.wasm)
         .with_context(|| format!("cannot read {}", args.wasm.display()))?;
     let file_name = args
@@ -84,19 +107,54 @@ pub fn build(args: BuildArgs) -> Result<()> {
         platforms: args.platform.clone(),
         file_name,
         include,
-        format: match args.format {
-            FormatArg::Image => Format::Image,
-            FormatArg::Artifact => Format::Artifact,
-        },
+        format,
     };
     let image = build_image(&wasm, &options)?;
+    deliver(
+        &args,
+        &image,
+        &format!("{} {}", image.kind, options.file_name),
+    )
+}
+
+/// The directory of a Spin app, checked: its manifest parses and every component's source is
+/// there, so a broken app fails here rather than in a container.
+fn spin_app_dir(manifest: &Path) -> Result<PathBuf> {
+    anyhow::ensure!(
+        manifest
+            .file_name()
+            .is_some_and(|n| n == wasmcell_spin::MANIFEST),
+        "--spin {}: give the app's {}",
+        manifest.display(),
+        wasmcell_spin::MANIFEST
+    );
+    let dir = manifest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let parsed = wasmcell_spin::Manifest::parse(&text, &manifest.display().to_string())?;
+    for (id, component) in &parsed.components {
+        if let wasmcell_spin::manifest::SourceDecl::Path(source) = &component.source {
+            anyhow::ensure!(
+                dir.join(source).is_file(),
+                "{}: [component.{id}] source `{source}` is not in the app's directory: build the app first",
+                manifest.display(),
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Stores the image locally, and writes or pushes it as the flags say.
+fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<()> {
     image.store(&store()?)?;
     let platforms: Vec<_> = image.platforms.iter().map(ToString::to_string).collect();
     println!(
-        "built {} ({} {}, platform {}) into the local store\n  {} {}",
+        "built {} ({what}, platform {}) into the local store\n  {} {}",
         args.tag,
-        image.kind,
-        options.file_name,
         platforms.join(", "),
         image.root.media_type(),
         image.root.digest(),
@@ -106,7 +164,7 @@ pub fn build(args: BuildArgs) -> Result<()> {
             image.store(&Layout::open(output)?)?;
             println!("  and into the OCI layout {}", output.display());
         } else {
-            write_archive(&image, output)?;
+            write_archive(image, output)?;
             println!(
                 "  and into {}\n  next: ctr images import --all-platforms {}",
                 output.display(),

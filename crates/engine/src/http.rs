@@ -264,7 +264,7 @@ fn spin_request(
         let allowed = internal.is_some() || host.allowed_hosts.allows_self();
         let Some(Chain { server, outputs }) = chain.filter(|_| allowed) else {
             return Box::new(async move {
-                host.report_denied("self (the app itself)").await;
+                host.report_denied("the app itself", "self").await;
                 Err(wasmtime_wasi_http::Error::HttpRequestDenied)
             });
         };
@@ -305,8 +305,8 @@ fn spin_request(
     let name = authority.unwrap_or_default();
     if network == Network::None || !host.allowed_hosts.allows(&scheme, &name, port) {
         return Box::new(async move {
-            host.report_denied(&format!("{scheme}://{name}:{port}"))
-                .await;
+            let target = format!("{scheme}://{name}:{port}");
+            host.report_denied(&target, &target).await;
             Err(wasmtime_wasi_http::Error::HttpRequestDenied)
         });
     }

@@ -87,6 +87,11 @@ pub enum ArchiveError {
     /// `--include` asked of an artifact, whose one layer is the binary.
     #[error("--include needs the image format: a Wasm artifact's only layer is the binary")]
     IncludeInArtifact,
+    /// An app (a manifest and its files) asked to be built as a Wasm artifact.
+    #[error(
+        "an app image needs the image format: a Wasm artifact holds one binary, an app a manifest and its files"
+    )]
+    AppArtifact,
     /// A component the builder cannot read.
     #[error("the component cannot be parsed: {0}")]
     Malformed(String),

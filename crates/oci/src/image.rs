@@ -159,6 +159,55 @@ pub fn build_image(wasm: &[u8], options: &BuildOptions) -> Result<Image, Archive
             wasm.to_vec(),
         ),
     };
+    assemble(layer, name, wasm, kind, platforms, options)
+}
+
+/// Builds the Docker-compatible image of an app whose manifest (`manifest`, e.g. Spin's
+/// `spin.toml`) is at the root of `dir`: the directory is the one layer, as a Dockerfile's
+/// `COPY . /` makes it, and the Entrypoint names the manifest (an app runtime reads the
+/// manifest and ignores it). Its platform is `wasi/wasm`, which Docker's Spin examples use.
+pub fn build_app_image(
+    dir: &std::path::Path,
+    manifest: &str,
+    options: &BuildOptions,
+) -> Result<Image, ArchiveError> {
+    if options.format == Format::Artifact {
+        return Err(ArchiveError::AppArtifact);
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir)
+        .map_err(io_err(format!("add {} to the image", dir.display())))?;
+    let layer = Blob::new(
+        MediaType::ImageLayer,
+        tar.into_inner().map_err(io_err("build layer"))?,
+    );
+    let mut platforms = options.platforms.clone();
+    if platforms.is_empty() {
+        platforms.push(Platform::WASI);
+    }
+    assemble(
+        layer,
+        manifest,
+        &[],
+        WasmKind::Component,
+        platforms,
+        options,
+    )
+}
+
+/// An image of `layer` for each of `platforms`: configs, manifests, and an index when there
+/// are several. `name` is the file the Entrypoint names; `wasm`, the binary an artifact's
+/// config describes.
+fn assemble(
+    layer: Blob,
+    name: &str,
+    wasm: &[u8],
+    kind: WasmKind,
+    platforms: Vec<Platform>,
+    options: &BuildOptions,
+) -> Result<Image, ArchiveError> {
     let mut blobs = vec![layer.clone()];
     let mut manifests = Vec::new();
     let mut docker = None;

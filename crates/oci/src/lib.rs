@@ -17,7 +17,7 @@ pub mod wasm;
 
 pub use archive::{Archive, ArchiveError, ImageContents};
 pub use entrypoint::Entrypoint;
-pub use image::{BuildOptions, Format, Image, build_image};
+pub use image::{BuildOptions, Format, Image, build_app_image, build_image};
 pub use layout::{Layout, LayoutError};
 pub use platform::{Platform, PlatformError};
 pub use wasm::{FileKind, WasmKind};

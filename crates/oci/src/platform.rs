@@ -30,6 +30,11 @@ impl Platform {
         os: "wasip1",
         arch: "wasm",
     };
+    /// `wasi/wasm`: the platform Docker's Spin images declare.
+    pub const WASI: Platform = Platform {
+        os: "wasi",
+        arch: "wasm",
+    };
     /// `wasip2/wasm`: the default for components.
     pub const WASIP2: Platform = Platform {
         os: "wasip2",

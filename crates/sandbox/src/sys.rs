@@ -539,6 +539,25 @@ const ALLOWED_SYSCALLS: &[i64] = &[
     libc::SYS_flock,
     libc::SYS_fadvise64,
     libc::SYS_getcwd,
+    libc::SYS_fchmod,
+    // The same, in the forms glibc's unlink(), access(), mkdir() ... use on x86_64 (SQLite,
+    // behind Spin's stores, calls them): the `*at` calls above with the current directory.
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_access,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rmdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_mkdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rename,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_readlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_stat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_lstat,
     // sockets, in the container's network namespace
     libc::SYS_socket,
     libc::SYS_socketpair,

@@ -82,9 +82,10 @@ impl SpinHost {
 impl SpinHost {
     /// Says on the container's stderr that the component asked for a host it was not
     /// granted, and how to grant it.
-    pub(crate) async fn report_denied(&self, target: &str) {
+    /// `entry` is what `allowed_outbound_hosts` would need to hold.
+    pub(crate) async fn report_denied(&self, target: &str, entry: &str) {
         let message = format!(
-            "component {id}: outbound request to {target} denied: add it to allowed_outbound_hosts in [component.{id}] of spin.toml",
+            "component {id}: outbound request to {target} denied: add \"{entry}\" to allowed_outbound_hosts in [component.{id}] of spin.toml",
             id = self.id
         );
         crate::stdio::report(&self.stderr, &message).await;
@@ -375,8 +376,8 @@ impl outbound_redis::HostConnection for ComponentState {
             _ => return Ok(Err(outbound_redis::Error::InvalidAddress)),
         };
         if !spin.allowed_hosts.allows(scheme, &host, port) {
-            spin.report_denied(&format!("{scheme}://{host}:{port}"))
-                .await;
+            let target = format!("{scheme}://{host}:{port}");
+            spin.report_denied(&target, &target).await;
             return Ok(Err(outbound_redis::Error::Other(format!(
                 "{scheme}://{host}:{port} is not in the component's allowed_outbound_hosts"
             ))));

@@ -1,0 +1,400 @@
+//! Spin apps, unmodified (components built with Spin's own SDK, `spin.toml` as Spin reads it):
+//! under the spin runtime names through containerd and Docker, and under `wasmcell up`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Result;
+use wasmcell_e2e::{
+    Containerd, Docker, Redis, build_spin_image, curl, free_port, spin_app, wait_for, wait_http,
+    wasmcell,
+};
+
+const SPIN: &str = "io.containerd.spin.v2";
+
+/// An HTTP server on 127.0.0.1 answering every request with `body`: the upstream of the
+/// outbound tests.
+fn upstream(body: &'static str) -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = write!(
+                &stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(port)
+}
+
+/// Checks what the shop app serves at `base` as Spin serves it: routes, Spin's headers,
+/// variables, static responses, files, key-value, SQLite, a private component, and outbound
+/// requests only to the allowed host.
+fn assert_serves_shop(base: &str, greeting: &str, env: &str) -> Result<()> {
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert_eq!(hello.status, 200, "{hello:?}");
+    let lines: Vec<&str> = hello.body.lines().collect();
+    assert_eq!(lines[0], format!("{greeting}, Spin!"), "{hello:?}");
+    for expected in [
+        format!("spin-full-url: {base}/hello"),
+        "spin-path-info: /hello".to_owned(),
+        "spin-matched-route: /...".to_owned(),
+        "spin-component-route: ".to_owned(),
+        "spin-base-path: /".to_owned(),
+    ] {
+        assert!(
+            lines.contains(&expected.as_str()),
+            "no {expected:?} in {hello:?}"
+        );
+    }
+    assert!(
+        hello.body.contains("spin-client-addr: 127.0.0.1:"),
+        "{hello:?}"
+    );
+
+    // The longest route wins; the static response needs no component.
+    let admin = curl(&[&format!("{base}/admin/users/7")])?;
+    assert_eq!(
+        (admin.status, admin.body.as_str()),
+        (200, "admin: /users/7\n")
+    );
+    let health = curl(&[&format!("{base}/health")])?;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    // Key-value and SQLite, across requests (each a fresh instance).
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "blue",
+        &format!("{base}/kv/color"),
+    ])?;
+    assert_eq!(put.status, 201, "{put:?}");
+    let got = curl(&[&format!("{base}/kv/color")])?;
+    assert_eq!((got.status, got.body.as_str()), (200, "blue"));
+    assert_eq!(curl(&[&format!("{base}/kv/missing")])?.status, 404);
+    curl(&["--data-binary", "tea", &format!("{base}/orders")])?;
+    let orders = curl(&["--data-binary", "cake", &format!("{base}/orders")])?;
+    assert_eq!(orders.body, "1 tea\n2 cake\n", "{orders:?}");
+
+    // Its files, and nothing else of the image or the host; its environment, exactly.
+    let notice = curl(&[&format!("{base}/files/assets/notice.txt")])?;
+    assert_eq!(notice.body, "Open every day from nine to five.\n");
+    for hidden in ["spin.toml", "spin_http.wasm", "etc/passwd"] {
+        let reply = curl(&[&format!("{base}/files/{hidden}")])?;
+        assert_eq!(reply.status, 404, "/{hidden} is visible: {reply:?}");
+    }
+    assert_eq!(curl(&[&format!("{base}/env")])?.body, env);
+
+    // The private component: no route reaches it, the app itself does.
+    let private = curl(&[&format!("{base}/private")])?;
+    assert_eq!(
+        (private.status, private.body.as_str()),
+        (200, "private: the secret is 42\n")
+    );
+
+    // Outbound: the allowed host, and a denial for any other.
+    let port = upstream("from upstream")?;
+    let allowed = curl(&[&format!("{base}/fetch?http://127.0.0.1:{port}/x")])?;
+    assert_eq!(
+        (allowed.status, allowed.body.as_str()),
+        (200, "from upstream")
+    );
+    let denied = curl(&[&format!("{base}/fetch?http://localhost:{port}/x")])?;
+    assert_eq!(denied.status, 502, "{denied:?}");
+    Ok(())
+}
+
+#[test]
+fn ctr_runs_a_spin_app_with_its_stores_in_a_volume() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    // The stores in a volume, so a second container finds the first one's data.
+    std::fs::write(
+        app.join("runtime-config.toml"),
+        "[key_value_store.default]\ntype = \"spin\"\npath = \"/data/kv.db\"\n\
+         [sqlite_database.default]\ntype = \"spin\"\npath = \"/data/app.db\"\n",
+    )?;
+    let archive = build_spin_image(&app, "example.com/shop:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let volume = tmp.path().join("volume");
+    std::fs::create_dir(&volume)?;
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        volume.display()
+    );
+    let log = tmp.path().join("shop.log");
+
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let run = |id: &str| {
+        containerd
+            .ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                SPIN,
+                "--net-host",
+                "--mount",
+                &mount,
+                "--log-uri",
+                &format!("file://{}", log.display()),
+                "--env",
+                &format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
+                "--env",
+                "SPIN_VARIABLE_GREETING=Howdy",
+                "example.com/shop:1",
+                id,
+            ])?
+            .success()
+    };
+    run("shop")?;
+    wait_http(&format!("{base}/health"))?;
+    // The container's environment is for the app's variables, not its components.
+    assert_serves_shop(&base, "Howdy", "ROLE=web\n")?;
+    // The denied request is explained where the operator looks.
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(
+        logged.contains("outbound request to http://localhost:")
+            && logged.contains("allowed_outbound_hosts in [component.web]"),
+        "{logged}"
+    );
+    assert!(
+        volume.join("kv.db").is_file(),
+        "the store is not in the volume"
+    );
+
+    // SIGTERM: the server drains and exits 0.
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "shop"])?
+        .success()?;
+    containerd.wait_status("shop", "STOPPED")?;
+    let deleted = containerd.ctr(&["task", "delete", "shop"])?.success()?;
+    assert!(!deleted.stderr.contains("non-zero"), "{deleted:?}");
+    containerd
+        .ctr(&["container", "delete", "shop"])?
+        .success()?;
+
+    // A new container on the same volume has the data.
+    run("shop-again")?;
+    wait_http(&format!("{base}/health"))?;
+    assert_eq!(curl(&[&format!("{base}/kv/color")])?.body, "blue");
+    let orders = curl(&[&format!("{base}/orders")])?;
+    assert_eq!(orders.body, "1 tea\n2 cake\n");
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "shop-again"])?
+        .success()?;
+    containerd.wait_status("shop-again", "STOPPED")?;
+    Ok(())
+}
+
+#[test]
+fn a_spin_apps_redis_trigger_and_redis_store_use_a_real_redis() -> Result<()> {
+    let redis = Redis::start()?;
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("listener", tmp.path())?;
+    std::fs::write(
+        app.join("runtime-config.toml"),
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(app.join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/kv/none"))?;
+    for message in ["first", "second"] {
+        let published = redis.cli(&["PUBLISH", "messages", message])?.success()?;
+        assert_eq!(
+            published.stdout.trim(),
+            "1",
+            "nobody subscribed: {published:?}"
+        );
+        wait_for("the message to be stored", || {
+            Ok(curl(&[&format!("{base}/kv/last")])?.body == message)
+        })?;
+    }
+    // The store is the Redis server's keys, as Spin's Redis key-value store keeps them.
+    assert_eq!(redis.cli(&["GET", "last"])?.stdout.trim(), "second");
+    assert_eq!(curl(&[&format!("{base}/kv/count")])?.body, "2");
+
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
+    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+    let out = up.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("message 2: 6 bytes"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn wasmcell_up_serves_an_app_from_its_directory() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(&app)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--env", "SPIN_VARIABLE_GREETING=Hi"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/health"))?;
+    // --env is every component's, as with `spin up`.
+    assert_serves_shop(&base, "Hi", "ROLE=web\nSPIN_VARIABLE_GREETING=Hi\n")?;
+    // Spin's default stores, in .spin/ in the app's directory.
+    assert!(app.join(".spin/sqlite_key_value.db").is_file());
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
+    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+    let out = up.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("web: {base}/...")), "{stderr}");
+    assert!(
+        stderr.contains("outbound request to http://localhost:"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn docker_runs_a_spin_app_on_port_80_published() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let archive = build_spin_image(&app, "example.com/shop:docker", tmp.path())?;
+    let docker = Docker::start_bridged()?;
+    docker.load(&archive)?;
+    let port = free_port()?;
+    docker
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "shop",
+            "--runtime",
+            SPIN,
+            "--platform",
+            "wasi/wasm",
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            "example.com/shop:docker",
+        ])?
+        .success()?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/health"))?;
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert!(hello.body.starts_with("Hello, Spin!\n"), "{hello:?}");
+    let put = curl(&["-X", "PUT", "--data-binary", "7", &format!("{base}/kv/n")])?;
+    assert_eq!(put.status, 201, "{put:?}");
+    assert_eq!(curl(&[&format!("{base}/kv/n")])?.body, "7");
+    docker.docker(&["stop", "shop"])?.success()?;
+    let state = docker
+        .docker(&["inspect", "--format", "{{.State.ExitCode}}", "shop"])?
+        .success()?;
+    assert_eq!(state.stdout.trim(), "0", "{state:?}");
+    Ok(())
+}
+
+/// Writes a one-off app with `manifest` and the shop's component, and builds its image.
+fn broken_app(dir: &Path, name: &str, manifest: &str) -> Result<std::path::PathBuf> {
+    let app = dir.join(name);
+    std::fs::create_dir_all(&app)?;
+    std::fs::copy(
+        wasmcell_e2e::guest("spin/shop/spin_http.wasm"),
+        app.join("spin_http.wasm"),
+    )?;
+    std::fs::write(app.join("spin.toml"), manifest)?;
+    // Built as a user's Dockerfile would (COPY . /), past the checks of `wasmcell build --spin`.
+    let include = format!("{}:/", app.display());
+    wasmcell_e2e::build_image(
+        &app.join("spin_http.wasm"),
+        &format!("example.com/{name}:1"),
+        dir,
+        &["--include", &include],
+    )
+}
+
+#[test]
+fn broken_spin_apps_fail_create_naming_the_problem() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    let cases = [
+        (
+            "missing",
+            "spin_manifest_version = 2\n[application]\nname = \"m\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"missing.wasm\"\n",
+            "[component.web] cannot read its source `missing.wasm`",
+        ),
+        (
+            "syntax",
+            "spin_manifest_version = 2\n[application]\nname = \"s\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = web\n",
+            "spin.toml line 6",
+        ),
+        (
+            "required",
+            "spin_manifest_version = 2\n[application]\nname = \"r\"\n[variables]\ntoken = { required = true }\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"spin_http.wasm\"\n",
+            "token",
+        ),
+    ];
+    for (name, manifest, expected) in cases {
+        let archive = broken_app(tmp.path(), name, manifest)?;
+        containerd.import(&archive)?;
+        let ran = containerd.ctr(&[
+            "run",
+            "--runtime",
+            SPIN,
+            &format!("example.com/{name}:1"),
+            name,
+        ])?;
+        assert_ne!(ran.code, Some(0), "{name}: {ran:?}");
+        assert!(
+            ran.stderr.contains(expected),
+            "{name}: no {expected:?} in {}",
+            ran.stderr
+        );
+        // The shim is still there for the next container.
+        containerd.ctr(&["container", "delete", name]).ok();
+    }
+    Ok(())
+}
+
+#[test]
+fn wasmcell_build_spin_checks_the_app() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    std::fs::remove_file(app.join("spin_http.wasm"))?;
+    let built = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("store"))
+            .args(["build", "--spin"])
+            .arg(app.join("spin.toml"))
+            .args(["--tag", "example.com/broken:1"]),
+    )?;
+    assert_ne!(built.code, Some(0));
+    assert!(
+        built
+            .stderr
+            .contains("source `spin_http.wasm` is not in the app's directory"),
+        "{built:?}"
+    );
+    Ok(())
+}
