@@ -285,7 +285,7 @@ fn spin_request(
                 Some(id) => server.internal(&id).ok_or(ErrorCode::DestinationNotFound)?,
                 None => match server.route(&mut request, host_addr()) {
                     Ok(target) => target,
-                    Err(response) => return Ok((response, no_io())),
+                    Err(response) => return Ok((*response, no_io())),
                 },
             };
             let timeout = server.spec.http.timeout;
@@ -378,15 +378,18 @@ impl Server {
         &self,
         request: &mut http::Request<B>,
         client: SocketAddr,
-    ) -> Result<Arc<Target>, Response<HyperOutgoingBody>> {
+    ) -> Result<Arc<Target>, Box<Response<HyperOutgoingBody>>> {
         let app = match &self.routes {
             Routes::One(target) => return Ok(target.clone()),
             Routes::Spin(app) => app,
         };
         let (routed, matched) = app.route(request.uri().path());
         match routed {
-            Routed::NotFound => Err(plain(StatusCode::NOT_FOUND, "Not Found\n".to_owned())),
-            Routed::Static(response) => Err(static_response(&response)),
+            Routed::NotFound => Err(Box::new(plain(
+                StatusCode::NOT_FOUND,
+                "Not Found\n".to_owned(),
+            ))),
+            Routed::Static(response) => Err(Box::new(static_response(&response))),
             Routed::Component(target) => {
                 if let Some(matched) = matched {
                     let host = request
@@ -615,7 +618,7 @@ async fn handle(
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let target = match server.route(&mut request, peer) {
         Ok(target) => target,
-        Err(answer) => return Ok(answer),
+        Err(answer) => return Ok(*answer),
     };
     let request = request.map(|body| {
         Limited::new(body, max_body as usize)
