@@ -1,5 +1,6 @@
 //! Spin apps, unmodified (components built with Spin's own SDK, `spin.toml` as Spin reads it):
-//! under the spin runtime names through containerd and Docker, and under `wasmcell up`.
+//! under the spin runtime names through containerd, Docker and Kubernetes' CRI, and under
+//! `wasmcell up`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -7,9 +8,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
+use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
-    Containerd, Docker, Redis, build_spin_image, curl, free_port, spin_app, wait_for, wait_http,
-    wasmcell,
+    Containerd, Docker, Redis, Registry, build_spin_image, curl, free_port, spin_app, wait_for,
+    wait_http, wasmcell,
 };
 
 const SPIN: &str = "io.containerd.spin.v2";
@@ -396,5 +398,49 @@ fn wasmcell_build_spin_checks_the_app() -> Result<()> {
             .contains("source `spin_http.wasm` is not in the app's directory"),
         "{built:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_spin_app_serves_from_a_pod_under_the_spin_handler() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start()?;
+    let app = spin_app("shop", tmp.path())?;
+    let image = format!("{}/shop:1", registry.addr);
+    wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("store"))
+            .args(["build", "--spin"])
+            .arg(app.join("spin.toml"))
+            .args(["--tag", &image, "--push"]),
+    )?
+    .success()?;
+    let cri = Cri::start()?;
+    let pod = cri.run_pod(cri.pod_config("shop")?, "spin")?;
+    cri.pull(&image)?;
+    let mut config = pod.container_config("shop", &image);
+    config.envs = vec![k8s_cri::v1::KeyValue {
+        key: "SPIN_VARIABLE_GREETING".into(),
+        value: "Hello from a pod".into(),
+    }];
+    let id = pod.run(config)?;
+    cri.wait_running(&id)?;
+    // Spin's port 80, at the pod's IP, as a Service reaches it.
+    let base = format!("http://{}:80", pod.ip()?);
+    wait_for("the pod to answer", || {
+        Ok(curl(&[&format!("{base}/health")]).is_ok())
+    })?;
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert!(
+        hello.body.starts_with("Hello from a pod, Spin!\n"),
+        "{hello:?}"
+    );
+    let put = curl(&["-X", "PUT", "--data-binary", "x", &format!("{base}/kv/k")])?;
+    assert_eq!(put.status, 201, "{put:?}");
+    // StopContainer: SIGTERM, the server drains and exits 0.
+    cri.stop_container(&id, 10)?;
+    assert_eq!(cri.container_status(&id)?.exit_code, 0);
+    pod.stop()?;
+    pod.remove()?;
     Ok(())
 }
