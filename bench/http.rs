@@ -3,6 +3,10 @@
 //! (the engine's own server; `$WASMTIME_CLI`, see scripts/wasmtime-cli.sh) and by a native
 //! Rust hyper server (the limit), one after another in one run.
 //!
+//! `wasmcell-bench spin [SECONDS]`: what Spin's layer costs: the same component (the HTTP
+//! example) served plainly by `wasmcell run` (the baseline), as a Spin app's one route by
+//! `wasmcell up`, and as a Spin app under the shim's spin runtime.
+//!
 //! `wasmcell-bench wasmedge-http [SECONDS]`: the same load on `guests/wasmedge-http` (tokio_wasi
 //! and hyper_wasi over WasmEdge's socket ABI) under `wasmcell run` and the shim's wasmedge
 //! runtime, against the same source built natively (`$WASMEDGE_HTTP_NATIVE`, built by
@@ -158,6 +162,79 @@ pub fn http(seconds: u32) -> Result<()> {
     )?;
     rows.measure("native Rust hyper (the limit)", port)?;
     rows.print("HTTP GET / of the hello-http example", WASMTIME_SERVE);
+    Ok(())
+}
+
+const PLAIN: &str = "wasmcell run, plain wasi:http (baseline)";
+
+pub fn spin(seconds: u32) -> Result<()> {
+    let hello = guest("hello-http.wasm");
+    let tmp = tempfile::tempdir()?;
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app)?;
+    std::fs::copy(&hello, app.join("hello-http.wasm"))?;
+    std::fs::write(
+        app.join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"bench\"\n\
+         [[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n\
+         [component.hello]\nsource = \"hello-http.wasm\"\n",
+    )?;
+    let mut rows = Rows::new(seconds);
+    let port = free_port()?;
+    let server = Background::spawn(
+        Command::new(wasmcell())
+            .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
+            .arg(&hello),
+    )?;
+    rows.measure(PLAIN, port)?;
+    drop(server);
+
+    let port = free_port()?;
+    let server = Background::spawn(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&app)
+            .args(["--listen", &format!("127.0.0.1:{port}")]),
+    )?;
+    rows.measure("wasmcell up, a Spin app routing to it", port)?;
+    drop(server);
+
+    let containerd = Containerd::start()?;
+    let archive = tmp.path().join("app.tar");
+    let built = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("store"))
+            .args(["build", "--spin"])
+            .arg(app.join("spin.toml"))
+            .args(["--tag", "bench.local/spin:latest", "--output"])
+            .arg(&archive),
+    )?;
+    ensure!(
+        built.code == Some(0),
+        "wasmcell build --spin: {}",
+        built.stderr
+    );
+    containerd.import(&archive)?;
+    let port = free_port()?;
+    let env = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
+    let run = [
+        "run",
+        "-d",
+        "--net-host",
+        "--env",
+        &env,
+        "--runtime",
+        "io.containerd.spin.v2",
+        "bench.local/spin:latest",
+        "web",
+    ];
+    let ran = wasmcell_e2e::run(containerd.ctr_command().args(run))?;
+    ensure!(ran.code == Some(0), "ctr run: {}", ran.stderr);
+    rows.measure("the Spin app under the shim (spin.v2)", port)?;
+    rows.print(
+        "HTTP GET / of the hello-http component, plain and as a Spin app",
+        PLAIN,
+    );
     Ok(())
 }
 

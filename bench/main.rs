@@ -10,7 +10,7 @@
 //! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc, and
 //! the CPU time each container took from `ctr`, containerd and the runtime.
 //! `wasmcell-bench http [SECONDS]`: requests per second and latency of the HTTP example (see
-//! `http.rs`).
+//! `http.rs`); `spin [SECONDS]`, what serving it as a Spin app costs.
 //! `wasmcell-bench pod [N]`: Kubernetes pods through containerd's CRI plugin, ours against
 //! runc's: start to running, start to first HTTP 200, PSS per idle pod, 50 at once (see
 //! `pod.rs`).
@@ -66,6 +66,7 @@ fn main() -> Result<()> {
         "parallel" => parallel(count(1)?),
         "pod" => pod::pod(count(1)?),
         "http" => http::http(seconds(1)?),
+        "spin" => http::spin(seconds(1)?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
         "registry" => registry::registry(count(1)?.min(10)),
         "native-http" => http::native(args.get(1).context("native-http PORT")?.parse()?),
@@ -76,7 +77,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, http, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, http, spin, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }
