@@ -11,8 +11,8 @@ out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
 cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server \
-  --exclude spin-http --exclude spin-redis
-cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis
+  --exclude spin-http --exclude spin-redis --exclude spin-postgres
+cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-postgres
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
 cp target/wasm32-wasip2/release/hello.wasm "$out/hello.component.wasm"
@@ -22,6 +22,7 @@ for app in spin-apps/*/; do
   name=$(basename "$app")
   rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"
   cp -r "$app". "$out/spin/$name/"
-  cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm "$out/spin/$name/"
+  cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm \
+    target/wasm32-wasip2/release/spin_postgres.wasm "$out/spin/$name/"
 done
 echo "$out"

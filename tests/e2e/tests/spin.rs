@@ -321,10 +321,12 @@ fn docker_runs_a_spin_app_on_port_80_published() -> Result<()> {
 fn broken_app(dir: &Path, name: &str, manifest: &str) -> Result<std::path::PathBuf> {
     let app = dir.join(name);
     std::fs::create_dir_all(&app)?;
-    std::fs::copy(
-        wasmcell_e2e::guest("spin/shop/spin_http.wasm"),
-        app.join("spin_http.wasm"),
-    )?;
+    for component in ["spin_http.wasm", "spin_postgres.wasm"] {
+        std::fs::copy(
+            wasmcell_e2e::guest(&format!("spin/shop/{component}")),
+            app.join(component),
+        )?;
+    }
     std::fs::write(app.join("spin.toml"), manifest)?;
     // Built as a user's Dockerfile would (COPY . /), past the checks of `wasmcell build --spin`.
     let include = format!("{}:/", app.display());
@@ -350,6 +352,11 @@ fn broken_spin_apps_fail_create_naming_the_problem() -> Result<()> {
             "syntax",
             "spin_manifest_version = 2\n[application]\nname = \"s\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = web\n",
             "spin.toml line 6",
+        ),
+        (
+            "postgres",
+            "spin_manifest_version = 2\n[application]\nname = \"p\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n[component.db]\nsource = \"spin_postgres.wasm\"\n",
+            "[component.db] cannot be linked: it imports what wasmcell does not provide: spin:postgres/postgres@4.0.0",
         ),
         (
             "required",

@@ -147,9 +147,12 @@ pub(crate) fn prepare(
         let loaded = crate::cache::deserialize_component(http.engine(), &cached)
             .map_err(|e| spin(format!("cannot load its compiled code: {e}")))?;
         let pre = linker.instantiate_pre(&loaded).map_err(|e| {
+            let why = match missing_imports(&loaded, http.engine()) {
+                missing if missing.is_empty() => crate::error::error_chain(&Error::Engine(e)),
+                missing => format!("it imports what wasmcell does not provide: {}", missing.join(", ")),
+            };
             spin(format!(
-                "cannot be linked: {}. wasmcell provides WASI 0.2, wasi:http and fermyon:spin@2.0.0 key-value, variables, sqlite and redis",
-                crate::error::error_chain(&Error::Engine(e))
+                "cannot be linked: {why}. wasmcell provides WASI 0.2, wasi:http and fermyon:spin@2.0.0 key-value, variables, sqlite and redis"
             ))
         })?;
         let mut files = WasiCtxBuilder::new();
@@ -201,6 +204,50 @@ pub(crate) fn prepare(
         app: app.clone(),
         components,
     })
+}
+
+/// The imports of `component` the Spin linker does not provide, by name: WASI 0.2 (any patch
+/// version, as the linker matches them) and `fermyon:spin@2.0.0`'s key-value, variables,
+/// sqlite and redis. Instances of types alone need no definition. Used to explain a failed
+/// link with the whole list, where wasmtime names the first.
+fn missing_imports(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> Vec<String> {
+    use wasmtime::component::types::ComponentItem;
+    const WASI: [&str; 7] = [
+        "io",
+        "clocks",
+        "random",
+        "filesystem",
+        "sockets",
+        "cli",
+        "http",
+    ];
+    const SPIN: [&str; 4] = ["key-value", "variables", "sqlite", "redis"];
+    let provided = |name: &str| {
+        let (path, version) = name.split_once('@').unwrap_or((name, ""));
+        let (package, interface) = path.split_once('/').unwrap_or((path, ""));
+        match package.split_once(':') {
+            Some(("wasi", package)) => {
+                WASI.contains(&package) && version.starts_with("0.2.") && !version.contains('-')
+            }
+            Some(("fermyon", "spin")) => SPIN.contains(&interface) && version == "2.0.0",
+            _ => false,
+        }
+    };
+    component
+        .component_type()
+        .imports(engine)
+        .filter(|(_, item)| match &item.ty {
+            ComponentItem::ComponentInstance(instance) => instance
+                .exports(engine)
+                .any(|(_, e)| !matches!(e.ty, ComponentItem::Type(_))),
+            _ => true,
+        })
+        .filter(|(name, _)| !provided(name))
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 impl SpinApp {
