@@ -12,6 +12,7 @@ mod node;
 mod run;
 mod up;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,10 @@ const FAILURE_STATUS: u8 = 125;
     after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell up -f spin.toml --listen 127.0.0.1:3000\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
 )]
 struct Cli {
+    /// Print wasmcell's own diagnostics on stderr (-v: info, -vv: debug; or set WASMCELL_LOG
+    /// to a tracing filter such as `wasmtime_wasi=warn`). By default stderr is the guest's.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,14 +63,22 @@ fn main() -> ExitCode {
         wasmcell_shim::main(runtime);
         return ExitCode::SUCCESS;
     }
+    let cli = Cli::parse();
+    // wasmcell's own diagnostics share stderr with the guest's: none unless asked for, and
+    // coloured only on a terminal.
+    let asked = match cli.verbose {
+        0 => "off",
+        1 => "info",
+        _ => "debug",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WASMCELL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| asked.into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Up(args) => up::up(args),

@@ -604,6 +604,10 @@ pub enum Exit {
     Code(i32),
     /// The guest trapped; the message (with its wasm backtrace) was also written to its stderr.
     Trapped(String),
+    /// The guest failed without trapping: a host call refused to go on (such as `proc_exit`
+    /// with a status WASI does not allow, 126 or more). Status 1, as `wasmtime run` exits;
+    /// the message was also written to its stderr.
+    Failed(String),
     /// The guest tried to grow a memory past its limit.
     OutOfMemory {
         /// The limit, in bytes.
@@ -612,12 +616,14 @@ pub enum Exit {
 }
 
 impl Exit {
-    /// The process exit status this corresponds to: the code's low 8 bits as on Linux, or 134 for a
-    /// trap.
+    /// The process exit status this corresponds to, as `wasmtime run` exits: the code's low 8
+    /// bits as on Linux, 134 (128 + SIGABRT) for a trap, 1 for a failure that is not one, 137
+    /// for the memory limit.
     pub fn status(&self) -> u32 {
         match self {
             Exit::Code(code) => (*code as u32) & 0xff,
             Exit::Trapped(_) => TRAP_STATUS,
+            Exit::Failed(_) => 1,
             Exit::OutOfMemory { .. } => OUT_OF_MEMORY_STATUS,
         }
     }
@@ -630,7 +636,10 @@ impl Exit {
             },
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => Exit::Code(*code),
-                None => Exit::Trapped(format!("guest trapped: {error:?}")),
+                None if error.downcast_ref::<wasmtime::Trap>().is_some() => {
+                    Exit::Trapped(format!("guest trapped: {error:?}"))
+                }
+                None => Exit::Failed(format!("guest failed: {error:#}")),
             },
         }
     }
@@ -651,7 +660,7 @@ impl Prepared {
             }
         };
         let message = match &exit {
-            Ok(Exit::Trapped(message)) => message.clone(),
+            Ok(Exit::Trapped(message) | Exit::Failed(message)) => message.clone(),
             Ok(Exit::OutOfMemory { limit }) => {
                 format!("guest ended: it exceeded its memory limit of {limit} bytes")
             }

@@ -2,7 +2,8 @@
 //!
 //! `alloc MIB` allocates (and touches) MIB mebibytes, printing each 16; `alloc` alone never
 //! stops. `spin` loops forever without a host call. `recurse` overflows the stack. `flood MIB`
-//! writes MIB mebibytes to stdout as fast as it can.
+//! writes MIB mebibytes to stdout as fast as it can. `sock` calls WASI's `sock_recv` on stdin,
+//! which wasmtime's WASI does not implement (and logs a warning about, on the host's side).
 
 use std::io::Write;
 
@@ -39,7 +40,20 @@ fn main() {
                 out.write_all(&chunk).expect("stdout");
             }
         }
-        _ => eprintln!("usage: hostile alloc [MIB] | spin | recurse | flood [MIB]"),
+        Some("sock") => {
+            let mut byte = 0u8;
+            let buffer = [Iovec {
+                buf: &mut byte,
+                len: 1,
+            }];
+            let (mut received, mut flags) = (0usize, 0u16);
+            // SAFETY: the buffer list and the out-parameters are live locals of the right types.
+            let errno = unsafe {
+                sock_recv(0, buffer.as_ptr(), 1, 0, &mut received, &mut flags)
+            };
+            eprintln!("sock_recv: errno {errno}");
+        }
+        _ => eprintln!("usage: hostile alloc [MIB] | spin | recurse | flood [MIB] | sock"),
     }
 }
 
@@ -50,4 +64,24 @@ fn recurse(depth: u64) -> u64 {
         return 0;
     }
     std::hint::black_box(recurse(depth + 1)) + 1
+}
+
+/// WASI's `iovec`.
+#[repr(C)]
+struct Iovec {
+    buf: *mut u8,
+    len: usize,
+}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+unsafe extern "C" {
+    /// WASI preview 1's `sock_recv(fd, ri_data, ri_data_len, ri_flags, ro_datalen, ro_flags)`.
+    fn sock_recv(
+        fd: u32,
+        iovs: *const Iovec,
+        iovs_len: usize,
+        flags: u16,
+        received: *mut usize,
+        out_flags: *mut u16,
+    ) -> u16;
 }

@@ -66,6 +66,37 @@ fn a_trap_ends_the_guest_with_134_and_says_why_on_stderr() -> Result<()> {
 }
 
 #[test]
+fn the_guests_stderr_is_its_own_and_statuses_map_as_wasmtimes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // wasmtime's WASI logs a warning for `sock_recv`: not on the guest's stderr by default.
+    let out = wasmcell_run(tmp.path(), &[path(&guest("hostile.wasm")), "sock"])?;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stderr, "sock_recv: errno 57\n", "{out:?}");
+    // Asked for, it is there, without colour codes on a pipe.
+    let out = run(Command::new(wasmcell())
+        .args(["run", "-v", "--cache-dir", path(tmp.path())])
+        .arg(guest("hostile.wasm"))
+        .args(["sock"])
+        .env("WASMCELL_LOG", "wasmtime_wasi=warn"))?;
+    assert!(
+        out.stderr.contains("p1 sock_recv is not implemented"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "colour codes on a pipe: {out:?}"
+    );
+    // `proc_exit` with a status WASI does not allow: 1 and why, as `wasmtime run`, not a trap.
+    let out = wasmcell_run(tmp.path(), &[path(&guest("hello.wasm")), "exit=200"])?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("exit status outside of [0..126)"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn component_runs_wasi_cli_run() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = wasmcell_run(

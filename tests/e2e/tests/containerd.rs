@@ -22,8 +22,11 @@ fn imported(
 #[test]
 fn hello_prints_args_and_env_and_exits_with_the_guest_code() -> Result<()> {
     let canaries = [("HOST_ONLY_CANARY", "leaked"), ("RUST_LOG", "debug")];
-    let (_tmp, containerd) =
-        containerd_with(&canaries, &[("hello.wasm", "example.com/hello:latest")])?;
+    let images = [
+        ("hello.wasm", "example.com/hello:latest"),
+        ("hostile.wasm", "example.com/hostile:latest"),
+    ];
+    let (_tmp, containerd) = containerd_with(&canaries, &images)?;
 
     let out = containerd
         .run_wasm(&["--rm"], "example.com/hello:latest", "plain", &[])?
@@ -58,6 +61,26 @@ fn hello_prints_args_and_env_and_exits_with_the_guest_code() -> Result<()> {
             "{leaked} leaked into the guest: {out:?}"
         );
     }
+    // The guest's stderr is the guest's: wasmtime's warning about `sock_recv` goes to the
+    // shim's log, whatever RUST_LOG says.
+    let out = containerd.run_wasm(
+        &["--rm"],
+        "example.com/hostile:latest",
+        "quiet",
+        &["/hostile.wasm", "sock"],
+    )?;
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (Some(0), "", "sock_recv: errno 57\n")
+    );
+    // A status WASI does not allow ends the guest with 1, as `wasmtime run`.
+    let out = containerd.run_wasm(
+        &["--rm"],
+        "example.com/hello:latest",
+        "bad-status",
+        &["/hello.wasm", "exit=200"],
+    )?;
+    assert_eq!(out.code, Some(1), "{out:?}");
     Ok(())
 }
 
