@@ -67,16 +67,8 @@ pub fn push(args: PushArgs) -> Result<()> {
     let runtime = runtime()?;
     if path.is_file() {
         let files = Archive::files(path)?;
-        let index = files.get("index.json").with_context(|| {
-            format!(
-                "{} is not an OCI archive: it has no index.json",
-                path.display()
-            )
-        })?;
-        let root = only_entry(&ImageIndex::from_reader(index.as_slice())?, &args.source)?;
-        let blob = |digest: &str| {
-            Archive::blob(&files, &args.source, digest).map_err(|e| not_found(target, e))
-        };
+        let root = only_entry(&files.index()?, &args.source)?;
+        let blob = |digest: &str| Archive::blob(&files, digest).map_err(|e| not_found(target, e));
         runtime.block_on(registry.push(&reference, &root, &blob))?;
     } else {
         let (layout, root) = if path.is_dir() {

@@ -11,6 +11,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use crate::image::{TITLE_ANNOTATION, WASM_CONFIG_MEDIA_TYPE};
 use crate::layout::{Layout, sha256};
 use crate::platform::{Platform, PlatformError};
+use crate::unpack::MAX_UNPACKED;
 use crate::wasm::FileKind;
 
 /// Layer media types that are the Wasm binary itself, not a tar: the CNCF artifact's, and
@@ -45,6 +46,42 @@ pub enum ArchiveError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A layer entry would land outside the rootfs (`..`, or a hard link out).
+    #[error(
+        "layer {layer} has an entry that leads outside the rootfs: {entry}; the image is refused"
+    )]
+    Escape {
+        /// The layer's digest.
+        layer: String,
+        /// The entry's name.
+        entry: String,
+    },
+    /// A document, a layer or the whole image is larger than wasmcell accepts.
+    #[error("{what} exceed {limit} bytes, the most wasmcell accepts; the image is refused")]
+    TooLarge {
+        /// What is too large.
+        what: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A manifest lists more layers than wasmcell accepts.
+    #[error(
+        "the image has {layers} layers; wasmcell accepts at most {max} (Docker's limit is 127)"
+    )]
+    TooManyLayers {
+        /// How many it has.
+        layers: usize,
+        /// The most accepted.
+        max: usize,
+    },
+    /// Image indexes nest deeper than wasmcell follows (or an index names itself).
+    #[error("{image}: its image indexes nest more than {max} deep (or one names itself)")]
+    IndexTooDeep {
+        /// The image.
+        image: String,
+        /// The deepest nesting followed.
+        max: usize,
     },
     /// A JSON document in the archive is malformed.
     #[error("{what} is not valid")]
@@ -228,10 +265,19 @@ impl ImageContents {
         self.working_dir.clone()
     }
 
-    /// Unpacks every layer, in order, into `dir`: tar layers are extracted (entries that would
-    /// land outside `dir`, `..` or absolute, are refused by the tar reader), a Wasm layer is
-    /// written at `/<its title>`.
+    /// Unpacks every layer, in order, into `dir`: tar layers are applied beneath it with their
+    /// whiteouts (see [`crate::unpack`]), a Wasm layer is written at `/<its title>`. At most
+    /// [`MAX_UNPACKED`] bytes in all.
     pub fn unpack(&self, dir: &Path) -> Result<(), ArchiveError> {
+        self.unpack_at_most(dir, MAX_UNPACKED)
+    }
+
+    /// [`ImageContents::unpack`] with another bound.
+    pub fn unpack_at_most(&self, dir: &Path, max: u64) -> Result<(), ArchiveError> {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+            .map_err(io_err(format!("open {}", dir.display())))?;
+        let mut budget = max;
         for (descriptor, bytes) in &self.layers {
             let digest = descriptor.digest().to_string();
             let reader: Box<dyn Read> = match descriptor.media_type() {
@@ -256,12 +302,7 @@ impl ImageContents {
                     });
                 }
             };
-            tar::Archive::new(reader)
-                .unpack(dir)
-                .map_err(io_err(format!(
-                    "unpack layer {digest} into {}",
-                    dir.display()
-                )))?;
+            crate::unpack::apply_layer(&root, reader, &digest, &mut budget)?;
         }
         Ok(())
     }
@@ -308,13 +349,14 @@ impl ImageContents {
         mut index: ImageIndex,
         blob: impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
     ) -> Result<ImageContents, ArchiveError> {
-        loop {
+        for _ in 0..MAX_INDEX_DEPTH {
             let descriptor = wasm_entry(&index, None)
                 .map_err(|found| ArchiveError::NoWasmPlatform {
                     archive: image.to_owned(),
                     found: found.join(", "),
                 })?
                 .clone();
+            check_document(&descriptor)?;
             let bytes = blob(&descriptor)?;
             if *descriptor.media_type() == MediaType::ImageIndex {
                 index = ImageIndex::from_reader(bytes.as_slice())
@@ -325,6 +367,10 @@ impl ImageContents {
                 ImageManifest::from_reader(bytes.as_slice()).map_err(json_err("image manifest"))?;
             return ImageContents::of_manifest(image, &manifest, &blob);
         }
+        Err(ArchiveError::IndexTooDeep {
+            image: image.to_owned(),
+            max: MAX_INDEX_DEPTH,
+        })
     }
 
     fn of_manifest(
@@ -332,6 +378,7 @@ impl ImageContents {
         manifest: &ImageManifest,
         blob: &impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
     ) -> Result<ImageContents, ArchiveError> {
+        check_manifest(manifest)?;
         let config_bytes = blob(manifest.config())?;
         let layers = manifest
             .layers()
@@ -410,6 +457,48 @@ impl ImageContents {
     }
 }
 
+/// The most bytes of a JSON document (index, manifest, config) wasmcell reads: registries
+/// refuse manifests over 4 MiB, and a Wasm image's config is a few hundred bytes.
+pub const MAX_DOCUMENT: u64 = 4 << 20;
+
+/// The most layers an image may have: Docker's limit is 127.
+pub const MAX_LAYERS: usize = 128;
+
+/// How deep image indexes may nest: one index in another is common, more is not.
+const MAX_INDEX_DEPTH: usize = 8;
+
+/// Refuses a document descriptor larger than [`MAX_DOCUMENT`], before it is fetched.
+fn check_document(descriptor: &Descriptor) -> Result<(), ArchiveError> {
+    if descriptor.size() > MAX_DOCUMENT {
+        return Err(ArchiveError::TooLarge {
+            what: format!("{} {}", descriptor.media_type(), descriptor.digest()),
+            limit: MAX_DOCUMENT,
+        });
+    }
+    Ok(())
+}
+
+/// What an image's manifest may ask for before anything it names is fetched: a config of at
+/// most [`MAX_DOCUMENT`] bytes, at most [`MAX_LAYERS`] layers, [`MAX_UNPACKED`] bytes of them.
+pub fn check_manifest(manifest: &ImageManifest) -> Result<(), ArchiveError> {
+    check_document(manifest.config())?;
+    let layers = manifest.layers();
+    if layers.len() > MAX_LAYERS {
+        return Err(ArchiveError::TooManyLayers {
+            layers: layers.len(),
+            max: MAX_LAYERS,
+        });
+    }
+    let total: u64 = layers.iter().map(|l| l.size()).fold(0, u64::saturating_add);
+    if total > MAX_UNPACKED {
+        return Err(ArchiveError::TooLarge {
+            what: "the image's layers".to_owned(),
+            limit: MAX_UNPACKED,
+        });
+    }
+    Ok(())
+}
+
 /// The file name a Wasm layer is written as: its title, if it is a plain file name.
 fn title(layer: &Descriptor) -> String {
     layer
@@ -429,61 +518,109 @@ impl Archive {
     pub fn read(path: &Path) -> Result<ImageContents, ArchiveError> {
         let shown = path.display().to_string();
         let files = Archive::files(path)?;
-        let index = files
-            .get("index.json")
-            .ok_or_else(|| ArchiveError::NotAnArchive {
-                archive: shown.clone(),
-                reason: "it has no index.json".to_owned(),
-            })?;
-        let index = ImageIndex::from_reader(index.as_slice()).map_err(json_err("index.json"))?;
+        let index = files.index()?;
         ImageContents::select(&shown, index, |d| {
-            Archive::blob(&files, &shown, d.digest().as_ref())
+            let bytes = files
+                .read(&blob_path(d.digest().as_ref()), d.size())?
+                .ok_or_else(|| ArchiveError::NotAnArchive {
+                    archive: shown.clone(),
+                    reason: format!("blob {} is missing", d.digest()),
+                })?;
+            if sha256(&bytes) != d.digest().as_ref() {
+                return Err(ArchiveError::DigestMismatch {
+                    archive: shown.clone(),
+                    digest: d.digest().to_string(),
+                });
+            }
+            Ok(bytes)
         })
     }
 
-    /// Every regular file in the archive by path.
-    pub fn files(path: &Path) -> Result<HashMap<String, Vec<u8>>, ArchiveError> {
+    /// The regular files in the archive, by path: where each is, not its bytes, which are read
+    /// when asked for (an archive's blobs are only read once a descriptor asks for them, and a
+    /// document only if it is small enough).
+    pub fn files(path: &Path) -> Result<ArchiveFiles, ArchiveError> {
         let shown = path.display().to_string();
         let file = std::fs::File::open(path).map_err(io_err(format!("open {shown}")))?;
-        let mut files = HashMap::new();
-        let mut tar = tar::Archive::new(file);
+        let mut entries = HashMap::new();
+        let mut tar = tar::Archive::new(&file);
         for entry in tar.entries().map_err(io_err(format!("read {shown}")))? {
-            let mut entry = entry.map_err(io_err(format!("read {shown}")))?;
+            let entry = entry.map_err(io_err(format!("read {shown}")))?;
             if !entry.header().entry_type().is_file() {
                 continue;
             }
             let name = entry.path().map_err(io_err(format!("read {shown}")))?;
             let name = name.to_string_lossy().trim_start_matches("./").to_owned();
-            let mut bytes = Vec::new();
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(io_err(format!("read {name} in {shown}")))?;
-            files.insert(name, bytes);
+            entries.insert(name, (entry.raw_file_position(), entry.size()));
         }
-        Ok(files)
+        Ok(ArchiveFiles {
+            file,
+            shown,
+            entries,
+        })
     }
 
     /// The blob `digest` names among an archive's `files`, checked against that digest.
-    pub fn blob(
-        files: &HashMap<String, Vec<u8>>,
-        archive: &str,
-        digest: &str,
-    ) -> Result<Vec<u8>, ArchiveError> {
+    pub fn blob(files: &ArchiveFiles, digest: &str) -> Result<Vec<u8>, ArchiveError> {
         let digest = digest.to_owned();
-        let (algorithm, hex) = digest.split_once(':').unwrap_or(("", ""));
         let bytes = files
-            .get(&format!("blobs/{algorithm}/{hex}"))
+            .read(&blob_path(&digest), MAX_UNPACKED)?
             .ok_or_else(|| ArchiveError::NotAnArchive {
-                archive: archive.to_owned(),
+                archive: files.shown.clone(),
                 reason: format!("blob {digest} is missing"),
             })?;
-        if sha256(bytes) != digest {
+        if sha256(&bytes) != digest {
             return Err(ArchiveError::DigestMismatch {
-                archive: archive.to_owned(),
+                archive: files.shown.clone(),
                 digest,
             });
         }
-        Ok(bytes.clone())
+        Ok(bytes)
+    }
+}
+
+/// Where an OCI layout keeps the blob `digest` (`sha256:HEX`): `blobs/sha256/HEX`.
+fn blob_path(digest: &str) -> String {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("", ""));
+    format!("blobs/{algorithm}/{hex}")
+}
+
+/// An open OCI archive and where its files are in it.
+pub struct ArchiveFiles {
+    file: std::fs::File,
+    shown: String,
+    entries: HashMap<String, (u64, u64)>,
+}
+
+impl ArchiveFiles {
+    /// The bytes of the file `name`, if the archive has it; refused if larger than `max`.
+    pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, ArchiveError> {
+        use std::os::unix::fs::FileExt;
+        let Some(&(position, size)) = self.entries.get(name) else {
+            return Ok(None);
+        };
+        if size > max {
+            return Err(ArchiveError::TooLarge {
+                what: format!("{name} in {}", self.shown),
+                limit: max,
+            });
+        }
+        let mut bytes = vec![0; size as usize];
+        self.file
+            .read_exact_at(&mut bytes, position)
+            .map_err(io_err(format!("read {name} in {}", self.shown)))?;
+        Ok(Some(bytes))
+    }
+
+    /// The archive's `index.json`, read if it is no larger than a document may be.
+    pub fn index(&self) -> Result<ImageIndex, ArchiveError> {
+        let bytes =
+            self.read("index.json", MAX_DOCUMENT)?
+                .ok_or_else(|| ArchiveError::NotAnArchive {
+                    archive: self.shown.clone(),
+                    reason: "it has no index.json".to_owned(),
+                })?;
+        ImageIndex::from_reader(bytes.as_slice()).map_err(json_err("index.json"))
     }
 }
 
@@ -560,7 +697,7 @@ mod tests {
         let (_dir, path, image) = build(MODULE, &["wasi/wasm32", "wasip1/wasm"], Format::Image);
         assert_eq!(*image.root.media_type(), MediaType::ImageIndex);
         let files = Archive::files(&path).unwrap();
-        let nested = Archive::blob(&files, "test", image.root.digest().as_ref()).unwrap();
+        let nested = Archive::blob(&files, image.root.digest().as_ref()).unwrap();
         let nested = ImageIndex::from_reader(nested.as_slice()).unwrap();
         let platforms: Vec<_> = nested
             .manifests()
@@ -578,7 +715,7 @@ mod tests {
     fn the_artifact_has_the_cncf_config_and_one_wasm_layer() {
         let (_dir, path, image) = build(MODULE, &[], Format::Artifact);
         let files = Archive::files(&path).unwrap();
-        let manifest = Archive::blob(&files, "test", image.root.digest().as_ref()).unwrap();
+        let manifest = Archive::blob(&files, image.root.digest().as_ref()).unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
         assert_eq!(
             manifest["config"]["mediaType"],
@@ -587,8 +724,8 @@ mod tests {
         assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
         assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
         let config = manifest["config"]["digest"].as_str().unwrap();
-        let config = &files[&format!("blobs/sha256/{}", &config[7..])];
-        let config: serde_json::Value = serde_json::from_slice(config).unwrap();
+        let config = Archive::blob(&files, config).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
         assert_eq!(config["os"], "wasip1");
         assert_eq!(config["architecture"], "wasm");
         assert_eq!(config["layerDigests"][0], manifest["layers"][0]["digest"]);
@@ -599,8 +736,10 @@ mod tests {
     fn index_names_the_image_for_containerd_and_docker() {
         let (_dir, path, _) = build(MODULE, &[], Format::Image);
         let files = Archive::files(&path).unwrap();
-        assert!(files.contains_key("oci-layout") && files.contains_key("manifest.json"));
-        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let read = |name| files.read(name, MAX_DOCUMENT).unwrap();
+        assert!(read("oci-layout").is_some() && read("manifest.json").is_some());
+        let index: serde_json::Value =
+            serde_json::from_slice(&read("index.json").unwrap()).unwrap();
         let manifest = &index["manifests"][0];
         assert_eq!(
             manifest["annotations"][IMAGE_NAME_ANNOTATION],
@@ -696,5 +835,62 @@ mod tests {
         drop(out);
         let err = Archive::read(&corrupted).unwrap_err();
         assert!(matches!(err, ArchiveError::DigestMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn images_asking_too_much_are_refused_before_their_blobs_are_read() {
+        use oci_spec::image::{ImageIndexBuilder, ImageManifestBuilder, SCHEMA_VERSION};
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path().join("store")).unwrap();
+        let digest = |bytes: &[u8]| sha256(bytes).parse::<oci_spec::image::Digest>().unwrap();
+        let store = |media_type: MediaType, bytes: Vec<u8>| {
+            layout.write_blob(&bytes).unwrap();
+            Descriptor::new(media_type, bytes.len() as u64, digest(&bytes))
+        };
+        let config = store(MediaType::ImageConfig, b"{}".to_vec());
+        let layer = Descriptor::new(MediaType::ImageLayer, 1, digest(b"x"));
+        let manifest = |config: Descriptor, layers: Vec<Descriptor>| {
+            let manifest = ImageManifestBuilder::default()
+                .schema_version(SCHEMA_VERSION)
+                .media_type(MediaType::ImageManifest)
+                .config(config)
+                .layers(layers)
+                .build()
+                .unwrap();
+            store(
+                MediaType::ImageManifest,
+                serde_json::to_vec(&manifest).unwrap(),
+            )
+        };
+        let read = |name: &str, root: Descriptor| {
+            layout.tag(name, root).unwrap();
+            ImageContents::from_layout(&layout, name).unwrap_err()
+        };
+
+        let many = read(
+            "many:1",
+            manifest(config.clone(), vec![layer.clone(); 10_000]),
+        );
+        assert!(
+            matches!(many, ArchiveError::TooManyLayers { layers: 10_000, .. }),
+            "{many}"
+        );
+
+        let huge = Descriptor::new(MediaType::ImageConfig, 100 << 20, digest(b"huge"));
+        let huge = read("huge:1", manifest(huge, vec![layer.clone()]));
+        assert!(matches!(huge, ArchiveError::TooLarge { .. }), "{huge}");
+
+        let mut root = manifest(config, vec![layer]);
+        for _ in 0..12 {
+            let index = ImageIndexBuilder::default()
+                .schema_version(SCHEMA_VERSION)
+                .media_type(MediaType::ImageIndex)
+                .manifests(vec![root])
+                .build()
+                .unwrap();
+            root = store(MediaType::ImageIndex, serde_json::to_vec(&index).unwrap());
+        }
+        let deep = read("deep:1", root);
+        assert!(matches!(deep, ArchiveError::IndexTooDeep { .. }), "{deep}");
     }
 }

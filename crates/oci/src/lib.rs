@@ -4,7 +4,9 @@
 //! - [`platform`]: the `os/arch` pairs a Wasm image may carry;
 //! - [`entrypoint`]: the `path#function` entrypoint syntax;
 //! - [`image`]: building images from a `.wasm`, Docker-compatible or as the CNCF Wasm artifact;
-//! - [`archive`]: reading them back, from OCI archives (an OCI layout in a tar) or the store;
+//! - [`archive`]: reading them back, from OCI archives (an OCI layout in a tar) or the store,
+//!   within limits on what an image may ask for;
+//! - [`unpack`]: applying their layers to a rootfs, whiteouts included, never outside it;
 //! - [`layout`]: the local image store, an OCI image layout directory.
 #![deny(missing_docs)]
 
@@ -13,6 +15,7 @@ pub mod entrypoint;
 pub mod image;
 pub mod layout;
 pub mod platform;
+pub mod unpack;
 pub mod wasm;
 
 pub use archive::{Archive, ArchiveError, ImageContents};

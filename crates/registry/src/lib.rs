@@ -408,6 +408,8 @@ fn check_runnable(reference: &str, manifest: &ImageManifest) -> Result<(), Regis
         reference: reference.to_owned(),
         reason,
     };
+    // Before anything is downloaded: a 10,000-layer manifest or a 100 MB config is refused.
+    wasmcell_oci::archive::check_manifest(manifest).map_err(|e| not_wasm(e.to_string()))?;
     match manifest.config().media_type() {
         MediaType::ImageConfig => Ok(()),
         MediaType::Other(t) if t == "application/vnd.docker.container.image.v1+json" => Ok(()),
