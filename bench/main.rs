@@ -23,6 +23,7 @@
 mod http;
 mod pod;
 mod registry;
+mod soak;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -67,6 +68,7 @@ fn main() -> Result<()> {
         "pod" => pod::pod(count(1)?),
         "http" => http::http(seconds(1)?),
         "spin" => http::spin(seconds(1)?),
+        "soak" => soak::soak(count(1)?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
         "registry" => registry::registry(count(1)?.min(10)),
         "native-http" => http::native(args.get(1).context("native-http PORT")?.parse()?),
@@ -77,7 +79,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, http, spin, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, http, spin, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod cri;
 pub mod linux_image;
+pub mod soak;
 pub mod stream;
 
 use std::path::{Path, PathBuf};
@@ -996,4 +997,95 @@ pub fn build_spin_image(app: &Path, tag: &str, dir: &Path) -> Result<PathBuf> {
         .arg(&archive))?
     .success()?;
     Ok(archive)
+}
+
+/// What a containerd and its shims hold on the machine, counted to find leaks: after any
+/// number of containers have come and gone, everything but containerd's own fds and memory
+/// must be back where it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    /// Shim processes serving this containerd.
+    pub shims: usize,
+    /// Sandbox processes on the machine.
+    pub sandboxes: usize,
+    /// Mounts under this containerd's directory.
+    pub mounts: usize,
+    /// Container cgroups in this containerd's namespace (memory hierarchy).
+    pub cgroups: usize,
+    /// Network namespaces CNI made (`/run/netns`).
+    pub netns: usize,
+    /// FIFOs containerd and ctr made (`/run/containerd/fifo`).
+    pub fifos: usize,
+    /// Task bundles in this containerd's state.
+    pub bundles: usize,
+    /// Shim sockets (`/run/containerd/s`).
+    pub sockets: usize,
+    /// containerd's open descriptors (its own growth is reported, not a leak of ours).
+    pub containerd_fds: usize,
+    /// containerd's resident memory, KiB.
+    pub containerd_rss_kib: u64,
+}
+
+impl Footprint {
+    /// Counts everything now, for `containerd` (its containers in `namespace`, e.g. its own
+    /// or CRI's `k8s.io`).
+    pub fn of(containerd: &Containerd, namespace: &str) -> Result<Footprint> {
+        let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let sandboxes = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter(|entry| {
+                std::fs::read(entry.path().join("cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"wasmcell-sandbox\0"))
+            })
+            .count();
+        let dir = containerd.dir().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter(|l| l.contains(&dir))
+            .count();
+        let pid = containerd.pid();
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0);
+        Ok(Footprint {
+            shims: containerd.shim_pids().len(),
+            sandboxes,
+            mounts,
+            cgroups: std::fs::read_dir(Path::new("/sys/fs/cgroup/memory").join(namespace))
+                .map_or(0, |d| d.flatten().filter(|e| e.path().is_dir()).count()),
+            netns: count(Path::new("/run/netns")),
+            fifos: count(Path::new("/run/containerd/fifo")),
+            bundles: count(
+                &containerd
+                    .dir()
+                    .join("state/io.containerd.runtime.v2.task")
+                    .join(namespace),
+            ),
+            sockets: count(Path::new("/run/containerd/s")),
+            containerd_fds: count(Path::new(&format!("/proc/{pid}/fd"))),
+            containerd_rss_kib: rss,
+        })
+    }
+
+    /// What is left over compared with `before`, by name, leaving out containerd's own
+    /// descriptors and memory.
+    pub fn leaks_since(&self, before: &Footprint) -> Vec<String> {
+        let pairs = [
+            ("shim processes", self.shims, before.shims),
+            ("sandbox processes", self.sandboxes, before.sandboxes),
+            ("mounts", self.mounts, before.mounts),
+            ("cgroups", self.cgroups, before.cgroups),
+            ("network namespaces", self.netns, before.netns),
+            ("FIFOs", self.fifos, before.fifos),
+            ("bundles", self.bundles, before.bundles),
+            ("shim sockets", self.sockets, before.sockets),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, now, then)| now > then)
+            .map(|(what, now, then)| format!("{what}: {then} -> {now}"))
+            .collect()
+    }
 }
