@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds everything (release) and runs the benchmarks:
 #   bench/run.sh [ctr-run|cli|all|density|parallel|pod|soak|registry] [N] | http|spin|wasmedge-http [SECONDS]
-#                | sandbox-cost OLD_WASMCELL [N]
+#                | sandbox-cost OLD_WASMCELL [N] | fuzz [SECONDS]
 # Every figure is printed with its baseline from the same run. Needs root (containerd, runc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+if [ "${1:-}" = fuzz ]; then
+  exec ./scripts/fuzz.sh "${2:-60}"
+fi
 ./scripts/build-guests.sh >/dev/null
 # Release: what users run. The first build of the wasmtime stack takes 15-20 minutes here.
 cargo build --quiet --release --workspace --bins

@@ -628,7 +628,7 @@ impl Exit {
         }
     }
 
-    fn of(result: wasmtime::Result<()>, limiter: &Limiter) -> Exit {
+    pub(crate) fn of(result: wasmtime::Result<()>, limiter: &Limiter) -> Exit {
         match result {
             Ok(()) => Exit::Code(0),
             Err(_) if limiter.exceeded => Exit::OutOfMemory {

@@ -35,3 +35,17 @@ pub use workload::{
     Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles, Network,
     Output, Preopen, Stdio, WorkloadSpec,
 };
+
+/// Entry points for the fuzz targets (`fuzz/`, built by `cargo fuzz` with `--cfg fuzzing`):
+/// decoders of guest-controlled input that are otherwise internal.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// Decodes a WasmEdge `wasi_address` at `ptr` in guest `memory`, with `port`.
+    pub fn wasmedge_address(
+        memory: &mut [u8],
+        ptr: u32,
+        port: u32,
+    ) -> Option<std::net::SocketAddr> {
+        crate::wasmedge::read_address(memory, ptr, port)
+    }
+}

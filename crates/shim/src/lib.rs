@@ -181,3 +181,22 @@ fn grouping(oci: Option<&oci_spec::runtime::Spec>, id: &str) -> String {
     })
     .unwrap_or_else(|| id.to_owned())
 }
+
+/// Entry points for the fuzz targets (`fuzz/`, built by `cargo fuzz` with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Translates an OCI runtime spec (`config.json` bytes) as `create` does: into a workload,
+    /// a Spin workload's settings and a sandbox setup. Errors are fine; panics are not.
+    pub fn translate(config: &[u8]) {
+        let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(config) else {
+            return;
+        };
+        let bundle = Path::new("/nonexistent/bundle");
+        let _ = crate::spec::workload(&spec, bundle, wasmcell_engine::Stdio::default());
+        let _ = crate::spec::sandbox_setup(&spec, Path::new("/nonexistent/cache"), None);
+        let _ = crate::spec::cgroup(&spec);
+        let _ = crate::pod::Role::of(&spec);
+    }
+}

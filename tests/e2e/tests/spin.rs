@@ -451,3 +451,41 @@ fn a_spin_app_serves_from_a_pod_under_the_spin_handler() -> Result<()> {
     pod.remove()?;
     Ok(())
 }
+
+#[test]
+fn a_command_trigger_runs_its_component_to_completion() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = tmp.path().join("tool");
+    std::fs::create_dir(&app)?;
+    std::fs::copy(
+        wasmcell_e2e::guest("hello.component.wasm"),
+        app.join("hello.wasm"),
+    )?;
+    std::fs::write(
+        app.join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"tool\"\n\
+         [[trigger.command]]\ncomponent = \"hello\"\n\
+         [component.hello]\nsource = \"hello.wasm\"\nenvironment = { GREETING = \"hi\" }\n",
+    )?;
+    let up = wasmcell_e2e::run(Command::new(wasmcell()).args(["up", "-f"]).arg(&app))?;
+    assert_eq!(
+        (up.code, up.stdout.as_str()),
+        (Some(0), "Hello from Wasm!\n"),
+        "{up:?}"
+    );
+    let archive = build_spin_image(&app, "example.com/tool:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let ran = containerd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            SPIN,
+            "example.com/tool:1",
+            "tool",
+        ])?
+        .success()?;
+    assert_eq!(ran.stdout, "Hello from Wasm!\n");
+    Ok(())
+}

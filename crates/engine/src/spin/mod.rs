@@ -39,6 +39,8 @@ struct Prepared {
     http: Option<Arc<Target>>,
     /// Set when a Redis trigger uses the component.
     redis: Option<redis_trigger::RedisTriggerPre<ComponentState>>,
+    /// Set when a command trigger runs the component.
+    command: Option<wasmtime_wasi::p2::bindings::CommandPre<ComponentState>>,
     env: Vec<(String, String)>,
     preopens: WasiFilesystemCtx,
     host: Arc<SpinHost>,
@@ -183,6 +185,15 @@ pub(crate) fn prepare(
         } else {
             None
         };
+        let command = if app.command.contains(&index) {
+            Some(
+                wasmtime_wasi::p2::bindings::CommandPre::new(pre.clone()).map_err(|_| {
+                    spin("has a command trigger but does not export wasi:cli/run".to_owned())
+                })?,
+            )
+        } else {
+            None
+        };
         let redis = if app.redis.iter().any(|t| t.component == index) {
             Some(redis_trigger::RedisTriggerPre::new(pre).map_err(|_| {
                 spin(
@@ -195,6 +206,7 @@ pub(crate) fn prepare(
         components.push(Prepared {
             http,
             redis,
+            command,
             env: component.environment.clone(),
             preopens,
             host,
@@ -281,6 +293,52 @@ impl SpinApp {
         !self.app.http.is_empty()
     }
 
+    /// Runs command component `index` once, to its exit.
+    async fn run_command(
+        &self,
+        index: usize,
+        http: &HttpEngine,
+        spec: &WorkloadSpec,
+        controls: &Controls,
+    ) -> Result<crate::Exit, Error> {
+        let prepared = &self.components[index];
+        let Some(command) = &prepared.command else {
+            return Err(Error::Spin(format!(
+                "[component.{}] has no command to run",
+                self.app.components[index].id
+            )));
+        };
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.envs(&prepared.env)
+            .args(&[self.app.components[index].id.as_str()]);
+        crate::stdio::attach(&mut wasi, &spec.stdio).await?;
+        let mut wasi = wasi.build();
+        *wasi.filesystem() = prepared.preopens.clone();
+        let clock = http
+            .ticker()
+            .store_clock()
+            .map_err(|e| Error::Engine(e.into()))?;
+        let state = ComponentState {
+            wasi,
+            table: wasmtime::component::ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: http::HttpHooks::spin(spec.network, prepared.host.clone(), None),
+            guest: crate::engine::Guest::new(controls, clock),
+            spin: Some(prepared.host.clone()),
+        };
+        let mut store = crate::engine::new_store(http.engine(), state, controls);
+        let result = async {
+            let instance = command.instantiate_async(&mut store).await?;
+            instance.wasi_cli_run().call_run(&mut store).await
+        }
+        .await;
+        Ok(match result {
+            Ok(Ok(())) => crate::Exit::Code(0),
+            Ok(Err(())) => crate::Exit::Code(1),
+            Err(error) => crate::Exit::of(Err(error), &store.data().guest.limiter),
+        })
+    }
+
     /// Runs the Redis triggers until `controls` say stop.
     pub(crate) async fn listen(
         self: &Arc<Self>,
@@ -292,13 +350,25 @@ impl SpinApp {
     }
 }
 
-/// Runs a Spin app: its HTTP server and Redis listeners, until terminated.
+/// Runs a Spin app: its command components first, each to completion (the first that fails
+/// ends the app with its status), then its HTTP server and Redis listeners until terminated.
+/// An app of commands alone ends with the last one's status.
 pub(crate) async fn run(
     http: &HttpEngine,
     app: &Arc<SpinApp>,
     spec: &Arc<WorkloadSpec>,
     controls: &Controls,
 ) -> Result<crate::Exit, Error> {
+    let mut last = crate::Exit::Code(0);
+    for &index in &app.app.command {
+        last = app.run_command(index, http, spec, controls).await?;
+        if last != crate::Exit::Code(0) {
+            return Ok(last);
+        }
+    }
+    if !app.serves_http() && app.app.redis.is_empty() {
+        return Ok(last);
+    }
     if app.app.redis.is_empty() {
         return http::serve(http, &http::Routes::Spin(app.clone()), spec, controls).await;
     }

@@ -739,3 +739,9 @@ async fn fd_fdstat_set_flags(caller: &mut Host<'_>, fd: u32, flags: u32) -> wasm
         socket.set_nonblocking(flags & NONBLOCK != 0);
     })))
 }
+
+/// [`address::read`] over a bare slice, for the fuzz target.
+#[cfg(fuzzing)]
+pub(crate) fn read_address(memory: &mut [u8], ptr: u32, port: u32) -> Option<std::net::SocketAddr> {
+    address::read(&memory::Mem(memory), ptr, port).ok()
+}
