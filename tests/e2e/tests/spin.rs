@@ -155,6 +155,8 @@ fn ctr_runs_a_spin_app_with_its_stores_in_a_volume() -> Result<()> {
                 &format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
                 "--env",
                 "SPIN_VARIABLE_GREETING=Howdy",
+                "--env",
+                "WASMCELL_HTTP_MAX_BODY=33554432",
                 "example.com/shop:1",
                 id,
             ])?
@@ -175,6 +177,23 @@ fn ctr_runs_a_spin_app_with_its_stores_in_a_volume() -> Result<()> {
         volume.join("kv.db").is_file(),
         "the store is not in the volume"
     );
+    // A value larger than a store takes is the guest's error, not the host's trouble.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; 17 << 20])?;
+    let body = format!("@{}", big.display());
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        &body,
+        &format!("{base}/kv/big"),
+    ])?;
+    assert_eq!(put.status, 500, "{put:?}");
+    assert!(
+        put.body.contains("larger than a key-value store takes"),
+        "{put:?}"
+    );
+    assert_eq!(curl(&[&format!("{base}/kv/color")])?.body, "blue");
 
     // SIGTERM: the server drains and exits 0.
     containerd

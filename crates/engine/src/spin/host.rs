@@ -92,6 +92,10 @@ impl SpinHost {
     }
 }
 
+/// The largest value a key-value store takes: Redis takes 512 MiB, but a value is read whole
+/// into the guest's memory and the host's, so a store is not a file system.
+const MAX_VALUE: usize = 16 << 20;
+
 /// An open key-value store: its label and the store itself.
 pub struct StoreHandle {
     label: String,
@@ -178,6 +182,12 @@ impl key_value::HostStore for ComponentState {
         key: String,
         value: Vec<u8>,
     ) -> Outcome<(), key_value::Error> {
+        if value.len() > MAX_VALUE {
+            return Ok(Err(key_value::Error::Other(format!(
+                "a value of {} bytes is larger than a key-value store takes ({MAX_VALUE} bytes)",
+                value.len()
+            ))));
+        }
         let handle = self.table.get(&this)?;
         Ok(handle
             .store()
