@@ -400,14 +400,7 @@ impl Server {
                         .unwrap_or_else(|| self.spec.http.addr.to_string());
                     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
                     let full_url = format!("http://{host}{path}");
-                    for (name, value) in crate::spin::headers(&matched, &full_url, client) {
-                        if let (Ok(name), Ok(value)) = (
-                            hyper::header::HeaderName::try_from(name),
-                            hyper::header::HeaderValue::try_from(value),
-                        ) {
-                            request.headers_mut().insert(name, value);
-                        }
-                    }
+                    crate::spin::set_headers(request.headers_mut(), &matched, &full_url, client);
                 }
                 Ok(target)
             }

@@ -385,28 +385,37 @@ pub(crate) async fn run(
     served
 }
 
-/// The request headers Spin sets for a routed request.
-pub(crate) fn headers(
+/// Sets the request headers Spin sets for a routed request (`spin-full-url`,
+/// `spin-path-info`, ...), in place: names are static, values made once each.
+pub(crate) fn set_headers(
+    headers: &mut ::http::HeaderMap,
     matched: &RouteMatch,
     full_url: &str,
     client: std::net::SocketAddr,
-) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("spin-full-url".to_owned(), full_url.to_owned()),
-        ("spin-path-info".to_owned(), matched.path_info.clone()),
-        ("spin-matched-route".to_owned(), matched.route.clone()),
-        ("spin-raw-component-route".to_owned(), matched.route.clone()),
-        (
-            "spin-component-route".to_owned(),
-            matched.component_route.clone(),
-        ),
-        ("spin-base-path".to_owned(), "/".to_owned()),
-        ("spin-client-addr".to_owned(), client.to_string()),
+) {
+    use ::http::header::{HeaderName, HeaderValue};
+    let value = |text: &str| HeaderValue::from_str(text).ok();
+    let route = value(&matched.route);
+    let fixed = [
+        ("spin-full-url", value(full_url)),
+        ("spin-path-info", value(&matched.path_info)),
+        ("spin-matched-route", route.clone()),
+        ("spin-raw-component-route", route),
+        ("spin-component-route", value(&matched.component_route)),
+        ("spin-base-path", Some(HeaderValue::from_static("/"))),
+        ("spin-client-addr", value(&client.to_string())),
     ];
-    for (name, value) in &matched.params {
-        headers.push((format!("spin-path-match-{name}"), value.clone()));
+    for (name, value) in fixed {
+        if let Some(value) = value {
+            headers.insert(HeaderName::from_static(name), value);
+        }
     }
-    headers
+    for (name, param) in &matched.params {
+        let name = HeaderName::try_from(format!("spin-path-match-{name}"));
+        if let (Ok(name), Some(param)) = (name, value(param)) {
+            headers.insert(name, param);
+        }
+    }
 }
 
 /// What the Redis trigger needs of a component.
