@@ -84,23 +84,17 @@ impl Rows {
     }
 }
 
-/// Starts `image` (imported from `wasm`) under a fresh containerd with `runtime`, in the host's
-/// network, and measures it; `env` tells the guest where to listen.
+/// Starts the image in `archive` (named `image`) under a fresh containerd with `runtime`, in
+/// the host's network, and measures it; `env` tells the guest where to listen.
 fn measure_shim(
     rows: &mut Rows,
     name: &str,
-    wasm: &std::path::Path,
+    (archive, image): (&std::path::Path, &str),
     runtime: &str,
     env: impl FnOnce(u16) -> String,
 ) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
     let containerd = Containerd::start()?;
-    containerd.import(&build_image(
-        wasm,
-        "bench.local/server:latest",
-        tmp.path(),
-        &[],
-    )?)?;
+    containerd.import(archive)?;
     let port = free_port()?;
     let env = env(port);
     let run = [
@@ -111,7 +105,7 @@ fn measure_shim(
         &env,
         "--runtime",
         runtime,
-        "bench.local/server:latest",
+        image,
         "web",
     ];
     let ran = wasmcell_e2e::run(containerd.ctr_command().args(run))?;
@@ -148,10 +142,13 @@ pub fn http(seconds: u32) -> Result<()> {
     rows.measure("wasmcell run", port)?;
     drop(server);
 
+    let tmp = tempfile::tempdir()?;
+    let image = "bench.local/server:latest";
+    let archive = build_image(&hello, image, tmp.path(), &[])?;
     measure_shim(
         &mut rows,
         "wasmcell shim (ctr run -d --net-host)",
-        &hello,
+        (&archive, image),
         "io.containerd.wasmtime.v1",
         |port| format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}"),
     )?;
@@ -199,14 +196,14 @@ pub fn spin(seconds: u32) -> Result<()> {
     rows.measure("wasmcell up, a Spin app routing to it", port)?;
     drop(server);
 
-    let containerd = Containerd::start()?;
     let archive = tmp.path().join("app.tar");
+    let image = "bench.local/spin:latest";
     let built = wasmcell_e2e::run(
         Command::new(wasmcell())
             .env("WASMCELL_STORE", tmp.path().join("store"))
             .args(["build", "--spin"])
             .arg(app.join("spin.toml"))
-            .args(["--tag", "bench.local/spin:latest", "--output"])
+            .args(["--tag", image, "--output"])
             .arg(&archive),
     )?;
     ensure!(
@@ -214,23 +211,13 @@ pub fn spin(seconds: u32) -> Result<()> {
         "wasmcell build --spin: {}",
         built.stderr
     );
-    containerd.import(&archive)?;
-    let port = free_port()?;
-    let env = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
-    let run = [
-        "run",
-        "-d",
-        "--net-host",
-        "--env",
-        &env,
-        "--runtime",
+    measure_shim(
+        &mut rows,
+        "the Spin app under the shim (spin.v2)",
+        (&archive, image),
         "io.containerd.spin.v2",
-        "bench.local/spin:latest",
-        "web",
-    ];
-    let ran = wasmcell_e2e::run(containerd.ctr_command().args(run))?;
-    ensure!(ran.code == Some(0), "ctr run: {}", ran.stderr);
-    rows.measure("the Spin app under the shim (spin.v2)", port)?;
+        |port| format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
+    )?;
     rows.print(
         "HTTP GET / of the hello-http component, plain and as a Spin app",
         PLAIN,
@@ -263,10 +250,13 @@ pub fn wasmedge_http(seconds: u32) -> Result<()> {
     rows.measure("wasmcell run --net", port)?;
     drop(running);
 
+    let tmp = tempfile::tempdir()?;
+    let image = "bench.local/server:latest";
+    let archive = build_image(&server, image, tmp.path(), &[])?;
     measure_shim(
         &mut rows,
         "wasmcell shim (wasmedge runtime, --net-host)",
-        &server,
+        (&archive, image),
         "io.containerd.wasmedge.v1",
         |port| format!("PORT={port}"),
     )?;

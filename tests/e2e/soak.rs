@@ -8,6 +8,24 @@ use anyhow::{Context, Result, ensure};
 use crate::Containerd;
 use crate::cri::Cri;
 
+/// `ctr run MODE [--runtime RUNTIME] IMAGE ID CMD...`.
+fn ctr_run(
+    containerd: &Containerd,
+    mode: &str,
+    runtime: Option<&str>,
+    (image, id): (&str, &str),
+    cmd: &[&str],
+) -> Result<()> {
+    let mut args = vec!["run", mode];
+    if let Some(runtime) = runtime {
+        args.extend(["--runtime", runtime]);
+    }
+    args.extend([image, id]);
+    args.extend(cmd);
+    containerd.ctr(&args)?.success()?;
+    Ok(())
+}
+
 /// `ctr run --rm [--runtime RUNTIME] IMAGE ID CMD...`, `n` times.
 pub fn run_rm(
     containerd: &Containerd,
@@ -18,14 +36,13 @@ pub fn run_rm(
 ) -> Result<Duration> {
     let began = Instant::now();
     for i in 0..n {
-        let id = format!("soak-rm-{i}");
-        let mut args = vec!["run", "--rm"];
-        if let Some(runtime) = runtime {
-            args.extend(["--runtime", runtime]);
-        }
-        args.extend([image, &id]);
-        args.extend(cmd);
-        containerd.ctr(&args)?.success()?;
+        ctr_run(
+            containerd,
+            "--rm",
+            runtime,
+            (image, &format!("soak-rm-{i}")),
+            cmd,
+        )?;
     }
     Ok(began.elapsed())
 }
@@ -42,13 +59,7 @@ pub fn run_kill_delete(
     let began = Instant::now();
     for i in 0..n {
         let id = format!("soak-kill-{i}");
-        let mut args = vec!["run", "-d"];
-        if let Some(runtime) = runtime {
-            args.extend(["--runtime", runtime]);
-        }
-        args.extend([image, &id]);
-        args.extend(cmd);
-        containerd.ctr(&args)?.success()?;
+        ctr_run(containerd, "-d", runtime, (image, &id), cmd)?;
         containerd.running(&id)?;
         containerd
             .ctr(&["task", "kill", "-s", "SIGKILL", &id])?
