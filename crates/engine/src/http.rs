@@ -261,10 +261,18 @@ fn spin_request(
     };
     let to_self = authority.is_none() || authority.as_deref() == Some("self");
     if internal.is_some() || to_self {
-        let allowed = internal.is_some() || host.allowed_hosts.allows_self();
+        // As in Spin, another component needs its `http://ID.spin.internal` entry.
+        let allowed = match (&internal, authority.as_deref()) {
+            (Some(_), Some(name)) => host.allowed_hosts.allows("http", name, 80),
+            _ => host.allowed_hosts.allows_self(),
+        };
+        let entry = match authority.as_deref() {
+            Some(name) if internal.is_some() => format!("http://{name}"),
+            _ => "self".to_owned(),
+        };
         let Some(Chain { server, outputs }) = chain.filter(|_| allowed) else {
             return Box::new(async move {
-                host.report_denied("the app itself", "self").await;
+                host.report_denied(&entry, &entry).await;
                 Err(wasmtime_wasi_http::Error::HttpRequestDenied)
             });
         };

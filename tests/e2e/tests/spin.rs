@@ -104,6 +104,10 @@ fn assert_serves_shop(base: &str, greeting: &str, env: &str) -> Result<()> {
         (200, "private: the secret is 42\n")
     );
 
+    // Another component needs its `http://ID.spin.internal` entry, as in Spin.
+    let chained = curl(&[&format!("{base}/fetch?http://admin.spin.internal/x")])?;
+    assert_eq!(chained.status, 502, "{chained:?}");
+
     // Outbound: the allowed host, and a denial for any other.
     let port = upstream("from upstream")?;
     let allowed = curl(&[&format!("{base}/fetch?http://127.0.0.1:{port}/x")])?;
