@@ -157,7 +157,11 @@ impl CompileCache {
         // The checksum first, then the entry: an entry that exists always has its checksum.
         let checksum = hex::encode(Sha256::digest(&compiled));
         write_atomically(&dir, &checksum_of(&entry), checksum.as_bytes()).map_err(cache_err)?;
-        write_atomically(&dir, &entry, &compiled).map_err(cache_err)?;
+        if let Err(error) = write_atomically(&dir, &entry, &compiled) {
+            // A full or failing disk: no checksum without its entry left behind.
+            let _ = std::fs::remove_file(checksum_of(&entry));
+            return Err(cache_err(error));
+        }
         Ok(entry)
     }
 }

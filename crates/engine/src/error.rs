@@ -79,7 +79,10 @@ pub enum Error {
     #[error("{0}")]
     Spin(String),
     /// The compile cache could not be used.
-    #[error("compile cache {}", dir.display())]
+    #[error(
+        "compile cache {} cannot be used (make room there, or point WASMCELL_CACHE_DIR or --cache-dir at a writable directory)",
+        dir.display()
+    )]
     Cache {
         /// The cache directory.
         dir: PathBuf,

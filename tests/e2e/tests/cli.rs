@@ -241,6 +241,63 @@ fn bad_input_is_named_with_what_to_do() -> Result<()> {
     Ok(())
 }
 
+/// A tmpfs mounted at `dir` with `options`, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir))?
+        .success()?;
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_or_read_only_cache_is_named_and_never_holds_a_truncated_artifact() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let full = Tmpfs::mount(&tmp.path().join("full"), "size=64k")?;
+    let read_only = Tmpfs::mount(&tmp.path().join("ro"), "ro,size=1m")?;
+    for (cache, why) in [
+        (&full.0, "No space left on device"),
+        (&read_only.0, "Read-only file system"),
+    ] {
+        let out = wasmcell_run(cache, &[path(&guest("hello.wasm"))])?;
+        assert_eq!(out.code, Some(125), "{out:?}");
+        for expected in ["compile cache", why, "WASMCELL_CACHE_DIR"] {
+            assert!(out.stderr.contains(expected), "no {expected:?}: {out:?}");
+        }
+        // Nothing half-written is left to be loaded by the next run.
+        let files: Vec<_> = walk(cache);
+        assert!(files.is_empty(), "left in the cache: {files:?}");
+    }
+    let out = wasmcell_run(&tmp.path().join("cache"), &[path(&guest("hello.wasm"))])?;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    Ok(())
+}
+
+/// The files (not directories) under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn compiled_code_is_cached_and_reused() -> Result<()> {
     let tmp = tempfile::tempdir()?;
