@@ -65,7 +65,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     let env = parse_env(&args.env)?;
     // Kept until the app is done: an unpacked image, and the components' staged files.
     let mut unpacked = None;
-    let (dir, root) = match &args.image {
+    let dir = match &args.image {
         Some(image) => {
             let target = target_kind(image)?;
             if let Target::Wasm { path, .. } = &target {
@@ -77,9 +77,9 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
             let (_, _, rootfs) = unpack(target, args.pull, &args.registry)?;
             let dir = rootfs.path().to_owned();
             unpacked = Some(rootfs);
-            (dir.clone(), dir)
+            dir
         }
-        None => (app_dir(args.from.as_deref())?, PathBuf::from("/")),
+        None => app_dir(args.from.as_deref())?,
     };
     if !wasmcell_spin::is_app(&dir) {
         bail!(
@@ -118,9 +118,10 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         args: Vec::new(),
         env: Vec::new(),
         cwd: "/".to_owned(),
-        // Where absolute store paths are: the host's, or the image's rootfs.
+        // Store paths: relative ones in the app's directory (an image's unpacked rootfs, gone
+        // with the run), absolute ones on the host, as `spin up` takes them.
         preopens: vec![Preopen {
-            host: root,
+            host: PathBuf::from("/"),
             guest: "/".to_owned(),
             access: Access::ReadWrite,
         }],

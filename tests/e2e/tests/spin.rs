@@ -512,3 +512,44 @@ fn a_command_trigger_runs_its_component_to_completion() -> Result<()> {
     assert_eq!(ran.stdout, "Hello from Wasm!\n");
     Ok(())
 }
+
+#[test]
+fn wasmcell_up_runs_an_image_with_a_runtime_config_file() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let archive = build_spin_image(&app, "example.com/shop:up", tmp.path())?;
+    // The store where the given runtime config says, on the host.
+    let config = tmp.path().join("runtime-config.toml");
+    let store = tmp.path().join("stores/kv.db");
+    std::fs::write(
+        &config,
+        format!(
+            "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
+            store.display()
+        ),
+    )?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(wasmcell())
+        .env("WASMCELL_STORE", tmp.path().join("store"))
+        .arg("up")
+        .arg(&archive)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--runtime-config-file")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/health"))?;
+    let put = curl(&["-X", "PUT", "--data-binary", "v", &format!("{base}/kv/k")])?;
+    assert_eq!(put.status, 201, "{put:?}");
+    assert_eq!(curl(&[&format!("{base}/kv/k")])?.body, "v");
+    assert!(
+        store.is_file(),
+        "the store is not where the runtime config says"
+    );
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
+    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+    assert_eq!(up.wait()?.code(), Some(0));
+    Ok(())
+}
