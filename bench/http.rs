@@ -50,6 +50,17 @@ impl Rows {
         Ok(())
     }
 
+    /// Serves `wasm` with `wasmcell run -p` and measures it.
+    fn measure_wasmcell_run(&mut self, name: &str, wasm: &std::path::Path) -> Result<()> {
+        let port = free_port()?;
+        let _server = Background::spawn(
+            Command::new(wasmcell())
+                .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
+                .arg(wasm),
+        )?;
+        self.measure(name, port)
+    }
+
     /// The table, with each row's c=50 throughput as a ratio of the row named `baseline` (none
     /// without it: a ratio is only against a baseline from the same run).
     fn print(&self, title: &str, baseline: &str) {
@@ -133,14 +144,7 @@ pub fn http(seconds: u32) -> Result<()> {
         }
     }
 
-    let port = free_port()?;
-    let server = Background::spawn(
-        Command::new(wasmcell())
-            .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
-            .arg(&hello),
-    )?;
-    rows.measure("wasmcell run", port)?;
-    drop(server);
+    rows.measure_wasmcell_run("wasmcell run", &hello)?;
 
     let tmp = tempfile::tempdir()?;
     let image = "bench.local/server:latest";
@@ -177,14 +181,7 @@ pub fn spin(seconds: u32) -> Result<()> {
          [component.hello]\nsource = \"hello-http.wasm\"\n",
     )?;
     let mut rows = Rows::new(seconds);
-    let port = free_port()?;
-    let server = Background::spawn(
-        Command::new(wasmcell())
-            .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
-            .arg(&hello),
-    )?;
-    rows.measure(PLAIN, port)?;
-    drop(server);
+    rows.measure_wasmcell_run(PLAIN, &hello)?;
 
     let port = free_port()?;
     let server = Background::spawn(

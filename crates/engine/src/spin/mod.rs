@@ -56,13 +56,10 @@ pub(crate) enum Routed {
     NotFound,
 }
 
-/// The path of a component's source in the app's directory, and the directory.
-fn source_of<'a>(
-    spec: &'a WorkloadSpec,
-    source: &'a str,
-) -> Result<(&'a std::path::Path, &'a str), Error> {
+/// The app's directory: the spec's root.
+fn app_dir(spec: &WorkloadSpec) -> Result<&std::path::Path, Error> {
     match &spec.module {
-        ModuleSource::Rootfs { root, .. } => Ok((root, source.trim_start_matches('/'))),
+        ModuleSource::Rootfs { root, .. } => Ok(root),
         ModuleSource::File(_) => Err(Error::Spin(
             "a Spin app is read from its directory, not from a single file".to_owned(),
         )),
@@ -87,7 +84,7 @@ fn read_component(
     spec: &WorkloadSpec,
     component: &wasmcell_spin::Component,
 ) -> Result<(Vec<u8>, wasmcell_oci::WasmKind), Error> {
-    let (root, path) = source_of(spec, &component.source)?;
+    let (root, path) = (app_dir(spec)?, component.source.trim_start_matches('/'));
     let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
     let bytes = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
         .and_then(|dir| dir.read(path))
@@ -118,7 +115,7 @@ pub(crate) fn prepare(
     spec: &WorkloadSpec,
     app: &App,
 ) -> Result<SpinApp, Error> {
-    let (root, _) = source_of(spec, "")?;
+    let root = app_dir(spec)?;
     let places = Arc::new(Places::new(root, &spec.preopens));
     let opened = Opened {
         stores: app
@@ -338,16 +335,6 @@ impl SpinApp {
             Err(error) => crate::Exit::of(Err(error), &store.data().guest.limiter),
         })
     }
-
-    /// Runs the Redis triggers until `controls` say stop.
-    pub(crate) async fn listen(
-        self: &Arc<Self>,
-        http: &HttpEngine,
-        spec: &Arc<WorkloadSpec>,
-        controls: &Controls,
-    ) -> Result<(), Error> {
-        redis_trigger::listen(self, http, spec, controls).await
-    }
 }
 
 /// Runs a Spin app: its command components first, each to completion (the first that fails
@@ -373,13 +360,13 @@ pub(crate) async fn run(
         return http::serve(http, &http::Routes::Spin(app.clone()), spec, controls).await;
     }
     if !app.serves_http() {
-        app.listen(http, spec, controls).await?;
+        redis_trigger::listen(app, http, spec, controls).await?;
         return Ok(crate::Exit::Code(0));
     }
     let routes = http::Routes::Spin(app.clone());
     let (served, listened) = tokio::join!(
         http::serve(http, &routes, spec, controls),
-        app.listen(http, spec, controls)
+        redis_trigger::listen(app, http, spec, controls)
     );
     listened?;
     served
