@@ -131,6 +131,23 @@ impl Cgroup {
         }
     }
 
+    /// How many processes the kernel's OOM killer has killed in this cgroup: the `oom_kill`
+    /// count of `memory.oom_control` (v1) or `memory.events` (v2). A sandbox that died with
+    /// this count higher than at its start was killed for the cgroup's memory, not by us.
+    pub fn oom_kills(&self) -> io::Result<u64> {
+        let (controller, file) = if self.unified {
+            ("", "memory.events")
+        } else {
+            ("memory", "memory.oom_control")
+        };
+        let text = self.read(controller, file)?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Usage and limits for `ctr task metrics`, as containerd's cgroup v1 metrics.
     pub fn metrics(&self) -> io::Result<Metrics> {
         if self.unified {
@@ -191,6 +208,33 @@ impl Cgroup {
             .iter()
             .find(|d| self.unified || d.starts_with(Path::new(ROOT).join(controller)));
         dir.expect("a directory per controller")
+    }
+}
+
+/// A cgroup's OOM kill count when its sandbox started, to tell afterwards whether the kernel
+/// killed the sandbox for the cgroup's memory (TaskOOM for its guests, as runc's shim
+/// reports) rather than something else.
+#[derive(Debug)]
+pub struct OomWatch {
+    cgroup: Cgroup,
+    before: u64,
+}
+
+impl OomWatch {
+    /// Watches `cgroup` from now on; `None` where its count cannot be read.
+    pub fn start(cgroup: &Cgroup) -> Option<OomWatch> {
+        let before = cgroup.oom_kills().ok()?;
+        Some(OomWatch {
+            cgroup: cgroup.clone(),
+            before,
+        })
+    }
+
+    /// Whether the OOM killer has killed in the cgroup since the watch started.
+    pub fn fired(&self) -> bool {
+        self.cgroup
+            .oom_kills()
+            .is_ok_and(|count| count > self.before)
     }
 }
 

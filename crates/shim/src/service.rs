@@ -37,7 +37,7 @@ use wasmcell_engine::{
 use wasmcell_sandbox::protocol::{Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
-use crate::cgroup::{Cgroup, Resources};
+use crate::cgroup::{Cgroup, OomWatch, Resources};
 use crate::container::{
     Container, ExitInfo, Guest, Payload, Process, State, describe, sandbox_key, split_key,
 };
@@ -182,6 +182,7 @@ impl TaskService {
                             self.containers.clone(),
                             self.events.clone(),
                             sandbox.pid(),
+                            cgroup.as_ref().and_then(OomWatch::start),
                         ));
                         Ok(SandboxHandle {
                             sandbox,
@@ -413,12 +414,14 @@ impl TaskService {
 }
 
 /// Records the guests' exits as the sandbox reports them; when the sandbox itself ends, every
-/// guest it still held ends with it.
+/// guest it still held ends with it, OOM-killed (an OOM event first) if its cgroup's OOM
+/// killer ended it.
 async fn record_exits(
     mut exits: mpsc::UnboundedReceiver<Exited>,
     containers: Containers,
     events: Events,
     pid: u32,
+    oom: Option<OomWatch>,
 ) {
     while let Some(Exited {
         id: key,
@@ -446,11 +449,27 @@ async fn record_exits(
             let _ = events.send(Outgoing::new(&process.finish(id, exec_id, pid, exit)));
         }
     }
+    let oom_killed = oom.as_ref().is_some_and(OomWatch::fired);
     let mut containers = containers.lock().await;
     for (id, container) in containers.iter_mut() {
+        let running = |p: &Process| !matches!(p.state, State::Stopped(_));
+        if oom_killed && container.processes.values().any(running) {
+            let _ = events.send(Outgoing::new(&TaskOOM {
+                container_id: id.clone(),
+                ..Default::default()
+            }));
+        }
         for (exec_id, process) in container.processes.iter_mut() {
-            if !matches!(process.state, State::Stopped(_)) {
-                tracing::warn!("the sandbox ended under {}", describe(id, exec_id));
+            if running(process) {
+                tracing::warn!(
+                    "the sandbox ended under {}{}",
+                    describe(id, exec_id),
+                    if oom_killed {
+                        ", killed by its cgroup's OOM killer"
+                    } else {
+                        ""
+                    }
+                );
                 let exit = ExitInfo {
                     status: SANDBOX_DIED_STATUS,
                     at: timestamp().unwrap_or_default(),

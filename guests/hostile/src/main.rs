@@ -4,11 +4,19 @@
 //! stops. `spin` loops forever without a host call. `recurse` overflows the stack. `flood MIB`
 //! writes MIB mebibytes to stdout as fast as it can. `sock` calls WASI's `sock_recv` on stdin,
 //! which wasmtime's WASI does not implement (and logs a warning about, on the host's side).
+//! `after PATH MODE...` waits until PATH exists, then does MODE: a test's cue.
 
 use std::io::Write;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "after") && args.len() > 2 {
+        let cue = std::path::PathBuf::from(&args[1]);
+        while !cue.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        args.drain(..2);
+    }
     let number = |i: usize| args.get(i).map(|n| n.parse::<usize>().expect("a number"));
     match args.first().map(String::as_str) {
         Some("alloc") => {
@@ -53,7 +61,7 @@ fn main() {
             };
             eprintln!("sock_recv: errno {errno}");
         }
-        _ => eprintln!("usage: hostile alloc [MIB] | spin | recurse | flood [MIB] | sock"),
+        _ => eprintln!("usage: hostile [after PATH] alloc [MIB] | spin | recurse | flood [MIB] | sock"),
     }
 }
 

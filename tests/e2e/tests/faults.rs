@@ -1,15 +1,20 @@
 //! Faults a runc user expects containers to survive, or to end cleanly from: containerd
-//! restarted under running containers, and the sandbox process killed under its guests.
+//! restarted under running containers, and the sandbox process killed under its guests (by a
+//! signal, or by its cgroup's OOM killer).
 
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use wasmcell_e2e::soak::settled;
-use wasmcell_e2e::{Footprint, RUNTIME, containerd_with, wait_for};
+use wasmcell_e2e::{Footprint, RUNTIME, cgroup_dir, containerd_with, wait_for};
 
 const SLEEPER: &str = "example.com/sleeper:latest";
+const HOSTILE: &str = "example.com/hostile:latest";
 
 #[test]
 fn containers_run_on_through_a_containerd_restart_and_stop_cleanly_after() -> Result<()> {
@@ -84,5 +89,94 @@ fn a_sandbox_killed_under_its_guests_ends_them_with_137_and_leaves_nothing() -> 
         .run_wasm(&["-d"], SLEEPER, "after", &[])?
         .success()?;
     containerd.running("after")?;
+    Ok(())
+}
+
+#[test]
+fn a_sandbox_its_cgroup_oom_kills_ends_its_guest_with_137_and_an_oom_event() -> Result<()> {
+    let (tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", SLEEPER), ("hostile.wasm", HOSTILE)])?;
+    let namespace = containerd.namespace().to_owned();
+    let before = Footprint::of(&containerd, &namespace)?;
+    containerd
+        .run_wasm(&["-d"], SLEEPER, "bystander", &[])?
+        .success()?;
+    let bystander = containerd.running("bystander")?;
+    let mut events = containerd
+        .ctr_command()
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (found, seen) = mpsc::channel();
+    let lines = BufReader::new(events.stdout.take().context("events")?).lines();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("/tasks/oom") {
+                let _ = found.send(line);
+            }
+        }
+    });
+
+    // The guest's own limit (512 MiB) is far off; it waits for its cue, then allocates.
+    let cue = tmp.path().join("cue");
+    std::fs::create_dir(&cue)?;
+    let mount = format!("type=bind,src={},dst=/cue,options=rbind:ro", cue.display());
+    let attached = containerd
+        .ctr_command()
+        .args(["run", "--runtime", RUNTIME, "--memory-limit", "536870912"])
+        .args(["--mount", &mount, HOSTILE, "hog"])
+        .args(["/hostile.wasm", "after", "/cue/go", "alloc"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let sandbox = containerd.running("hog")?;
+    // The cgroup's limit is lowered under the guest, as an operator or the kubelet's
+    // eviction would: 64 MiB above what the sandbox uses now, far below the guest's limit.
+    let memory = cgroup_dir(sandbox, "memory")?;
+    let usage: u64 = std::fs::read_to_string(memory.join("memory.usage_in_bytes"))?
+        .trim()
+        .parse()?;
+    std::fs::write(
+        memory.join("memory.limit_in_bytes"),
+        (usage + (64 << 20)).to_string(),
+    )?;
+    std::fs::write(cue.join("go"), "")?;
+
+    let out = attached.wait_with_output().context("ctr run")?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(137), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("allocated 16 MiB"),
+        "it ran until the cgroup's limit: {stdout}"
+    );
+    assert!(
+        !stderr.contains("exceeded its memory limit"),
+        "the kernel killed it, not the engine: {stderr}"
+    );
+    assert_eq!(
+        containerd.task("bystander")?,
+        Some((bystander, "RUNNING".to_owned())),
+        "another container's sandbox died"
+    );
+    let oom = seen
+        .recv_timeout(Duration::from_secs(10))
+        .context("no /tasks/oom event for the container")?;
+    let _ = events.kill();
+    assert!(oom.contains("hog"), "{oom}");
+
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "bystander"])?
+        .success()?;
+    containerd.wait_status("bystander", "STOPPED")?;
+    for id in ["hog", "bystander"] {
+        containerd.ctr(&["task", "delete", id]).ok();
+        containerd.ctr(&["container", "delete", id])?.success()?;
+    }
+    settled(&before, || Footprint::of(&containerd, &namespace))?;
     Ok(())
 }
