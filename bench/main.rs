@@ -11,6 +11,8 @@
 //! the CPU time each container took from `ctr`, containerd and the runtime.
 //! `wasmcell-bench http [SECONDS]`: requests per second and latency of the HTTP example (see
 //! `http.rs`); `spin [SECONDS]`, what serving it as a Spin app costs.
+//! `wasmcell-bench stress [SECONDS]`: the HTTP example at c=200 with traps and loops mixed in
+//! (see `stress.rs`).
 //! `wasmcell-bench pod [N]`: Kubernetes pods through containerd's CRI plugin, ours against
 //! runc's: start to running, start to first HTTP 200, PSS per idle pod, 50 at once (see
 //! `pod.rs`).
@@ -24,6 +26,7 @@ mod http;
 mod pod;
 mod registry;
 mod soak;
+mod stress;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
         "http" => http::http(seconds(1)?),
         "spin" => http::spin(seconds(1)?),
         "soak" => soak::soak(count(1)?),
+        "stress" => stress::stress(args.get(1).map_or(Ok(60), |s| s.parse())?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
         "registry" => registry::registry(count(1)?.min(10)),
         "native-http" => http::native(args.get(1).context("native-http PORT")?.parse()?),
@@ -79,7 +83,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, http, spin, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, stress, http, spin, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }
