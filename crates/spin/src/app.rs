@@ -232,6 +232,13 @@ impl Resolver<'_> {
 
     fn resolve(&self, id: &str, decl: &ComponentDecl) -> Result<Component, String> {
         let within = |what: String| format!("[component.{id}]: {what}");
+        // Ids name directories (its staged files): letters, digits, `-` and `_` only.
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if id.is_empty() || !id.chars().all(plain) {
+            return Err(within(
+                "a component id is made of letters, digits, `-` and `_`".to_owned(),
+            ));
+        }
         let source = match &decl.source {
             SourceDecl::Path(path) if !path.is_empty() => path.clone(),
             SourceDecl::Path(_) => return Err(within("`source` names no file".to_owned())),
@@ -303,11 +310,11 @@ impl Resolver<'_> {
     }
 }
 
-/// Copies each component's `files` from the app's directory `root` into `staging/<id>/`, where
-/// the component then sees them read-only: glob matches at their relative paths under `/`,
-/// `{ source, destination }` mounts at their destination. Everything is read within `root`
-/// (a symlink or `..` cannot reach outside it, whoever runs this), and copied, so the component
-/// sees no file the manifest does not name.
+/// Copies each component's `files` from the app's directory `root` into `staging/<id>/`, at
+/// the paths the component then sees them, read-only, under `/`: glob matches at their relative
+/// paths, `{ source, destination }` mounts at their destination. Everything is read within
+/// `root` (a symlink or `..` cannot reach outside it, whoever runs this), and copied, so the
+/// component sees no file the manifest does not name.
 pub fn stage_files(app: &mut App, root: &Path, staging: &Path) -> Result<(), String> {
     let root_dir = cap_std_dir(root)?;
     for component in &mut app.components {
@@ -315,68 +322,66 @@ pub fn stage_files(app: &mut App, root: &Path, staging: &Path) -> Result<(), Str
             continue;
         }
         let target = staging.join(&component.id);
-        let mut mounts: Vec<(PathBuf, String)> = Vec::new();
-        let excluded = component
-            .exclude_files
-            .iter()
-            .map(|p| {
-                glob::Pattern::new(p)
-                    .map_err(|e| format!("[component.{}] exclude_files {p:?}: {e}", component.id))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for (n, file) in component.files.iter().enumerate() {
-            let error = |what: String| format!("[component.{}] files: {what}", component.id);
-            match file {
-                FileDecl::Pattern(pattern) => {
-                    let matched = glob_within(&root_dir, pattern).map_err(&error)?;
-                    let into = target.join("files");
-                    for path in matched
-                        .iter()
-                        .filter(|p| !excluded.iter().any(|e| e.matches_path(p)))
-                    {
-                        copy_within(&root_dir, path, &into.join(path)).map_err(&error)?;
-                    }
-                    if !mounts.iter().any(|(host, _)| *host == into) {
-                        mounts.push((into, "/".to_owned()));
-                    }
+        let error = |what: String| format!("[component.{}] files: {what}", component.id);
+        std::fs::create_dir_all(&target).map_err(|e| error(e.to_string()))?;
+        for (path, destination) in
+            component_files(&root_dir, &component.files, &component.exclude_files)
+                .map_err(&error)?
+        {
+            copy_within(&root_dir, &path, &target.join(destination)).map_err(&error)?;
+        }
+        component.mounts = vec![(target, "/".to_owned())];
+    }
+    Ok(())
+}
+
+/// The files `files` grants, each as (its path in the app's directory `root`, its path in the
+/// component's view, relative to `/`), without those `exclude_files` matches.
+pub(crate) fn component_files(
+    root: &cap_std::fs::Dir,
+    files: &[FileDecl],
+    exclude_files: &[String],
+) -> Result<Vec<(PathBuf, PathBuf)>, String> {
+    let excluded = exclude_files
+        .iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| format!("exclude_files {p:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kept = |path: &Path| !excluded.iter().any(|e| e.matches_path(path));
+    let mut granted = Vec::new();
+    for file in files {
+        match file {
+            FileDecl::Pattern(pattern) => {
+                for path in glob_within(root, pattern)?.into_iter().filter(|p| kept(p)) {
+                    granted.push((path.clone(), path));
                 }
-                FileDecl::Mount {
-                    source,
-                    destination,
-                } => {
-                    if !destination.starts_with('/') {
-                        return Err(error(format!(
-                            "destination {destination:?} must be an absolute path"
-                        )));
+            }
+            FileDecl::Mount {
+                source,
+                destination,
+            } => {
+                let Some(into) = destination.strip_prefix('/') else {
+                    return Err(format!(
+                        "destination {destination:?} must be an absolute path"
+                    ));
+                };
+                let source = source.trim_start_matches("./");
+                let metadata = root
+                    .metadata(source)
+                    .map_err(|e| format!("source {source:?} in the app's directory: {e}"))?;
+                if metadata.is_dir() {
+                    for path in walk_within(root, source)?.into_iter().filter(|p| kept(p)) {
+                        let rest = path.strip_prefix(source).unwrap_or(&path).to_owned();
+                        granted.push((path, Path::new(into).join(rest)));
                     }
-                    let into = target.join(format!("mount-{n}"));
-                    let source = source.trim_start_matches("./");
-                    let metadata = root_dir.metadata(source).map_err(|e| {
-                        error(format!("source {source:?} in the app's directory: {e}"))
-                    })?;
-                    if metadata.is_dir() {
-                        for path in walk_within(&root_dir, source).map_err(&error)? {
-                            let rest = path.strip_prefix(source).unwrap_or(&path);
-                            copy_within(&root_dir, &path, &into.join(rest)).map_err(&error)?;
-                        }
-                        std::fs::create_dir_all(&into).map_err(|e| error(e.to_string()))?;
-                        mounts.push((into, destination.clone()));
-                    } else {
-                        // A single file: its directory is the mount, named as the destination's.
-                        let name = Path::new(destination).file_name().ok_or_else(|| {
-                            error(format!("destination {destination:?} names no file"))
-                        })?;
-                        copy_within(&root_dir, Path::new(source), &into.join(name))
-                            .map_err(&error)?;
-                        let parent = Path::new(destination).parent().unwrap_or(Path::new("/"));
-                        mounts.push((into, parent.display().to_string()));
-                    }
+                } else if into.is_empty() || into.ends_with('/') {
+                    return Err(format!("destination {destination:?} names no file"));
+                } else {
+                    granted.push((PathBuf::from(source), PathBuf::from(into)));
                 }
             }
         }
-        component.mounts = mounts;
     }
-    Ok(())
+    Ok(granted)
 }
 
 fn cap_std_dir(root: &Path) -> Result<cap_std::fs::Dir, String> {
@@ -589,14 +594,8 @@ source = "internal.wasm"
         let staging = dir.path().join("staging");
         stage_files(&mut app, &root, &staging).unwrap();
         let web = &app.components[0];
-        assert_eq!(
-            web.mounts,
-            [
-                (staging.join("web/files"), "/".to_owned()),
-                (staging.join("web/mount-1"), "/pics".to_owned())
-            ]
-        );
-        let files = staging.join("web/files/static");
+        assert_eq!(web.mounts, [(staging.join("web"), "/".to_owned())]);
+        let files = staging.join("web/static");
         assert_eq!(
             std::fs::read_to_string(files.join("index.html")).unwrap(),
             "<h1>hi</h1>"
@@ -607,7 +606,7 @@ source = "internal.wasm"
             !files.join("escape").exists(),
             "a symlink out of the app is not followed"
         );
-        assert!(staging.join("web/mount-1/logo.txt").exists());
+        assert!(staging.join("web/pics/logo.txt").exists());
 
         let missing = SHOP.replace(
             "source = \"web.wasm\"",

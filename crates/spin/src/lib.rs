@@ -1,12 +1,14 @@
 //! Spin applications as plain data: `spin.toml` (manifest versions 1 and 2) and
 //! `runtime-config.toml` resolved into an [`App`]: its components and what each is granted
 //! (files, environment, variables, outbound hosts, stores), its HTTP routes, Redis channels and
-//! command components. The shim builds one from a container's rootfs and `wasmcell up` from a
-//! directory; the engine runs it. Nothing here knows wasmtime or containerd.
+//! command components; and Spin's locked app, which its registry format carries. The shim builds
+//! one from a container's rootfs or image and `wasmcell up` from a directory or an image;
+//! the engine runs it. Nothing here knows wasmtime or containerd.
 #![deny(missing_docs)]
 
 mod app;
 mod load;
+pub mod locked;
 pub mod manifest;
 pub mod outbound;
 pub mod routes;
@@ -14,7 +16,8 @@ pub mod runtime_config;
 pub mod variables;
 
 pub use app::{App, Component, HttpHandler, HttpTrigger, RedisTrigger, Resolve, stage_files};
-pub use load::{RuntimeConfigSource, is_app, load};
+pub use load::{RuntimeConfigSource, is_app, load, load_locked};
+pub use locked::{ContentKind, Locked, lock};
 pub use manifest::{Manifest, ManifestError, StaticResponse};
 pub use outbound::AllowedHosts;
 pub use routes::{RouteMatch, Router};

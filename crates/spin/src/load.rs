@@ -31,12 +31,43 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
     staging: &Path,
 ) -> Result<App, String> {
-    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))?;
+    let root = open(dir)?;
     let text = root
         .read_to_string(MANIFEST)
         .map_err(|e| format!("cannot read {MANIFEST}: {e}"))?;
     let manifest = Manifest::parse(&text, MANIFEST).map_err(|e| e.to_string())?;
+    resolve(manifest, &root, dir, runtime_config, env, staging)
+}
+
+/// [`load`] for a locked app (`json`, from an image in Spin's registry format) whose content
+/// `content` gives by digest: the content is written into `dir` first (see
+/// [`crate::locked::unlock`]), then the app is read from there as from a `spin.toml`.
+pub fn load_locked(
+    dir: &Path,
+    json: &[u8],
+    content: &dyn Fn(&str) -> Option<Vec<u8>>,
+    runtime_config: RuntimeConfigSource<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    staging: &Path,
+) -> Result<App, String> {
+    let manifest = crate::locked::unlock(dir, json, content)?;
+    resolve(manifest, &open(dir)?, dir, runtime_config, env, staging)
+}
+
+fn open(dir: &Path) -> Result<cap_std::fs::Dir, String> {
+    cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))
+}
+
+/// Resolves `manifest` with its runtime config and stages its components' files.
+fn resolve(
+    manifest: Manifest,
+    root: &cap_std::fs::Dir,
+    dir: &Path,
+    runtime_config: RuntimeConfigSource<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    staging: &Path,
+) -> Result<App, String> {
     let runtime_config = match runtime_config {
         RuntimeConfigSource::File(file) => {
             let text = std::fs::read_to_string(file)

@@ -250,6 +250,16 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// A version 2 manifest already in TOML's data model (a locked app rewritten as one).
+    pub(crate) fn from_v2_table(table: toml::Table) -> Result<Manifest, String> {
+        toml::Value::Table(table)
+            .try_into::<V2>()
+            .map_err(|e| e.message().trim().to_owned())?
+            .into_manifest()
+    }
+}
+
 /// Version 2, as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
