@@ -11,6 +11,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use crate::image::{TITLE_ANNOTATION, WASM_CONFIG_MEDIA_TYPE};
 use crate::layout::{Layout, sha256};
 use crate::platform::{Platform, PlatformError};
+use crate::spin::{MAX_SPIN_LAYERS, SpinImage, is_spin_manifest};
 use crate::unpack::MAX_UNPACKED;
 use crate::wasm::FileKind;
 
@@ -247,6 +248,7 @@ pub struct ImageContents {
     env: Vec<String>,
     working_dir: String,
     layers: Vec<(Descriptor, Vec<u8>)>,
+    spin: Option<SpinImage>,
 }
 
 impl ImageContents {
@@ -263,6 +265,12 @@ impl ImageContents {
     /// The image's working directory, `/` when unset.
     pub fn working_dir(&self) -> String {
         self.working_dir.clone()
+    }
+
+    /// The Spin app of an image in Spin's registry format (whose layers are not a filesystem:
+    /// it unpacks to nothing).
+    pub fn spin_app(&self) -> Option<&SpinImage> {
+        self.spin.as_ref()
     }
 
     /// Unpacks every layer, in order, into `dir`: tar layers are applied beneath it with their
@@ -379,6 +387,17 @@ impl ImageContents {
         blob: &impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
     ) -> Result<ImageContents, ArchiveError> {
         check_manifest(manifest)?;
+        if is_spin_manifest(manifest) {
+            return Ok(ImageContents {
+                platform: Platform::WASIP1,
+                entrypoint: Vec::new(),
+                cmd: Vec::new(),
+                env: Vec::new(),
+                working_dir: "/".to_owned(),
+                layers: Vec::new(),
+                spin: Some(SpinImage::read(manifest, blob)?),
+            });
+        }
         let config_bytes = blob(manifest.config())?;
         let layers = manifest
             .layers()
@@ -408,6 +427,7 @@ impl ImageContents {
                         .filter(|dir| !dir.is_empty())
                         .unwrap_or_else(|| "/".to_owned()),
                     layers,
+                    spin: None,
                 })
             }
             MediaType::Other(t) if t == WASM_CONFIG_MEDIA_TYPE => {
@@ -429,6 +449,7 @@ impl ImageContents {
                     env: vec![],
                     working_dir: "/".to_owned(),
                     layers,
+                    spin: None,
                 })
             }
             other => Err(ArchiveError::ConfigMediaType {
@@ -483,10 +504,16 @@ fn check_document(descriptor: &Descriptor) -> Result<(), ArchiveError> {
 pub fn check_manifest(manifest: &ImageManifest) -> Result<(), ArchiveError> {
     check_document(manifest.config())?;
     let layers = manifest.layers();
-    if layers.len() > MAX_LAYERS {
+    // Spin's format has a layer per file, up to Spin's own bound.
+    let max = if is_spin_manifest(manifest) {
+        MAX_SPIN_LAYERS
+    } else {
+        MAX_LAYERS
+    };
+    if layers.len() > max {
         return Err(ArchiveError::TooManyLayers {
             layers: layers.len(),
-            max: MAX_LAYERS,
+            max,
         });
     }
     let total: u64 = layers.iter().map(|l| l.size()).fold(0, u64::saturating_add);

@@ -97,7 +97,7 @@ pub struct Blob {
 }
 
 impl Blob {
-    fn new(media_type: MediaType, bytes: Vec<u8>) -> Blob {
+    pub(crate) fn new(media_type: MediaType, bytes: Vec<u8>) -> Blob {
         let digest = sha256(&bytes);
         Blob {
             media_type,
@@ -379,6 +379,24 @@ fn component_world(wasm: &[u8]) -> Result<(Vec<String>, Vec<String>), ArchiveErr
 }
 
 impl Image {
+    /// An image that Docker's classic store cannot load (no `manifest.json` entry).
+    pub(crate) fn new(
+        reference: &str,
+        kind: WasmKind,
+        platforms: Vec<Platform>,
+        blobs: Vec<Blob>,
+        root: Descriptor,
+    ) -> Image {
+        Image {
+            reference: reference.to_owned(),
+            kind,
+            platforms,
+            blobs,
+            root,
+            docker: None,
+        }
+    }
+
     /// Writes the image as an OCI archive (an OCI layout in a tar, plus Docker's
     /// `manifest.json`), as `ctr images import` and `docker load` read it.
     pub fn write_archive(&self, out: impl Write) -> Result<(), ArchiveError> {

@@ -6,6 +6,7 @@
 //! - [`image`]: building images from a `.wasm`, Docker-compatible or as the CNCF Wasm artifact;
 //! - [`archive`]: reading them back, from OCI archives (an OCI layout in a tar) or the store,
 //!   within limits on what an image may ask for;
+//! - [`spin`]: Spin's registry format (`spin registry push`), built and read back;
 //! - [`unpack`]: applying their layers to a rootfs, whiteouts included, never outside it;
 //! - [`layout`]: the local image store, an OCI image layout directory.
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@ pub mod entrypoint;
 pub mod image;
 pub mod layout;
 pub mod platform;
+pub mod spin;
 pub mod unpack;
 pub mod wasm;
 
@@ -23,4 +25,5 @@ pub use entrypoint::Entrypoint;
 pub use image::{BuildOptions, Format, Image, build_app_image, build_image};
 pub use layout::{Layout, LayoutError};
 pub use platform::{Platform, PlatformError};
+pub use spin::{SpinContent, SpinImage, build_spin_image};
 pub use wasm::{FileKind, WasmKind};

@@ -413,6 +413,8 @@ fn check_runnable(reference: &str, manifest: &ImageManifest) -> Result<(), Regis
     match manifest.config().media_type() {
         MediaType::ImageConfig => Ok(()),
         MediaType::Other(t) if t == "application/vnd.docker.container.image.v1+json" => Ok(()),
+        // Spin's registry format as Spin 1 wrote it: the locked app as the config.
+        MediaType::Other(t) if t == wasmcell_oci::spin::SPIN_APPLICATION_MEDIA_TYPE => Ok(()),
         MediaType::Other(t) if t == WASM_CONFIG_MEDIA_TYPE => match manifest.layers().as_slice() {
             [layer] if is_wasm_layer(layer.media_type()) => Ok(()),
             [layer] => Err(not_wasm(format!(

@@ -1,0 +1,201 @@
+//! Spin's registry format, as `spin registry push` writes it: each component's Wasm a layer of
+//! its own (`application/vnd.wasm.content.layer.v1+wasm`), each file a data layer
+//! (`application/vnd.wasm.content.layer.v1+data`; files of 128 bytes or less are inlined in
+//! the locked app instead), or a component's files together in one `tar+gzip` archive layer;
+//! and the locked app (Spin's resolved manifest, JSON, referring to that content by digest) as
+//! a layer of `application/vnd.fermyon.spin.application.v1+config`, or, as Spin wrote it
+//! before 2.0, as the image's config. No layer is a filesystem: container runtimes unpack
+//! none of it, and the app is rebuilt from the content by the runtime that runs it.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use oci_spec::image::{
+    ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder,
+    MediaType, RootFsBuilder, SCHEMA_VERSION,
+};
+
+use crate::archive::{ArchiveError, canonical_json, json_err};
+use crate::image::{Blob, Image};
+use crate::layout::sha256;
+use crate::platform::Platform;
+use crate::unpack::MAX_UNPACKED;
+use crate::wasm::WasmKind;
+
+/// The locked app's media type: a layer's, or (before Spin 2.0) the config's.
+pub const SPIN_APPLICATION_MEDIA_TYPE: &str = "application/vnd.fermyon.spin.application.v1+config";
+/// A component's Wasm.
+pub const SPIN_WASM_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// One file a component reads.
+pub const SPIN_DATA_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+data";
+/// A component's files, together.
+pub const SPIN_ARCHIVE_MEDIA_TYPE: &str = "application/vnd.wasm.content.bundle.v1.tar+gzip";
+/// The config label Spin sets to the locked app's digest, so that two apps' configs differ.
+const LOCKED_APP_DIGEST_LABEL: &str = "com.fermyon.spin.lockedAppDigest";
+/// Spin's own bound on an app's layers (it switches to archive layers above it).
+pub const MAX_SPIN_LAYERS: usize = 500;
+
+/// Whether `manifest` is a Spin app in Spin's registry format.
+pub fn is_spin_manifest(manifest: &ImageManifest) -> bool {
+    std::iter::once(manifest.config())
+        .chain(manifest.layers())
+        .any(|d| d.media_type().to_string() == SPIN_APPLICATION_MEDIA_TYPE)
+}
+
+/// An image in Spin's registry format, read back: the locked app, and the content its digests
+/// name (archive layers unpacked into their files).
+#[derive(Debug, Clone)]
+pub struct SpinImage {
+    /// The locked app, JSON.
+    pub locked: Vec<u8>,
+    content: HashMap<String, Vec<u8>>,
+}
+
+impl SpinImage {
+    /// Reads the image `manifest` describes, each blob (verified) from `blob`.
+    pub fn read(
+        manifest: &ImageManifest,
+        blob: impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
+    ) -> Result<SpinImage, ArchiveError> {
+        let mut locked = None;
+        let mut content = HashMap::new();
+        let mut budget = MAX_UNPACKED;
+        for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
+            let media_type = descriptor.media_type().to_string();
+            let bytes = match media_type.as_str() {
+                SPIN_APPLICATION_MEDIA_TYPE
+                | SPIN_WASM_MEDIA_TYPE
+                | SPIN_DATA_MEDIA_TYPE
+                | SPIN_ARCHIVE_MEDIA_TYPE
+                | "application/wasm" => blob(descriptor)?,
+                // The OCI config of the current format says nothing the app needs.
+                _ if descriptor == manifest.config() => continue,
+                other => {
+                    return Err(ArchiveError::UnsupportedLayer {
+                        digest: descriptor.digest().to_string(),
+                        media_type: other.to_owned(),
+                    });
+                }
+            };
+            match media_type.as_str() {
+                SPIN_APPLICATION_MEDIA_TYPE => locked = Some(bytes),
+                SPIN_ARCHIVE_MEDIA_TYPE => unpack_archive(&bytes, &mut content, &mut budget)
+                    .map_err(|e| {
+                        ArchiveError::Malformed(format!(
+                            "Spin archive layer {}: {e}",
+                            descriptor.digest()
+                        ))
+                    })?,
+                _ => {
+                    content.insert(descriptor.digest().to_string(), bytes);
+                }
+            }
+        }
+        let locked = locked.ok_or_else(|| {
+            ArchiveError::Malformed("the Spin image has no locked app".to_owned())
+        })?;
+        Ok(SpinImage { locked, content })
+    }
+
+    /// The content with `digest` (`sha256:<hex>`), if the image holds it.
+    pub fn content(&self, digest: &str) -> Option<&[u8]> {
+        self.content.get(digest).map(Vec::as_slice)
+    }
+}
+
+/// Each file of a `tar+gzip` archive layer, by its digest (as the locked app refers to it).
+fn unpack_archive(
+    bytes: &[u8],
+    content: &mut HashMap<String, Vec<u8>>,
+    budget: &mut u64,
+) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let mut file = Vec::new();
+        entry.take(*budget + 1).read_to_end(&mut file)?;
+        *budget = budget.checked_sub(file.len() as u64).ok_or_else(|| {
+            std::io::Error::other(format!("its files exceed {MAX_UNPACKED} bytes"))
+        })?;
+        content.insert(sha256(&file), file);
+    }
+    Ok(())
+}
+
+/// Content of a Spin app for its image: a component's Wasm, or a file it reads.
+#[derive(Debug, Clone)]
+pub enum SpinContent {
+    /// A component.
+    Wasm(Vec<u8>),
+    /// A file.
+    Data(Vec<u8>),
+}
+
+/// Builds the image of a locked app (`locked`, JSON) and its `content`, in Spin's registry
+/// format as Spin 2 and later write it: a layer per content, the locked app as the last
+/// layer, and an OCI config (`wasm`/`wasip1`) labelled with the locked app's digest.
+pub fn build_spin_image(
+    reference: &str,
+    locked: Vec<u8>,
+    content: Vec<SpinContent>,
+) -> Result<Image, ArchiveError> {
+    let mut layers: Vec<Blob> = Vec::new();
+    for piece in content {
+        let blob = match piece {
+            SpinContent::Wasm(bytes) => {
+                Blob::new(MediaType::Other(SPIN_WASM_MEDIA_TYPE.into()), bytes)
+            }
+            SpinContent::Data(bytes) => {
+                Blob::new(MediaType::Other(SPIN_DATA_MEDIA_TYPE.into()), bytes)
+            }
+        };
+        if !layers.iter().any(|l| l.digest == blob.digest) {
+            layers.push(blob);
+        }
+    }
+    let locked = Blob::new(MediaType::Other(SPIN_APPLICATION_MEDIA_TYPE.into()), locked);
+    let config = ImageConfigurationBuilder::default()
+        .os(oci_spec::image::Os::Other("wasip1".to_owned()))
+        .architecture(oci_spec::image::Arch::Wasm)
+        .config(
+            ConfigBuilder::default()
+                .labels(HashMap::from([(
+                    LOCKED_APP_DIGEST_LABEL.to_owned(),
+                    locked.digest.clone(),
+                )]))
+                .build()
+                .map_err(json_err("image config"))?,
+        )
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(Vec::<String>::new())
+                .build()
+                .map_err(json_err("image rootfs"))?,
+        )
+        .build()
+        .map_err(json_err("image config"))?;
+    let config = Blob::new(MediaType::ImageConfig, canonical_json(&config));
+    layers.push(locked);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config.descriptor())
+        .layers(layers.iter().map(Blob::descriptor).collect::<Vec<_>>())
+        .build()
+        .map_err(json_err("image manifest"))?;
+    let manifest = Blob::new(MediaType::ImageManifest, canonical_json(&manifest));
+    let root = manifest.descriptor();
+    let mut blobs = layers;
+    blobs.extend([config, manifest]);
+    Ok(Image::new(
+        reference,
+        WasmKind::Component,
+        vec![Platform::WASIP1],
+        blobs,
+        root,
+    ))
+}
