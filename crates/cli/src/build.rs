@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use wasmcell_oci::{BuildOptions, Format, Layout, Platform, build_app_image, build_image};
+use wasmcell_oci::{
+    BuildOptions, Format, Layout, Platform, SpinContent, build_app_image, build_image,
+    build_spin_image,
+};
 use wasmcell_registry::{Registry, parse_reference};
 
 use crate::images::{RegistryArgs, store};
@@ -17,8 +20,11 @@ use crate::images::{RegistryArgs, store};
 /// Wasm OCI artifact (the binary as its one `application/wasm` layer, a
 /// `application/vnd.wasm.config.v0+json` config).
 ///
-/// With --spin, the positional names a Spin app's spin.toml: its directory becomes the image
-/// (platform wasi/wasm), which the spin runtime names and `wasmcell up IMAGE` run.
+/// With --spin, the positional names a Spin app's spin.toml: with `--format image` its
+/// directory becomes the image's one layer (platform wasi/wasm, as a Dockerfile `COPY . /`
+/// makes it); with `--format artifact`, the image is in Spin's registry format, as `spin
+/// registry push` makes it (the locked app, each component and file a layer). The spin
+/// runtimes and `wasmcell up IMAGE` run both.
 ///
 /// Where it goes: an OCI archive (`-o app.tar`: `ctr images import --all-platforms app.tar`,
 /// `docker load -i app.tar`), an OCI layout directory (`-o dir/`), a registry (`--push`), and
@@ -27,8 +33,8 @@ use crate::images::{RegistryArgs, store};
 pub struct BuildArgs {
     /// The .wasm file (core module or component), or with --spin the app's spin.toml.
     wasm: PathBuf,
-    /// Build a Spin app: the positional is its spin.toml, and its directory (components,
-    /// files) becomes the image's one layer.
+    /// Build a Spin app: the positional is its spin.toml (see --format for the two kinds of
+    /// image).
     #[arg(long, conflicts_with = "include")]
     spin: bool,
     /// The image name, e.g. example.com/hello:latest.
@@ -38,7 +44,8 @@ pub struct BuildArgs {
     /// existing directory) as an OCI layout.
     #[arg(long, short = 'o', value_name = "FILE|DIR/")]
     output: Option<PathBuf>,
-    /// image (Docker-compatible) or artifact (CNCF Wasm OCI artifact).
+    /// image (Docker-compatible) or artifact (CNCF Wasm OCI artifact; with --spin, Spin's
+    /// registry format).
     #[arg(long, value_enum, default_value_t = FormatArg::Image)]
     format: FormatArg,
     /// The platform to declare, OS/ARCH with OS wasi|wasip1|wasip2 and ARCH wasm|wasm32;
@@ -79,7 +86,10 @@ pub fn build(args: BuildArgs) -> Result<()> {
             include: Vec::new(),
             format,
         };
-        let image = build_app_image(&dir, wasmcell_spin::MANIFEST, &options)?;
+        let image = match format {
+            Format::Image => build_app_image(&dir, wasmcell_spin::MANIFEST, &options)?,
+            Format::Artifact => spin_registry_image(&dir, &args.tag)?,
+        };
         return deliver(&args, &image, &format!("Spin app {}", dir.display()));
     }
     let wasm = std::fs::read(&args.wasm)
@@ -115,6 +125,21 @@ pub fn build(args: BuildArgs) -> Result<()> {
         &image,
         &format!("{} {}", image.kind, options.file_name),
     )
+}
+
+/// The app in `dir` locked, in Spin's registry format (as `spin registry push` makes it).
+fn spin_registry_image(dir: &Path, tag: &str) -> Result<wasmcell_oci::Image> {
+    let locked =
+        wasmcell_spin::lock(dir).map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
+    let content = locked
+        .content
+        .into_iter()
+        .map(|(kind, bytes)| match kind {
+            wasmcell_spin::ContentKind::Wasm => SpinContent::Wasm(bytes),
+            wasmcell_spin::ContentKind::Data => SpinContent::Data(bytes),
+        })
+        .collect();
+    Ok(build_spin_image(tag, locked.json, content)?)
 }
 
 /// The directory of a Spin app, checked: its manifest parses and every component's source is

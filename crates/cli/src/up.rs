@@ -18,8 +18,8 @@ use crate::run::{PullPolicy, Target, parse_env, target_kind, unpack, until_done}
 
 /// Run a Spin app: its HTTP routes served on --listen, its Redis channels followed.
 ///
-/// The app is read from spin.toml (-f, or the current directory), or from an image built with
-/// `wasmcell build --spin` (an archive or a reference). Each component gets exactly what its
+/// The app is read from spin.toml (-f, or the current directory), or from an image (an archive
+/// or a reference) built with `wasmcell build --spin` or pushed with `spin registry push`. Each component gets exactly what its
 /// manifest entry grants: its `files` read-only, its `environment`, the hosts in its
 /// `allowed_outbound_hosts`, its key-value stores and SQLite databases (by default in .spin/
 /// in the app's directory). Variables come from the manifest's defaults, then
@@ -65,6 +65,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     let env = parse_env(&args.env)?;
     // Kept until the app is done: an unpacked image, and the components' staged files.
     let mut unpacked = None;
+    let mut locked = None;
     let dir = match &args.image {
         Some(image) => {
             let target = target_kind(image)?;
@@ -74,14 +75,15 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
                     path.display()
                 );
             }
-            let (_, _, rootfs) = unpack(target, args.pull, &args.registry)?;
+            let (_, image, rootfs) = unpack(target, args.pull, &args.registry)?;
             let dir = rootfs.path().to_owned();
             unpacked = Some(rootfs);
+            locked = image.spin_app().cloned();
             dir
         }
         None => app_dir(args.from.as_deref())?,
     };
-    if !wasmcell_spin::is_app(&dir) {
+    if locked.is_none() && !wasmcell_spin::is_app(&dir) {
         bail!(
             "no {} in {}: give the app's manifest with -f, or an image built with `wasmcell build --spin`",
             wasmcell_spin::MANIFEST,
@@ -103,8 +105,19 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         Some(file) => RuntimeConfigSource::File(file),
         None => RuntimeConfigSource::Beside,
     };
-    let mut app = wasmcell_spin::load(&dir, config, &lookup, staging.path())
-        .map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
+    let loaded = match &locked {
+        // Spin's registry format: the content is written into the unpacked (empty) rootfs.
+        Some(image) => wasmcell_spin::load_locked(
+            &dir,
+            &image.locked,
+            &|digest| image.content(digest).map(<[u8]>::to_vec),
+            config,
+            &lookup,
+            staging.path(),
+        ),
+        None => wasmcell_spin::load(&dir, config, &lookup, staging.path()),
+    };
+    let mut app = loaded.map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
     for component in &mut app.components {
         component.environment.extend(env.iter().cloned());
     }
