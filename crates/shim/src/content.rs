@@ -3,8 +3,11 @@
 //! `application/vnd.bytecodealliance.wasm.component.layer.v0+wasm`); containerd does not unpack
 //! those, so such a container's rootfs has no entrypoint file. The shim then reads the layer
 //! from containerd's content store (its gRPC API, at the address containerd gave the shim) and
-//! writes it into the container's rootfs where the entrypoint names it.
+//! writes it into the container's rootfs where the entrypoint names it. An image in Spin's
+//! registry format is read the same way, every layer, for the Spin runtime to rebuild the app.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::Write;
 use std::path::Path;
 
@@ -14,12 +17,14 @@ use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, Read
 use containerd_client::tonic::Request;
 use containerd_client::{Client, with_namespace};
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
-use wasmcell_oci::archive::{is_wasm_layer, wasm_entry};
+use wasmcell_oci::SpinImage;
+use wasmcell_oci::archive::{check_manifest, is_wasm_layer, wasm_entry};
 use wasmcell_oci::layout::sha256;
+use wasmcell_oci::spin::is_spin_manifest;
 
 /// Why a Wasm layer could not be brought into the rootfs.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the Wasm layer of container {container}'s image from containerd: {reason}")]
+#[error("cannot read the Wasm content of container {container}'s image from containerd: {reason}")]
 pub struct ContentError {
     container: String,
     reason: String,
@@ -85,6 +90,69 @@ impl ImageContent {
 
     /// The bytes of the image's one Wasm layer, verified; `None` when it has none.
     async fn wasm_layer(&self, id: &str) -> Result<Option<Vec<u8>>, ContentError> {
+        let Some((client, image, manifest)) = self.manifest(id).await? else {
+            return Ok(None);
+        };
+        let layers: Vec<_> = manifest
+            .layers()
+            .iter()
+            .filter(|l| is_wasm_layer(l.media_type()))
+            .collect();
+        match layers.as_slice() {
+            [] => Ok(None),
+            [layer] => Ok(Some(
+                self.read(&client, layer.digest().as_ref())
+                    .await
+                    .map_err(|e| self.error(id, e))?,
+            )),
+            many => Err(self.error(
+                id,
+                format!(
+                    "image {image} has {} Wasm layers; one binary per image",
+                    many.len()
+                ),
+            )),
+        }
+    }
+
+    /// The Spin app of container `id`'s image if the image is in Spin's registry format: its
+    /// locked app and every layer, read (and verified) from the content store.
+    pub async fn spin_image(&self, id: &str) -> Result<Option<SpinImage>, ContentError> {
+        if self.address.is_empty() {
+            return Ok(None);
+        }
+        let Some((client, _, manifest)) = self.manifest(id).await? else {
+            return Ok(None);
+        };
+        if !is_spin_manifest(&manifest) {
+            return Ok(None);
+        }
+        check_manifest(&manifest).map_err(|e| self.error(id, e))?;
+        let mut blobs = HashMap::new();
+        for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
+            if let Entry::Vacant(entry) = blobs.entry(descriptor.digest().to_string()) {
+                let bytes = self.read(&client, entry.key()).await;
+                entry.insert(bytes.map_err(|e| self.error(id, e))?);
+            }
+        }
+        let image = SpinImage::read(&manifest, |d| {
+            Ok(blobs.get(d.digest().as_ref()).cloned().unwrap_or_default())
+        })
+        .map_err(|e| self.error(id, e))?;
+        tracing::info!(
+            container = id,
+            layers = manifest.layers().len(),
+            "Spin app read from the content store"
+        );
+        Ok(Some(image))
+    }
+
+    /// The manifest of container `id`'s image (through an index, the Wasm platform's), with
+    /// the client that read it and the image's name; `None` for a container without an image.
+    async fn manifest(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Client, String, ImageManifest)>, ContentError> {
         let err = |e: &dyn std::fmt::Display| self.error(id, e);
         let client = Client::from_path(&self.address)
             .await
@@ -129,24 +197,7 @@ impl ImageContent {
                 continue;
             }
             let manifest = ImageManifest::from_reader(bytes.as_slice()).map_err(|e| err(&e))?;
-            let layers: Vec<_> = manifest
-                .layers()
-                .iter()
-                .filter(|l| is_wasm_layer(l.media_type()))
-                .collect();
-            return match layers.as_slice() {
-                [] => Ok(None),
-                [layer] => Ok(Some(
-                    self.read(&client, layer.digest().as_ref())
-                        .await
-                        .map_err(|e| err(&e))?,
-                )),
-                many => Err(err(&format!(
-                    "image {} has {} Wasm layers; one binary per image",
-                    container.image,
-                    many.len()
-                ))),
-            };
+            return Ok(Some((client, container.image, manifest)));
         }
         Err(err(&"image indexes nest too deep"))
     }

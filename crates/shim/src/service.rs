@@ -203,7 +203,13 @@ impl TaskService {
     /// The workload of a container: an app of the framework the runtime name stands for when
     /// the rootfs holds its manifest (a Spin app; SpiderLightning apps are refused, as this
     /// build does not run them), otherwise the spec's entrypoint, plain WASI under every name.
-    fn workload(&self, oci: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec> {
+    async fn workload(
+        &self,
+        oci: &Spec,
+        bundle: &Path,
+        stdio: Stdio,
+        id: &str,
+    ) -> Result<WorkloadSpec> {
         let rootfs = spec::rootfs_path(Some(oci), bundle);
         // Not followed: a manifest that is a symlink (to a host path) still marks an app.
         let app = self
@@ -211,8 +217,14 @@ impl TaskService {
             .app()
             .filter(|app| rootfs.join(app.manifest()).symlink_metadata().is_ok());
         match app {
+            None if self.runtime.app() == Some(App::Spin) => {
+                match self.content.spin_image(id).await? {
+                    Some(image) => spin::workload(oci, bundle, stdio, Some(&image)),
+                    None => Ok(spec::workload(oci, bundle, stdio)?),
+                }
+            }
             None => Ok(spec::workload(oci, bundle, stdio)?),
-            Some(App::Spin) => spin::workload(oci, bundle, stdio),
+            Some(App::Spin) => spin::workload(oci, bundle, stdio, None),
             Some(app) => Err(Error::AppNotSupported {
                 runtime: self.runtime,
                 app,
@@ -316,7 +328,7 @@ impl TaskService {
             if let Some(target) = &rootfs {
                 sys::mount_rootfs(&req.rootfs, target).await?;
             }
-            let workload = self.workload(oci, bundle, stdio)?;
+            let workload = self.workload(oci, bundle, stdio, &req.id).await?;
             if let (ModuleSource::Rootfs { root, path }, None) = (&workload.module, &workload.app) {
                 self.content.materialize(&req.id, root, path).await?;
             }
