@@ -111,7 +111,7 @@ pub enum Error {
         source: Box<Error>,
     },
     /// A blocking step panicked or was cancelled.
-    #[error("internal task failed")]
+    #[error("internal error, a bug in wasmcell (the shim and its other containers go on): {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 

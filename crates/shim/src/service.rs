@@ -216,16 +216,23 @@ impl TaskService {
             .runtime
             .app()
             .filter(|app| rootfs.join(app.manifest()).symlink_metadata().is_ok());
-        match app {
-            None if self.runtime.app() == Some(App::Spin) => {
-                match self.content.spin_image(id).await? {
-                    Some(image) => spin::workload(oci, bundle, stdio, Some(&image)),
-                    None => Ok(spec::workload(oci, bundle, stdio)?),
-                }
+        // Without a manifest in the rootfs, the image may be in Spin's registry format.
+        let image = match app {
+            None if self.runtime.app() == Some(App::Spin) => self.content.spin_image(id).await?,
+            _ => None,
+        };
+        match (app, image) {
+            (None, None) => Ok(spec::workload(oci, bundle, stdio)?),
+            (Some(App::Spin), image) | (None, image @ Some(_)) => {
+                // Reading the app and staging its files is file I/O: off the shim's one thread,
+                // where a panic on a bad app is also this create's error and not a hung shim.
+                let (oci, bundle) = (oci.clone(), bundle.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    spin::workload(&oci, &bundle, stdio, image.as_ref())
+                })
+                .await?
             }
-            None => Ok(spec::workload(oci, bundle, stdio)?),
-            Some(App::Spin) => spin::workload(oci, bundle, stdio, None),
-            Some(app) => Err(Error::AppNotSupported {
+            (Some(app), _) => Err(Error::AppNotSupported {
                 runtime: self.runtime,
                 app,
             }),

@@ -445,15 +445,24 @@ pub fn unlock(
             .push(config);
     }
     let mut application = toml::Table::new();
-    let name = app.metadata.get("name").and_then(Value::as_str);
-    application.insert("name".to_owned(), name.unwrap_or("app").into());
+    let name = app
+        .metadata
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    application.insert(
+        "name".to_owned(),
+        name.unwrap_or_else(|| "app".to_owned()).into(),
+    );
     if let Some(version) = app.metadata.get("version").and_then(Value::as_str) {
         application.insert("version".to_owned(), version.into());
     }
-    let redis_address = app.metadata["triggers"]["redis"]["address"]
+    // Indexing a `Value` (not the map) reads a missing key as null.
+    let metadata = Value::Object(app.metadata);
+    let redis_address = metadata["triggers"]["redis"]["address"]
         .as_str()
         .or_else(|| {
-            let single = &app.metadata["trigger"];
+            let single = &metadata["trigger"];
             (single["type"] == "redis").then(|| single["address"].as_str())?
         });
     if let Some(address) = redis_address {
@@ -684,6 +693,23 @@ source = "internal.wasm"
         )
         .unwrap_err();
         assert!(error.contains("SPIN_VARIABLE_TOKEN"), "{error}");
+    }
+
+    #[test]
+    fn a_locked_app_of_one_route_and_no_metadata_unlocks() {
+        let json = serde_json::to_vec(&json!({
+            "spin_lock_version": 1,
+            "triggers": [{ "id": "t", "trigger_type": "http",
+                           "trigger_config": { "route": "/...", "component": "c" } }],
+            "components": [{ "id": "c",
+                             "source": { "content_type": "application/wasm", "inline": "AGFzbQ==" } }],
+        }))
+        .unwrap();
+        let into = tempfile::tempdir().unwrap();
+        let manifest = unlock(into.path(), &json, &|_| None).unwrap();
+        assert_eq!(manifest.name, "app");
+        assert_eq!(manifest.http.len(), 1);
+        assert_eq!(manifest.redis_address, None);
     }
 
     #[test]
