@@ -9,6 +9,12 @@
 //!   `GET /private` calls the private component through `http://private.spin.internal`;
 //!   `GET /files/NAME` reads `/NAME` from the files it was given; `GET /env` prints its
 //!   environment.
+//!   Spin 3's interfaces, as the SDK's newer modules use them: `POST|GET /v3/orders` with
+//!   `sqlite3` (a POST answers with the new row's id and the rows changed);
+//!   `GET|PUT /wasi-kv/BUCKET/KEY` with `wasi:keyvalue` (403 for a bucket not granted);
+//!   `POST /wasi-kv/BUCKET/KEY/increment?DELTA`, `PUT /wasi-kv/BUCKET/KEY/swap` (a
+//!   compare-and-swap against the value it read), `GET /wasi-kv/BUCKET/many?K1,K2`;
+//!   `GET /config/NAME` and `GET /config` with `wasi:config`.
 //! - `admin`: answers every request with the path below its route.
 //! - `private`: answers with a secret only the app itself can ask for.
 
@@ -89,6 +95,26 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         }
         return Ok(text(200, body));
     }
+    if path == "/v3/orders" {
+        return orders_v3(request, &method);
+    }
+    if let Some(rest) = path.strip_prefix("/wasi-kv/") {
+        return Ok(wasi_kv(request, &method, rest).unwrap_or_else(|e| e));
+    }
+    if let Some(rest) = path.strip_prefix("/config") {
+        use spin_sdk::wit::wasi::config::store as config;
+        return Ok(match rest.strip_prefix('/') {
+            Some(name) => match config::get(name) {
+                Ok(Some(value)) => text(200, format!("{value}\n")),
+                Ok(None) => text(404, format!("no config {name}\n")),
+                Err(error) => text(500, format!("{error:?}\n")),
+            },
+            None => match config::get_all() {
+                Ok(all) => text(200, all.iter().map(|(k, v)| format!("{k}={v}\n")).collect()),
+                Err(error) => text(500, format!("{error:?}\n")),
+            },
+        });
+    }
     if path == "/fetch" {
         let url = request.query().to_owned();
         return Ok(relay(Request::get(url).build()).await);
@@ -107,6 +133,81 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         return Ok(text(200, env));
     }
     Ok(text(404, format!("no such page {path}\n")))
+}
+
+/// `spin_sdk::sqlite3`: the orders table, with the new row's id and the rows changed.
+fn orders_v3(request: &Request, method: &Method) -> anyhow::Result<Response> {
+    use spin_sdk::sqlite3::{Connection, Value};
+    let db = Connection::open_default()?;
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS orders3 (id INTEGER PRIMARY KEY, item TEXT NOT NULL)",
+        &[],
+    )?;
+    let mut body = String::new();
+    if *method == Method::Post {
+        let item = String::from_utf8_lossy(request.body()).into_owned();
+        db.execute("INSERT INTO orders3 (item) VALUES (?)", &[Value::Text(item)])?;
+        body.push_str(&format!(
+            "id {}, changed {}\n",
+            db.last_insert_rowid(),
+            db.changes()
+        ));
+    }
+    let rows = db.execute("SELECT id, item FROM orders3 ORDER BY id", &[])?;
+    for row in &rows.rows {
+        if let [Value::Integer(id), Value::Text(item)] = row.values.as_slice() {
+            body.push_str(&format!("{id} {item}\n"));
+        }
+    }
+    Ok(text(200, body))
+}
+
+/// `wasi:keyvalue`: BUCKET/KEY get and put, BUCKET/KEY/increment, BUCKET/KEY/swap,
+/// BUCKET/many. Errors are the responses.
+fn wasi_kv(request: &Request, method: &Method, rest: &str) -> Result<Response, Response> {
+    use spin_sdk::wit::wasi::keyvalue::{atomics, batch, store};
+    let failed = |e: store::Error| match e {
+        store::Error::AccessDenied => text(403, "access denied\n".to_owned()),
+        other => text(500, format!("{other:?}\n")),
+    };
+    let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket = store::open(name).map_err(failed)?;
+    let response = match (method, rest.split_once('/')) {
+        (Method::Post, Some((key, "increment"))) => {
+            let delta = request.query().parse().unwrap_or(1);
+            let value = atomics::increment(&bucket, key, delta).map_err(failed)?;
+            text(200, format!("{value}\n"))
+        }
+        (Method::Put, Some((key, "swap"))) => {
+            let cas = atomics::Cas::new(&bucket, key).map_err(failed)?;
+            let before = cas.current().map_err(failed)?;
+            match atomics::swap(cas, request.body()) {
+                Ok(()) => text(200, format!("swapped {key} from {before:?}\n")),
+                Err(atomics::CasError::CasFailed(_)) => text(409, "changed meanwhile\n".to_owned()),
+                Err(atomics::CasError::StoreError(e)) => return Err(failed(e)),
+            }
+        }
+        (Method::Get, None) if rest == "many" => {
+            let keys: Vec<String> = request.query().split(',').map(str::to_owned).collect();
+            let values = batch::get_many(&bucket, &keys).map_err(failed)?;
+            let mut body = String::new();
+            for (key, value) in values {
+                let value = value.map(|v| String::from_utf8_lossy(&v).into_owned());
+                body.push_str(&format!("{key}={}\n", value.unwrap_or_else(|| "-".to_owned())));
+            }
+            text(200, body)
+        }
+        (Method::Put, None) => {
+            bucket.set(rest, request.body()).map_err(failed)?;
+            text(201, format!("stored {rest}\n"))
+        }
+        (_, None) => match bucket.get(rest).map_err(failed)? {
+            Some(value) => Response::new(200, value),
+            None => text(404, format!("no key {rest}\n")),
+        },
+        _ => text(404, "no such operation\n".to_owned()),
+    };
+    Ok(response)
 }
 
 /// An outbound request's status and body, or 502 with why it failed.

@@ -1,5 +1,6 @@
 //! Spin's host interfaces (`fermyon:spin@2.0.0`): key-value, variables, SQLite and outbound
-//! Redis, as a component's grants allow them. A component asking for a store, database or
+//! Redis, as a component's grants allow them; the bindings of Spin 3's additions too, which
+//! `spin3` implements over the same handles. A component asking for a store, database or
 //! host it was not granted gets Spin's own error for it (`access-denied`, `no-such-store`),
 //! never a trap.
 
@@ -21,6 +22,9 @@ wasmtime::component::bindgen!({
         "fermyon:spin/key-value.store": StoreHandle,
         "fermyon:spin/sqlite.connection": DatabaseHandle,
         "fermyon:spin/redis.connection": RedisHandle,
+        "spin:sqlite/sqlite.connection": DatabaseHandle,
+        "wasi:keyvalue/store.bucket": StoreHandle,
+        "wasi:keyvalue/atomics.cas": super::spin3::CasHandle,
     },
 });
 
@@ -80,6 +84,19 @@ impl SpinHost {
 }
 
 impl SpinHost {
+    /// The component's variable `name`, resolved.
+    pub(super) fn variable(&self, name: &str) -> Option<&String> {
+        self.variables.get(name)
+    }
+
+    /// Every variable of the component, resolved.
+    pub(super) fn all_variables(&self) -> Vec<(String, String)> {
+        self.variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Says on the container's stderr that the component asked for a host it was not
     /// granted, and how to grant it.
     /// `entry` is what `allowed_outbound_hosts` would need to hold.
@@ -96,7 +113,20 @@ impl SpinHost {
 /// into the guest's memory and the host's, so a store is not a file system.
 const MAX_VALUE: usize = 16 << 20;
 
-/// An open key-value store: its label and the store itself.
+/// Refuses a value larger than a store takes, saying so.
+pub(super) fn check_value(value: &[u8]) -> Result<(), String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!(
+            "a value of {} bytes is larger than a key-value store takes ({MAX_VALUE} bytes)",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+/// An open key-value store (a Spin 2 store, or a `wasi:keyvalue` bucket): its label and the
+/// store itself.
+#[derive(Clone)]
 pub struct StoreHandle {
     label: String,
     store: Arc<OnceCell<KeyValue>>,
@@ -108,10 +138,67 @@ impl StoreHandle {
             .get()
             .expect("a handle exists only for an opened store")
     }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.store().get(&self.label, key).await
+    }
+
+    pub(super) async fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.store().set(&self.label, key, value).await
+    }
+
+    pub(super) async fn delete(&self, key: &str) -> Result<(), String> {
+        self.store().delete(&self.label, key).await
+    }
+
+    pub(super) async fn keys(&self) -> Result<Vec<String>, String> {
+        self.store().keys(&self.label).await
+    }
+
+    pub(super) async fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
+        self.store().increment(&self.label, key, delta).await
+    }
+
+    pub(super) async fn swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, String> {
+        self.store().swap(&self.label, key, expected, value).await
+    }
 }
 
-/// An open SQLite database.
-pub struct DatabaseHandle(Arc<OnceCell<Sqlite>>);
+/// An open SQLite database, and what its last statement through this handle did.
+pub struct DatabaseHandle {
+    db: Arc<OnceCell<Sqlite>>,
+    /// The row id of the last insert (Spin 3's `last-insert-rowid`).
+    pub(super) last_insert_rowid: i64,
+    /// How many rows the last statement changed (Spin 3's `changes`).
+    pub(super) changes: u64,
+}
+
+impl DatabaseHandle {
+    /// Runs `statement`; its insert row id and changes are read under the same lock, so
+    /// another request's statement cannot come between.
+    pub(super) fn execute(
+        &mut self,
+        statement: &str,
+        parameters: Vec<sqlite::Value>,
+    ) -> Result<sqlite::QueryResult, String> {
+        let db = self
+            .db
+            .get()
+            .expect("a handle exists only for an opened database");
+        let (result, rowid, changes) = db.run(|db| {
+            let result = execute(db, statement, parameters)?;
+            Ok((result, db.last_insert_rowid(), db.changes()))
+        })?;
+        self.last_insert_rowid = rowid;
+        self.changes = changes;
+        Ok(result)
+    }
+}
 
 /// An open connection to a Redis server.
 pub struct RedisHandle(::redis::aio::ConnectionManager);
@@ -122,7 +209,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
 }
 
 impl ComponentState {
-    fn spin(&self) -> wasmtime::Result<&Arc<SpinHost>> {
+    pub(super) fn spin(&self) -> wasmtime::Result<&Arc<SpinHost>> {
         self.spin
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!("Spin interfaces called outside a Spin app"))
@@ -136,12 +223,16 @@ impl ComponentState {
     }
 }
 
-type Outcome<T, E> = wasmtime::Result<Result<T, E>>;
+pub(super) type Outcome<T, E> = wasmtime::Result<Result<T, E>>;
 
 impl key_value::Host for ComponentState {}
 
-impl key_value::HostStore for ComponentState {
-    async fn open(&mut self, label: String) -> Outcome<Resource<StoreHandle>, key_value::Error> {
+impl ComponentState {
+    /// Opens the component's store `label` (once per server), for either interface.
+    pub(super) async fn open_store(
+        &mut self,
+        label: String,
+    ) -> Outcome<Resource<StoreHandle>, key_value::Error> {
         let spin = self.spin()?.clone();
         let Some((config, cell)) = spin.stores.get(&label) else {
             return Ok(Err(key_value::Error::AccessDenied));
@@ -162,6 +253,12 @@ impl key_value::HostStore for ComponentState {
         };
         Ok(Ok(self.table.push(handle)?))
     }
+}
+
+impl key_value::HostStore for ComponentState {
+    async fn open(&mut self, label: String) -> Outcome<Resource<StoreHandle>, key_value::Error> {
+        self.open_store(label).await
+    }
 
     async fn get(
         &mut self,
@@ -169,11 +266,7 @@ impl key_value::HostStore for ComponentState {
         key: String,
     ) -> Outcome<Option<Vec<u8>>, key_value::Error> {
         let handle = self.table.get(&this)?;
-        Ok(handle
-            .store()
-            .get(&handle.label, &key)
-            .await
-            .map_err(key_value::Error::Other))
+        Ok(handle.get(&key).await.map_err(key_value::Error::Other))
     }
 
     async fn set(
@@ -182,16 +275,12 @@ impl key_value::HostStore for ComponentState {
         key: String,
         value: Vec<u8>,
     ) -> Outcome<(), key_value::Error> {
-        if value.len() > MAX_VALUE {
-            return Ok(Err(key_value::Error::Other(format!(
-                "a value of {} bytes is larger than a key-value store takes ({MAX_VALUE} bytes)",
-                value.len()
-            ))));
+        if let Err(too_large) = check_value(&value) {
+            return Ok(Err(key_value::Error::Other(too_large)));
         }
         let handle = self.table.get(&this)?;
         Ok(handle
-            .store()
-            .set(&handle.label, &key, &value)
+            .set(&key, &value)
             .await
             .map_err(key_value::Error::Other))
     }
@@ -202,11 +291,7 @@ impl key_value::HostStore for ComponentState {
         key: String,
     ) -> Outcome<(), key_value::Error> {
         let handle = self.table.get(&this)?;
-        Ok(handle
-            .store()
-            .delete(&handle.label, &key)
-            .await
-            .map_err(key_value::Error::Other))
+        Ok(handle.delete(&key).await.map_err(key_value::Error::Other))
     }
 
     async fn exists(
@@ -216,8 +301,7 @@ impl key_value::HostStore for ComponentState {
     ) -> Outcome<bool, key_value::Error> {
         let handle = self.table.get(&this)?;
         Ok(handle
-            .store()
-            .get(&handle.label, &key)
+            .get(&key)
             .await
             .map(|v| v.is_some())
             .map_err(key_value::Error::Other))
@@ -228,11 +312,7 @@ impl key_value::HostStore for ComponentState {
         this: Resource<StoreHandle>,
     ) -> Outcome<Vec<String>, key_value::Error> {
         let handle = self.table.get(&this)?;
-        Ok(handle
-            .store()
-            .keys(&handle.label)
-            .await
-            .map_err(key_value::Error::Other))
+        Ok(handle.keys().await.map_err(key_value::Error::Other))
     }
 
     async fn drop(&mut self, this: Resource<StoreHandle>) -> wasmtime::Result<()> {
@@ -265,8 +345,12 @@ impl variables::Host for ComponentState {
 
 impl sqlite::Host for ComponentState {}
 
-impl sqlite::HostConnection for ComponentState {
-    async fn open(&mut self, database: String) -> Outcome<Resource<DatabaseHandle>, sqlite::Error> {
+impl ComponentState {
+    /// Opens the component's database `database` (once per server), for either interface.
+    pub(super) async fn open_database(
+        &mut self,
+        database: String,
+    ) -> Outcome<Resource<DatabaseHandle>, sqlite::Error> {
         let spin = self.spin()?.clone();
         let Some((config, cell)) = spin.databases.get(&database) else {
             return Ok(Err(sqlite::Error::AccessDenied));
@@ -281,7 +365,18 @@ impl sqlite::HostConnection for ComponentState {
                 "SQLite database {database}: {error}"
             ))));
         }
-        Ok(Ok(self.table.push(DatabaseHandle(cell.clone()))?))
+        let handle = DatabaseHandle {
+            db: cell.clone(),
+            last_insert_rowid: 0,
+            changes: 0,
+        };
+        Ok(Ok(self.table.push(handle)?))
+    }
+}
+
+impl sqlite::HostConnection for ComponentState {
+    async fn open(&mut self, database: String) -> Outcome<Resource<DatabaseHandle>, sqlite::Error> {
+        self.open_database(database).await
     }
 
     async fn execute(
@@ -290,13 +385,9 @@ impl sqlite::HostConnection for ComponentState {
         statement: String,
         parameters: Vec<sqlite::Value>,
     ) -> Outcome<sqlite::QueryResult, sqlite::Error> {
-        let handle = self.table.get(&this)?;
-        let db = handle
-            .0
-            .get()
-            .expect("a handle exists only for an opened database");
-        Ok(db
-            .run(|db| execute(db, &statement, parameters))
+        let handle = self.table.get_mut(&this)?;
+        Ok(handle
+            .execute(&statement, parameters)
             .map_err(sqlite::Error::Io))
     }
 

@@ -8,6 +8,7 @@
 
 pub(crate) mod host;
 mod redis_trigger;
+mod spin3;
 mod stores;
 
 use std::sync::Arc;
@@ -238,10 +239,15 @@ fn missing_imports(
         let (path, version) = name.split_once('@').unwrap_or((name, ""));
         let (package, interface) = path.split_once('/').unwrap_or((path, ""));
         match package.split_once(':') {
+            Some(("wasi", "keyvalue")) => {
+                ["store", "atomics", "batch"].contains(&interface) && version == "0.2.0-draft2"
+            }
+            Some(("wasi", "config")) => interface == "store" && version == "0.2.0-draft-2024-09-27",
             Some(("wasi", package)) => {
                 WASI.contains(&package) && version.starts_with("0.2.") && !version.contains('-')
             }
             Some(("fermyon", "spin")) => SPIN.contains(&interface) && version == "2.0.0",
+            Some(("spin", "sqlite")) => interface == "sqlite" && version == "3.0.0",
             _ => false,
         }
     };

@@ -108,30 +108,14 @@ impl KeyValue {
 
     pub(crate) async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
-            KeyValue::Sqlite(db) => db.run(|db| {
-                use rusqlite::OptionalExtension;
-                db.query_row(
-                    "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    (store, key),
-                    |row| row.get(0),
-                )
-                .optional()
-            }),
+            KeyValue::Sqlite(db) => db.run(|db| sqlite_value(db, store, key)),
             KeyValue::Redis(redis) => redis_call(redis.clone(), redis::cmd("GET").arg(key)).await,
         }
     }
 
     pub(crate) async fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
-            KeyValue::Sqlite(db) => db
-                .run(|db| {
-                    db.execute(
-                        "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                        (store, key, value),
-                    )
-                })
-                .map(drop),
+            KeyValue::Sqlite(db) => db.run(|db| sqlite_set(db, store, key, value)),
             KeyValue::Redis(redis) => {
                 redis_call(redis.clone(), redis::cmd("SET").arg(key).arg(value)).await
             }
@@ -165,6 +149,110 @@ impl KeyValue {
             KeyValue::Redis(redis) => redis_call(redis.clone(), redis::cmd("KEYS").arg("*")).await,
         }
     }
+}
+
+impl KeyValue {
+    /// Adds `delta` to the counter at `key` (0 when absent) and returns the new value, in one
+    /// step: a SQLite transaction (the counter an 8-byte little-endian integer, as Spin keeps
+    /// it), or Redis's INCRBY (a decimal string, as Redis keeps it).
+    pub(crate) async fn increment(
+        &self,
+        store: &str,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, String> {
+        match self {
+            KeyValue::Sqlite(db) => db
+                .run(|db| {
+                    let tx = db.unchecked_transaction()?;
+                    let old = sqlite_value(&tx, store, key)?;
+                    let value = match old.as_deref() {
+                        None => Ok(0),
+                        Some(bytes) => bytes.try_into().map(i64::from_le_bytes),
+                    };
+                    let Ok(value) = value else {
+                        return Ok(Err(format!("the value at {key} is not a counter")));
+                    };
+                    let Some(new) = value.checked_add(delta) else {
+                        return Ok(Err(format!("the counter at {key} would overflow")));
+                    };
+                    sqlite_set(&tx, store, key, &new.to_le_bytes())?;
+                    tx.commit()?;
+                    Ok(Ok(new))
+                })
+                .and_then(|r| r),
+            KeyValue::Redis(redis) => {
+                redis_call(redis.clone(), redis::cmd("INCRBY").arg(key).arg(delta)).await
+            }
+        }
+    }
+
+    /// Sets `key` to `value` if it still holds `expected` (`None`: absent), in one step;
+    /// whether it did.
+    pub(crate) async fn swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, String> {
+        match self {
+            KeyValue::Sqlite(db) => db.run(|db| {
+                let tx = db.unchecked_transaction()?;
+                if sqlite_value(&tx, store, key)?.as_deref() != expected {
+                    return Ok(false);
+                }
+                sqlite_set(&tx, store, key, value)?;
+                tx.commit()?;
+                Ok(true)
+            }),
+            KeyValue::Redis(redis) => {
+                // One script runs atomically on the server: compare, then set.
+                const SWAP: &str = "local now = redis.call('GET', KEYS[1]) \
+                    if (ARGV[1] == '1' and now == ARGV[2]) or (ARGV[1] == '0' and not now) then \
+                    redis.call('SET', KEYS[1], ARGV[3]) return 1 end return 0";
+                let mut command = redis::cmd("EVAL");
+                command
+                    .arg(SWAP)
+                    .arg(1)
+                    .arg(key)
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .arg(expected.unwrap_or_default())
+                    .arg(value);
+                redis_call::<i64>(redis.clone(), &mut command)
+                    .await
+                    .map(|done| done == 1)
+            }
+        }
+    }
+}
+
+fn sqlite_value(
+    db: &rusqlite::Connection,
+    store: &str,
+    key: &str,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    use rusqlite::OptionalExtension;
+    db.query_row(
+        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+        (store, key),
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+fn sqlite_set(
+    db: &rusqlite::Connection,
+    store: &str,
+    key: &str,
+    value: &[u8],
+) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+        (store, key, value),
+    )
+    .map(drop)
 }
 
 async fn redis_call<T: redis::FromRedisValue>(
