@@ -553,3 +553,184 @@ fn wasmcell_up_runs_an_image_with_a_runtime_config_file() -> Result<()> {
     assert_eq!(up.wait()?.code(), Some(0));
     Ok(())
 }
+
+#[test]
+fn an_app_in_spins_registry_format_runs_from_a_registry_under_ctr_and_wasmcell_up() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let registry = Registry::start()?;
+    let reference = format!("{}/shop:oci", registry.addr);
+    let archive = tmp.path().join("shop-oci.tar");
+    wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("build-store"))
+            .args(["build", "--spin"])
+            .arg(app.join("spin.toml"))
+            .args(["--format", "artifact", "-t", &reference, "--push", "-o"])
+            .arg(&archive),
+    )?
+    .success()?;
+
+    // The image is Spin's format: the component once (three components share it), the small
+    // file inlined, the locked app as the last layer, its digest in the config's labels.
+    let layout = tmp.path().join("layout");
+    std::fs::create_dir(&layout)?;
+    wasmcell_e2e::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout),
+    )?
+    .success()?;
+    let blob = |digest: &str| -> Result<serde_json::Value> {
+        let path = layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap_or_default())?;
+    let layers: Vec<&str> = manifest["layers"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|l| l["mediaType"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        layers,
+        [
+            "application/vnd.wasm.content.layer.v1+wasm",
+            "application/vnd.fermyon.spin.application.v1+config"
+        ],
+        "{manifest}"
+    );
+    let locked_digest = manifest["layers"][1]["digest"].as_str().unwrap_or_default();
+    let config = blob(manifest["config"]["digest"].as_str().unwrap_or_default())?;
+    assert_eq!(
+        config["config"]["Labels"]["com.fermyon.spin.lockedAppDigest"], locked_digest,
+        "{config}"
+    );
+    let locked = blob(locked_digest)?;
+    assert_eq!(locked["metadata"]["name"], "shop", "{locked}");
+
+    // containerd pulls it (nothing to unpack) and the spin runtime runs it from its content.
+    let containerd = Containerd::start()?;
+    containerd
+        .ctr(&["images", "pull", "--plain-http", &reference])?
+        .success()?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    containerd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            SPIN,
+            "--net-host",
+            "--env",
+            &format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
+            &reference,
+            "shop-oci",
+        ])?
+        .success()?;
+    wait_http(&format!("{base}/health"))?;
+    assert_serves_shop(&base, "Hello", "ROLE=web\n")?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "shop-oci"])?
+        .success()?;
+    containerd.wait_status("shop-oci", "STOPPED")?;
+
+    // `wasmcell up` pulls it into an empty store and runs it the same way.
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(wasmcell())
+        .env("WASMCELL_STORE", tmp.path().join("up-store"))
+        .args(["up", &reference, "--pull", "always"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("SPIN_VARIABLE_GREETING", "Hey")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/health"))?;
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert!(hello.body.starts_with("Hey, Spin!"), "{hello:?}");
+    let notice = curl(&[&format!("{base}/files/assets/notice.txt")])?;
+    assert_eq!(notice.body, "Open every day from nine to five.\n");
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
+    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+    assert_eq!(up.wait()?.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn spin_3_interfaces_reach_the_same_grants_as_spin_2() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(app.join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/health"))?;
+    let call = |method: &str, path: &str, body: &str| -> Result<(u16, String)> {
+        let reply = curl(&[
+            "-X",
+            method,
+            "--data-binary",
+            body,
+            &format!("{base}{path}"),
+        ])?;
+        Ok((reply.status, reply.body))
+    };
+
+    // spin:sqlite@3.0.0: the insert's row id and the rows it changed.
+    assert_eq!(
+        call("POST", "/v3/orders", "tea")?,
+        (200, "id 1, changed 1\n1 tea\n".into())
+    );
+    assert_eq!(
+        call("POST", "/v3/orders", "cake")?,
+        (200, "id 2, changed 1\n1 tea\n2 cake\n".into())
+    );
+
+    // wasi:keyvalue: the component's `default` store, the same one Spin 2's interface opens.
+    assert_eq!(call("PUT", "/wasi-kv/default/color", "blue")?.0, 201);
+    assert_eq!(curl(&[&format!("{base}/kv/color")])?.body, "blue");
+    assert_eq!(
+        call("POST", "/wasi-kv/default/hits/increment?5", "")?,
+        (200, "5\n".into())
+    );
+    assert_eq!(
+        call("POST", "/wasi-kv/default/hits/increment?2", "")?,
+        (200, "7\n".into())
+    );
+    let swapped = call("PUT", "/wasi-kv/default/color/swap", "red")?;
+    assert_eq!(swapped.0, 200, "{swapped:?}");
+    assert_eq!(curl(&[&format!("{base}/kv/color")])?.body, "red");
+    assert_eq!(
+        call("GET", "/wasi-kv/default/many?color,none", "")?,
+        (200, "color=red\nnone=-\n".into())
+    );
+    // A bucket the component was not granted.
+    assert_eq!(call("GET", "/wasi-kv/secrets/x", "")?.0, 403);
+
+    // wasi:config: the component's variables, and nothing else.
+    assert_eq!(
+        call("GET", "/config/greeting", "")?,
+        (200, "Hello\n".into())
+    );
+    assert_eq!(call("GET", "/config/upstream", "")?.0, 404);
+    assert_eq!(
+        call("GET", "/config", "")?,
+        (200, "greeting=Hello\n".into())
+    );
+
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
+    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+    assert_eq!(up.wait()?.code(), Some(0));
+    Ok(())
+}
