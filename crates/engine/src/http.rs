@@ -35,7 +35,7 @@ use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::spin::host::SpinHost;
 use crate::spin::{Routed, SpinApp};
-use crate::stdio::{self, Outputs};
+use crate::stdio::{Diagnostics, Outputs};
 use crate::workload::{HttpServe, Network, WorkloadSpec};
 
 /// How long in-flight requests may take to finish after SIGTERM. Below Docker's and
@@ -272,7 +272,7 @@ fn spin_request(
         };
         let Some(Chain { server, outputs }) = chain.filter(|_| allowed) else {
             return Box::new(async move {
-                host.report_denied(&entry, &entry).await;
+                host.report_denied(&entry, &entry);
                 Err(wasmtime_wasi_http::Error::HttpRequestDenied)
             });
         };
@@ -314,7 +314,7 @@ fn spin_request(
     if network == Network::None || !host.allowed_hosts.allows(&scheme, &name, port) {
         return Box::new(async move {
             let target = format!("{scheme}://{name}:{port}");
-            host.report_denied(&target, &target).await;
+            host.report_denied(&target, &target);
             Err(wasmtime_wasi_http::Error::HttpRequestDenied)
         });
     }
@@ -337,6 +337,8 @@ pub(crate) struct Server {
     routes: Routes,
     spec: Arc<WorkloadSpec>,
     controls: Controls,
+    /// Why a request failed, for the guest's stderr, never holding up a response.
+    diagnostics: Diagnostics,
 }
 
 /// What answers a server's requests.
@@ -461,6 +463,7 @@ pub(crate) async fn serve(
         routes: routes.clone(),
         spec: spec.clone(),
         controls: controls.clone(),
+        diagnostics: Diagnostics::new(&spec.stdio.stderr),
     });
     let (done, exit) = tokio::sync::oneshot::channel();
     // Dropped with this future: the server thread sees it and stops at once.
@@ -630,11 +633,9 @@ async fn handle(
         Ok(response) => Ok(response),
         Err(failure) => {
             let (status, reason) = failure.status();
-            stdio::report(
-                &server.spec.stdio.stderr,
-                &format!("{method} {uri}: {reason}"),
-            )
-            .await;
+            server
+                .diagnostics
+                .report(&format!("{method} {uri}: {reason}"));
             Ok(plain(status, format!("{reason}\n")))
         }
     }

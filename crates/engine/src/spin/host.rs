@@ -38,7 +38,7 @@ pub(crate) struct SpinHost {
     /// Where its outbound requests may go.
     pub(crate) allowed_hosts: AllowedHosts,
     /// Where its complaints go (a denied host): the container's stderr.
-    pub(crate) stderr: crate::workload::Output,
+    diagnostics: crate::stdio::Diagnostics,
     stores: BTreeMap<String, (StoreConfig, Arc<OnceCell<KeyValue>>)>,
     databases: BTreeMap<String, (DatabaseConfig, Arc<OnceCell<Sqlite>>)>,
     places: Arc<Places>,
@@ -50,7 +50,7 @@ impl SpinHost {
         app: &wasmcell_spin::App,
         opened: &super::stores::Opened,
         places: Arc<Places>,
-        stderr: crate::workload::Output,
+        diagnostics: crate::stdio::Diagnostics,
     ) -> SpinHost {
         let stores = component
             .key_value_stores
@@ -75,7 +75,7 @@ impl SpinHost {
             id: component.id.clone(),
             variables: component.variables.clone(),
             allowed_hosts: component.allowed_hosts.clone(),
-            stderr,
+            diagnostics,
             stores,
             databases,
             places,
@@ -100,12 +100,12 @@ impl SpinHost {
     /// Says on the container's stderr that the component asked for a host it was not
     /// granted, and how to grant it.
     /// `entry` is what `allowed_outbound_hosts` would need to hold.
-    pub(crate) async fn report_denied(&self, target: &str, entry: &str) {
+    pub(crate) fn report_denied(&self, target: &str, entry: &str) {
         let message = format!(
             "component {id}: outbound request to {target} denied: add \"{entry}\" to allowed_outbound_hosts in [component.{id}] of spin.toml",
             id = self.id
         );
-        crate::stdio::report(&self.stderr, &message).await;
+        self.diagnostics.report(&message);
     }
 }
 
@@ -478,7 +478,7 @@ impl outbound_redis::HostConnection for ComponentState {
         };
         if !spin.allowed_hosts.allows(scheme, &host, port) {
             let target = format!("{scheme}://{host}:{port}");
-            spin.report_denied(&target, &target).await;
+            spin.report_denied(&target, &target);
             return Ok(Err(outbound_redis::Error::Other(format!(
                 "{scheme}://{host}:{port} is not in the component's allowed_outbound_hosts"
             ))));

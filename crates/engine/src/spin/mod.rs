@@ -118,6 +118,7 @@ pub(crate) fn prepare(
 ) -> Result<SpinApp, Error> {
     let root = app_dir(spec)?;
     let places = Arc::new(Places::new(root, &spec.preopens));
+    let diagnostics = crate::stdio::Diagnostics::new(&spec.stdio.stderr);
     let opened = Opened {
         stores: app
             .key_value_stores
@@ -152,7 +153,7 @@ pub(crate) fn prepare(
                 missing => format!("it imports what wasmcell does not provide: {}", missing.join(", ")),
             };
             spin(format!(
-                "cannot be linked: {why}. wasmcell provides WASI 0.2, wasi:http and fermyon:spin@2.0.0 key-value, variables, sqlite and redis"
+                "cannot be linked: {why}. wasmcell provides WASI 0.2, wasi:http, fermyon:spin@2.0.0 key-value, variables, sqlite and redis, spin:sqlite@3.0.0, wasi:keyvalue@0.2.0-draft2 and wasi:config@0.2.0-draft-2024-09-27"
             ))
         })?;
         let mut files = WasiCtxBuilder::new();
@@ -167,7 +168,7 @@ pub(crate) fn prepare(
             app,
             &opened,
             places.clone(),
-            spec.stdio.stderr.clone(),
+            diagnostics.clone(),
         ));
         let http = if served.contains(&index) {
             let proxy = ProxyPre::new(pre.clone()).map_err(|_| {
