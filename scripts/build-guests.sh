@@ -4,7 +4,8 @@
 # wasm32-wasip1: every command guest. wasm32-wasip2: hello again, as a component
 # (`hello.component.wasm`), the HTTP example `hello-http.wasm` (a wasi:http/proxy component) and
 # `echo-server.wasm` (wasi:sockets through std::net). Spin apps: guests/spin-apps/NAME with the
-# Spin SDK components they name, assembled into `spin/NAME/` (the app's directory).
+# Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
+# wasm32-wasip1), assembled into `spin/NAME/` (the app's directory).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
@@ -23,6 +24,7 @@ for app in spin-apps/*/; do
   rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"
   cp -r "$app". "$out/spin/$name/"
   cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm \
-    target/wasm32-wasip2/release/spin_postgres.wasm "$out/spin/$name/"
+    target/wasm32-wasip2/release/spin_postgres.wasm target/wasm32-wasip1/release/spin_preview1.wasm \
+    "$out/spin/$name/"
 done
 echo "$out"

@@ -87,7 +87,12 @@ pub fn build(args: BuildArgs) -> Result<()> {
             format,
         };
         let image = match format {
-            Format::Image => build_app_image(&dir, wasmcell_spin::MANIFEST, &options)?,
+            Format::Image => build_app_image(
+                &dir,
+                wasmcell_spin::MANIFEST,
+                &[wasmcell_spin::LOCAL_STATE],
+                &options,
+            )?,
             Format::Artifact => spin_registry_image(&dir, &args.tag)?,
         };
         return deliver(&args, &image, &format!("Spin app {}", dir.display()));

@@ -164,11 +164,14 @@ pub fn build_image(wasm: &[u8], options: &BuildOptions) -> Result<Image, Archive
 
 /// Builds the Docker-compatible image of an app whose manifest (`manifest`, e.g. Spin's
 /// `spin.toml`) is at the root of `dir`: the directory is the one layer, as a Dockerfile's
-/// `COPY . /` makes it, and the Entrypoint names the manifest (an app runtime reads the
-/// manifest and ignores it). Its platform is `wasi/wasm`, which Docker's Spin examples use.
+/// `COPY . /` makes it, but for the top-level entries `local` names (the app's local state,
+/// such as Spin's `.spin/`, as a `.dockerignore` would leave it out), and the Entrypoint names
+/// the manifest (an app runtime reads the manifest and ignores it). Its platform is
+/// `wasi/wasm`, which Docker's Spin examples use.
 pub fn build_app_image(
     dir: &std::path::Path,
     manifest: &str,
+    local: &[&str],
     options: &BuildOptions,
 ) -> Result<Image, ArchiveError> {
     if options.format == Format::Artifact {
@@ -177,8 +180,25 @@ pub fn build_app_image(
     let mut tar = tar::Builder::new(Vec::new());
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
-    tar.append_dir_all(".", dir)
-        .map_err(io_err(format!("add {} to the image", dir.display())))?;
+    let mut entries = std::fs::read_dir(dir)
+        .and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+        .map_err(io_err(format!("read {}", dir.display())))?;
+    // Sorted: the same directory, the same layer.
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if local.iter().any(|l| name == *l) {
+            continue;
+        }
+        let path = entry.path();
+        let appended = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            tar.append_dir_all(&name, &path)
+        } else {
+            tar.append_path_with_name(&path, &name)
+        };
+        appended.map_err(io_err(format!("add {} to the image", path.display())))?;
+    }
+
     let layer = Blob::new(
         MediaType::ImageLayer,
         tar.into_inner().map_err(io_err("build layer"))?,

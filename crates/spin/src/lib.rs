@@ -26,5 +26,9 @@ pub use runtime_config::{DatabaseConfig, RuntimeConfig, StoreConfig};
 /// The manifest's file name at the root of an app's directory (or a container's rootfs).
 pub const MANIFEST: &str = "spin.toml";
 
+/// The directory beside the manifest where `spin up` (and `wasmcell up`) keep an app's local
+/// state: its default stores. Never part of the app's image.
+pub const LOCAL_STATE: &str = ".spin";
+
 /// The runtime config's file name beside the manifest, read when present.
 pub const RUNTIME_CONFIG: &str = "runtime-config.toml";

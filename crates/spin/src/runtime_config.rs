@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::LOCAL_STATE;
+
 /// Where a key-value store's data lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreConfig {
@@ -60,13 +62,13 @@ impl Default for RuntimeConfig {
             key_value_stores: BTreeMap::from([(
                 "default".to_owned(),
                 StoreConfig::Sqlite {
-                    path: ".spin/sqlite_key_value.db".to_owned(),
+                    path: format!("{LOCAL_STATE}/sqlite_key_value.db"),
                 },
             )]),
             sqlite_databases: BTreeMap::from([(
                 "default".to_owned(),
                 DatabaseConfig {
-                    path: ".spin/sqlite_db.db".to_owned(),
+                    path: format!("{LOCAL_STATE}/sqlite_db.db"),
                 },
             )]),
         }
@@ -106,7 +108,7 @@ impl RuntimeConfig {
             let store = match (backend.kind.as_str(), backend.path, backend.url) {
                 ("spin", Some(path), None) => StoreConfig::Sqlite { path },
                 ("spin", None, None) => StoreConfig::Sqlite {
-                    path: format!(".spin/{label}.db"),
+                    path: format!("{LOCAL_STATE}/{label}.db"),
                 },
                 ("redis", None, Some(url)) => StoreConfig::Redis { url },
                 ("spin" | "redis", _, _) => {
@@ -125,7 +127,7 @@ impl RuntimeConfig {
         for (label, backend) in parsed.sqlite_database {
             let database = match (backend.kind.as_str(), backend.path, backend.url) {
                 ("spin", path, None) => DatabaseConfig {
-                    path: path.unwrap_or_else(|| format!(".spin/{label}.db")),
+                    path: path.unwrap_or_else(|| format!("{LOCAL_STATE}/{label}.db")),
                 },
                 (other, _, _) => {
                     return Err(format!(

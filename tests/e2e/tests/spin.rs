@@ -734,3 +734,63 @@ fn spin_3_interfaces_reach_the_same_grants_as_spin_2() -> Result<()> {
     assert_eq!(up.wait()?.code(), Some(0));
     Ok(())
 }
+
+#[test]
+fn a_preview_1_module_from_an_older_spin_sdk_runs_as_spin_runs_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("legacy", tmp.path())?;
+    let visit = |base: &str, n: u32| -> Result<()> {
+        let reply = curl(&[&format!("{base}/page")])?;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (
+                200,
+                format!("Hello from a preview 1 module: /page visit {n}\n").as_str()
+            ),
+        );
+        Ok(())
+    };
+
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(app.join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_http(&format!("{base}/"))?;
+    visit(&base, 2)?;
+    visit(&base, 3)?;
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
+    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+
+    // The same under the shim, from an image of the app's directory, which leaves the local
+    // store of the run above (`.spin/`) out: the count starts again.
+    let archive = build_spin_image(&app, "example.com/legacy:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    containerd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            SPIN,
+            "--net-host",
+            "--env",
+            &format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
+            "example.com/legacy:1",
+            "legacy",
+        ])?
+        .success()?;
+    wait_http(&format!("{base}/"))?;
+    visit(&base, 2)?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "legacy"])?
+        .success()?;
+    containerd.wait_status("legacy", "STOPPED")?;
+    Ok(())
+}

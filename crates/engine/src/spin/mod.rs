@@ -97,15 +97,40 @@ fn read_component(
         })?;
     match wasmcell_oci::FileKind::detect(&bytes) {
         wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Component) => Ok((bytes, kind)),
-        wasmcell_oci::FileKind::Wasm(_) => Err(spin(format!(
-            "its source `{}` is a core module; Spin 2+ runs components: build it with a current Spin SDK (Spin 1 modules are not supported)",
-            component.source
-        ))),
+        wasmcell_oci::FileKind::Wasm(wasmcell_oci::WasmKind::Module) => componentize(&bytes)
+            .map(|component| (component, wasmcell_oci::WasmKind::Component))
+            .map_err(|why| {
+                spin(format!(
+                    "its source `{}` is a core module that cannot be made a component ({why}): Spin 2's SDKs built preview 1 modules that can, Spin 1's (wit-bindgen 0.2) are not supported; rebuild it with a current Spin SDK",
+                    component.source
+                ))
+            }),
         other => Err(spin(format!(
             "its source `{}` is {other}",
             component.source
         ))),
     }
+}
+
+/// A core module as Spin 2's SDKs built them for WASI preview 1 (`wasm32-wasi`), made the
+/// component Spin makes of it when it loads it: the component type the SDK embedded in the
+/// module, with WASI's preview 1 adapter (the reactor: a handler, not a command) in front of
+/// its preview 1 imports. Deterministic, so the compile cache finds it again.
+fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    use wasi_preview1_component_adapter_provider::{
+        WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+    };
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(module)
+        .and_then(|encoder| {
+            encoder.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+        })
+        .and_then(|mut encoder| encoder.encode())
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Loads, links and pre-instantiates every component of the spec's app.
