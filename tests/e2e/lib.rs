@@ -551,6 +551,17 @@ disabled_plugins = {disabled:?}
         command
     }
 
+    /// `ctr events`, running, its stdout piped: every event this containerd publishes from now
+    /// on, a line each.
+    pub fn events(&self) -> Result<Child> {
+        Ok(self
+            .ctr_command()
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
     /// Runs `ctr ARGS...` to completion.
     pub fn ctr(&self, args: &[&str]) -> Result<Ran> {
         run(self.ctr_command().args(args))

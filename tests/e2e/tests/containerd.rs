@@ -127,12 +127,7 @@ fn component_and_entry_function_images_run() -> Result<()> {
 fn detached_task_lifecycle_events_and_cleanup() -> Result<()> {
     let (tmp, containerd) =
         containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
-    let mut events = containerd
-        .ctr_command()
-        .arg("events")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut events = containerd.events()?;
     let log = tmp.path().join("sleeper.log");
 
     for (id, signal, status) in [("term", "SIGTERM", 143), ("kill", "SIGKILL", 137)] {

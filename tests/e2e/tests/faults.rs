@@ -102,12 +102,7 @@ fn a_sandbox_its_cgroup_oom_kills_ends_its_guest_with_137_and_an_oom_event() -> 
         .run_wasm(&["-d"], SLEEPER, "bystander", &[])?
         .success()?;
     let bystander = containerd.running("bystander")?;
-    let mut events = containerd
-        .ctr_command()
-        .arg("events")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut events = containerd.events()?;
     let (found, seen) = mpsc::channel();
     let lines = BufReader::new(events.stdout.take().context("events")?).lines();
     std::thread::spawn(move || {

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -159,12 +158,7 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
 #[test]
 fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> Result<()> {
     let (_tmp, containerd, sandbox) = pod_with_survivor()?;
-    let mut events = containerd
-        .ctr_command()
-        .arg("events")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut events = containerd.events()?;
 
     for (id, opts) in [
         ("hog-grouped", vec!["--rm", "--annotation", GROUP]),

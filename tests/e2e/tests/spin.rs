@@ -16,6 +16,28 @@ use wasmcell_e2e::{
 
 const SPIN: &str = "io.containerd.spin.v2";
 
+/// `ctr run -d` of `image` as `id` under the spin runtime, in the host's network on a free
+/// port; its base URL once `ready` answers.
+fn run_detached(containerd: &Containerd, image: &str, id: &str, ready: &str) -> Result<String> {
+    let port = free_port()?;
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
+    let run = [
+        "run",
+        "-d",
+        "--runtime",
+        SPIN,
+        "--net-host",
+        "--env",
+        &listen,
+        image,
+        id,
+    ];
+    containerd.ctr(&run)?.success()?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}{ready}"))?;
+    Ok(base)
+}
+
 /// An HTTP server on 127.0.0.1 answering every request with `body`: the upstream of the
 /// outbound tests.
 fn upstream(body: &'static str) -> Result<u16> {
@@ -618,22 +640,7 @@ fn an_app_in_spins_registry_format_runs_from_a_registry_under_ctr_and_wasmcell_u
     containerd
         .ctr(&["images", "pull", "--plain-http", &reference])?
         .success()?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    containerd
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            SPIN,
-            "--net-host",
-            "--env",
-            &format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
-            &reference,
-            "shop-oci",
-        ])?
-        .success()?;
-    wait_http(&format!("{base}/health"))?;
+    let base = run_detached(&containerd, &reference, "shop-oci", "/health")?;
     assert_serves_shop(&base, "Hello", "ROLE=web\n")?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGTERM", "shop-oci"])?
@@ -771,22 +778,7 @@ fn a_preview_1_module_from_an_older_spin_sdk_runs_as_spin_runs_it() -> Result<()
     let archive = build_spin_image(&app, "example.com/legacy:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    containerd
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            SPIN,
-            "--net-host",
-            "--env",
-            &format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}"),
-            "example.com/legacy:1",
-            "legacy",
-        ])?
-        .success()?;
-    wait_http(&format!("{base}/"))?;
+    let base = run_detached(&containerd, "example.com/legacy:1", "legacy", "/")?;
     visit(&base, 2)?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "legacy"])?
