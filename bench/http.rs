@@ -1,7 +1,8 @@
 //! `wasmcell-bench http [SECONDS]`: the HTTP example's `GET /` under load (wrk, concurrency 1
 //! and 50), served by the shim under containerd, by `wasmcell run`, by `wasmtime serve -Scli`
 //! (the engine's own server; `$WASMTIME_CLI`, see scripts/wasmtime-cli.sh) and by a native
-//! Rust hyper server (the limit), one after another in one run.
+//! Rust hyper server (the limit), one after another in one run. Each row also gives the time
+//! from starting the server (the command, or `ctr run -d`) to its first 200.
 //!
 //! `wasmcell-bench spin [SECONDS]`: what Spin's layer costs: the same component (the HTTP
 //! example) served plainly by `wasmcell run` (the baseline), as a Spin app's one route by
@@ -13,12 +14,14 @@
 //! bench/run.sh): the limit, and the ratio's baseline.
 
 use std::convert::Infallible;
+use std::io::{Read, Write};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::Full;
-use wasmcell_e2e::{Background, Containerd, build_image, free_port, guest, wait_http, wasmcell};
+use wasmcell_e2e::{Background, Containerd, build_image, free_port, guest, wasmcell};
 
 /// One server's figures at one concurrency.
 struct Load {
@@ -27,10 +30,11 @@ struct Load {
     p99_ms: f64,
 }
 
-/// Servers' figures, a row each, measured one after another.
+/// Servers' figures, a row each, measured one after another: from the start of the command
+/// that starts the server (`wasmcell run`, `ctr run -d`) to its first 200, then the loads.
 struct Rows {
     seconds: u32,
-    rows: Vec<(String, [Load; 2])>,
+    rows: Vec<(String, Duration, [Load; 2])>,
 }
 
 impl Rows {
@@ -41,24 +45,37 @@ impl Rows {
         }
     }
 
-    /// Loads the server on `port` at concurrency 1 and 50.
-    fn measure(&mut self, name: &str, port: u16) -> Result<()> {
+    /// Waits for the first 200 of the server on `port`, started at `started`, then loads it at
+    /// concurrency 1 and 50.
+    fn measure(&mut self, name: &str, port: u16, started: Instant) -> Result<()> {
+        let ready = first_200(port, started)?;
         let url = format!("http://127.0.0.1:{port}/");
-        wait_http(&url)?;
         let loads = [wrk(&url, 1, self.seconds)?, wrk(&url, 50, self.seconds)?];
-        self.rows.push((name.to_owned(), loads));
+        self.rows.push((name.to_owned(), ready, loads));
         Ok(())
     }
 
     /// Serves `wasm` with `wasmcell run -p` and measures it.
     fn measure_wasmcell_run(&mut self, name: &str, wasm: &std::path::Path) -> Result<()> {
         let port = free_port()?;
-        let _server = Background::spawn(
-            Command::new(wasmcell())
-                .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
-                .arg(wasm),
-        )?;
-        self.measure(name, port)
+        let mut run = Command::new(wasmcell());
+        run.args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
+            .arg(wasm);
+        self.measure_spawned(name, port, &mut run).map(drop)
+    }
+
+    /// Starts `command`, a server on `port`, and measures it; it serves until the returned
+    /// handle is dropped.
+    fn measure_spawned(
+        &mut self,
+        name: &str,
+        port: u16,
+        command: &mut Command,
+    ) -> Result<Background> {
+        let started = Instant::now();
+        let server = Background::spawn(command)?;
+        self.measure(name, port, started)?;
+        Ok(server)
     }
 
     /// The table, with each row's c=50 throughput as a ratio of the row named `baseline` (none
@@ -67,23 +84,24 @@ impl Rows {
         let base = self
             .rows
             .iter()
-            .find(|(name, _)| name == baseline)
-            .map(|(_, loads)| loads[1].requests_per_s);
+            .find(|(name, _, _)| name == baseline)
+            .map(|(_, _, loads)| loads[1].requests_per_s);
         println!("\n{title}, wrk {} s per row, one run", self.seconds);
         println!(
-            "| {:<44} | {:>10} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>8} |",
-            "server", "c=1 req/s", "p50", "p99", "c=50 req/s", "p50", "p99", "c=50 ×"
+            "| {:<44} | {:>10} | {:>10} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>8} |",
+            "server", "start→200", "c=1 req/s", "p50", "p99", "c=50 req/s", "p50", "p99", "c=50 ×"
         );
         println!(
-            "|{:-<46}|{:->12}|{:->11}|{:->11}|{:->12}|{:->11}|{:->11}|{:->10}|",
-            "", "", "", "", "", "", "", ""
+            "|{:-<46}|{:->12}|{:->12}|{:->11}|{:->11}|{:->12}|{:->11}|{:->11}|{:->10}|",
+            "", "", "", "", "", "", "", "", ""
         );
-        for (name, loads) in &self.rows {
+        for (name, ready, loads) in &self.rows {
             let ratio = base.map_or(String::from("-"), |b| {
                 format!("{:.2}x", loads[1].requests_per_s / b)
             });
             println!(
-                "| {name:<44} | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {ratio:>8} |",
+                "| {name:<44} | {:>7.1} ms | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {:>10.0} | {:>6.2} ms | {:>6.2} ms | {ratio:>8} |",
+                ready.as_secs_f64() * 1000.0,
                 loads[0].requests_per_s,
                 loads[0].p50_ms,
                 loads[0].p99_ms,
@@ -108,6 +126,7 @@ fn measure_shim(
     containerd.import(archive)?;
     let port = free_port()?;
     let env = env(port);
+    let started = Instant::now();
     let run = [
         "run",
         "-d",
@@ -121,7 +140,7 @@ fn measure_shim(
     ];
     let ran = wasmcell_e2e::run(containerd.ctr_command().args(run))?;
     ensure!(ran.code == Some(0), "ctr run: {}", ran.stderr);
-    rows.measure(name, port)
+    rows.measure(name, port, started)
 }
 
 const WASMTIME_SERVE: &str = "wasmtime serve -Scli (baseline)";
@@ -132,12 +151,11 @@ pub fn http(seconds: u32) -> Result<()> {
     match std::env::var_os("WASMTIME_CLI") {
         Some(wasmtime) => {
             let port = free_port()?;
-            let _server = Background::spawn(
-                Command::new(wasmtime)
-                    .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
-                    .arg(&hello),
-            )?;
-            rows.measure(WASMTIME_SERVE, port)?;
+            let mut serve = Command::new(wasmtime);
+            serve
+                .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
+                .arg(&hello);
+            rows.measure_spawned(WASMTIME_SERVE, port, &mut serve)?;
         }
         None => {
             println!("(no $WASMTIME_CLI: run through bench/run.sh for the wasmtime serve baseline)")
@@ -158,10 +176,9 @@ pub fn http(seconds: u32) -> Result<()> {
     )?;
 
     let port = free_port()?;
-    let _server = Background::spawn(
-        Command::new(std::env::current_exe()?).args(["native-http", &port.to_string()]),
-    )?;
-    rows.measure("native Rust hyper (the limit)", port)?;
+    let mut native = Command::new(std::env::current_exe()?);
+    native.args(["native-http", &port.to_string()]);
+    let _server = rows.measure_spawned("native Rust hyper (the limit)", port, &mut native)?;
     rows.print("HTTP GET / of the hello-http example", WASMTIME_SERVE);
     Ok(())
 }
@@ -184,14 +201,11 @@ pub fn spin(seconds: u32) -> Result<()> {
     rows.measure_wasmcell_run(PLAIN, &hello)?;
 
     let port = free_port()?;
-    let server = Background::spawn(
-        Command::new(wasmcell())
-            .args(["up", "-f"])
-            .arg(&app)
-            .args(["--listen", &format!("127.0.0.1:{port}")]),
-    )?;
-    rows.measure("wasmcell up, a Spin app routing to it", port)?;
-    drop(server);
+    let mut up = Command::new(wasmcell());
+    up.args(["up", "-f"])
+        .arg(&app)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    rows.measure_spawned("wasmcell up, a Spin app routing to it", port, &mut up)?;
 
     let archive = tmp.path().join("app.tar");
     let image = "bench.local/spin:latest";
@@ -230,8 +244,9 @@ pub fn wasmedge_http(seconds: u32) -> Result<()> {
     match std::env::var_os("WASMEDGE_HTTP_NATIVE") {
         Some(native) => {
             let port = free_port()?;
-            let _server = Background::spawn(Command::new(native).env("PORT", port.to_string()))?;
-            rows.measure(NATIVE, port)?;
+            let mut native = Command::new(native);
+            native.env("PORT", port.to_string());
+            rows.measure_spawned(NATIVE, port, &mut native)?;
         }
         None => {
             println!("(no $WASMEDGE_HTTP_NATIVE: run through bench/run.sh for the native baseline)")
@@ -239,13 +254,10 @@ pub fn wasmedge_http(seconds: u32) -> Result<()> {
     }
 
     let port = free_port()?;
-    let running = Background::spawn(
-        Command::new(wasmcell())
-            .args(["run", "--net", "--env", &format!("PORT={port}")])
-            .arg(&server),
-    )?;
-    rows.measure("wasmcell run --net", port)?;
-    drop(running);
+    let mut run = Command::new(wasmcell());
+    run.args(["run", "--net", "--env", &format!("PORT={port}")])
+        .arg(&server);
+    rows.measure_spawned("wasmcell run --net", port, &mut run)?;
 
     let tmp = tempfile::tempdir()?;
     let image = "bench.local/server:latest";
@@ -262,6 +274,26 @@ pub fn wasmedge_http(seconds: u32) -> Result<()> {
         NATIVE,
     );
     Ok(())
+}
+
+/// How long after `started` the server on `port` first answers `GET /` with 200, polling every
+/// millisecond with a plain HTTP/1.0 request (no process spawned per try).
+fn first_200(port: u16, started: Instant) -> Result<Duration> {
+    let answers = || -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut status = [0u8; 12];
+        stream.read_exact(&mut status)?;
+        Ok(status.ends_with(b" 200"))
+    };
+    while started.elapsed() < Duration::from_secs(60) {
+        if answers().unwrap_or(false) {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    anyhow::bail!("the server on port {port} did not answer 200 within 60 s")
 }
 
 /// `wrk` against `url`: threads never exceed connections (wrk refuses that).
