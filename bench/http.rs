@@ -6,7 +6,8 @@
 //!
 //! `wasmcell-bench spin [SECONDS]`: what Spin's layer costs: the same component (the HTTP
 //! example) served plainly by `wasmcell run` (the baseline), as a Spin app's one route by
-//! `wasmcell up`, and as a Spin app under the shim's spin runtime.
+//! `wasmcell up`, alone under the shim's wasmtime runtime, and as a Spin app under its spin
+//! runtime.
 //!
 //! `wasmcell-bench wasmedge-http [SECONDS]`: the same load on `guests/wasmedge-http` (tokio_wasi
 //! and hyper_wasi over WasmEdge's socket ABI) under `wasmcell run` and the shim's wasmedge
@@ -222,6 +223,16 @@ pub fn spin(seconds: u32) -> Result<()> {
         "wasmcell build --spin: {}",
         built.stderr
     );
+    // The component alone under the shim too: what Spin's layer adds to a container's start.
+    let plain = "bench.local/plain:latest";
+    let plain_archive = build_image(&hello, plain, tmp.path(), &[])?;
+    measure_shim(
+        &mut rows,
+        "the component alone under the shim (wasmtime.v1)",
+        (&plain_archive, plain),
+        "io.containerd.wasmtime.v1",
+        |port| format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}"),
+    )?;
     measure_shim(
         &mut rows,
         "the Spin app under the shim (spin.v2)",

@@ -11,6 +11,9 @@ if [ "${1:-}" = fuzz ]; then
   exec ./scripts/fuzz.sh "${2:-60}"
 fi
 ./scripts/build-guests.sh >/dev/null
+# The benches' containerd logs at info: at debug every shim logs each frame it exchanges with
+# containerd, which slows what is measured (the tests keep debug).
+export WASMCELL_CONTAINERD_LOG_LEVEL=info
 # Release: what users run. The first build of the wasmtime stack takes 15-20 minutes here.
 cargo build --quiet --release --workspace --bins
 # The engine baseline (wasmtime-cli, built once and cached) for the benchmarks that use it.

@@ -424,11 +424,15 @@ disabled_plugins = {disabled:?}
 [ttrpc]
   address = "{root}/containerd.sock.ttrpc"
 [debug]
-  level = "debug"
+  level = "{level}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
 {cri}"#,
                 root = root.display(),
+                // Debug for the tests' logs; the benches ask for less (bench/run.sh), since at
+                // debug the shims log every frame they exchange with containerd.
+                level = std::env::var("WASMCELL_CONTAINERD_LOG_LEVEL")
+                    .unwrap_or_else(|_| "debug".to_owned()),
                 cri = cri.map(|section| section(root)).unwrap_or_default(),
             ),
         )?;
