@@ -38,6 +38,42 @@ fn run_detached(containerd: &Containerd, image: &str, id: &str, ready: &str) -> 
     Ok(base)
 }
 
+/// `wasmcell up`, as `command` (`up` and its arguments) starts it with `--listen` on a free
+/// loopback port, answering `ready`; stopped as Ctrl-C stops it.
+struct Up {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Up {
+    fn start(command: &mut Command, ready: &str) -> Result<Up> {
+        let port = free_port()?;
+        let child = command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let up = Up {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        wait_http(&format!("{}{ready}", up.base))?;
+        Ok(up)
+    }
+
+    /// SIGTERM, as Ctrl-C: it must drain and exit 0. Its output.
+    fn stop(mut self) -> Result<std::process::Output> {
+        let pid = self.child.id().to_string();
+        wasmcell_e2e::run(Command::new("kill").args(["-TERM", &pid]))?.success()?;
+        wait_for("wasmcell up to exit", || {
+            Ok(self.child.try_wait()?.is_some())
+        })?;
+        let out = self.child.wait_with_output()?;
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        Ok(out)
+    }
+}
+
 /// An HTTP server on 127.0.0.1 answering every request with `body`: the upstream of the
 /// outbound tests.
 fn upstream(body: &'static str) -> Result<u16> {
@@ -257,17 +293,14 @@ fn a_spin_apps_redis_trigger_and_redis_store_use_a_real_redis() -> Result<()> {
             redis.url()
         ),
     )?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(wasmcell())
-        .args(["up", "-f"])
-        .arg(app.join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_http(&format!("{base}/kv/none"))?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(app.join("spin.toml"))
+            .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url()),
+        "/kv/none",
+    )?;
+    let base = up.base.clone();
     for message in ["first", "second"] {
         let published = redis.cli(&["PUBLISH", "messages", message])?.success()?;
         assert_eq!(
@@ -283,10 +316,7 @@ fn a_spin_apps_redis_trigger_and_redis_store_use_a_real_redis() -> Result<()> {
     assert_eq!(redis.cli(&["GET", "last"])?.stdout.trim(), "second");
     assert_eq!(curl(&[&format!("{base}/kv/count")])?.body, "2");
 
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
-    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
-    let out = up.wait_with_output()?;
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = up.stop()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("message 2: 6 bytes"), "{stdout}");
     Ok(())
@@ -296,26 +326,20 @@ fn a_spin_apps_redis_trigger_and_redis_store_use_a_real_redis() -> Result<()> {
 fn wasmcell_up_serves_an_app_from_its_directory() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("shop", tmp.path())?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(wasmcell())
-        .args(["up", "-f"])
-        .arg(&app)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--env", "SPIN_VARIABLE_GREETING=Hi"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_http(&format!("{base}/health"))?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&app)
+            .args(["--env", "SPIN_VARIABLE_GREETING=Hi"]),
+        "/health",
+    )?;
+    let base = up.base.clone();
     // --env is every component's, as with `spin up`.
     assert_serves_shop(&base, "Hi", "ROLE=web\nSPIN_VARIABLE_GREETING=Hi\n")?;
     // Spin's default stores, in .spin/ in the app's directory.
     assert!(app.join(".spin/sqlite_key_value.db").is_file());
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
-    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
-    let out = up.wait_with_output()?;
+    let out = up.stop()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains(&format!("web: {base}/...")), "{stderr}");
     assert!(
         stderr.contains("outbound request to http://localhost:"),
@@ -550,19 +574,16 @@ fn wasmcell_up_runs_an_image_with_a_runtime_config_file() -> Result<()> {
             store.display()
         ),
     )?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(wasmcell())
-        .env("WASMCELL_STORE", tmp.path().join("store"))
-        .arg("up")
-        .arg(&archive)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--runtime-config-file")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_http(&format!("{base}/health"))?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("store"))
+            .arg("up")
+            .arg(&archive)
+            .arg("--runtime-config-file")
+            .arg(&config),
+        "/health",
+    )?;
+    let base = up.base.clone();
     let put = curl(&["-X", "PUT", "--data-binary", "v", &format!("{base}/kv/k")])?;
     assert_eq!(put.status, 201, "{put:?}");
     assert_eq!(curl(&[&format!("{base}/kv/k")])?.body, "v");
@@ -570,9 +591,7 @@ fn wasmcell_up_runs_an_image_with_a_runtime_config_file() -> Result<()> {
         store.is_file(),
         "the store is not where the runtime config says"
     );
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
-    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
-    assert_eq!(up.wait()?.code(), Some(0));
+    up.stop()?;
     Ok(())
 }
 
@@ -648,24 +667,19 @@ fn an_app_in_spins_registry_format_runs_from_a_registry_under_ctr_and_wasmcell_u
     containerd.wait_status("shop-oci", "STOPPED")?;
 
     // `wasmcell up` pulls it into an empty store and runs it the same way.
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(wasmcell())
-        .env("WASMCELL_STORE", tmp.path().join("up-store"))
-        .args(["up", &reference, "--pull", "always"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("SPIN_VARIABLE_GREETING", "Hey")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_http(&format!("{base}/health"))?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("up-store"))
+            .args(["up", &reference, "--pull", "always"])
+            .env("SPIN_VARIABLE_GREETING", "Hey"),
+        "/health",
+    )?;
+    let base = up.base.clone();
     let hello = curl(&[&format!("{base}/hello")])?;
     assert!(hello.body.starts_with("Hey, Spin!"), "{hello:?}");
     let notice = curl(&[&format!("{base}/files/assets/notice.txt")])?;
     assert_eq!(notice.body, "Open every day from nine to five.\n");
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
-    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
-    assert_eq!(up.wait()?.code(), Some(0));
+    up.stop()?;
     Ok(())
 }
 
@@ -673,16 +687,13 @@ fn an_app_in_spins_registry_format_runs_from_a_registry_under_ctr_and_wasmcell_u
 fn spin_3_interfaces_reach_the_same_grants_as_spin_2() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("shop", tmp.path())?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(wasmcell())
-        .args(["up", "-f"])
-        .arg(app.join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_http(&format!("{base}/health"))?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(app.join("spin.toml")),
+        "/health",
+    )?;
+    let base = up.base.clone();
     let call = |method: &str, path: &str, body: &str| -> Result<(u16, String)> {
         let reply = curl(&[
             "-X",
@@ -736,9 +747,7 @@ fn spin_3_interfaces_reach_the_same_grants_as_spin_2() -> Result<()> {
         (200, "greeting=Hello\n".into())
     );
 
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
-    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
-    assert_eq!(up.wait()?.code(), Some(0));
+    up.stop()?;
     Ok(())
 }
 
@@ -758,20 +767,16 @@ fn a_preview_1_module_from_an_older_spin_sdk_runs_as_spin_runs_it() -> Result<()
         Ok(())
     };
 
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(wasmcell())
-        .args(["up", "-f"])
-        .arg(app.join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_http(&format!("{base}/"))?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(app.join("spin.toml")),
+        "/",
+    )?;
+    let base = up.base.clone();
     visit(&base, 2)?;
     visit(&base, 3)?;
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?.success()?;
-    wait_for("wasmcell up to exit", || Ok(up.try_wait()?.is_some()))?;
+    up.stop()?;
 
     // The same under the shim, from an image of the app's directory, which leaves the local
     // store of the run above (`.spin/`) out: the count starts again.
