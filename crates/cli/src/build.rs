@@ -22,7 +22,7 @@ use crate::images::{RegistryArgs, store};
 ///
 /// With --spin, the positional names a Spin app's spin.toml: with `--format image` its
 /// directory becomes the image's one layer (platform wasi/wasm, as a Dockerfile `COPY . /`
-/// makes it); with `--format artifact`, the image is in Spin's registry format, as `spin
+/// makes it, less the local stores `wasmcell up` keeps in `.spin/`); with `--format artifact`, the image is in Spin's registry format, as `spin
 /// registry push` makes it (the locked app, each component and file a layer). The spin
 /// runtimes and `wasmcell up IMAGE` run both.
 ///
