@@ -52,23 +52,30 @@ pub struct SpinImage {
 }
 
 impl SpinImage {
-    /// Reads the image `manifest` describes, each blob (verified) from `blob`.
+    /// Reads the image `manifest` describes, each blob it needs (verified) from `blob`.
     pub fn read(
         manifest: &ImageManifest,
         blob: impl Fn(&Descriptor) -> Result<Vec<u8>, ArchiveError>,
     ) -> Result<SpinImage, ArchiveError> {
-        let mut locked = None;
-        let mut content = HashMap::new();
-        let mut budget = MAX_UNPACKED;
+        let blobs = SpinImage::needed(manifest)?
+            .into_iter()
+            .map(|d| Ok((d, blob(d)?)))
+            .collect::<Result<Vec<_>, ArchiveError>>()?;
+        SpinImage::from_blobs(blobs)
+    }
+
+    /// The blobs of `manifest` the app is made of, each once: the locked app and the content
+    /// layers (the OCI config of Spin 2+'s form says nothing the app needs). A layer of any
+    /// other type is refused.
+    pub fn needed(manifest: &ImageManifest) -> Result<Vec<&Descriptor>, ArchiveError> {
+        let mut needed: Vec<&Descriptor> = Vec::new();
         for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
-            let media_type = descriptor.media_type().to_string();
-            let bytes = match media_type.as_str() {
+            match descriptor.media_type().to_string().as_str() {
                 SPIN_APPLICATION_MEDIA_TYPE
                 | SPIN_WASM_MEDIA_TYPE
                 | SPIN_DATA_MEDIA_TYPE
                 | SPIN_ARCHIVE_MEDIA_TYPE
-                | "application/wasm" => blob(descriptor)?,
-                // The OCI config of the current format says nothing the app needs.
+                | "application/wasm" => {}
                 _ if descriptor == manifest.config() => continue,
                 other => {
                     return Err(ArchiveError::UnsupportedLayer {
@@ -76,8 +83,21 @@ impl SpinImage {
                         media_type: other.to_owned(),
                     });
                 }
-            };
-            match media_type.as_str() {
+            }
+            if !needed.iter().any(|d| d.digest() == descriptor.digest()) {
+                needed.push(descriptor);
+            }
+        }
+        Ok(needed)
+    }
+
+    /// The app from the blobs [`SpinImage::needed`] names, with their bytes.
+    pub fn from_blobs(blobs: Vec<(&Descriptor, Vec<u8>)>) -> Result<SpinImage, ArchiveError> {
+        let mut locked = None;
+        let mut content = HashMap::new();
+        let mut budget = MAX_UNPACKED;
+        for (descriptor, bytes) in blobs {
+            match descriptor.media_type().to_string().as_str() {
                 SPIN_APPLICATION_MEDIA_TYPE => locked = Some(bytes),
                 SPIN_ARCHIVE_MEDIA_TYPE => unpack_archive(&bytes, &mut content, &mut budget)
                     .map_err(|e| {

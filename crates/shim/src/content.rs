@@ -6,8 +6,6 @@
 //! writes it into the container's rootfs where the entrypoint names it. An image in Spin's
 //! registry format is read the same way, every layer, for the Spin runtime to rebuild the app.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::io::Write;
 use std::path::Path;
 
@@ -128,17 +126,13 @@ impl ImageContent {
             return Ok(None);
         }
         check_manifest(&manifest).map_err(|e| self.error(id, e))?;
-        let mut blobs = HashMap::new();
-        for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
-            if let Entry::Vacant(entry) = blobs.entry(descriptor.digest().to_string()) {
-                let bytes = self.read(&client, entry.key()).await;
-                entry.insert(bytes.map_err(|e| self.error(id, e))?);
-            }
+        let needed = SpinImage::needed(&manifest).map_err(|e| self.error(id, e))?;
+        let mut blobs = Vec::with_capacity(needed.len());
+        for descriptor in needed {
+            let bytes = self.read(&client, descriptor.digest().as_ref()).await;
+            blobs.push((descriptor, bytes.map_err(|e| self.error(id, e))?));
         }
-        let image = SpinImage::read(&manifest, |d| {
-            Ok(blobs.get(d.digest().as_ref()).cloned().unwrap_or_default())
-        })
-        .map_err(|e| self.error(id, e))?;
+        let image = SpinImage::from_blobs(blobs).map_err(|e| self.error(id, e))?;
         tracing::info!(
             container = id,
             layers = manifest.layers().len(),
