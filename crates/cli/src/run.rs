@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use wasmcell_engine::{
-    Access, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles, Network,
-    Output, Preopen, Prepared, Stdio, WorkloadSpec,
+    Access, App, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles,
+    Network, Output, Preopen, Prepared, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind, ImageContents};
 
@@ -27,6 +27,11 @@ use crate::images::{RegistryArgs, pull_into_store, store};
 /// A component exporting wasi:http/incoming-handler is served over HTTP, a fresh instance per
 /// request: on 127.0.0.1:8080, or where --publish says (`-p 8080:8080` for every interface, as
 /// with `docker run`). Ctrl-C stops it after the requests in flight.
+///
+/// With --slightfile, a core module built for SpiderLightning (slight) runs as slight ran it:
+/// `wasmcell run --slightfile slightfile.toml app.wasm`, with the capabilities the slightfile
+/// declares (key-value stores kept in .slight/ beside the module). An app that starts an HTTP
+/// server listens where it asks to (or at WASMCELL_HTTP_ADDR from --env) until Ctrl-C.
 ///
 /// Compiled code is cached (see --cache-dir), so later runs of the same binary start at once.
 #[derive(Args)]
@@ -53,6 +58,9 @@ pub struct RunArgs {
     pull: PullPolicy,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Run the .wasm file as a SpiderLightning app with this slightfile's capabilities.
+    #[arg(long, value_name = "FILE")]
+    slightfile: Option<PathBuf>,
     /// A .wasm file (append #FUNCTION to call a module export other than _start), an image
     /// archive from `wasmcell build`, or an image reference (e.g. 127.0.0.1:5000/app:latest),
     /// from the local store or pulled.
@@ -114,6 +122,24 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 addr,
                 ..HttpServe::from_env(&env)?
             };
+            let app = match &args.slightfile {
+                Some(file) => {
+                    if args.publish.is_some() {
+                        bail!(
+                            "--publish applies to HTTP components; a slight app listens where it asks to (set WASMCELL_HTTP_ADDR with --env to move it)"
+                        );
+                    }
+                    let lookup = |name: &str| {
+                        env.iter()
+                            .rev()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                    };
+                    let app = wasmcell_slight::from_file(file, &lookup)?;
+                    Some(App::Slight(Box::new(app)))
+                }
+                None => None,
+            };
             WorkloadSpec {
                 module: ModuleSource::File(path),
                 function,
@@ -126,8 +152,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 network,
                 http,
                 names,
-                app: None,
+                app,
             }
+        }
+        Target::Archive(_) | Target::Image(_) if args.slightfile.is_some() => {
+            bail!(
+                "--slightfile runs a .wasm file; an image holding /slightfile.toml runs as a slight app under io.containerd.slight.v1"
+            );
         }
         Target::Archive(_) | Target::Image(_) => {
             let (path, image, dir) = unpack(target, args.pull, &args.registry)?;
@@ -192,7 +223,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if prepared.stops_gracefully() {
+    if prepared.stops_gracefully() && args.slightfile.is_none() {
         eprintln!("wasmcell: serving HTTP on http://{addr} (Ctrl-C stops)");
     }
     let exit = tokio.block_on(until_done(&prepared))?;

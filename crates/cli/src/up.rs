@@ -154,7 +154,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
             hosts: Some("/etc/hosts".into()),
             resolv_conf: Some("/etc/resolv.conf".into()),
         },
-        app: Some(Box::new(app)),
+        app: Some(wasmcell_engine::App::Spin(Box::new(app))),
     };
     let cache = CompileCache::new(args.cache_dir.unwrap_or_else(CompileCache::default_dir));
     let engine = Engine::new(cache)?;

@@ -19,10 +19,11 @@ use crate::controls::Controls;
 use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
 use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
+use crate::slight::{Slight, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost};
 use crate::stdio;
 use crate::wasmedge::{self, WasmEdge};
-use crate::workload::{Access, ModuleSource, Network, WorkloadSpec};
+use crate::workload::{Access, App, ModuleSource, Network, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
 /// and what `wasmtime run` exits with on a trap.
@@ -101,9 +102,11 @@ impl Drop for Limiter {
 /// The store state of a core module (WASI preview 1).
 pub(crate) struct ModuleState {
     pub(crate) wasi: WasiP1Ctx,
-    guest: Guest,
+    pub(crate) guest: Guest,
     /// The sockets of a module built for WasmEdge's socket ABI.
     pub(crate) wasmedge: Option<Box<WasmEdge>>,
+    /// The resources of a SpiderLightning app's instance.
+    pub(crate) slight: Option<Box<SlightInstance>>,
 }
 
 /// The store state of a component (WASI 0.2, with `wasi:http`).
@@ -282,7 +285,7 @@ impl Compiler {
     /// compiling can take seconds on a cache miss.
     pub fn compile(&self, spec: &WorkloadSpec) -> Result<(), Error> {
         let _release = ReleaseFreedMemory;
-        if let Some(app) = &spec.app {
+        if let Some(App::Spin(app)) = &spec.app {
             return spin::compile(&self.engine, &self.cache, spec, app);
         }
         let (path, bytes, kind) = read_wasm(spec)?;
@@ -320,7 +323,7 @@ impl Engine {
     /// links it. Blocking: compiling can take seconds on a cache miss.
     pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
         let _release = ReleaseFreedMemory;
-        if let Some(app) = &spec.app {
+        if let Some(App::Spin(app)) = &spec.app {
             let http = self.http.get(|| HttpEngine::new(config()))?;
             let Compiler { engine, cache } = &self.compiler;
             let app = Arc::new(spin::prepare(engine, cache, &http, &spec, app)?);
@@ -372,9 +375,21 @@ impl Engine {
                         ));
                     }
                 }
+                let modules = self.modules.get(|| module_linker(engine))?;
+                if let Some(App::Slight(app)) = &spec.app {
+                    let linker = Slight::linker(&modules).map_err(Error::Engine)?;
+                    let pre = linker
+                        .instantiate_pre(&module)
+                        .map_err(|source| link_error(&linker, &module, &path, source))?;
+                    return Ok(Prepared {
+                        engine: engine.clone(),
+                        ticker: self.ticker.clone(),
+                        entry: Entry::Slight(Arc::new(Slight::new(pre, app, &spec))),
+                        spec: Arc::new(spec),
+                    });
+                }
                 // A module built for WasmEdge's sockets gets them whatever the runtime name.
                 let wasmedge = wasmedge::wanted_by(&module);
-                let modules = self.modules.get(|| module_linker(engine))?;
                 let extended;
                 let linker = if wasmedge {
                     extended = wasmedge::linker(&modules, &module).map_err(Error::Engine)?;
@@ -382,19 +397,9 @@ impl Engine {
                 } else {
                     &*modules
                 };
-                let pre =
-                    linker.instantiate_pre(&module).map_err(|source| {
-                        match missing_imports(linker, &module) {
-                            imports if imports.is_empty() => Error::Link {
-                                path: path.clone(),
-                                source,
-                            },
-                            imports => Error::MissingImports {
-                                path: path.clone(),
-                                imports: imports.join(", "),
-                            },
-                        }
-                    })?;
+                let pre = linker
+                    .instantiate_pre(&module)
+                    .map_err(|source| link_error(linker, &module, &path, source))?;
                 Command::Module {
                     pre,
                     function,
@@ -438,6 +443,25 @@ impl Engine {
             entry: Entry::Command(entry),
             spec: Arc::new(spec),
         })
+    }
+}
+
+/// Why `module` does not link with `linker`: every import it lacks, or wasmtime's reason.
+fn link_error<T: 'static>(
+    linker: &Linker<T>,
+    module: &wasmtime::Module,
+    path: &str,
+    source: wasmtime::Error,
+) -> Error {
+    match missing_imports(linker, module) {
+        imports if imports.is_empty() => Error::Link {
+            path: path.to_owned(),
+            source,
+        },
+        imports => Error::MissingImports {
+            path: path.to_owned(),
+            imports: imports.join(", "),
+        },
     }
 }
 
@@ -575,6 +599,8 @@ enum Entry {
         http: Arc<HttpEngine>,
         app: Arc<SpinApp>,
     },
+    /// A SpiderLightning app: its `_start`, then the servers it set up.
+    Slight(Arc<Slight>),
 }
 
 /// A guest that runs once, from its entry to its exit.
@@ -654,7 +680,7 @@ impl Prepared {
         let exit = match &self.entry {
             // A server counts its own threads' CPU (see `crate::usage`).
             Entry::Http { .. } => self.instantiate_and_run(controls).await,
-            Entry::Command(_) | Entry::Spin { .. } => {
+            Entry::Command(_) | Entry::Spin { .. } | Entry::Slight(_) => {
                 let meter = controls.meter();
                 meter.metered(self.instantiate_and_run(controls)).await
             }
@@ -680,7 +706,10 @@ impl Prepared {
     /// SIGTERM): HTTP servers stop accepting and finish their requests; commands cannot handle
     /// signals, so they are stopped at once.
     pub fn stops_gracefully(&self) -> bool {
-        matches!(self.entry, Entry::Http { .. } | Entry::Spin { .. })
+        matches!(
+            self.entry,
+            Entry::Http { .. } | Entry::Spin { .. } | Entry::Slight(_)
+        )
     }
 
     async fn instantiate_and_run(&self, controls: &Controls) -> Result<Exit, Error> {
@@ -689,6 +718,11 @@ impl Prepared {
                 return http::serve(http, routes, &self.spec, controls).await;
             }
             Entry::Spin { http, app } => return spin::run(http, app, &self.spec, controls).await,
+            Entry::Slight(slight) => {
+                return slight
+                    .run(&self.engine, &self.ticker, &self.spec, controls)
+                    .await;
+            }
             Entry::Command(command) => command,
         };
         let mut wasi = wasi_builder(&self.spec)?;
@@ -710,6 +744,7 @@ impl Prepared {
                     wasi: wasi.build_p1(),
                     guest,
                     wasmedge: wasmedge.then(|| Box::new(WasmEdge::new(&self.spec))),
+                    slight: None,
                 };
                 let mut store = new_store(&self.engine, state, controls);
                 let result = async {

@@ -40,7 +40,7 @@ use crate::workload::{HttpServe, Network, WorkloadSpec};
 
 /// How long in-flight requests may take to finish after SIGTERM. Below Docker's and
 /// Kubernetes' default grace periods (10 s, 30 s), so a server ends by itself with 0.
-const DRAIN: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN: Duration = Duration::from_secs(5);
 
 /// How much of a slot's dirtied memory (and table) is reset in place rather than released, per
 /// slot: the memory an idle server keeps for each slot it has used. A hello-world request
@@ -587,7 +587,7 @@ async fn serve_here(
 }
 
 /// A listener that rebinds at once after a restart (`SO_REUSEADDR`), as servers do.
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -19,8 +19,10 @@ mod engine;
 mod epoch;
 mod error;
 mod http;
+mod slight;
 mod spin;
 mod stdio;
+mod stores;
 mod usage;
 mod wasmedge;
 mod workload;
@@ -32,8 +34,8 @@ pub use error::{Error, error_chain};
 pub use http::open_pagemap;
 pub use usage::Usage;
 pub use workload::{
-    Access, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles, Network,
-    Output, Preopen, Stdio, WorkloadSpec,
+    Access, App, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles,
+    Network, Output, Preopen, Stdio, WorkloadSpec,
 };
 
 /// Entry points for the fuzz targets (`fuzz/`, built by `cargo fuzz` with `--cfg fuzzing`):

@@ -31,9 +31,19 @@ pub struct WorkloadSpec {
     pub http: HttpServe,
     /// The files name lookups read instead of the host's.
     pub names: NameFiles,
-    /// A Spin app to run instead of `module`, whose root is then the app's directory (its
+    /// The framework app this is, if it is one.
+    pub app: Option<App>,
+}
+
+/// An application framework's app, run with the framework's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum App {
+    /// A Spin app, run instead of `module`: the spec's root is then the app's directory (its
     /// component sources, and its store files at relative paths, are read there).
-    pub app: Option<Box<wasmcell_spin::App>>,
+    Spin(Box<wasmcell_spin::App>),
+    /// A SpiderLightning app: `module` (its `app.wasm`) with the capabilities its slightfile
+    /// grants.
+    Slight(Box<wasmcell_slight::SlightApp>),
 }
 
 /// The container's `/etc/hosts` and `/etc/resolv.conf` (the sources of the bind mounts a
@@ -146,7 +156,10 @@ impl WorkloadSpec {
             ModuleSource::File(path) => path,
             ModuleSource::Rootfs { root, .. } => root,
         };
-        let mounts = self.app.iter_mut().flat_map(|app| app.host_paths_mut());
+        let mounts = self.app.iter_mut().flat_map(|app| match app {
+            App::Spin(app) => app.host_paths_mut().collect(),
+            App::Slight(_) => Vec::new(),
+        });
         std::iter::once(module)
             .chain(self.preopens.iter_mut().map(|p| &mut p.host))
             .chain(mounts)

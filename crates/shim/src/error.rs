@@ -27,20 +27,15 @@ pub enum Error {
     /// The task already exited.
     #[error("process already finished")]
     Finished,
-    /// The image is an app of a framework this build does not run yet.
-    #[error(
-        "the image is a {} app (/{} in its rootfs): {runtime} does not run {} apps yet; plain WASI commands and HTTP components run under it as under io.containerd.wasmtime.v1",
-        app.name(), app.manifest(), app.name()
-    )]
-    AppNotSupported {
-        /// The runtime name the container asked for.
-        runtime: Runtime,
+    /// The image's app (Spin, SpiderLightning) cannot run: the message names the file, line
+    /// or component.
+    #[error("the image's {} app cannot run: {message}", app.name())]
+    App {
         /// The framework.
         app: crate::runtime::App,
+        /// What is wrong.
+        message: String,
     },
-    /// The image's Spin app cannot run: the message names the file, line or component.
-    #[error("the image's Spin app cannot run: {0}")]
-    SpinApp(String),
     /// A feature of the request is not supported for Wasm guests.
     #[error("{0}")]
     Unsupported(String),
@@ -122,13 +117,13 @@ impl Error {
             Error::NotFound(_) | Error::Finished => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
-            Error::AppNotSupported { .. } | Error::Unsupported(_) => Code::UNIMPLEMENTED,
+            Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::Spec(_)
             | Error::Engine(_)
             | Error::Hook(_)
             | Error::Pod(_)
             | Error::NotWasmInPod { .. }
-            | Error::SpinApp(_)
+            | Error::App { .. }
             | Error::ExecNotWasm { .. } => Code::INVALID_ARGUMENT,
             // What the sandbox refuses is the workload's fault (e.g. a preopen it cannot open).
             Error::Sandbox(wasmcell_sandbox::SandboxError::Refused(_)) => Code::INVALID_ARGUMENT,

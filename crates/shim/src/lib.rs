@@ -19,6 +19,7 @@ mod hooks;
 mod pod;
 mod runtime;
 mod service;
+mod slight;
 mod socket;
 mod spec;
 mod spin;

@@ -48,7 +48,7 @@ use crate::hooks::{Lifecycle, Stage};
 use crate::pod::{self, Role};
 use crate::runtime::{App, Runtime};
 use crate::socket::ShimSocket;
-use crate::{cgroup, spec, spin, sys};
+use crate::{cgroup, slight, spec, spin, sys};
 
 type Result<T> = std::result::Result<T, Error>;
 type Containers = Arc<Mutex<HashMap<String, Container>>>;
@@ -201,8 +201,8 @@ impl TaskService {
     }
 
     /// The workload of a container: an app of the framework the runtime name stands for when
-    /// the rootfs holds its manifest (a Spin app; SpiderLightning apps are refused, as this
-    /// build does not run them), otherwise the spec's entrypoint, plain WASI under every name.
+    /// the rootfs holds its manifest (`spin.toml`, `slightfile.toml`), otherwise the spec's
+    /// entrypoint, plain WASI under every name.
     async fn workload(
         &self,
         oci: &Spec,
@@ -232,10 +232,10 @@ impl TaskService {
                 })
                 .await?
             }
-            (Some(app), _) => Err(Error::AppNotSupported {
-                runtime: self.runtime,
-                app,
-            }),
+            (Some(App::SpiderLightning), _) => {
+                let (oci, bundle) = (oci.clone(), bundle.to_owned());
+                tokio::task::spawn_blocking(move || slight::workload(&oci, &bundle, stdio)).await?
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 use wasmcell_engine::{
-    Access, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource, NameFiles, Network,
+    Access, App, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource, NameFiles, Network,
     Preopen, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::Entrypoint;
@@ -99,7 +99,6 @@ pub fn spin_workload(
     app: wasmcell_spin::App,
 ) -> Result<WorkloadSpec, SpecError> {
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
-    let (rootfs, preopens) = filesystem(spec, bundle)?;
     let env = environment(process);
     let mut http = HttpServe::from_env(&env)?;
     let ours = env
@@ -115,13 +114,48 @@ pub fn spin_workload(
             None => std::net::SocketAddr::from(([0, 0, 0, 0], 80)),
         };
     }
+    let app = App::Spin(Box::new(app));
+    app_workload(spec, bundle, stdio, env, http, wasmcell_spin::MANIFEST, app)
+}
+
+/// A SpiderLightning app's workload: `/app.wasm` in the rootfs whatever the entrypoint, with
+/// the capabilities of its slightfile (read from the rootfs by the caller). It listens where
+/// it asks to, or at `WASMCELL_HTTP_ADDR`.
+pub fn slight_workload(
+    spec: &Spec,
+    bundle: &Path,
+    stdio: Stdio,
+    app: wasmcell_slight::SlightApp,
+) -> Result<WorkloadSpec, SpecError> {
+    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let env = environment(process);
+    let http = HttpServe::from_env(&env)?;
+    let app = App::Slight(Box::new(app));
+    app_workload(spec, bundle, stdio, env, http, wasmcell_slight::APP, app)
+}
+
+/// The workload of a framework's `app`, whose file `path` (its manifest, or its module) is at
+/// the root of the container's rootfs.
+fn app_workload(
+    spec: &Spec,
+    bundle: &Path,
+    stdio: Stdio,
+    env: Vec<(String, String)>,
+    http: HttpServe,
+    path: &str,
+    app: App,
+) -> Result<WorkloadSpec, SpecError> {
+    let (rootfs, preopens) = filesystem(spec, bundle)?;
     Ok(WorkloadSpec {
         module: ModuleSource::Rootfs {
             root: rootfs,
-            path: wasmcell_spin::MANIFEST.to_owned(),
+            path: path.to_owned(),
         },
         function: None,
-        args: Vec::new(),
+        args: match app {
+            App::Spin(_) => Vec::new(),
+            App::Slight(_) => vec![path.to_owned()],
+        },
         env,
         cwd: "/".to_owned(),
         preopens,
@@ -130,7 +164,7 @@ pub fn spin_workload(
         network: Network::Inherit,
         http,
         names: name_files(spec),
-        app: Some(Box::new(app)),
+        app: Some(app),
     })
 }
 

@@ -10,6 +10,7 @@ use wasmcell_oci::SpinImage;
 use wasmcell_spin::RuntimeConfigSource;
 
 use crate::error::Error;
+use crate::runtime::App;
 use crate::spec;
 
 /// Where a container's components' files are copied to be granted read-only: in its bundle,
@@ -50,6 +51,9 @@ pub fn workload(
         ),
         None => wasmcell_spin::load(&rootfs, config, &lookup, &staging),
     }
-    .map_err(Error::SpinApp)?;
+    .map_err(|message| Error::App {
+        app: App::Spin,
+        message,
+    })?;
     Ok(spec::spin_workload(oci, bundle, stdio, app)?)
 }

@@ -7,7 +7,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["cat", path] => std::fs::read_to_string(path).map(|text| print!("{text}")),
         ["ls", path] => std::fs::read_dir(path).map(|entries| {
             let mut names: Vec<String> = entries

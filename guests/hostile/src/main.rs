@@ -56,12 +56,12 @@ fn main() {
             }];
             let (mut received, mut flags) = (0usize, 0u16);
             // SAFETY: the buffer list and the out-parameters are live locals of the right types.
-            let errno = unsafe {
-                sock_recv(0, buffer.as_ptr(), 1, 0, &mut received, &mut flags)
-            };
+            let errno = unsafe { sock_recv(0, buffer.as_ptr(), 1, 0, &mut received, &mut flags) };
             eprintln!("sock_recv: errno {errno}");
         }
-        _ => eprintln!("usage: hostile [after PATH] alloc [MIB] | spin | recurse | flood [MIB] | sock"),
+        _ => eprintln!(
+            "usage: hostile [after PATH] alloc [MIB] | spin | recurse | flood [MIB] | sock"
+        ),
     }
 }
 

@@ -67,7 +67,10 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
             },
             Method::Put | Method::Post => {
                 store.set(key, request.body())?;
-                text(201, format!("stored {key} ({} bytes)\n", request.body().len()))
+                text(
+                    201,
+                    format!("stored {key} ({} bytes)\n", request.body().len()),
+                )
             }
             Method::Delete => {
                 store.delete(key)?;
@@ -129,7 +132,9 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         });
     }
     if path == "/env" {
-        let env: String = std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let env: String = std::env::vars()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
         return Ok(text(200, env));
     }
     Ok(text(404, format!("no such page {path}\n")))
@@ -146,7 +151,10 @@ fn orders_v3(request: &Request, method: &Method) -> anyhow::Result<Response> {
     let mut body = String::new();
     if *method == Method::Post {
         let item = String::from_utf8_lossy(request.body()).into_owned();
-        db.execute("INSERT INTO orders3 (item) VALUES (?)", &[Value::Text(item)])?;
+        db.execute(
+            "INSERT INTO orders3 (item) VALUES (?)",
+            &[Value::Text(item)],
+        )?;
         body.push_str(&format!(
             "id {}, changed {}\n",
             db.last_insert_rowid(),
@@ -193,7 +201,10 @@ fn wasi_kv(request: &Request, method: &Method, rest: &str) -> Result<Response, R
             let mut body = String::new();
             for (key, value) in values {
                 let value = value.map(|v| String::from_utf8_lossy(&v).into_owned());
-                body.push_str(&format!("{key}={}\n", value.unwrap_or_else(|| "-".to_owned())));
+                body.push_str(&format!(
+                    "{key}={}\n",
+                    value.unwrap_or_else(|| "-".to_owned())
+                ));
             }
             text(200, body)
         }

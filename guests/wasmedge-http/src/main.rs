@@ -19,7 +19,9 @@ async fn handle(request: Request<Body>) -> Result<Response<Body>, Infallible> {
             if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
                 response = response.header(header::CONTENT_TYPE, kind.clone());
             }
-            let body = hyper::body::to_bytes(request.into_body()).await.unwrap_or_default();
+            let body = hyper::body::to_bytes(request.into_body())
+                .await
+                .unwrap_or_default();
             response.body(Body::from(body)).expect("a valid response")
         }
         _ => Response::builder()
@@ -31,14 +33,20 @@ async fn handle(request: Request<Body>) -> Result<Response<Body>, Infallible> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = TcpListener::bind(addr).await?;
     println!("listening on {addr}");
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::task::spawn(async move {
-            if let Err(error) = Http::new().serve_connection(stream, service_fn(handle)).await {
+            if let Err(error) = Http::new()
+                .serve_connection(stream, service_fn(handle))
+                .await
+            {
                 eprintln!("connection: {error}");
             }
         });

@@ -96,14 +96,21 @@ fn udp_server(addr: &str) -> std::io::Result<()> {
 
 fn udp_client(addr: &str, message: &str) -> std::io::Result<()> {
     let to = address(addr)?;
-    let any: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+    let any: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .unwrap();
     let socket = UdpSocket::bind(any)?;
     // A datagram sent before the server is up is lost: give up on the reply after a while.
-    socket.as_ref().set_recv_timeout(Some(std::time::Duration::from_secs(1)))?;
+    socket
+        .as_ref()
+        .set_recv_timeout(Some(std::time::Duration::from_secs(1)))?;
     socket.send_to(message.as_bytes(), to)?;
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf)?;
-    println!("udp reply from {from}: {}", String::from_utf8_lossy(&buf[..n]));
+    println!(
+        "udp reply from {from}: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     Ok(())
 }
 
@@ -130,8 +137,16 @@ fn poll_once(subscriptions: &[[u8; 48]], epoll: bool) -> Vec<u64> {
     let mut events = vec![[0u8; 32]; subscriptions.len()];
     let mut n = 0u32;
     let errno = unsafe {
-        let (sub, ev, len) = (subscriptions.as_ptr().cast(), events.as_mut_ptr().cast(), subscriptions.len() as u32);
-        if epoll { epoll_oneoff(sub, ev, len, &mut n) } else { poll_oneoff(sub, ev, len, &mut n) }
+        let (sub, ev, len) = (
+            subscriptions.as_ptr().cast(),
+            events.as_mut_ptr().cast(),
+            subscriptions.len() as u32,
+        );
+        if epoll {
+            epoll_oneoff(sub, ev, len, &mut n)
+        } else {
+            poll_oneoff(sub, ev, len, &mut n)
+        }
     };
     assert_eq!(errno, 0, "poll failed");
     let mut found: Vec<u64> = events[..n as usize]
@@ -158,12 +173,18 @@ fn poll(file: &str) -> std::io::Result<()> {
         subscription(3, CLOCK, MONOTONIC, 5 * second),
     ];
     println!("poll file socket clock: {:?}", poll_once(&all, false));
-    let idle = [subscription(1, FD_READ, sock_fd, 0), subscription(3, CLOCK, MONOTONIC, second / 20)];
+    let idle = [
+        subscription(1, FD_READ, sock_fd, 0),
+        subscription(3, CLOCK, MONOTONIC, second / 20),
+    ];
     println!("poll idle socket: {:?}", poll_once(&idle, false));
     println!("epoll idle socket: {:?}", poll_once(&idle, true));
     let me = socket.as_ref().get_local()?;
     socket.send_to(b"ping", me)?;
-    let waiting = [subscription(1, FD_READ, sock_fd, 0), subscription(3, CLOCK, MONOTONIC, 5 * second)];
+    let waiting = [
+        subscription(1, FD_READ, sock_fd, 0),
+        subscription(3, CLOCK, MONOTONIC, 5 * second),
+    ];
     println!("poll socket with data: {:?}", poll_once(&waiting, false));
     Ok(())
 }
@@ -191,17 +212,44 @@ fn abuse() {
     unsafe {
         let mut fd = 0u32;
         report("open-bad-family", sock_open(7, 2, &mut fd));
-        report("open-fd-out-of-bounds", sock_open(1, 2, usize::MAX as *mut u32));
+        report(
+            "open-fd-out-of-bounds",
+            sock_open(1, 2, usize::MAX as *mut u32),
+        );
         assert_eq!(sock_open(1, 2, &mut fd), 0);
         let octets = [1u8, 2, 3];
-        let mut addr = WasiAddress { buf: octets.as_ptr(), size: 3 };
+        let mut addr = WasiAddress {
+            buf: octets.as_ptr(),
+            size: 3,
+        };
         report("bind-3-byte-address", sock_bind(fd, &mut addr, 80));
-        let mut addr = WasiAddress { buf: (usize::MAX - 2) as *const u8, size: 4 };
+        let mut addr = WasiAddress {
+            buf: (usize::MAX - 2) as *const u8,
+            size: 4,
+        };
         report("bind-address-out-of-bounds", sock_bind(fd, &mut addr, 80));
-        let iov = WasiAddress { buf: (usize::MAX - 8) as *const u8, size: 64 };
+        let iov = WasiAddress {
+            buf: (usize::MAX - 8) as *const u8,
+            size: 64,
+        };
         let mut sent = 0;
-        report("send-buffer-out-of-bounds", sock_send(fd, &iov, 1, 0, &mut sent));
-        report("send-unconnected", sock_send(fd, &WasiAddress { buf: octets.as_ptr(), size: 3 }, 1, 0, &mut sent));
+        report(
+            "send-buffer-out-of-bounds",
+            sock_send(fd, &iov, 1, 0, &mut sent),
+        );
+        report(
+            "send-unconnected",
+            sock_send(
+                fd,
+                &WasiAddress {
+                    buf: octets.as_ptr(),
+                    size: 3,
+                },
+                1,
+                0,
+                &mut sent,
+            ),
+        );
         report("listen-on-stdout", sock_listen(1, 5));
         let mut new_fd = 0;
         report("accept-on-stderr", sock_accept(2, &mut new_fd));

@@ -11,8 +11,8 @@ use tokio::sync::OnceCell;
 use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use super::stores::{KeyValue, Places, Sqlite};
 use crate::engine::ComponentState;
+use crate::stores::{KeyValue, Places, Sqlite};
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -48,7 +48,7 @@ impl SpinHost {
     pub(crate) fn new(
         component: &wasmcell_spin::Component,
         app: &wasmcell_spin::App,
-        opened: &super::stores::Opened,
+        opened: &crate::stores::Opened,
         places: Arc<Places>,
         diagnostics: crate::stdio::Diagnostics,
     ) -> SpinHost {
@@ -357,7 +357,7 @@ impl ComponentState {
         };
         let places = spin.places.clone();
         let opened = cell
-            .get_or_try_init(|| super::stores::open_database(config, &places))
+            .get_or_try_init(|| crate::stores::open_database(config, &places))
             .await;
         if let Err(error) = opened {
             self.warn(&format!("SQLite database {database}: {error}"));

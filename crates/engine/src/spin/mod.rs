@@ -9,7 +9,6 @@
 pub(crate) mod host;
 mod redis_trigger;
 mod spin3;
-mod stores;
 
 use std::sync::Arc;
 
@@ -23,9 +22,9 @@ use crate::controls::Controls;
 use crate::engine::ComponentState;
 use crate::error::Error;
 use crate::http::{self, HttpEngine, Target};
+use crate::stores::{Opened, Places};
 use crate::workload::{ModuleSource, WorkloadSpec};
 use host::SpinHost;
-use stores::{Opened, Places};
 
 /// A Spin app ready to serve: its components linked, its routes known.
 pub(crate) struct SpinApp {

@@ -1,4 +1,4 @@
-//! Where a Spin app's data lives: key-value stores (a SQLite file, or a Redis server) and
+//! Where a Spin or slight app's data lives: key-value stores (a SQLite file, or a Redis server) and
 //! SQLite databases, each opened the first time a component asks for it and shared by every
 //! request after.
 //!
@@ -22,7 +22,24 @@ pub(crate) enum KeyValue {
     /// A table in a SQLite file, as Spin's default store keeps it.
     Sqlite(Sqlite),
     /// A Redis server's keys.
-    Redis(redis::aio::ConnectionManager),
+    Redis(Redis),
+}
+
+/// A connection to a Redis server, and how a store's keys are named there.
+pub(crate) struct Redis {
+    manager: redis::aio::ConnectionManager,
+    /// Whether a store's keys are `STORE:KEY` (slight's stores share one server that way) or
+    /// the keys themselves (Spin's: a store is a whole server).
+    prefixed: bool,
+}
+
+impl Redis {
+    fn key(&self, store: &str, key: &str) -> String {
+        match self.prefixed {
+            true => format!("{store}:{key}"),
+            false => key.to_owned(),
+        }
+    }
 }
 
 /// An open SQLite file and the directory it was opened in, which SQLite reaches by name again
@@ -84,32 +101,40 @@ impl Places {
 impl KeyValue {
     pub(crate) async fn open(config: &StoreConfig, places: &Places) -> Result<KeyValue, String> {
         match config {
-            StoreConfig::Sqlite { path } => {
-                let sqlite = open_sqlite(places, path).await?;
-                sqlite.run(|db| {
-                    db.execute_batch(
-                        "CREATE TABLE IF NOT EXISTS spin_key_value (
-                            store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-                            PRIMARY KEY (store, key))",
-                    )
-                })?;
-                Ok(KeyValue::Sqlite(sqlite))
-            }
-            StoreConfig::Redis { url } => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| format!("Redis address {url}: {e}"))?;
-                let manager = redis::aio::ConnectionManager::new(client)
-                    .await
-                    .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
-                Ok(KeyValue::Redis(manager))
-            }
+            StoreConfig::Sqlite { path } => KeyValue::open_sqlite(places, path).await,
+            StoreConfig::Redis { url } => KeyValue::open_redis(url, false).await,
         }
+    }
+
+    /// Opens (creating it) the SQLite file at `path`, which holds any number of stores, as
+    /// Spin's default store file does.
+    pub(crate) async fn open_sqlite(places: &Places, path: &str) -> Result<KeyValue, String> {
+        let sqlite = open_sqlite(places, path).await?;
+        sqlite.run(|db| {
+            db.execute_batch(
+                "CREATE TABLE IF NOT EXISTS spin_key_value (
+                    store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                    PRIMARY KEY (store, key))",
+            )
+        })?;
+        Ok(KeyValue::Sqlite(sqlite))
+    }
+
+    /// Connects to the Redis server at `url`; `prefixed`: see [`Redis`].
+    pub(crate) async fn open_redis(url: &str, prefixed: bool) -> Result<KeyValue, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("Redis address {url}: {e}"))?;
+        let manager = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+        Ok(KeyValue::Redis(Redis { manager, prefixed }))
     }
 
     pub(crate) async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
             KeyValue::Sqlite(db) => db.run(|db| sqlite_value(db, store, key)),
-            KeyValue::Redis(redis) => redis_call(redis.clone(), redis::cmd("GET").arg(key)).await,
+            KeyValue::Redis(redis) => {
+                redis_call(redis, redis::cmd("GET").arg(redis.key(store, key))).await
+            }
         }
     }
 
@@ -117,7 +142,11 @@ impl KeyValue {
         match self {
             KeyValue::Sqlite(db) => db.run(|db| sqlite_set(db, store, key, value)),
             KeyValue::Redis(redis) => {
-                redis_call(redis.clone(), redis::cmd("SET").arg(key).arg(value)).await
+                redis_call(
+                    redis,
+                    redis::cmd("SET").arg(redis.key(store, key)).arg(value),
+                )
+                .await
             }
         }
     }
@@ -132,9 +161,11 @@ impl KeyValue {
                     )
                 })
                 .map(drop),
-            KeyValue::Redis(redis) => redis_call::<i64>(redis.clone(), redis::cmd("DEL").arg(key))
-                .await
-                .map(drop),
+            KeyValue::Redis(redis) => {
+                redis_call::<i64>(redis, redis::cmd("DEL").arg(redis.key(store, key)))
+                    .await
+                    .map(drop)
+            }
         }
     }
 
@@ -146,7 +177,23 @@ impl KeyValue {
                 let keys = query.query_map([store], |row| row.get(0))?;
                 keys.collect()
             }),
-            KeyValue::Redis(redis) => redis_call(redis.clone(), redis::cmd("KEYS").arg("*")).await,
+            KeyValue::Redis(redis) => {
+                // The prefix is matched literally: glob characters in it are escaped.
+                let prefix = redis.key(store, "");
+                let escaped: String = prefix
+                    .chars()
+                    .flat_map(|c| match c {
+                        '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                        c => vec![c],
+                    })
+                    .collect();
+                let keys: Vec<String> =
+                    redis_call(redis, redis::cmd("KEYS").arg(format!("{escaped}*"))).await?;
+                Ok(keys
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+                    .collect())
+            }
         }
     }
 }
@@ -182,7 +229,9 @@ impl KeyValue {
                 })
                 .and_then(|r| r),
             KeyValue::Redis(redis) => {
-                redis_call(redis.clone(), redis::cmd("INCRBY").arg(key).arg(delta)).await
+                let mut command = redis::cmd("INCRBY");
+                command.arg(redis.key(store, key)).arg(delta);
+                redis_call(redis, &mut command).await
             }
         }
     }
@@ -215,11 +264,11 @@ impl KeyValue {
                 command
                     .arg(SWAP)
                     .arg(1)
-                    .arg(key)
+                    .arg(redis.key(store, key))
                     .arg(if expected.is_some() { "1" } else { "0" })
                     .arg(expected.unwrap_or_default())
                     .arg(value);
-                redis_call::<i64>(redis.clone(), &mut command)
+                redis_call::<i64>(redis, &mut command)
                     .await
                     .map(|done| done == 1)
             }
@@ -256,9 +305,10 @@ fn sqlite_set(
 }
 
 async fn redis_call<T: redis::FromRedisValue>(
-    mut connection: redis::aio::ConnectionManager,
+    redis: &Redis,
     command: &mut redis::Cmd,
 ) -> Result<T, String> {
+    let mut connection = redis.manager.clone();
     command
         .query_async(&mut connection)
         .await

@@ -1,0 +1,335 @@
+//! SpiderLightning apps: a core module (`app.wasm`) run as slight ran it, its `_start` once,
+//! with WASI preview 1 and slight's interfaces over wit-bindgen 0.2's ABI ([`abi`]): key-value,
+//! configs, an HTTP server and an HTTP client, each only as the slightfile grants it
+//! ([`wasmcell_slight::SlightApp`]). A capability the slightfile does not declare is refused
+//! with the interface's own error, never a trap.
+//!
+//! An app that set up HTTP servers in `_start` is served once `_start` returns, a fresh
+//! instance per request calling the route's handler export, until it is asked to stop.
+
+/// Defines `$name` of import module `$module` as `$f(caller, i32, ...)`: every slight function
+/// takes only `i32`s (pointers, lengths, handles and the return area) and returns nothing, or
+/// traps.
+macro_rules! define {
+    ($linker:expr, $module:expr, $name:expr, $f:path, $($arg:ident),+) => {
+        $linker.func_wrap_async(
+            $module,
+            $name,
+            |mut caller: wasmtime::Caller<'_, ModuleState>, ($($arg,)+): ($(define!(@i32 $arg),)+)| {
+                Box::new(async move { $f(&mut caller, $($arg),+).await })
+            },
+        )?
+    };
+    (@i32 $arg:ident) => { i32 };
+}
+
+mod abi;
+mod client;
+mod imports;
+mod server;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+use wasmcell_slight::{Configs, SlightApp, Store};
+use wasmtime::{InstancePre, Linker};
+
+use crate::controls::Controls;
+use crate::engine::{Exit, Guest, ModuleState, new_store, wasi_builder};
+use crate::epoch::Ticker;
+use crate::error::Error;
+use crate::stdio::{self, Diagnostics};
+use crate::stores::{KeyValue, Places};
+use crate::workload::WorkloadSpec;
+
+/// A slight app ready to run: its module linked with slight's interfaces.
+pub(crate) struct Slight {
+    pre: InstancePre<ModuleState>,
+    host: Arc<SlightHost>,
+}
+
+/// What every instance of one app shares: its grants, and the stores it opened.
+pub(crate) struct SlightHost {
+    app: SlightApp,
+    /// The container's environment: `configs.envvars`' values.
+    env: Vec<(String, String)>,
+    /// Values the app set under `configs.envvars`, for the container's life.
+    env_set: Mutex<BTreeMap<String, Vec<u8>>>,
+    places: Places,
+    /// Where `keyvalue.filesystem` keeps every store: one SQLite file.
+    file_path: &'static str,
+    files: OnceCell<Arc<KeyValue>>,
+    /// `keyvalue.redis` connections, by address.
+    redis: Mutex<BTreeMap<String, Arc<OnceCell<Arc<KeyValue>>>>>,
+    /// wasmcell's lines for the container's stderr (a capability refused).
+    diagnostics: Diagnostics,
+    /// Whether requests may leave (the container's network).
+    network: bool,
+}
+
+/// An error for the guest: the case of the interface's error variant and its message.
+pub(crate) struct Refusal(u8, String);
+
+/// One instance's resources, by the handles the guest holds.
+pub(crate) struct SlightInstance {
+    host: Arc<SlightHost>,
+    handles: Vec<Option<Handle>>,
+    /// The servers `_start` set up, by server handle; `None` in a handler's instance, which
+    /// may not start one.
+    servers: Option<Vec<Option<server::Listening>>>,
+}
+
+/// A resource a handle stands for.
+enum Handle {
+    Store { name: String, store: Arc<KeyValue> },
+    Configs { name: String },
+    Router(server::Router),
+    Server(usize),
+}
+
+impl Slight {
+    /// `modules` (WASI preview 1) with slight's interfaces added.
+    pub(crate) fn linker(modules: &Linker<ModuleState>) -> wasmtime::Result<Linker<ModuleState>> {
+        let mut linker = modules.clone();
+        imports::add_to_linker(&mut linker)?;
+        server::add_to_linker(&mut linker)?;
+        client::add_to_linker(&mut linker)?;
+        Ok(linker)
+    }
+
+    /// The app `pre` (linked by [`Slight::linker`]) runs as, with `app`'s grants.
+    pub(crate) fn new(
+        pre: InstancePre<ModuleState>,
+        app: &SlightApp,
+        spec: &WorkloadSpec,
+    ) -> Slight {
+        let places = Places::new(app_root(spec), &spec.preopens);
+        // In a container, `/.slight` of its own filesystem (or a volume mounted there);
+        // without one (`wasmcell run`), `.slight` beside the module.
+        let file_path = match spec.preopens.iter().any(|p| p.guest == "/") {
+            true => "/.slight/keyvalue.sqlite",
+            false => ".slight/keyvalue.sqlite",
+        };
+        Slight {
+            pre,
+            host: Arc::new(SlightHost {
+                app: app.clone(),
+                env: spec.env.clone(),
+                env_set: Mutex::default(),
+                places,
+                file_path,
+                files: OnceCell::new(),
+                redis: Mutex::default(),
+                diagnostics: Diagnostics::new(&spec.stdio.stderr),
+                network: spec.network == crate::workload::Network::Inherit,
+            }),
+        }
+    }
+
+    /// Runs `_start`; then serves the HTTP servers it set up, if any, until `controls` asks
+    /// the app to stop (which also ends `_start` if it is still running: status 143).
+    pub(crate) async fn run(
+        &self,
+        engine: &wasmtime::Engine,
+        ticker: &Ticker,
+        spec: &Arc<WorkloadSpec>,
+        controls: &Controls,
+    ) -> Result<Exit, Error> {
+        let mut wasi = wasi_builder(spec)?;
+        stdio::attach(&mut wasi, &spec.stdio).await?;
+        let clock = ticker.store_clock().map_err(|e| Error::Engine(e.into()))?;
+        let state = ModuleState {
+            wasi: wasi.build_p1(),
+            guest: Guest::new(controls, clock),
+            wasmedge: None,
+            slight: Some(Box::new(SlightInstance::new(self.host.clone(), true))),
+        };
+        let mut store = new_store(engine, state, controls);
+        let start = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        };
+        let result = tokio::select! {
+            result = start => result,
+            () = controls.terminated() => return Ok(Exit::Code(128 + libc::SIGTERM)),
+        };
+        let exit = Exit::of(result, &store.data().guest.limiter);
+        let servers: Vec<_> = store
+            .data_mut()
+            .slight
+            .take()
+            .and_then(|instance| instance.servers)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        drop(store);
+        if exit != Exit::Code(0) || servers.is_empty() {
+            return Ok(exit);
+        }
+        let serving = server::Serving {
+            engine: engine.clone(),
+            ticker: ticker.clone(),
+            pre: self.pre.clone(),
+            host: self.host.clone(),
+            spec: spec.clone(),
+            controls: controls.clone(),
+        };
+        serving.serve(servers).await
+    }
+}
+
+/// Where the app's relative store paths are: the rootfs, or the module's directory.
+fn app_root(spec: &WorkloadSpec) -> &std::path::Path {
+    match &spec.module {
+        crate::workload::ModuleSource::Rootfs { root, .. } => root,
+        crate::workload::ModuleSource::File(path) => match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        },
+    }
+}
+
+impl SlightInstance {
+    fn new(host: Arc<SlightHost>, main: bool) -> SlightInstance {
+        SlightInstance {
+            host,
+            handles: Vec::new(),
+            servers: main.then(Vec::new),
+        }
+    }
+
+    fn insert(&mut self, handle: Handle) -> i32 {
+        self.handles.push(Some(handle));
+        (self.handles.len() - 1) as i32
+    }
+
+    fn get(&self, handle: i32) -> Option<&Handle> {
+        self.handles.get(handle as usize)?.as_ref()
+    }
+
+    fn drop_handle(&mut self, handle: i32) {
+        if let Some(slot) = self.handles.get_mut(handle as usize) {
+            *slot = None;
+        }
+    }
+}
+
+impl SlightHost {
+    /// The store the app opens as `name`, connected on first use and shared after.
+    async fn open_store(&self, name: &str) -> Result<Arc<KeyValue>, Refusal> {
+        const UNEXPECTED: u8 = 7;
+        const CONNECTION: u8 = 3;
+        let Some(store) = self.app.store(name) else {
+            return Err(self.refuse(
+                UNEXPECTED,
+                format!(
+                    "no key-value store named {name:?} is declared in slightfile.toml: add a [[capability]] with resource = \"keyvalue.filesystem\" (or keyvalue.redis) and name = \"{name}\""
+                ),
+            ));
+        };
+        let opened = match store {
+            Store::Filesystem => self
+                .files
+                .get_or_try_init(|| async {
+                    KeyValue::open_sqlite(&self.places, self.file_path)
+                        .await
+                        .map(Arc::new)
+                })
+                .await
+                .cloned(),
+            Store::Redis { url } => {
+                let cell = self
+                    .redis
+                    .lock()
+                    .expect("redis lock")
+                    .entry(url.clone())
+                    .or_default()
+                    .clone();
+                cell.get_or_try_init(|| async {
+                    KeyValue::open_redis(url, true).await.map(Arc::new)
+                })
+                .await
+                .cloned()
+            }
+        };
+        opened.map_err(|why| self.refuse(CONNECTION, format!("key-value store {name:?}: {why}")))
+    }
+
+    /// Whether the app may open config source `name`.
+    fn configs(&self, name: &str) -> Result<(), Refusal> {
+        match self.app.configs(name) {
+            Some(_) => Ok(()),
+            None => Err(self.refuse(
+                4,
+                format!(
+                    "no configs named {name:?} are declared in slightfile.toml: add a [[capability]] with resource = \"configs.envvars\" (or configs.usersecrets) and name = \"{name}\""
+                ),
+            )),
+        }
+    }
+
+    fn config(&self, name: &str, key: &str) -> Result<Vec<u8>, Refusal> {
+        const NOT_FOUND: u8 = 0;
+        let value = match self.app.configs(name) {
+            Some(Configs::EnvVars) => self
+                .env_set
+                .lock()
+                .expect("env lock")
+                .get(key)
+                .cloned()
+                .or_else(|| {
+                    let var = self.env.iter().rev().find(|(k, _)| k == key);
+                    var.map(|(_, v)| v.clone().into_bytes())
+                }),
+            Some(Configs::UserSecrets(secrets)) => secrets.get(key).cloned(),
+            None => None,
+        };
+        value.ok_or_else(|| Refusal(NOT_FOUND, format!("no config {key:?} in {name:?}")))
+    }
+
+    fn set_config(&self, name: &str, key: &str, value: Vec<u8>) -> Result<(), Refusal> {
+        const PERMISSION_DENIED: u8 = 2;
+        match self.app.configs(name) {
+            Some(Configs::EnvVars) => {
+                self.env_set
+                    .lock()
+                    .expect("env lock")
+                    .insert(key.to_owned(), value);
+                Ok(())
+            }
+            _ => Err(Refusal(
+                PERMISSION_DENIED,
+                format!(
+                    "{name:?} is configs.usersecrets, which are set in the slightfile (`slight secret`), not by the app"
+                ),
+            )),
+        }
+    }
+
+    /// A refusal that is also reported on the container's stderr, where the user looks.
+    fn refuse(&self, case: u8, message: String) -> Refusal {
+        self.diagnostics.report(&message);
+        Refusal(case, message)
+    }
+}
+
+impl From<Refusal> for abi::Ret {
+    fn from(Refusal(case, message): Refusal) -> abi::Ret {
+        abi::Ret::Error(case, message)
+    }
+}
+
+/// The calling instance's slight state (every instance of a module linked with slight's
+/// functions has one).
+fn instance<'a>(
+    caller: &'a mut wasmtime::Caller<'_, ModuleState>,
+) -> wasmtime::Result<&'a mut SlightInstance> {
+    caller
+        .data_mut()
+        .slight
+        .as_deref_mut()
+        .ok_or_else(|| wasmtime::format_err!("slight's functions called outside a slight app"))
+}

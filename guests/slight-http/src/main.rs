@@ -1,0 +1,83 @@
+//! Serves on 0.0.0.0:3000 (slight apps choose their own address): `GET /hello`, `PUT
+//! /kv/:key` and `GET /kv/:key` over the `my-container` store, and `GET /fetch`, which
+//! requests `UPSTREAM` (from `configs.envvars`) with slight's http-client.
+
+use slight_abi::{Configs, KeyValue, Request, Response, Router};
+
+slight_abi::allocator!();
+slight_abi::handler!("handle-hello", hello);
+slight_abi::handler!("handle-put", put);
+slight_abi::handler!("handle-get", get);
+slight_abi::handler!("handle-fetch", fetch);
+
+fn main() {
+    let router = Router::new().unwrap();
+    let router = router.get("/hello", "handle_hello").unwrap();
+    let router = router.put("/kv/:key", "handle_put").unwrap();
+    let router = router.get("/kv/:key", "handle_get").unwrap();
+    let router = router.get("/fetch", "handle_fetch").unwrap();
+    slight_abi::serve("0.0.0.0:3000", &router).unwrap();
+    println!("serving on 0.0.0.0:3000");
+}
+
+fn text(status: u16, body: String) -> Result<Response, String> {
+    Ok(Response {
+        status,
+        headers: Some(vec![("content-type".into(), "text/plain".into())]),
+        body: Some(body.into_bytes()),
+    })
+}
+
+fn param<'a>(request: &'a Request, name: &str) -> &'a str {
+    let found = request.params.iter().find(|(k, _)| k == name);
+    found.map(|(_, v)| v.as_str()).unwrap_or_default()
+}
+
+fn hello(request: Request) -> Result<Response, String> {
+    text(
+        200,
+        format!(
+            "hello from slight: {} {}\n",
+            slight_abi::METHODS[request.method],
+            request.uri
+        ),
+    )
+}
+
+fn put(request: Request) -> Result<Response, String> {
+    let store = KeyValue::open("my-container").map_err(|e| e.to_string())?;
+    let key = param(&request, "key");
+    store
+        .set(key, request.body.as_deref().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    text(201, format!("stored {key}\n"))
+}
+
+fn get(request: Request) -> Result<Response, String> {
+    let store = KeyValue::open("my-container").map_err(|e| e.to_string())?;
+    match store.get(param(&request, "key")) {
+        Ok(value) => text(200, String::from_utf8_lossy(&value).into_owned()),
+        Err(error) if error.case == "key-not-found" => text(404, format!("{error}\n")),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn fetch(_: Request) -> Result<Response, String> {
+    let env = Configs::open("env").map_err(|e| e.to_string())?;
+    let upstream = env.get("UPSTREAM").map_err(|e| e.to_string())?;
+    let request = Request {
+        uri: String::from_utf8(upstream).map_err(|e| e.to_string())?,
+        ..Request::default()
+    };
+    match slight_abi::request(&request) {
+        Ok(response) => text(
+            200,
+            format!(
+                "upstream said {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body.unwrap_or_default())
+            ),
+        ),
+        Err(error) => text(502, format!("{error}\n")),
+    }
+}
