@@ -2,8 +2,10 @@
 # Builds the test guests in guests/ and prints the directory holding the .wasm files.
 #
 # wasm32-wasip1: every command guest. wasm32-wasip2: hello again, as a component
-# (`hello.component.wasm`), the HTTP example `hello-http.wasm` (a wasi:http/proxy component) and
-# `echo-server.wasm` (wasi:sockets through std::net). Spin apps: guests/spin-apps/NAME with the
+# (`hello.component.wasm`), the HTTP example `hello-http.wasm` (a wasi:http/proxy component),
+# `echo-server.wasm` (wasi:sockets through std::net) and `slight-component.wasm` (wasi:keyvalue
+# and wasi:config, for the slight runtime). SpiderLightning apps' modules are `slight-*.wasm`
+# (wasm32-wasip1). Spin apps: guests/spin-apps/NAME with the
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
 # wasm32-wasip1), assembled into `spin/NAME/` (the app's directory).
 set -euo pipefail
@@ -12,13 +14,15 @@ out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
 cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server \
-  --exclude spin-http --exclude spin-redis --exclude spin-postgres
-cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-postgres
+  --exclude spin-http --exclude spin-redis --exclude spin-postgres --exclude slight-component
+cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-postgres \
+  -p slight-component
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
 cp target/wasm32-wasip2/release/hello.wasm "$out/hello.component.wasm"
 cp target/wasm32-wasip2/release/hello_http.wasm "$out/hello-http.wasm"
 cp target/wasm32-wasip2/release/echo-server.wasm "$out/echo-server.wasm"
+cp target/wasm32-wasip2/release/slight-component.wasm "$out/slight-component.wasm"
 for app in spin-apps/*/; do
   name=$(basename "$app")
   rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"

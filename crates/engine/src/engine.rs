@@ -19,7 +19,7 @@ use crate::controls::Controls;
 use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
 use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
-use crate::slight::{Slight, SlightInstance};
+use crate::slight::{Slight, SlightHost, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost};
 use crate::stdio;
 use crate::wasmedge::{self, WasmEdge};
@@ -116,8 +116,15 @@ pub(crate) struct ComponentState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: HttpHooks,
     pub(crate) guest: Guest,
-    /// A Spin component's grants; `None` for every other component.
-    pub(crate) spin: Option<Arc<SpinHost>>,
+    /// A framework component's grants; `None` for a plain component.
+    pub(crate) grants: Option<Grants>,
+}
+
+/// What a framework's component is granted, read only by that framework's interfaces.
+#[derive(Clone)]
+pub(crate) enum Grants {
+    Spin(Arc<SpinHost>),
+    Slight(Arc<SlightHost>),
 }
 
 /// What every store holds besides WASI: its limits and its part in the epoch clock.
@@ -300,6 +307,8 @@ pub struct Engine {
     compiler: Compiler,
     modules: OnFirstUse<Linker<ModuleState>>,
     components: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
+    /// The component linker with slight's capabilities, for components under slight.
+    slight_components: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
     http: OnFirstUse<HttpEngine>,
     ticker: Ticker,
 }
@@ -314,6 +323,7 @@ impl Engine {
             compiler,
             modules: OnFirstUse::default(),
             components: OnFirstUse::default(),
+            slight_components: OnFirstUse::default(),
             http: OnFirstUse::default(),
         })
     }
@@ -410,10 +420,20 @@ impl Engine {
                 if let Some(function) = &spec.function {
                     return Err(entry_err(function, "a component runs `wasi:cli/run` or serves `wasi:http/incoming-handler`; `#function` entrypoints apply to core modules only".to_owned()));
                 }
+                // A component under slight gets slight's capabilities as WASI interfaces.
+                let grants = match &spec.app {
+                    Some(App::Slight(app)) => {
+                        Some(Grants::Slight(Arc::new(SlightHost::new(app, &spec))))
+                    }
+                    _ => None,
+                };
                 if http::is_proxy(engine, &component) {
                     let http = self.http.get(|| HttpEngine::new(config()))?;
-                    let pre = http.prepare(&cached, &path)?;
-                    let target = Arc::new(Target::of_spec(pre, &spec)?);
+                    let pre = http.prepare(&cached, &path, grants.is_some())?;
+                    let target = Arc::new(Target {
+                        grants,
+                        ..Target::of_spec(pre, &spec)?
+                    });
                     return Ok(Prepared {
                         engine: engine.clone(),
                         ticker: self.ticker.clone(),
@@ -424,16 +444,20 @@ impl Engine {
                         spec: Arc::new(spec),
                     });
                 }
-                let pre = self
-                    .components
-                    .get(|| component_linker(engine))?
+                let linker = match grants {
+                    Some(_) => self
+                        .slight_components
+                        .get(|| crate::slight::component_linker(engine))?,
+                    None => self.components.get(|| component_linker(engine))?,
+                };
+                let pre = linker
                     .instantiate_pre(&component)
                     .and_then(CommandPre::new)
                     .map_err(|source| Error::Link {
                         path: path.clone(),
                         source,
                     })?;
-                Command::Component(pre)
+                Command::Component { pre, grants }
             }
         };
         tracing::debug!(%path, %kind, "prepared");
@@ -611,7 +635,11 @@ enum Command {
         /// Whether the module is built for WasmEdge's sockets.
         wasmedge: bool,
     },
-    Component(CommandPre<ComponentState>),
+    Component {
+        pre: CommandPre<ComponentState>,
+        /// A slight app's grants.
+        grants: Option<Grants>,
+    },
 }
 
 /// A workload ready to run: compiled, linked and pre-instantiated. Each [`Prepared::run`] is a
@@ -762,14 +790,14 @@ impl Prepared {
                 .await;
                 Exit::of(result, &store.data().guest.limiter)
             }
-            Command::Component(pre) => {
+            Command::Component { pre, grants } => {
                 let state = ComponentState {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
                     http: WasiHttpCtx::new(),
                     hooks: HttpHooks::new(self.spec.network),
                     guest,
-                    spin: None,
+                    grants: grants.clone(),
                 };
                 let mut store = new_store(&self.engine, state, controls);
                 let result = async {

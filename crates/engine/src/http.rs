@@ -30,7 +30,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
 use crate::cache::deserialize_component;
 use crate::controls::Controls;
-use crate::engine::{ComponentState, Guest, OnFirstUse, add_preopens, new_store, wasi_base};
+use crate::engine::{
+    ComponentState, Grants, Guest, OnFirstUse, add_preopens, new_store, wasi_base,
+};
 use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::spin::host::SpinHost;
@@ -64,6 +66,8 @@ pub(crate) struct HttpEngine {
     linker: wasmtime::component::Linker<ComponentState>,
     /// WASI, `wasi:http` and Spin's interfaces: only Spin apps' components see the latter.
     spin_linker: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
+    /// WASI, `wasi:http` and slight's capabilities, for components under slight.
+    slight_linker: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
     ticker: Ticker,
     /// How many threads a server runs requests on (see [`HttpEngine::new`]).
     threads: usize,
@@ -108,6 +112,7 @@ impl HttpEngine {
             engine,
             linker,
             spin_linker: OnFirstUse::default(),
+            slight_linker: OnFirstUse::default(),
             threads,
         })
     }
@@ -131,11 +136,13 @@ impl HttpEngine {
         })
     }
 
-    /// Loads a compiled proxy component from the cache entry and pre-instantiates it.
+    /// Loads a compiled proxy component from the cache entry and pre-instantiates it, with
+    /// slight's capabilities if it runs under slight.
     pub(crate) fn prepare(
         &self,
         entry: &std::path::Path,
         path: &str,
+        slight: bool,
     ) -> Result<ProxyPre<ComponentState>, Error> {
         let link = |source| Error::Link {
             path: path.to_owned(),
@@ -146,7 +153,17 @@ impl HttpEngine {
                 path: path.to_owned(),
                 source,
             })?;
-        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let slight_linker;
+        let linker = match slight {
+            true => {
+                slight_linker = self
+                    .slight_linker
+                    .get(|| crate::slight::component_linker(&self.engine))?;
+                &*slight_linker
+            }
+            false => &self.linker,
+        };
+        let pre = linker.instantiate_pre(&component).map_err(link)?;
         ProxyPre::new(pre).map_err(link)
     }
 }
@@ -359,8 +376,8 @@ pub(crate) struct Target {
     /// offset or other state one request's guest could change for the next; opening them per
     /// request was a path walk through `/proc/self/fd` for each.
     pub(crate) preopens: WasiFilesystemCtx,
-    /// Its Spin grants, for a Spin app's component.
-    pub(crate) spin: Option<Arc<SpinHost>>,
+    /// Its framework's grants, for a Spin or slight app's component.
+    pub(crate) grants: Option<Grants>,
 }
 
 impl Target {
@@ -376,7 +393,7 @@ impl Target {
             env: spec.env.clone(),
             args: spec.args.clone(),
             preopens: preopens.build().filesystem().clone(),
-            spin: None,
+            grants: None,
         })
     }
 }
@@ -688,15 +705,15 @@ async fn run_handler(
     *wasi.filesystem() = target.preopens.clone();
     let clock = server.ticker.store_clock().map_err(|e| failed(&e))?;
     let guest = Guest::new(&server.controls, clock);
-    let hooks = match &target.spin {
-        Some(host) => {
+    let hooks = match &target.grants {
+        Some(Grants::Spin(host)) => {
             let chain = Chain {
                 server: Arc::downgrade(server),
                 outputs: outputs.clone(),
             };
             HttpHooks::spin(server.spec.network, host.clone(), Some(chain))
         }
-        None => HttpHooks::new(server.spec.network),
+        _ => HttpHooks::new(server.spec.network),
     };
     let state = ComponentState {
         wasi,
@@ -704,7 +721,7 @@ async fn run_handler(
         http: WasiHttpCtx::new(),
         hooks,
         guest,
-        spin: target.spin.clone(),
+        grants: target.grants.clone(),
     };
     let mut store = new_store(&server.engine, state, &server.controls);
     let (sender, receiver) = tokio::sync::oneshot::channel();

@@ -527,8 +527,8 @@ fn every_runtime_name_runs_plain_wasi_and_takes_apps_as_apps() -> Result<()> {
         assert!(out.stdout.contains("NAME=value\n"), "{runtime}: {out:?}");
     }
 
-    // An app of the framework the name stands for is never run as a plain module: a Spin
-    // manifest is read as one (this one is not valid), a SpiderLightning app is refused.
+    // An app of the framework the name stands for is never run as a plain module: its manifest
+    // is read as one (neither of these is valid).
     for (runtime, manifest, app, expected) in [
         (
             "io.containerd.spin.v2",
@@ -540,7 +540,7 @@ fn every_runtime_name_runs_plain_wasi_and_takes_apps_as_apps() -> Result<()> {
             "io.containerd.slight.v1",
             "slightfile.toml",
             "SpiderLightning",
-            "the image is a SpiderLightning app (/slightfile.toml in its rootfs)",
+            "the image's SpiderLightning app cannot run: /slightfile.toml line 1: missing field `specversion`",
         ),
     ] {
         let app_dir = tmp.path().join(manifest);

@@ -240,6 +240,60 @@ fn slight_configs_come_from_the_containers_environment_and_the_slightfiles_secre
 }
 
 #[test]
+fn a_component_under_slight_gets_its_capabilities_as_wasi_keyvalue_and_wasi_config() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let token = wasmcell_slight::encrypt_secret("k3y", b"s3cret");
+    let slightfile = format!(
+        "specversion = \"0.2\"\n[[capability]]\nresource = \"keyvalue.filesystem\"\nname = \"my-container\"\n\
+         [[capability]]\nresource = \"configs.envvars\"\nname = \"env\"\n\
+         [[capability]]\nresource = \"configs.usersecrets\"\nname = \"secrets\"\n\
+         [[secret_settings]]\nname = \"token\"\nvalue = \"{token}\"\n"
+    );
+    let app = app(
+        tmp.path(),
+        "component",
+        "slight-component.wasm",
+        &slightfile,
+    )?;
+    let (archive, tag) = image(tmp.path(), &app)?;
+    let containerd = Containerd::start_with_env(&[("HOME", "/root")])?;
+    containerd.import(&archive)?;
+    let volume = tmp.path().join("volume");
+    std::fs::create_dir(&volume)?;
+    let mount = format!(
+        "type=bind,src={},dst=/.slight,options=rbind:rw",
+        volume.display()
+    );
+    let run = |id: &str| {
+        let args = [
+            "run",
+            "--rm",
+            "--runtime",
+            SLIGHT,
+            "--mount",
+            &mount,
+            "--env",
+            "GREETING=hi",
+            "--env",
+            "SLIGHTKEY=k3y",
+            &tag,
+            id,
+        ];
+        containerd.ctr(&args)?.success()
+    };
+    let first = run("component1")?;
+    assert_eq!(
+        first.stdout,
+        "runs: 1\ngreeting: hello\nmany: [Some((\"a\", [49])), None]\nkeys: greeting,runs\n\
+         exists zz: false\nundeclared: Error::NoSuchStore\nGREETING: Some(\"hi\")\nHOME: None\n\
+         token: Some(\"s3cret\")\n"
+    );
+    // The atomic counter lives in the volume, as the module ABI's stores do.
+    assert!(run("component2")?.stdout.starts_with("runs: 2\n"));
+    Ok(())
+}
+
+#[test]
 fn ctr_serves_a_slight_http_router_app_and_stops_it_gracefully() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = app(tmp.path(), "router", "slight-http.wasm", HTTP_SLIGHTFILE)?;

@@ -25,6 +25,7 @@ macro_rules! define {
 
 mod abi;
 mod client;
+mod components;
 mod imports;
 mod server;
 
@@ -66,7 +67,15 @@ pub(crate) struct SlightHost {
     diagnostics: Diagnostics,
     /// Whether requests may leave (the container's network).
     network: bool,
+    /// The configs as one map, for components' `wasi:config` (later capabilities win).
+    config: wasmtime_wasi_config::WasiConfigVariables,
 }
+
+/// `keyvalue-error`'s `connection-error`: a store that cannot be reached.
+const KV_CONNECTION: u8 = 3;
+/// `keyvalue-error`'s `unexpected-error`, what slight answered for a store the slightfile does
+/// not declare.
+const KV_UNDECLARED: u8 = 7;
 
 /// An error for the guest: the case of the interface's error variant and its message.
 pub(crate) struct Refusal(u8, String);
@@ -104,26 +113,9 @@ impl Slight {
         app: &SlightApp,
         spec: &WorkloadSpec,
     ) -> Slight {
-        let places = Places::new(app_root(spec), &spec.preopens);
-        // In a container, `/.slight` of its own filesystem (or a volume mounted there);
-        // without one (`wasmcell run`), `.slight` beside the module.
-        let file_path = match spec.preopens.iter().any(|p| p.guest == "/") {
-            true => "/.slight/keyvalue.sqlite",
-            false => ".slight/keyvalue.sqlite",
-        };
         Slight {
             pre,
-            host: Arc::new(SlightHost {
-                app: app.clone(),
-                env: spec.env.clone(),
-                env_set: Mutex::default(),
-                places,
-                file_path,
-                files: OnceCell::new(),
-                redis: Mutex::default(),
-                diagnostics: Diagnostics::new(&spec.stdio.stderr),
-                network: spec.network == crate::workload::Network::Inherit,
-            }),
+            host: Arc::new(SlightHost::new(app, spec)),
         }
     }
 
@@ -181,6 +173,16 @@ impl Slight {
     }
 }
 
+/// The linker for components under slight: WASI, `wasi:http` and slight's capabilities
+/// (`wasi:keyvalue`, `wasi:config`).
+pub(crate) fn component_linker(
+    engine: &wasmtime::Engine,
+) -> Result<wasmtime::component::Linker<crate::engine::ComponentState>, Error> {
+    let mut linker = crate::engine::component_linker(engine)?;
+    components::add_to_linker(&mut linker).map_err(Error::Engine)?;
+    Ok(linker)
+}
+
 /// Where the app's relative store paths are: the rootfs, or the module's directory.
 fn app_root(spec: &WorkloadSpec) -> &std::path::Path {
     match &spec.module {
@@ -218,13 +220,48 @@ impl SlightInstance {
 }
 
 impl SlightHost {
+    /// What every instance of `app` (a module's or a component's) shares.
+    pub(crate) fn new(app: &SlightApp, spec: &WorkloadSpec) -> SlightHost {
+        // In a container, `/.slight` of its own filesystem (or a volume mounted there);
+        // without one (`wasmcell run`), `.slight` beside the module.
+        let file_path = match spec.preopens.iter().any(|p| p.guest == "/") {
+            true => "/.slight/keyvalue.sqlite",
+            false => ".slight/keyvalue.sqlite",
+        };
+        let mut config = wasmtime_wasi_config::WasiConfigVariables::new();
+        for grant in &app.configs {
+            match &grant.what {
+                Configs::EnvVars => {
+                    for (key, value) in &spec.env {
+                        config.insert(key, value);
+                    }
+                }
+                Configs::UserSecrets(secrets) => {
+                    for (key, value) in secrets {
+                        config.insert(key, String::from_utf8_lossy(value));
+                    }
+                }
+            }
+        }
+        SlightHost {
+            app: app.clone(),
+            env: spec.env.clone(),
+            env_set: Mutex::default(),
+            places: Places::new(app_root(spec), &spec.preopens),
+            file_path,
+            files: OnceCell::new(),
+            redis: Mutex::default(),
+            diagnostics: Diagnostics::new(&spec.stdio.stderr),
+            network: spec.network == crate::workload::Network::Inherit,
+            config,
+        }
+    }
+
     /// The store the app opens as `name`, connected on first use and shared after.
     async fn open_store(&self, name: &str) -> Result<Arc<KeyValue>, Refusal> {
-        const UNEXPECTED: u8 = 7;
-        const CONNECTION: u8 = 3;
         let Some(store) = self.app.store(name) else {
             return Err(self.refuse(
-                UNEXPECTED,
+                KV_UNDECLARED,
                 format!(
                     "no key-value store named {name:?} is declared in slightfile.toml: add a [[capability]] with resource = \"keyvalue.filesystem\" (or keyvalue.redis) and name = \"{name}\""
                 ),
@@ -255,7 +292,7 @@ impl SlightHost {
                 .cloned()
             }
         };
-        opened.map_err(|why| self.refuse(CONNECTION, format!("key-value store {name:?}: {why}")))
+        opened.map_err(|why| self.refuse(KV_CONNECTION, format!("key-value store {name:?}: {why}")))
     }
 
     /// Whether the app may open config source `name`.

@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use crate::engine::ComponentState;
+use crate::engine::{ComponentState, Grants};
 use crate::stores::{KeyValue, Places, Sqlite};
 
 wasmtime::component::bindgen!({
@@ -210,14 +210,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
 
 impl ComponentState {
     pub(super) fn spin(&self) -> wasmtime::Result<&Arc<SpinHost>> {
-        self.spin
-            .as_ref()
-            .ok_or_else(|| wasmtime::format_err!("Spin interfaces called outside a Spin app"))
+        match &self.grants {
+            Some(Grants::Spin(spin)) => Ok(spin),
+            _ => Err(wasmtime::format_err!(
+                "Spin interfaces called outside a Spin app"
+            )),
+        }
     }
 
     /// Reports a failure on the container's stderr as Spin does, naming the component.
     fn warn(&self, what: &str) {
-        if let Some(spin) = &self.spin {
+        if let Some(Grants::Spin(spin)) = &self.grants {
             tracing::warn!(component = %spin.id, "{what}");
         }
     }

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::CompileCache;
 use crate::controls::Controls;
-use crate::engine::ComponentState;
+use crate::engine::{ComponentState, Grants};
 use crate::error::Error;
 use crate::http::{self, HttpEngine, Target};
 use crate::stores::{Opened, Places};
@@ -203,7 +203,7 @@ pub(crate) fn prepare(
                 env: component.environment.clone(),
                 args: Vec::new(),
                 preopens: preopens.clone(),
-                spin: Some(host.clone()),
+                grants: Some(Grants::Spin(host.clone())),
             }))
         } else {
             None
@@ -352,7 +352,7 @@ impl SpinApp {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             hooks: http::HttpHooks::spin(spec.network, prepared.host.clone(), None),
             guest: crate::engine::Guest::new(controls, clock),
-            spin: Some(prepared.host.clone()),
+            grants: Some(Grants::Spin(prepared.host.clone())),
         };
         let mut store = crate::engine::new_store(http.engine(), state, controls);
         let result = async {

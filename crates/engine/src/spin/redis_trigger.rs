@@ -103,7 +103,7 @@ async fn handle(
         http: WasiHttpCtx::new(),
         hooks: HttpHooks::spin(spec.network, component.host.clone(), None),
         guest: Guest::new(controls, clock),
-        spin: Some(component.host.clone()),
+        grants: Some(crate::engine::Grants::Spin(component.host.clone())),
     };
     let mut store = new_store(http.engine(), state, controls);
     let Some(pre) = component.redis else {
