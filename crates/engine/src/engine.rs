@@ -388,9 +388,9 @@ impl Engine {
                 let modules = self.modules.get(|| module_linker(engine))?;
                 if let Some(App::Slight(app)) = &spec.app {
                     let linker = Slight::linker(&modules).map_err(Error::Engine)?;
-                    let pre = linker
-                        .instantiate_pre(&module)
-                        .map_err(|source| link_error(&linker, &module, &path, source))?;
+                    let pre = linker.instantiate_pre(&module).map_err(|source| {
+                        link_error(&linker, &module, &path, source, Slight::PROVIDED)
+                    })?;
                     return Ok(Prepared {
                         engine: engine.clone(),
                         ticker: self.ticker.clone(),
@@ -409,7 +409,7 @@ impl Engine {
                 };
                 let pre = linker
                     .instantiate_pre(&module)
-                    .map_err(|source| link_error(linker, &module, &path, source))?;
+                    .map_err(|source| link_error(linker, &module, &path, source, PROVIDED))?;
                 Command::Module {
                     pre,
                     function,
@@ -470,12 +470,17 @@ impl Engine {
     }
 }
 
-/// Why `module` does not link with `linker`: every import it lacks, or wasmtime's reason.
+/// What a core module is linked with, for the message when it imports something else.
+const PROVIDED: &str = "wasmcell links WASI preview 1, WASI 0.2, wasi:http and WasmEdge's socket extension; WasmEdge plugins (wasi-nn, wasi-crypto, ...) are not available";
+
+/// Why `module` does not link with `linker` (which provides what `provided` says): every
+/// import it lacks, or wasmtime's reason.
 fn link_error<T: 'static>(
     linker: &Linker<T>,
     module: &wasmtime::Module,
     path: &str,
     source: wasmtime::Error,
+    provided: &'static str,
 ) -> Error {
     match missing_imports(linker, module) {
         imports if imports.is_empty() => Error::Link {
@@ -485,6 +490,7 @@ fn link_error<T: 'static>(
         imports => Error::MissingImports {
             path: path.to_owned(),
             imports: imports.join(", "),
+            provided,
         },
     }
 }

@@ -57,13 +57,15 @@ pub enum Error {
     },
     /// The module imports functions no linker here defines.
     #[error(
-        "the entrypoint `{path}` cannot be linked: it imports what wasmcell does not provide: {imports}. wasmcell links WASI preview 1, WASI 0.2, wasi:http and WasmEdge's socket extension; WasmEdge plugins (wasi-nn, wasi-crypto, ...) are not available"
+        "the entrypoint `{path}` cannot be linked: it imports what wasmcell does not provide: {imports}. {provided}"
     )]
     MissingImports {
         /// The path as written in the spec.
         path: String,
         /// The missing imports, with their types.
         imports: String,
+        /// What the linker it was linked with does provide.
+        provided: &'static str,
     },
     /// The `#function` entry does not exist or has the wrong type.
     #[error("the entrypoint `{path}` has no usable function `{function}`: {reason}")]

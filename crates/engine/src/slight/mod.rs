@@ -98,6 +98,9 @@ enum Handle {
 }
 
 impl Slight {
+    /// What a slight app's module is linked with, for the message when it imports more.
+    pub(crate) const PROVIDED: &str = "wasmcell links WASI preview 1 and slight's keyvalue, configs, http-server and http-client for SpiderLightning apps; its messaging, distributed_locking, sql and blob interfaces are not provided";
+
     /// `modules` (WASI preview 1) with slight's interfaces added.
     pub(crate) fn linker(modules: &Linker<ModuleState>) -> wasmtime::Result<Linker<ModuleState>> {
         let mut linker = modules.clone();
