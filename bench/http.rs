@@ -9,6 +9,9 @@
 //! `wasmcell up`, alone under the shim's wasmtime runtime, and as a Spin app under its spin
 //! runtime.
 //!
+//! `wasmcell-bench slight [SECONDS]`: a SpiderLightning app's router against the same plain
+//! baseline.
+//!
 //! `wasmcell-bench wasmedge-http [SECONDS]`: the same load on `guests/wasmedge-http` (tokio_wasi
 //! and hyper_wasi over WasmEdge's socket ABI) under `wasmcell run` and the shim's wasmedge
 //! runtime, against the same source built natively (`$WASMEDGE_HTTP_NATIVE`, built by
@@ -35,6 +38,8 @@ struct Load {
 /// that starts the server (`wasmcell run`, `ctr run -d`) to its first 200, then the loads.
 struct Rows {
     seconds: u32,
+    /// The path the next rows are measured at (`/`, unless an app serves elsewhere).
+    path: &'static str,
     rows: Vec<(String, Duration, [Load; 2])>,
 }
 
@@ -42,6 +47,7 @@ impl Rows {
     fn new(seconds: u32) -> Rows {
         Rows {
             seconds,
+            path: "/",
             rows: Vec::new(),
         }
     }
@@ -49,8 +55,8 @@ impl Rows {
     /// Waits for the first 200 of the server on `port`, started at `started`, then loads it at
     /// concurrency 1 and 50.
     fn measure(&mut self, name: &str, port: u16, started: Instant) -> Result<()> {
-        let ready = first_200(port, started)?;
-        let url = format!("http://127.0.0.1:{port}/");
+        let ready = first_200(port, self.path, started)?;
+        let url = format!("http://127.0.0.1:{port}{}", self.path);
         let loads = [wrk(&url, 1, self.seconds)?, wrk(&url, 50, self.seconds)?];
         self.rows.push((name.to_owned(), ready, loads));
         Ok(())
@@ -247,6 +253,53 @@ pub fn spin(seconds: u32) -> Result<()> {
     Ok(())
 }
 
+/// `wasmcell-bench slight [SECONDS]`: what a SpiderLightning app's server costs: the slight
+/// router app's `GET /hello` (a core module, an instance per request through wit-bindgen 0.2's
+/// ABI) under `wasmcell run --slightfile` and the shim's slight runtime, against the HTTP
+/// example served plainly (a component on the pooling engine: the baseline) in the same run.
+pub fn slight(seconds: u32) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app)?;
+    std::fs::copy(guest("slight-http.wasm"), app.join("app.wasm"))?;
+    std::fs::write(
+        app.join("slightfile.toml"),
+        "specversion = \"0.2\"\n[[capability]]\nresource = \"http\"\nname = \"api\"\n",
+    )?;
+    let mut rows = Rows::new(seconds);
+    rows.measure_wasmcell_run(PLAIN, &guest("hello-http.wasm"))?;
+
+    rows.path = "/hello";
+    let port = free_port()?;
+    let mut run = Command::new(wasmcell());
+    run.args(["run", "--slightfile"])
+        .arg(app.join("slightfile.toml"))
+        .args(["-e", &format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}")])
+        .arg(app.join("app.wasm"));
+    rows.measure_spawned("wasmcell run --slightfile, slight router", port, &mut run)?;
+
+    let image = "bench.local/slight:latest";
+    let include = format!("{}:/", app.display());
+    let archive = build_image(
+        &app.join("app.wasm"),
+        image,
+        tmp.path(),
+        &["--include", &include],
+    )?;
+    measure_shim(
+        &mut rows,
+        "the slight app under the shim (slight.v1)",
+        (&archive, image),
+        "io.containerd.slight.v1",
+        |port| format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}"),
+    )?;
+    rows.print(
+        "HTTP GET of the plain HTTP example, and /hello of the slight router app",
+        PLAIN,
+    );
+    Ok(())
+}
+
 const NATIVE: &str = "the same server, native (the limit, baseline)";
 
 pub fn wasmedge_http(seconds: u32) -> Result<()> {
@@ -287,13 +340,14 @@ pub fn wasmedge_http(seconds: u32) -> Result<()> {
     Ok(())
 }
 
-/// How long after `started` the server on `port` first answers `GET /` with 200, polling every
-/// millisecond with a plain HTTP/1.0 request (no process spawned per try).
-fn first_200(port: u16, started: Instant) -> Result<Duration> {
+/// How long after `started` the server on `port` first answers `GET path` with 200, polling
+/// every millisecond with a plain HTTP/1.0 request (no process spawned per try).
+fn first_200(port: u16, path: &str, started: Instant) -> Result<Duration> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     let answers = || -> std::io::Result<bool> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        stream.write_all(request.as_bytes())?;
         let mut status = [0u8; 12];
         stream.read_exact(&mut status)?;
         Ok(status.ends_with(b" 200"))

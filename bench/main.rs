@@ -10,7 +10,8 @@
 //! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc, and
 //! the CPU time each container took from `ctr`, containerd and the runtime.
 //! `wasmcell-bench http [SECONDS]`: requests per second and latency of the HTTP example (see
-//! `http.rs`); `spin [SECONDS]`, what serving it as a Spin app costs.
+//! `http.rs`); `spin [SECONDS]`, what serving it as a Spin app costs; `slight [SECONDS]`, a
+//! SpiderLightning app's router.
 //! `wasmcell-bench stress [SECONDS]`: the HTTP example at c=200 with traps and loops mixed in
 //! (see `stress.rs`).
 //! `wasmcell-bench pod [N]`: Kubernetes pods through containerd's CRI plugin, ours against
@@ -71,6 +72,7 @@ fn main() -> Result<()> {
         "pod" => pod::pod(count(1)?),
         "http" => http::http(seconds(1)?),
         "spin" => http::spin(seconds(1)?),
+        "slight" => http::slight(seconds(1)?),
         "soak" => soak::soak(count(1)?),
         "stress" => stress::stress(args.get(1).map_or(Ok(60), |s| s.parse())?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
@@ -83,7 +85,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, stress, http, spin, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, stress, http, spin, slight, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }
