@@ -7,7 +7,8 @@
 # and wasi:config, for the slight runtime). SpiderLightning apps' modules are `slight-*.wasm`
 # (wasm32-wasip1). Spin apps: guests/spin-apps/NAME with the
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
-# wasm32-wasip1), assembled into `spin/NAME/` (the app's directory).
+# wasm32-wasip1, and `spin1_http.wasm`, a Spin 1 module), assembled into `spin/NAME/` (the
+# app's directory).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
@@ -29,6 +30,6 @@ for app in spin-apps/*/; do
   cp -r "$app". "$out/spin/$name/"
   cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm \
     target/wasm32-wasip2/release/spin_postgres.wasm target/wasm32-wasip1/release/spin_preview1.wasm \
-    "$out/spin/$name/"
+    target/wasm32-wasip1/release/spin1_http.wasm "$out/spin/$name/"
 done
 echo "$out"

@@ -252,7 +252,7 @@ impl Drop for EntryLock {
     }
 }
 
-fn deserialize(
+pub(crate) fn deserialize(
     engine: &wasmtime::Engine,
     kind: WasmKind,
     entry: &Path,

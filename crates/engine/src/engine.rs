@@ -20,7 +20,7 @@ use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
 use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
 use crate::slight::{Slight, SlightHost, SlightInstance};
-use crate::spin::{self, SpinApp, host::SpinHost};
+use crate::spin::{self, SpinApp, host::SpinHost, spin1::Spin1Instance};
 use crate::stdio;
 use crate::wasmedge::{self, WasmEdge};
 use crate::workload::{Access, App, ModuleSource, Network, WorkloadSpec};
@@ -105,8 +105,14 @@ pub(crate) struct ModuleState {
     pub(crate) guest: Guest,
     /// The sockets of a module built for WasmEdge's socket ABI.
     pub(crate) wasmedge: Option<Box<WasmEdge>>,
-    /// The resources of a SpiderLightning app's instance.
-    pub(crate) slight: Option<Box<SlightInstance>>,
+    /// The state of a framework's interfaces in this instance, for a framework's module.
+    pub(crate) app: Option<ModuleApp>,
+}
+
+/// The state of a framework's interfaces in one instance of a core module.
+pub(crate) enum ModuleApp {
+    Slight(Box<SlightInstance>),
+    Spin1(Box<Spin1Instance>),
 }
 
 /// The store state of a component (WASI 0.2, with `wasi:http`).
@@ -243,7 +249,7 @@ impl Drop for ReleaseFreedMemory {
 }
 
 /// The linker for preview 1 modules.
-fn module_linker(engine: &wasmtime::Engine) -> Result<Linker<ModuleState>, Error> {
+pub(crate) fn module_linker(engine: &wasmtime::Engine) -> Result<Linker<ModuleState>, Error> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut ModuleState| &mut state.wasi)
         .map_err(Error::Engine)?;
@@ -778,7 +784,7 @@ impl Prepared {
                     wasi: wasi.build_p1(),
                     guest,
                     wasmedge: wasmedge.then(|| Box::new(WasmEdge::new(&self.spec))),
-                    slight: None,
+                    app: None,
                 };
                 let mut store = new_store(&self.engine, state, controls);
                 let result = async {

@@ -314,7 +314,7 @@ fn spin_request(
                 },
             };
             let timeout = server.spec.http.timeout;
-            let response = run_handler(&server, &target, &outputs, request, timeout)
+            let response = run_handler(&server, &target, &outputs, request, host_addr(), timeout)
                 .await
                 .unwrap_or_else(|failure| {
                     let (status, reason) = failure.status();
@@ -358,6 +358,24 @@ pub(crate) struct Server {
     diagnostics: Diagnostics,
 }
 
+impl Server {
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    pub(crate) fn ticker(&self) -> &Ticker {
+        &self.ticker
+    }
+
+    pub(crate) fn spec(&self) -> &WorkloadSpec {
+        &self.spec
+    }
+
+    pub(crate) fn controls(&self) -> &Controls {
+        &self.controls
+    }
+}
+
 /// What answers a server's requests.
 #[derive(Clone)]
 pub(crate) enum Routes {
@@ -369,7 +387,7 @@ pub(crate) enum Routes {
 
 /// A component requests run, with what each of its instances starts from.
 pub(crate) struct Target {
-    pub(crate) pre: ProxyPre<ComponentState>,
+    pub(crate) handler: Handler,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) args: Vec<String>,
     /// Its preopened directories, opened once. They are `O_PATH` descriptors, which carry no
@@ -378,6 +396,14 @@ pub(crate) struct Target {
     pub(crate) preopens: WasiFilesystemCtx,
     /// Its framework's grants, for a Spin or slight app's component.
     pub(crate) grants: Option<Grants>,
+}
+
+/// What a request's instance is made from and called.
+pub(crate) enum Handler {
+    /// A `wasi:http/proxy` component's `incoming-handler`.
+    Proxy(ProxyPre<ComponentState>),
+    /// A Spin 1 module's `handle-http-request`.
+    Spin1(Arc<crate::spin::spin1::Spin1Pre>),
 }
 
 impl Target {
@@ -389,7 +415,7 @@ impl Target {
         let mut preopens = WasiCtxBuilder::new();
         add_preopens(&mut preopens, spec)?;
         Ok(Target {
-            pre,
+            handler: Handler::Proxy(pre),
             env: spec.env.clone(),
             args: spec.args.clone(),
             preopens: preopens.build().filesystem().clone(),
@@ -646,7 +672,7 @@ async fn handle(
             .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body)))
             .boxed_unsync()
     });
-    match run_handler(&server, &target, &outputs, request, timeout).await {
+    match run_handler(&server, &target, &outputs, request, peer, timeout).await {
         Ok(response) => Ok(response),
         Err(failure) => {
             let (status, reason) = failure.status();
@@ -659,7 +685,7 @@ async fn handle(
 }
 
 /// Why a request got no response from its handler.
-enum Failure {
+pub(crate) enum Failure {
     /// No instance slot free: the server is at its concurrency limit.
     Busy,
     /// The handler ran past the request deadline.
@@ -695,8 +721,22 @@ async fn run_handler(
     target: &Target,
     outputs: &Arc<Outputs>,
     request: Request<wasmtime_wasi_http::WasiBody>,
+    peer: SocketAddr,
     timeout: Duration,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let pre = match (&target.handler, &target.grants) {
+        (Handler::Proxy(pre), _) => pre.clone(),
+        (Handler::Spin1(spin1), Some(Grants::Spin(host))) => {
+            let component = (&**spin1, host, target.env.as_slice());
+            return crate::spin::spin1::handle(server, outputs, component, request, peer, timeout)
+                .await;
+        }
+        (Handler::Spin1(_), _) => {
+            return Err(Failure::Failed(
+                "a Spin 1 module outside a Spin app".to_owned(),
+            ));
+        }
+    };
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
     let mut wasi = wasi_base(&server.spec);
     wasi.args(&target.args).envs(&target.env);
@@ -734,7 +774,6 @@ async fn run_handler(
         .http()
         .new_response_outparam(sender)
         .map_err(|e| failed(&e))?;
-    let pre = target.pre.clone();
     // The handler runs on as its own task after it sets the response: it streams the body.
     let task = tokio::spawn(async move {
         let result = async {
@@ -776,7 +815,7 @@ async fn run_handler(
     }
 }
 
-fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+pub(crate) fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
     error.chain().any(|cause| {
         cause
             .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()

@@ -15,6 +15,7 @@
 
 mod cache;
 mod controls;
+mod core_abi;
 mod engine;
 mod epoch;
 mod error;

@@ -14,7 +14,11 @@ fn main() {
     bucket.set("greeting", b"hello").unwrap();
     let greeting = bucket.get("greeting").unwrap().unwrap();
     println!("greeting: {}", String::from_utf8(greeting).unwrap());
-    batch::set_many(&bucket, &[("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]).unwrap();
+    batch::set_many(
+        &bucket,
+        &[("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+    )
+    .unwrap();
     let many = batch::get_many(&bucket, &["a".into(), "zz".into()]).unwrap();
     println!("many: {many:?}");
     batch::delete_many(&bucket, &["a".into(), "b".into()]).unwrap();

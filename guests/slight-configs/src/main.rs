@@ -2,9 +2,10 @@
 //! (named `env`), a value the app sets there, the `token` secret from `configs.usersecrets`
 //! (named `secrets`), and an undeclared source.
 
-use slight_abi::{Configs, Error};
+use abi02::Error;
+use abi02::slight::Configs;
 
-slight_abi::allocator!();
+abi02::allocator!();
 
 fn show(result: Result<Vec<u8>, Error>) -> String {
     match result {

@@ -2,13 +2,14 @@
 //! /kv/:key` and `GET /kv/:key` over the `my-container` store, and `GET /fetch`, which
 //! requests `UPSTREAM` (from `configs.envvars`) with slight's http-client.
 
-use slight_abi::{Configs, KeyValue, Request, Response, Router};
+use abi02::slight::{Configs, KeyValue, Router};
+use abi02::{Request, Response};
 
-slight_abi::allocator!();
-slight_abi::handler!("handle-hello", hello);
-slight_abi::handler!("handle-put", put);
-slight_abi::handler!("handle-get", get);
-slight_abi::handler!("handle-fetch", fetch);
+abi02::allocator!();
+abi02::slight_handler!("handle-hello", hello);
+abi02::slight_handler!("handle-put", put);
+abi02::slight_handler!("handle-get", get);
+abi02::slight_handler!("handle-fetch", fetch);
 
 fn main() {
     let router = Router::new().unwrap();
@@ -16,7 +17,7 @@ fn main() {
     let router = router.put("/kv/:key", "handle_put").unwrap();
     let router = router.get("/kv/:key", "handle_get").unwrap();
     let router = router.get("/fetch", "handle_fetch").unwrap();
-    slight_abi::serve("0.0.0.0:3000", &router).unwrap();
+    abi02::slight::serve("0.0.0.0:3000", &router).unwrap();
     println!("serving on 0.0.0.0:3000");
 }
 
@@ -38,7 +39,7 @@ fn hello(request: Request) -> Result<Response, String> {
         200,
         format!(
             "hello from slight: {} {}\n",
-            slight_abi::METHODS[request.method],
+            abi02::METHODS[request.method],
             request.uri
         ),
     )
@@ -69,7 +70,7 @@ fn fetch(_: Request) -> Result<Response, String> {
         uri: String::from_utf8(upstream).map_err(|e| e.to_string())?,
         ..Request::default()
     };
-    match slight_abi::request(&request) {
+    match abi02::slight::request(&request) {
         Ok(response) => text(
             200,
             format!(

@@ -2,9 +2,9 @@
 //! (so a store kept in a volume counts across containers), and prints what each of keyvalue's
 //! functions answers, errors included.
 
-use slight_abi::KeyValue;
+use abi02::slight::KeyValue;
 
-slight_abi::allocator!();
+abi02::allocator!();
 
 fn main() {
     let name = std::env::var("STORE").unwrap_or_else(|_| "my-container".to_owned());

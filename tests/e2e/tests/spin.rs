@@ -791,3 +791,58 @@ fn a_preview_1_module_from_an_older_spin_sdk_runs_as_spin_runs_it() -> Result<()
     containerd.wait_status("legacy", "STOPPED")?;
     Ok(())
 }
+
+#[test]
+fn a_spin_1_module_serves_through_its_handle_http_request_export() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("spin1", tmp.path())?;
+    let check = |base: &str, greeting: &str| -> Result<()> {
+        // The variable through Spin 1's spin-config, Spin's headers, and `client-addr`.
+        let hello = curl(&[&format!("{base}/old/hello")])?;
+        assert_eq!(
+            (hello.status, hello.body.as_str()),
+            (
+                200,
+                format!("{greeting} from Spin 1: GET /hello from 127.0.0.1\n").as_str()
+            )
+        );
+        // Spin 1's key-value over the app's default store, across instances.
+        let put = curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "blue",
+            &format!("{base}/old/kv/color"),
+        ])?;
+        assert_eq!((put.status, put.body.as_str()), (201, "stored color\n"));
+        assert_eq!(curl(&[&format!("{base}/old/kv/color")])?.body, "blue");
+        let missing = curl(&[&format!("{base}/old/kv/none")])?;
+        assert_eq!(
+            (missing.status, missing.body.as_str()),
+            (404, "no-such-key: \n")
+        );
+        Ok(())
+    };
+
+    let up = Up::start(
+        Command::new(wasmcell())
+            .env("SPIN_VARIABLE_GREETING", "Howdy")
+            .args(["up", "-f"])
+            .arg(app.join("spin.toml")),
+        "/old/hello",
+    )?;
+    check(&up.base.clone(), "Howdy")?;
+    up.stop()?;
+
+    let archive = build_spin_image(&app, "example.com/spin1:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let base = run_detached(&containerd, "example.com/spin1:1", "spin1", "/old/hello")?;
+    check(&base, "Hello")?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "spin1"])?
+        .success()?;
+    containerd.wait_status("spin1", "STOPPED")?;
+    containerd.ctr(&["task", "delete", "spin1"])?.success()?;
+    Ok(())
+}

@@ -8,9 +8,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::{Caller, Linker};
 
-use super::abi::{Abi, Response, Ret};
 use super::instance;
-use super::server::METHODS;
+use crate::core_abi::{Abi, METHODS, Response, Ret, define};
 use crate::engine::ModuleState;
 
 type Host<'a> = Caller<'a, ModuleState>;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use wasmtime::{Caller, Linker};
 
-use super::abi::{Abi, Ret};
 use super::{Handle, instance};
+use crate::core_abi::{Abi, Ret, define};
 use crate::engine::ModuleState;
 use crate::stores::KeyValue;
 

@@ -7,23 +7,6 @@
 //! An app that set up HTTP servers in `_start` is served once `_start` returns, a fresh
 //! instance per request calling the route's handler export, until it is asked to stop.
 
-/// Defines `$name` of import module `$module` as `$f(caller, i32, ...)`: every slight function
-/// takes only `i32`s (pointers, lengths, handles and the return area) and returns nothing, or
-/// traps.
-macro_rules! define {
-    ($linker:expr, $module:expr, $name:expr, $f:path, $($arg:ident),+) => {
-        $linker.func_wrap_async(
-            $module,
-            $name,
-            |mut caller: wasmtime::Caller<'_, ModuleState>, ($($arg,)+): ($(define!(@i32 $arg),)+)| {
-                Box::new(async move { $f(&mut caller, $($arg),+).await })
-            },
-        )?
-    };
-    (@i32 $arg:ident) => { i32 };
-}
-
-mod abi;
 mod client;
 mod components;
 mod imports;
@@ -37,7 +20,7 @@ use wasmcell_slight::{Configs, SlightApp, Store};
 use wasmtime::{InstancePre, Linker};
 
 use crate::controls::Controls;
-use crate::engine::{Exit, Guest, ModuleState, new_store, wasi_builder};
+use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
 use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::stdio::{self, Diagnostics};
@@ -138,7 +121,10 @@ impl Slight {
             wasi: wasi.build_p1(),
             guest: Guest::new(controls, clock),
             wasmedge: None,
-            slight: Some(Box::new(SlightInstance::new(self.host.clone(), true))),
+            app: Some(ModuleApp::Slight(Box::new(SlightInstance::new(
+                self.host.clone(),
+                true,
+            )))),
         };
         let mut store = new_store(engine, state, controls);
         let start = async {
@@ -151,15 +137,12 @@ impl Slight {
             () = controls.terminated() => return Ok(Exit::Code(128 + libc::SIGTERM)),
         };
         let exit = Exit::of(result, &store.data().guest.limiter);
-        let servers: Vec<_> = store
-            .data_mut()
-            .slight
-            .take()
-            .and_then(|instance| instance.servers)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .collect();
+        let servers: Vec<_> = match store.data_mut().app.take() {
+            Some(ModuleApp::Slight(instance)) => instance.servers.into_iter().flatten(),
+            _ => None.into_iter().flatten(),
+        }
+        .flatten()
+        .collect();
         drop(store);
         if exit != Exit::Code(0) || servers.is_empty() {
             return Ok(exit);
@@ -356,9 +339,9 @@ impl SlightHost {
     }
 }
 
-impl From<Refusal> for abi::Ret {
-    fn from(Refusal(case, message): Refusal) -> abi::Ret {
-        abi::Ret::Error(case, message)
+impl From<Refusal> for crate::core_abi::Ret {
+    fn from(Refusal(case, message): Refusal) -> crate::core_abi::Ret {
+        crate::core_abi::Ret::Error(case, message)
     }
 }
 
@@ -367,9 +350,10 @@ impl From<Refusal> for abi::Ret {
 fn instance<'a>(
     caller: &'a mut wasmtime::Caller<'_, ModuleState>,
 ) -> wasmtime::Result<&'a mut SlightInstance> {
-    caller
-        .data_mut()
-        .slight
-        .as_deref_mut()
-        .ok_or_else(|| wasmtime::format_err!("slight's functions called outside a slight app"))
+    match &mut caller.data_mut().app {
+        Some(ModuleApp::Slight(instance)) => Ok(instance),
+        _ => Err(wasmtime::format_err!(
+            "slight's functions called outside a slight app"
+        )),
+    }
 }

@@ -17,10 +17,10 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use wasmtime::{Caller, Extern, InstancePre, Linker, ValType};
 
-use super::abi::{Abi, Ret};
 use super::{Handle, SlightHost, SlightInstance, instance};
 use crate::controls::Controls;
-use crate::engine::{Exit, Guest, ModuleState, new_store, wasi_builder};
+use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, define};
+use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
 use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::stdio::Outputs;
@@ -28,19 +28,16 @@ use crate::workload::WorkloadSpec;
 
 type Host<'a> = Caller<'a, ModuleState>;
 
-/// `http-error`'s `unexpected-error` case.
-const UNEXPECTED: u8 = 4;
-
-/// slight's `method` enum, by case.
-pub(super) const METHODS: [Method; 7] = [
-    Method::GET,
-    Method::POST,
-    Method::PUT,
-    Method::DELETE,
-    Method::PATCH,
-    Method::HEAD,
-    Method::OPTIONS,
+/// `http-error`'s cases, by tag.
+const HTTP_ERRORS: [&str; 5] = [
+    "invalid-url",
+    "timeout-error",
+    "protocol-error",
+    "status-error",
+    "unexpected-error",
 ];
+const STATUS_ERROR: u8 = 3;
+const UNEXPECTED: u8 = 4;
 
 /// A route table being built.
 #[derive(Clone, Default)]
@@ -333,15 +330,6 @@ pub(super) struct Serving {
     pub(super) controls: Controls,
 }
 
-/// A request as slight's `request` record holds it.
-struct SlightRequest {
-    method: i32,
-    uri: String,
-    headers: Vec<(String, String)>,
-    params: Vec<(String, String)>,
-    body: Bytes,
-}
-
 impl Serving {
     /// Serves `servers` until the app is asked to stop, then drains (bounded) and exits 0.
     pub(super) async fn serve(self, servers: Vec<Listening>) -> Result<Exit, Error> {
@@ -403,7 +391,7 @@ impl Serving {
                 format!("the request body is over {} bytes\n", limits.max_body),
             );
         };
-        let request = SlightRequest {
+        let request = HttpRequest {
             method: METHODS
                 .iter()
                 .position(|m| *m == parts.method)
@@ -420,6 +408,7 @@ impl Serving {
                 })
                 .collect(),
             params,
+            client_addr: None,
             body: body.to_bytes(),
         };
         let shown = format!("{} {}", parts.method, path);
@@ -455,45 +444,50 @@ impl Serving {
     async fn call(
         &self,
         handler: &str,
-        request: SlightRequest,
+        request: HttpRequest,
         outputs: &Outputs,
-    ) -> wasmtime::Result<Result<super::abi::Response, String>> {
+    ) -> wasmtime::Result<Result<crate::core_abi::Response, String>> {
         let mut wasi = wasi_builder(&self.spec).map_err(|e| wasmtime::format_err!("{e}"))?;
         outputs.attach(&mut wasi);
         let state = ModuleState {
             wasi: wasi.build_p1(),
             guest: Guest::new(&self.controls, self.ticker.store_clock()?),
             wasmedge: None,
-            slight: Some(Box::new(SlightInstance::new(self.host.clone(), false))),
+            app: Some(ModuleApp::Slight(Box::new(SlightInstance::new(
+                self.host.clone(),
+                false,
+            )))),
         };
         let mut store = new_store(&self.engine, state, &self.controls);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let abi = Abi::of_instance(&mut store, &instance)?;
-        let uri = abi.give(&mut store, 1, request.uri.as_bytes()).await?;
-        let (headers, headers_len) = abi.give_pairs(&mut store, &request.headers).await?;
-        let (params, params_len) = abi.give_pairs(&mut store, &request.params).await?;
-        let body = abi.give(&mut store, 1, &request.body).await?;
-        type Handler = (i32, i32, i32, i32, i32, i32, i32, i32, i32, i32);
-        let func = instance.get_typed_func::<Handler, i32>(&mut store, handler)?;
-        let args = (
-            request.method,
-            uri,
-            request.uri.len() as i32,
-            headers,
-            headers_len,
-            params,
-            params_len,
-            1,
-            body,
-            request.body.len() as i32,
-        );
-        let ret = func.call_async(&mut store, args).await?;
-        abi.response(&store, ret)
+        let args = abi.request(&mut store, &request).await?;
+        let func = instance
+            .get_func(&mut store, handler)
+            .ok_or_else(|| wasmtime::format_err!("the module exports no `{handler}`"))?;
+        let mut ret = [wasmtime::Val::I32(0)];
+        func.call_async(&mut store, &args, &mut ret).await?;
+        let ret = ret[0].unwrap_i32();
+        // `expected<response, http-error>`: the response at +4, or the error's case at +4 and
+        // its string (or `status-error`'s status) at +8.
+        let area = abi.bytes(&store, ret, 16)?;
+        let word = |at: usize| i32::from_le_bytes(area[at..at + 4].try_into().unwrap());
+        if area[0] == 0 {
+            return Ok(Ok(abi.response(&store, ret + 4)?));
+        }
+        Ok(Err(match area[4] {
+            STATUS_ERROR => format!("status-error({})", u16::from_le_bytes([area[8], area[9]])),
+            case => format!(
+                "{}: {}",
+                HTTP_ERRORS.get(case as usize).unwrap_or(&"error"),
+                String::from_utf8_lossy(&abi.bytes(&store, word(8), word(12))?)
+            ),
+        }))
     }
 }
 
 /// The HTTP response of the handler's `response`.
-fn build(response: super::abi::Response) -> Result<Response<Full<Bytes>>, String> {
+fn build(response: crate::core_abi::Response) -> Result<Response<Full<Bytes>>, String> {
     let status = StatusCode::from_u16(response.status).map_err(|_| {
         format!(
             "it returned status {}, which is not an HTTP status",

@@ -230,31 +230,39 @@ pub(super) type Outcome<T, E> = wasmtime::Result<Result<T, E>>;
 
 impl key_value::Host for ComponentState {}
 
+impl SpinHost {
+    /// Opens the component's store `label` (once per server), for every interface.
+    pub(super) async fn open_store(&self, label: String) -> Result<StoreHandle, key_value::Error> {
+        let Some((config, cell)) = self.stores.get(&label) else {
+            return Err(key_value::Error::AccessDenied);
+        };
+        if let Err(error) = cell
+            .get_or_try_init(|| KeyValue::open(config, &self.places))
+            .await
+        {
+            tracing::warn!(component = %self.id, "key-value store {label}: {error}");
+            return Err(key_value::Error::Other(format!(
+                "key-value store {label}: {error}"
+            )));
+        }
+        Ok(StoreHandle {
+            label,
+            store: cell.clone(),
+        })
+    }
+}
+
 impl ComponentState {
-    /// Opens the component's store `label` (once per server), for either interface.
+    /// Opens the component's store `label`, for either component interface.
     pub(super) async fn open_store(
         &mut self,
         label: String,
     ) -> Outcome<Resource<StoreHandle>, key_value::Error> {
         let spin = self.spin()?.clone();
-        let Some((config, cell)) = spin.stores.get(&label) else {
-            return Ok(Err(key_value::Error::AccessDenied));
-        };
-        let places = spin.places.clone();
-        if let Err(error) = cell
-            .get_or_try_init(|| KeyValue::open(config, &places))
-            .await
-        {
-            self.warn(&format!("key-value store {label}: {error}"));
-            return Ok(Err(key_value::Error::Other(format!(
-                "key-value store {label}: {error}"
-            ))));
-        }
-        let handle = StoreHandle {
-            label,
-            store: cell.clone(),
-        };
-        Ok(Ok(self.table.push(handle)?))
+        Ok(match spin.open_store(label).await {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(error) => Err(error),
+        })
     }
 }
 

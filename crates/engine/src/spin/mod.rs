@@ -8,6 +8,7 @@
 
 pub(crate) mod host;
 mod redis_trigger;
+pub(crate) mod spin1;
 mod spin3;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::cache::CompileCache;
 use crate::controls::Controls;
 use crate::engine::{ComponentState, Grants};
 use crate::error::Error;
-use crate::http::{self, HttpEngine, Target};
+use crate::http::{self, Handler, HttpEngine, Target};
 use crate::stores::{Opened, Places};
 use crate::workload::{ModuleSource, WorkloadSpec};
 use host::SpinHost;
@@ -96,11 +97,17 @@ fn read_component(
         })?;
     match wasmcell_oci::FileKind::detect(&bytes) {
         wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Component) => Ok((bytes, kind)),
+        // Spin 1's modules run as core modules; Spin 2's are made components.
+        wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Module)
+            if spin1::is_spin1(&bytes) =>
+        {
+            Ok((bytes, kind))
+        }
         wasmcell_oci::FileKind::Wasm(wasmcell_oci::WasmKind::Module) => componentize(&bytes)
             .map(|component| (component, wasmcell_oci::WasmKind::Component))
             .map_err(|why| {
                 spin(format!(
-                    "its source `{}` is a core module that cannot be made a component ({why}): Spin 2's SDKs built preview 1 modules that can, Spin 1's (wit-bindgen 0.2) are not supported; rebuild it with a current Spin SDK",
+                    "its source `{}` is a core module that cannot be made a component ({why}): Spin 2's SDKs built preview 1 modules that can, and Spin 1's export `handle-http-request`; rebuild it with a current Spin SDK",
                     component.source
                 ))
             }),
@@ -169,6 +176,46 @@ pub(crate) fn prepare(
         let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
         let (bytes, kind) = read_component(spec, component)?;
         let (_, cached) = cache.load(compiler_engine, kind, &bytes, &component.source)?;
+        let host = Arc::new(SpinHost::new(
+            component,
+            app,
+            &opened,
+            places.clone(),
+            diagnostics.clone(),
+        ));
+        if kind == wasmcell_oci::WasmKind::Module {
+            let triggered =
+                app.command.contains(&index) || app.redis.iter().any(|t| t.component == index);
+            if triggered {
+                return Err(spin(
+                    "is a Spin 1 module, which Spin runs under HTTP triggers only".to_owned(),
+                ));
+            }
+            let Ok(crate::cache::Artifact::Module(module)) =
+                crate::cache::deserialize(http.engine(), kind, &cached)
+            else {
+                return Err(spin("cannot load its compiled code".to_owned()));
+            };
+            let pre = spin1::Spin1Pre::new(http.engine(), &module, component.mounts.clone())
+                .map_err(spin)?;
+            let preopens = WasiCtxBuilder::new().build().filesystem().clone();
+            let target = Target {
+                handler: Handler::Spin1(Arc::new(pre)),
+                env: component.environment.clone(),
+                args: Vec::new(),
+                preopens: preopens.clone(),
+                grants: Some(Grants::Spin(host.clone())),
+            };
+            components.push(Prepared {
+                http: served.contains(&index).then(|| Arc::new(target)),
+                redis: None,
+                command: None,
+                env: component.environment.clone(),
+                preopens,
+                host,
+            });
+            continue;
+        }
         let loaded = crate::cache::deserialize_component(http.engine(), &cached)
             .map_err(|e| spin(format!("cannot load its compiled code: {e}")))?;
         let pre = linker.instantiate_pre(&loaded).map_err(|e| {
@@ -187,19 +234,12 @@ pub(crate) fn prepare(
                 .map_err(|e| spin(format!("cannot open its files {}: {e}", host.display())))?;
         }
         let preopens = files.build().filesystem().clone();
-        let host = Arc::new(SpinHost::new(
-            component,
-            app,
-            &opened,
-            places.clone(),
-            diagnostics.clone(),
-        ));
         let http = if served.contains(&index) {
             let proxy = ProxyPre::new(pre.clone()).map_err(|_| {
                 spin("has an HTTP trigger but does not export wasi:http/incoming-handler@0.2 (Spin 1's inbound-http is not supported)".to_owned())
             })?;
             Some(Arc::new(Target {
-                pre: proxy,
+                handler: Handler::Proxy(proxy),
                 env: component.environment.clone(),
                 args: Vec::new(),
                 preopens: preopens.clone(),

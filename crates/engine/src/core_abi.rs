@@ -1,5 +1,5 @@
-//! The host's side of wit-bindgen 0.2's canonical ABI over a core module, the only ABI
-//! SpiderLightning apps were ever built with (it predates the component model's).
+//! The host's side of wit-bindgen 0.2's canonical ABI over a core module, the ABI of the apps
+//! built before the component model: SpiderLightning's (all of them) and Spin 1's.
 //!
 //! - Strings and lists are `(pointer, length)` pairs in the guest's `memory`. What the host
 //!   hands the guest it allocates with the guest's `canonical_abi_realloc(0, 0, align, size)`;
@@ -7,11 +7,28 @@
 //! - An import whose result does not fit one value takes a return pointer as its last
 //!   argument; an export returns one. `expected<T, E>` there is a tag byte at +0 (0 ok, 1
 //!   error) and its payload at +4; every error type slight defines is a variant whose tag is at
-//!   +4 and whose string (`pointer`, `length`) is at +8, or `status-error`'s `u16`.
+//!   +4 and whose string (`pointer`, `length`), if it has one, is at +8.
 //! - A resource is an `i32` handle; `canonical_abi::resource_drop_NAME` releases it.
 //!
 //! A guest that hands the host a pointer outside its memory, or a string that is not UTF-8,
 //! traps, as the canonical ABI has it.
+
+/// Defines `$name` of import module `$module` as `$f(caller, i32, ...)`: every function of
+/// this ABI here takes only `i32`s (pointers, lengths, handles and the return area) and
+/// returns nothing, or traps.
+macro_rules! define {
+    ($linker:expr, $module:expr, $name:expr, $f:path, $($arg:ident),+) => {
+        $linker.func_wrap_async(
+            $module,
+            $name,
+            |mut caller: wasmtime::Caller<'_, $crate::engine::ModuleState>, ($($arg,)+): ($(define!(@i32 $arg),)+)| {
+                Box::new(async move { $f(&mut caller, $($arg),+).await })
+            },
+        )?
+    };
+    (@i32 $arg:ident) => { i32 };
+}
+pub(crate) use define;
 
 use wasmtime::{AsContext, AsContextMut, Caller, Extern, Instance, Memory, Store, TypedFunc};
 
@@ -21,14 +38,14 @@ type Realloc = TypedFunc<(i32, i32, i32, i32), i32>;
 
 /// A guest's memory and allocator, as wit-bindgen 0.2 exports them.
 #[derive(Clone)]
-pub(super) struct Abi {
+pub(crate) struct Abi {
     memory: Memory,
     realloc: Option<Realloc>,
 }
 
 impl Abi {
     /// The calling guest's.
-    pub(super) fn of_caller(caller: &mut Caller<'_, ModuleState>) -> wasmtime::Result<Abi> {
+    pub(crate) fn of_caller(caller: &mut Caller<'_, ModuleState>) -> wasmtime::Result<Abi> {
         let memory = match caller.get_export("memory") {
             Some(Extern::Memory(memory)) => memory,
             _ => wasmtime::bail!("the module exports no `memory`, which slight's interfaces need"),
@@ -41,7 +58,7 @@ impl Abi {
     }
 
     /// `instance`'s.
-    pub(super) fn of_instance(
+    pub(crate) fn of_instance(
         store: &mut Store<ModuleState>,
         instance: &Instance,
     ) -> wasmtime::Result<Abi> {
@@ -55,7 +72,7 @@ impl Abi {
     }
 
     /// `len` bytes at `ptr`.
-    pub(super) fn bytes(
+    pub(crate) fn bytes(
         &self,
         store: impl AsContext,
         ptr: i32,
@@ -74,7 +91,7 @@ impl Abi {
     }
 
     /// The UTF-8 string of `len` bytes at `ptr`.
-    pub(super) fn string(
+    pub(crate) fn string(
         &self,
         store: impl AsContext,
         ptr: i32,
@@ -85,7 +102,7 @@ impl Abi {
     }
 
     /// A `list<tuple<string, string>>` (headers, parameters) of `len` elements at `ptr`.
-    pub(super) fn pairs(
+    pub(crate) fn pairs(
         &self,
         store: impl AsContext,
         ptr: i32,
@@ -115,7 +132,7 @@ impl Abi {
     }
 
     /// Copies `bytes` into memory the guest allocates (and then owns); their address.
-    pub(super) async fn give(
+    pub(crate) async fn give(
         &self,
         mut store: impl AsContextMut<Data = ModuleState>,
         align: i32,
@@ -149,7 +166,7 @@ impl Abi {
     }
 
     /// Gives the guest a `list<tuple<string, string>>`: its address and length.
-    pub(super) async fn give_pairs(
+    pub(crate) async fn give_pairs(
         &self,
         mut store: impl AsContextMut<Data = ModuleState>,
         pairs: &[(String, String)],
@@ -163,7 +180,7 @@ impl Abi {
     }
 
     /// Writes `value` to the guest's return area at `ret`.
-    pub(super) async fn ret(
+    pub(crate) async fn ret(
         &self,
         mut store: impl AsContextMut<Data = ModuleState>,
         ret: i32,
@@ -178,6 +195,11 @@ impl Abi {
         match value {
             Ret::Unit => {}
             Ret::Handle(handle) => area.i32(4, handle),
+            Ret::Bool(value) => area.u8(4, value.into()),
+            Ret::Case(case) => {
+                area.u8(0, 1);
+                area.u8(4, case);
+            }
             Ret::Bytes(bytes) => {
                 let ptr = self.give(&mut store, 1, &bytes).await?;
                 area.i32(4, ptr);
@@ -215,51 +237,77 @@ impl Abi {
         self.write(&mut store, ret, &area.0[..size])
     }
 
-    /// Reads the `expected<response, http-error>` an HTTP handler returned at `ret`.
-    pub(super) fn response(
-        &self,
-        store: impl AsContext,
-        ret: i32,
-    ) -> wasmtime::Result<Result<Response, String>> {
-        let area = self.bytes(&store, ret, 32)?;
+    /// Reads the `response` record at `ptr` (slight's and Spin 1's, the same record).
+    pub(crate) fn response(&self, store: impl AsContext, ptr: i32) -> wasmtime::Result<Response> {
+        let area = self.bytes(&store, ptr, 28)?;
         let word = |at: usize| i32::from_le_bytes(area[at..at + 4].try_into().unwrap());
-        let half = |at: usize| u16::from_le_bytes(area[at..at + 2].try_into().unwrap());
-        if area[0] != 0 {
-            return Ok(Err(match area[4] {
-                HTTP_STATUS_ERROR => format!("status-error({})", half(8)),
-                case => format!(
-                    "{}: {}",
-                    HTTP_ERRORS.get(case as usize).unwrap_or(&"error"),
-                    String::from_utf8_lossy(&self.bytes(&store, word(8), word(12))?)
-                ),
-            }));
+        Ok(Response {
+            status: u16::from_le_bytes([area[0], area[1]]),
+            headers: match area[4] {
+                0 => None,
+                _ => Some(self.pairs(&store, word(8), word(12))?),
+            },
+            body: match area[16] {
+                0 => None,
+                _ => Some(self.bytes(&store, word(20), word(24))?),
+            },
+        })
+    }
+
+    /// Lays `request` out in the guest's memory as the arguments of a handler export taking a
+    /// `request` record (with Spin 1's `client-addr` when it has one).
+    pub(crate) async fn request(
+        &self,
+        mut store: impl AsContextMut<Data = ModuleState>,
+        request: &HttpRequest,
+    ) -> wasmtime::Result<Vec<wasmtime::Val>> {
+        let uri = self.give(&mut store, 1, request.uri.as_bytes()).await?;
+        let (headers, headers_len) = self.give_pairs(&mut store, &request.headers).await?;
+        let (params, params_len) = self.give_pairs(&mut store, &request.params).await?;
+        let mut args = vec![
+            request.method,
+            uri,
+            request.uri.len() as i32,
+            headers,
+            headers_len,
+            params,
+            params_len,
+        ];
+        if let Some(client) = &request.client_addr {
+            let ptr = self.give(&mut store, 1, client.as_bytes()).await?;
+            args.extend([ptr, client.len() as i32]);
         }
-        Ok(Ok(Response {
-            status: half(4),
-            headers: match area[8] {
-                0 => None,
-                _ => Some(self.pairs(&store, word(12), word(16))?),
-            },
-            body: match area[20] {
-                0 => None,
-                _ => Some(self.bytes(&store, word(24), word(28))?),
-            },
-        }))
+        let body = self.give(&mut store, 1, &request.body).await?;
+        args.extend([1, body, request.body.len() as i32]);
+        Ok(args.into_iter().map(wasmtime::Val::I32).collect())
     }
 }
 
-/// The cases of slight's `http-error`, by tag.
-pub(super) const HTTP_ERRORS: [&str; 5] = [
-    "invalid-url",
-    "timeout-error",
-    "protocol-error",
-    "status-error",
-    "unexpected-error",
+/// An HTTP request as the `request` record of slight and Spin 1 holds it.
+pub(crate) struct HttpRequest {
+    /// The `method` enum's case (see [`METHODS`]).
+    pub(crate) method: i32,
+    pub(crate) uri: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) params: Vec<(String, String)>,
+    /// Spin 1's `client-addr`, for handlers that take it.
+    pub(crate) client_addr: Option<String>,
+    pub(crate) body: bytes::Bytes,
+}
+
+/// The `method` enum of slight and Spin 1, by case.
+pub(crate) const METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::PATCH,
+    http::Method::HEAD,
+    http::Method::OPTIONS,
 ];
-const HTTP_STATUS_ERROR: u8 = 3;
 
 /// An `expected<T, E>` result for the guest.
-pub(super) enum Ret {
+pub(crate) enum Ret {
     /// `ok(unit)`.
     Unit,
     /// `ok(resource)`.
@@ -270,16 +318,20 @@ pub(super) enum Ret {
     Strings(Vec<String>),
     /// `ok(response)`.
     Response(Response),
+    /// `ok(bool)`.
+    Bool(bool),
     /// `err(CASE(string))`.
     Error(u8, String),
+    /// `err(CASE)`, a case without a payload.
+    Case(u8),
 }
 
-/// slight's `response` record.
+/// The `response` record of slight and Spin 1.
 #[derive(Debug)]
-pub(super) struct Response {
-    pub(super) status: u16,
-    pub(super) headers: Option<Vec<(String, String)>>,
-    pub(super) body: Option<Vec<u8>>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Option<Vec<(String, String)>>,
+    pub(crate) body: Option<Vec<u8>>,
 }
 
 /// A return area being filled: 32 bytes, the largest slight's results take (a response);

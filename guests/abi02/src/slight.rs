@@ -1,13 +1,33 @@
-//! SpiderLightning's interfaces (`keyvalue`, `configs`, `http-server`, `http-client`) as slight
-//! apps import them: module = the WIT file's stem, field = `resource::function`, arguments and
-//! results laid out by wit-bindgen 0.2's canonical ABI. Written by hand for the test guests;
-//! a real slight app has the same imports from slight's generated bindings.
-//!
-//! Each app calls [`allocator!`] once (the host hands it data through its
-//! `canonical_abi_realloc`) and [`handler!`] for each HTTP handler it names in a route.
+//! SpiderLightning's `keyvalue`, `configs`, `http-server` and `http-client`, as slight apps
+//! import them.
 
-use std::alloc::{Layout, alloc, dealloc};
-use std::fmt;
+use crate::Payload::{String as S, U16};
+use crate::{Error, Request, Response, Ret, bytes, pairs, strings};
+
+const KEYVALUE_ERRORS: &[(&str, crate::Payload)] = &[
+    ("key-not-found", S),
+    ("invalid-key", S),
+    ("invalid-value", S),
+    ("connection-error", S),
+    ("authentication-error", S),
+    ("timeout-error", S),
+    ("io-error", S),
+    ("unexpected-error", S),
+];
+const CONFIGS_ERRORS: &[(&str, crate::Payload)] = &[
+    ("not-found", S),
+    ("invalid-value", S),
+    ("permission-denied", S),
+    ("io-error", S),
+    ("unexpected-error", S),
+];
+const HTTP_ERRORS: &[(&str, crate::Payload)] = &[
+    ("invalid-url", S),
+    ("timeout-error", S),
+    ("protocol-error", S),
+    ("status-error", U16),
+    ("unexpected-error", S),
+];
 
 #[doc(hidden)]
 pub mod raw {
@@ -80,159 +100,6 @@ pub mod raw {
         pub fn resource_drop_configs(handle: i32);
         pub fn resource_drop_router(handle: i32);
     }
-}
-
-/// An error a slight interface returned: its variant's case and message.
-#[derive(Debug)]
-pub struct Error {
-    /// The case's name (e.g. `key-not-found`).
-    pub case: &'static str,
-    /// Its payload.
-    pub message: String,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.case, self.message)
-    }
-}
-
-const KEYVALUE_ERRORS: &[&str] = &[
-    "key-not-found",
-    "invalid-key",
-    "invalid-value",
-    "connection-error",
-    "authentication-error",
-    "timeout-error",
-    "io-error",
-    "unexpected-error",
-];
-const CONFIGS_ERRORS: &[&str] = &[
-    "not-found",
-    "invalid-value",
-    "permission-denied",
-    "io-error",
-    "unexpected-error",
-];
-const HTTP_ERRORS: &[&str] = &[
-    "invalid-url",
-    "timeout-error",
-    "protocol-error",
-    "status-error",
-    "unexpected-error",
-];
-
-/// A return area, as wit-bindgen 0.2 declares one per call.
-#[repr(C, align(4))]
-struct Ret([u8; 32]);
-
-impl Ret {
-    fn new() -> Ret {
-        Ret([0; 32])
-    }
-
-    fn ptr(&mut self) -> i32 {
-        self.0.as_mut_ptr() as i32
-    }
-
-    fn i32(&self, at: usize) -> i32 {
-        i32::from_le_bytes(self.0[at..at + 4].try_into().unwrap())
-    }
-
-    fn u16(&self, at: usize) -> u16 {
-        u16::from_le_bytes(self.0[at..at + 2].try_into().unwrap())
-    }
-
-    /// `expected<_, E>`: the error if it is one.
-    fn error(&self, cases: &[&'static str]) -> Result<(), Error> {
-        match self.0[0] {
-            0 => Ok(()),
-            _ => Err(Error {
-                case: cases.get(self.0[4] as usize).copied().unwrap_or("?"),
-                message: match cases.get(self.0[4] as usize) {
-                    Some(&"status-error") => self.u16(8).to_string(),
-                    _ => unsafe { string(self.i32(8), self.i32(12)) },
-                },
-            }),
-        }
-    }
-}
-
-/// Takes ownership of the bytes the host allocated.
-unsafe fn bytes(ptr: i32, len: i32) -> Vec<u8> {
-    unsafe { Vec::from_raw_parts(ptr as *mut u8, len as usize, len as usize) }
-}
-
-unsafe fn string(ptr: i32, len: i32) -> String {
-    String::from_utf8(unsafe { bytes(ptr, len) }).expect("the host gave a string that is not UTF-8")
-}
-
-/// Takes ownership of a `list<string>` the host allocated.
-unsafe fn strings(ptr: i32, len: i32) -> Vec<String> {
-    let list = unsafe { std::slice::from_raw_parts(ptr as *const i32, 2 * len as usize) };
-    let strings = list
-        .chunks(2)
-        .map(|s| unsafe { string(s[0], s[1]) })
-        .collect();
-    if len != 0 {
-        unsafe {
-            dealloc(
-                ptr as *mut u8,
-                Layout::from_size_align(8 * len as usize, 4).unwrap(),
-            )
-        };
-    }
-    strings
-}
-
-/// Takes ownership of a `list<tuple<string, string>>` the host allocated.
-unsafe fn pairs(ptr: i32, len: i32) -> Vec<(String, String)> {
-    let flat = unsafe { strings(ptr, 2 * len) };
-    flat.chunks(2)
-        .map(|p| (p[0].clone(), p[1].clone()))
-        .collect()
-}
-
-/// The guest's allocator for the host: `canonical_abi_realloc` as wit-bindgen 0.2 exports it.
-pub unsafe fn realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
-    if new_len == 0 {
-        return align as *mut u8;
-    }
-    let layout = Layout::from_size_align(new_len, align).unwrap();
-    unsafe {
-        match old_len {
-            0 => alloc(layout),
-            _ => std::alloc::realloc(
-                old,
-                Layout::from_size_align(old_len, align).unwrap(),
-                new_len,
-            ),
-        }
-    }
-}
-
-/// Exports `canonical_abi_realloc` and `canonical_abi_free`.
-#[macro_export]
-macro_rules! allocator {
-    () => {
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn canonical_abi_realloc(
-            old: *mut u8,
-            old_len: usize,
-            align: usize,
-            new_len: usize,
-        ) -> *mut u8 {
-            unsafe { $crate::realloc(old, old_len, align, new_len) }
-        }
-
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn canonical_abi_free(ptr: *mut u8, len: usize, align: usize) {
-            if len != 0 {
-                let layout = std::alloc::Layout::from_size_align(len, align).unwrap();
-                unsafe { std::alloc::dealloc(ptr, layout) };
-            }
-        }
-    };
 }
 
 /// A key-value store (`keyvalue.*`).
@@ -387,27 +254,6 @@ pub fn serve(address: &str, router: &Router) -> Result<i32, Error> {
     ret.error(HTTP_ERRORS).map(|()| ret.i32(4))
 }
 
-/// slight's HTTP `method` enum, by case.
-pub const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
-
-/// An HTTP request: a handler's argument, or what [`request`] sends.
-#[derive(Debug, Default)]
-pub struct Request {
-    pub method: usize,
-    pub uri: String,
-    pub headers: Vec<(String, String)>,
-    pub params: Vec<(String, String)>,
-    pub body: Option<Vec<u8>>,
-}
-
-/// An HTTP response: a handler's result, or what [`request`] got.
-#[derive(Debug, Default)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Option<Vec<(String, String)>>,
-    pub body: Option<Vec<u8>>,
-}
-
 /// `http-client`'s `request`.
 pub fn request(req: &Request) -> Result<Response, Error> {
     let headers: Vec<[i32; 4]> = req
@@ -447,12 +293,9 @@ pub fn request(req: &Request) -> Result<Response, Error> {
     })
 }
 
-/// Where a handler's result is left for the host, as wit-bindgen 0.2's exports leave it.
-static mut RESPONSE: Ret = Ret([0; 32]);
-
-/// The body of a handler export: the request from its flattened arguments, `f`'s response
-/// (or error, as `unexpected-error`) in the return area; the area's address.
-#[allow(clippy::too_many_arguments)]
+/// The body of a slight handler export: the request from its flattened arguments, `f`'s
+/// `expected<response, http-error>` (an error as `unexpected-error`) in the return area; the
+/// area's address.
 pub unsafe fn handle(args: [i32; 10], f: impl FnOnce(Request) -> Result<Response, String>) -> i32 {
     let [
         method,
@@ -469,67 +312,31 @@ pub unsafe fn handle(args: [i32; 10], f: impl FnOnce(Request) -> Result<Response
     let request = unsafe {
         Request {
             method: method as usize,
-            uri: string(uri, uri_len),
+            uri: crate::string(uri, uri_len),
             headers: pairs(headers, headers_len),
             params: pairs(params, params_len),
+            client_addr: String::new(),
             body: (has_body != 0).then(|| bytes(body, body_len)),
         }
     };
     let mut area = [0u8; 32];
-    let mut put = |at: usize, value: &[u8]| area[at..at + value.len()].copy_from_slice(value);
-    // Given to the host, which reads them after this returns: they are left allocated.
-    let give = |bytes: Vec<u8>| {
-        let bytes = bytes.leak();
-        (bytes.as_ptr() as i32, bytes.len() as i32)
-    };
     match f(request) {
-        Ok(response) => {
-            put(4, &response.status.to_le_bytes());
-            if let Some(headers) = response.headers {
-                let mut list = Vec::new();
-                for (k, v) in headers {
-                    let (k, kl) = give(k.into_bytes());
-                    let (v, vl) = give(v.into_bytes());
-                    for word in [k, kl, v, vl] {
-                        list.extend(word.to_le_bytes());
-                    }
-                }
-                let len = list.len() as i32 / 16;
-                let aligned: Vec<u32> = list
-                    .chunks(4)
-                    .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
-                    .collect();
-                let aligned = aligned.leak();
-                put(8, &[1]);
-                put(12, &(aligned.as_ptr() as i32).to_le_bytes());
-                put(16, &len.to_le_bytes());
-            }
-            if let Some(body) = response.body {
-                let (ptr, len) = give(body);
-                put(20, &[1]);
-                put(24, &ptr.to_le_bytes());
-                put(28, &len.to_le_bytes());
-            }
-        }
+        Ok(response) => crate::put_response(&mut area, 4, response),
         Err(message) => {
-            let (ptr, len) = give(message.into_bytes());
-            put(0, &[1]);
-            put(4, &[4]);
-            put(8, &ptr.to_le_bytes());
-            put(12, &len.to_le_bytes());
+            let (ptr, len) = crate::give(message.into_bytes());
+            area[0] = 1;
+            area[4] = 4;
+            area[8..12].copy_from_slice(&ptr.to_le_bytes());
+            area[12..16].copy_from_slice(&len.to_le_bytes());
         }
     }
-    unsafe {
-        let ret = &raw mut RESPONSE;
-        (*ret).0 = area;
-        (*ret).0.as_ptr() as i32
-    }
+    crate::leave(area)
 }
 
-/// Exports `$f(Request) -> Result<Response, String>` as the HTTP handler `$export` (a route's
-/// handler name with `_` as `-`, as slight calls it).
+/// Exports `$f(Request) -> Result<Response, String>` as the slight HTTP handler `$export` (a
+/// route's handler name with `_` as `-`, as slight calls it).
 #[macro_export]
-macro_rules! handler {
+macro_rules! slight_handler {
     ($export:literal, $f:path) => {
         const _: () = {
             #[unsafe(export_name = $export)]
@@ -545,7 +352,7 @@ macro_rules! handler {
                 a8: i32,
                 a9: i32,
             ) -> i32 {
-                unsafe { $crate::handle([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9], $f) }
+                unsafe { $crate::slight::handle([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9], $f) }
             }
         };
     };

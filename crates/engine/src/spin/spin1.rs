@@ -1,0 +1,375 @@
+//! Spin 1 components: core modules built with spin-sdk 1.x, before the component model, with
+//! wit-bindgen 0.2's ABI ([`crate::core_abi`]). The HTTP trigger calls their
+//! `handle-http-request` export on a fresh instance per request (on the servers' pooling
+//! engine, as Spin 2 components run), with the `request` record (and Spin 1.5's `client-addr`
+//! when the export takes it) and Spin's headers; they get `spin-config` (the component's
+//! variables) and `key-value` (its stores), over the same grants as a Spin 2 component's.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::{Response, StatusCode};
+use wasmtime::{Caller, InstancePre, Linker};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use super::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_value};
+use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, define};
+use crate::engine::{Guest, ModuleApp, ModuleState, new_store};
+use crate::http::{Failure, Server, is_pool_exhausted};
+use crate::stdio::Outputs;
+
+/// The export Spin 1's HTTP trigger calls.
+pub(crate) const HANDLER: &str = "handle-http-request";
+
+/// Whether `module` is a Spin 1 HTTP component: a core module exporting Spin 1's handler.
+pub(crate) fn is_spin1(module: &[u8]) -> bool {
+    wasmparser::Parser::new(0)
+        .parse_all(module)
+        .any(|payload| match payload {
+            Ok(wasmparser::Payload::ExportSection(exports)) => exports
+                .into_iter()
+                .any(|export| export.is_ok_and(|e| e.name == HANDLER)),
+            _ => false,
+        })
+}
+
+/// A Spin 1 component ready to handle requests.
+pub(crate) struct Spin1Pre {
+    pre: InstancePre<ModuleState>,
+    /// Whether its handler takes `client-addr` (Spin 1.5 and later's SDKs).
+    client_addr: bool,
+    /// Its files: (host directory, guest path), granted read-only.
+    mounts: Vec<(std::path::PathBuf, String)>,
+}
+
+/// One instance's open stores, by the handles the guest holds.
+pub(crate) struct Spin1Instance {
+    host: Arc<SpinHost>,
+    stores: Vec<Option<StoreHandle>>,
+}
+
+impl Spin1Pre {
+    /// Links `module` (loaded into the servers' `engine`) with WASI preview 1 and Spin 1's
+    /// interfaces, and checks its handler's shape.
+    pub(crate) fn new(
+        engine: &wasmtime::Engine,
+        module: &wasmtime::Module,
+        mounts: Vec<(std::path::PathBuf, String)>,
+    ) -> Result<Spin1Pre, String> {
+        let client_addr = match module.get_export(HANDLER) {
+            Some(wasmtime::ExternType::Func(ty)) if ty.results().len() == 1 => {
+                match ty.params().len() {
+                    10 => false,
+                    12 => true,
+                    _ => return Err(format!("its `{HANDLER}` is not Spin 1's handler")),
+                }
+            }
+            _ => return Err(format!("it exports no `{HANDLER}` function")),
+        };
+        let mut linker = crate::engine::module_linker(engine).map_err(|e| e.to_string())?;
+        add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+        let pre = linker.instantiate_pre(module).map_err(|e| {
+            format!(
+                "cannot be linked: {e}. wasmcell provides Spin 1's spin-config and key-value to Spin 1 modules; outbound-http, outbound-redis, postgres and mysql are not provided: rebuild it with a current Spin SDK"
+            )
+        })?;
+        Ok(Spin1Pre {
+            pre,
+            client_addr,
+            mounts,
+        })
+    }
+}
+
+fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+    define!(
+        linker,
+        "spin-config",
+        "get-config",
+        get_config,
+        key,
+        len,
+        ret
+    );
+    define!(linker, "key-value", "open", open, name, len, ret);
+    define!(linker, "key-value", "get", get, store, key, len, ret);
+    define!(
+        linker,
+        "key-value",
+        "set",
+        set,
+        store,
+        key,
+        len,
+        value,
+        value_len,
+        ret
+    );
+    define!(linker, "key-value", "delete", delete, store, key, len, ret);
+    define!(linker, "key-value", "exists", exists, store, key, len, ret);
+    define!(linker, "key-value", "get-keys", get_keys, store, ret);
+    define!(linker, "key-value", "close", close, store);
+    Ok(())
+}
+
+type Host<'a> = Caller<'a, ModuleState>;
+
+fn instance<'a>(caller: &'a mut Host<'_>) -> wasmtime::Result<&'a mut Spin1Instance> {
+    match &mut caller.data_mut().app {
+        Some(ModuleApp::Spin1(instance)) => Ok(instance),
+        _ => Err(wasmtime::format_err!(
+            "Spin 1's functions called outside a Spin 1 component"
+        )),
+    }
+}
+
+/// `spin-config`'s `error::invalid-key`.
+const INVALID_KEY: u8 = 1;
+
+async fn get_config(caller: &mut Host<'_>, key: i32, len: i32, ret: i32) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let key = abi.string(&*caller, key, len)?;
+    let result = match instance(caller)?.host.variable(&key) {
+        Some(value) => Ret::Bytes(value.clone().into_bytes()),
+        None => Ret::Error(
+            INVALID_KEY,
+            format!("no variable {key:?} in the component's [component.ID.variables]"),
+        ),
+    };
+    abi.ret(caller, ret, result).await
+}
+
+/// `key-value`'s `error` cases.
+const NO_SUCH_STORE: u8 = 1;
+const ACCESS_DENIED: u8 = 2;
+const INVALID_STORE: u8 = 3;
+const NO_SUCH_KEY: u8 = 4;
+const IO: u8 = 5;
+
+impl From<key_value::Error> for Ret {
+    fn from(error: key_value::Error) -> Ret {
+        match error {
+            key_value::Error::NoSuchStore => Ret::Case(NO_SUCH_STORE),
+            key_value::Error::AccessDenied => Ret::Case(ACCESS_DENIED),
+            key_value::Error::StoreTableFull => Ret::Case(0),
+            key_value::Error::Other(why) => Ret::Error(IO, why),
+        }
+    }
+}
+
+async fn open(caller: &mut Host<'_>, name: i32, len: i32, ret: i32) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let label = abi.string(&*caller, name, len)?;
+    let host = instance(caller)?.host.clone();
+    let result = match host.open_store(label).await {
+        Ok(handle) => {
+            let stores = &mut instance(caller)?.stores;
+            stores.push(Some(handle));
+            Ret::Handle(stores.len() as i32 - 1)
+        }
+        Err(error) => error.into(),
+    };
+    abi.ret(caller, ret, result).await
+}
+
+/// The store behind `handle`, if it is open.
+fn store(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<Option<StoreHandle>> {
+    let stores = &instance(caller)?.stores;
+    Ok(stores.get(handle as usize).cloned().flatten())
+}
+
+async fn get(
+    caller: &mut Host<'_>,
+    handle: i32,
+    key: i32,
+    len: i32,
+    ret: i32,
+) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let key = abi.string(&*caller, key, len)?;
+    let result = match store(caller, handle)? {
+        None => Ret::Case(INVALID_STORE),
+        Some(store) => match store.get(&key).await {
+            Ok(Some(value)) => Ret::Bytes(value),
+            Ok(None) => Ret::Case(NO_SUCH_KEY),
+            Err(why) => Ret::Error(IO, why),
+        },
+    };
+    abi.ret(caller, ret, result).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn set(
+    caller: &mut Host<'_>,
+    handle: i32,
+    key: i32,
+    len: i32,
+    value: i32,
+    value_len: i32,
+    ret: i32,
+) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let key = abi.string(&*caller, key, len)?;
+    let value = abi.bytes(&*caller, value, value_len)?;
+    let result = match (store(caller, handle)?, check_value(&value)) {
+        (None, _) => Ret::Case(INVALID_STORE),
+        (_, Err(too_large)) => Ret::Error(IO, too_large),
+        (Some(store), Ok(())) => match store.set(&key, &value).await {
+            Ok(()) => Ret::Unit,
+            Err(why) => Ret::Error(IO, why),
+        },
+    };
+    abi.ret(caller, ret, result).await
+}
+
+async fn delete(
+    caller: &mut Host<'_>,
+    handle: i32,
+    key: i32,
+    len: i32,
+    ret: i32,
+) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let key = abi.string(&*caller, key, len)?;
+    let result = match store(caller, handle)? {
+        None => Ret::Case(INVALID_STORE),
+        Some(store) => match store.delete(&key).await {
+            Ok(()) => Ret::Unit,
+            Err(why) => Ret::Error(IO, why),
+        },
+    };
+    abi.ret(caller, ret, result).await
+}
+
+async fn exists(
+    caller: &mut Host<'_>,
+    handle: i32,
+    key: i32,
+    len: i32,
+    ret: i32,
+) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let key = abi.string(&*caller, key, len)?;
+    let result = match store(caller, handle)? {
+        None => Ret::Case(INVALID_STORE),
+        Some(store) => match store.get(&key).await {
+            Ok(value) => Ret::Bool(value.is_some()),
+            Err(why) => Ret::Error(IO, why),
+        },
+    };
+    abi.ret(caller, ret, result).await
+}
+
+async fn get_keys(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let result = match store(caller, handle)? {
+        None => Ret::Case(INVALID_STORE),
+        Some(store) => match store.keys().await {
+            Ok(keys) => Ret::Strings(keys),
+            Err(why) => Ret::Error(IO, why),
+        },
+    };
+    abi.ret(caller, ret, result).await
+}
+
+async fn close(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<()> {
+    if let Some(slot) = instance(caller)?.stores.get_mut(handle as usize) {
+        *slot = None;
+    }
+    Ok(())
+}
+
+/// One request to a Spin 1 component of `host`: a fresh instance of `pre`, its
+/// `handle-http-request` called with the request (its Spin headers already set), its
+/// `response` returned.
+pub(crate) async fn handle(
+    server: &Server,
+    outputs: &Outputs,
+    (pre, host, env): (&Spin1Pre, &Arc<SpinHost>, &[(String, String)]),
+    request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+    client: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(|e| failed(&e))?.to_bytes();
+    let request = HttpRequest {
+        method: METHODS
+            .iter()
+            .position(|m| *m == parts.method)
+            .ok_or_else(|| {
+                Failure::Failed(format!("Spin 1 handlers take no {} requests", parts.method))
+            })? as i32,
+        uri: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        params: Vec::new(),
+        client_addr: pre.client_addr.then(|| client.to_string()),
+        body,
+    };
+    let mut wasi = crate::engine::wasi_base(server.spec());
+    wasi.envs(env);
+    outputs.attach(&mut wasi);
+    for (dir, guest) in &pre.mounts {
+        wasi.preopened_dir(dir, guest, wasmtime_wasi::FsPerms::ReadOnly)
+            .map_err(|e| failed(&e))?;
+    }
+    let clock = server.ticker().store_clock().map_err(|e| failed(&e))?;
+    let state = ModuleState {
+        wasi: wasi.build_p1(),
+        guest: Guest::new(server.controls(), clock),
+        wasmedge: None,
+        app: Some(ModuleApp::Spin1(Box::new(Spin1Instance {
+            host: host.clone(),
+            stores: Vec::new(),
+        }))),
+    };
+    let mut store = new_store(server.engine(), state, server.controls());
+    let call = async {
+        let instance = pre.pre.instantiate_async(&mut store).await?;
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            init.call_async(&mut store, ()).await?;
+        }
+        let abi = Abi::of_instance(&mut store, &instance)?;
+        let args = abi.request(&mut store, &request).await?;
+        let func = instance
+            .get_func(&mut store, HANDLER)
+            .ok_or_else(|| wasmtime::format_err!("no `{HANDLER}`"))?;
+        let mut ret = [wasmtime::Val::I32(0)];
+        func.call_async(&mut store, &args, &mut ret).await?;
+        abi.response(&store, ret[0].unwrap_i32())
+    };
+    let response = match tokio::time::timeout(timeout, call).await {
+        Err(_) => return Err(Failure::TimedOut(timeout)),
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) if store.data().guest.limiter.exceeded() => return Err(Failure::OutOfMemory),
+        Ok(Err(error)) if is_pool_exhausted(&error) => return Err(Failure::Busy),
+        Ok(Err(error)) => return Err(Failure::Failed(format!("the handler failed: {error:?}"))),
+    };
+    let status = StatusCode::from_u16(response.status).map_err(|_| {
+        Failure::Failed(format!(
+            "the handler returned status {}, which is not an HTTP status",
+            response.status
+        ))
+    })?;
+    let mut built = Response::builder().status(status);
+    for (name, value) in response.headers.unwrap_or_default() {
+        built = built.header(name, value);
+    }
+    let body = Full::new(bytes::Bytes::from(response.body.unwrap_or_default()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    built.body(body).map_err(|e| {
+        Failure::Failed(format!(
+            "the handler returned a header HTTP does not allow: {e}"
+        ))
+    })
+}
