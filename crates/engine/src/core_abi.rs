@@ -30,6 +30,7 @@ macro_rules! define {
 }
 pub(crate) use define;
 
+use http_body_util::Full;
 use wasmtime::{AsContext, AsContextMut, Caller, Extern, Instance, Memory, Store, TypedFunc};
 
 use crate::engine::ModuleState;
@@ -332,6 +333,39 @@ pub(crate) struct Response {
     pub(crate) status: u16,
     pub(crate) headers: Option<Vec<(String, String)>>,
     pub(crate) body: Option<Vec<u8>>,
+}
+
+impl Response {
+    /// The HTTP response a handler's record stands for, or why it stands for none.
+    pub(crate) fn into_http(self) -> Result<http::Response<Full<bytes::Bytes>>, String> {
+        let status = http::StatusCode::from_u16(self.status).map_err(|_| {
+            format!(
+                "it returned status {}, which is not an HTTP status",
+                self.status
+            )
+        })?;
+        let mut built = http::Response::builder().status(status);
+        for (name, value) in self.headers.unwrap_or_default() {
+            built = built.header(name, value);
+        }
+        built
+            .body(Full::new(bytes::Bytes::from(self.body.unwrap_or_default())))
+            .map_err(|e| format!("it returned a header HTTP does not allow: {e}"))
+    }
+}
+
+/// Headers as the records' `list<tuple<string, string>>` holds them (values that are not
+/// UTF-8, lossily).
+pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// A return area being filled: 32 bytes, the largest slight's results take (a response);

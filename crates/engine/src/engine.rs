@@ -360,6 +360,16 @@ impl Engine {
         let (artifact, cached) = cache.load(engine, kind, &bytes, &path)?;
         let entry = match artifact {
             Artifact::Module(module) => {
+                if let Some(App::Slight(app)) = &spec.app {
+                    let http = self.http.get(|| HttpEngine::new(config()))?;
+                    let slight = Slight::prepare(http, &cached, app, &spec, &path)?;
+                    return Ok(Prepared {
+                        engine: engine.clone(),
+                        ticker: self.ticker.clone(),
+                        entry: Entry::Slight(Arc::new(slight)),
+                        spec: Arc::new(spec),
+                    });
+                }
                 let function = spec.function.clone().unwrap_or_else(|| "_start".to_owned());
                 match module.get_export(&function) {
                     Some(ExternType::Func(ty))
@@ -392,18 +402,6 @@ impl Engine {
                     }
                 }
                 let modules = self.modules.get(|| module_linker(engine))?;
-                if let Some(App::Slight(app)) = &spec.app {
-                    let linker = Slight::linker(&modules).map_err(Error::Engine)?;
-                    let pre = linker.instantiate_pre(&module).map_err(|source| {
-                        link_error(&linker, &module, &path, source, Slight::PROVIDED)
-                    })?;
-                    return Ok(Prepared {
-                        engine: engine.clone(),
-                        ticker: self.ticker.clone(),
-                        entry: Entry::Slight(Arc::new(Slight::new(pre, app, &spec))),
-                        spec: Arc::new(spec),
-                    });
-                }
                 // A module built for WasmEdge's sockets gets them whatever the runtime name.
                 let wasmedge = wasmedge::wanted_by(&module);
                 let extended;
@@ -477,11 +475,11 @@ impl Engine {
 }
 
 /// What a core module is linked with, for the message when it imports something else.
-const PROVIDED: &str = "wasmcell links WASI preview 1, WASI 0.2, wasi:http and WasmEdge's socket extension; WasmEdge plugins (wasi-nn, wasi-crypto, ...) are not available";
+pub(crate) const PROVIDED: &str = "wasmcell links WASI preview 1, WASI 0.2, wasi:http and WasmEdge's socket extension; WasmEdge plugins (wasi-nn, wasi-crypto, ...) are not available";
 
 /// Why `module` does not link with `linker` (which provides what `provided` says): every
 /// import it lacks, or wasmtime's reason.
-fn link_error<T: 'static>(
+pub(crate) fn link_error<T: 'static>(
     linker: &Linker<T>,
     module: &wasmtime::Module,
     path: &str,
@@ -758,11 +756,7 @@ impl Prepared {
                 return http::serve(http, routes, &self.spec, controls).await;
             }
             Entry::Spin { http, app } => return spin::run(http, app, &self.spec, controls).await,
-            Entry::Slight(slight) => {
-                return slight
-                    .run(&self.engine, &self.ticker, &self.spec, controls)
-                    .await;
-            }
+            Entry::Slight(slight) => return slight.run(&self.spec, controls).await,
             Entry::Command(command) => command,
         };
         let mut wasi = wasi_builder(&self.spec)?;

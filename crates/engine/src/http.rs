@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use wasmtime::Linker;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
@@ -31,7 +32,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 use crate::cache::deserialize_component;
 use crate::controls::Controls;
 use crate::engine::{
-    ComponentState, Grants, Guest, OnFirstUse, add_preopens, new_store, wasi_base,
+    ComponentState, Grants, Guest, ModuleState, OnFirstUse, add_preopens, new_store, wasi_base,
 };
 use crate::epoch::Ticker;
 use crate::error::Error;
@@ -68,6 +69,8 @@ pub(crate) struct HttpEngine {
     spin_linker: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
     /// WASI, `wasi:http` and slight's capabilities, for components under slight.
     slight_linker: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
+    /// WASI preview 1, for core modules.
+    module_linker: OnFirstUse<Linker<ModuleState>>,
     ticker: Ticker,
     /// How many threads a server runs requests on (see [`HttpEngine::new`]).
     threads: usize,
@@ -113,6 +116,7 @@ impl HttpEngine {
             linker,
             spin_linker: OnFirstUse::default(),
             slight_linker: OnFirstUse::default(),
+            module_linker: OnFirstUse::default(),
             threads,
         })
     }
@@ -123,6 +127,17 @@ impl HttpEngine {
 
     pub(crate) fn ticker(&self) -> &Ticker {
         &self.ticker
+    }
+
+    /// How many threads a server runs requests on.
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// WASI preview 1 for core modules on this engine (slight apps, Spin 1 components).
+    pub(crate) fn module_linker(&self) -> Result<Arc<Linker<ModuleState>>, Error> {
+        self.module_linker
+            .get(|| crate::engine::module_linker(&self.engine))
     }
 
     /// The linker Spin components are linked with.
@@ -552,14 +567,14 @@ fn single_threaded_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// A thread running a single-threaded runtime that connections are spawned onto; it stops when
 /// the `Worker` is dropped.
-struct Worker {
-    runtime: tokio::runtime::Handle,
+pub(crate) struct Worker {
+    pub(crate) runtime: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<Infallible>,
 }
 
 impl Worker {
     /// Starts the thread; its CPU counts as the server's (`controls`' usage).
-    fn start(controls: Controls) -> std::io::Result<Worker> {
+    pub(crate) fn start(controls: Controls) -> std::io::Result<Worker> {
         let runtime = single_threaded_runtime()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<Infallible>();
@@ -606,17 +621,9 @@ async fn serve_here(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        // Registered anew with the reactor of the runtime that serves it, in its task.
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
         let (server, outputs) = (server.clone(), outputs.clone());
         let (connections, watcher) = (connections.clone(), graceful.watcher());
-        runtimes[dealt % runtimes.len()].spawn(async move {
-            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                return;
-            };
+        deal(runtimes, dealt, stream, move |stream| async move {
             let service =
                 service_fn(move |request| handle(server.clone(), outputs.clone(), request, peer));
             let connection = connections.serve_connection(TokioIo::new(stream), service);
@@ -627,6 +634,27 @@ async fn serve_here(
     drop(listener);
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
     Ok(crate::Exit::Code(0))
+}
+
+/// Serves the `n`th connection a server accepted on one of `runtimes` in turn: `serve` runs in
+/// a task there, with the stream registered anew with that runtime's reactor.
+pub(crate) fn deal<F>(
+    runtimes: &[tokio::runtime::Handle],
+    n: usize,
+    stream: tokio::net::TcpStream,
+    serve: impl FnOnce(tokio::net::TcpStream) -> F + Send + 'static,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    runtimes[n % runtimes.len()].spawn(async move {
+        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+            serve(stream).await;
+        }
+    });
 }
 
 /// A listener that rebinds at once after a restart (`SO_REUSEADDR`), as servers do.

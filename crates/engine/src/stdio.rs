@@ -145,6 +145,8 @@ struct DiagnosticsQueue {
     /// The writer's queue, started on the first line (from within the server's runtime).
     sender: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Lines queued and not yet written, and a signal after each write: for [`Diagnostics::flush`].
+    pending: Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
 }
 
 impl Diagnostics {
@@ -153,7 +155,26 @@ impl Diagnostics {
             output: output.clone(),
             sender: std::sync::OnceLock::new(),
             dropped: Default::default(),
+            pending: Default::default(),
         }))
+    }
+
+    /// Waits (at most `bound`) until every queued line is written: before a guest that is not
+    /// a server ends, whose lines would otherwise be lost with its process.
+    pub(crate) async fn flush(&self, bound: std::time::Duration) {
+        let (pending, written) = &*self.0.pending;
+        let drained = async {
+            loop {
+                let notified = written.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if pending.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(bound, drained).await;
     }
 
     /// Queues `message` as a `wasmcell: ` line; never waits.
@@ -166,10 +187,19 @@ impl Diagnostics {
             output => {
                 let sender = queue.sender.get_or_init(|| {
                     let (sender, lines) = tokio::sync::mpsc::channel(DIAGNOSTICS_QUEUE);
-                    tokio::spawn(write_lines(output.clone(), lines, queue.dropped.clone()));
+                    let (dropped, pending) = (queue.dropped.clone(), queue.pending.clone());
+                    tokio::spawn(write_lines(output.clone(), lines, dropped, pending));
                     sender
                 });
+                queue
+                    .pending
+                    .0
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 if sender.try_send(line).is_err() {
+                    queue
+                        .pending
+                        .0
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                     queue
                         .dropped
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -185,6 +215,7 @@ async fn write_lines(
     output: Output,
     mut lines: tokio::sync::mpsc::Receiver<String>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    pending: Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
 ) {
     let Ok(mut writer) = open(&output, "stderr").await else {
         return;
@@ -198,6 +229,8 @@ async fn write_lines(
         }
         let _ = writer.write_all(line.as_bytes()).await;
         let _ = writer.flush().await;
+        pending.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        pending.1.notify_waiters();
     }
 }
 
@@ -315,5 +348,21 @@ mod tests {
         assert_eq!(lines[1], format!("wasmcell: 0 {long}"));
         assert_eq!(lines[DIAGNOSTICS_QUEUE], format!("wasmcell: 255 {long}"));
         assert_eq!(lines.last().copied(), Some("wasmcell: last"));
+    }
+
+    /// A guest about to end waits for its lines: once `flush` returns they are in the file.
+    #[tokio::test]
+    async fn flushed_diagnostics_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stderr");
+        let diagnostics = Diagnostics::new(&Output::File(file.clone()));
+        for n in 0..3 {
+            diagnostics.report(&format!("line {n}"));
+        }
+        diagnostics.flush(std::time::Duration::from_secs(10)).await;
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "wasmcell: line 0\nwasmcell: line 1\nwasmcell: line 2\n"
+        );
     }
 }

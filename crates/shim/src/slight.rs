@@ -15,17 +15,8 @@ use crate::spec;
 /// Reads the app in the container's (mounted) rootfs and builds its workload.
 pub fn workload(oci: &Spec, bundle: &Path, stdio: Stdio) -> Result<WorkloadSpec, Error> {
     let rootfs = spec::rootfs_path(Some(oci), bundle);
-    let env = oci
-        .process()
-        .as_ref()
-        .map(spec::environment)
-        .unwrap_or_default();
-    let lookup = |name: &str| {
-        env.iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-    };
+    let env = spec::process_environment(oci);
+    let lookup = |name: &str| spec::variable(&env, name);
     let app = wasmcell_slight::load(&rootfs, &lookup).map_err(|e| Error::App {
         app: App::SpiderLightning,
         message: e.to_string(),

@@ -191,6 +191,19 @@ fn filesystem(spec: &Spec, bundle: &Path) -> Result<(PathBuf, Vec<Preopen>), Spe
     Ok((rootfs, preopens))
 }
 
+/// The environment of the spec's process (none without one).
+pub fn process_environment(spec: &Spec) -> Vec<(String, String)> {
+    spec.process().as_ref().map(environment).unwrap_or_default()
+}
+
+/// The value of `name` in `env`: the last, as in a shell.
+pub fn variable(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter()
+        .rev()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
 /// The process's environment, exactly: `KEY=VALUE` entries (others are dropped).
 pub fn environment(process: &Process) -> Vec<(String, String)> {
     process

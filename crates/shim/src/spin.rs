@@ -27,17 +27,8 @@ pub fn workload(
     image: Option<&SpinImage>,
 ) -> Result<WorkloadSpec, Error> {
     let rootfs = spec::rootfs_path(Some(oci), bundle);
-    let env = oci
-        .process()
-        .as_ref()
-        .map(spec::environment)
-        .unwrap_or_default();
-    let lookup = |name: &str| {
-        env.iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-    };
+    let env = spec::process_environment(oci);
+    let lookup = |name: &str| spec::variable(&env, name);
     let staging = bundle.join(STAGING);
     let config = RuntimeConfigSource::Beside;
     let app = match image {

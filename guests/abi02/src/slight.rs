@@ -357,3 +357,27 @@ macro_rules! slight_handler {
         };
     };
 }
+
+/// The body of `on-server-init`, where an HTTP app built as a library (slight's
+/// `#[on_server_init]`) starts its servers: `f`'s outcome as `expected<unit, string>`.
+pub fn server_init(f: impl FnOnce() -> Result<(), String>) -> i32 {
+    let mut area = [0u8; 32];
+    if let Err(message) = f() {
+        let (ptr, len) = crate::give(message.into_bytes());
+        area[0] = 1;
+        area[4..8].copy_from_slice(&ptr.to_le_bytes());
+        area[8..12].copy_from_slice(&len.to_le_bytes());
+    }
+    crate::leave(area)
+}
+
+/// Exports `$f() -> Result<(), String>` as `on-server-init`.
+#[macro_export]
+macro_rules! slight_on_server_init {
+    ($f:path) => {
+        #[unsafe(export_name = "on-server-init")]
+        pub extern "C" fn on_server_init() -> i32 {
+            $crate::slight::server_init($f)
+        }
+    };
+}

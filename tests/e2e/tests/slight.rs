@@ -2,14 +2,13 @@
 //! interfaces with wit-bindgen 0.2's ABI): under `io.containerd.slight.v1` through containerd
 //! and Docker, and under `wasmcell run --slightfile`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
 use wasmcell_e2e::{
-    Containerd, Docker, Redis, build_image, curl, free_port, guest, wait_for, wait_http, wasmcell,
+    Containerd, Docker, Redis, build_image, curl, free_port, guest, upstream, wait_for, wait_http,
+    wasmcell,
 };
 
 const SLIGHT: &str = "io.containerd.slight.v1";
@@ -53,28 +52,6 @@ fn image(dir: &Path, app: &Path) -> Result<(PathBuf, String)> {
     let extra = ["--include", &include, "--platform", "wasi/wasm32"];
     let archive = build_image(&app.join("app.wasm"), &tag, dir, &extra)?;
     Ok((archive, tag))
-}
-
-/// An HTTP server on 127.0.0.1 answering every request with `body`: the upstream of the client
-/// test.
-fn upstream(body: &'static str) -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let _ = write!(
-                &stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(port)
 }
 
 /// Checks the HTTP app at `base`: its routes, route parameters, key-value across requests
@@ -296,7 +273,8 @@ fn a_component_under_slight_gets_its_capabilities_as_wasi_keyvalue_and_wasi_conf
 #[test]
 fn ctr_serves_a_slight_http_router_app_and_stops_it_gracefully() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let app = app(tmp.path(), "router", "slight-http.wasm", HTTP_SLIGHTFILE)?;
+    // The app built as a library: slight starts it through `on-server-init`.
+    let app = app(tmp.path(), "router", "slight_http.wasm", HTTP_SLIGHTFILE)?;
     let (archive, tag) = image(tmp.path(), &app)?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;

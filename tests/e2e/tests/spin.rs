@@ -2,16 +2,14 @@
 //! under the spin runtime names through containerd, Docker and Kubernetes' CRI, and under
 //! `wasmcell up`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
 use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
-    Containerd, Docker, Redis, Registry, build_spin_image, curl, free_port, spin_app, wait_for,
-    wait_http, wasmcell,
+    Containerd, Docker, Redis, Registry, build_spin_image, curl, free_port, spin_app, upstream,
+    wait_for, wait_http, wasmcell,
 };
 
 const SPIN: &str = "io.containerd.spin.v2";
@@ -72,28 +70,6 @@ impl Up {
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         Ok(out)
     }
-}
-
-/// An HTTP server on 127.0.0.1 answering every request with `body`: the upstream of the
-/// outbound tests.
-fn upstream(body: &'static str) -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let _ = write!(
-                &stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(port)
 }
 
 /// Checks what the shop app serves at `base` as Spin serves it: routes, Spin's headers,

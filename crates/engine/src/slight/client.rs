@@ -114,18 +114,7 @@ async fn send(
     let body = body.collect().await.map_err(|e| protocol(&e))?.to_bytes();
     Ok(Response {
         status: parts.status.as_u16(),
-        headers: Some(
-            parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-        ),
+        headers: Some(crate::core_abi::header_pairs(&parts.headers)),
         body: Some(body.to_vec()),
     })
 }

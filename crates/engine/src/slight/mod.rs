@@ -14,6 +14,7 @@ mod server;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
 use wasmcell_slight::{Configs, SlightApp, Store};
@@ -21,16 +22,18 @@ use wasmtime::{InstancePre, Linker};
 
 use crate::controls::Controls;
 use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
-use crate::epoch::Ticker;
 use crate::error::Error;
+use crate::http::HttpEngine;
 use crate::stdio::{self, Diagnostics};
 use crate::stores::{KeyValue, Places};
 use crate::workload::WorkloadSpec;
 
-/// A slight app ready to run: its module linked with slight's interfaces.
+/// A slight app ready to run: its module linked with slight's interfaces, on the HTTP
+/// servers' pooling engine (`http`), whose threads also serve its requests.
 pub(crate) struct Slight {
     pre: InstancePre<ModuleState>,
     host: Arc<SlightHost>,
+    http: Arc<HttpEngine>,
 }
 
 /// What every instance of one app shares: its grants, and the stores it opened.
@@ -85,7 +88,7 @@ impl Slight {
     pub(crate) const PROVIDED: &str = "wasmcell links WASI preview 1 and slight's keyvalue, configs, http-server and http-client for SpiderLightning apps; its messaging, distributed_locking, sql and blob interfaces are not provided";
 
     /// `modules` (WASI preview 1) with slight's interfaces added.
-    pub(crate) fn linker(modules: &Linker<ModuleState>) -> wasmtime::Result<Linker<ModuleState>> {
+    fn linker(modules: &Linker<ModuleState>) -> wasmtime::Result<Linker<ModuleState>> {
         let mut linker = modules.clone();
         imports::add_to_linker(&mut linker)?;
         server::add_to_linker(&mut linker)?;
@@ -93,27 +96,51 @@ impl Slight {
         Ok(linker)
     }
 
-    /// The app `pre` (linked by [`Slight::linker`]) runs as, with `app`'s grants.
-    pub(crate) fn new(
-        pre: InstancePre<ModuleState>,
+    /// Loads the module compiled at `cached` (`path` in messages) on the servers' pooling
+    /// engine (its requests are instances too), checks its entry and links it for `app`.
+    pub(crate) fn prepare(
+        http: Arc<HttpEngine>,
+        cached: &std::path::Path,
         app: &SlightApp,
         spec: &WorkloadSpec,
-    ) -> Slight {
-        Slight {
+        path: &str,
+    ) -> Result<Slight, Error> {
+        let loaded =
+            crate::cache::deserialize(http.engine(), wasmcell_oci::WasmKind::Module, cached);
+        let Ok(crate::cache::Artifact::Module(module)) = loaded else {
+            return Err(Error::Engine(wasmtime::format_err!(
+                "{path}: the compiled module does not load on the server engine"
+            )));
+        };
+        if !["_start", ON_SERVER_INIT]
+            .iter()
+            .any(|name| module.get_export(name).is_some())
+        {
+            return Err(Error::EntryFunction {
+                path: path.to_owned(),
+                function: "_start".to_owned(),
+                reason: "a SpiderLightning app exports `_start` (a command) or `on-server-init` (an HTTP app built as a library); this module exports neither".to_owned(),
+            });
+        }
+        let linker = Slight::linker(&*http.module_linker()?).map_err(Error::Engine)?;
+        let pre = linker.instantiate_pre(&module).map_err(|source| {
+            crate::engine::link_error(&linker, &module, path, source, Slight::PROVIDED)
+        })?;
+        Ok(Slight {
             pre,
             host: Arc::new(SlightHost::new(app, spec)),
-        }
+            http,
+        })
     }
 
     /// Runs `_start`; then serves the HTTP servers it set up, if any, until `controls` asks
     /// the app to stop (which also ends `_start` if it is still running: status 143).
     pub(crate) async fn run(
         &self,
-        engine: &wasmtime::Engine,
-        ticker: &Ticker,
         spec: &Arc<WorkloadSpec>,
         controls: &Controls,
     ) -> Result<Exit, Error> {
+        let (engine, ticker) = (self.http.engine(), self.http.ticker());
         let mut wasi = wasi_builder(spec)?;
         stdio::attach(&mut wasi, &spec.stdio).await?;
         let clock = ticker.store_clock().map_err(|e| Error::Engine(e.into()))?;
@@ -129,8 +156,22 @@ impl Slight {
         let mut store = new_store(engine, state, controls);
         let start = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call_async(&mut store, ()).await
+            if let Ok(start) = instance.get_typed_func::<(), ()>(&mut store, "_start") {
+                return start.call_async(&mut store, ()).await;
+            }
+            // A library module (slight's `#[on_server_init]` apps): its initializer, then
+            // `on-server-init() -> expected<unit, string>`.
+            initialize(&mut store, &instance).await?;
+            let init = instance.get_typed_func::<(), i32>(&mut store, ON_SERVER_INIT)?;
+            let ret = init.call_async(&mut store, ()).await?;
+            let abi = crate::core_abi::Abi::of_instance(&mut store, &instance)?;
+            let area = abi.bytes(&store, ret, 12)?;
+            if area[0] == 0 {
+                return Ok(());
+            }
+            let word = |at: usize| i32::from_le_bytes(area[at..at + 4].try_into().unwrap());
+            let why = abi.string(&store, word(4), word(8))?;
+            Err(wasmtime::format_err!("{ON_SERVER_INIT} failed: {why}"))
         };
         let result = tokio::select! {
             result = start => result,
@@ -145,11 +186,14 @@ impl Slight {
         .collect();
         drop(store);
         if exit != Exit::Code(0) || servers.is_empty() {
+            // The app ends: what it was told on stderr is written before it does.
+            self.host.diagnostics.flush(Duration::from_secs(1)).await;
             return Ok(exit);
         }
         let serving = server::Serving {
             engine: engine.clone(),
             ticker: ticker.clone(),
+            threads: self.http.threads(),
             pre: self.pre.clone(),
             host: self.host.clone(),
             spec: spec.clone(),
@@ -167,6 +211,20 @@ pub(crate) fn component_linker(
     let mut linker = crate::engine::component_linker(engine)?;
     components::add_to_linker(&mut linker).map_err(Error::Engine)?;
     Ok(linker)
+}
+
+/// The export a slight HTTP app built as a library (`#[on_server_init]`) is started by.
+pub(crate) const ON_SERVER_INIT: &str = "on-server-init";
+
+/// Runs a library module's `_initialize`, if it has one, as WASI reactors are started.
+async fn initialize(
+    store: &mut wasmtime::Store<ModuleState>,
+    instance: &wasmtime::Instance,
+) -> wasmtime::Result<()> {
+    match instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+        Ok(init) => init.call_async(&mut *store, ()).await,
+        Err(_) => Ok(()),
+    }
 }
 
 /// Where the app's relative store paths are: the rootfs, or the module's directory.

@@ -324,6 +324,8 @@ async fn stop(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Result<
 pub(super) struct Serving {
     pub(super) engine: wasmtime::Engine,
     pub(super) ticker: Ticker,
+    /// How many threads serve requests (see `HttpEngine::new`).
+    pub(super) threads: usize,
     pub(super) pre: InstancePre<ModuleState>,
     pub(super) host: Arc<SlightHost>,
     pub(super) spec: Arc<WorkloadSpec>,
@@ -337,6 +339,15 @@ impl Serving {
         let outputs = Arc::new(Outputs::open(&serving.spec.stdio).await?);
         let graceful = GracefulShutdown::new();
         let connections = hyper::server::conn::http1::Builder::new();
+        // Connections are dealt to this runtime and worker threads in turn, as wasmcell's
+        // other servers deal theirs.
+        let workers = (1..serving.threads)
+            .map(|_| crate::http::Worker::start(serving.controls.clone()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::Engine(e.into()))?;
+        let mut runtimes = vec![tokio::runtime::Handle::current()];
+        runtimes.extend(workers.iter().map(|worker| worker.runtime.clone()));
+        let mut dealt = 0usize;
         loop {
             let accepts = servers.iter().map(|s| Box::pin(s.listener.accept()));
             let (accepted, index, _) = tokio::select! {
@@ -347,18 +358,23 @@ impl Serving {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             };
-            let _ = stream.set_nodelay(true);
             let routes = servers[index].routes.clone();
             let (serving, outputs) = (serving.clone(), outputs.clone());
-            let service = service_fn(move |request| {
-                let (serving, outputs, routes) = (serving.clone(), outputs.clone(), routes.clone());
-                async move { Ok::<_, Infallible>(serving.respond(&routes, &outputs, request).await) }
+            let (connections, watcher) = (connections.clone(), graceful.watcher());
+            crate::http::deal(&runtimes, dealt, stream, move |stream| async move {
+                let service = service_fn(move |request| {
+                    let (serving, outputs, routes) =
+                        (serving.clone(), outputs.clone(), routes.clone());
+                    async move { Ok::<_, Infallible>(serving.respond(&routes, &outputs, request).await) }
+                });
+                let connection = connections.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(connection).await;
             });
-            let connection = connections.serve_connection(TokioIo::new(stream), service);
-            tokio::spawn(graceful.watch(connection));
+            dealt += 1;
         }
         drop(servers);
         let _ = tokio::time::timeout(crate::http::DRAIN, graceful.shutdown()).await;
+        drop(workers);
         Ok(Exit::Code(0))
     }
 
@@ -397,16 +413,7 @@ impl Serving {
                 .position(|m| *m == parts.method)
                 .unwrap_or_default() as i32,
             uri: parts.uri.to_string(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
+            headers: crate::core_abi::header_pairs(&parts.headers),
             params,
             client_addr: None,
             body: body.to_bytes(),
@@ -433,7 +440,7 @@ impl Serving {
             }
             Ok(Err(trap)) => failed(format!("{trap:?}")),
             Ok(Ok(Err(error))) => failed(format!("it returned {error}")),
-            Ok(Ok(Ok(response))) => match build(response) {
+            Ok(Ok(Ok(response))) => match response.into_http() {
                 Ok(response) => response,
                 Err(why) => failed(why),
             },
@@ -460,6 +467,7 @@ impl Serving {
         };
         let mut store = new_store(&self.engine, state, &self.controls);
         let instance = self.pre.instantiate_async(&mut store).await?;
+        super::initialize(&mut store, &instance).await?;
         let abi = Abi::of_instance(&mut store, &instance)?;
         let args = abi.request(&mut store, &request).await?;
         let func = instance
@@ -484,23 +492,6 @@ impl Serving {
             ),
         }))
     }
-}
-
-/// The HTTP response of the handler's `response`.
-fn build(response: crate::core_abi::Response) -> Result<Response<Full<Bytes>>, String> {
-    let status = StatusCode::from_u16(response.status).map_err(|_| {
-        format!(
-            "it returned status {}, which is not an HTTP status",
-            response.status
-        )
-    })?;
-    let mut built = Response::builder().status(status);
-    for (name, value) in response.headers.unwrap_or_default() {
-        built = built.header(name, value);
-    }
-    built
-        .body(Full::new(Bytes::from(response.body.unwrap_or_default())))
-        .map_err(|e| format!("it returned a header HTTP does not allow: {e}"))
 }
 
 fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {

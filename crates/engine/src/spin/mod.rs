@@ -196,8 +196,8 @@ pub(crate) fn prepare(
             else {
                 return Err(spin("cannot load its compiled code".to_owned()));
             };
-            let pre = spin1::Spin1Pre::new(http.engine(), &module, component.mounts.clone())
-                .map_err(spin)?;
+            let pre =
+                spin1::Spin1Pre::new(http, &module, component.mounts.clone()).map_err(spin)?;
             let preopens = WasiCtxBuilder::new().build().filesystem().clone();
             let target = Target {
                 handler: Handler::Spin1(Arc::new(pre)),

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full};
-use hyper::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::Response;
 use wasmtime::{Caller, InstancePre, Linker};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -52,7 +52,7 @@ impl Spin1Pre {
     /// Links `module` (loaded into the servers' `engine`) with WASI preview 1 and Spin 1's
     /// interfaces, and checks its handler's shape.
     pub(crate) fn new(
-        engine: &wasmtime::Engine,
+        http: &crate::http::HttpEngine,
         module: &wasmtime::Module,
         mounts: Vec<(std::path::PathBuf, String)>,
     ) -> Result<Spin1Pre, String> {
@@ -66,7 +66,7 @@ impl Spin1Pre {
             }
             _ => return Err(format!("it exports no `{HANDLER}` function")),
         };
-        let mut linker = crate::engine::module_linker(engine).map_err(|e| e.to_string())?;
+        let mut linker = (*http.module_linker().map_err(|e| e.to_string())?).clone();
         add_to_linker(&mut linker).map_err(|e| e.to_string())?;
         let pre = linker.instantiate_pre(module).map_err(|e| {
             format!(
@@ -301,16 +301,7 @@ pub(crate) async fn handle(
                 Failure::Failed(format!("Spin 1 handlers take no {} requests", parts.method))
             })? as i32,
         uri: parts.uri.to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: crate::core_abi::header_pairs(&parts.headers),
         params: Vec::new(),
         client_addr: pre.client_addr.then(|| client.to_string()),
         body,
@@ -354,22 +345,8 @@ pub(crate) async fn handle(
         Ok(Err(error)) if is_pool_exhausted(&error) => return Err(Failure::Busy),
         Ok(Err(error)) => return Err(Failure::Failed(format!("the handler failed: {error:?}"))),
     };
-    let status = StatusCode::from_u16(response.status).map_err(|_| {
-        Failure::Failed(format!(
-            "the handler returned status {}, which is not an HTTP status",
-            response.status
-        ))
-    })?;
-    let mut built = Response::builder().status(status);
-    for (name, value) in response.headers.unwrap_or_default() {
-        built = built.header(name, value);
-    }
-    let body = Full::new(bytes::Bytes::from(response.body.unwrap_or_default()))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    built.body(body).map_err(|e| {
-        Failure::Failed(format!(
-            "the handler returned a header HTTP does not allow: {e}"
-        ))
-    })
+    let response = response
+        .into_http()
+        .map_err(|why| Failure::Failed(format!("the handler failed: {why}")))?;
+    Ok(response.map(|body| body.map_err(|never| match never {}).boxed_unsync()))
 }
