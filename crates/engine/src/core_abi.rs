@@ -30,7 +30,7 @@ macro_rules! define {
 }
 pub(crate) use define;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use wasmtime::{AsContext, AsContextMut, Caller, Extern, Instance, Memory, Store, TypedFunc};
 
 use crate::engine::ModuleState;
@@ -255,6 +255,40 @@ impl Abi {
         })
     }
 
+    /// The request an import's flattened `request` record (`method`, `uri`, `headers`,
+    /// `params`, `body`) passes; its params are not sent.
+    pub(crate) fn outgoing(
+        &self,
+        store: impl AsContext,
+        args: [i32; 10],
+    ) -> wasmtime::Result<Outgoing> {
+        let [
+            method,
+            uri,
+            uri_len,
+            headers,
+            headers_len,
+            _,
+            _,
+            has_body,
+            body,
+            body_len,
+        ] = args;
+        let method = METHODS
+            .get(method as usize)
+            .cloned()
+            .ok_or_else(|| wasmtime::format_err!("{method} is not a case of `method`"))?;
+        Ok(Outgoing {
+            method,
+            uri: self.string(&store, uri, uri_len)?,
+            headers: self.pairs(&store, headers, headers_len)?,
+            body: match has_body {
+                0 => Vec::new(),
+                _ => self.bytes(&store, body, body_len)?,
+            },
+        })
+    }
+
     /// Lays `request` out in the guest's memory as the arguments of a handler export taking a
     /// `request` record (with Spin 1's `client-addr` when it has one).
     pub(crate) async fn request(
@@ -282,6 +316,64 @@ impl Abi {
         args.extend([1, body, request.body.len() as i32]);
         Ok(args.into_iter().map(wasmtime::Val::I32).collect())
     }
+}
+
+/// A request a guest sends (slight's `http-client`, Spin 1's `outbound-http`), from the
+/// `request` record it passed.
+pub(crate) struct Outgoing {
+    pub(crate) method: http::Method,
+    pub(crate) uri: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Why an outgoing request got no response.
+pub(crate) enum SendError {
+    InvalidUrl(String),
+    Protocol(String),
+    Timeout(String),
+}
+
+/// How long an outgoing request may take, connecting to the end of the response.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sends `outgoing` as plain components' requests are sent (wasmtime-wasi-http's client:
+/// HTTP and HTTPS, this process's network) and reads the whole response.
+pub(crate) async fn send(outgoing: Outgoing) -> Result<Response, SendError> {
+    let uri = outgoing.uri.clone();
+    let exchange = async {
+        let mut request = http::Request::builder()
+            .method(outgoing.method)
+            .uri(&outgoing.uri);
+        for (name, value) in &outgoing.headers {
+            request = request.header(name, value);
+        }
+        let body = Full::new(bytes::Bytes::from(outgoing.body)).map_err(|never| match never {});
+        let request = request
+            .body(body)
+            .map_err(|e| SendError::InvalidUrl(format!("{uri}: {e}")))?;
+        let protocol = |e: &dyn std::fmt::Display| SendError::Protocol(format!("{uri}: {e}"));
+        let (response, io) = wasmtime_wasi_http::default_send_request(request, None)
+            .await
+            .map_err(|e| protocol(&e))?;
+        // The connection is driven on its own while the body is read; it ends with the response.
+        tokio::spawn(io);
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| protocol(&e))?.to_bytes();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: Some(header_pairs(&parts.headers)),
+            body: Some(body.to_vec()),
+        })
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SendError::Timeout(format!(
+                "{uri}: no response within {} s",
+                DEADLINE.as_secs()
+            )))
+        })
 }
 
 /// An HTTP request as the `request` record of slight and Spin 1 holds it.

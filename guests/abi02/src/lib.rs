@@ -223,3 +223,51 @@ pub(crate) fn leave(area: [u8; 32]) -> i32 {
         (*ret).0.as_ptr() as i32
     }
 }
+
+/// An import sending a `request` record and returning `expected<response, E>` (slight's
+/// `http-client`, Spin 1's `outbound-http`).
+pub(crate) type SendImport =
+    unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, i32, i32, i32, i32, i32);
+
+/// Sends `req` through `import`, whose error variant has `cases`.
+pub(crate) fn send(
+    import: SendImport,
+    req: &Request,
+    cases: &[(&'static str, Payload)],
+) -> Result<Response, Error> {
+    let headers: Vec<[i32; 4]> = req
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            [
+                k.as_ptr() as i32,
+                k.len() as i32,
+                v.as_ptr() as i32,
+                v.len() as i32,
+            ]
+        })
+        .collect();
+    let body = req.body.as_deref();
+    let mut ret = Ret::new();
+    unsafe {
+        import(
+            req.method as i32,
+            req.uri.as_ptr() as i32,
+            req.uri.len() as i32,
+            headers.as_ptr() as i32,
+            headers.len() as i32,
+            0,
+            0,
+            body.is_some() as i32,
+            body.map_or(0, |b| b.as_ptr() as i32),
+            body.map_or(0, |b| b.len() as i32),
+            ret.ptr(),
+        )
+    };
+    ret.error(cases)?;
+    Ok(Response {
+        status: ret.u16(4),
+        headers: (ret.0[8] != 0).then(|| unsafe { pairs(ret.i32(12), ret.i32(16)) }),
+        body: (ret.0[20] != 0).then(|| unsafe { bytes(ret.i32(24), ret.i32(28)) }),
+    })
+}

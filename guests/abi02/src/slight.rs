@@ -256,41 +256,7 @@ pub fn serve(address: &str, router: &Router) -> Result<i32, Error> {
 
 /// `http-client`'s `request`.
 pub fn request(req: &Request) -> Result<Response, Error> {
-    let headers: Vec<[i32; 4]> = req
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            [
-                k.as_ptr() as i32,
-                k.len() as i32,
-                v.as_ptr() as i32,
-                v.len() as i32,
-            ]
-        })
-        .collect();
-    let body = req.body.as_deref();
-    let mut ret = Ret::new();
-    unsafe {
-        raw::request(
-            req.method as i32,
-            req.uri.as_ptr() as i32,
-            req.uri.len() as i32,
-            headers.as_ptr() as i32,
-            headers.len() as i32,
-            0,
-            0,
-            body.is_some() as i32,
-            body.map_or(0, |b| b.as_ptr() as i32),
-            body.map_or(0, |b| b.len() as i32),
-            ret.ptr(),
-        )
-    };
-    ret.error(HTTP_ERRORS)?;
-    Ok(Response {
-        status: ret.u16(4),
-        headers: (ret.0[8] != 0).then(|| unsafe { pairs(ret.i32(12), ret.i32(16)) }),
-        body: (ret.0[20] != 0).then(|| unsafe { bytes(ret.i32(24), ret.i32(28)) }),
-    })
+    crate::send(raw::request, req, HTTP_ERRORS)
 }
 
 /// The body of a slight handler export: the request from its flattened arguments, `f`'s

@@ -11,6 +11,23 @@ pub mod raw {
         #[link_name = "get-config"]
         pub fn get_config(key: i32, len: i32, ret: i32);
     }
+    #[link(wasm_import_module = "outbound-http")]
+    unsafe extern "C" {
+        #[link_name = "send-request"]
+        pub fn send_request(
+            method: i32,
+            uri: i32,
+            uri_len: i32,
+            headers: i32,
+            headers_len: i32,
+            params: i32,
+            params_len: i32,
+            has_body: i32,
+            body: i32,
+            body_len: i32,
+            ret: i32,
+        );
+    }
     #[link(wasm_import_module = "key-value")]
     unsafe extern "C" {
         pub fn open(name: i32, len: i32, ret: i32);
@@ -33,6 +50,21 @@ const KEY_VALUE_ERRORS: &[(&str, crate::Payload)] = &[
     ("no-such-key", N),
     ("io", S),
 ];
+
+/// `outbound-http`'s `http-error`, an enum.
+const HTTP_ERRORS: &[(&str, crate::Payload)] = &[
+    ("success", N),
+    ("destination-not-allowed", N),
+    ("invalid-url", N),
+    ("request-error", N),
+    ("runtime-error", N),
+    ("too-many-requests", N),
+];
+
+/// `outbound-http`'s `send-request`.
+pub fn send_request(req: &Request) -> Result<Response, Error> {
+    crate::send(raw::send_request, req, HTTP_ERRORS)
+}
 
 /// A variable of the component (`spin-config`'s `get-config`).
 pub fn get_config(key: &str) -> Result<String, Error> {

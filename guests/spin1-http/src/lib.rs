@@ -1,8 +1,10 @@
 //! A Spin 1 HTTP component: `GET .../hello` greets with the `greeting` variable and echoes
 //! Spin's `spin-path-info` header and the client's address; `PUT .../kv/KEY` stores the body in
-//! the default store and `GET .../kv/KEY` reads it back.
+//! the default store and `GET .../kv/KEY` reads it back; `GET .../fetch/allowed` requests the
+//! `upstream` variable's URL with Spin 1's outbound-http, `.../fetch/denied` a host the
+//! manifest does not allow.
 
-use abi02::spin1::{Store, get_config};
+use abi02::spin1::{Store, get_config, send_request};
 use abi02::{METHODS, Request, Response};
 
 abi02::allocator!();
@@ -35,6 +37,24 @@ fn handle(request: Request) -> Response {
             200,
             format!("{greeting} from Spin 1: {method} {path} from {client}\n"),
         );
+    }
+    if let Some(which) = path.strip_prefix("/fetch/") {
+        // `allowed` is the `upstream` variable, which the manifest allows; `denied` is not.
+        let uri = match which {
+            "allowed" => get_config("upstream").unwrap_or_default(),
+            _ => "http://127.0.0.1:2/".to_owned(),
+        };
+        let request = Request {
+            uri,
+            ..Request::default()
+        };
+        return match send_request(&request) {
+            Ok(response) => {
+                let body = String::from_utf8_lossy(&response.body.unwrap_or_default()).into_owned();
+                text(200, format!("upstream said {}: {body}", response.status))
+            }
+            Err(error) => text(502, format!("{}\n", error.case)),
+        };
     }
     let Some(key) = path.strip_prefix("/kv/") else {
         return text(404, format!("no route for {path}\n"));

@@ -797,18 +797,40 @@ fn a_spin_1_module_serves_through_its_handle_http_request_export() -> Result<()>
             (missing.status, missing.body.as_str()),
             (404, "no-such-key: \n")
         );
+        // Spin 1's outbound-http: only to the allowed host (the `upstream` variable).
+        let denied = curl(&[&format!("{base}/old/fetch/denied")])?;
+        assert_eq!(
+            (denied.status, denied.body.as_str()),
+            (502, "destination-not-allowed\n")
+        );
         Ok(())
     };
 
+    let upstream = upstream("from upstream")?;
     let up = Up::start(
         Command::new(wasmcell())
+            .env(
+                "SPIN_VARIABLE_UPSTREAM",
+                format!("http://127.0.0.1:{upstream}"),
+            )
             .env("SPIN_VARIABLE_GREETING", "Howdy")
             .args(["up", "-f"])
             .arg(app.join("spin.toml")),
         "/old/hello",
     )?;
     check(&up.base.clone(), "Howdy")?;
-    up.stop()?;
+    let fetched = curl(&[&format!("{}/old/fetch/allowed", up.base)])?;
+    assert_eq!(
+        (fetched.status, fetched.body.as_str()),
+        (200, "upstream said 200: from upstream")
+    );
+    let out = up.stop()?;
+    // The denied request is explained where the operator looks.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("outbound request to http://127.0.0.1:2 denied"),
+        "{stderr}"
+    );
 
     let archive = build_spin_image(&app, "example.com/spin1:1", tmp.path())?;
     let containerd = Containerd::start()?;

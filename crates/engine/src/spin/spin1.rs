@@ -13,7 +13,7 @@ use wasmtime::{Caller, InstancePre, Linker};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_value};
-use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, define};
+use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, SendError, define};
 use crate::engine::{Guest, ModuleApp, ModuleState, new_store};
 use crate::http::{Failure, Server, is_pool_exhausted};
 use crate::stdio::Outputs;
@@ -46,6 +46,8 @@ pub(crate) struct Spin1Pre {
 pub(crate) struct Spin1Instance {
     host: Arc<SpinHost>,
     stores: Vec<Option<StoreHandle>>,
+    /// Whether requests may leave (the container's network).
+    network: bool,
 }
 
 impl Spin1Pre {
@@ -70,7 +72,7 @@ impl Spin1Pre {
         add_to_linker(&mut linker).map_err(|e| e.to_string())?;
         let pre = linker.instantiate_pre(module).map_err(|e| {
             format!(
-                "cannot be linked: {e}. wasmcell provides Spin 1's spin-config and key-value to Spin 1 modules; outbound-http, outbound-redis, postgres and mysql are not provided: rebuild it with a current Spin SDK"
+                "cannot be linked: {e}. wasmcell provides Spin 1's spin-config, key-value and outbound-http to Spin 1 modules; outbound-redis, postgres and mysql are not provided: rebuild it with a current Spin SDK"
             )
         })?;
         Ok(Spin1Pre {
@@ -109,6 +111,23 @@ fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
     define!(linker, "key-value", "exists", exists, store, key, len, ret);
     define!(linker, "key-value", "get-keys", get_keys, store, ret);
     define!(linker, "key-value", "close", close, store);
+    define!(
+        linker,
+        "outbound-http",
+        "send-request",
+        send_request,
+        method,
+        uri,
+        uri_len,
+        headers,
+        headers_len,
+        params,
+        params_len,
+        has_body,
+        body,
+        body_len,
+        ret
+    );
     Ok(())
 }
 
@@ -279,6 +298,71 @@ async fn close(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// `outbound-http`'s `http-error` cases (an enum).
+const DESTINATION_NOT_ALLOWED: u8 = 1;
+const INVALID_URL: u8 = 2;
+const REQUEST_ERROR: u8 = 3;
+
+/// `outbound-http`'s `send-request`: to a host the component's `allowed_outbound_hosts`
+/// allows, or refused with a line on stderr saying what to add, as for Spin 2 components.
+#[allow(clippy::too_many_arguments)]
+async fn send_request(
+    caller: &mut Host<'_>,
+    method: i32,
+    uri: i32,
+    uri_len: i32,
+    headers: i32,
+    headers_len: i32,
+    params: i32,
+    params_len: i32,
+    has_body: i32,
+    body: i32,
+    body_len: i32,
+    ret: i32,
+) -> wasmtime::Result<()> {
+    let abi = Abi::of_caller(caller)?;
+    let args = [
+        method,
+        uri,
+        uri_len,
+        headers,
+        headers_len,
+        params,
+        params_len,
+        has_body,
+        body,
+        body_len,
+    ];
+    let outgoing = abi.outgoing(&*caller, args)?;
+    let Spin1Instance { host, network, .. } = instance(caller)?;
+    let (host, network) = (host.clone(), *network);
+    let result = match outgoing.uri.parse::<http::Uri>() {
+        Err(_) => Ret::Case(INVALID_URL),
+        Ok(uri) => {
+            let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+            let name = uri.host().unwrap_or_default().to_ascii_lowercase();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            if !network || !host.allowed_hosts.allows(&scheme, &name, port) {
+                let target = format!("{scheme}://{name}:{port}");
+                host.report_denied(&target, &target);
+                Ret::Case(DESTINATION_NOT_ALLOWED)
+            } else {
+                match crate::core_abi::send(outgoing).await {
+                    Ok(response) => Ret::Response(response),
+                    Err(SendError::InvalidUrl(_)) => Ret::Case(INVALID_URL),
+                    Err(SendError::Protocol(why) | SendError::Timeout(why)) => {
+                        tracing::warn!(component = %host.id, "outbound-http: {why}");
+                        Ret::Case(REQUEST_ERROR)
+                    }
+                }
+            }
+        }
+    };
+    abi.ret(caller, ret, result).await
+}
+
 /// One request to a Spin 1 component of `host`: a fresh instance of `pre`, its
 /// `handle-http-request` called with the request (its Spin headers already set), its
 /// `response` returned.
@@ -321,6 +405,7 @@ pub(crate) async fn handle(
         app: Some(ModuleApp::Spin1(Box::new(Spin1Instance {
             host: host.clone(),
             stores: Vec::new(),
+            network: server.spec().network == crate::workload::Network::Inherit,
         }))),
     };
     let mut store = new_store(server.engine(), state, server.controls());
