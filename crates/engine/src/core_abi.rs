@@ -85,9 +85,9 @@ impl Abi {
             .and_then(|end| self.memory.data(&store).get(start..end))
             .map(<[u8]>::to_vec)
             .ok_or_else(|| {
-                wasmtime::format_err!(
+                out_of_bounds(format!(
                     "the guest passed {len} bytes at {start:#x}, outside its memory"
-                )
+                ))
             })
     }
 
@@ -128,7 +128,9 @@ impl Abi {
             .and_then(|end| self.memory.data_mut(&mut store).get_mut(start..end))
             .map(|place| place.copy_from_slice(bytes))
             .ok_or_else(|| {
-                wasmtime::format_err!("the guest's return area at {start:#x} is outside its memory")
+                out_of_bounds(format!(
+                    "the guest's return area at {start:#x} is outside its memory"
+                ))
             })
     }
 
@@ -374,6 +376,11 @@ pub(crate) async fn send(outgoing: Outgoing) -> Result<Response, SendError> {
                 DEADLINE.as_secs()
             )))
         })
+}
+
+/// A trap (the guest ends as one that trapped does, status 134), saying what was out of bounds.
+fn out_of_bounds(what: String) -> wasmtime::Error {
+    wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds).context(what)
 }
 
 /// An HTTP request as the `request` record of slight and Spin 1 holds it.

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
+use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
-    Containerd, Docker, Redis, build_image, curl, free_port, guest, upstream, wait_for, wait_http,
-    wasmcell,
+    Containerd, Docker, Redis, Registry, build_image, curl, free_port, guest, upstream, wait_for,
+    wait_http, wasmcell,
 };
 
 const SLIGHT: &str = "io.containerd.slight.v1";
@@ -368,6 +369,32 @@ fn wasmcell_run_slightfile_serves_the_router_app_without_a_container_engine() ->
     assert_serves_router(&base)?;
     // Its store is beside the module, not in the host's temporary directory.
     assert!(app.join(".slight/keyvalue.sqlite").is_file());
+    // Without --net, the client has no network: refused to the app, which answers 502.
+    let offline_port = free_port()?;
+    let mut offline = wasmcell_e2e::Background::spawn(
+        Command::new(wasmcell())
+            .args(["run", "--cache-dir"])
+            .arg(tmp.path().join("cache"))
+            .arg("--slightfile")
+            .arg(app.join("slightfile.toml"))
+            .args([
+                "-e",
+                &format!("WASMCELL_HTTP_ADDR=127.0.0.1:{offline_port}"),
+            ])
+            .args(["-e", &format!("UPSTREAM=http://127.0.0.1:{upstream}/")])
+            .arg(app.join("app.wasm")),
+    )?;
+    let offline_base = format!("http://127.0.0.1:{offline_port}");
+    wait_http(&format!("{offline_base}/hello"))?;
+    let refused = curl(&[&format!("{offline_base}/fetch")])?;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (
+            502,
+            "unexpected-error: request: the app has no network to send requests on\n"
+        )
+    );
+    offline.terminate()?;
     wasmcell_e2e::run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?.success()?;
     wait_for("wasmcell run to exit", || Ok(child.try_wait()?.is_some()))?;
     let out = child.wait_with_output()?;
@@ -425,6 +452,23 @@ fn broken_slight_apps_fail_naming_the_problem_and_the_shim_runs_on() -> Result<(
         );
         containerd.ctr(&["container", "delete", name]).ok();
     }
+    // A module that hands slight a pointer outside its memory traps; it never reaches the host.
+    let hostile = tmp.path().join("hostile");
+    std::fs::create_dir_all(&hostile)?;
+    let module = wat::parse_str(
+        r#"(module
+            (import "keyvalue" "keyvalue::open" (func $open (param i32 i32 i32)))
+            (memory (export "memory") 1)
+            (func (export "_start") (call $open (i32.const 0x7fffffff) (i32.const 100) (i32.const 0))))"#,
+    )?;
+    std::fs::write(hostile.join("app.wasm"), module)?;
+    std::fs::write(hostile.join("slightfile.toml"), kv)?;
+    let (archive, tag) = image(tmp.path(), &hostile)?;
+    containerd.import(&archive)?;
+    let ran = containerd.ctr(&["run", "--rm", "--runtime", SLIGHT, &tag, "hostile"])?;
+    assert_eq!(ran.code, Some(134), "{ran:?}");
+    assert!(ran.stderr.contains("outside its memory"), "{}", ran.stderr);
+    containerd.ctr(&["container", "delete", "hostile"]).ok();
     // No app.wasm beside the slightfile.
     let bare = tmp.path().join("bare");
     std::fs::create_dir_all(&bare)?;
@@ -459,5 +503,41 @@ fn broken_slight_apps_fail_naming_the_problem_and_the_shim_runs_on() -> Result<(
         .ctr(&["run", "--rm", "--runtime", SLIGHT, &tag, "good"])?
         .success()?;
     assert!(ran.stdout.starts_with("runs: 1\n"), "{ran:?}");
+    Ok(())
+}
+
+#[test]
+fn a_slight_app_serves_from_a_pod_under_the_slight_handler() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start()?;
+    let app = app(tmp.path(), "router", "slight-http.wasm", HTTP_SLIGHTFILE)?;
+    let image = format!("{}/router:1", registry.addr);
+    let include = format!("{}:/", app.display());
+    wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("store"))
+            .arg("build")
+            .arg(app.join("app.wasm"))
+            .args(["--tag", &image, "--push", "--include", &include]),
+    )?
+    .success()?;
+    let cri = Cri::start()?;
+    let pod = cri.run_pod(cri.pod_config("router")?, "slight")?;
+    cri.pull(&image)?;
+    let id = pod.run(pod.container_config("router", &image))?;
+    cri.wait_running(&id)?;
+    // The app's own address, 0.0.0.0:3000 in the pod's network, at the pod's IP.
+    let base = format!("http://{}:3000", pod.ip()?);
+    wait_for("the pod to answer", || {
+        Ok(curl(&[&format!("{base}/hello")]).is_ok_and(|r| r.status == 200))
+    })?;
+    let put = curl(&["-X", "PUT", "--data-binary", "x", &format!("{base}/kv/k")])?;
+    assert_eq!(put.status, 201, "{put:?}");
+    assert_eq!(curl(&[&format!("{base}/kv/k")])?.body, "x");
+    // StopContainer: SIGTERM, the server drains and exits 0.
+    cri.stop_container(&id, 10)?;
+    assert_eq!(cri.container_status(&id)?.exit_code, 0);
+    pod.stop()?;
+    pod.remove()?;
     Ok(())
 }
