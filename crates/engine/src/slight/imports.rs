@@ -116,60 +116,75 @@ fn store(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<(String, Arc<Ke
     }
 }
 
-/// The key at `key`/`len`, which may not be empty.
-fn key(
+/// A `keyvalue` function on the store behind `handle` (opened as `name`, its keys'
+/// namespace) and the key at `key`/`len`: `op(store, name, key)`'s answer, or `invalid-key`
+/// for an empty key.
+async fn on_key<F>(
     caller: &mut Host<'_>,
-    abi: &Abi,
-    key: i32,
-    len: i32,
-) -> wasmtime::Result<Result<String, Ret>> {
+    handle: i32,
+    (key, len): (i32, i32),
+    ret: i32,
+    op: impl FnOnce(Arc<KeyValue>, String, String) -> F,
+) -> wasmtime::Result<()>
+where
+    F: Future<Output = Ret>,
+{
+    let abi = Abi::of_caller(caller)?;
+    let (name, store) = store(caller, handle)?;
     let key = abi.string(&*caller, key, len)?;
-    Ok(match key.is_empty() {
-        true => Err(Ret::Error(INVALID_KEY, "a key may not be empty".to_owned())),
-        false => Ok(key),
-    })
+    let result = match key.is_empty() {
+        true => Ret::Error(INVALID_KEY, "a key may not be empty".to_owned()),
+        false => op(store, name, key).await,
+    };
+    abi.ret(caller, ret, result).await
 }
 
 async fn get(
     caller: &mut Host<'_>,
     handle: i32,
-    at: i32,
+    key: i32,
     len: i32,
     ret: i32,
 ) -> wasmtime::Result<()> {
-    let abi = Abi::of_caller(caller)?;
-    let (name, store) = store(caller, handle)?;
-    let result = match key(caller, &abi, at, len)? {
-        Err(invalid) => invalid,
-        Ok(key) => match store.get(&name, &key).await {
-            Ok(Some(value)) => Ret::Bytes(value),
-            Ok(None) => Ret::Error(KEY_NOT_FOUND, key),
-            Err(why) => Ret::Error(IO_ERROR, why),
+    on_key(
+        caller,
+        handle,
+        (key, len),
+        ret,
+        |store, name, key| async move {
+            match store.get(&name, &key).await {
+                Ok(Some(value)) => Ret::Bytes(value),
+                Ok(None) => Ret::Error(KEY_NOT_FOUND, key),
+                Err(why) => Ret::Error(IO_ERROR, why),
+            }
         },
-    };
-    abi.ret(caller, ret, result).await
+    )
+    .await
 }
 
 async fn set(
     caller: &mut Host<'_>,
     handle: i32,
-    at: i32,
+    key: i32,
     len: i32,
     value: i32,
     value_len: i32,
     ret: i32,
 ) -> wasmtime::Result<()> {
-    let abi = Abi::of_caller(caller)?;
-    let (name, store) = store(caller, handle)?;
-    let value = abi.bytes(&*caller, value, value_len)?;
-    let result = match key(caller, &abi, at, len)? {
-        Err(invalid) => invalid,
-        Ok(key) => match store.set(&name, &key, &value).await {
-            Ok(()) => Ret::Unit,
-            Err(why) => Ret::Error(IO_ERROR, why),
+    let value = Abi::of_caller(caller)?.bytes(&*caller, value, value_len)?;
+    on_key(
+        caller,
+        handle,
+        (key, len),
+        ret,
+        |store, name, key| async move {
+            match store.set(&name, &key, &value).await {
+                Ok(()) => Ret::Unit,
+                Err(why) => Ret::Error(IO_ERROR, why),
+            }
         },
-    };
-    abi.ret(caller, ret, result).await
+    )
+    .await
 }
 
 async fn keys(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Result<()> {
@@ -185,20 +200,23 @@ async fn keys(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Result<
 async fn delete(
     caller: &mut Host<'_>,
     handle: i32,
-    at: i32,
+    key: i32,
     len: i32,
     ret: i32,
 ) -> wasmtime::Result<()> {
-    let abi = Abi::of_caller(caller)?;
-    let (name, store) = store(caller, handle)?;
-    let result = match key(caller, &abi, at, len)? {
-        Err(invalid) => invalid,
-        Ok(key) => match store.delete(&name, &key).await {
-            Ok(()) => Ret::Unit,
-            Err(why) => Ret::Error(IO_ERROR, why),
+    on_key(
+        caller,
+        handle,
+        (key, len),
+        ret,
+        |store, name, key| async move {
+            match store.delete(&name, &key).await {
+                Ok(()) => Ret::Unit,
+                Err(why) => Ret::Error(IO_ERROR, why),
+            }
         },
-    };
-    abi.ret(caller, ret, result).await
+    )
+    .await
 }
 
 async fn open_configs(

@@ -197,6 +197,27 @@ fn store(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<Option<StoreHan
     Ok(stores.get(handle as usize).cloned().flatten())
 }
 
+/// A `key-value` function on the store behind `handle` and the key at `key`/`len`: `op`'s
+/// answer, or `invalid-store` for a handle that is not open.
+async fn on_key<F>(
+    caller: &mut Host<'_>,
+    handle: i32,
+    (key, len): (i32, i32),
+    ret: i32,
+    op: impl FnOnce(StoreHandle, String) -> F,
+) -> wasmtime::Result<()>
+where
+    F: Future<Output = Ret>,
+{
+    let abi = Abi::of_caller(caller)?;
+    let key = abi.string(&*caller, key, len)?;
+    let result = match store(caller, handle)? {
+        None => Ret::Case(INVALID_STORE),
+        Some(store) => op(store, key).await,
+    };
+    abi.ret(caller, ret, result).await
+}
+
 async fn get(
     caller: &mut Host<'_>,
     handle: i32,
@@ -204,17 +225,14 @@ async fn get(
     len: i32,
     ret: i32,
 ) -> wasmtime::Result<()> {
-    let abi = Abi::of_caller(caller)?;
-    let key = abi.string(&*caller, key, len)?;
-    let result = match store(caller, handle)? {
-        None => Ret::Case(INVALID_STORE),
-        Some(store) => match store.get(&key).await {
+    on_key(caller, handle, (key, len), ret, |store, key| async move {
+        match store.get(&key).await {
             Ok(Some(value)) => Ret::Bytes(value),
             Ok(None) => Ret::Case(NO_SUCH_KEY),
             Err(why) => Ret::Error(IO, why),
-        },
-    };
-    abi.ret(caller, ret, result).await
+        }
+    })
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -248,16 +266,13 @@ async fn delete(
     len: i32,
     ret: i32,
 ) -> wasmtime::Result<()> {
-    let abi = Abi::of_caller(caller)?;
-    let key = abi.string(&*caller, key, len)?;
-    let result = match store(caller, handle)? {
-        None => Ret::Case(INVALID_STORE),
-        Some(store) => match store.delete(&key).await {
+    on_key(caller, handle, (key, len), ret, |store, key| async move {
+        match store.delete(&key).await {
             Ok(()) => Ret::Unit,
             Err(why) => Ret::Error(IO, why),
-        },
-    };
-    abi.ret(caller, ret, result).await
+        }
+    })
+    .await
 }
 
 async fn exists(
@@ -267,16 +282,13 @@ async fn exists(
     len: i32,
     ret: i32,
 ) -> wasmtime::Result<()> {
-    let abi = Abi::of_caller(caller)?;
-    let key = abi.string(&*caller, key, len)?;
-    let result = match store(caller, handle)? {
-        None => Ret::Case(INVALID_STORE),
-        Some(store) => match store.get(&key).await {
+    on_key(caller, handle, (key, len), ret, |store, key| async move {
+        match store.get(&key).await {
             Ok(value) => Ret::Bool(value.is_some()),
             Err(why) => Ret::Error(IO, why),
-        },
-    };
-    abi.ret(caller, ret, result).await
+        }
+    })
+    .await
 }
 
 async fn get_keys(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Result<()> {
