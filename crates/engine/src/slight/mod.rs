@@ -1,11 +1,13 @@
-//! SpiderLightning apps: a core module (`app.wasm`) run as slight ran it, its `_start` once,
-//! with WASI preview 1 and slight's interfaces over wit-bindgen 0.2's ABI ([`abi`]): key-value,
-//! configs, an HTTP server and an HTTP client, each only as the slightfile grants it
-//! ([`wasmcell_slight::SlightApp`]). A capability the slightfile does not declare is refused
-//! with the interface's own error, never a trap.
+//! SpiderLightning apps: a core module (`app.wasm`) run as slight ran it, its `_start` (or a
+//! library app's `on-server-init`) once, with WASI preview 1 and slight's interfaces over
+//! wit-bindgen 0.2's ABI ([`crate::core_abi`]): key-value, configs, an HTTP server and an HTTP
+//! client, each only as the slightfile grants it ([`wasmcell_slight::SlightApp`]). A
+//! capability the slightfile does not declare is refused with the interface's own error,
+//! never a trap. Components under slight get the same capabilities as WASI interfaces
+//! (`components`).
 //!
-//! An app that set up HTTP servers in `_start` is served once `_start` returns, a fresh
-//! instance per request calling the route's handler export, until it is asked to stop.
+//! An app that set up HTTP servers is served once its start returns, a fresh instance per
+//! request calling the route's handler export, until it is asked to stop.
 
 mod client;
 mod components;
