@@ -17,55 +17,13 @@ const PROTOCOL: u8 = 2;
 const UNEXPECTED: u8 = 4;
 
 pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
-    define!(
-        linker,
-        "http-client",
-        "request",
-        request,
-        method,
-        uri,
-        uri_len,
-        headers,
-        headers_len,
-        params,
-        params_len,
-        has_body,
-        body,
-        body_len,
-        ret
-    );
+    define!(linker, "http-client", "request", request, request);
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn request(
-    caller: &mut Host<'_>,
-    method: i32,
-    uri: i32,
-    uri_len: i32,
-    headers: i32,
-    headers_len: i32,
-    params: i32,
-    params_len: i32,
-    has_body: i32,
-    body: i32,
-    body_len: i32,
-    ret: i32,
-) -> wasmtime::Result<()> {
+async fn request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
-    let args = [
-        method,
-        uri,
-        uri_len,
-        headers,
-        headers_len,
-        params,
-        params_len,
-        has_body,
-        body,
-        body_len,
-    ];
-    let outgoing = abi.outgoing(&*caller, args)?;
+    let outgoing = abi.outgoing(&*caller, record)?;
     let host = instance(caller)?.host.clone();
     let result = if !host.app.http_client {
         let why = "request: slightfile.toml declares no `http-client` capability: add a [[capability]] with resource = \"http-client\"";

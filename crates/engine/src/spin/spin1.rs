@@ -116,17 +116,7 @@ fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
         "outbound-http",
         "send-request",
         send_request,
-        method,
-        uri,
-        uri_len,
-        headers,
-        headers_len,
-        params,
-        params_len,
-        has_body,
-        body,
-        body_len,
-        ret
+        request
     );
     Ok(())
 }
@@ -317,35 +307,9 @@ const REQUEST_ERROR: u8 = 3;
 
 /// `outbound-http`'s `send-request`: to a host the component's `allowed_outbound_hosts`
 /// allows, or refused with a line on stderr saying what to add, as for Spin 2 components.
-#[allow(clippy::too_many_arguments)]
-async fn send_request(
-    caller: &mut Host<'_>,
-    method: i32,
-    uri: i32,
-    uri_len: i32,
-    headers: i32,
-    headers_len: i32,
-    params: i32,
-    params_len: i32,
-    has_body: i32,
-    body: i32,
-    body_len: i32,
-    ret: i32,
-) -> wasmtime::Result<()> {
+async fn send_request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
-    let args = [
-        method,
-        uri,
-        uri_len,
-        headers,
-        headers_len,
-        params,
-        params_len,
-        has_body,
-        body,
-        body_len,
-    ];
-    let outgoing = abi.outgoing(&*caller, args)?;
+    let outgoing = abi.outgoing(&*caller, record)?;
     let Spin1Instance { host, network, .. } = instance(caller)?;
     let (host, network) = (host.clone(), *network);
     let result = match outgoing.uri.parse::<http::Uri>() {
