@@ -252,7 +252,7 @@ impl Drop for EntryLock {
     }
 }
 
-pub(crate) fn deserialize(
+fn deserialize(
     engine: &wasmtime::Engine,
     kind: WasmKind,
     entry: &Path,

@@ -342,7 +342,7 @@ impl Engine {
         if let Some(App::Spin(app)) = &spec.app {
             let http = self.http.get(|| HttpEngine::new(config()))?;
             let Compiler { engine, cache } = &self.compiler;
-            let app = Arc::new(spin::prepare(engine, cache, &http, &spec, app)?);
+            let app = Arc::new(spin::prepare(cache, &http, &spec, app)?);
             return Ok(Prepared {
                 engine: engine.clone(),
                 ticker: self.ticker.clone(),
@@ -357,19 +357,19 @@ impl Engine {
             function: function.to_owned(),
             reason,
         };
+        if let (Some(App::Slight(app)), WasmKind::Module) = (&spec.app, kind) {
+            let http = self.http.get(|| HttpEngine::new(config()))?;
+            let slight = Slight::prepare(http, cache, &bytes, app, &spec, &path)?;
+            return Ok(Prepared {
+                engine: engine.clone(),
+                ticker: self.ticker.clone(),
+                entry: Entry::Slight(Arc::new(slight)),
+                spec: Arc::new(spec),
+            });
+        }
         let (artifact, cached) = cache.load(engine, kind, &bytes, &path)?;
         let entry = match artifact {
             Artifact::Module(module) => {
-                if let Some(App::Slight(app)) = &spec.app {
-                    let http = self.http.get(|| HttpEngine::new(config()))?;
-                    let slight = Slight::prepare(http, &cached, app, &spec, &path)?;
-                    return Ok(Prepared {
-                        engine: engine.clone(),
-                        ticker: self.ticker.clone(),
-                        entry: Entry::Slight(Arc::new(slight)),
-                        spec: Arc::new(spec),
-                    });
-                }
                 let function = spec.function.clone().unwrap_or_else(|| "_start".to_owned());
                 match module.get_export(&function) {
                     Some(ExternType::Func(ty))

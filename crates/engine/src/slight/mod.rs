@@ -98,21 +98,21 @@ impl Slight {
         Ok(linker)
     }
 
-    /// Loads the module compiled at `cached` (`path` in messages) on the servers' pooling
-    /// engine (its requests are instances too), checks its entry and links it for `app`.
+    /// Loads `module` (`path` in messages) through the compile cache straight into the
+    /// servers' pooling engine (its requests are instances too), checks its entry and links it
+    /// for `app`.
     pub(crate) fn prepare(
         http: Arc<HttpEngine>,
-        cached: &std::path::Path,
+        cache: &crate::cache::CompileCache,
+        module: &[u8],
         app: &SlightApp,
         spec: &WorkloadSpec,
         path: &str,
     ) -> Result<Slight, Error> {
-        let loaded =
-            crate::cache::deserialize(http.engine(), wasmcell_oci::WasmKind::Module, cached);
-        let Ok(crate::cache::Artifact::Module(module)) = loaded else {
-            return Err(Error::Engine(wasmtime::format_err!(
-                "{path}: the compiled module does not load on the server engine"
-            )));
+        let (artifact, _) =
+            cache.load(http.engine(), wasmcell_oci::WasmKind::Module, module, path)?;
+        let crate::cache::Artifact::Module(module) = artifact else {
+            unreachable!("the cache loads a module as a module");
         };
         if !["_start", ON_SERVER_INIT]
             .iter()

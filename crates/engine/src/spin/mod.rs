@@ -141,7 +141,6 @@ fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Loads, links and pre-instantiates every component of the spec's app.
 pub(crate) fn prepare(
-    compiler_engine: &wasmtime::Engine,
     cache: &CompileCache,
     http: &Arc<HttpEngine>,
     spec: &WorkloadSpec,
@@ -175,7 +174,8 @@ pub(crate) fn prepare(
     for (index, component) in app.components.iter().enumerate() {
         let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
         let (bytes, kind) = read_component(spec, component)?;
-        let (_, cached) = cache.load(compiler_engine, kind, &bytes, &component.source)?;
+        // Straight into the servers' engine: the entry the shim compiled, loaded once.
+        let (artifact, _) = cache.load(http.engine(), kind, &bytes, &component.source)?;
         let host = Arc::new(SpinHost::new(
             component,
             app,
@@ -183,41 +183,37 @@ pub(crate) fn prepare(
             places.clone(),
             diagnostics.clone(),
         ));
-        if kind == wasmcell_oci::WasmKind::Module {
-            let triggered =
-                app.command.contains(&index) || app.redis.iter().any(|t| t.component == index);
-            if triggered {
-                return Err(spin(
-                    "is a Spin 1 module, which Spin runs under HTTP triggers only".to_owned(),
-                ));
+        let loaded = match artifact {
+            crate::cache::Artifact::Component(loaded) => loaded,
+            crate::cache::Artifact::Module(module) => {
+                let triggered =
+                    app.command.contains(&index) || app.redis.iter().any(|t| t.component == index);
+                if triggered {
+                    return Err(spin(
+                        "is a Spin 1 module, which Spin runs under HTTP triggers only".to_owned(),
+                    ));
+                }
+                let pre =
+                    spin1::Spin1Pre::new(http, &module, component.mounts.clone()).map_err(spin)?;
+                let preopens = WasiCtxBuilder::new().build().filesystem().clone();
+                let target = Target {
+                    handler: Handler::Spin1(Arc::new(pre)),
+                    env: component.environment.clone(),
+                    args: Vec::new(),
+                    preopens: preopens.clone(),
+                    grants: Some(Grants::Spin(host.clone())),
+                };
+                components.push(Prepared {
+                    http: served.contains(&index).then(|| Arc::new(target)),
+                    redis: None,
+                    command: None,
+                    env: component.environment.clone(),
+                    preopens,
+                    host,
+                });
+                continue;
             }
-            let Ok(crate::cache::Artifact::Module(module)) =
-                crate::cache::deserialize(http.engine(), kind, &cached)
-            else {
-                return Err(spin("cannot load its compiled code".to_owned()));
-            };
-            let pre =
-                spin1::Spin1Pre::new(http, &module, component.mounts.clone()).map_err(spin)?;
-            let preopens = WasiCtxBuilder::new().build().filesystem().clone();
-            let target = Target {
-                handler: Handler::Spin1(Arc::new(pre)),
-                env: component.environment.clone(),
-                args: Vec::new(),
-                preopens: preopens.clone(),
-                grants: Some(Grants::Spin(host.clone())),
-            };
-            components.push(Prepared {
-                http: served.contains(&index).then(|| Arc::new(target)),
-                redis: None,
-                command: None,
-                env: component.environment.clone(),
-                preopens,
-                host,
-            });
-            continue;
-        }
-        let loaded = crate::cache::deserialize_component(http.engine(), &cached)
-            .map_err(|e| spin(format!("cannot load its compiled code: {e}")))?;
+        };
         let pre = linker.instantiate_pre(&loaded).map_err(|e| {
             let why = match missing_imports(&loaded, http.engine()) {
                 missing if missing.is_empty() => crate::error::error_chain(&Error::Engine(e)),
