@@ -790,6 +790,14 @@ impl Docker {
             .arg(format!("unix://{}", self.socket.display()))
             .args(args))
     }
+
+    /// `docker stop` (SIGTERM, then SIGKILL after docker's 10 s) and the container's exit
+    /// code as `docker inspect` reports it.
+    pub fn stop(&self, container: &str) -> Result<String> {
+        self.docker(&["stop", container])?.success()?;
+        let inspect = ["inspect", "--format", "{{.State.ExitCode}}", container];
+        Ok(self.docker(&inspect)?.success()?.stdout.trim().to_owned())
+    }
 }
 
 impl Drop for Docker {

@@ -246,9 +246,7 @@ fn docker_runs_the_http_example_as_in_dockers_wasm_guide() -> Result<()> {
 
         // SIGTERM is honoured: the server drains and exits 0 (a SIGKILL after the timeout
         // would show as 137).
-        docker.docker(&["stop", &id])?.success()?;
-        let code = docker.docker(&["inspect", "--format", "{{.State.ExitCode}}", &id])?;
-        assert_eq!(code.success()?.stdout.trim(), "0");
+        assert_eq!(docker.stop(&id)?, "0");
         docker.docker(&["rm", &id])?.success()?;
         let left = docker.docker(&["ps", "--all", "--quiet"])?.success()?;
         assert!(left.stdout.trim().is_empty(), "{left:?}");

@@ -472,9 +472,7 @@ fn docker_runs_a_wasmedge_app_with_the_wasmedge_runtime() -> Result<()> {
             .contains("listening on 0.0.0.0:8080"))
     })?;
     // SIGTERM stops it (128 + 15), not docker's SIGKILL after its 10 s (137).
-    docker.docker(&["stop", &id])?.success()?;
-    let code = docker.docker(&["inspect", "--format", "{{.State.ExitCode}}", &id])?;
-    assert_eq!(code.success()?.stdout.trim(), "143");
+    assert_eq!(docker.stop(&id)?, "143");
     docker.docker(&["rm", &id])?.success()?;
     let left = docker.docker(&["ps", "--all", "--quiet"])?.success()?;
     assert!(left.stdout.trim().is_empty(), "{left:?}");
