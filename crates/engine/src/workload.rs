@@ -148,9 +148,10 @@ impl Default for HttpServe {
 }
 
 impl WorkloadSpec {
-    /// The host paths the spec reaches directly: the module's source and every preopened
-    /// directory (stdio is separate: it is opened, not reached). A sandbox that is handed these
-    /// as descriptors rewrites them in place.
+    /// The host paths the spec reaches directly: the module's source, every preopened
+    /// directory, the app's mounts and the name lookup files (stdio is separate: it is opened,
+    /// not reached). A sandbox that is handed these as descriptors rewrites them in place: it
+    /// can name no host path of its own.
     pub fn host_paths_mut(&mut self) -> Vec<&mut PathBuf> {
         let module = match &mut self.module {
             ModuleSource::File(path) => path,
@@ -160,9 +161,11 @@ impl WorkloadSpec {
             App::Spin(app) => app.host_paths_mut().collect(),
             App::Slight(_) => Vec::new(),
         });
+        let NameFiles { hosts, resolv_conf } = &mut self.names;
         std::iter::once(module)
             .chain(self.preopens.iter_mut().map(|p| &mut p.host))
             .chain(mounts)
+            .chain(hosts.iter_mut().chain(resolv_conf.iter_mut()))
             .collect()
     }
 }

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use wasmcell_engine::{Input, Limits, Output, Usage, WorkloadSpec};
+use wasmcell_engine::{Access, Input, Limits, Output, Usage, WorkloadSpec};
 
 /// The descriptor number the control socket has in the sandbox.
 pub const CONTROL_FD: i32 = 3;
@@ -35,13 +35,9 @@ pub struct Setup {
     pub user: User,
     /// Resource limits of the sandbox process (`process.rlimits`).
     pub rlimits: Vec<Rlimit>,
-    /// The compile cache to load artifacts from.
+    /// The compile cache to load artifacts from: the one host directory the sandbox sees (at
+    /// the same path, read-only).
     pub cache_dir: PathBuf,
-    /// The first container's rootfs mount point. The shim mounts it while the sandbox starts,
-    /// so the sandbox's new mount namespace may get a copy of that mount, which would keep the
-    /// overlay alive until the sandbox exits (and its sync would then be the sandbox's exit's);
-    /// the sandbox detaches whatever is mounted there in its namespace.
-    pub rootfs: Option<PathBuf>,
     /// Keep `CAP_NET_BIND_SERVICE` (and no other capability), for servers on ports below
     /// 1024: set when the spec's process has it, as Docker's and Kubernetes' defaults do and
     /// as Spin apps need for their default port 80.
@@ -196,9 +192,13 @@ pub struct Grant {
 /// How a granted path is opened by the shim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Open {
-    /// `O_PATH`: a directory or the module, reached through `/proc/self/fd/N` (so the sandbox's
-    /// own uid decides what it may read or write there, as for a runc process).
-    Reach,
+    /// A directory or file the spec reaches through `/proc/self/fd/N` (so the sandbox's own uid
+    /// decides what it may read or write there, as for a runc process). The shim passes a
+    /// detached copy of its mount (`open_tree`), `nodev` and `nosuid`, read-only unless some use
+    /// of the path writes: `..` cannot climb out of a detached mount, a device node in an image
+    /// cannot be opened, and a read-only grant is read-only to every opener in the sandbox (the
+    /// stores included), not only to the guest's WASI calls.
+    Reach(Access),
     /// Read, non-blocking: the stdin FIFO.
     Read,
     /// Read-write, non-blocking: a stdout/stderr FIFO (it then never reports EPIPE).
@@ -212,16 +212,25 @@ pub enum Open {
 /// no obstacle) and passes them with `Create`.
 pub fn grants(spec: &WorkloadSpec) -> Vec<Grant> {
     let mut grants: Vec<Grant> = Vec::new();
-    let mut add = |path: &PathBuf, open| {
-        if !grants.iter().any(|g| &g.path == path) {
-            grants.push(Grant {
-                path: path.clone(),
-                open,
-            });
+    let mut add = |path: &PathBuf, open| match grants.iter_mut().find(|g| &g.path == path) {
+        // A path reached both read-only and read-write (the rootfs: the module's source and
+        // the guest's `/`) is granted read-write.
+        Some(granted) => {
+            if open == Open::Reach(Access::ReadWrite) {
+                granted.open = open;
+            }
         }
+        None => grants.push(Grant {
+            path: path.clone(),
+            open,
+        }),
     };
+    // Every reached path is read-only but where a preopen writes.
     for path in spec.clone().host_paths_mut() {
-        add(path, Open::Reach);
+        add(path, Open::Reach(Access::ReadOnly));
+    }
+    for preopen in &spec.preopens {
+        add(&preopen.host, Open::Reach(preopen.access));
     }
     if let Input::Fifo(path) = &spec.stdio.stdin {
         add(path, Open::Read);
@@ -278,7 +287,7 @@ pub fn apply_grants(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmcell_engine::{Access, HttpServe, Limits, ModuleSource, Network, Preopen, Stdio};
+    use wasmcell_engine::{HttpServe, Limits, ModuleSource, Network, Preopen, Stdio};
 
     fn spec() -> WorkloadSpec {
         WorkloadSpec {
@@ -324,8 +333,8 @@ mod tests {
         assert_eq!(
             opens,
             [
-                ("/bundle/rootfs".to_owned(), Open::Reach),
-                ("/data".to_owned(), Open::Reach),
+                ("/bundle/rootfs".to_owned(), Open::Reach(Access::ReadWrite)),
+                ("/data".to_owned(), Open::Reach(Access::ReadOnly)),
                 ("/fifo/in".to_owned(), Open::Read),
                 ("/fifo/out".to_owned(), Open::Write),
                 ("/log".to_owned(), Open::Append),

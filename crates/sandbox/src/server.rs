@@ -79,7 +79,7 @@ struct Workload {
     prepared: Arc<Prepared>,
     /// Pause and live limits, for its run.
     controls: Controls,
-    /// The directories and module its spec reaches through `/proc/self/fd`; closed when it is
+    /// The detached mounts its spec reaches through `/proc/self/fd`; closed when it is
     /// deleted.
     _reached: Vec<OwnedFd>,
     /// Its stdio: handed to the run at start and closed the moment the guest ends, as a
@@ -145,11 +145,9 @@ impl Workloads {
     }
 
     /// Forgets workload `key`, keeping its CPU time in its container's total (until the
-    /// container itself is deleted).
-    fn delete(&mut self, key: &str) {
-        let Some(workload) = self.live.remove(key) else {
-            return;
-        };
+    /// container itself is deleted); returns it, to be dropped off the request loop.
+    fn delete(&mut self, key: &str) -> Option<Workload> {
+        let workload = self.live.remove(key)?;
         match key.split_once('/') {
             Some((container, _)) => {
                 let retired = self.retired.entry(container.to_owned()).or_default();
@@ -159,6 +157,7 @@ impl Workloads {
                 self.retired.remove(key);
             }
         }
+        Some(workload)
     }
 }
 
@@ -180,7 +179,7 @@ async fn handle(
             let (reached, stdio): (Vec<_>, Vec<_>) = grants
                 .iter()
                 .zip(fds)
-                .partition(|(grant, _)| grant.open == Open::Reach);
+                .partition(|(grant, _)| matches!(grant.open, Open::Reach(_)));
             let engine = engine.clone();
             let prepared = tokio::task::spawn_blocking(move || engine.prepare(*spec))
                 .await
@@ -273,7 +272,11 @@ async fn handle(
             Ok(Answer::Done)
         }
         Request::Delete { id } => {
-            workloads.delete(&id);
+            // Its grants may hold the last reference to its rootfs's mount, and dropping that
+            // syncs the filesystem under it (milliseconds): not on the loop serving the pod.
+            if let Some(workload) = workloads.delete(&id) {
+                tokio::task::spawn_blocking(move || drop(workload));
+            }
             Ok(Answer::Done)
         }
         Request::Usage { id } => Ok(Answer::Usage(workloads.usage(&id))),

@@ -24,6 +24,7 @@ use seccompiler::{
 
 use crate::SANDBOX_ARG0;
 use crate::protocol::{CONTROL_FD, Grant, MAX_FDS, MAX_PACKET, NamespaceKind, Open, Rlimit, Setup};
+use wasmcell_engine::Access;
 
 /// Why isolating the sandbox failed; each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -154,9 +155,7 @@ pub fn recv(socket: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
 /// `SCM_RIGHTS`, not by inheritance).
 pub fn open_grant(grant: &Grant) -> io::Result<OwnedFd> {
     let mode = match grant.open {
-        // Grants nothing by itself (no read, no write, not a FIFO reader or writer) until
-        // reopened through /proc/self/fd with the opener's own permissions.
-        Open::Reach => OFlag::O_PATH,
+        Open::Reach(access) => return detached_mount(&grant.path, access),
         Open::Read => OFlag::O_RDONLY | OFlag::O_NONBLOCK,
         Open::Write => OFlag::O_RDWR | OFlag::O_NONBLOCK,
         Open::Append => OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT,
@@ -168,6 +167,52 @@ pub fn open_grant(grant: &Grant) -> io::Result<OwnedFd> {
     )?;
     // SAFETY: `open` returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A detached copy of the mount tree at `path` (`open_tree(OPEN_TREE_CLONE)`, as a bind
+/// mount is made), `nosuid`, `nodev` and `noexec`, and read-only unless `access` writes.
+///
+/// The copy belongs to no mount namespace: a lookup of `..` at its root stays there, so a
+/// path through the descriptor cannot climb to the host's directories above it, whoever
+/// builds the path (a guest's symlink, a store's file name, SQLite). Device nodes in it cannot
+/// be opened, whatever their mode, and nothing in it can be written when it is read-only.
+/// Needs `CAP_SYS_ADMIN`: the shim opens grants, the sandbox never does.
+fn detached_mount(path: &Path, access: Access) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    // SAFETY: open_tree reads the NUL-terminated path and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    if access == Access::ReadOnly {
+        attr_set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr` (of the size passed) and changes only the mounts of
+    // the detached tree behind `fd`, which this function owns.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// Starts `exe` as a sandbox with `control` as its descriptor [`CONTROL_FD`], an empty
@@ -296,8 +341,24 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
             }
         }
     }
-    // The sandbox reaches host files only through descriptors the shim passes, so it needs no
-    // mounts of its own; a private mount namespace keeps it from changing the host's.
+    // HTTP servers reset their instance slots through wasmtime's handle on /proc/self/pagemap,
+    // opened once per process: open it while this process's /proc is still in view, while it
+    // is still this process's (the uid change below hands /proc/self to root) and without
+    // CAP_SYS_ADMIN (which would let it show physical page frames). Where the kernel lacks
+    // PAGEMAP_SCAN this finds out and servers do without.
+    let caps_err = |step: &'static str| {
+        move |e: caps::errors::CapsError| IsolationError::Step {
+            step,
+            source: io::Error::other(e.to_string()),
+        }
+    };
+    caps::drop(None, CapSet::Effective, Capability::CAP_SYS_ADMIN)
+        .map_err(caps_err("drop CAP_SYS_ADMIN"))?;
+    wasmcell_engine::open_pagemap();
+    caps::raise(None, CapSet::Effective, Capability::CAP_SYS_ADMIN)
+        .map_err(caps_err("raise CAP_SYS_ADMIN"))?;
+    // A private mount namespace, so that nothing the sandbox mounts reaches the host's, and
+    // nothing mounted later on the host reaches the sandbox.
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare the mount namespace"))?;
     nix::mount::mount::<str, str, str, str>(
         None,
@@ -307,19 +368,7 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
         None,
     )
     .map_err(step("make the mount namespace private"))?;
-    // The shim mounts the first container's rootfs while this process starts: if the mount came
-    // first, this namespace has a copy of it (overlays may be stacked). Nothing can propagate in
-    // any more, so whatever is there now is all there will be.
-    if let Some(rootfs) = &setup.rootfs {
-        loop {
-            match nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) => continue,
-                // Nothing (left) mounted there, or not created yet.
-                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => break,
-                Err(error) => return Err(step("detach the container's rootfs")(error)),
-            }
-        }
-    }
+    enter_own_root(setup)?;
     if let Some(hostname) = &setup.hostname {
         nix::unistd::sethostname(hostname).map_err(step("set the hostname"))?;
     }
@@ -331,12 +380,6 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
 
     // Capabilities, in the order the kernel allows: the bounding set while CAP_SETPCAP is still
     // held, then the ids while CAP_SETUID/SETGID are, then every remaining set.
-    let caps_err = |step: &'static str| {
-        move |e: caps::errors::CapsError| IsolationError::Step {
-            step,
-            source: io::Error::other(e.to_string()),
-        }
-    };
     let kept: caps::CapsHashSet = if setup.bind_low_ports {
         [Capability::CAP_NET_BIND_SERVICE].into()
     } else {
@@ -346,13 +389,6 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
         caps::drop(None, CapSet::Bounding, *cap)
             .map_err(caps_err("drop the bounding capability set"))?;
     }
-    // HTTP servers reset their instance slots through wasmtime's handle on /proc/self/pagemap,
-    // opened once per process: open it while it is still this process's (the uid change below
-    // hands /proc/self to root) and without CAP_SYS_ADMIN (which would let it show physical
-    // page frames). Where the kernel lacks PAGEMAP_SCAN this finds out and servers do without.
-    caps::drop(None, CapSet::Effective, Capability::CAP_SYS_ADMIN)
-        .map_err(caps_err("drop CAP_SYS_ADMIN"))?;
-    wasmcell_engine::open_pagemap();
     let user = &setup.user;
     let groups: Vec<Gid> = user
         .additional_gids
@@ -379,6 +415,122 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
     }
     nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
     install_seccomp()
+}
+
+/// Where the sandbox builds its root: a tmpfs mounted over `/tmp` in its own mount namespace
+/// (the host's `/tmp` is untouched), as bubblewrap builds its root there.
+const NEW_ROOT: &str = "/tmp";
+
+/// The files of the host's `/etc` that the C library reads for a name lookup (`wasi:sockets`'
+/// `ip-name-lookup` goes through `getaddrinfo`): the only host files the sandbox keeps, read-only.
+const RESOLVER_FILES: [&str; 5] = [
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+];
+
+/// Makes this process's root a fresh, read-only tmpfs holding only what the sandbox needs by
+/// path, and nothing of the host's filesystem: its own descriptors at `/proc/self/fd` (where
+/// every granted path leads, see [`crate::protocol::apply_grants`]), the compile cache at its
+/// own path (read-only), and the resolver's files. Anything that runs in the sandbox on a
+/// guest's behalf (WASI, SQLite and the other stores, Spin's file mounts) can then name no host
+/// path, whatever string it is given: an absolute path lands in this empty root, and the
+/// grants are detached mounts whose `..` goes nowhere (see `detached_mount`). This is what
+/// runc's `pivot_root` into the container's rootfs does for a process.
+fn enter_own_root(setup: &Setup) -> Result<(), IsolationError> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let sealed = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // What the new root shows, each opened before the tmpfs covers `/tmp` (a test's cache may
+    // live there) and bound from its descriptor. The cache holds code the engine maps as
+    // executable: it alone is not `noexec`.
+    if !setup.cache_dir.is_absolute() {
+        return Err(IsolationError::Step {
+            step: "use the compile cache",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "its path is not absolute"),
+        });
+    }
+    std::fs::create_dir_all(&setup.cache_dir).map_err(|source| IsolationError::Step {
+        step: "create the compile cache",
+        source,
+    })?;
+    let mut shown: Vec<(OwnedFd, &Path, MsFlags)> = vec![
+        (
+            open_path(Path::new("/proc/self/fd")).map_err(step("open /proc/self/fd"))?,
+            Path::new("/proc/self/fd"),
+            sealed,
+        ),
+        (
+            open_path(&setup.cache_dir).map_err(step("open the compile cache"))?,
+            &setup.cache_dir,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        ),
+    ];
+    for file in RESOLVER_FILES {
+        if let Ok(fd) = open_path(Path::new(file)) {
+            shown.push((fd, Path::new(file), sealed));
+        }
+    }
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        sealed,
+        Some("mode=0755,size=64k,nr_inodes=256"),
+    )
+    .map_err(step("mount the sandbox's root"))?;
+    let root = Path::new(NEW_ROOT);
+    for (fd, path, flags) in &shown {
+        let target = root.join(path.strip_prefix("/").unwrap_or(path));
+        let made = match nix::sys::stat::fstat(fd.as_raw_fd()) {
+            Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                std::fs::create_dir_all(&target)
+            }
+            _ => target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(&target).map(drop)),
+        };
+        made.map_err(|source| IsolationError::Step {
+            step: "lay out the sandbox's root",
+            source,
+        })?;
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount::<str, Path, str, str>(Some(source.as_str()), &target, None, MsFlags::MS_BIND, None)
+            .map_err(step("bind into the sandbox's root"))?;
+        mount::<str, Path, str, str>(
+            None,
+            &target,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | *flags,
+            None,
+        )
+        .map_err(step("make the sandbox's root read-only"))?;
+    }
+    drop(shown);
+    mount::<str, str, str, str>(
+        None,
+        NEW_ROOT,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | sealed,
+        None,
+    )
+    .map_err(step("make the sandbox's root read-only"))?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves the new one
+    // alone, and every host mount this namespace copied (the first container's rootfs among
+    // them, should its mount have raced the sandbox's start) goes with it.
+    nix::unistd::chdir(NEW_ROOT).map_err(step("enter the sandbox's root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(step("pivot into the sandbox's root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the host's root"))?;
+    nix::unistd::chdir("/").map_err(step("enter the sandbox's root"))
+}
+
+/// An `O_PATH` descriptor of `path`, close-on-exec.
+fn open_path(path: &Path) -> nix::Result<OwnedFd> {
+    let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    // SAFETY: `open` returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn set_rlimit(rlimit: &Rlimit) -> Result<(), IsolationError> {

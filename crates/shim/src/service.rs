@@ -144,19 +144,12 @@ impl TaskService {
     }
 
     /// The group's sandbox, started from the first container's spec (container `id`'s, in
-    /// role `role`). `rootfs` is where this container's rootfs is (being) mounted, which a new
-    /// sandbox must not hold (see [`wasmcell_sandbox::protocol::Setup::rootfs`]).
-    async fn sandbox_for(
-        &self,
-        oci: &Spec,
-        rootfs: Option<&Path>,
-        id: &str,
-        role: Role,
-    ) -> Result<&Sandbox> {
+    /// role `role`).
+    async fn sandbox_for(&self, oci: &Spec, id: &str, role: Role) -> Result<&Sandbox> {
         let handle = self
             .sandbox
             .get_or_try_init(|| async {
-                let setup = spec::sandbox_setup(oci, &self.cache_dir, rootfs)?;
+                let setup = spec::sandbox_setup(oci, &self.cache_dir)?;
                 let cgroup = match spec::cgroup(oci) {
                     Some((path, resources)) => {
                         // A pod's sandbox container is the pause process's (CRI gives it two
@@ -277,7 +270,7 @@ impl TaskService {
         let processes = HashMap::from([(String::new(), init)]);
         if role == Role::PodSandbox {
             // Nothing to mount or run: the pod's sandbox process is all it stands for.
-            self.sandbox_for(&oci, None, &req.id, role).await?;
+            self.sandbox_for(&oci, &req.id, role).await?;
             return Ok(Container {
                 bundle,
                 payload: Payload::PodSandbox,
@@ -343,10 +336,7 @@ impl TaskService {
             Ok::<_, Error>(workload)
         };
         // Both run to the end even when one fails: a mount still in flight could not be undone.
-        let (sandbox, staged) = tokio::join!(
-            self.sandbox_for(oci, rootfs.as_deref(), &req.id, role),
-            staged
-        );
+        let (sandbox, staged) = tokio::join!(self.sandbox_for(oci, &req.id, role), staged);
         let created = async {
             let (sandbox, workload) = (sandbox?, staged?);
             if let Some(hooks) = &hooks {

@@ -321,11 +321,7 @@ const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 /// The sandbox's isolation for this spec. Namespaces follow runc: listed without a path, a new
 /// one; with a path, that one is joined; not listed, the host's is kept (`ctr run --net-host`).
 /// The mount namespace is always private. A user namespace is refused rather than ignored.
-pub fn sandbox_setup(
-    spec: &Spec,
-    cache_dir: &Path,
-    rootfs: Option<&Path>,
-) -> Result<Setup, SpecError> {
+pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> {
     let mut namespaces = Vec::new();
     for namespace in spec
         .linux()
@@ -377,7 +373,6 @@ pub fn sandbox_setup(
             })
             .collect(),
         cache_dir: cache_dir.to_owned(),
-        rootfs: rootfs.map(Path::to_owned),
         bind_low_ports: process
             .capabilities()
             .as_ref()
@@ -644,7 +639,7 @@ mod tests {
             {"type": "network", "path": "/var/run/netns/pod"},
             {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "pid"},
         ]}}));
-        let setup = sandbox_setup(&s, Path::new("/cache"), None).unwrap();
+        let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
         assert_eq!(
             setup.namespaces,
             [
@@ -665,11 +660,11 @@ mod tests {
         assert_eq!(setup.hostname.as_deref(), Some("box"));
         // No network namespace listed: the host's (`--net-host`); no new UTS: no hostname.
         let s = base(json!({"hostname": "box", "linux": {"namespaces": [{"type": "mount"}]}}));
-        let setup = sandbox_setup(&s, Path::new("/cache"), None).unwrap();
+        let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
         assert!(setup.namespaces.is_empty() && setup.hostname.is_none());
         let s = base(json!({"linux": {"namespaces": [{"type": "user"}]}}));
         assert!(
-            sandbox_setup(&s, Path::new("/cache"), None)
+            sandbox_setup(&s, Path::new("/cache"))
                 .unwrap_err()
                 .to_string()
                 .contains("a user namespace")
@@ -681,12 +676,8 @@ mod tests {
         let mut value = serde_json::to_value(base(json!({}))).unwrap();
         value["process"]["rlimits"] =
             json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096}]);
-        let setup = sandbox_setup(
-            &serde_json::from_value(value).unwrap(),
-            Path::new("/cache"),
-            None,
-        )
-        .unwrap();
+        let setup =
+            sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
         assert_eq!(
             setup.rlimits,
             [Rlimit {
@@ -701,12 +692,8 @@ mod tests {
     fn user_and_groups_come_from_the_process() {
         let mut value = serde_json::to_value(base(json!({}))).unwrap();
         value["process"]["user"] = json!({"uid": 1000, "gid": 100, "additionalGids": [10, 20]});
-        let setup = sandbox_setup(
-            &serde_json::from_value(value).unwrap(),
-            Path::new("/cache"),
-            None,
-        )
-        .unwrap();
+        let setup =
+            sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
         assert_eq!(
             setup.user,
             User {
