@@ -16,7 +16,23 @@ use containerd_shim::protos::protobuf::MessageField;
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers a container gets a directory in.
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
+
+/// The devices a v1 container may use, after denying all: runc's defaults (its
+/// `AllowedDevices`, without the tun device it no longer grants). Guests see no `/dev`, and
+/// grants are `nodev`; this is the wall behind those, should a device node be reached anyway.
+const V1_ALLOWED_DEVICES: [&str; 10] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 /// The limits the spec sets (`linux.resources`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +73,12 @@ impl Cgroup {
             std::fs::create_dir_all(dir).map_err(|e| context(e, dir))?;
         }
         let cgroup = Cgroup { dirs, unified };
+        if !unified {
+            cgroup.write("devices", "devices.deny", "a")?;
+            for rule in V1_ALLOWED_DEVICES {
+                cgroup.write("devices", "devices.allow", rule)?;
+            }
+        }
         cgroup.apply(resources)?;
         Ok(cgroup)
     }
