@@ -59,6 +59,9 @@ fn main() -> ExitCode {
     if name == wasmcell_sandbox::SANDBOX_ARG0 {
         return wasmcell_sandbox::main();
     }
+    if name == wasmcell_engine::COMPILER_ARG0 {
+        return wasmcell_engine::compiler_main();
+    }
     if let Some(runtime) = shim_runtime(&name) {
         wasmcell_shim::main(runtime);
         return ExitCode::SUCCESS;

@@ -29,12 +29,27 @@ pub(crate) enum Artifact {
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    /// The binary whose compiling child ([`crate::precompile`]) compiles each miss, bounded;
+    /// `None` compiles in this process.
+    compiler: Option<PathBuf>,
 }
 
 impl CompileCache {
     /// A cache rooted at `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> CompileCache {
-        CompileCache { dir: dir.into() }
+        CompileCache {
+            dir: dir.into(),
+            compiler: None,
+        }
+    }
+
+    /// The same cache, compiling each miss in a child started from `exe` (this program's own
+    /// binary), bounded in CPU time and memory: what a shim does with an image's module.
+    pub fn compiling_in_child(self, exe: PathBuf) -> CompileCache {
+        CompileCache {
+            compiler: Some(exe),
+            ..self
+        }
     }
 
     /// The default location: `$WASMCELL_CACHE_DIR`, else `/var/lib/wasmcell/cache` for root,
@@ -146,9 +161,14 @@ impl CompileCache {
             return Ok(entry);
         }
         tracing::debug!(entry = %entry.display(), "compile cache miss: compiling {path}");
-        let compiled = match kind {
-            WasmKind::Module => engine.precompile_module(bytes),
-            WasmKind::Component => engine.precompile_component(bytes),
+        let compiled = match &self.compiler {
+            None => match kind {
+                WasmKind::Module => engine.precompile_module(bytes),
+                WasmKind::Component => engine.precompile_component(bytes),
+            },
+            Some(exe) => {
+                crate::precompile::in_child(exe, kind, bytes).map_err(wasmtime::Error::msg)
+            }
         }
         .map_err(|source| Error::Compile {
             path: path.to_owned(),

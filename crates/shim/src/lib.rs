@@ -149,7 +149,13 @@ impl Shim for WasmShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let cache_dir = CompileCache::default_dir();
-        let compiler = match Compiler::new(CompileCache::new(&cache_dir)) {
+        // An image's module is compiled in a child bounded in CPU time and memory; should this
+        // binary's path be unknown, in this process.
+        let cache = match std::env::current_exe() {
+            Ok(exe) => CompileCache::new(&cache_dir).compiling_in_child(exe),
+            Err(_) => CompileCache::new(&cache_dir),
+        };
+        let compiler = match Compiler::new(cache) {
             Ok(compiler) => Arc::new(compiler),
             Err(error) => {
                 // Nothing can run without an engine; containerd sees the shim exit and reports it.
@@ -196,7 +202,7 @@ pub mod fuzzing {
         };
         let bundle = Path::new("/nonexistent/bundle");
         let _ = crate::spec::workload(&spec, bundle, wasmcell_engine::Stdio::default());
-        let _ = crate::spec::sandbox_setup(&spec, Path::new("/nonexistent/cache"), None);
+        let _ = crate::spec::sandbox_setup(&spec, Path::new("/nonexistent/cache"));
         let _ = crate::spec::cgroup(&spec);
         let _ = crate::pod::Role::of(&spec);
     }

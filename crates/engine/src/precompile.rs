@@ -1,0 +1,226 @@
+//! Compiling in a child process, bounded in CPU time and memory.
+//!
+//! An image's module is hostile input to the compiler: a module built to be slow to compile
+//! ran 100 CPU-seconds and 340 MiB in a shim, outside every container's cgroup, before this.
+//! A shim therefore compiles each cache miss in a child (its own binary started as
+//! [`COMPILER_ARG0`]) whose `RLIMIT_CPU` and `RLIMIT_AS` bound what one image may take from the
+//! node; the child also gives every page of Cranelift's working set back when it exits, which a
+//! long-lived shim's allocator would not. The child receives the binary on stdin (its kind
+//! first, one byte) and answers with the artifact on stdout, or why not on stderr.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+
+use wasmcell_oci::WasmKind;
+
+/// The `argv[0]` of a compiling child; the `wasmcell` binary dispatches on it.
+pub const COMPILER_ARG0: &str = "wasmcell-compile";
+
+/// The CPU time one compile may take, in seconds (its threads together). A 40 MB component
+/// compiles in well under a minute of CPU here; a module that needs more is refused.
+pub const COMPILE_CPU_SECONDS: u64 = 600;
+
+/// The address space one compile may map. Cranelift's peak for the largest real components
+/// measured (a 40 MB Python component) is under 1.5 GiB; the rest covers thread stacks and
+/// allocator arenas.
+pub const COMPILE_MEMORY_BYTES: u64 = 6 << 30;
+
+/// Compiles `bytes` in a child started from `exe`, bounded by [`COMPILE_CPU_SECONDS`] and
+/// [`COMPILE_MEMORY_BYTES`]. The error says which bound was hit, or carries the compiler's
+/// own message.
+pub(crate) fn in_child(exe: &Path, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut command = Command::new(exe);
+    command
+        .arg0(COMPILER_ARG0)
+        .env_clear()
+        // One allocator arena per thread reserves 64 MiB of address space each.
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and only calls setrlimit and prctl, which
+    // are async-signal-safe, on values computed before the fork.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = |resource, soft: u64, hard: u64| {
+                let value = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(resource, &value) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SIGXCPU at the soft limit, SIGKILL shortly after should it be caught.
+            limit(
+                libc::RLIMIT_CPU,
+                COMPILE_CPU_SECONDS,
+                COMPILE_CPU_SECONDS + 5,
+            )?;
+            limit(libc::RLIMIT_AS, COMPILE_MEMORY_BYTES, COMPILE_MEMORY_BYTES)?;
+            limit(libc::RLIMIT_CORE, 0, 0)?;
+            // The child must not outlive the shim that waits for it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // The child is not waited for: a shim's reaper collects every child of the shim, so its
+    // exit status may be gone before anyone asks. The child says how it ended instead: a
+    // trailer after the artifact when it succeeded, and on stderr why when it did not (its
+    // handler for the CPU limit's SIGXCPU, the allocator's message at the memory limit).
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start the compiler {}: {e}", exe.display()))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (output, message) = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // A child that dies early closes its end: what it wrote says why.
+            let _ = stdin
+                .write_all(&[kind_byte(kind)])
+                .and_then(|()| stdin.write_all(bytes));
+        });
+        let message = scope.spawn(move || {
+            let mut message = String::new();
+            let _ = stderr.by_ref().take(64 << 10).read_to_string(&mut message);
+            message
+        });
+        let mut output = Vec::new();
+        let read = stdout.read_to_end(&mut output);
+        (read.map(|_| output), message.join().unwrap_or_default())
+    });
+    let output = output.map_err(|e| format!("cannot read the compiled code: {e}"))?;
+    if let Some(artifact) = complete(output) {
+        return Ok(artifact);
+    }
+    let message = message.trim();
+    Err(if message.contains(CPU_LIMIT_MESSAGE) {
+        format!(
+            "compiling it took more than {COMPILE_CPU_SECONDS} s of CPU time, the most one image may use"
+        )
+    } else if message.contains("memory allocation") {
+        format!(
+            "compiling it needed more than {} GiB of memory, the most one image may use",
+            COMPILE_MEMORY_BYTES >> 30
+        )
+    } else if message.is_empty() {
+        "the compiler ended before it finished".to_owned()
+    } else {
+        message.to_owned()
+    })
+}
+
+/// What the child prints when it reaches its CPU time limit.
+const CPU_LIMIT_MESSAGE: &str = "wasmcell-compile: CPU time limit reached";
+
+/// The artifact in `output`, if the child wrote it whole: its length follows it, as 8 bytes
+/// little-endian.
+fn complete(mut output: Vec<u8>) -> Option<Vec<u8>> {
+    let trailer = output.len().checked_sub(8)?;
+    let length = u64::from_le_bytes(output[trailer..].try_into().ok()?);
+    (length == trailer as u64).then(|| {
+        output.truncate(trailer);
+        output
+    })
+}
+
+/// Writes `artifact` and its length after it (see [`complete`]) to stdout.
+fn write_artifact(artifact: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(artifact)?;
+    out.write_all(&(artifact.len() as u64).to_le_bytes())?;
+    out.flush()
+}
+
+/// The child's handler for `SIGXCPU`, which the kernel sends at the soft CPU limit.
+extern "C" fn on_cpu_limit(_: libc::c_int) {
+    const LINE: &[u8] = b"wasmcell-compile: CPU time limit reached\n";
+    // SAFETY: write and _exit are async-signal-safe, and LINE is static.
+    unsafe {
+        libc::write(2, LINE.as_ptr().cast(), LINE.len());
+        libc::_exit(3);
+    }
+}
+
+/// The user a compiling child runs as: `nobody`, which owns nothing, so a compiler tricked into
+/// writing a file can write none of the node's.
+const NOBODY: libc::uid_t = 65534;
+
+/// Becomes [`NOBODY`] (which also empties every capability set) with `no_new_privs`, before
+/// reading a byte of the binary: all the child needs is its stdin and stdout.
+fn drop_privileges() -> std::io::Result<()> {
+    let check = |result: libc::c_int| {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: these calls change only this process's credentials and flags, from arguments
+    // that are plain integers and an empty group list.
+    unsafe {
+        if libc::geteuid() == 0 {
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(NOBODY, NOBODY, NOBODY))?;
+            check(libc::setresuid(NOBODY, NOBODY, NOBODY))?;
+        }
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    }
+}
+
+fn kind_byte(kind: WasmKind) -> u8 {
+    match kind {
+        WasmKind::Module => 0,
+        WasmKind::Component => 1,
+    }
+}
+
+/// The compiling child's entry point (the `wasmcell` binary calls it when started as
+/// [`COMPILER_ARG0`]): compiles what arrives on stdin with the engine's settings and writes the
+/// artifact to stdout.
+pub fn child_main() -> ExitCode {
+    // SAFETY: the handler only calls async-signal-safe functions.
+    unsafe {
+        libc::signal(
+            libc::SIGXCPU,
+            on_cpu_limit as *const () as libc::sighandler_t,
+        )
+    };
+    if let Err(error) = drop_privileges() {
+        eprintln!("cannot drop the compiler's privileges: {error}");
+        return ExitCode::FAILURE;
+    }
+    let mut input = Vec::new();
+    if let Err(error) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("cannot read the binary to compile: {error}");
+        return ExitCode::FAILURE;
+    }
+    let Some((&kind, bytes)) = input.split_first() else {
+        eprintln!("nothing to compile");
+        return ExitCode::FAILURE;
+    };
+    let compiled = wasmtime::Engine::new(&crate::engine::config()).and_then(|engine| match kind {
+        0 => engine.precompile_module(bytes),
+        _ => engine.precompile_component(bytes),
+    });
+    match compiled {
+        Ok(artifact) => match write_artifact(&artifact) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cannot write the compiled code: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(error) => {
+            // The whole chain, as wasmtime's Display of a validation error is only its head.
+            eprintln!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
