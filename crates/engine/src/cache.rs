@@ -17,6 +17,7 @@ use wasmcell_oci::WasmKind;
 use wasmtime::component::Component;
 
 use crate::error::Error;
+use crate::precompile::CompileBounds;
 
 /// A compiled binary, either kind.
 #[derive(Clone)]
@@ -29,9 +30,9 @@ pub(crate) enum Artifact {
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
-    /// The binary whose compiling child ([`crate::precompile`]) compiles each miss, bounded;
-    /// `None` compiles in this process.
-    compiler: Option<PathBuf>,
+    /// The binary whose compiling child ([`crate::precompile`]) compiles each miss, and its
+    /// bounds; `None` compiles in this process.
+    compiler: Option<(PathBuf, CompileBounds)>,
 }
 
 impl CompileCache {
@@ -44,10 +45,10 @@ impl CompileCache {
     }
 
     /// The same cache, compiling each miss in a child started from `exe` (this program's own
-    /// binary), bounded in CPU time and memory: what a shim does with an image's module.
-    pub fn compiling_in_child(self, exe: PathBuf) -> CompileCache {
+    /// binary) within `bounds`: what a shim does with an image's module.
+    pub fn compiling_in_child(self, exe: PathBuf, bounds: CompileBounds) -> CompileCache {
         CompileCache {
-            compiler: Some(exe),
+            compiler: Some((exe, bounds)),
             ..self
         }
     }
@@ -166,8 +167,8 @@ impl CompileCache {
                 WasmKind::Module => engine.precompile_module(bytes),
                 WasmKind::Component => engine.precompile_component(bytes),
             },
-            Some(exe) => {
-                crate::precompile::in_child(exe, kind, bytes).map_err(wasmtime::Error::msg)
+            Some((exe, bounds)) => {
+                crate::precompile::in_child(exe, *bounds, kind, bytes).map_err(wasmtime::Error::msg)
             }
         }
         .map_err(|source| Error::Compile {

@@ -34,9 +34,7 @@ pub use controls::Controls;
 pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use error::{Error, error_chain};
 pub use http::open_pagemap;
-pub use precompile::{
-    COMPILE_CPU_SECONDS, COMPILE_MEMORY_BYTES, COMPILER_ARG0, child_main as compiler_main,
-};
+pub use precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
 pub use usage::Usage;
 pub use workload::{
     Access, App, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles,

@@ -4,7 +4,7 @@
 //! ran 100 CPU-seconds and 340 MiB in a shim, outside every container's cgroup, before this.
 //! A shim therefore compiles each cache miss in a child (its own binary started as
 //! [`COMPILER_ARG0`]) whose `RLIMIT_CPU` and `RLIMIT_AS` bound what one image may take from the
-//! node; the child also gives every page of Cranelift's working set back when it exits, which a
+//! node (see [`CompileBounds`]); the child also gives every page of Cranelift's working set back when it exits, which a
 //! long-lived shim's allocator would not. The child receives the binary on stdin (its kind
 //! first, one byte) and answers with the artifact on stdout, or why not on stderr.
 
@@ -18,19 +18,59 @@ use wasmcell_oci::WasmKind;
 /// The `argv[0]` of a compiling child; the `wasmcell` binary dispatches on it.
 pub const COMPILER_ARG0: &str = "wasmcell-compile";
 
-/// The CPU time one compile may take, in seconds (its threads together). A 40 MB component
-/// compiles in well under a minute of CPU here; a module that needs more is refused.
-pub const COMPILE_CPU_SECONDS: u64 = 600;
+/// How much of the node one compile may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileBounds {
+    /// CPU time, in seconds (its threads together).
+    pub cpu_seconds: u64,
+    /// Address space, in bytes.
+    pub memory_bytes: u64,
+}
 
-/// The address space one compile may map. Cranelift's peak for the largest real components
-/// measured (a 40 MB Python component) is under 1.5 GiB; the rest covers thread stacks and
-/// allocator arenas.
-pub const COMPILE_MEMORY_BYTES: u64 = 6 << 30;
+impl Default for CompileBounds {
+    /// 600 s of CPU and 6 GiB of address space: a 40 MB component compiles in well under a
+    /// minute of CPU here, and Cranelift's peak for the largest real components measured is
+    /// under 1.5 GiB; the rest of the address space covers thread stacks and allocator arenas.
+    fn default() -> CompileBounds {
+        CompileBounds {
+            cpu_seconds: 600,
+            memory_bytes: 6 << 30,
+        }
+    }
+}
 
-/// Compiles `bytes` in a child started from `exe`, bounded by [`COMPILE_CPU_SECONDS`] and
-/// [`COMPILE_MEMORY_BYTES`]. The error says which bound was hit, or carries the compiler's
-/// own message.
-pub(crate) fn in_child(exe: &Path, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u8>, String> {
+impl CompileBounds {
+    /// The defaults, with what the process's environment sets instead:
+    /// `WASMCELL_COMPILE_CPU_SECONDS` and `WASMCELL_COMPILE_MEMORY_MIB` (a shim has
+    /// containerd's environment). A value that is not a positive number is ignored.
+    pub fn from_env() -> CompileBounds {
+        let number = |name| {
+            std::env::var(name)
+                .ok()
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        };
+        let default = CompileBounds::default();
+        CompileBounds {
+            cpu_seconds: number("WASMCELL_COMPILE_CPU_SECONDS").unwrap_or(default.cpu_seconds),
+            memory_bytes: number("WASMCELL_COMPILE_MEMORY_MIB")
+                .map_or(default.memory_bytes, |mib| mib.saturating_mul(1 << 20)),
+        }
+    }
+}
+
+/// Compiles `bytes` in a child started from `exe`, within `bounds`. The error says which bound
+/// was hit, or carries the compiler's own message.
+pub(crate) fn in_child(
+    exe: &Path,
+    bounds: CompileBounds,
+    kind: WasmKind,
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
+    let CompileBounds {
+        cpu_seconds,
+        memory_bytes,
+    } = bounds;
     let mut command = Command::new(exe);
     command
         .arg0(COMPILER_ARG0)
@@ -43,7 +83,7 @@ pub(crate) fn in_child(exe: &Path, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u
     // SAFETY: the closure runs between fork and exec and only calls setrlimit and prctl, which
     // are async-signal-safe, on values computed before the fork.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let limit = |resource, soft: u64, hard: u64| {
                 let value = libc::rlimit {
                     rlim_cur: soft,
@@ -55,12 +95,8 @@ pub(crate) fn in_child(exe: &Path, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u
                 Ok(())
             };
             // SIGXCPU at the soft limit, SIGKILL shortly after should it be caught.
-            limit(
-                libc::RLIMIT_CPU,
-                COMPILE_CPU_SECONDS,
-                COMPILE_CPU_SECONDS + 5,
-            )?;
-            limit(libc::RLIMIT_AS, COMPILE_MEMORY_BYTES, COMPILE_MEMORY_BYTES)?;
+            limit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)?;
+            limit(libc::RLIMIT_AS, memory_bytes, memory_bytes)?;
             limit(libc::RLIMIT_CORE, 0, 0)?;
             // The child must not outlive the shim that waits for it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -102,12 +138,12 @@ pub(crate) fn in_child(exe: &Path, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u
     let message = message.trim();
     Err(if message.contains(CPU_LIMIT_MESSAGE) {
         format!(
-            "compiling it took more than {COMPILE_CPU_SECONDS} s of CPU time, the most one image may use"
+            "compiling it took more than {cpu_seconds} s of CPU time, the most one image may use (WASMCELL_COMPILE_CPU_SECONDS)"
         )
     } else if message.contains("memory allocation") {
         format!(
-            "compiling it needed more than {} GiB of memory, the most one image may use",
-            COMPILE_MEMORY_BYTES >> 30
+            "compiling it needed more than {} MiB of memory, the most one image may use (WASMCELL_COMPILE_MEMORY_MIB)",
+            memory_bytes >> 20
         )
     } else if message.is_empty() {
         "the compiler ended before it finished".to_owned()

@@ -33,7 +33,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
-use wasmcell_engine::{CompileCache, Compiler};
+use wasmcell_engine::{CompileBounds, CompileCache, Compiler};
 
 pub use error::Error;
 pub use runtime::Runtime;
@@ -152,7 +152,9 @@ impl Shim for WasmShim {
         // An image's module is compiled in a child bounded in CPU time and memory; should this
         // binary's path be unknown, in this process.
         let cache = match std::env::current_exe() {
-            Ok(exe) => CompileCache::new(&cache_dir).compiling_in_child(exe),
+            Ok(exe) => {
+                CompileCache::new(&cache_dir).compiling_in_child(exe, CompileBounds::from_env())
+            }
             Err(_) => CompileCache::new(&cache_dir),
         };
         let compiler = match Compiler::new(cache) {
