@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path};
 
 use anyhow::{Result, ensure};
-use wasmcell_e2e::{Containerd, build_image, containerd_with, guest};
+use wasmcell_e2e::{Containerd, build_image, cgroup_dir, containerd_with, guest};
 
 /// The sandbox's root holds its own descriptors, the compile cache and the resolver's files,
 /// and nothing else of the host's: not `/etc/shadow`, not the host's `/usr`, not a file the
@@ -79,6 +79,26 @@ fn the_sandbox_can_name_no_host_path_r24() -> Result<()> {
             .is_some_and(|options| options.split(',').any(|o| o == "ro")),
         "the cache is writable in the sandbox: {cache_mount}"
     );
+
+    // On cgroup v1 (this machine), the devices the container's cgroup lets it use are runc's
+    // defaults, not every device.
+    if Path::new("/sys/fs/cgroup/devices").is_dir() {
+        let list = std::fs::read_to_string(cgroup_dir(sandbox, "devices")?.join("devices.list"))?;
+        let rules: BTreeSet<&str> = list.lines().collect();
+        ensure!(
+            !rules.contains("a *:* rwm"),
+            "every device is allowed: {list}"
+        );
+        for rule in ["c 1:3 rwm", "c 1:9 rwm", "c 136:* rwm"] {
+            ensure!(rules.contains(rule), "{rule} is not allowed: {list}");
+        }
+        ensure!(
+            !rules
+                .iter()
+                .any(|r| r.starts_with("c 1:11") || r.starts_with("b 8:")),
+            "the kernel log or a disk is allowed: {list}"
+        );
+    }
     containerd.ctr(&["task", "kill", "-s", "KILL", "walled"])?;
     Ok(())
 }
