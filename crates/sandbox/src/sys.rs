@@ -180,10 +180,17 @@ pub fn open_grant(grant: &Grant) -> io::Result<OwnedFd> {
 fn detached_mount(path: &Path, access: Access) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    // On a kernel without the calls, say what is missing rather than "function not implemented".
+    let explain = |error: io::Error, call: &str| match error.raw_os_error() {
+        Some(libc::ENOSYS) => io::Error::other(format!(
+            "this kernel lacks {call}, which wasmcell needs to hand a container its files (Linux 5.12 or later)"
+        )),
+        _ => error,
+    };
     // SAFETY: open_tree reads the NUL-terminated path and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(explain(io::Error::last_os_error(), "open_tree"));
     }
     // SAFETY: the descriptor is new and owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
@@ -210,7 +217,7 @@ fn detached_mount(path: &Path, access: Access) -> io::Result<OwnedFd> {
         )
     };
     if set < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(explain(io::Error::last_os_error(), "mount_setattr"));
     }
     Ok(fd)
 }
