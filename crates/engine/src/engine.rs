@@ -606,7 +606,7 @@ fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
             source: source.into(),
         }),
         ModuleSource::Rootfs { root, path } => {
-            let err = |source| Error::ReadEntrypoint {
+            let err = |source: rootfs::ReadError| Error::ReadEntrypoint {
                 path: path.clone(),
                 root: Some(root.clone()),
                 source,

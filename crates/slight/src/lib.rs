@@ -49,7 +49,7 @@ pub enum Error {
 /// `app.wasm` is there.
 pub fn load(dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<SlightApp, Error> {
     let shown = format!("/{SLIGHTFILE}");
-    let read = |source| Error::Read {
+    let read = |source: ReadError| Error::Read {
         file: shown.clone(),
         source,
     };

@@ -106,48 +106,54 @@ fn ctr_run_refuses_devices_and_fifos_in_an_image_without_blocking() -> Result<()
     let containerd = Containerd::start()?;
     // (name, runtime, component table, what the image adds, what create says)
     type Add = fn(LinuxImage) -> LinuxImage;
-    let cases: [(&str, &str, &str, Add, &str); 6] = [
+    let cases: [(&str, &str, &str, Add, &[&str]); 6] = [
         (
             "device-source",
             SPIN,
             "",
             |image| image.char_device("/hello.wasm", 1, 5),
-            "[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a character device, not a regular file",
+            &["[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a character device, not a regular file"],
         ),
         (
             "fifo-source",
             SPIN,
             "",
             |image| image.fifo("/hello.wasm"),
-            "[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a FIFO, not a regular file",
+            &["[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a FIFO, not a regular file"],
         ),
         (
             "device-files",
             SPIN,
             "files = [{ source = \"zero\", destination = \"/zero\" }]",
             |image| image.char_device("/zero", 1, 5),
-            "[component.hello] files: `zero`: it is a character device, not a regular file",
+            &["[component.hello] files: `zero`: it is a character device, not a regular file"],
         ),
         (
             "fifo-manifest",
             SPIN,
             "",
             |image| image.fifo("/spin.toml"),
-            "cannot read spin.toml: it is a FIFO, not a regular file",
+            &["cannot read spin.toml: it is a FIFO, not a regular file"],
         ),
         (
             "device-entrypoint",
             RUNTIME,
             "",
             |image| image.char_device("/hello.wasm", 1, 5),
-            "cannot read the entrypoint `/hello.wasm`",
+            &[
+                "cannot read the entrypoint `/hello.wasm`",
+                "it is a character device, not a regular file",
+            ],
         ),
         (
             "fifo-entrypoint",
             RUNTIME,
             "",
             |image| image.fifo("/hello.wasm"),
-            "it is a FIFO, not a regular file",
+            &[
+                "cannot read the entrypoint `/hello.wasm`",
+                "it is a FIFO, not a regular file",
+            ],
         ),
     ];
     for (name, runtime, component, add, expected) in cases {
@@ -155,15 +161,14 @@ fn ctr_run_refuses_devices_and_fifos_in_an_image_without_blocking() -> Result<()
         // `run` gives up after 60 s: a FIFO read would block create for ever.
         let ran = ctr_run(&containerd, runtime, name)?;
         assert_ne!(ran.code, Some(0), "{name}: {ran:?}");
-        assert!(
-            ran.stderr.contains(expected),
-            "{name}: no {expected:?} in {}",
-            ran.stderr
-        );
+        for expected in expected {
+            assert!(
+                ran.stderr.contains(expected),
+                "{name}: no {expected:?} in {}",
+                ran.stderr
+            );
+        }
     }
-    // The entrypoint's refusal says what it is, too.
-    let ran = ctr_run(&containerd, RUNTIME, "device-entrypoint")?;
-    assert!(ran.stderr.contains("a character device"), "{ran:?}");
 
     // The next container is served as ever.
     containerd.import(&spin_image(tmp.path(), "good", "", |image| image)?)?;
