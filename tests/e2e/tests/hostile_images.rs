@@ -99,14 +99,15 @@ fn ctr_run_writes_no_files_destination_outside_the_container() -> Result<()> {
 }
 
 /// Issue 24: a character device as the entrypoint was read into memory without bound, a FIFO
-/// hung create forever, a device as a `files` source was copied without bound.
+/// hung create forever, a device as a `files` source was copied without bound. Links out of
+/// the rootfs lead nowhere either.
 #[test]
 fn ctr_run_refuses_devices_and_fifos_in_an_image_without_blocking() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let containerd = Containerd::start()?;
     // (name, runtime, component table, what the image adds, what create says)
     type Add = fn(LinuxImage) -> LinuxImage;
-    let cases: [(&str, &str, &str, Add, &[&str]); 6] = [
+    let cases: [(&str, &str, &str, Add, &[&str]); 8] = [
         (
             "device-source",
             SPIN,
@@ -127,6 +128,20 @@ fn ctr_run_refuses_devices_and_fifos_in_an_image_without_blocking() -> Result<()
             "files = [{ source = \"zero\", destination = \"/zero\" }]",
             |image| image.char_device("/zero", 1, 5),
             &["[component.hello] files: `zero`: it is a character device, not a regular file"],
+        ),
+        (
+            "link-source",
+            SPIN,
+            "",
+            |image| image.symlink("/hello.wasm", "/etc/hostname"),
+            &["[component.hello] cannot read its source `hello.wasm` in the app's directory"],
+        ),
+        (
+            "link-files",
+            SPIN,
+            "files = [{ source = \"leak\", destination = \"/leak\" }]",
+            |image| image.symlink("/leak", "../../../../../../etc/hostname"),
+            &["[component.hello] files: source \"leak\" in the app's directory"],
         ),
         (
             "fifo-manifest",
