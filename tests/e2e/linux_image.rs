@@ -27,7 +27,10 @@ struct File {
 }
 
 enum Contents {
-    File { bytes: Vec<u8>, mode: u32 },
+    File {
+        bytes: Vec<u8>,
+        mode: u32,
+    },
     Symlink(String),
     /// A character device (major, minor) or, with `None`, a FIFO.
     Special(Option<(u32, u32)>),

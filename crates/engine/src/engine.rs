@@ -616,7 +616,8 @@ fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
             } else {
                 Path::new(spec.cwd.trim_start_matches('/')).join(path)
             };
-            let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(|e| err(e.into()))?;
+            let dir =
+                Dir::open_ambient_dir(root, ambient_authority()).map_err(|e| err(e.into()))?;
             rootfs::read_regular(&dir, &relative, rootfs::MAX_MODULE_SIZE).map_err(err)
         }
     }

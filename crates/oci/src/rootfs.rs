@@ -173,7 +173,10 @@ mod tests {
             "sub/rel".to_owned(),
         ] {
             let result = read_regular(&root, Path::new(&path), MAX_CONFIG_SIZE);
-            assert!(matches!(result, Err(ReadError::Io(_))), "{path}: {result:?}");
+            assert!(
+                matches!(result, Err(ReadError::Io(_))),
+                "{path}: {result:?}"
+            );
         }
     }
 

@@ -380,7 +380,10 @@ pub(crate) fn component_files(
     for file in files {
         match file {
             FileDecl::Pattern(pattern) => {
-                for path in pattern_files(root, pattern)?.into_iter().filter(|p| kept(p)) {
+                for path in pattern_files(root, pattern)?
+                    .into_iter()
+                    .filter(|p| kept(p))
+                {
                     granted.push((path.clone(), path));
                 }
             }
@@ -862,7 +865,10 @@ source = "internal.wasm"
             &mut budget,
         )
         .unwrap_err();
-        assert!(error.starts_with("`huge.bin`: it is larger than 1024 MiB"), "{error}");
+        assert!(
+            error.starts_with("`huge.bin`: it is larger than 1024 MiB"),
+            "{error}"
+        );
         assert!(!into.exists("h"));
         // What is left of the app's budget bounds the next file, and the number of files.
         let mut budget = Budget { bytes: 9, files: 2 };
@@ -874,7 +880,10 @@ source = "internal.wasm"
             error,
             "`small.bin`: the app's component files come to more than 1024 MiB, the most wasmcell copies for one app"
         );
-        let mut budget = Budget { bytes: 100, files: 1 };
+        let mut budget = Budget {
+            bytes: 100,
+            files: 1,
+        };
         copy(&mut budget).unwrap();
         let error = copy(&mut budget).unwrap_err();
         assert!(error.contains("more than 100000 files"), "{error}");

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use anyhow::Result;
 use wasmcell_e2e::linux_image::LinuxImage;
-use wasmcell_e2e::{Background, Containerd, RUNTIME, curl, free_port, spin_app, wait_http, wasmcell};
+use wasmcell_e2e::{
+    Background, Containerd, RUNTIME, curl, free_port, spin_app, wait_http, wasmcell,
+};
 
 const SPIN: &str = "io.containerd.spin.v2";
 
@@ -113,14 +115,18 @@ fn ctr_run_refuses_devices_and_fifos_in_an_image_without_blocking() -> Result<()
             SPIN,
             "",
             |image| image.char_device("/hello.wasm", 1, 5),
-            &["[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a character device, not a regular file"],
+            &[
+                "[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a character device, not a regular file",
+            ],
         ),
         (
             "fifo-source",
             SPIN,
             "",
             |image| image.fifo("/hello.wasm"),
-            &["[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a FIFO, not a regular file"],
+            &[
+                "[component.hello] cannot read its source `hello.wasm` in the app's directory: it is a FIFO, not a regular file",
+            ],
         ),
         (
             "device-files",
@@ -269,7 +275,13 @@ fn wasmcell_up_image_cannot_reach_host_stores_through_its_runtime_config() -> Re
             .arg("--runtime-config-file")
             .arg(&user_config),
     )?;
-    let put = curl(&["-X", "PUT", "--data-binary", "s3cret", &format!("{base}/kv/secret")])?;
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "s3cret",
+        &format!("{base}/kv/secret"),
+    ])?;
     assert_eq!(put.status, 201, "{put:?}");
     server.terminate()?;
     let before = std::fs::read(&store)?;
@@ -292,10 +304,20 @@ fn wasmcell_up_image_cannot_reach_host_stores_through_its_runtime_config() -> Re
     let stolen = curl(&[&format!("{base}/kv/secret")])?;
     assert_eq!(stolen.status, 404, "read the host's store: {stolen:?}");
     // Its store works, in its own files (the image's rootfs), gone with the run.
-    let put = curl(&["-X", "PUT", "--data-binary", "x", &format!("{base}/kv/planted")])?;
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "x",
+        &format!("{base}/kv/planted"),
+    ])?;
     assert_eq!(put.status, 201, "{put:?}");
     assert_eq!(curl(&[&format!("{base}/kv/planted")])?.body, "x");
     server.terminate()?;
-    assert_eq!(std::fs::read(&store)?, before, "the image wrote the host's store");
+    assert_eq!(
+        std::fs::read(&store)?,
+        before,
+        "the image wrote the host's store"
+    );
     Ok(())
 }

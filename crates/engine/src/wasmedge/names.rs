@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use wasmcell_oci::rootfs;
 use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{Hosts, TokioResolver};
+use wasmcell_oci::rootfs;
 
 use super::address::{family_matches, loopback};
 use super::memory::Errno;
