@@ -9,6 +9,7 @@
 //!   FIFO would block the reader forever, a socket would connect somewhere;
 //! - read with a bound, refused as soon as it is known to be larger.
 
+use std::fmt;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
@@ -27,12 +28,9 @@ pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 /// Why a file of an image is not read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// It is not a regular file (a directory, device, FIFO or socket).
-    #[error("it is {kind}, not a regular file: only regular files are read from an image")]
-    NotRegular {
-        /// What it is, for the message: `a FIFO`, `a character device`, ...
-        kind: &'static str,
-    },
+    /// It is not a regular file.
+    #[error("it is {0}, not a regular file: only regular files are read from an image")]
+    NotRegular(Special),
     /// It is larger than the limit for its kind of file.
     #[error(
         "it is larger than {} MiB ({limit} bytes), the most wasmcell reads of such a file from an image",
@@ -102,23 +100,53 @@ pub fn beneath(path: &Path) -> Option<PathBuf> {
     Some(inside)
 }
 
+/// What a file that is not a regular file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// A directory.
+    Directory,
+    /// A FIFO (named pipe).
+    Fifo,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A Unix socket.
+    Socket,
+    /// A symbolic link (only where links are not followed).
+    Symlink,
+}
+
+impl fmt::Display for Special {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Special::Directory => "a directory",
+            Special::Fifo => "a FIFO",
+            Special::CharDevice => "a character device",
+            Special::BlockDevice => "a block device",
+            Special::Socket => "a socket",
+            Special::Symlink => "a symbolic link",
+        })
+    }
+}
+
 fn regular(kind: FileType) -> Result<(), ReadError> {
-    let kind = if kind.is_file() {
+    let special = if kind.is_file() {
         return Ok(());
     } else if kind.is_dir() {
-        "a directory"
+        Special::Directory
     } else if kind.is_fifo() {
-        "a FIFO"
+        Special::Fifo
     } else if kind.is_char_device() {
-        "a character device"
+        Special::CharDevice
     } else if kind.is_block_device() {
-        "a block device"
+        Special::BlockDevice
     } else if kind.is_socket() {
-        "a socket"
+        Special::Socket
     } else {
-        "a symbolic link"
+        Special::Symlink
     };
-    Err(ReadError::NotRegular { kind })
+    Err(ReadError::NotRegular(special))
 }
 
 #[cfg(test)]
