@@ -118,7 +118,7 @@ pub(crate) fn apply_layer(
 }
 
 /// Removes whatever is at `path` (a file, link or whole directory); nothing there is fine.
-fn remove(root: &Dir, path: &Path) -> io::Result<()> {
+pub(crate) fn remove(root: &Dir, path: &Path) -> io::Result<()> {
     match root.symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => root.remove_dir_all(path),
         Ok(_) => root.remove_file(path),
