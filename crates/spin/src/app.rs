@@ -429,7 +429,8 @@ pub(crate) fn component_files(
     Ok(granted)
 }
 
-fn open_dir(dir: &Path, what: &str) -> Result<Dir, String> {
+/// Opens `dir` (`what` it is, for the message) as the root every path beneath it is resolved in.
+pub(crate) fn open_dir(dir: &Path, what: &str) -> Result<Dir, String> {
     Dir::open_ambient_dir(dir, cap_std::ambient_authority())
         .map_err(|e| format!("cannot open {what} {}: {e}", dir.display()))
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use wasmcell_oci::rootfs::{self, ReadError};
 
-use crate::app::{App, Resolve, stage_files};
+use crate::app::{App, Resolve, open_dir, stage_files};
 use crate::manifest::Manifest;
 use crate::runtime_config::RuntimeConfig;
 use crate::{MANIFEST, RUNTIME_CONFIG};
@@ -33,7 +33,7 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
     staging: &Path,
 ) -> Result<App, String> {
-    let root = open(dir)?;
+    let root = open_dir(dir, "the app's directory")?;
     let text = rootfs::read_config(&root, Path::new(MANIFEST))
         .map_err(|e| format!("cannot read {MANIFEST}: {e}"))?;
     let manifest = Manifest::parse(&text, MANIFEST).map_err(|e| e.to_string())?;
@@ -52,7 +52,14 @@ pub fn load_locked(
     staging: &Path,
 ) -> Result<App, String> {
     let manifest = crate::locked::unlock(dir, json, content)?;
-    resolve(manifest, &open(dir)?, dir, runtime_config, env, staging)
+    resolve(
+        manifest,
+        &open_dir(dir, "the app's directory")?,
+        dir,
+        runtime_config,
+        env,
+        staging,
+    )
 }
 
 /// The text of the app's optional `file` (`None` if there is none): a regular file of at most
@@ -63,11 +70,6 @@ fn read_config(root: &cap_std::fs::Dir, file: &str) -> Result<Option<String>, St
         Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {file}: {e}")),
     }
-}
-
-fn open(dir: &Path) -> Result<cap_std::fs::Dir, String> {
-    cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))
 }
 
 /// Resolves `manifest` with its runtime config and stages its components' files.

@@ -14,7 +14,7 @@ use sha2::Digest as _;
 use wasmcell_oci::rootfs;
 
 use crate::MANIFEST;
-use crate::app::{MAX_STAGED_BYTES, component_files};
+use crate::app::{MAX_STAGED_BYTES, component_files, open_dir};
 use crate::manifest::{ComponentDecl, ComponentRef, HttpHandlerDecl, Manifest, SourceDecl};
 
 /// Where [`unlock`] writes a locked app's content, in the app's directory.
@@ -126,8 +126,7 @@ pub struct Locked {
 /// inline) with its Wasm and files as content, variables and templates kept as they are
 /// (they are resolved where the app runs).
 pub fn lock(dir: &Path) -> Result<Locked, String> {
-    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))?;
+    let root = open_dir(dir, "the app's directory")?;
     let text = rootfs::read_config(&root, Path::new(MANIFEST))
         .map_err(|e| format!("cannot read {MANIFEST}: {e}"))?;
     let manifest = Manifest::parse(&text, MANIFEST).map_err(|e| e.to_string())?;
@@ -360,8 +359,7 @@ pub fn unlock(
         }
     }
     // Beneath the app's directory: a link there (the rootfs is the image's) leads nowhere else.
-    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))?;
+    let root = open_dir(dir, "the app's directory")?;
     let write = |relative: &Path, bytes: &[u8]| -> Result<(), String> {
         let path = Path::new(UNLOCKED_DIR).join(relative);
         if let Some(parent) = path.parent() {
