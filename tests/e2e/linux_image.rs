@@ -1,7 +1,8 @@
 //! Linux (native) images for the baselines and the negative tests: the runc pods' pause image,
-//! busybox, an ELF where a Wasm runtime expects Wasm. Registries holding such images are out of
-//! reach here, so they are made from files on this machine and written as OCI archives that
-//! `ctr images import` and `docker load` read.
+//! busybox, an ELF where a Wasm runtime expects Wasm; and hand-made Wasm images holding what no
+//! image builder of ours would write (device nodes, FIFOs, hostile manifests). Registries
+//! holding such images are out of reach here, so they are made from files on this machine and
+//! written as OCI archives that `ctr images import` and `docker load` read.
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +27,19 @@ struct File {
 }
 
 enum Contents {
-    File { bytes: Vec<u8>, mode: u32 },
+    File {
+        bytes: Vec<u8>,
+        mode: u32,
+    },
     Symlink(String),
+    /// A character device (major, minor) or, with `None`, a FIFO.
+    Special(Option<(u32, u32)>),
 }
 
-/// A one-layer linux/amd64 image.
+/// A one-layer image, linux/amd64 unless [`LinuxImage::platform`] says otherwise.
 pub struct LinuxImage {
     reference: String,
+    platform: (String, String),
     files: Vec<File>,
     entrypoint: Vec<String>,
     cmd: Vec<String>,
@@ -43,6 +50,7 @@ impl LinuxImage {
     pub fn new(reference: &str) -> LinuxImage {
         LinuxImage {
             reference: reference.to_owned(),
+            platform: ("linux".to_owned(), "amd64".to_owned()),
             files: Vec::new(),
             entrypoint: Vec::new(),
             cmd: Vec::new(),
@@ -76,6 +84,31 @@ impl LinuxImage {
         self
     }
 
+    /// Adds a character device node `path` (0666) with these numbers, as an image layer can
+    /// hold one (`/dev/zero` is 1, 5).
+    pub fn char_device(mut self, path: &str, major: u32, minor: u32) -> LinuxImage {
+        self.files.push(File {
+            path: path.to_owned(),
+            contents: Contents::Special(Some((major, minor))),
+        });
+        self
+    }
+
+    /// Adds a FIFO `path`.
+    pub fn fifo(mut self, path: &str) -> LinuxImage {
+        self.files.push(File {
+            path: path.to_owned(),
+            contents: Contents::Special(None),
+        });
+        self
+    }
+
+    /// Sets the image's platform, e.g. `wasip1`, `wasm`.
+    pub fn platform(mut self, os: &str, architecture: &str) -> LinuxImage {
+        self.platform = (os.to_owned(), architecture.to_owned());
+        self
+    }
+
     /// Sets the image's `Entrypoint`.
     pub fn entrypoint(mut self, args: &[&str]) -> LinuxImage {
         self.entrypoint = args.iter().map(|a| a.to_string()).collect();
@@ -91,9 +124,10 @@ impl LinuxImage {
     /// Writes the image as an OCI archive at `archive`.
     pub fn write(&self, archive: &Path) -> Result<()> {
         let layer = self.layer()?;
+        let (os, architecture) = &self.platform;
         let config = serde_json::to_vec(&json!({
-            "architecture": "amd64",
-            "os": "linux",
+            "architecture": architecture,
+            "os": os,
             "config": {"Entrypoint": self.entrypoint, "Cmd": self.cmd, "Env": ["PATH=/bin"]},
             "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
         }))?;
@@ -105,7 +139,7 @@ impl LinuxImage {
         }))?;
         let tag = self.reference.rsplit_once(':').map_or("latest", |(_, t)| t);
         let mut root = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
-        root["platform"] = json!({"os": "linux", "architecture": "amd64"});
+        root["platform"] = json!({"os": os, "architecture": architecture});
         root["annotations"] = json!({
             "io.containerd.image.name": self.reference,
             "org.opencontainers.image.ref.name": tag,
@@ -157,6 +191,20 @@ impl LinuxImage {
                     header.set_mode(0o777);
                     header.set_size(0);
                     tar.append_link(&mut header, path, target)?;
+                }
+                Contents::Special(device) => {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_mode(0o666);
+                    header.set_size(0);
+                    match device {
+                        Some((major, minor)) => {
+                            header.set_entry_type(tar::EntryType::Char);
+                            header.set_device_major(*major)?;
+                            header.set_device_minor(*minor)?;
+                        }
+                        None => header.set_entry_type(tar::EntryType::Fifo),
+                    }
+                    tar.append_data(&mut header, path, std::io::empty())?;
                 }
             }
         }

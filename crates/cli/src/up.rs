@@ -121,6 +121,15 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     for component in &mut app.components {
         component.environment.extend(env.iter().cloned());
     }
+    // Store paths: relative ones in the app's directory (an image's unpacked rootfs, gone with
+    // the run). Absolute ones are on the host, as `spin up` takes them, only when the user
+    // wrote them: in their own app's runtime config, or the one they gave. An image's own
+    // runtime config is its publisher's, so its absolute paths are in the image's rootfs, as
+    // in a container, never the host's files (another app's stores, anything root may write).
+    let stores_root = match (&args.image, &args.runtime_config_file) {
+        (Some(_), None) => dir.clone(),
+        _ => PathBuf::from("/"),
+    };
     let routes = describe_routes(&app, args.listen);
     let spec = WorkloadSpec {
         module: ModuleSource::Rootfs {
@@ -131,10 +140,8 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         args: Vec::new(),
         env: Vec::new(),
         cwd: "/".to_owned(),
-        // Store paths: relative ones in the app's directory (an image's unpacked rootfs, gone
-        // with the run), absolute ones on the host, as `spin up` takes them.
         preopens: vec![Preopen {
-            host: PathBuf::from("/"),
+            host: stores_root,
             guest: "/".to_owned(),
             access: Access::ReadWrite,
         }],

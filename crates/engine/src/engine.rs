@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
+use wasmcell_oci::rootfs;
 use wasmcell_oci::{FileKind, WasmKind};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ExternType, InstancePre, Linker, Store};
@@ -593,17 +594,19 @@ fn read_wasm(spec: &WorkloadSpec) -> Result<(String, Vec<u8>, WasmKind), Error> 
     }
 }
 
-/// Reads the binary the spec names. Inside a rootfs the path is resolved with the same
-/// capability rules the guest's own opens follow: no `..` above the root, no absolute symlinks.
+/// Reads the binary the spec names. Inside a rootfs it is the image's, read as hostile input:
+/// resolved with the same capability rules the guest's own opens follow (no `..` above the
+/// root, no absolute symlinks), a regular file (a device or FIFO is refused before it is
+/// read), and at most [`rootfs::MAX_MODULE_SIZE`].
 fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
     match &spec.module {
         ModuleSource::File(file) => std::fs::read(file).map_err(|source| Error::ReadEntrypoint {
             path: file.display().to_string(),
             root: None,
-            source,
+            source: source.into(),
         }),
         ModuleSource::Rootfs { root, path } => {
-            let err = |source| Error::ReadEntrypoint {
+            let err = |source: rootfs::ReadError| Error::ReadEntrypoint {
                 path: path.clone(),
                 root: Some(root.clone()),
                 source,
@@ -613,9 +616,9 @@ fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
             } else {
                 Path::new(spec.cwd.trim_start_matches('/')).join(path)
             };
-            Dir::open_ambient_dir(root, ambient_authority())
-                .and_then(|dir| dir.read(&relative))
-                .map_err(err)
+            let dir =
+                Dir::open_ambient_dir(root, ambient_authority()).map_err(|e| err(e.into()))?;
+            rootfs::read_regular(&dir, &relative, rootfs::MAX_MODULE_SIZE).map_err(err)
         }
     }
 }

@@ -13,7 +13,8 @@ pub enum Error {
         "no entrypoint: the process args are empty; set the image's Entrypoint or give a command"
     )]
     NoEntrypoint,
-    /// The entrypoint file is missing or unreadable (or would escape the rootfs).
+    /// The entrypoint file is missing or unreadable, would escape the rootfs, is not a regular
+    /// file or is too large.
     #[error(
         "cannot read the entrypoint `{path}`{} (check the image's Entrypoint, or the command given)",
         in_root(root)
@@ -25,7 +26,7 @@ pub enum Error {
         root: Option<PathBuf>,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: wasmcell_oci::rootfs::ReadError,
     },
     /// The entrypoint is not a Wasm binary.
     #[error("the entrypoint `{path}` is {kind}")]

@@ -297,10 +297,12 @@ impl ImageContents {
                     Box::new(flate2::read::GzDecoder::new(bytes.as_slice()))
                 }
                 media_type if is_wasm_layer(media_type) => {
-                    let path = dir.join(title(descriptor));
-                    std::fs::create_dir_all(dir)
-                        .and_then(|()| std::fs::write(&path, bytes))
-                        .map_err(io_err(format!("write {}", path.display())))?;
+                    // Replaced beneath the root, never written through: an earlier layer may
+                    // have put a link to a host file at that name.
+                    let name = title(descriptor);
+                    crate::unpack::remove(&root, Path::new(&name))
+                        .and_then(|()| root.write(&name, bytes))
+                        .map_err(io_err(format!("write /{name} in {}", dir.display())))?;
                     continue;
                 }
                 other => {
@@ -683,6 +685,57 @@ mod tests {
             .write_archive(std::fs::File::create(&path).unwrap())
             .unwrap();
         (dir, path, image)
+    }
+
+    /// Issue 24: a Wasm layer was written at its title with `std::fs`, through whatever an
+    /// earlier layer had put there: a link to any host file.
+    #[test]
+    fn a_wasm_layer_replaces_a_link_an_earlier_layer_left_at_its_name() {
+        let host = tempfile::tempdir().unwrap();
+        let aimed = host.path().join("pwned");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        tar.append_link(&mut header, "app.wasm", &aimed).unwrap();
+        let layer = tar.into_inner().unwrap();
+        let descriptor = |media_type: MediaType, bytes: &[u8], title: Option<&str>| {
+            let mut d = Descriptor::new(
+                media_type,
+                bytes.len() as u64,
+                crate::layout::sha256(bytes)
+                    .parse::<oci_spec::image::Digest>()
+                    .unwrap(),
+            );
+            d.set_annotations(title.map(|t| [(TITLE_ANNOTATION.to_owned(), t.to_owned())].into()));
+            d
+        };
+        let contents = ImageContents {
+            platform: Platform::WASIP1,
+            entrypoint: vec!["/app.wasm".to_owned()],
+            cmd: vec![],
+            env: vec![],
+            working_dir: "/".to_owned(),
+            layers: vec![
+                (
+                    descriptor(MediaType::ImageLayer, &layer, None),
+                    layer.clone(),
+                ),
+                (
+                    descriptor(
+                        MediaType::Other("application/wasm".into()),
+                        MODULE,
+                        Some("app.wasm"),
+                    ),
+                    MODULE.to_vec(),
+                ),
+            ],
+            spin: None,
+        };
+        let rootfs = host.path().join("rootfs");
+        contents.unpack(&rootfs).unwrap();
+        assert!(!aimed.exists(), "written through the link");
+        assert_eq!(std::fs::read(rootfs.join("app.wasm")).unwrap(), MODULE);
     }
 
     #[test]

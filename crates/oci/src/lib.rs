@@ -8,6 +8,8 @@
 //!   within limits on what an image may ask for;
 //! - [`spin`]: Spin's registry format (`spin registry push`), built and read back;
 //! - [`unpack`]: applying their layers to a rootfs, whiteouts included, never outside it;
+//! - [`rootfs`]: reading an unpacked image's files as hostile input: beneath the root, regular
+//!   files only, bounded in size;
 //! - [`layout`]: the local image store, an OCI image layout directory.
 #![deny(missing_docs)]
 
@@ -16,6 +18,7 @@ pub mod entrypoint;
 pub mod image;
 pub mod layout;
 pub mod platform;
+pub mod rootfs;
 pub mod spin;
 pub mod unpack;
 pub mod wasm;

@@ -8,11 +8,12 @@
 //! layer unpacks to is bounded, so a small compressed layer cannot fill the disk.
 
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use cap_std::fs::{Dir, Permissions, PermissionsExt};
 
 use crate::archive::{ArchiveError, io_err};
+use crate::rootfs::beneath;
 
 /// What an image may unpack to, all layers together: far above any Wasm app's size.
 pub const MAX_UNPACKED: u64 = 4 << 30;
@@ -34,7 +35,7 @@ pub(crate) fn apply_layer(
         let mut entry = entry.map_err(io_err(what("read".to_owned())))?;
         let raw = entry.path().map_err(io_err(what("read".to_owned())))?;
         let shown = raw.display().to_string();
-        let Some(path) = inside(&raw) else {
+        let Some(path) = beneath(&raw) else {
             return Err(ArchiveError::Escape {
                 layer: digest.to_owned(),
                 entry: shown,
@@ -100,7 +101,7 @@ pub(crate) fn apply_layer(
                     .link_name()
                     .map_err(at)?
                     .ok_or_else(|| at(io::Error::other("a hard link without a target")))?;
-                let Some(target) = inside(&target).filter(|t| !t.as_os_str().is_empty()) else {
+                let Some(target) = beneath(&target).filter(|t| !t.as_os_str().is_empty()) else {
                     return Err(ArchiveError::Escape {
                         layer: digest.to_owned(),
                         entry: format!("{shown} (a hard link to {})", target.display()),
@@ -116,22 +117,8 @@ pub(crate) fn apply_layer(
     Ok(())
 }
 
-/// `path` as a relative path beneath the root: a leading `/` and `.` dropped; `None` if it
-/// climbs with `..`.
-fn inside(path: &Path) -> Option<PathBuf> {
-    let mut inside = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::Normal(part) => inside.push(part),
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(inside)
-}
-
 /// Removes whatever is at `path` (a file, link or whole directory); nothing there is fine.
-fn remove(root: &Dir, path: &Path) -> io::Result<()> {
+pub(crate) fn remove(root: &Dir, path: &Path) -> io::Result<()> {
     match root.symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => root.remove_dir_all(path),
         Ok(_) => root.remove_file(path),

@@ -9,6 +9,8 @@ pub mod slightfile;
 
 use std::path::Path;
 
+use wasmcell_oci::rootfs::{self, ReadError};
+
 pub use app::{Configs, Grant, SECRETS_KEY, SlightApp, Store, encrypt_secret};
 pub use slightfile::{CapabilityName, Resource, Slightfile, SlightfileError};
 
@@ -27,7 +29,7 @@ pub enum Error {
         /// Its name as the user knows it.
         file: String,
         /// Why.
-        source: std::io::Error,
+        source: ReadError,
     },
     /// The slightfile is wrong.
     #[error(transparent)]
@@ -47,13 +49,13 @@ pub enum Error {
 /// `app.wasm` is there.
 pub fn load(dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<SlightApp, Error> {
     let shown = format!("/{SLIGHTFILE}");
-    let read = |source| Error::Read {
+    let read = |source: ReadError| Error::Read {
         file: shown.clone(),
         source,
     };
-    let root =
-        cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(read)?;
-    let text = root.read_to_string(SLIGHTFILE).map_err(read)?;
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| read(e.into()))?;
+    let text = rootfs::read_config(&root, Path::new(SLIGHTFILE)).map_err(read)?;
     let file = Slightfile::parse(&text, &shown)?;
     let app = SlightApp::resolve(&file, &shown, env)?;
     if !root.metadata(APP).is_ok_and(|m| m.is_file()) {
@@ -70,7 +72,7 @@ pub fn from_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Sl
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         file: shown.clone(),
-        source,
+        source: source.into(),
     })?;
     let file = Slightfile::parse(&text, &shown)?;
     Ok(SlightApp::resolve(&file, &shown, env)?)

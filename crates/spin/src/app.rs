@@ -3,9 +3,12 @@
 //! engine then only instantiates.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
+use wasmcell_oci::rootfs::{self, beneath};
 
 use crate::manifest::{
     ComponentDecl, ComponentRef, FileDecl, HttpHandlerDecl, Manifest, SourceDecl, StaticResponse,
@@ -310,35 +313,61 @@ impl Resolver<'_> {
     }
 }
 
+/// The most bytes of component files staged (copied) for one app, all its components
+/// together: 1 GiB. Each copy is the node's disk, and an image chooses what its manifest
+/// grants: a huge file, or the same one granted to many components, is refused rather than
+/// allowed to fill the disk.
+pub const MAX_STAGED_BYTES: u64 = 1 << 30;
+
+/// The most component files staged for one app, all its components together, and (four times
+/// as many) the most directory entries looked through to find them.
+pub const MAX_STAGED_FILES: usize = 100_000;
+
 /// Copies each component's `files` from the app's directory `root` into `staging/<id>/`, at
 /// the paths the component then sees them, read-only, under `/`: glob matches at their relative
-/// paths, `{ source, destination }` mounts at their destination. Everything is read within
-/// `root` (a symlink or `..` cannot reach outside it, whoever runs this), and copied, so the
-/// component sees no file the manifest does not name.
+/// paths, `{ source, destination }` mounts at their destination. The manifest comes from an
+/// image, so every path in it is hostile: each is read beneath `root` and written beneath the
+/// component's staging directory (a symlink, `..` or an absolute name cannot reach outside
+/// either, whoever runs this), only regular files are copied, and at most [`MAX_STAGED_BYTES`]
+/// and [`MAX_STAGED_FILES`] of them. The component sees no file the manifest does not name.
 pub fn stage_files(app: &mut App, root: &Path, staging: &Path) -> Result<(), String> {
-    let root_dir = cap_std_dir(root)?;
+    let root_dir = open_dir(root, "the app's directory")?;
+    let mut budget = Budget {
+        bytes: MAX_STAGED_BYTES,
+        files: MAX_STAGED_FILES,
+    };
     for component in &mut app.components {
         if component.files.is_empty() {
             continue;
         }
         let target = staging.join(&component.id);
         let error = |what: String| format!("[component.{}] files: {what}", component.id);
-        std::fs::create_dir_all(&target).map_err(|e| error(e.to_string()))?;
+        std::fs::create_dir_all(&target)
+            .map_err(|e| error(format!("cannot create {}: {e}", target.display())))?;
+        let into = open_dir(&target, "the component's files").map_err(&error)?;
         for (path, destination) in
             component_files(&root_dir, &component.files, &component.exclude_files)
                 .map_err(&error)?
         {
-            copy_within(&root_dir, &path, &target.join(destination)).map_err(&error)?;
+            copy_within(&root_dir, &path, &into, &destination, &mut budget).map_err(&error)?;
         }
         component.mounts = vec![(target, "/".to_owned())];
     }
     Ok(())
 }
 
+/// What is left of an app's staging limits.
+struct Budget {
+    bytes: u64,
+    files: usize,
+}
+
 /// The files `files` grants, each as (its path in the app's directory `root`, its path in the
-/// component's view, relative to `/`), without those `exclude_files` matches.
+/// component's view, relative to `/`), without those `exclude_files` matches. Paths are as
+/// Spin reads them, except that none may leave its root: a leading `/` is the root (Spin
+/// trims it from destinations: `//x` is `/x`), and `..` is refused.
 pub(crate) fn component_files(
-    root: &cap_std::fs::Dir,
+    root: &Dir,
     files: &[FileDecl],
     exclude_files: &[String],
 ) -> Result<Vec<(PathBuf, PathBuf)>, String> {
@@ -351,7 +380,10 @@ pub(crate) fn component_files(
     for file in files {
         match file {
             FileDecl::Pattern(pattern) => {
-                for path in glob_within(root, pattern)?.into_iter().filter(|p| kept(p)) {
+                for path in pattern_files(root, pattern)?
+                    .into_iter()
+                    .filter(|p| kept(p))
+                {
                     granted.push((path.clone(), path));
                 }
             }
@@ -359,56 +391,93 @@ pub(crate) fn component_files(
                 source,
                 destination,
             } => {
-                let Some(into) = destination.strip_prefix('/') else {
+                if !destination.starts_with('/') {
                     return Err(format!(
                         "destination {destination:?} must be an absolute path"
                     ));
-                };
-                let source = source.trim_start_matches("./");
+                }
+                let into = beneath(Path::new(destination)).ok_or_else(|| {
+                    format!(
+                        "destination {destination:?} leads out of the component's files: `..` is refused"
+                    )
+                })?;
+                let from = beneath(Path::new(source)).ok_or_else(|| {
+                    format!("source {source:?} leads out of the app's directory: `..` is refused")
+                })?;
                 let metadata = root
-                    .metadata(source)
+                    .metadata(here(&from))
                     .map_err(|e| format!("source {source:?} in the app's directory: {e}"))?;
                 if metadata.is_dir() {
-                    for path in walk_within(root, source)?.into_iter().filter(|p| kept(p)) {
-                        let rest = path.strip_prefix(source).unwrap_or(&path).to_owned();
-                        granted.push((path, Path::new(into).join(rest)));
+                    for path in walk_within(root, &from)?.into_iter().filter(|p| kept(p)) {
+                        let rest = path.strip_prefix(&from).unwrap_or(&path).to_owned();
+                        granted.push((path, into.join(rest)));
                     }
-                } else if into.is_empty() || into.ends_with('/') {
+                } else if into.as_os_str().is_empty() || destination.ends_with('/') {
                     return Err(format!("destination {destination:?} names no file"));
                 } else {
-                    granted.push((PathBuf::from(source), PathBuf::from(into)));
+                    granted.push((from, into));
                 }
             }
         }
     }
+    if granted.len() > MAX_STAGED_FILES {
+        return Err(format!(
+            "they grant {} files, more than the {MAX_STAGED_FILES} wasmcell copies for one app",
+            granted.len()
+        ));
+    }
     Ok(granted)
 }
 
-fn cap_std_dir(root: &Path) -> Result<cap_std::fs::Dir, String> {
-    cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", root.display()))
+/// Opens `dir` (`what` it is, for the message) as the root every path beneath it is resolved in.
+pub(crate) fn open_dir(dir: &Path, what: &str) -> Result<Dir, String> {
+    Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open {what} {}: {e}", dir.display()))
 }
 
-/// The files (not directories) in `root` matching `pattern` (relative to `root`).
-fn glob_within(root: &cap_std::fs::Dir, pattern: &str) -> Result<Vec<PathBuf>, String> {
-    let pattern = pattern.trim_start_matches("./");
-    let compiled = glob::Pattern::new(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
-    // Walk from the pattern's literal prefix rather than the whole app.
-    let literal: PathBuf = Path::new(pattern)
-        .components()
-        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
-        .collect();
-    let start = if literal.as_os_str() == pattern {
-        literal.parent().map(Path::to_owned).unwrap_or_default()
+/// `path` as cap-std names it: `.` for the root itself.
+fn here(path: &Path) -> &Path {
+    if path.as_os_str().is_empty() {
+        Path::new(".")
     } else {
-        literal
-    };
-    let candidates = match root.metadata(&start) {
-        Ok(m) if m.is_dir() || start.as_os_str().is_empty() => {
-            walk_within(root, &start.display().to_string())?
+        path
+    }
+}
+
+/// The files a `files` pattern names, as Spin finds them: a path that exists is that file, or
+/// every file under that directory; otherwise a glob pattern, relative to the app's directory,
+/// whose `*` does not cross a `/`.
+fn pattern_files(root: &Dir, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let relative = beneath(Path::new(pattern)).ok_or_else(|| {
+        format!("file pattern {pattern:?} leads out of the app's directory: `..` is refused")
+    })?;
+    if relative.as_os_str().is_empty() {
+        return Err(format!(
+            "file pattern {pattern:?} names the app's directory itself: use a glob such as \"./**/*\", or a {{ source, destination }} mount"
+        ));
+    }
+    let is_glob = |part: &str| part.contains(['*', '?', '[']);
+    match root.metadata(&relative) {
+        Ok(m) if m.is_dir() => return walk_within(root, &relative),
+        // Whatever it is: copying refuses what is not a regular file, naming it.
+        Ok(_) => return Ok(vec![relative]),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound || !is_glob(pattern) => {
+            return Err(format!(
+                "{pattern:?} is not a file in the app's directory ({e}), nor a glob pattern"
+            ));
         }
-        Ok(_) => vec![start],
-        Err(_) => Vec::new(),
+        Err(_) => {}
+    }
+    let text = relative.to_string_lossy();
+    let compiled = glob::Pattern::new(&text).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+    // Walk from the pattern's literal directories rather than the whole app.
+    let start: PathBuf = relative
+        .components()
+        .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+        .collect();
+    let candidates = match root.metadata(here(&start)) {
+        Ok(m) if m.is_dir() => walk_within(root, &start)?,
+        _ => Vec::new(),
     };
     let options = glob::MatchOptions {
         require_literal_separator: true,
@@ -426,24 +495,35 @@ fn glob_within(root: &cap_std::fs::Dir, pattern: &str) -> Result<Vec<PathBuf>, S
     Ok(matched)
 }
 
-/// Every file under directory `dir` of `root` (relative to `root`), symlinks not followed.
-fn walk_within(root: &cap_std::fs::Dir, dir: &str) -> Result<Vec<PathBuf>, String> {
+/// Every file under directory `dir` of `root` (relative to `root`), including links to files
+/// that stay inside `root`. Links to directories are not followed (no loops), links out of
+/// `root` are left out, and so are devices, FIFOs and sockets, which are never an app's files
+/// (Spin, too, copies only what is a file).
+fn walk_within(root: &Dir, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
-    let mut pending = vec![PathBuf::from(dir)];
+    let mut seen = 0;
+    let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
-        let entries = if dir.as_os_str().is_empty() {
-            root.entries()
-        } else {
-            root.read_dir(&dir)
-        }
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let entries = root
+            .read_dir(here(&dir))
+            .map_err(|e| format!("{}: {e}", here(&dir).display()))?;
         for entry in entries {
+            seen += 1;
+            if seen > 4 * MAX_STAGED_FILES {
+                return Err(format!(
+                    "{} holds more than {} entries, more than wasmcell looks through for one app",
+                    here(&dir).display(),
+                    4 * MAX_STAGED_FILES
+                ));
+            }
             let entry = entry.map_err(|e| e.to_string())?;
             let path = dir.join(entry.file_name());
             let kind = entry.file_type().map_err(|e| e.to_string())?;
+            let file = kind.is_file()
+                || (kind.is_symlink() && root.metadata(&path).is_ok_and(|m| m.is_file()));
             if kind.is_dir() {
                 pending.push(path);
-            } else if kind.is_file() {
+            } else if file {
                 files.push(path);
             }
         }
@@ -452,16 +532,46 @@ fn walk_within(root: &cap_std::fs::Dir, dir: &str) -> Result<Vec<PathBuf>, Strin
     Ok(files)
 }
 
-/// Copies file `path` of `root` to host path `to`, creating its directories.
-fn copy_within(root: &cap_std::fs::Dir, path: &Path, to: &Path) -> Result<(), String> {
-    let mut from = root
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+/// Copies regular file `path` of `root` to `to` beneath `into`, creating its directories,
+/// within what is left of `budget`.
+fn copy_within(
+    root: &Dir,
+    path: &Path,
+    into: &Dir,
+    to: &Path,
+    budget: &mut Budget,
+) -> Result<(), String> {
+    let shown = path.display();
+    let too_much = || {
+        format!(
+            "`{shown}`: the app's component files come to more than {} MiB, the most wasmcell copies for one app",
+            MAX_STAGED_BYTES >> 20
+        )
+    };
+    if budget.files == 0 {
+        return Err(format!(
+            "`{shown}`: more than {MAX_STAGED_FILES} files, the most wasmcell copies for one app"
+        ));
     }
-    let mut out = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    std::io::copy(&mut from, &mut out).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (file, size) = rootfs::open_regular(root, path, MAX_STAGED_BYTES)
+        .map_err(|e| format!("`{shown}`: {e}"))?;
+    if size > budget.bytes {
+        return Err(too_much());
+    }
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        into.create_dir_all(parent)
+            .map_err(|e| format!("`{shown}` to {}: {e}", to.display()))?;
+    }
+    let mut out = into
+        .create(to)
+        .map_err(|e| format!("`{shown}` to {}: {e}", to.display()))?;
+    let copied = std::io::copy(&mut file.take(budget.bytes + 1), &mut out)
+        .map_err(|e| format!("`{shown}`: {e}"))?;
+    if copied > budget.bytes {
+        return Err(too_much());
+    }
+    budget.bytes -= copied;
+    budget.files -= 1;
     Ok(())
 }
 
@@ -615,5 +725,168 @@ source = "internal.wasm"
         let mut app = self::app(&missing, &[]).unwrap();
         let error = stage_files(&mut app, &root, &staging).unwrap_err();
         assert!(error.contains("matches no file"), "{error}");
+    }
+
+    /// An app directory `app` in a temp dir with a component `web` whose `files` are `files`.
+    fn staged(files: &str) -> (tempfile::TempDir, PathBuf, Result<App, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("app");
+        std::fs::create_dir_all(root.join("static/css")).unwrap();
+        std::fs::write(root.join("index.html"), "<h1>home</h1>").unwrap();
+        std::fs::write(root.join("a.txt"), "a").unwrap();
+        std::fs::write(root.join("b.txt"), "b").unwrap();
+        std::fs::write(root.join("payload.txt"), "pwned").unwrap();
+        std::fs::write(root.join("static/css/site.css"), "body{}").unwrap();
+        let manifest = SHOP.replace(
+            "source = \"web.wasm\"",
+            &format!("source = \"web.wasm\"\nfiles = {files}"),
+        );
+        let mut app = app(&manifest, &[]).unwrap();
+        let staging = dir.path().join("staging");
+        let result = stage_files(&mut app, &root, &staging).map(|()| app);
+        (dir, staging, result)
+    }
+
+    /// Issue 24: a destination from an image wrote the image's file anywhere on the host.
+    #[test]
+    fn a_destination_climbing_out_of_the_files_is_refused_and_nothing_is_written_outside() {
+        let climb = "/../../../../../../../../../../../..";
+        let target = tempfile::tempdir().unwrap();
+        let aimed = target.path().join("pwned");
+        let destination = format!("{climb}{}", aimed.display());
+        let (_dir, _, result) = staged(&format!(
+            "[{{ source = \"payload.txt\", destination = \"{destination}\" }}]"
+        ));
+        let error = result.unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "[component.web] files: destination \"{destination}\" leads out of the component's files: `..` is refused"
+            )
+        );
+        assert!(!aimed.exists(), "written on the host");
+        // Inside a directory mount too, and in a source.
+        for files in [
+            "[{ source = \"static\", destination = \"/x/../../y\" }]".to_owned(),
+            "[{ source = \"../app/payload.txt\", destination = \"/p\" }]".to_owned(),
+            "[\"static/../../*\"]".to_owned(),
+        ] {
+            let (_dir, _, result) = staged(&files);
+            let error = result.unwrap_err();
+            assert!(error.contains("`..` is refused"), "{files}: {error}");
+        }
+    }
+
+    /// Issue 24: `//tmp/pwned` joined onto the staging directory was `/tmp/pwned` on the host.
+    #[test]
+    fn a_destination_with_leading_slashes_stays_in_the_components_files() {
+        let target = tempfile::tempdir().unwrap();
+        let aimed = target.path().join("pwned");
+        let (_dir, staging, result) = staged(&format!(
+            "[{{ source = \"payload.txt\", destination = \"/{}\" }}]",
+            aimed.display()
+        ));
+        result.unwrap();
+        assert!(!aimed.exists(), "written on the host");
+        // As Spin places it: the leading `/`s trimmed, so the component sees `//x` at `/x`.
+        let inside = staging.join("web").join(aimed.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read_to_string(inside).unwrap(), "pwned");
+    }
+
+    /// Issue 24: `files = ["index.html", "*.txt"]` matched nothing at the app's top level.
+    #[test]
+    fn top_level_files_globs_and_directories_are_staged_as_spin_stages_them() {
+        let (_dir, staging, result) = staged("[\"index.html\", \"*.txt\", \"static\"]");
+        result.unwrap();
+        let web = staging.join("web");
+        assert_eq!(
+            std::fs::read_to_string(web.join("index.html")).unwrap(),
+            "<h1>home</h1>"
+        );
+        for file in ["a.txt", "b.txt", "payload.txt", "static/css/site.css"] {
+            assert!(web.join(file).is_file(), "{file} not staged");
+        }
+        let (_dir, _, result) = staged("[\"nope.html\"]");
+        let error = result.unwrap_err();
+        assert!(
+            error.contains("\"nope.html\" is not a file in the app's directory"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_fifo_source_is_refused_naming_it_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("app");
+        std::fs::create_dir_all(&root).unwrap();
+        let fifo = std::ffi::CString::new(root.join("feed").into_os_string().into_encoded_bytes())
+            .unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        for files in [
+            "[{ source = \"feed\", destination = \"/feed\" }]",
+            "[\"feed\"]",
+        ] {
+            let manifest = SHOP.replace(
+                "source = \"web.wasm\"",
+                &format!("source = \"web.wasm\"\nfiles = {files}"),
+            );
+            let mut app = app(&manifest, &[]).unwrap();
+            let error = stage_files(&mut app, &root, &dir.path().join("staging")).unwrap_err();
+            assert_eq!(
+                error,
+                "[component.web] files: `feed`: it is a FIFO, not a regular file: only regular files are read from an image"
+            );
+        }
+    }
+
+    #[test]
+    fn staged_files_are_bounded_in_size_and_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, into) = (dir.path().join("from"), dir.path().join("into"));
+        std::fs::create_dir_all(&from).unwrap();
+        std::fs::create_dir_all(&into).unwrap();
+        // Sparse: as large as it says, without the disk.
+        let huge = std::fs::File::create(from.join("huge.bin")).unwrap();
+        huge.set_len(MAX_STAGED_BYTES + 1).unwrap();
+        std::fs::write(from.join("small.bin"), [7u8; 10]).unwrap();
+        let (from, into) = (
+            open_dir(&from, "from").unwrap(),
+            open_dir(&into, "into").unwrap(),
+        );
+        let mut budget = Budget {
+            bytes: MAX_STAGED_BYTES,
+            files: MAX_STAGED_FILES,
+        };
+        let error = copy_within(
+            &from,
+            Path::new("huge.bin"),
+            &into,
+            Path::new("h"),
+            &mut budget,
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("`huge.bin`: it is larger than 1024 MiB"),
+            "{error}"
+        );
+        assert!(!into.exists("h"));
+        // What is left of the app's budget bounds the next file, and the number of files.
+        let mut budget = Budget { bytes: 9, files: 2 };
+        let copy = |budget: &mut Budget| {
+            copy_within(&from, Path::new("small.bin"), &into, Path::new("s"), budget)
+        };
+        let error = copy(&mut budget).unwrap_err();
+        assert_eq!(
+            error,
+            "`small.bin`: the app's component files come to more than 1024 MiB, the most wasmcell copies for one app"
+        );
+        let mut budget = Budget {
+            bytes: 100,
+            files: 1,
+        };
+        copy(&mut budget).unwrap();
+        let error = copy(&mut budget).unwrap_err();
+        assert!(error.contains("more than 100000 files"), "{error}");
     }
 }

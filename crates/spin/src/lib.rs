@@ -15,7 +15,10 @@ pub mod routes;
 pub mod runtime_config;
 pub mod variables;
 
-pub use app::{App, Component, HttpHandler, HttpTrigger, RedisTrigger, Resolve, stage_files};
+pub use app::{
+    App, Component, HttpHandler, HttpTrigger, MAX_STAGED_BYTES, MAX_STAGED_FILES, RedisTrigger,
+    Resolve, stage_files,
+};
 pub use load::{RuntimeConfigSource, is_app, load, load_locked};
 pub use locked::{ContentKind, Locked, lock};
 pub use manifest::{Manifest, ManifestError, StaticResponse};

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use crate::app::{App, Resolve, stage_files};
+use wasmcell_oci::rootfs::{self, ReadError};
+
+use crate::app::{App, Resolve, open_dir, stage_files};
 use crate::manifest::Manifest;
 use crate::runtime_config::RuntimeConfig;
 use crate::{MANIFEST, RUNTIME_CONFIG};
@@ -31,9 +33,8 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
     staging: &Path,
 ) -> Result<App, String> {
-    let root = open(dir)?;
-    let text = root
-        .read_to_string(MANIFEST)
+    let root = open_dir(dir, "the app's directory")?;
+    let text = rootfs::read_config(&root, Path::new(MANIFEST))
         .map_err(|e| format!("cannot read {MANIFEST}: {e}"))?;
     let manifest = Manifest::parse(&text, MANIFEST).map_err(|e| e.to_string())?;
     resolve(manifest, &root, dir, runtime_config, env, staging)
@@ -51,12 +52,24 @@ pub fn load_locked(
     staging: &Path,
 ) -> Result<App, String> {
     let manifest = crate::locked::unlock(dir, json, content)?;
-    resolve(manifest, &open(dir)?, dir, runtime_config, env, staging)
+    resolve(
+        manifest,
+        &open_dir(dir, "the app's directory")?,
+        dir,
+        runtime_config,
+        env,
+        staging,
+    )
 }
 
-fn open(dir: &Path) -> Result<cap_std::fs::Dir, String> {
-    cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))
+/// The text of the app's optional `file` (`None` if there is none): a regular file of at most
+/// [`rootfs::MAX_CONFIG_SIZE`], as everything an image holds is read.
+fn read_config(root: &cap_std::fs::Dir, file: &str) -> Result<Option<String>, String> {
+    match rootfs::read_config(root, Path::new(file)) {
+        Ok(text) => Ok(Some(text)),
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {file}: {e}")),
+    }
 }
 
 /// Resolves `manifest` with its runtime config and stages its components' files.
@@ -74,10 +87,9 @@ fn resolve(
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             RuntimeConfig::parse(&text, &file.display().to_string())?
         }
-        RuntimeConfigSource::Beside => match root.read_to_string(RUNTIME_CONFIG) {
-            Ok(text) => RuntimeConfig::parse(&text, RUNTIME_CONFIG)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RuntimeConfig::default(),
-            Err(e) => return Err(format!("cannot read {RUNTIME_CONFIG}: {e}")),
+        RuntimeConfigSource::Beside => match read_config(root, RUNTIME_CONFIG)? {
+            Some(text) => RuntimeConfig::parse(&text, RUNTIME_CONFIG)?,
+            None => RuntimeConfig::default(),
         },
     };
     let mut app = App::resolve(

@@ -5,15 +5,16 @@
 //! so that an app from a registry runs through exactly the same path as a `spin.toml`.
 
 use std::collections::BTreeMap;
-use std::path::{Component as PathPart, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::Digest as _;
+use wasmcell_oci::rootfs;
 
 use crate::MANIFEST;
-use crate::app::component_files;
+use crate::app::{MAX_STAGED_BYTES, component_files, open_dir};
 use crate::manifest::{ComponentDecl, ComponentRef, HttpHandlerDecl, Manifest, SourceDecl};
 
 /// Where [`unlock`] writes a locked app's content, in the app's directory.
@@ -125,10 +126,8 @@ pub struct Locked {
 /// inline) with its Wasm and files as content, variables and templates kept as they are
 /// (they are resolved where the app runs).
 pub fn lock(dir: &Path) -> Result<Locked, String> {
-    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| format!("cannot open the app's directory {}: {e}", dir.display()))?;
-    let text = root
-        .read_to_string(MANIFEST)
+    let root = open_dir(dir, "the app's directory")?;
+    let text = rootfs::read_config(&root, Path::new(MANIFEST))
         .map_err(|e| format!("cannot read {MANIFEST}: {e}"))?;
     let manifest = Manifest::parse(&text, MANIFEST).map_err(|e| e.to_string())?;
     let mut locker = Locker {
@@ -261,9 +260,7 @@ impl Locker<'_> {
                 "component dependencies are not supported: compose the component first".to_owned(),
             ));
         }
-        let wasm = self
-            .root
-            .read(source.trim_start_matches("./"))
+        let wasm = rootfs::read_regular(&self.root, Path::new(source), rootfs::MAX_MODULE_SIZE)
             .map_err(|e| within(format!("cannot read its source `{source}`: {e}")))?;
         let source = LockedSource {
             content_type: "application/wasm".to_owned(),
@@ -273,9 +270,7 @@ impl Locker<'_> {
         for (path, seen_at) in component_files(&self.root, &decl.files, &decl.exclude_files)
             .map_err(|e| within(format!("files: {e}")))?
         {
-            let bytes = self
-                .root
-                .read(&path)
+            let bytes = rootfs::read_regular(&self.root, &path, MAX_STAGED_BYTES)
                 .map_err(|e| within(format!("files: {}: {e}", path.display())))?;
             files.push(ContentPath {
                 content: self.add(ContentKind::Data, bytes),
@@ -363,13 +358,16 @@ pub fn unlock(
             ));
         }
     }
-    let out = dir.join(UNLOCKED_DIR);
+    // Beneath the app's directory: a link there (the rootfs is the image's) leads nowhere else.
+    let root = open_dir(dir, "the app's directory")?;
     let write = |relative: &Path, bytes: &[u8]| -> Result<(), String> {
-        let path = out.join(relative);
+        let path = Path::new(UNLOCKED_DIR).join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            root.create_dir_all(parent)
+                .map_err(|e| format!("{}: {e}", parent.display()))?;
         }
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+        root.write(&path, bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))
     };
     let mut components = toml::Table::new();
     for (n, component) in app.components.iter().enumerate() {
@@ -532,14 +530,9 @@ fn fetch(
 /// `path`, which must stay inside its directory: relative (a leading `/` is dropped), with no
 /// `..`.
 fn inside(path: &str) -> Result<PathBuf, String> {
-    let relative = Path::new(path.trim_start_matches('/'));
-    let normal = relative
-        .components()
-        .all(|part| matches!(part, PathPart::Normal(_) | PathPart::CurDir));
-    if !normal || relative.as_os_str().is_empty() {
-        return Err(format!("file path {path:?} leaves the component's files"));
-    }
-    Ok(relative.to_owned())
+    rootfs::beneath(Path::new(path))
+        .filter(|relative| !relative.as_os_str().is_empty())
+        .ok_or_else(|| format!("file path {path:?} leaves the component's files"))
 }
 
 /// A JSON value in TOML's data model; `null` (which TOML lacks) is left out.

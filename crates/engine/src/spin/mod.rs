@@ -11,8 +11,10 @@ mod redis_trigger;
 pub(crate) mod spin1;
 mod spin3;
 
+use std::path::Path;
 use std::sync::Arc;
 
+use wasmcell_oci::rootfs;
 use wasmcell_spin::{App, HttpHandler, RouteMatch};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
@@ -88,7 +90,8 @@ fn read_component(
     let (root, path) = (app_dir(spec)?, component.source.trim_start_matches('/'));
     let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
     let bytes = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
-        .and_then(|dir| dir.read(path))
+        .map_err(rootfs::ReadError::from)
+        .and_then(|dir| rootfs::read_regular(&dir, Path::new(path), rootfs::MAX_MODULE_SIZE))
         .map_err(|e| {
             spin(format!(
                 "cannot read its source `{}` in the app's directory: {e}",

@@ -1,7 +1,6 @@
 //! `sock_getaddrinfo`: name lookups with the container's `/etc/hosts` and `/etc/resolv.conf`,
 //! not the host's (the process that runs the guest sees the host's `/etc`).
 
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use cap_std::fs::Dir;
 use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{Hosts, TokioResolver};
+use wasmcell_oci::rootfs;
 
 use super::address::{family_matches, loopback};
 use super::memory::Errno;
@@ -44,19 +44,18 @@ impl Source {
 
     /// The file's text; a missing or unreadable file is an empty one, as for the C library.
     fn read(&self) -> String {
-        let mut text = String::new();
-        let read = match self {
-            Source::Host(path) => {
-                std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
-            }
+        let read: Result<String, Box<dyn std::error::Error>> = match self {
+            Source::Host(path) => std::fs::read_to_string(path).map_err(Into::into),
+            // The image's: a FIFO or a device there must not hang or flood a lookup.
             Source::Rootfs { root, path } => Dir::open_ambient_dir(root, ambient_authority())
-                .and_then(|dir| dir.open(Path::new(path)))
-                .and_then(|mut f| f.read_to_string(&mut text)),
+                .map_err(rootfs::ReadError::from)
+                .and_then(|dir| rootfs::read_config(&dir, Path::new(path)))
+                .map_err(Into::into),
         };
-        if let Err(error) = read {
+        read.unwrap_or_else(|error| {
             tracing::debug!(%error, "name lookup configuration not read");
-        }
-        text
+            String::new()
+        })
     }
 }
 
