@@ -94,17 +94,20 @@ impl Limiter {
         self.overrun.is_some()
     }
 
+    /// The memory limit, if holding `bytes` more would pass it.
+    fn limit_passed_by(&self, bytes: u64) -> Option<u64> {
+        let limit = self.controls.memory_limit()?;
+        (self.held.saturating_add(bytes) > limit).then_some(limit)
+    }
+
     /// Grants growth by `bytes` (wasmtime calls this also when a memory or table is created,
     /// from 0), or ends the guest: an error rather than `Ok(false)`, so that it traps at once
     /// instead of carrying on with a failed allocation, and the run ends as out of memory.
     fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
-        let total = self.held.saturating_add(bytes);
-        if let Some(limit) = self.controls.memory_limit()
-            && total > limit
-        {
+        if let Some(limit) = self.limit_passed_by(bytes) {
             return Err(self.overran(Overrun::MemoryLimit(limit)));
         }
-        self.held = total;
+        self.held += bytes;
         self.controls.meter().grew(bytes);
         Ok(true)
     }
@@ -139,11 +142,13 @@ impl wasmtime::ResourceLimiter for Limiter {
         if maximum.is_some_and(|maximum| desired > maximum) {
             return Ok(false);
         }
-        if desired > MAX_TABLE_ELEMENTS {
+        let elements = desired.saturating_sub(current) as u64;
+        let bytes = elements.saturating_mul(TABLE_ELEMENT_BYTES);
+        // The memory limit, when the growth passes it too, is the reason the user can act on.
+        if desired > MAX_TABLE_ELEMENTS && self.limit_passed_by(bytes).is_none() {
             return Err(self.overran(Overrun::TableElements));
         }
-        let elements = desired.saturating_sub(current) as u64;
-        self.grow(elements.saturating_mul(TABLE_ELEMENT_BYTES))
+        self.grow(bytes)
     }
 }
 
@@ -904,7 +909,8 @@ mod tests {
         assert!(limiter.memory_growing(0, 32 * MIB, None).unwrap());
         // 1M elements: 16 MiB.
         assert!(limiter.table_growing(0, MIB, None).unwrap());
-        assert!(limiter.table_growing(MIB, 2 * MIB, None).is_err());
+        // 2M more: 32 MiB, past the limit with the memory.
+        assert!(limiter.table_growing(MIB, 3 * MIB, None).is_err());
         assert_eq!(
             limiter.overrun,
             Some(Overrun::MemoryLimit(64 * MIB as u64))

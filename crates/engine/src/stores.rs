@@ -483,20 +483,21 @@ impl Sqlite {
 }
 
 /// SQLite's error for a refused statement, or a write to a read-only file, as ours, which say
-/// why.
+/// why. Whatever the authorizer refused made the statement fail (as "not authorized", or "not
+/// authorized to use function" as a plain error, depending on what it refused).
 fn explain(
     error: SqlError,
     refused: &Mutex<Option<&'static str>>,
     read_only: Option<Arc<str>>,
 ) -> SqlError {
-    use rusqlite::ErrorCode;
-    let SqlError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) = &error else {
+    let SqlError::Sqlite(sqlite) = &error else {
         return error;
     };
-    let refused = refused.lock().unwrap_or_else(PoisonError::into_inner).take();
-    match (failure.code, refused, read_only) {
-        (ErrorCode::AuthorizationForStatementDenied, Some(why), _) => SqlError::Refused(why),
-        (ErrorCode::ReadOnly, _, Some(place)) => SqlError::ReadOnly(place),
+    if let Some(why) = refused.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return SqlError::Refused(why);
+    }
+    match (sqlite.sqlite_error_code(), read_only) {
+        (Some(rusqlite::ErrorCode::ReadOnly), Some(place)) => SqlError::ReadOnly(place),
         _ => error,
     }
 }
@@ -822,10 +823,6 @@ mod tests {
             format!("SELECT load_extension('{}')", host("ext.so")),
             format!("PRAGMA temp_store_directory = '{}'", outside.display()),
             format!("PRAGMA data_store_directory = '{}'", outside.display()),
-            format!(
-                "SELECT * FROM pragma_temp_store_directory('{}')",
-                outside.display()
-            ),
             "PRAGMA temp_store = FILE".to_owned(),
             "PRAGMA main.temp_store = 1".to_owned(),
             "PRAGMA mmap_size = 268435456".to_owned(),

@@ -649,3 +649,47 @@ fn flatten(value: ::redis::Value) -> Vec<outbound_redis::RedisResult> {
         other => vec![R::Binary(format!("{other:?}").into_bytes())],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 24: a result is built in host memory, outside the guest's limit.
+    #[tokio::test]
+    async fn r24_a_result_larger_than_the_host_holds_for_a_guest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig {
+            path: "app.db".into(),
+        };
+        let places = Places::new(dir.path(), &[]);
+        let db = crate::stores::open_database(&config, &places)
+            .await
+            .unwrap();
+        let query = |sql: String| db.run(move |db| execute(db, &sql, Vec::new()));
+        // Each row fits; together they do not.
+        let rows = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 40)
+             SELECT zeroblob({}) FROM n",
+            1 << 20
+        );
+        assert!(matches!(
+            query(rows).await,
+            Err(SqlError::ResultTooLarge)
+        ));
+        // One value past the bound is not even made.
+        let one = format!("SELECT zeroblob({})", MAX_RESULT_BYTES + 1);
+        let Err(SqlError::Sqlite(error)) = query(one).await else {
+            panic!("a value past the bound was made");
+        };
+        assert_eq!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::TooBig)
+        );
+        // Within it, a result is whole.
+        let fits = query("SELECT 1, 'two', zeroblob(3), NULL".to_owned())
+            .await
+            .unwrap();
+        assert_eq!(fits.rows.len(), 1);
+        assert_eq!(fits.rows[0].values.len(), 4);
+    }
+}
