@@ -896,10 +896,7 @@ mod tests {
         assert!(limiter.memory_growing(0, 48 * MIB, None).unwrap());
         assert!(limiter.memory_growing(0, 8 * MIB, None).unwrap());
         assert!(limiter.memory_growing(0, 16 * MIB, None).is_err());
-        assert_eq!(
-            limiter.overrun,
-            Some(Overrun::MemoryLimit(64 * MIB as u64))
-        );
+        assert_eq!(limiter.overrun, Some(Overrun::MemoryLimit(64 * MIB as u64)));
     }
 
     /// Issue 24: a 40M-element table grew under a 64 MiB limit.
@@ -911,20 +908,13 @@ mod tests {
         assert!(limiter.table_growing(0, MIB, None).unwrap());
         // 2M more: 32 MiB, past the limit with the memory.
         assert!(limiter.table_growing(MIB, 3 * MIB, None).is_err());
-        assert_eq!(
-            limiter.overrun,
-            Some(Overrun::MemoryLimit(64 * MIB as u64))
-        );
+        assert_eq!(limiter.overrun, Some(Overrun::MemoryLimit(64 * MIB as u64)));
     }
 
     #[test]
     fn tables_are_bounded_without_a_memory_limit() {
         let mut limiter = limiter(None);
-        assert!(
-            limiter
-                .table_growing(0, MAX_TABLE_ELEMENTS, None)
-                .unwrap()
-        );
+        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
         assert!(
             limiter
                 .table_growing(MAX_TABLE_ELEMENTS, MAX_TABLE_ELEMENTS + 1, None)

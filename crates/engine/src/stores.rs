@@ -493,7 +493,11 @@ fn explain(
     let SqlError::Sqlite(sqlite) = &error else {
         return error;
     };
-    if let Some(why) = refused.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    if let Some(why) = refused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         return SqlError::Refused(why);
     }
     match (sqlite.sqlite_error_code(), read_only) {
@@ -512,7 +516,9 @@ fn refusal(action: &AuthAction<'_>) -> Option<&'static str> {
             "ATTACH (and VACUUM INTO) would open another file: a component reaches only the databases it is granted",
         ),
         AuthAction::Detach { .. } => Some("DETACH: no other database can be attached"),
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
             Some("load_extension would load native code into the host")
         }
         AuthAction::Pragma {
@@ -797,7 +803,9 @@ mod tests {
         let config = DatabaseConfig {
             path: "app.db".into(),
         };
-        open_database(&config, &Places::new(dir, &[])).await.unwrap()
+        open_database(&config, &Places::new(dir, &[]))
+            .await
+            .unwrap()
     }
 
     async fn batch(db: &Sqlite, sql: &str) -> Result<(), SqlError> {
@@ -912,7 +920,10 @@ mod tests {
         // The connection is free again: the statement ended, and the next one runs.
         let next = db.run(|db| Ok(db.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0))?));
         let next = tokio::time::timeout(std::time::Duration::from_secs(60), next).await;
-        assert_eq!(next.expect("the statement was not interrupted").unwrap(), 42);
+        assert_eq!(
+            next.expect("the statement was not interrupted").unwrap(),
+            42
+        );
     }
 
     /// Issue 24: stores were created and written in volumes mounted `ro`.

@@ -105,7 +105,7 @@ fn r24_a_components_sql_makes_no_file_on_the_host() -> Result<()> {
         let reply = sql(&base, &statement)?;
         assert_eq!(
             (reply.status, reply.body.as_str()),
-            (500, "AccessDenied\n"),
+            (500, "Error::AccessDenied\n"),
             "{statement}"
         );
     }
@@ -251,9 +251,7 @@ fn r24_stores_in_read_only_places_are_never_written() -> Result<()> {
 /// 40M elements; `both` a memory to 40 MiB and a table to 2M elements (32 MiB counted). Each
 /// traps if a growth fails, so only the limiter can end it with 137.
 fn growing_module() -> Result<Vec<u8>> {
-    let grow = |what: &str| {
-        format!("(if (i32.lt_s ({what}) (i32.const 0)) (then unreachable))")
-    };
+    let grow = |what: &str| format!("(if (i32.lt_s ({what}) (i32.const 0)) (then unreachable))");
     let memories: String = (0..8).map(|i| format!("(memory $m{i} 0)\n")).collect();
     let grow_memories: String = (0..8)
         .map(|i| grow(&format!("memory.grow $m{i} (i32.const 768)")))
@@ -280,7 +278,12 @@ fn r24_a_stores_memories_and_tables_together_end_it_with_137_and_an_oom_event() 
     let wasm = tmp.path().join("limits.wasm");
     std::fs::write(&wasm, growing_module()?)?;
     let containerd = Containerd::start()?;
-    containerd.import(&build_image(&wasm, "example.com/limits:1", tmp.path(), &[])?)?;
+    containerd.import(&build_image(
+        &wasm,
+        "example.com/limits:1",
+        tmp.path(),
+        &[],
+    )?)?;
     let mut events = containerd.events()?;
     let limit = ["--memory-limit", "67108864"];
 

@@ -672,19 +672,13 @@ mod tests {
              SELECT zeroblob({}) FROM n",
             1 << 20
         );
-        assert!(matches!(
-            query(rows).await,
-            Err(SqlError::ResultTooLarge)
-        ));
+        assert!(matches!(query(rows).await, Err(SqlError::ResultTooLarge)));
         // One value past the bound is not even made.
         let one = format!("SELECT zeroblob({})", MAX_RESULT_BYTES + 1);
         let Err(SqlError::Sqlite(error)) = query(one).await else {
             panic!("a value past the bound was made");
         };
-        assert_eq!(
-            error.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::TooBig)
-        );
+        assert_eq!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::TooBig));
         // Within it, a result is whole.
         let fits = query("SELECT 1, 'two', zeroblob(3), NULL".to_owned())
             .await
