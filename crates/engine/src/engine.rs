@@ -34,12 +34,50 @@ const TRAP_STATUS: u32 = 134;
 /// killer reports (128 + SIGKILL).
 const OUT_OF_MEMORY_STATUS: u32 = 137;
 
-/// Enforces [`Limits`] on one store, remembers whether the guest hit them, and counts the
-/// store's memories in the workload's [`Usage`](crate::Usage) for as long as it lives.
+/// The host bytes one table element is counted at against the memory limit: the largest
+/// element wasmtime stores (a continuation reference, two words); a `funcref` is one word and an
+/// `externref` or `anyref` half of one, so tables are counted at no less than they hold.
+const TABLE_ELEMENT_BYTES: u64 = 2 * size_of::<usize>() as u64;
+
+/// The most elements any one table may have, with or without a memory limit: far beyond what
+/// compilers emit (a table holds a program's indirectly called functions, thousands), and a
+/// bound on the host memory a guest with no limit can take through a table (160 MB at
+/// [`TABLE_ELEMENT_BYTES`]).
+const MAX_TABLE_ELEMENTS: usize = 10_000_000;
+
+/// What a guest tried to hold past what it may; it ended as out of memory (status 137).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overrun {
+    /// Its memories and tables together past the memory limit, in bytes.
+    MemoryLimit(u64),
+    /// One table past the most elements any table may have (10 million, with or without a
+    /// memory limit).
+    TableElements,
+}
+
+impl std::fmt::Display for Overrun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Overrun::MemoryLimit(limit) => write!(
+                f,
+                "it exceeded its memory limit of {limit} bytes (its memories and tables together)"
+            ),
+            Overrun::TableElements => write!(
+                f,
+                "it grew a table past {MAX_TABLE_ELEMENTS} elements, the most a table may have"
+            ),
+        }
+    }
+}
+
+/// Enforces [`Limits`] on one store: its memories and tables together within the memory limit
+/// (a store of a grouped container or a component has several), and each table within
+/// [`MAX_TABLE_ELEMENTS`]. Remembers whether the guest overran them, and counts what the store
+/// holds in the workload's [`Usage`](crate::Usage) for as long as it lives.
 pub(crate) struct Limiter {
     controls: Controls,
-    exceeded: bool,
-    /// Bytes of linear memory this store holds.
+    overrun: Option<Overrun>,
+    /// Bytes of linear memory and table this store holds.
     held: u64,
 }
 
@@ -47,14 +85,37 @@ impl Limiter {
     fn new(controls: Controls) -> Limiter {
         Limiter {
             controls,
-            exceeded: false,
+            overrun: None,
             held: 0,
         }
     }
 
-    /// Whether the guest tried to grow past its memory limit.
+    /// Whether the guest tried to hold more than it may.
     pub(crate) fn exceeded(&self) -> bool {
-        self.exceeded
+        self.overrun.is_some()
+    }
+
+    /// The memory limit, if holding `bytes` more would pass it.
+    fn limit_passed_by(&self, bytes: u64) -> Option<u64> {
+        let limit = self.controls.memory_limit()?;
+        (self.held.saturating_add(bytes) > limit).then_some(limit)
+    }
+
+    /// Grants growth by `bytes` (wasmtime calls this also when a memory or table is created,
+    /// from 0), or ends the guest: an error rather than `Ok(false)`, so that it traps at once
+    /// instead of carrying on with a failed allocation, and the run ends as out of memory.
+    fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
+        if let Some(limit) = self.limit_passed_by(bytes) {
+            return Err(self.overran(Overrun::MemoryLimit(limit)));
+        }
+        self.held += bytes;
+        self.controls.meter().grew(bytes);
+        Ok(true)
+    }
+
+    fn overran(&mut self, overrun: Overrun) -> wasmtime::Error {
+        self.overrun = Some(overrun);
+        wasmtime::format_err!("{overrun}")
     }
 }
 
@@ -63,34 +124,32 @@ impl wasmtime::ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        match self.controls.memory_limit() {
-            // An error rather than `Ok(false)`: the guest traps at once instead of carrying on
-            // with a failed allocation, and the run ends as out of memory.
-            Some(limit) if desired as u64 > limit => {
-                self.exceeded = true;
-                Err(wasmtime::format_err!(
-                    "memory limit of {limit} bytes exceeded (growing to {desired})"
-                ))
-            }
-            _ => {
-                // Also called when a memory is created (from 0 to its initial size).
-                let grown = desired.saturating_sub(current) as u64;
-                self.held += grown;
-                self.controls.meter().grew(grown);
-                Ok(true)
-            }
+        // Past its declared maximum wasmtime fails the growth itself (`memory.grow` answers
+        // -1): nothing is granted, so nothing is counted.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
         }
+        self.grow(desired.saturating_sub(current) as u64)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
-        _desired: usize,
-        _maximum: Option<usize>,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(true)
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        let elements = desired.saturating_sub(current) as u64;
+        let bytes = elements.saturating_mul(TABLE_ELEMENT_BYTES);
+        // The memory limit, when the growth passes it too, is the reason the user can act on.
+        if desired > MAX_TABLE_ELEMENTS && self.limit_passed_by(bytes).is_none() {
+            return Err(self.overran(Overrun::TableElements));
+        }
+        self.grow(bytes)
     }
 }
 
@@ -675,33 +734,28 @@ pub enum Exit {
     /// with a status WASI does not allow, 126 or more). Status 1, as `wasmtime run` exits;
     /// the message was also written to its stderr.
     Failed(String),
-    /// The guest tried to grow a memory past its limit.
-    OutOfMemory {
-        /// The limit, in bytes.
-        limit: u64,
-    },
+    /// The guest tried to hold more memory than it may (see [`Overrun`]).
+    OutOfMemory(Overrun),
 }
 
 impl Exit {
     /// The process exit status this corresponds to, as `wasmtime run` exits: the code's low 8
     /// bits as on Linux, 134 (128 + SIGABRT) for a trap, 1 for a failure that is not one, 137
-    /// for the memory limit.
+    /// for an overrun of the memory limit or of a table's size.
     pub fn status(&self) -> u32 {
         match self {
             Exit::Code(code) => (*code as u32) & 0xff,
             Exit::Trapped(_) => TRAP_STATUS,
             Exit::Failed(_) => 1,
-            Exit::OutOfMemory { .. } => OUT_OF_MEMORY_STATUS,
+            Exit::OutOfMemory(_) => OUT_OF_MEMORY_STATUS,
         }
     }
 
     pub(crate) fn of(result: wasmtime::Result<()>, limiter: &Limiter) -> Exit {
-        match result {
-            Ok(()) => Exit::Code(0),
-            Err(_) if limiter.exceeded => Exit::OutOfMemory {
-                limit: limiter.controls.memory_limit().unwrap_or_default(),
-            },
-            Err(error) => match error.downcast_ref::<I32Exit>() {
+        match (result, limiter.overrun) {
+            (Ok(()), _) => Exit::Code(0),
+            (Err(_), Some(overrun)) => Exit::OutOfMemory(overrun),
+            (Err(error), None) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => Exit::Code(*code),
                 None if error.downcast_ref::<wasmtime::Trap>().is_some() => {
                     Exit::Trapped(format!("guest trapped: {error:?}"))
@@ -728,9 +782,7 @@ impl Prepared {
         };
         let message = match &exit {
             Ok(Exit::Trapped(message) | Exit::Failed(message)) => message.clone(),
-            Ok(Exit::OutOfMemory { limit }) => {
-                format!("guest ended: it exceeded its memory limit of {limit} bytes")
-            }
+            Ok(Exit::OutOfMemory(overrun)) => format!("guest ended: {overrun}"),
             Ok(Exit::Code(_)) => return exit,
             Err(error) => format!("cannot start the guest: {}", error_chain(error)),
         };
@@ -821,5 +873,109 @@ impl Prepared {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::*;
+    use crate::workload::Limits;
+
+    const MIB: usize = 1 << 20;
+
+    fn limiter(memory: Option<usize>) -> Limiter {
+        Limiter::new(Controls::new(&Limits {
+            memory: memory.map(|m| m as u64),
+            cpu: None,
+        }))
+    }
+
+    /// Issue 24: under a 64 MiB limit a grouped container grew 8 memories of 48 MiB each.
+    #[test]
+    fn r24_a_stores_memories_count_together_against_the_limit() {
+        let mut limiter = limiter(Some(64 * MIB));
+        assert!(limiter.memory_growing(0, 48 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 8 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 16 * MIB, None).is_err());
+        assert_eq!(limiter.overrun, Some(Overrun::MemoryLimit(64 * MIB as u64)));
+    }
+
+    /// Issue 24: a 40M-element table grew under a 64 MiB limit.
+    #[test]
+    fn r24_table_elements_count_against_the_memory_limit() {
+        let mut limiter = limiter(Some(64 * MIB));
+        assert!(limiter.memory_growing(0, 32 * MIB, None).unwrap());
+        // 1M elements: 16 MiB.
+        assert!(limiter.table_growing(0, MIB, None).unwrap());
+        // 2M more: 32 MiB, past the limit with the memory.
+        assert!(limiter.table_growing(MIB, 3 * MIB, None).is_err());
+        assert_eq!(limiter.overrun, Some(Overrun::MemoryLimit(64 * MIB as u64)));
+    }
+
+    #[test]
+    fn tables_are_bounded_without_a_memory_limit() {
+        let mut limiter = limiter(None);
+        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
+        assert!(
+            limiter
+                .table_growing(MAX_TABLE_ELEMENTS, MAX_TABLE_ELEMENTS + 1, None)
+                .is_err()
+        );
+        assert_eq!(limiter.overrun, Some(Overrun::TableElements));
+    }
+
+    #[test]
+    fn growth_past_a_declared_maximum_fails_without_being_counted() {
+        let mut limiter = limiter(Some(4 * MIB));
+        for _ in 0..100 {
+            assert!(!limiter.memory_growing(MIB, 2 * MIB, Some(MIB)).unwrap());
+            assert!(!limiter.table_growing(10, 20, Some(10)).unwrap());
+        }
+        assert!(limiter.memory_growing(0, 4 * MIB, None).unwrap());
+        assert_eq!(limiter.overrun, None);
+    }
+
+    /// What a guest does: 8 memories grown to 48 MiB each, or a 40M-element table, end it as
+    /// out of memory (137).
+    #[test]
+    fn r24_a_module_growing_many_memories_or_a_big_table_ends_with_137() {
+        let engine = wasmtime::Engine::default();
+        let memories: String = (0..8)
+            .map(|i| format!("(memory $m{i} 0)"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let grow_all: String = (0..8)
+            .map(|i| {
+                format!("(if (i32.lt_s (memory.grow $m{i} (i32.const 768)) (i32.const 0)) (then unreachable))")
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let memories = format!(r#"(module {memories} (func (export "_start") {grow_all}))"#);
+        let table = r#"(module (table $t 0 funcref)
+            (func (export "_start")
+              (if (i32.lt_s (table.grow $t (ref.null func) (i32.const 40000000)) (i32.const 0))
+                (then unreachable))))"#;
+        for (wat, limit, expected) in [
+            (
+                memories.as_str(),
+                Some(64 * MIB),
+                Overrun::MemoryLimit(64 * MIB as u64),
+            ),
+            (table, Some(64 * MIB), Overrun::MemoryLimit(64 * MIB as u64)),
+            (table, None, Overrun::TableElements),
+        ] {
+            let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+            let mut store = Store::new(&engine, limiter(limit));
+            store.limiter(|limiter| limiter);
+            let result = wasmtime::Instance::new(&mut store, &module, &[]).and_then(|instance| {
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call(&mut store, ())
+            });
+            let exit = Exit::of(result, store.data());
+            assert_eq!(exit, Exit::OutOfMemory(expected), "{wat}");
+            assert_eq!(exit.status(), 137);
+        }
     }
 }

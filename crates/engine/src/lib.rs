@@ -31,7 +31,7 @@ mod workload;
 
 pub use cache::CompileCache;
 pub use controls::Controls;
-pub use engine::{Compiler, Engine, Exit, Prepared};
+pub use engine::{Compiler, Engine, Exit, Overrun, Prepared};
 pub use error::{Error, error_chain};
 pub use http::open_pagemap;
 pub use precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};

@@ -173,8 +173,10 @@ impl WorkloadSpec {
 /// Resource limits of one guest instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Limits {
-    /// The most bytes any one of its linear memories may grow to; growing past it ends the guest
-    /// as out of memory (status 137), as the kernel's OOM killer would end a process.
+    /// The most bytes one instance's store may hold in its linear memories and tables together
+    /// (a component, or a module of a grouped container, may have several); growing past it
+    /// ends the guest as out of memory (status 137), as the kernel's OOM killer would end a
+    /// process.
     pub memory: Option<u64>,
     /// The CPU time the guest may use per period, enforced at epoch ticks.
     pub cpu: Option<CpuQuota>,

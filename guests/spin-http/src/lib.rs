@@ -4,7 +4,9 @@
 //!
 //! - `web` (the default): `GET /hello` greets with the `greeting` variable and echoes Spin's
 //!   request headers; `GET|PUT|DELETE /kv/KEY` use the `default` key-value store; `POST /orders`
-//!   adds the body to the `default` SQLite database and `GET /orders` lists them;
+//!   adds the body to the `default` SQLite database and `GET /orders` lists them; `POST /sql`
+//!   runs the body as one statement there, as a hostile component would (its rows, one a line,
+//!   or 500 with Spin's error);
 //!   `GET /fetch?URL` relays an outbound request (status and body, or 502 with the error);
 //!   `GET /private` calls the private component through `http://private.spin.internal`;
 //!   `GET /files/NAME` reads `/NAME` from the files it was given; `GET /env` prints its
@@ -98,6 +100,9 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         }
         return Ok(text(200, body));
     }
+    if path == "/sql" && method == Method::Post {
+        return Ok(sql(&String::from_utf8_lossy(request.body())));
+    }
     if path == "/v3/orders" {
         return orders_v3(request, &method);
     }
@@ -138,6 +143,36 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         return Ok(text(200, env));
     }
     Ok(text(404, format!("no such page {path}\n")))
+}
+
+/// Runs `statement` on the `default` database: its rows, values `|`-separated, or 500 with
+/// the error as Spin's SDK reports it.
+fn sql(statement: &str) -> Response {
+    let result = Connection::open_default().and_then(|db| db.execute(statement, &[]));
+    match result {
+        Ok(result) => {
+            let rows: String = result
+                .rows
+                .iter()
+                .map(|row| {
+                    let values: Vec<String> = row
+                        .values
+                        .iter()
+                        .map(|value| match value {
+                            Value::Integer(i) => i.to_string(),
+                            Value::Real(r) => r.to_string(),
+                            Value::Text(t) => t.clone(),
+                            Value::Blob(b) => format!("<{} bytes>", b.len()),
+                            Value::Null => "NULL".to_owned(),
+                        })
+                        .collect();
+                    values.join("|") + "\n"
+                })
+                .collect();
+            text(200, rows)
+        }
+        Err(error) => text(500, format!("{error:?}\n")),
+    }
 }
 
 /// `spin_sdk::sqlite3`: the orders table, with the new row's id and the rows changed.

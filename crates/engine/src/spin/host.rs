@@ -12,7 +12,7 @@ use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
 use crate::engine::{ComponentState, Grants};
-use crate::stores::{KeyValue, Places, Sqlite};
+use crate::stores::{KeyValue, MAX_RESULT_BYTES, Places, SqlError, Sqlite};
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -107,6 +107,20 @@ impl SpinHost {
         );
         self.diagnostics.report(&message);
     }
+
+    /// A failed statement as Spin's error: `access-denied` for one the authorizer refused,
+    /// explained on the container's stderr (where the user looks, as the guest gets no
+    /// message with it); `io` with the message for any other.
+    pub(super) fn sqlite_error(&self, error: SqlError) -> sqlite::Error {
+        match error {
+            SqlError::Refused(_) => {
+                self.diagnostics
+                    .report(&format!("component {}: SQLite {error}", self.id));
+                sqlite::Error::AccessDenied
+            }
+            other => sqlite::Error::Io(other.to_string()),
+        }
+    }
 }
 
 /// The largest value a key-value store takes: Redis takes 512 MiB, but a value is read whole
@@ -179,21 +193,24 @@ pub struct DatabaseHandle {
 }
 
 impl DatabaseHandle {
-    /// Runs `statement`; its insert row id and changes are read under the same lock, so
-    /// another request's statement cannot come between.
-    pub(super) fn execute(
+    /// Runs `statement` (off the request's thread; see [`Sqlite::run`]); its insert row id and
+    /// changes are read in the same turn on the connection, so another request's statement
+    /// cannot come between.
+    pub(super) async fn execute(
         &mut self,
-        statement: &str,
+        statement: String,
         parameters: Vec<sqlite::Value>,
-    ) -> Result<sqlite::QueryResult, String> {
+    ) -> Result<sqlite::QueryResult, SqlError> {
         let db = self
             .db
             .get()
             .expect("a handle exists only for an opened database");
-        let (result, rowid, changes) = db.run(|db| {
-            let result = execute(db, statement, parameters)?;
-            Ok((result, db.last_insert_rowid(), db.changes()))
-        })?;
+        let (result, rowid, changes) = db
+            .run(move |db| {
+                let result = execute(db, &statement, parameters)?;
+                Ok((result, db.last_insert_rowid(), db.changes()))
+            })
+            .await?;
         self.last_insert_rowid = rowid;
         self.changes = changes;
         Ok(result)
@@ -396,10 +413,12 @@ impl sqlite::HostConnection for ComponentState {
         statement: String,
         parameters: Vec<sqlite::Value>,
     ) -> Outcome<sqlite::QueryResult, sqlite::Error> {
+        let spin = self.spin()?.clone();
         let handle = self.table.get_mut(&this)?;
         Ok(handle
-            .execute(&statement, parameters)
-            .map_err(sqlite::Error::Io))
+            .execute(statement, parameters)
+            .await
+            .map_err(|e| spin.sqlite_error(e)))
     }
 
     async fn drop(&mut self, this: Resource<DatabaseHandle>) -> wasmtime::Result<()> {
@@ -408,11 +427,13 @@ impl sqlite::HostConnection for ComponentState {
     }
 }
 
+/// Runs `statement` with `parameters`, its rows as Spin's values, refusing a result past
+/// [`MAX_RESULT_BYTES`] as it is read.
 fn execute(
     db: &rusqlite::Connection,
     statement: &str,
     parameters: Vec<sqlite::Value>,
-) -> rusqlite::Result<sqlite::QueryResult> {
+) -> Result<sqlite::QueryResult, SqlError> {
     use rusqlite::types::{Value as Sql, ValueRef};
     let mut prepared = db.prepare(statement)?;
     let columns: Vec<String> = prepared
@@ -429,18 +450,28 @@ fn execute(
     });
     let mut rows = prepared.query(rusqlite::params_from_iter(parameters))?;
     let mut results = Vec::new();
+    let mut held = 0;
     while let Some(row) = rows.next()? {
-        let values = (0..columns.len())
-            .map(|i| {
-                Ok(match row.get_ref(i)? {
-                    ValueRef::Null => sqlite::Value::Null,
-                    ValueRef::Integer(i) => sqlite::Value::Integer(i),
-                    ValueRef::Real(r) => sqlite::Value::Real(r),
-                    ValueRef::Text(t) => sqlite::Value::Text(String::from_utf8_lossy(t).into()),
-                    ValueRef::Blob(b) => sqlite::Value::Blob(b.to_vec()),
-                })
-            })
-            .collect::<rusqlite::Result<_>>()?;
+        held += size_of::<sqlite::RowResult>();
+        let mut values = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            let value = row.get_ref(i)?;
+            held += size_of::<sqlite::Value>()
+                + match value {
+                    ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.len(),
+                    _ => 0,
+                };
+            if held > MAX_RESULT_BYTES {
+                return Err(SqlError::ResultTooLarge);
+            }
+            values.push(match value {
+                ValueRef::Null => sqlite::Value::Null,
+                ValueRef::Integer(i) => sqlite::Value::Integer(i),
+                ValueRef::Real(r) => sqlite::Value::Real(r),
+                ValueRef::Text(t) => sqlite::Value::Text(String::from_utf8_lossy(t).into()),
+                ValueRef::Blob(b) => sqlite::Value::Blob(b.to_vec()),
+            });
+        }
         results.push(sqlite::RowResult { values });
     }
     Ok(sqlite::QueryResult {
@@ -616,5 +647,43 @@ fn flatten(value: ::redis::Value) -> Vec<outbound_redis::RedisResult> {
         Value::Okay => vec![R::Status("OK".to_owned())],
         Value::Array(items) | Value::Set(items) => items.into_iter().flat_map(flatten).collect(),
         other => vec![R::Binary(format!("{other:?}").into_bytes())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 24: a result is built in host memory, outside the guest's limit.
+    #[tokio::test]
+    async fn r24_a_result_larger_than_the_host_holds_for_a_guest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig {
+            path: "app.db".into(),
+        };
+        let places = Places::new(dir.path(), &[]);
+        let db = crate::stores::open_database(&config, &places)
+            .await
+            .unwrap();
+        let query = |sql: String| db.run(move |db| execute(db, &sql, Vec::new()));
+        // Each row fits; together they do not.
+        let rows = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 40)
+             SELECT zeroblob({}) FROM n",
+            1 << 20
+        );
+        assert!(matches!(query(rows).await, Err(SqlError::ResultTooLarge)));
+        // One value past the bound is not even made.
+        let one = format!("SELECT zeroblob({})", MAX_RESULT_BYTES + 1);
+        let Err(SqlError::Sqlite(error)) = query(one).await else {
+            panic!("a value past the bound was made");
+        };
+        assert_eq!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::TooBig));
+        // Within it, a result is whole.
+        let fits = query("SELECT 1, 'two', zeroblob(3), NULL".to_owned())
+            .await
+            .unwrap();
+        assert_eq!(fits.rows.len(), 1);
+        assert_eq!(fits.rows[0].values.len(), 4);
     }
 }

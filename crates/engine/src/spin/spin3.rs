@@ -33,6 +33,18 @@ impl From<key_value::Error> for store::Error {
     }
 }
 
+impl From<sqlite2::Error> for sqlite3::Error {
+    fn from(error: sqlite2::Error) -> sqlite3::Error {
+        match error {
+            sqlite2::Error::NoSuchDatabase => sqlite3::Error::NoSuchDatabase,
+            sqlite2::Error::AccessDenied => sqlite3::Error::AccessDenied,
+            sqlite2::Error::InvalidConnection => sqlite3::Error::InvalidConnection,
+            sqlite2::Error::DatabaseFull => sqlite3::Error::DatabaseFull,
+            sqlite2::Error::Io(io) => sqlite3::Error::Io(io),
+        }
+    }
+}
+
 impl store::Host for ComponentState {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<StoreHandle>, store::Error> {
         Ok(self.open_store(identifier).await?.map_err(Into::into))
@@ -244,13 +256,7 @@ impl sqlite3::HostConnection for ComponentState {
         &mut self,
         database: String,
     ) -> Outcome<Resource<DatabaseHandle>, sqlite3::Error> {
-        Ok(self.open_database(database).await?.map_err(|e| match e {
-            sqlite2::Error::NoSuchDatabase => sqlite3::Error::NoSuchDatabase,
-            sqlite2::Error::AccessDenied => sqlite3::Error::AccessDenied,
-            sqlite2::Error::InvalidConnection => sqlite3::Error::InvalidConnection,
-            sqlite2::Error::DatabaseFull => sqlite3::Error::DatabaseFull,
-            sqlite2::Error::Io(io) => sqlite3::Error::Io(io),
-        }))
+        Ok(self.open_database(database).await?.map_err(Into::into))
     }
 
     async fn execute(
@@ -269,10 +275,11 @@ impl sqlite3::HostConnection for ComponentState {
                 sqlite3::Value::Null => sqlite2::Value::Null,
             })
             .collect();
+        let spin = self.spin()?.clone();
         let handle = self.table.get_mut(&this)?;
-        let result = match handle.execute(&statement, parameters) {
+        let result = match handle.execute(statement, parameters).await {
             Ok(result) => result,
-            Err(error) => return Ok(Err(sqlite3::Error::Io(error))),
+            Err(error) => return Ok(Err(spin.sqlite_error(error).into())),
         };
         let value = |v| match v {
             sqlite2::Value::Integer(i) => sqlite3::Value::Integer(i),
