@@ -4,8 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path};
+use std::process::Command;
 
 use anyhow::{Result, ensure};
+use wasmcell_e2e::linux_image::LinuxImage;
 use wasmcell_e2e::{Containerd, build_image, cgroup_dir, containerd_with, guest};
 
 /// The sandbox's root holds its own descriptors, the compile cache and the resolver's files,
@@ -157,4 +159,41 @@ fn slow_to_compile() -> String {
     }
     text.push_str("(func (export \"_start\")))\n");
     text
+}
+
+/// A 0666 character device in an image (here the kernel log's, 1:11) is inert: the rootfs
+/// reaches the sandbox `nodev`, so the guest's write is refused and nothing reaches the host's
+/// kernel log, where before the guest's bytes landed in it.
+#[test]
+fn a_device_node_in_an_image_cannot_be_opened_r24() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let containerd = Containerd::start()?;
+    let archive = tmp.path().join("kmsg.tar");
+    LinuxImage::new("example.com/kmsg:1")
+        .platform("wasip1", "wasm")
+        .file("/fs.wasm", std::fs::read(guest("fs.wasm"))?, 0o755)
+        .char_device("/kmsg", 1, 11)
+        .entrypoint(&["/fs.wasm"])
+        .write(&archive)?;
+    containerd.import(&archive)?;
+    let token = format!("wasmcell-r24-{}", std::process::id());
+    let wrote = containerd.run_wasm(
+        &["--rm"],
+        "example.com/kmsg:1",
+        "kmsg",
+        &["/fs.wasm", "write", "/kmsg", &token],
+    )?;
+    ensure!(wrote.code == Some(1), "the device was written: {wrote:?}");
+    ensure!(
+        wrote.stderr.contains("fs: write /kmsg:"),
+        "the guest's write was not refused: {wrote:?}"
+    );
+    // Read as it is written: the log is larger than a pipe holds.
+    let log = Command::new("dmesg").output()?;
+    ensure!(log.status.success(), "dmesg failed: {log:?}");
+    ensure!(
+        !String::from_utf8_lossy(&log.stdout).contains(&token),
+        "the guest wrote into the host's kernel log"
+    );
+    Ok(())
 }
