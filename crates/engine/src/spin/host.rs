@@ -5,14 +5,18 @@
 //! never a trap.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
-use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig};
+use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig, Transport};
 use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::engine::{ComponentState, Grants};
 use crate::stores::{KeyValue, Places, Sqlite};
+use crate::workload::Network;
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -95,6 +99,58 @@ impl SpinHost {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// The WASI context each instance of the component starts from, its sockets governed by
+    /// its `allowed_outbound_hosts` as Spin governs them: where the workload has a network at
+    /// all, TCP connects and UDP datagrams reach only the addresses and ports an entry grants
+    /// (`tcp://`, `udp://` or `*://` with an address, a CIDR range or `*`, see
+    /// [`wasmcell_spin::outbound`]); nothing is accepted (no listen, no bind to a chosen TCP
+    /// address); and names are not looked up (`ip-name-lookup` is denied, as in Spin, so a
+    /// name entry grants HTTP and Redis, whose host resolves it, never a socket). A plain
+    /// WASI component gets the container's network instead ([`crate::engine::wasi_base`]).
+    pub(crate) fn wasi_base(self: &Arc<Self>, network: Network) -> WasiCtxBuilder {
+        let mut wasi = WasiCtxBuilder::new();
+        if network == Network::Inherit {
+            let host = self.clone();
+            wasi.allow_tcp(true)
+                .allow_udp(true)
+                .socket_addr_check(move |addr, used| {
+                    let allowed = host.allows_socket(addr, used);
+                    Box::pin(async move { allowed })
+                });
+        }
+        wasi
+    }
+
+    /// Whether a socket may use `addr` for `used`; a connect or send it may not make is
+    /// reported, as a denied HTTP request is.
+    fn allows_socket(&self, addr: SocketAddr, used: SocketAddrUse) -> bool {
+        let reported = |transport: Transport| {
+            let allowed = self.allowed_hosts.allows_socket(transport, addr);
+            if !allowed {
+                let target = format!("{}://{addr}", transport.scheme());
+                self.report_denied(&target, &target);
+            }
+            allowed
+        };
+        match used {
+            // The wildcard address a connect, a first send or a UDP bind without an address
+            // binds implicitly: the OS picks the port, nothing is opened to the outside.
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+                if addr.ip().is_unspecified() && addr.port() == 0 =>
+            {
+                true
+            }
+            SocketAddrUse::TcpBind | SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+            // Spin checks a UDP bind's address as it checks a peer's; datagrams from a peer
+            // the component may not send to are dropped unseen.
+            SocketAddrUse::UdpBind | SocketAddrUse::UdpReceive => {
+                self.allowed_hosts.allows_socket(Transport::Udp, addr)
+            }
+            SocketAddrUse::TcpConnect => reported(Transport::Tcp),
+            SocketAddrUse::UdpSend => reported(Transport::Udp),
+        }
     }
 
     /// Says on the container's stderr that the component asked for a host it was not
