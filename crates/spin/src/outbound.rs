@@ -80,7 +80,10 @@ enum Ports {
     Any,
     One(u16),
     /// Half-open, as Spin reads `start..end`: `end` itself is not included.
-    Range { start: u16, end: u16 },
+    Range {
+        start: u16,
+        end: u16,
+    },
 }
 
 /// An IP range: the addresses whose first `prefix` bits are `addr`'s.
@@ -143,7 +146,9 @@ impl AllowedHosts {
                 Target::Name(&lowered)
             }
         };
-        self.rules.iter().any(|rule| rule.allows(scheme, target, port))
+        self.rules
+            .iter()
+            .any(|rule| rule.allows(scheme, target, port))
     }
 
     /// Whether a `wasi:sockets` socket may connect or send to `addr`.
@@ -176,7 +181,9 @@ impl Rule {
             .split_once("://")
             .ok_or_else(|| bad("write it as scheme://host[:port], e.g. https://example.com, or *://*:* for everything"))?;
         if [scheme, rest].iter().any(|part| part.contains(['{', '}'])) {
-            return Err(bad("lists ({a,b}) are not supported: write one entry for each"));
+            return Err(bad(
+                "lists ({a,b}) are not supported: write one entry for each",
+            ));
         }
         let scheme = match scheme {
             "*" => None,
@@ -268,9 +275,8 @@ impl Host {
                 .strip_suffix(domain.as_str())
                 .is_some_and(|sub| !sub.is_empty()),
             // A name never grants an address, nor an address a name.
-            (Host::Net(_), Target::Name(_)) | (Host::Name(_) | Host::Subdomains(_), Target::Ip(_)) => {
-                false
-            }
+            (Host::Net(_), Target::Name(_))
+            | (Host::Name(_) | Host::Subdomains(_), Target::Ip(_)) => false,
         }
     }
 }
@@ -296,7 +302,11 @@ impl Net {
             None => bits,
             Some(prefix) => match prefix.parse::<u8>() {
                 Ok(prefix) if prefix <= bits => prefix,
-                _ => return Err("a CIDR range's prefix is a number of bits (0-32, or 0-128 for IPv6)"),
+                _ => {
+                    return Err(
+                        "a CIDR range's prefix is a number of bits (0-32, or 0-128 for IPv6)",
+                    );
+                }
             },
         };
         Ok(Some(Net { addr, prefix }))
@@ -306,11 +316,15 @@ impl Net {
         // An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is the IPv4 address it reaches.
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 (u32::from(net) ^ u32::from(ip)) & mask == 0
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 (u128::from(net) ^ u128::from(ip)) & mask == 0
             }
             _ => false,
@@ -427,34 +441,102 @@ mod tests {
         let name = |n: &str| Host::Name(n.into());
         let scheme = |s: &str| Some(s.to_owned());
         for (entry, expected_scheme, expected_host, expected_ports) in [
-            ("http://spin.fermyon.dev", scheme("http"), name("spin.fermyon.dev"), Ports::One(80)),
-            ("http://spin.fermyon.dev/", scheme("http"), name("spin.fermyon.dev"), Ports::One(80)),
-            ("https://spin.fermyon.dev", scheme("https"), name("spin.fermyon.dev"), Ports::One(443)),
-            ("http://spin.fermyon.dev:4444", scheme("http"), name("spin.fermyon.dev"), Ports::One(4444)),
-            ("http://spin.fermyon.dev:4444/", scheme("http"), name("spin.fermyon.dev"), Ports::One(4444)),
+            (
+                "http://spin.fermyon.dev",
+                scheme("http"),
+                name("spin.fermyon.dev"),
+                Ports::One(80),
+            ),
+            (
+                "http://spin.fermyon.dev/",
+                scheme("http"),
+                name("spin.fermyon.dev"),
+                Ports::One(80),
+            ),
+            (
+                "https://spin.fermyon.dev",
+                scheme("https"),
+                name("spin.fermyon.dev"),
+                Ports::One(443),
+            ),
+            (
+                "http://spin.fermyon.dev:4444",
+                scheme("http"),
+                name("spin.fermyon.dev"),
+                Ports::One(4444),
+            ),
+            (
+                "http://spin.fermyon.dev:4444/",
+                scheme("http"),
+                name("spin.fermyon.dev"),
+                Ports::One(4444),
+            ),
             (
                 "http://spin.fermyon.dev:4444..5555",
                 scheme("http"),
                 name("spin.fermyon.dev"),
-                Ports::Range { start: 4444, end: 5555 },
+                Ports::Range {
+                    start: 4444,
+                    end: 5555,
+                },
             ),
-            ("*://spin.fermyon.dev:7777", None, name("spin.fermyon.dev"), Ports::One(7777)),
+            (
+                "*://spin.fermyon.dev:7777",
+                None,
+                name("spin.fermyon.dev"),
+                Ports::One(7777),
+            ),
             ("http://self", scheme("http"), name("self"), Ports::One(80)),
-            ("http://localhost", scheme("http"), name("localhost"), Ports::One(80)),
-            ("http://localhost:3001", scheme("http"), name("localhost"), Ports::One(3001)),
+            (
+                "http://localhost",
+                scheme("http"),
+                name("localhost"),
+                Ports::One(80),
+            ),
+            (
+                "http://localhost:3001",
+                scheme("http"),
+                name("localhost"),
+                Ports::One(3001),
+            ),
             (
                 "http://*.example.com",
                 scheme("http"),
                 Host::Subdomains(".example.com".into()),
                 Ports::One(80),
             ),
-            ("http://192.168.1.1", scheme("http"), net("192.168.1.1", 32), Ports::One(80)),
-            ("http://192.168.1.1:3002", scheme("http"), net("192.168.1.1", 32), Ports::One(3002)),
-            ("http://[::1]:8001", scheme("http"), net("::1", 128), Ports::One(8001)),
-            ("*://127.0.0.0/24:80", None, net("127.0.0.0", 24), Ports::One(80)),
+            (
+                "http://192.168.1.1",
+                scheme("http"),
+                net("192.168.1.1", 32),
+                Ports::One(80),
+            ),
+            (
+                "http://192.168.1.1:3002",
+                scheme("http"),
+                net("192.168.1.1", 32),
+                Ports::One(3002),
+            ),
+            (
+                "http://[::1]:8001",
+                scheme("http"),
+                net("::1", 128),
+                Ports::One(8001),
+            ),
+            (
+                "*://127.0.0.0/24:80",
+                None,
+                net("127.0.0.0", 24),
+                Ports::One(80),
+            ),
             ("*://ff00::/8:80", None, net("ff00::", 8), Ports::One(80)),
             ("*://*:*", None, Host::Any, Ports::Any),
-            ("mysql://xyz.com", scheme("mysql"), name("xyz.com"), Ports::One(3306)),
+            (
+                "mysql://xyz.com",
+                scheme("mysql"),
+                name("xyz.com"),
+                Ports::One(3306),
+            ),
         ] {
             assert_eq!(
                 rule(entry).unwrap(),
@@ -531,7 +613,10 @@ mod tests {
             );
         }
         assert!(ranges.allows("postgres", "10.9.9.9", 5432));
-        assert!(!ranges.allows("https", "[fd00::1]", 443), "a tcp:// range is not HTTPS");
+        assert!(
+            !ranges.allows("https", "[fd00::1]", 443),
+            "a tcp:// range is not HTTPS"
+        );
         assert!(hosts(&["*://[::1]/128:80"]).allows_socket(Transport::Tcp, socket("[::1]:80")));
         assert!(hosts(&["http://fd00::/8"]).allows("http", "fd12::1", 80));
     }
@@ -544,7 +629,12 @@ mod tests {
             "tcp://db.internal:5432",
             "http://127.0.0.1:80",
         ]);
-        for addr in ["127.0.0.1:80", "127.0.0.1:5432", "[::1]:80", "93.184.216.34:443"] {
+        for addr in [
+            "127.0.0.1:80",
+            "127.0.0.1:5432",
+            "[::1]:80",
+            "93.184.216.34:443",
+        ] {
             assert!(
                 !names.allows_socket(Transport::Tcp, socket(addr)),
                 "{addr} was granted by a name or another scheme"

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use wasmcell_e2e::{
-    Background, Containerd, build_spin_image, curl, free_port, guest, wait_for, wait_http,
-    wasmcell,
+    Background, Containerd, build_spin_image, curl, free_port, guest, wait_for, wait_http, wasmcell,
 };
 
 /// A Spin app in `dir` of one component, guests/spin-http, granted `hosts`.
@@ -125,7 +124,11 @@ fn a_spin_component_with_no_allowed_hosts_opens_no_socket() -> Result<()> {
     let (status, body) = ask(&base, "tcp", &target)?;
     assert_eq!(status, 502, "{body}");
     assert!(body.to_lowercase().contains("permission denied"), "{body}");
-    assert_eq!(listener.received()?, None, "the connect reached the listener");
+    assert_eq!(
+        listener.received()?,
+        None,
+        "the connect reached the listener"
+    );
     wait_logged(
         &log,
         &format!("add \"tcp://{target}\" to allowed_outbound_hosts in [component.web]"),
@@ -147,8 +150,7 @@ fn a_spin_component_with_no_allowed_hosts_opens_no_socket() -> Result<()> {
 }
 
 #[test]
-fn a_spin_components_sockets_reach_the_cidr_ranges_it_is_granted_and_nothing_else() -> Result<()>
-{
+fn a_spin_components_sockets_reach_the_cidr_ranges_it_is_granted_and_nothing_else() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let granted = Listener::new()?;
     let other = Listener::new()?;
@@ -168,7 +170,10 @@ fn a_spin_components_sockets_reach_the_cidr_ranges_it_is_granted_and_nothing_els
 
     let (status, body) = ask(&base, "tcp", &granted.addr()?)?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(granted.received()?.as_deref(), Some("hello from the guest\n"));
+    assert_eq!(
+        granted.received()?.as_deref(),
+        Some("hello from the guest\n")
+    );
     // Another port of the same address is not granted.
     let (status, body) = ask(&base, "tcp", &other.addr()?)?;
     assert_eq!(status, 502, "{body}");
@@ -223,7 +228,11 @@ fn ctr_runs_a_spin_component_whose_raw_connect_is_refused() -> Result<()> {
     let target = listener.addr()?;
     let (status, body) = ask(&base, "tcp", &target)?;
     assert_eq!(status, 502, "{body}");
-    assert_eq!(listener.received()?, None, "the connect reached the listener");
+    assert_eq!(
+        listener.received()?,
+        None,
+        "the connect reached the listener"
+    );
     wait_logged(&log, &format!("outbound request to tcp://{target} denied"))?;
     Ok(())
 }

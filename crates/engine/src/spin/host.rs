@@ -116,41 +116,13 @@ impl SpinHost {
             wasi.allow_tcp(true)
                 .allow_udp(true)
                 .socket_addr_check(move |addr, used| {
-                    let allowed = host.allows_socket(addr, used);
+                    let allowed = allows_socket(&host.allowed_hosts, addr, used, |target| {
+                        host.report_denied(target, target)
+                    });
                     Box::pin(async move { allowed })
                 });
         }
         wasi
-    }
-
-    /// Whether a socket may use `addr` for `used`; a connect or send it may not make is
-    /// reported, as a denied HTTP request is.
-    fn allows_socket(&self, addr: SocketAddr, used: SocketAddrUse) -> bool {
-        let reported = |transport: Transport| {
-            let allowed = self.allowed_hosts.allows_socket(transport, addr);
-            if !allowed {
-                let target = format!("{}://{addr}", transport.scheme());
-                self.report_denied(&target, &target);
-            }
-            allowed
-        };
-        match used {
-            // The wildcard address a connect, a first send or a UDP bind without an address
-            // binds implicitly: the OS picks the port, nothing is opened to the outside.
-            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
-                if addr.ip().is_unspecified() && addr.port() == 0 =>
-            {
-                true
-            }
-            SocketAddrUse::TcpBind | SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
-            // Spin checks a UDP bind's address as it checks a peer's; datagrams from a peer
-            // the component may not send to are dropped unseen.
-            SocketAddrUse::UdpBind | SocketAddrUse::UdpReceive => {
-                self.allowed_hosts.allows_socket(Transport::Udp, addr)
-            }
-            SocketAddrUse::TcpConnect => reported(Transport::Tcp),
-            SocketAddrUse::UdpSend => reported(Transport::Udp),
-        }
     }
 
     /// Says on the container's stderr that the component asked for a host it was not
@@ -162,6 +134,41 @@ impl SpinHost {
             id = self.id
         );
         self.diagnostics.report(&message);
+    }
+}
+
+/// Whether a Spin component granted `hosts` may use `addr` for `used` (what wasmtime-wasi
+/// asks before each socket operation); a connect or send it may not make goes to `denied`, as
+/// the entry that would grant it (`tcp://ADDR`).
+fn allows_socket(
+    hosts: &AllowedHosts,
+    addr: SocketAddr,
+    used: SocketAddrUse,
+    denied: impl FnOnce(&str),
+) -> bool {
+    let reported = |transport: Transport| {
+        let allowed = hosts.allows_socket(transport, addr);
+        if !allowed {
+            denied(&format!("{}://{addr}", transport.scheme()));
+        }
+        allowed
+    };
+    match used {
+        // The wildcard address a connect, a first send or a UDP bind without an address binds
+        // implicitly: the OS picks the port, nothing is opened to the outside.
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+            if addr.ip().is_unspecified() && addr.port() == 0 =>
+        {
+            true
+        }
+        SocketAddrUse::TcpBind | SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+        // Spin checks a UDP bind's address as it checks a peer's; datagrams from a peer the
+        // component may not send to are dropped unseen.
+        SocketAddrUse::UdpBind | SocketAddrUse::UdpReceive => {
+            hosts.allows_socket(Transport::Udp, addr)
+        }
+        SocketAddrUse::TcpConnect => reported(Transport::Tcp),
+        SocketAddrUse::UdpSend => reported(Transport::Udp),
     }
 }
 
@@ -672,5 +679,52 @@ fn flatten(value: ::redis::Value) -> Vec<outbound_redis::RedisResult> {
         Value::Okay => vec![R::Status("OK".to_owned())],
         Value::Array(items) | Value::Set(items) => items.into_iter().flat_map(flatten).collect(),
         other => vec![R::Binary(format!("{other:?}").into_bytes())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every use wasmtime-wasi checks, for a component granted one range's port by
+    /// `*://127.0.0.0/24:6379`: what it may do, and what it is told it was refused.
+    #[test]
+    fn a_spin_components_sockets_connect_where_granted_and_never_accept() {
+        let hosts = AllowedHosts::parse(&["*://127.0.0.0/24:6379".to_owned()], &[]).unwrap();
+        let ask = |addr: &str, used: SocketAddrUse| {
+            let mut reported = None;
+            let allowed = allows_socket(&hosts, addr.parse().unwrap(), used, |target| {
+                reported = Some(target.to_owned())
+            });
+            (allowed, reported)
+        };
+        use SocketAddrUse::*;
+        for (addr, used, allowed) in [
+            ("127.0.0.9:6379", TcpConnect, true),
+            ("127.0.0.9:6379", UdpSend, true),
+            ("127.0.0.9:6379", UdpReceive, true),
+            // The implicit bind before a connect or a first send.
+            ("0.0.0.0:0", TcpBind, true),
+            ("[::]:0", TcpBind, true),
+            ("0.0.0.0:0", UdpBind, true),
+            // Accepting anything: refused, granted address or not.
+            ("127.0.0.9:6379", TcpBind, false),
+            ("0.0.0.0:6379", TcpBind, false),
+            ("0.0.0.0:0", TcpListen, false),
+            ("127.0.0.9:6379", TcpListen, false),
+            ("127.0.0.9:6379", TcpAccept, false),
+            ("0.0.0.0:6379", UdpBind, false),
+            ("10.0.0.1:6379", UdpReceive, false),
+        ] {
+            assert_eq!(ask(addr, used), (allowed, None), "{used:?} {addr}");
+        }
+        assert_eq!(
+            ask("127.0.1.1:6379", TcpConnect),
+            (false, Some("tcp://127.0.1.1:6379".to_owned()))
+        );
+        assert_eq!(
+            ask("[::1]:6379", UdpSend),
+            (false, Some("udp://[::1]:6379".to_owned()))
+        );
     }
 }
