@@ -313,17 +313,18 @@ impl Net {
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is the IPv4 address it reaches.
+        // An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is the IPv4 address it reaches. A
+        // prefix longer than the address (only from data not made by `parse`) is the address.
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
+                    .checked_shl(32u32.saturating_sub(self.prefix.into()))
                     .unwrap_or(0);
                 (u32::from(net) ^ u32::from(ip)) & mask == 0
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
+                    .checked_shl(128u32.saturating_sub(self.prefix.into()))
                     .unwrap_or(0);
                 (u128::from(net) ^ u128::from(ip)) & mask == 0
             }
@@ -619,6 +620,12 @@ mod tests {
         );
         assert!(hosts(&["*://[::1]/128:80"]).allows_socket(Transport::Tcp, socket("[::1]:80")));
         assert!(hosts(&["http://fd00::/8"]).allows("http", "fd12::1", 80));
+        let overlong = Net {
+            addr: "10.0.0.1".parse().unwrap(),
+            prefix: 200,
+        };
+        assert!(overlong.contains("10.0.0.1".parse().unwrap()));
+        assert!(!overlong.contains("10.0.0.2".parse().unwrap()));
     }
 
     #[test]
