@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use wasmcell_e2e::{
     Background, Containerd, build_spin_image, curl, free_port, guest, wait_for, wait_http, wasmcell,
 };
@@ -45,7 +45,9 @@ fn up(app: &Path, log: &Path) -> Result<(Background, String)> {
         std::fs::File::create(log)?,
     )?;
     let base = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{base}/env"))?;
+    // A manifest refused at load is the failure to show.
+    wait_http(&format!("{base}/env"))
+        .with_context(|| std::fs::read_to_string(log).unwrap_or_default())?;
     Ok((server, base))
 }
 
