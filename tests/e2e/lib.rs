@@ -120,11 +120,17 @@ pub struct Background(Child);
 impl Background {
     /// Spawns `command` with no stdin and its output discarded.
     pub fn spawn(command: &mut Command) -> Result<Background> {
+        Background::spawn_logging(command, Stdio::null())
+    }
+
+    /// Spawns `command` with no stdin, its stdout discarded and its stderr to `stderr` (a
+    /// file the test reads what the process said from).
+    pub fn spawn_logging(command: &mut Command, stderr: impl Into<Stdio>) -> Result<Background> {
         Ok(Background(
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .with_context(|| format!("spawn {command:?}"))?,
         ))

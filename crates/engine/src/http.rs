@@ -291,7 +291,7 @@ fn spin_request(
         Some(name) => name.strip_suffix(".spin.internal").map(str::to_owned),
         None => None,
     };
-    let to_self = authority.is_none() || authority.as_deref() == Some("self");
+    let to_self = matches!(authority.as_deref(), None | Some("self" | "self.alt"));
     if internal.is_some() || to_self {
         // As in Spin, another component needs its `http://ID.spin.internal` entry.
         let allowed = match (&internal, authority.as_deref()) {
@@ -766,7 +766,10 @@ async fn run_handler(
         }
     };
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
-    let mut wasi = wasi_base(&server.spec);
+    let mut wasi = match &target.grants {
+        Some(Grants::Spin(host)) => host.wasi_base(server.spec.network),
+        _ => wasi_base(&server.spec),
+    };
     wasi.args(&target.args).envs(&target.env);
     outputs.attach(&mut wasi);
     let mut wasi = wasi.build();

@@ -278,8 +278,8 @@ impl Resolver<'_> {
             .iter()
             .map(render)
             .collect::<Result<Vec<_>, _>>()?;
-        let allowed_hosts =
-            AllowedHosts::parse(&outbound, &decl.allowed_http_hosts).map_err(&within)?;
+        let allowed_hosts = AllowedHosts::parse(&outbound, &decl.allowed_http_hosts)
+            .map_err(|invalid| within(invalid.to_string()))?;
         for label in &decl.key_value_stores {
             if !self.runtime_config.key_value_stores.contains_key(label) {
                 return Err(within(format!(

@@ -22,7 +22,7 @@ pub use app::{
 pub use load::{RuntimeConfigSource, is_app, load, load_locked};
 pub use locked::{ContentKind, Locked, lock};
 pub use manifest::{Manifest, ManifestError, StaticResponse};
-pub use outbound::AllowedHosts;
+pub use outbound::{AllowedHosts, InvalidEntry, Transport};
 pub use routes::{RouteMatch, Router};
 pub use runtime_config::{DatabaseConfig, RuntimeConfig, StoreConfig};
 

@@ -17,6 +17,10 @@
 //!   `POST /wasi-kv/BUCKET/KEY/increment?DELTA`, `PUT /wasi-kv/BUCKET/KEY/swap` (a
 //!   compare-and-swap against the value it read), `GET /wasi-kv/BUCKET/many?K1,K2`;
 //!   `GET /config/NAME` and `GET /config` with `wasi:config`.
+//!   Raw `wasi:sockets`, as a guest that ignores Spin's outbound interfaces tries them:
+//!   `GET /tcp?ADDR` connects and writes a line, `GET /udp?ADDR` sends a datagram,
+//!   `GET /listen?ADDR` listens, `GET /lookup?NAME` resolves a name: 200 with what happened,
+//!   or 502 with the error.
 //! - `admin`: answers every request with the path below its route.
 //! - `private`: answers with a secret only the app itself can ask for.
 
@@ -134,6 +138,12 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         return Ok(match std::fs::read(format!("/{name}")) {
             Ok(bytes) => Response::new(200, bytes),
             Err(error) => text(404, format!("/{name}: {error}\n")),
+        });
+    }
+    if let Some(answer) = sockets(&path, request.query()) {
+        return Ok(match answer {
+            Ok(done) => text(200, format!("{done}\n")),
+            Err(error) => text(502, format!("{error}\n")),
         });
     }
     if path == "/env" {
@@ -254,6 +264,25 @@ fn wasi_kv(request: &Request, method: &Method, rest: &str) -> Result<Response, R
         _ => text(404, "no such operation\n".to_owned()),
     };
     Ok(response)
+}
+
+/// What `path` (one of the socket routes) did with `target`, or `None` for another route.
+fn sockets(path: &str, target: &str) -> Option<std::io::Result<String>> {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+    Some(match path {
+        "/tcp" => TcpStream::connect(target)
+            .and_then(|mut stream| stream.write_all(b"hello from the guest\n"))
+            .map(|()| format!("connected to {target}")),
+        "/udp" => UdpSocket::bind("0.0.0.0:0")
+            .and_then(|socket| socket.send_to(b"hello from the guest\n", target))
+            .map(|_| format!("sent to {target}")),
+        "/listen" => TcpListener::bind(target).map(|_| format!("listening on {target}")),
+        "/lookup" => (target, 80)
+            .to_socket_addrs()
+            .map(|addrs| format!("{target} is {:?}", addrs.collect::<Vec<_>>())),
+        _ => return None,
+    })
 }
 
 /// An outbound request's status and body, or 502 with why it failed.

@@ -5,14 +5,18 @@
 //! never a trap.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
-use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig};
+use wasmcell_spin::{AllowedHosts, DatabaseConfig, StoreConfig, Transport};
 use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::engine::{ComponentState, Grants};
 use crate::stores::{KeyValue, MAX_RESULT_BYTES, Places, SqlError, Sqlite};
+use crate::workload::Network;
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -97,6 +101,30 @@ impl SpinHost {
             .collect()
     }
 
+    /// The WASI context each instance of the component starts from, its sockets governed by
+    /// its `allowed_outbound_hosts` as Spin governs them: where the workload has a network at
+    /// all, TCP connects and UDP datagrams reach only the addresses and ports an entry grants
+    /// (`tcp://`, `udp://` or `*://` with an address, a CIDR range or `*`, see
+    /// [`wasmcell_spin::outbound`]); nothing is accepted (no listen, no bind to a chosen TCP
+    /// address); and names are not looked up (`ip-name-lookup` is denied, as in Spin, so a
+    /// name entry grants HTTP and Redis, whose host resolves it, never a socket). A plain
+    /// WASI component gets the container's network instead ([`crate::engine::wasi_base`]).
+    pub(crate) fn wasi_base(self: &Arc<Self>, network: Network) -> WasiCtxBuilder {
+        let mut wasi = WasiCtxBuilder::new();
+        if network == Network::Inherit {
+            let host = self.clone();
+            wasi.allow_tcp(true)
+                .allow_udp(true)
+                .socket_addr_check(move |addr, used| {
+                    let allowed = allows_socket(&host.allowed_hosts, addr, used, |target| {
+                        host.report_denied(target, target)
+                    });
+                    Box::pin(async move { allowed })
+                });
+        }
+        wasi
+    }
+
     /// Says on the container's stderr that the component asked for a host it was not
     /// granted, and how to grant it.
     /// `entry` is what `allowed_outbound_hosts` would need to hold.
@@ -120,6 +148,41 @@ impl SpinHost {
             }
             other => sqlite::Error::Io(other.to_string()),
         }
+    }
+}
+
+/// Whether a Spin component granted `hosts` may use `addr` for `used` (what wasmtime-wasi
+/// asks before each socket operation); a connect or send it may not make goes to `denied`, as
+/// the entry that would grant it (`tcp://ADDR`).
+fn allows_socket(
+    hosts: &AllowedHosts,
+    addr: SocketAddr,
+    used: SocketAddrUse,
+    denied: impl FnOnce(&str),
+) -> bool {
+    let reported = |transport: Transport| {
+        let allowed = hosts.allows_socket(transport, addr);
+        if !allowed {
+            denied(&format!("{}://{addr}", transport.scheme()));
+        }
+        allowed
+    };
+    match used {
+        // The wildcard address a connect, a first send or a UDP bind without an address binds
+        // implicitly: the OS picks the port, nothing is opened to the outside.
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+            if addr.ip().is_unspecified() && addr.port() == 0 =>
+        {
+            true
+        }
+        SocketAddrUse::TcpBind | SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+        // Spin checks a UDP bind's address as it checks a peer's; datagrams from a peer the
+        // component may not send to are dropped unseen.
+        SocketAddrUse::UdpBind | SocketAddrUse::UdpReceive => {
+            hosts.allows_socket(Transport::Udp, addr)
+        }
+        SocketAddrUse::TcpConnect => reported(Transport::Tcp),
+        SocketAddrUse::UdpSend => reported(Transport::Udp),
     }
 }
 
@@ -685,5 +748,47 @@ mod tests {
             .unwrap();
         assert_eq!(fits.rows.len(), 1);
         assert_eq!(fits.rows[0].values.len(), 4);
+    }
+
+    /// Every use wasmtime-wasi checks, for a component granted one range's port by
+    /// `*://127.0.0.0/24:6379`: what it may do, and what it is told it was refused.
+    #[test]
+    fn a_spin_components_sockets_connect_where_granted_and_never_accept() {
+        let hosts = AllowedHosts::parse(&["*://127.0.0.0/24:6379".to_owned()], &[]).unwrap();
+        let ask = |addr: &str, used: SocketAddrUse| {
+            let mut reported = None;
+            let allowed = allows_socket(&hosts, addr.parse().unwrap(), used, |target| {
+                reported = Some(target.to_owned())
+            });
+            (allowed, reported)
+        };
+        use SocketAddrUse::*;
+        for (addr, used, allowed) in [
+            ("127.0.0.9:6379", TcpConnect, true),
+            ("127.0.0.9:6379", UdpSend, true),
+            ("127.0.0.9:6379", UdpReceive, true),
+            // The implicit bind before a connect or a first send.
+            ("0.0.0.0:0", TcpBind, true),
+            ("[::]:0", TcpBind, true),
+            ("0.0.0.0:0", UdpBind, true),
+            // Accepting anything: refused, granted address or not.
+            ("127.0.0.9:6379", TcpBind, false),
+            ("0.0.0.0:6379", TcpBind, false),
+            ("0.0.0.0:0", TcpListen, false),
+            ("127.0.0.9:6379", TcpListen, false),
+            ("127.0.0.9:6379", TcpAccept, false),
+            ("0.0.0.0:6379", UdpBind, false),
+            ("10.0.0.1:6379", UdpReceive, false),
+        ] {
+            assert_eq!(ask(addr, used), (allowed, None), "{used:?} {addr}");
+        }
+        assert_eq!(
+            ask("127.0.1.1:6379", TcpConnect),
+            (false, Some("tcp://127.0.1.1:6379".to_owned()))
+        );
+        assert_eq!(
+            ask("[::1]:6379", UdpSend),
+            (false, Some("udp://[::1]:6379".to_owned()))
+        );
     }
 }

@@ -375,7 +375,7 @@ impl SpinApp {
                 self.app.components[index].id
             )));
         };
-        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        let mut wasi = prepared.host.wasi_base(spec.network);
         wasi.envs(&prepared.env)
             .args(&[self.app.components[index].id.as_str()]);
         crate::stdio::attach(&mut wasi, &spec.stdio).await?;

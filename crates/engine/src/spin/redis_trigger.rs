@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::SpinApp;
@@ -91,7 +90,7 @@ async fn handle(
     payload: Vec<u8>,
 ) -> Result<(), String> {
     let component = app.component(index);
-    let mut wasi = WasiCtxBuilder::new();
+    let mut wasi = component.host.wasi_base(spec.network);
     wasi.envs(component.env);
     outputs.attach(&mut wasi);
     let mut wasi = wasi.build();

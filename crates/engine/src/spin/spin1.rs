@@ -366,7 +366,7 @@ pub(crate) async fn handle(
         client_addr: pre.client_addr.then(|| client.to_string()),
         body,
     };
-    let mut wasi = crate::engine::wasi_base(server.spec());
+    let mut wasi = host.wasi_base(server.spec().network);
     wasi.envs(env);
     outputs.attach(&mut wasi);
     for (dir, guest) in &pre.mounts {
