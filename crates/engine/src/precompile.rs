@@ -128,15 +128,25 @@ pub(crate) fn in_child(
             message
         });
         let mut output = Vec::new();
-        let read = stdout.read_to_end(&mut output);
+        // One byte past the most a sound answer holds tells an oversized one.
+        let read = stdout
+            .by_ref()
+            .take(MAX_ARTIFACT_BYTES + 8 + 1)
+            .read_to_end(&mut output);
         (read.map(|_| output), message.join().unwrap_or_default())
     });
     let output = output.map_err(|e| format!("cannot read the compiled code: {e}"))?;
+    if output.len() as u64 > MAX_ARTIFACT_BYTES + 8 {
+        return Err(format!(
+            "its compiled code is larger than {} MiB, the most one image may have",
+            MAX_ARTIFACT_BYTES >> 20
+        ));
+    }
     if let Some(artifact) = complete(output) {
         return Ok(artifact);
     }
     let message = message.trim();
-    Err(if message.contains(CPU_LIMIT_MESSAGE) {
+    Err(if message.contains(CPU_LIMIT_LINE.trim_end()) {
         format!(
             "compiling it took more than {cpu_seconds} s of CPU time, the most one image may use (WASMCELL_COMPILE_CPU_SECONDS)"
         )
@@ -152,8 +162,13 @@ pub(crate) fn in_child(
     })
 }
 
+/// The largest compiled artifact a shim takes from a child (and then holds while writing it to
+/// the cache): several times what the largest real components compile to (a 40 MB Python
+/// component, ~150 MB).
+const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
+
 /// What the child prints when it reaches its CPU time limit.
-const CPU_LIMIT_MESSAGE: &str = "wasmcell-compile: CPU time limit reached";
+const CPU_LIMIT_LINE: &str = "wasmcell-compile: CPU time limit reached\n";
 
 /// The artifact in `output`, if the child wrote it whole: its length follows it, as 8 bytes
 /// little-endian.
@@ -176,10 +191,9 @@ fn write_artifact(artifact: &[u8]) -> std::io::Result<()> {
 
 /// The child's handler for `SIGXCPU`, which the kernel sends at the soft CPU limit.
 extern "C" fn on_cpu_limit(_: libc::c_int) {
-    const LINE: &[u8] = b"wasmcell-compile: CPU time limit reached\n";
-    // SAFETY: write and _exit are async-signal-safe, and LINE is static.
+    // SAFETY: write and _exit are async-signal-safe, and the line is static.
     unsafe {
-        libc::write(2, LINE.as_ptr().cast(), LINE.len());
+        libc::write(2, CPU_LIMIT_LINE.as_ptr().cast(), CPU_LIMIT_LINE.len());
         libc::_exit(3);
     }
 }
