@@ -377,6 +377,8 @@ pub struct Engine {
     slight_components: OnFirstUse<wasmtime::component::Linker<ComponentState>>,
     http: OnFirstUse<HttpEngine>,
     ticker: Ticker,
+    /// How many CPUs this process may use: its affinity and its cgroup's quota.
+    cpus: usize,
 }
 
 impl Engine {
@@ -391,7 +393,18 @@ impl Engine {
             components: OnFirstUse::default(),
             slight_components: OnFirstUse::default(),
             http: OnFirstUse::default(),
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
         })
+    }
+
+    /// The same engine for a process that may use `cpus` CPUs, counted by the caller: a sandbox
+    /// counts them before it pivots into its own root, where the C library and std can no
+    /// longer read the cgroup's CPU quota and would count every CPU of the node.
+    pub fn cpus(self, cpus: usize) -> Engine {
+        Engine {
+            cpus: cpus.max(1),
+            ..self
+        }
     }
 
     /// Does everything for `spec` that is not per instance: reads the binary (inside the rootfs,
@@ -400,7 +413,7 @@ impl Engine {
     pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
         let _release = ReleaseFreedMemory;
         if let Some(App::Spin(app)) = &spec.app {
-            let http = self.http.get(|| HttpEngine::new(config()))?;
+            let http = self.http.get(|| HttpEngine::new(config(), self.cpus))?;
             let Compiler { engine, cache } = &self.compiler;
             let app = Arc::new(spin::prepare(cache, &http, &spec, app)?);
             return Ok(Prepared {
@@ -418,7 +431,7 @@ impl Engine {
             reason,
         };
         if let (Some(App::Slight(app)), WasmKind::Module) = (&spec.app, kind) {
-            let http = self.http.get(|| HttpEngine::new(config()))?;
+            let http = self.http.get(|| HttpEngine::new(config(), self.cpus))?;
             let slight = Slight::prepare(http, cache, &bytes, app, &spec, &path)?;
             return Ok(Prepared {
                 engine: engine.clone(),
@@ -492,7 +505,7 @@ impl Engine {
                     _ => None,
                 };
                 if http::is_proxy(engine, &component) {
-                    let http = self.http.get(|| HttpEngine::new(config()))?;
+                    let http = self.http.get(|| HttpEngine::new(config(), self.cpus))?;
                     let pre = http.prepare(&cached, &path, grants.is_some())?;
                     let target = Arc::new(Target {
                         grants,

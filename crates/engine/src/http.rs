@@ -77,7 +77,8 @@ pub(crate) struct HttpEngine {
 }
 
 impl HttpEngine {
-    pub(crate) fn new(mut config: wasmtime::Config) -> Result<HttpEngine, Error> {
+    /// `cpus`: how many CPUs the process may use (see [`Engine::cpus`](crate::Engine::cpus)).
+    pub(crate) fn new(mut config: wasmtime::Config, cpus: usize) -> Result<HttpEngine, Error> {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         // Concurrent requests per server; past this, requests get 503. Each slot reserves
         // address space only (a 4 GiB memory reservation), not memory.
@@ -103,7 +104,7 @@ impl HttpEngine {
             pool.pagemap_scan(wasmtime::Enabled::Yes)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(KEEP_RESIDENT);
-            std::thread::available_parallelism().map_or(1, usize::from)
+            cpus
         } else {
             1
         };
@@ -884,7 +885,7 @@ mod tests {
         // The shim compiles without knowing whether a component is a server; its sandbox loads
         // the entry into the pooling engine, so the two must agree on what the code is.
         let compiler = wasmtime::Engine::new(&crate::engine::config()).unwrap();
-        let http = HttpEngine::new(crate::engine::config()).unwrap();
+        let http = HttpEngine::new(crate::engine::config(), 2).unwrap();
         assert_eq!(compatibility(&compiler), compatibility(&http.engine));
     }
 }

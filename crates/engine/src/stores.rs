@@ -34,6 +34,20 @@ pub(crate) enum KeyValue {
     Redis(Redis),
 }
 
+/// A client for the Redis server at `url`, which comes from an image (a runtime config, a
+/// trigger, a slightfile): TCP (`redis://`, `rediss://`) only. A `redis+unix://` address would
+/// be a path the sandbox resolves, and a socket can be connected to through a read-only or
+/// `nodev` mount: another container's grant, or a host socket bound into one.
+pub(crate) fn redis_client(url: &str) -> Result<redis::Client, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("Redis address {url}: {e}"))?;
+    match client.get_connection_info().addr {
+        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. } => Ok(client),
+        _ => Err(format!(
+            "Redis address {url}: only TCP addresses (redis://HOST:PORT, rediss://HOST:PORT) are served, not a Unix socket"
+        )),
+    }
+}
+
 /// A connection to a Redis server, and how a store's keys are named there.
 pub(crate) struct Redis {
     manager: redis::aio::ConnectionManager,
@@ -148,7 +162,7 @@ impl KeyValue {
 
     /// Connects to the Redis server at `url`; `prefixed`: see [`Redis`].
     pub(crate) async fn open_redis(url: &str, prefixed: bool) -> Result<KeyValue, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("Redis address {url}: {e}"))?;
+        let client = redis_client(url)?;
         let manager = redis::aio::ConnectionManager::new(client)
             .await
             .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
@@ -713,6 +727,19 @@ pub(crate) struct Opened {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 24: an image's Redis address could name a socket in another container's grant.
+    #[test]
+    fn r24_a_redis_address_from_an_image_is_tcp_only() {
+        assert!(redis_client("redis://127.0.0.1:6379").is_ok());
+        for url in [
+            "redis+unix:///proc/self/fd/7/redis.sock",
+            "unix:///run/docker.sock",
+        ] {
+            let refused = redis_client(url).err().unwrap_or_default();
+            assert!(refused.contains("not a Unix socket"), "{url}: {refused}");
+        }
+    }
 
     fn preopen(host: &Path, guest: &str, access: Access) -> Preopen {
         Preopen {

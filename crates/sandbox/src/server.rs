@@ -26,12 +26,14 @@ pub fn main() -> ExitCode {
         },
         _ => return ExitCode::FAILURE,
     };
+    // Counted while the cgroup's quota is still readable (see `Engine::cpus`).
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if let Err(error) = sys::isolate(&setup) {
         return outbox.fail_setup(&error_chain(&error));
     }
     // Threads start only now, after the seccomp filter (which they inherit).
     let engine = match Engine::new(CompileCache::new(&setup.cache_dir)) {
-        Ok(engine) => Arc::new(engine),
+        Ok(engine) => Arc::new(engine.cpus(cpus)),
         Err(error) => return outbox.fail_setup(&error_chain(&error)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

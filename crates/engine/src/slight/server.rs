@@ -339,14 +339,18 @@ impl Serving {
         let outputs = Arc::new(Outputs::open(&serving.spec.stdio).await?);
         let graceful = GracefulShutdown::new();
         let connections = hyper::server::conn::http1::Builder::new();
-        // Connections are dealt to this runtime and worker threads in turn, as wasmcell's
-        // other servers deal theirs.
-        let workers = (1..serving.threads)
+        // Connections are dealt to worker threads of this server's own in turn, never to the
+        // caller's runtime: dropping the workers (when the app ends or is killed) ends every
+        // request still in flight, so none outlives its container and its grants (whose
+        // descriptor numbers the next container may be given).
+        let workers = (0..serving.threads.max(1))
             .map(|_| crate::http::Worker::start(serving.controls.clone()))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| Error::Engine(e.into()))?;
-        let mut runtimes = vec![tokio::runtime::Handle::current()];
-        runtimes.extend(workers.iter().map(|worker| worker.runtime.clone()));
+        let runtimes: Vec<_> = workers
+            .iter()
+            .map(|worker| worker.runtime.clone())
+            .collect();
         let mut dealt = 0usize;
         loop {
             let accepts = servers.iter().map(|s| Box::pin(s.listener.accept()));

@@ -33,8 +33,8 @@ pub(crate) async fn listen(
     let outputs = Arc::new(Outputs::open(&spec.stdio).await?);
     let mut listeners = Vec::new();
     for trigger in &app.app.redis {
-        let client = redis::Client::open(trigger.address.as_str())
-            .map_err(|e| Error::Spin(format!("Redis trigger address {}: {e}", trigger.address)))?;
+        let client = crate::stores::redis_client(&trigger.address)
+            .map_err(|e| Error::Spin(format!("Redis trigger: {e}")))?;
         let mut pubsub = client.get_async_pubsub().await.map_err(|e| {
             Error::Spin(format!(
                 "cannot connect to Redis at {} for channel {}: {e}",
