@@ -9,9 +9,13 @@
 //! first, one byte) and answers with the artifact on stdout, or why not on stderr.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use wasmcell_oci::WasmKind;
 
@@ -80,7 +84,7 @@ pub(crate) fn in_child(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and only calls setrlimit and prctl, which
+    // SAFETY: the closure runs between fork and exec and only calls setrlimit and unshare, which
     // are async-signal-safe, on values computed before the fork.
     unsafe {
         command.pre_exec(move || {
@@ -98,8 +102,9 @@ pub(crate) fn in_child(
             limit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)?;
             limit(libc::RLIMIT_AS, memory_bytes, memory_bytes)?;
             limit(libc::RLIMIT_CORE, 0, 0)?;
-            // The child must not outlive the shim that waits for it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            // Nothing of the node's network, mounts or IPC: the child's own namespaces, where
+            // it then roots itself in an empty directory (`child_main`).
+            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -115,7 +120,23 @@ pub(crate) fn in_child(
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let mut stdout = child.stdout.take().expect("piped stdout");
+    // The CPU limit does not count time the child spends stopped or waiting: a wall-clock
+    // deadline ends it too, through a pidfd (its PID may be reaped and reused by then).
+    let pidfd = pidfd_open(child.id());
+    let wall = Duration::from_secs(cpu_seconds.saturating_mul(2).saturating_add(10));
+    let (finished, deadline) = std::sync::mpsc::channel::<()>();
+    let timed_out = AtomicBool::new(false);
+    let most = artifact_bound(bytes.len());
     let (output, message) = std::thread::scope(|scope| {
+        let (timed_out, pidfd) = (&timed_out, &pidfd);
+        scope.spawn(move || {
+            if deadline.recv_timeout(wall) == Err(RecvTimeoutError::Timeout) {
+                timed_out.store(true, Ordering::Relaxed);
+                if let Ok(pidfd) = pidfd {
+                    pidfd_kill(pidfd);
+                }
+            }
+        });
         scope.spawn(move || {
             // A child that dies early closes its end: what it wrote says why.
             let _ = stdin
@@ -129,24 +150,33 @@ pub(crate) fn in_child(
         });
         let mut output = Vec::new();
         // One byte past the most a sound answer holds tells an oversized one.
-        let read = stdout
-            .by_ref()
-            .take(MAX_ARTIFACT_BYTES + 8 + 1)
-            .read_to_end(&mut output);
-        (read.map(|_| output), message.join().unwrap_or_default())
+        let read = stdout.by_ref().take(most + 8 + 1).read_to_end(&mut output);
+        if output.len() as u64 > most + 8
+            && let Ok(pidfd) = pidfd
+        {
+            pidfd_kill(pidfd);
+        }
+        let message = message.join().unwrap_or_default();
+        let _ = finished.send(());
+        (read.map(|_| output), message)
     });
     let output = output.map_err(|e| format!("cannot read the compiled code: {e}"))?;
-    if output.len() as u64 > MAX_ARTIFACT_BYTES + 8 {
+    if output.len() as u64 > most + 8 {
         return Err(format!(
-            "its compiled code is larger than {} MiB, the most one image may have",
-            MAX_ARTIFACT_BYTES >> 20
+            "its compiled code is larger than {} MiB, the most a module of its size may have",
+            most >> 20
         ));
     }
     if let Some(artifact) = complete(output) {
         return Ok(artifact);
     }
     let message = message.trim();
-    Err(if message.contains(CPU_LIMIT_LINE.trim_end()) {
+    Err(if timed_out.load(Ordering::Relaxed) {
+        format!(
+            "compiling it took more than {} s, the most one image may take",
+            wall.as_secs()
+        )
+    } else if message.contains(CPU_LIMIT_LINE.trim_end()) {
         format!(
             "compiling it took more than {cpu_seconds} s of CPU time, the most one image may use (WASMCELL_COMPILE_CPU_SECONDS)"
         )
@@ -162,10 +192,37 @@ pub(crate) fn in_child(
     })
 }
 
-/// The largest compiled artifact a shim takes from a child (and then holds while writing it to
-/// the cache): several times what the largest real components compile to (a 40 MB Python
-/// component, ~150 MB).
-const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
+/// The largest compiled artifact a shim takes from a child for a module of `size` bytes (and
+/// then holds while writing it to the cache): 16 times the module, at least 64 MiB and at most
+/// 2 GiB. Real components compile to 2-4 times their size (a 40 MB Python component, ~150 MB).
+fn artifact_bound(size: usize) -> u64 {
+    (size as u64).saturating_mul(16).clamp(64 << 20, 2 << 30)
+}
+
+/// A pidfd for process `pid`, to signal it without racing the reuse of its PID.
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Kills the process behind `pidfd`; one already gone is no error.
+fn pidfd_kill(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal reads the descriptor and the signal number; no siginfo is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+}
 
 /// What the child prints when it reaches its CPU time limit.
 const CPU_LIMIT_LINE: &str = "wasmcell-compile: CPU time limit reached\n";
@@ -202,8 +259,46 @@ extern "C" fn on_cpu_limit(_: libc::c_int) {
 /// writing a file can write none of the node's.
 const NOBODY: libc::uid_t = 65534;
 
+/// Roots the child in an empty, read-only tmpfs of its own mount namespace (made by the
+/// parent's `unshare`), so that nothing it is tricked into opening names a file of the node.
+fn root_in_nothing() -> std::io::Result<()> {
+    let check = |result: libc::c_int| {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls on static NUL-terminated strings; they change only this process's
+    // own mount namespace and root.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Ok(());
+        }
+        let none = std::ptr::null::<libc::c_char>();
+        check(libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        let sealed = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/tmp".as_ptr(),
+            c"tmpfs".as_ptr(),
+            sealed,
+            c"size=4k".as_ptr().cast(),
+        ))?;
+        check(libc::chroot(c"/tmp".as_ptr()))?;
+        check(libc::chdir(c"/".as_ptr()))
+    }
+}
+
 /// Becomes [`NOBODY`] (which also empties every capability set) with `no_new_privs`, before
-/// reading a byte of the binary: all the child needs is its stdin and stdout.
+/// reading a byte of the binary: all the child needs is its stdin and stdout. The kernel
+/// forgets the parent-death signal when the uid changes, so it is set again after.
 fn drop_privileges() -> std::io::Result<()> {
     let check = |result: libc::c_int| {
         if result == 0 {
@@ -220,8 +315,16 @@ fn drop_privileges() -> std::io::Result<()> {
             check(libc::setresgid(NOBODY, NOBODY, NOBODY))?;
             check(libc::setresuid(NOBODY, NOBODY, NOBODY))?;
         }
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        // The child must not outlive the shim that waits for it; if the shim is already gone
+        // (the child was handed to init), nobody will read the answer.
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
     }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } == 1 {
+        return Err(std::io::Error::other("the shim that started it is gone"));
+    }
+    Ok(())
 }
 
 fn kind_byte(kind: WasmKind) -> u8 {
@@ -242,8 +345,8 @@ pub fn child_main() -> ExitCode {
             on_cpu_limit as *const () as libc::sighandler_t,
         )
     };
-    if let Err(error) = drop_privileges() {
-        eprintln!("cannot drop the compiler's privileges: {error}");
+    if let Err(error) = root_in_nothing().and_then(|()| drop_privileges()) {
+        eprintln!("cannot confine the compiler: {error}");
         return ExitCode::FAILURE;
     }
     let mut input = Vec::new();
