@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use wasmcell_engine::{Access, Input, Limits, Output, Usage, WorkloadSpec};
+use wasmcell_engine::{Access, Input, Limits, NameFiles, Output, Usage, WorkloadSpec};
 
 /// The descriptor number the control socket has in the sandbox.
 pub const CONTROL_FD: i32 = 3;
@@ -38,6 +38,10 @@ pub struct Setup {
     /// The compile cache to load artifacts from: the one host directory the sandbox sees (at
     /// the same path, read-only).
     pub cache_dir: PathBuf,
+    /// The first container's `/etc/hosts` and `/etc/resolv.conf` (the sources of the bind
+    /// mounts Docker and CRI add), which the sandbox's own root shows at those paths for the C
+    /// library's name lookups (`wasi:sockets`' `ip-name-lookup`); the host's where not given.
+    pub names: NameFiles,
     /// Keep `CAP_NET_BIND_SERVICE` (and no other capability), for servers on ports below
     /// 1024: set when the spec's process has it, as Docker's and Kubernetes' defaults do and
     /// as Spin apps need for their default port 80.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use caps::{CapSet, Capability};
@@ -24,7 +24,7 @@ use seccompiler::{
 
 use crate::SANDBOX_ARG0;
 use crate::protocol::{CONTROL_FD, Grant, MAX_FDS, MAX_PACKET, NamespaceKind, Open, Rlimit, Setup};
-use wasmcell_engine::Access;
+use wasmcell_engine::{Access, NameFiles};
 
 /// Why isolating the sandbox failed; each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -428,15 +428,27 @@ pub fn isolate(setup: &Setup) -> Result<(), IsolationError> {
 /// (the host's `/tmp` is untouched), as bubblewrap builds its root there.
 const NEW_ROOT: &str = "/tmp";
 
-/// The files of the host's `/etc` that the C library reads for a name lookup (`wasi:sockets`'
-/// `ip-name-lookup` goes through `getaddrinfo`): the only host files the sandbox keeps, read-only.
-const RESOLVER_FILES: [&str; 5] = [
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-];
+/// The files the C library reads for a name lookup (`wasi:sockets`' `ip-name-lookup` goes
+/// through `getaddrinfo`), read-only: the container's `/etc/hosts` and `/etc/resolv.conf` where
+/// its spec binds them, else the host's, and the host's lookup configuration.
+fn resolver_files(names: &NameFiles) -> [(&Path, &Path); 5] {
+    fn or_host<'a>(file: &'a Option<PathBuf>, host: &'static str) -> &'a Path {
+        file.as_deref().unwrap_or(Path::new(host))
+    }
+    [
+        (Path::new("/etc/hosts"), or_host(&names.hosts, "/etc/hosts")),
+        (
+            Path::new("/etc/resolv.conf"),
+            or_host(&names.resolv_conf, "/etc/resolv.conf"),
+        ),
+        (
+            Path::new("/etc/nsswitch.conf"),
+            Path::new("/etc/nsswitch.conf"),
+        ),
+        (Path::new("/etc/host.conf"), Path::new("/etc/host.conf")),
+        (Path::new("/etc/gai.conf"), Path::new("/etc/gai.conf")),
+    ]
+}
 
 /// Makes this process's root a fresh, read-only tmpfs holding only what the sandbox needs by
 /// path, and nothing of the host's filesystem: its own descriptors at `/proc/self/fd` (where
@@ -474,9 +486,9 @@ fn enter_own_root(setup: &Setup) -> Result<(), IsolationError> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         ),
     ];
-    for file in RESOLVER_FILES {
-        if let Ok(fd) = open_path(Path::new(file)) {
-            shown.push((fd, Path::new(file), sealed));
+    for (shown_at, source) in resolver_files(&setup.names) {
+        if let Ok(fd) = open_path(source) {
+            shown.push((fd, shown_at, sealed));
         }
     }
     mount(

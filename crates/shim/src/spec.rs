@@ -373,6 +373,7 @@ pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> 
             })
             .collect(),
         cache_dir: cache_dir.to_owned(),
+        names: name_files(spec),
         bind_low_ports: process
             .capabilities()
             .as_ref()

@@ -197,3 +197,34 @@ fn a_device_node_in_an_image_cannot_be_opened_r24() -> Result<()> {
     );
     Ok(())
 }
+
+/// The sandbox's name lookups (`wasi:sockets`' `ip-name-lookup`, through the C library) read the
+/// container's `/etc/hosts` and `/etc/resolv.conf` where its spec binds them, as Docker and CRI
+/// do, not the node's: its root shows them at those paths.
+#[test]
+fn the_sandbox_resolves_with_the_containers_own_hosts_file() -> Result<()> {
+    let (tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(&hosts, "10.9.8.7 only-in-this-container\n")?;
+    let mount = format!(
+        "type=bind,src={},dst=/etc/hosts,options=rbind:ro",
+        hosts.display()
+    );
+    containerd
+        .run_wasm(
+            &["-d", "--mount", &mount],
+            "example.com/sleeper:latest",
+            "named",
+            &[],
+        )?
+        .success()?;
+    let sandbox = containerd.running("named")?;
+    let seen = std::fs::read_to_string(format!("/proc/{sandbox}/root/etc/hosts"))?;
+    ensure!(
+        seen == "10.9.8.7 only-in-this-container\n",
+        "the sandbox's /etc/hosts is {seen:?}"
+    );
+    containerd.ctr(&["task", "kill", "-s", "KILL", "named"])?;
+    Ok(())
+}
