@@ -151,9 +151,9 @@ pub fn recv_packet(
             iov_len: body.len(),
         },
     ];
-    // u64 elements keep the buffer aligned for `cmsghdr`.
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE((MAX_PACKET_FDS * size_of::<RawFd>()) as u32) } as usize;
+    // u64 elements keep the buffer aligned for `cmsghdr`.
     let mut control = vec![0u64; space.div_ceil(size_of::<u64>())];
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
