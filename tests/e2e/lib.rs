@@ -19,6 +19,7 @@ pub mod linux_image;
 pub mod soak;
 pub mod stream;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -161,6 +162,8 @@ impl Drop for Background {
 }
 
 /// Runs a command to completion, with a deadline so a hung test fails instead of stalling CI.
+/// Its output is read as it comes: a command that prints more than a pipe holds (64 KiB)
+/// would otherwise block until the deadline.
 pub fn run(command: &mut Command) -> Result<Ran> {
     let mut child = command
         .stdin(Stdio::null())
@@ -168,15 +171,33 @@ pub fn run(command: &mut Command) -> Result<Ran> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawn {command:?}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait()?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             bail!("{command:?} did not finish in 60 s");
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(Ran::of(child.wait_with_output()?))
+    };
+    Ok(Ran::of(Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }))
 }
 
 /// An HTTP reply as `curl` saw it.

@@ -12,7 +12,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{Answer, Envelope, Message, Request, Setup};
+use crate::channel::{Channel, SendError};
+use crate::protocol::{Answer, Message, Request, Setup, UNSOLICITED};
 use crate::sys;
 
 /// Why talking to the sandbox failed.
@@ -39,6 +40,9 @@ pub enum SandboxError {
     /// The control socket failed.
     #[error("cannot reach the sandbox process")]
     Io(#[source] std::io::Error),
+    /// The request could not be sent (the sandbox and its other containers are unaffected).
+    #[error("cannot send the request to the sandbox")]
+    Send(#[source] SendError),
     /// The sandbox process is gone.
     #[error("the sandbox process exited")]
     Gone,
@@ -61,7 +65,7 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Answer, Stri
 /// A running sandbox process and its control socket.
 pub struct Sandbox {
     pid: u32,
-    control: OwnedFd,
+    control: Arc<Channel>,
     pending: Pending,
     next_seq: AtomicU64,
 }
@@ -77,18 +81,18 @@ impl Sandbox {
         let exe = std::env::current_exe().map_err(SandboxError::Start)?;
         let (control, theirs) = sys::socket_pair().map_err(SandboxError::Io)?;
         let pid = sys::spawn(&exe, theirs, joins).map_err(SandboxError::Start)?;
+        let control = Arc::new(Channel::new(control));
         let sandbox = Sandbox {
             pid,
-            control,
+            control: control.clone(),
             pending: Arc::new(Mutex::new(Some(HashMap::new()))),
             next_seq: AtomicU64::new(1),
         };
         let (exits, exits_rx) = mpsc::unbounded_channel();
-        let reader = sandbox.control.try_clone().map_err(SandboxError::Io)?;
         let pending = sandbox.pending.clone();
         std::thread::Builder::new()
             .name("wasmcell-sandbox-rx".into())
-            .spawn(move || read_messages(reader, pending, exits))
+            .spawn(move || read_messages(&control, pending, exits))
             .map_err(SandboxError::Io)?;
         let setup = serde_json::to_vec(setup).expect("setup serializes");
         sandbox
@@ -122,8 +126,8 @@ impl Sandbox {
             _ => Vec::new(),
         };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let packet = serde_json::to_vec(&Envelope { seq, request }).expect("requests serialize");
-        self.exchange(seq, &packet, &grants).await
+        let message = serde_json::to_vec(&request).expect("requests serialize");
+        self.exchange(seq, &message, &grants).await
     }
 
     /// What container `id`'s processes have used (see [`Request::Usage`]).
@@ -139,7 +143,7 @@ impl Sandbox {
     async fn exchange(
         &self,
         seq: u64,
-        packet: &[u8],
+        message: &[u8],
         fds: &[OwnedFd],
     ) -> Result<Answer, SandboxError> {
         let (tx, rx) = oneshot::channel();
@@ -150,7 +154,12 @@ impl Sandbox {
             .ok_or(SandboxError::Gone)?
             .insert(seq, tx);
         let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        sys::send(&self.control, packet, &raw).map_err(SandboxError::Io)?;
+        if let Err(error) = self.control.send(seq, message, &raw) {
+            if let Some(pending) = self.pending.lock().expect("pending lock").as_mut() {
+                pending.remove(&seq);
+            }
+            return Err(SandboxError::Send(error));
+        }
         match rx.await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(SandboxError::Refused(error)),
@@ -182,24 +191,34 @@ impl Sandbox {
     }
 }
 
-/// Dispatches the sandbox's messages until its socket closes, then fails every waiter.
-fn read_messages(control: OwnedFd, pending: Pending, exits: mpsc::UnboundedSender<Exited>) {
-    while let Ok(Some((packet, _))) = sys::recv(&control) {
-        match serde_json::from_slice(&packet) {
-            Ok(Message::Reply { seq, result }) => {
-                if let Some(tx) = pending
-                    .lock()
-                    .expect("pending lock")
-                    .as_mut()
-                    .and_then(|p| p.remove(&seq))
-                {
-                    let _ = tx.send(result);
-                }
-            }
+/// Dispatches the sandbox's messages until its socket closes, then fails every waiter. A reply
+/// that arrived broken fails its request alone.
+fn read_messages(control: &Channel, pending: Pending, exits: mpsc::UnboundedSender<Exited>) {
+    let answer = |tag: u64, result: Result<Answer, String>| {
+        if let Some(tx) = pending
+            .lock()
+            .expect("pending lock")
+            .as_mut()
+            .and_then(|p| p.remove(&tag))
+        {
+            let _ = tx.send(result);
+        }
+    };
+    while let Ok(Some(incoming)) = control.recv() {
+        let message = incoming
+            .body
+            .map_err(|broken| format!("the sandbox's reply could not be received: {broken}"))
+            .and_then(|(bytes, _)| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("the sandbox's reply is unreadable: {e}"))
+            });
+        match message {
+            Ok(Message::Reply(result)) => answer(incoming.tag, result),
             Ok(Message::Exited { id, status, oom }) => {
                 let _ = exits.send(Exited { id, status, oom });
             }
-            Err(error) => tracing::error!("unreadable message from the sandbox: {error}"),
+            Err(error) if incoming.tag == UNSOLICITED => tracing::error!("{error}"),
+            Err(error) => answer(incoming.tag, Err(error)),
         }
     }
     // Dropping the senders wakes every waiter with `Gone`; later requests fail at once.

@@ -19,6 +19,7 @@
 //! running for a guest (SQLite, the stores) reaches exactly what the guest may.
 #![deny(missing_docs)]
 
+mod channel;
 mod client;
 pub mod protocol;
 mod server;

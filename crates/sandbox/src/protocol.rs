@@ -1,10 +1,10 @@
 //! The control protocol between a shim and its sandbox.
 //!
-//! A `SOCK_SEQPACKET` socket pair: every message is one JSON document in one packet, so no
-//! framing is needed and descriptors travel with the request that needs them (`SCM_RIGHTS`).
-//! The shim sends [`Setup`] first, then [`Envelope`]s; the sandbox answers each with a
-//! [`Message::Reply`] carrying its sequence number (setup is number 0), and reports
-//! [`Message::Exited`] whenever a guest ends.
+//! A `SOCK_SEQPACKET` socket pair carrying [`crate::channel`] messages, each one JSON document
+//! with the descriptors of the request that needs them (`SCM_RIGHTS`), tagged with the request's
+//! sequence number. The shim sends [`Setup`] first (number 0), then [`Request`]s; the sandbox
+//! answers each with a [`Message::Reply`] under the request's number, and reports
+//! [`Message::Exited`] (tagged [`UNSOLICITED`]) whenever a guest ends.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -16,12 +16,8 @@ use wasmcell_engine::{Access, Input, Limits, NameFiles, Output, Usage, WorkloadS
 /// The descriptor number the control socket has in the sandbox.
 pub const CONTROL_FD: i32 = 3;
 
-/// The largest packet either side sends (a spec with many mounts and a long environment fits
-/// comfortably).
-pub const MAX_PACKET: usize = 1 << 20;
-
-/// The most descriptors one request carries.
-pub const MAX_FDS: usize = 64;
+/// The tag of a message that answers no request.
+pub const UNSOLICITED: u64 = u64::MAX;
 
 /// How the sandbox isolates itself, from the first container's spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,25 +150,12 @@ pub enum Answer {
     Usage(Usage),
 }
 
-/// A request with its sequence number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// Echoed in the reply.
-    pub seq: u64,
-    /// The request.
-    pub request: Request,
-}
-
 /// A message from the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// The outcome of request `seq` (0: setup): its answer, or why it failed (with causes).
-    Reply {
-        /// The request's sequence number.
-        seq: u64,
-        /// The answer or the error.
-        result: Result<Answer, String>,
-    },
+    /// The outcome of the request it is tagged with: its answer, or why it failed (with
+    /// causes).
+    Reply(Result<Answer, String>),
     /// A guest ended.
     Exited {
         /// The container id.

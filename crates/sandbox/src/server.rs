@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use wasmcell_engine::{CompileCache, Controls, Engine, Exit, Prepared, Usage, error_chain};
 
-use crate::protocol::{Answer, CONTROL_FD, Envelope, Message, Open, Request, Setup, apply_grants};
+use crate::channel::{Channel, Incoming};
+use crate::protocol::{
+    Answer, CONTROL_FD, Message, Open, Request, Setup, UNSOLICITED, apply_grants,
+};
 use crate::sys;
 
 /// The sandbox's entry point (the `wasmcell` binary calls it when started as
@@ -18,12 +21,20 @@ pub fn main() -> ExitCode {
     // (see `sys::spawn`); nothing else in this process refers to that descriptor.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     sys::close_inherited_fds();
-    let outbox = Outbox(Arc::new(control));
-    let setup = match sys::recv(&outbox.0) {
-        Ok(Some((packet, _))) => match serde_json::from_slice::<Setup>(&packet) {
+    let outbox = Outbox(Arc::new(Channel::new(control)));
+    let setup = match outbox.0.recv() {
+        Ok(Some(Incoming {
+            body: Ok((bytes, _)),
+            ..
+        })) => match serde_json::from_slice::<Setup>(&bytes) {
             Ok(setup) => setup,
             Err(error) => return outbox.fail_setup(&format!("unreadable setup: {error}")),
         },
+        Ok(Some(Incoming {
+            body: Err(broken), ..
+        })) => {
+            return outbox.fail_setup(&format!("unreadable setup: {broken}"));
+        }
         _ => return ExitCode::FAILURE,
     };
     // Counted while the cgroup's quota is still readable (see `Engine::cpus`).
@@ -46,10 +57,7 @@ pub fn main() -> ExitCode {
             return outbox.fail_setup(&format!("cannot start the async runtime: {error}"));
         }
     };
-    outbox.send(&Message::Reply {
-        seq: 0,
-        result: Ok(Answer::Done),
-    });
+    outbox.reply(0, Ok(Answer::Done));
     runtime.block_on(serve(engine, outbox));
     // The shim closed the socket: it is gone, and its guests go with it.
     ExitCode::SUCCESS
@@ -57,20 +65,22 @@ pub fn main() -> ExitCode {
 
 /// The sending half of the control socket, shared by the request loop and the guests' runners.
 #[derive(Clone)]
-struct Outbox(Arc<OwnedFd>);
+struct Outbox(Arc<Channel>);
 
 impl Outbox {
-    fn send(&self, message: &Message) {
-        let packet = serde_json::to_vec(message).expect("messages serialize");
+    fn send(&self, tag: u64, message: &Message) {
+        let bytes = serde_json::to_vec(message).expect("messages serialize");
         // If the shim is gone there is nobody to tell; the request loop ends on its own.
-        let _ = sys::send(&self.0, &packet, &[]);
+        let _ = self.0.send(tag, &bytes, &[]);
+    }
+
+    /// Answers request `seq`.
+    fn reply(&self, seq: u64, result: Result<Answer, String>) {
+        self.send(seq, &Message::Reply(result));
     }
 
     fn fail_setup(&self, error: &str) -> ExitCode {
-        self.send(&Message::Reply {
-            seq: 0,
-            result: Err(error.to_owned()),
-        });
+        self.reply(0, Err(error.to_owned()));
         ExitCode::FAILURE
     }
 }
@@ -95,12 +105,12 @@ type Running = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<u32>>>>;
 
 async fn serve(engine: Arc<Engine>, outbox: Outbox) {
     let (requests, mut inbox) = mpsc::unbounded_channel();
-    let reader = outbox.0.try_clone().expect("dup control socket");
+    let channel = outbox.0.clone();
     std::thread::Builder::new()
         .name("wasmcell-control".into())
         .spawn(move || {
-            while let Ok(Some(packet)) = sys::recv(&reader) {
-                if requests.send(packet).is_err() {
+            while let Ok(Some(incoming)) = channel.recv() {
+                if requests.send(incoming).is_err() {
                     break;
                 }
             }
@@ -108,16 +118,21 @@ async fn serve(engine: Arc<Engine>, outbox: Outbox) {
         .expect("control thread");
     let mut workloads = Workloads::default();
     let running: Running = Arc::default();
-    while let Some((packet, fds)) = inbox.recv().await {
-        let Envelope { seq, request } = match serde_json::from_slice(&packet) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                tracing::error!("unreadable request: {error}");
-                continue;
-            }
+    // A request that arrives broken or unreadable fails alone; the pod's other containers
+    // never hear of it.
+    while let Some(Incoming { tag: seq, body }) = inbox.recv().await {
+        let result = match body {
+            Err(broken) => Err(format!(
+                "the sandbox could not receive the request: {broken}"
+            )),
+            Ok((bytes, fds)) => match serde_json::from_slice(&bytes) {
+                Ok(request) => {
+                    handle(&engine, &outbox, &mut workloads, &running, request, fds).await
+                }
+                Err(error) => Err(format!("the sandbox could not read the request: {error}")),
+            },
         };
-        let result = handle(&engine, &outbox, &mut workloads, &running, request, fds).await;
-        outbox.send(&Message::Reply { seq, result });
+        outbox.reply(seq, result);
     }
 }
 
@@ -248,7 +263,7 @@ async fn handle(
                     }
                 }
                 drop(running);
-                outbox.send(&Message::Exited { id, status, oom });
+                outbox.send(UNSOLICITED, &Message::Exited { id, status, oom });
             });
             Ok(Answer::Done)
         }

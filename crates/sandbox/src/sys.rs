@@ -2,19 +2,16 @@
 //! starting the sandbox process, and the isolation it applies to itself.
 
 use std::collections::BTreeMap;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use caps::{CapSet, Capability};
-use nix::cmsg_space;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use seccompiler::{
@@ -23,7 +20,7 @@ use seccompiler::{
 };
 
 use crate::SANDBOX_ARG0;
-use crate::protocol::{CONTROL_FD, Grant, MAX_FDS, MAX_PACKET, NamespaceKind, Open, Rlimit, Setup};
+use crate::protocol::{CONTROL_FD, Grant, NamespaceKind, Open, Rlimit, Setup};
 use wasmcell_engine::{Access, NameFiles};
 
 /// Why isolating the sandbox failed; each names the step.
@@ -84,24 +81,52 @@ pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// Sends one packet, with `fds` attached.
-pub fn send(socket: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+/// Sends one packet, gathered from `parts`, with `fds` attached.
+pub fn send_packet(socket: &OwnedFd, parts: &[IoSlice], fds: &[RawFd]) -> io::Result<()> {
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    socket::sendmsg::<()>(
-        socket.as_raw_fd(),
-        &[IoSlice::new(bytes)],
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    Ok(())
+    loop {
+        match socket::sendmsg::<()>(
+            socket.as_raw_fd(),
+            parts,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::Error::EINTR) => continue,
+            other => return other.map(drop).map_err(io::Error::from),
+        }
+    }
 }
 
-/// Receives one packet and the descriptors that came with it; `None` when the peer is gone.
-pub fn recv(socket: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+/// One packet as it arrived: a packet longer than the buffers it was read into is cut short,
+/// and descriptors the receiver has no room for (its `RLIMIT_NOFILE`, or more than
+/// [`MAX_PACKET_FDS`]) are closed by the kernel: both are reported, never silently lost.
+pub struct Packet {
+    /// How many bytes landed in the head buffer.
+    pub head_len: usize,
+    /// The rest of the packet, up to the limit asked for.
+    pub body: Vec<u8>,
+    /// The packet was longer than the head and the limit.
+    pub truncated: bool,
+    /// The descriptors that arrived.
+    pub fds: Vec<OwnedFd>,
+    /// Some descriptors did not arrive (`MSG_CTRUNC`).
+    pub fds_truncated: bool,
+}
+
+/// The most descriptors one packet carries.
+pub const MAX_PACKET_FDS: usize = 64;
+
+/// Receives one packet: its first bytes into `head`, the rest (at most `max_body` bytes) into
+/// a new buffer; `None` when the peer is gone. Only an error of the socket itself is an error.
+pub fn recv_packet(
+    socket: &OwnedFd,
+    head: &mut [u8],
+    max_body: usize,
+) -> io::Result<Option<Packet>> {
     // Peek at the packet's length first (MSG_TRUNC reports it for SOCK_SEQPACKET): a buffer of
-    // MAX_PACKET per receive would be a megabyte zeroed and kept dirty in every process.
+    // the largest packet per receive would be zeroed and kept dirty in every process.
     let len = loop {
         match socket::recv(
             socket.as_raw_fd(),
@@ -115,40 +140,83 @@ pub fn recv(socket: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     if len == 0 {
         return Ok(None);
     }
-    let mut buf = vec![0u8; len.min(MAX_PACKET)];
-    let mut space = cmsg_space!([RawFd; MAX_FDS]);
-    let (len, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = loop {
-            match socket::recvmsg::<()>(
-                socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Err(nix::Error::EINTR) => continue,
-                other => break other?,
-            }
-        };
-        let mut fds = Vec::new();
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(received) = cmsg {
-                // SAFETY: SCM_RIGHTS installed these descriptors in this process just now; nothing
-                // else refers to them, so each gets exactly one owner.
-                fds.extend(
-                    received
-                        .into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
+    let mut body = vec![0u8; len.saturating_sub(head.len()).min(max_body)];
+    let mut iov = [
+        libc::iovec {
+            iov_base: head.as_mut_ptr().cast(),
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: body.as_mut_ptr().cast(),
+            iov_len: body.len(),
+        },
+    ];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((MAX_PACKET_FDS * size_of::<RawFd>()) as u32) } as usize;
+    // u64 elements keep the buffer aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(size_of::<u64>())];
+    // SAFETY: msghdr is plain data; all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    let received = loop {
+        // SAFETY: `msg` points at the two buffers and the control buffer above, all live and
+        // of the lengths given; recvmsg writes only within them.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
         }
-        (msg.bytes, fds)
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     };
-    if len == 0 {
+    // The descriptors are collected even when some were cut (MSG_CTRUNC, which nix refuses to
+    // walk): those that did arrive are this process's now, and must be closed, not leaked.
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg`'s control buffer with well-formed headers up to
+    // `msg_controllen`; CMSG_FIRSTHDR/NXTHDR stay within it and CMSG_DATA points inside the
+    // header they are given.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
+                    / size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = data.cast::<RawFd>().add(i).read_unaligned();
+                    // SCM_RIGHTS installed this descriptor in this process just now; nothing
+                    // else refers to it, so it gets exactly one owner.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if received == 0 {
         return Ok(None);
     }
-    buf.truncate(len);
-    Ok(Some((buf, fds)))
+    let head_len = received.min(head.len());
+    body.truncate(received - head_len);
+    Ok(Some(Packet {
+        head_len,
+        body,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds,
+        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    }))
+}
+
+/// This process's soft limit on open descriptors (`RLIMIT_NOFILE`), for error messages.
+pub fn open_file_limit() -> u64 {
+    // SAFETY: rlimit is plain data; all zeroes is a valid value.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes the struct it is given.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur
 }
 
 /// Opens a grant as its [`Open`] mode says, close-on-exec (the descriptor travels by

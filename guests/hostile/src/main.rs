@@ -4,6 +4,9 @@
 //! stops. `spin` loops forever without a host call. `recurse` overflows the stack. `flood MIB`
 //! writes MIB mebibytes to stdout as fast as it can. `sock` calls WASI's `sock_recv` on stdin,
 //! which wasmtime's WASI does not implement (and logs a warning about, on the host's side).
+//! `files PATH [SPARE]` opens PATH again and again until the host refuses (each open holds one
+//! of the sandbox's descriptors), closes SPARE of them again, prints how many it holds, and
+//! keeps them forever.
 //! `after PATH MODE...` waits until PATH exists, then does MODE: a test's cue.
 
 use std::io::Write;
@@ -59,8 +62,23 @@ fn main() {
             let errno = unsafe { sock_recv(0, buffer.as_ptr(), 1, 0, &mut received, &mut flags) };
             eprintln!("sock_recv: errno {errno}");
         }
+        Some("files") => {
+            let path = args.get(1).expect("files PATH");
+            let mut held = Vec::new();
+            let error = loop {
+                match std::fs::File::open(path) {
+                    Ok(file) => held.push(file),
+                    Err(error) => break error,
+                }
+            };
+            held.truncate(held.len().saturating_sub(number(2).unwrap_or(0)));
+            println!("holding {} files: {error}", held.len());
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
         _ => eprintln!(
-            "usage: hostile [after PATH] alloc [MIB] | spin | recurse | flood [MIB] | sock"
+            "usage: hostile [after PATH] alloc [MIB] | spin | recurse | flood [MIB] | sock | files PATH [SPARE]"
         ),
     }
 }
