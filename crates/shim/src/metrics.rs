@@ -53,7 +53,7 @@ pub enum MetricsError {
 type Result<T> = std::result::Result<T, MetricsError>;
 
 /// A container's metrics, in the cgroup version its host runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Metrics {
     /// containerd's cgroup v1 metrics.
     V1(v1::Metrics),
@@ -78,7 +78,7 @@ impl Metrics {
 }
 
 /// The directories of a v1 container's cgroup, one per controller read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct V1Dirs<'a> {
     /// In the `memory` hierarchy.
     pub memory: &'a Path,
