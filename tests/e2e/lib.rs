@@ -812,10 +812,21 @@ impl Docker {
 
     /// Runs `docker ARGS...` against this engine to completion.
     pub fn docker(&self, args: &[&str]) -> Result<Ran> {
-        run(Command::new(tools().join("usr/bin/docker"))
+        run(self.command().args(args))
+    }
+
+    /// A `docker` command against this engine, for one that streams until stopped.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(tools().join("usr/bin/docker"));
+        command
             .arg("--host")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args))
+            .arg(format!("unix://{}", self.socket.display()));
+        command
+    }
+
+    /// The containerd under this engine (its shims, for instance).
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
     }
 
     /// `docker stop` (SIGTERM, then SIGKILL after docker's 10 s) and the container's exit

@@ -9,10 +9,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use containerd_shim::protos::cgroups::metrics::{
-    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
-};
-use containerd_shim::protos::protobuf::MessageField;
+use crate::metrics::{self, Metrics, MetricsError, V1Dirs};
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers a container gets a directory in.
@@ -170,48 +167,18 @@ impl Cgroup {
             .unwrap_or(0))
     }
 
-    /// Usage and limits for `ctr task metrics`, as containerd's cgroup v1 metrics.
-    pub fn metrics(&self) -> io::Result<Metrics> {
+    /// Usage and limits for `ctr task metrics`, `docker stats` and CRI, in the host's
+    /// cgroup version.
+    pub fn metrics(&self) -> Result<Metrics, MetricsError> {
         if self.unified {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "metrics on cgroup v2 are not implemented yet",
-            ));
+            return Ok(Metrics::V2(metrics::v2(self.dir_of(""))?));
         }
-        // "max" (no limit) reads as 0, as containerd reports an unlimited pids.max.
-        let number = |controller: &str, file: &str| -> io::Result<u64> {
-            Ok(self.read(controller, file)?.trim().parse().unwrap_or(0))
-        };
-        let usage = MemoryEntry {
-            usage: number("memory", "memory.usage_in_bytes")?,
-            max: number("memory", "memory.max_usage_in_bytes")?,
-            limit: number("memory", "memory.limit_in_bytes")?,
-            failcnt: number("memory", "memory.failcnt")?,
-            ..Default::default()
-        };
-        let cpu = CPUUsage {
-            total: number("cpuacct", "cpuacct.usage")?,
-            user: number("cpuacct", "cpuacct.usage_user").unwrap_or(0),
-            kernel: number("cpuacct", "cpuacct.usage_sys").unwrap_or(0),
-            ..Default::default()
-        };
-        let pids = PidsStat {
-            current: number("pids", "pids.current")?,
-            limit: number("pids", "pids.max")?,
-            ..Default::default()
-        };
-        Ok(Metrics {
-            memory: MessageField::some(MemoryStat {
-                usage: MessageField::some(usage),
-                ..Default::default()
-            }),
-            cpu: MessageField::some(CPUStat {
-                usage: MessageField::some(cpu),
-                ..Default::default()
-            }),
-            pids: MessageField::some(pids),
-            ..Default::default()
-        })
+        Ok(Metrics::V1(metrics::v1(&V1Dirs {
+            memory: self.dir_of("memory"),
+            cpu: self.dir_of("cpu"),
+            cpuacct: self.dir_of("cpuacct"),
+            pids: self.dir_of("pids"),
+        })?))
     }
 
     fn read(&self, controller: &str, file: &str) -> io::Result<String> {
@@ -257,30 +224,6 @@ impl OomWatch {
         self.cgroup
             .oom_kills()
             .is_ok_and(|count| count > self.before)
-    }
-}
-
-/// A pod container's own use (its guests', as the engine measured it) in the shape of
-/// containerd's cgroup v1 metrics, which CRI turns into ContainerStats: CPU as
-/// `cpuacct.usage`, memory as `memory.usage_in_bytes` (the working set, as nothing of it is
-/// page cache).
-pub fn usage_metrics(usage: wasmcell_engine::Usage) -> Metrics {
-    Metrics {
-        memory: MessageField::some(MemoryStat {
-            usage: MessageField::some(MemoryEntry {
-                usage: usage.memory_bytes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        cpu: MessageField::some(CPUStat {
-            usage: MessageField::some(CPUUsage {
-                total: usage.cpu_ns,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 

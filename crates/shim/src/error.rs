@@ -65,6 +65,9 @@ pub enum Error {
     /// The container's cgroup could not be set up.
     #[error("cannot set up the container's cgroup")]
     Cgroup(#[source] std::io::Error),
+    /// The container's cgroup could not be measured.
+    #[error("cannot read the container's metrics")]
+    Metrics(#[source] crate::metrics::MetricsError),
     /// A Wasm layer could not be read from containerd's content store.
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
@@ -131,6 +134,7 @@ impl Error {
             | Error::Join(_)
             | Error::Sandbox(_)
             | Error::Cgroup(_)
+            | Error::Metrics(_)
             | Error::Content(_) => Code::INTERNAL,
         }
     }

@@ -16,6 +16,7 @@ mod content;
 mod error;
 mod events;
 mod hooks;
+mod metrics;
 mod pod;
 mod runtime;
 mod service;

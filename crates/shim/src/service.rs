@@ -48,7 +48,7 @@ use crate::hooks::{Lifecycle, Stage};
 use crate::pod::{self, Role};
 use crate::runtime::{App, Runtime};
 use crate::socket::ShimSocket;
-use crate::{cgroup, slight, spec, spin, sys};
+use crate::{metrics, slight, spec, spin, sys};
 
 type Result<T> = std::result::Result<T, Error>;
 type Containers = Arc<Mutex<HashMap<String, Container>>>;
@@ -936,21 +936,20 @@ impl Task for TaskService {
         // use; a whole pod's, for its sandbox container); a pod's other containers report
         // what their own guests used, since they share the cgroup.
         let metrics = match self.cgroup_of(&req.id) {
-            Some(cgroup) => cgroup.metrics().map_err(Error::Cgroup)?,
+            Some(cgroup) => cgroup.metrics().map_err(Error::Metrics)?,
             None if self.owns_sandbox(&req.id) => {
                 return Err(
                     Error::Unsupported(format!("container {} has no cgroup", req.id)).into(),
                 );
             }
-            None => cgroup::usage_metrics(
+            None => metrics::usage(
                 self.sandbox()?
                     .usage(&req.id)
                     .await
                     .map_err(Error::Sandbox)?,
             ),
         };
-        let stats =
-            convert_to_any(Box::new(metrics)).map_err(|e| Error::Unsupported(e.to_string()))?;
+        let stats = metrics.into_any().map_err(Error::Metrics)?;
         Ok(StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()

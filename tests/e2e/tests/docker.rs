@@ -1,5 +1,7 @@
 //! Docker Engine 26 (containerd image store) loading and running images built by wasmcell.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use wasmcell_e2e::{
     Docker, assert_serves_hello_http, build_image, cgroup_dir, curl, free_port, guest, wait_for,
@@ -251,5 +253,71 @@ fn docker_runs_the_http_example_as_in_dockers_wasm_guide() -> Result<()> {
         let left = docker.docker(&["ps", "--all", "--quiet"])?.success()?;
         assert!(left.stdout.trim().is_empty(), "{left:?}");
     }
+    Ok(())
+}
+
+/// Issue 26: `docker stats` panicked dockerd 26 (a nil `CPU.Throttling` in the cgroup v1
+/// metrics the shim returned); every later docker command failed and the container's shim and
+/// sandbox stayed behind.
+#[test]
+fn docker_stats_shows_a_wasm_container_and_dockerd_lives_on() -> Result<()> {
+    let (tmp, docker) = docker_with(&[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    let (id, pid) = run_sleeper(&docker, &[])?;
+    let short = &id[..12];
+
+    let once = docker
+        .docker(&["stats", "--no-stream", "--format", "{{json .}}", &id])?
+        .success()?;
+    let row: serde_json::Value = serde_json::from_str(once.stdout.trim())
+        .with_context(|| format!("docker stats --no-stream: {once:?}"))?;
+    assert_eq!(row["ID"], short, "{row}");
+    let memory = row["MemUsage"].as_str().unwrap_or_default();
+    let (used, limit) = memory.split_once(" / ").context("MemUsage")?;
+    assert!(!used.starts_with("0B") && !limit.starts_with("0B"), "{row}");
+    let pids: u64 = row["PIDs"].as_str().unwrap_or_default().parse()?;
+    assert!(pids > 0, "{row}");
+    assert!(
+        row["CPUPerc"].as_str().is_some_and(|c| c.ends_with('%')),
+        "{row}"
+    );
+
+    // Streaming, as `docker stats` runs by default: a row a second until stopped.
+    let streamed = tmp.path().join("stats.out");
+    let mut stream = docker
+        .command()
+        .args(["stats", &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&streamed)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let rows = || -> Result<usize> {
+        let text = std::fs::read_to_string(&streamed)?;
+        Ok(text.lines().filter(|l| l.starts_with(short)).count())
+    };
+    let shown = wait_for("two rows of docker stats", || {
+        if let Some(status) = stream.try_wait()? {
+            anyhow::bail!("docker stats ended ({status}) after {} rows", rows()?);
+        }
+        Ok(rows()? >= 2)
+    });
+    let _ = stream.kill();
+    stream.wait()?;
+    shown?;
+
+    // dockerd is alive and answers; the container still runs.
+    let ps = docker
+        .docker(&["ps", "--format", "{{.ID}} {{.State}}"])?
+        .success()?;
+    assert_eq!(ps.stdout.trim(), format!("{short} running"), "{ps:?}");
+
+    // It stops and is removed, and neither its shim nor its sandbox stays behind.
+    docker.stop(&id)?;
+    docker.docker(&["rm", &id])?.success()?;
+    wait_for("the shim and the sandbox to exit", || {
+        Ok(docker.containerd().shim_pids().is_empty()
+            && !Path::new(&format!("/proc/{pid}")).exists())
+    })?;
+    let all = docker.docker(&["ps", "--all", "--quiet"])?.success()?;
+    assert_eq!(all.stdout, "", "{all:?}");
     Ok(())
 }

@@ -448,6 +448,14 @@ fn metrics_report_the_cgroup() -> Result<()> {
         metrics["pids"]["current"].as_u64().is_some_and(|p| p > 0),
         "{metrics}"
     );
+    // What runc's shim fills and Docker reads (issue 26): throttling, `memory.stat`'s counters.
+    assert!(metrics["cpu"]["throttling"].is_object(), "{metrics}");
+    assert!(
+        metrics["memory"]["total_rss"]
+            .as_u64()
+            .is_some_and(|rss| rss > 0),
+        "{metrics}"
+    );
     Ok(())
 }
 
