@@ -451,6 +451,78 @@ fn metrics_report_the_cgroup() -> Result<()> {
     Ok(())
 }
 
+/// Issue #26: a systemd driver's `cgroupsPath` (`slice:prefix:name`, what containerd's CRI
+/// passes with `SystemdCgroup = true`) was made a literal top-level directory, outside its
+/// slice; on cgroup v2 a limit could not be written at all, as no controller was enabled.
+#[test]
+fn a_systemd_cgroups_path_puts_the_sandbox_in_a_scope_under_its_slice_with_its_limit() -> Result<()>
+{
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    // A slice of this test's own, on a host other tests share: `a-b.slice` nests in `a.slice`.
+    let top = format!("wasmcelltest{}", std::process::id());
+    let cgroups_path = format!("{top}-pod1.slice:cri-containerd:scoped");
+    containerd
+        .run_wasm(
+            &[
+                "-d",
+                "--cgroup",
+                &cgroups_path,
+                "--memory-limit",
+                "67108864",
+            ],
+            "example.com/sleeper:latest",
+            "scoped",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("scoped")?;
+    let memory = cgroup_dir(pid, "memory")?;
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let root = if unified {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    assert_eq!(
+        memory,
+        root.join(format!(
+            "{top}.slice/{top}-pod1.slice/cri-containerd-scoped.scope"
+        ))
+    );
+    let limit_file = if unified {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit = std::fs::read_to_string(memory.join(limit_file))?;
+    assert_eq!(limit.trim(), ((64u64 << 20) + (32 << 20)).to_string());
+
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "scoped"])?
+        .success()?;
+    wait_for("the task's exit", || {
+        Ok(containerd
+            .task("scoped")?
+            .is_some_and(|(_, status)| status == "STOPPED"))
+    })?;
+    containerd.ctr(&["task", "delete", "scoped"])?.success()?;
+    wait_for("the scope's removal", || Ok(!memory.exists()))?;
+    // The slices stay, as systemd's do (and runc's without systemd): this test removes its own.
+    let hierarchies = if unified {
+        vec![root]
+    } else {
+        let entries = std::fs::read_dir("/sys/fs/cgroup")?;
+        entries.map(|e| Ok(e?.path())).collect::<Result<_>>()?
+    };
+    for hierarchy in hierarchies {
+        let slice = hierarchy.join(format!("{top}.slice"));
+        let _ = std::fs::remove_dir(slice.join(format!("{top}-pod1.slice")));
+        let _ = std::fs::remove_dir(slice);
+    }
+    Ok(())
+}
+
 #[test]
 fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
     let (tmp, containerd) =
