@@ -33,6 +33,12 @@ fn pod_with_survivor() -> Result<(tempfile::TempDir, Containerd, u32)> {
     Ok((tmp, containerd, sandbox))
 }
 
+/// Whether this host has cgroup v2's one unified hierarchy (the test hosts are hybrid v1; the
+/// cgroup v2 VM is not).
+fn unified() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 fn status_field(pid: u32, field: &str) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -478,7 +484,7 @@ fn a_systemd_cgroups_path_puts_the_sandbox_in_a_scope_under_its_slice_with_its_l
         .success()?;
     let pid = containerd.running("scoped")?;
     let memory = cgroup_dir(pid, "memory")?;
-    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let unified = unified();
     let root = if unified {
         PathBuf::from("/sys/fs/cgroup")
     } else {
@@ -578,11 +584,23 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
 /// while one of them spins: unthrottled, a spin loop uses a whole core, and load on the
 /// machine can only lower the figure, so this cannot pass by luck or fail by noise.
 fn assert_held_below_half_a_core(pid: u32) -> Result<()> {
-    let usage_file = cgroup_dir(pid, "cpuacct")?.join("cpuacct.usage");
-    let usage = || -> Result<u64> { Ok(std::fs::read_to_string(&usage_file)?.trim().parse()?) };
+    // The cgroup's CPU use: v1's cpuacct.usage (ns), v2's usage_usec in cpu.stat.
+    let usage = || -> Result<Duration> {
+        if unified() {
+            let stat = std::fs::read_to_string(cgroup_dir(pid, "cpu")?.join("cpu.stat"))?;
+            let usec = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .context("no usage_usec in cpu.stat")?;
+            Ok(Duration::from_micros(usec.trim().parse()?))
+        } else {
+            let usage = std::fs::read_to_string(cgroup_dir(pid, "cpuacct")?.join("cpuacct.usage"))?;
+            Ok(Duration::from_nanos(usage.trim().parse()?))
+        }
+    };
     let (before, started) = (usage()?, Instant::now());
     std::thread::sleep(Duration::from_secs(2));
-    let used = Duration::from_nanos(usage()? - before);
+    let used = usage()? - before;
     let wall = started.elapsed();
     ensure!(
         used < wall / 2,
@@ -606,8 +624,13 @@ fn a_cpu_quota_holds_a_spinning_guest() -> Result<()> {
         .success()?;
     let pid = containerd.running("spinner")?;
     // The kernel is told (runc's way), and the guest is held.
-    let quota = std::fs::read_to_string(cgroup_dir(pid, "cpu")?.join("cpu.cfs_quota_us"))?;
-    assert_eq!(quota.trim(), "10000");
+    let (file, expected) = if unified() {
+        ("cpu.max", "10000 100000")
+    } else {
+        ("cpu.cfs_quota_us", "10000")
+    };
+    let quota = std::fs::read_to_string(cgroup_dir(pid, "cpu")?.join(file))?;
+    assert_eq!(quota.trim(), expected);
     assert_held_below_half_a_core(pid)?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "spinner"])?
