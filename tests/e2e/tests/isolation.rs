@@ -105,7 +105,7 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let memory = cgroups
         .lines()
-        .find(|l| l.contains(":memory:"))
+        .find(|l| l.contains(":memory:") || (unified() && l.starts_with("0::")))
         .context("memory cgroup")?;
     let path = memory.rsplit(':').next().unwrap();
     assert!(path.ends_with("/boxed"), "{memory}");
@@ -114,9 +114,10 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
         .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_>>()?;
     threads.sort();
+    let threads_file = if unified() { "cgroup.threads" } else { "tasks" };
     for controller in ["memory", "cpu", "pids"] {
         let dir = cgroup_dir(pid, controller)?;
-        let mut listed: Vec<String> = std::fs::read_to_string(dir.join("tasks"))?
+        let mut listed: Vec<String> = std::fs::read_to_string(dir.join(threads_file))?
             .lines()
             .map(str::to_owned)
             .collect();
