@@ -273,21 +273,32 @@ pub fn assert_serves_hello_http(base: &str) -> Result<()> {
     Ok(())
 }
 
-/// The directory of `pid`'s cgroup for a cgroup v1 controller (the test hosts are hybrid v1).
+/// The directory of `pid`'s cgroup for `controller`: its v1 hierarchy's (the test hosts are
+/// hybrid v1), or on a cgroup v2 host the one unified directory.
 pub fn cgroup_dir(pid: u32, controller: &str) -> Result<PathBuf> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let path = cgroups
         .lines()
         .filter_map(|line| {
             let (_, rest) = line.split_once(':')?;
             rest.split_once(':')
         })
-        .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
-        .map(|(_, path)| path)
+        .find(|(controllers, _)| {
+            if unified {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == controller)
+            }
+        })
+        .map(|(_, path)| path.trim_start_matches('/'))
         .with_context(|| format!("no {controller} cgroup for {pid}"))?;
-    Ok(Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/')))
+    let root = Path::new("/sys/fs/cgroup");
+    Ok(if unified {
+        root.join(path)
+    } else {
+        root.join(controller).join(path)
+    })
 }
 
 /// Waits until `url` answers at all.

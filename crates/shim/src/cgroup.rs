@@ -2,18 +2,28 @@
 //! sandbox process in it before the sandbox runs anything.
 //!
 //! cgroup v1 (this project's CI hosts: a hierarchy per controller under `/sys/fs/cgroup`) and
-//! v2 (one unified hierarchy at `/sys/fs/cgroup`) are both handled; `cgroupsPath` is taken as a
-//! cgroupfs path, as runc does without the systemd driver.
+//! v2 (one unified hierarchy at `/sys/fs/cgroup`) are both handled. `cgroupsPath` is either a
+//! cgroupfs path (`/default/c1`, `/kubepods/burstable/pod<uid>/<id>`) or, in the systemd
+//! driver's form `slice:prefix:name` (what containerd's CRI passes with `SystemdCgroup =
+//! true`), placed where runc's systemd driver places its scope: `<expanded slice>/<prefix>-<name>.scope`.
+//! Both are created with cgroupfs writes, never through systemd's D-Bus API: see
+//! docs/design.md ("cgroups") for why that holds with systemd as PID 1.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::metrics::{self, Metrics, MetricsError, V1Dirs};
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers a container gets a directory in.
 const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
+/// The v2 controllers enabled down to a container's cgroup, where the kernel offers them: the
+/// limits' (`cpu`, `memory`, `pids`), and what OOM detection (`memory.events`) and metrics
+/// (`cpu.stat` throttling, `io.stat`) read. runc enables every controller the root offers; these
+/// are the ones anything here uses.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 
 /// The devices a v1 container may use, after denying all: runc's defaults (its
 /// `AllowedDevices`, without the tun device it no longer grants). Guests see no `/dev`, and
@@ -31,6 +41,157 @@ const V1_ALLOWED_DEVICES: [&str; 10] = [
     "c 136:* rwm",
 ];
 
+/// Why a container's cgroup cannot be placed, created or limited.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// `cgroupsPath` names no place in the hierarchy a container may take.
+    #[error("cgroupsPath {path:?} {reason}")]
+    Path {
+        /// The spec's `cgroupsPath`.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A controller a limit needs could not be enabled for the container's cgroup (cgroup v2:
+    /// an ancestor's `cgroup.subtree_control` refused it, typically because that cgroup holds
+    /// processes itself or was not delegated to us).
+    #[error("the {controller} controller, which the container's {limit} limit needs, cannot be enabled in {}", subtree_control.display())]
+    Controller {
+        /// `memory`, `cpu` or `pids`.
+        controller: &'static str,
+        /// Which limit of the spec needs it.
+        limit: &'static str,
+        /// The `cgroup.subtree_control` that refused it.
+        subtree_control: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// A cgroupfs file or directory could not be made, read or written (the message names it).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A mounted cgroup filesystem: v2's one unified hierarchy, or v1's hierarchy per controller
+/// under a common root. A parameter rather than a constant so that tests can lay a fake tree
+/// out in a temporary directory.
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    root: PathBuf,
+    unified: bool,
+}
+
+impl Hierarchy {
+    /// The host's, at `/sys/fs/cgroup`.
+    pub fn host() -> Hierarchy {
+        Hierarchy::at(Path::new(ROOT))
+    }
+
+    /// The one mounted at `root`: unified (v2) when `root` holds `cgroup.controllers`, which
+    /// only a v2 root does.
+    pub fn at(root: &Path) -> Hierarchy {
+        Hierarchy {
+            root: root.to_owned(),
+            unified: root.join("cgroup.controllers").exists(),
+        }
+    }
+}
+
+/// Where a container's cgroup goes, relative to a hierarchy's root, from the spec's
+/// `cgroupsPath`. A path that does not start with `/` and holds a `:` is the systemd driver's
+/// `slice:prefix:name` (runc takes it so only with `--systemd-cgroup`; no cgroupfs path a
+/// kubelet, containerd or Docker passes holds a `:`); it lands where runc's systemd driver
+/// puts the scope: the slice expanded as systemd nests slices (`a-b.slice` is
+/// `a.slice/a-b.slice`, an empty slice is `system.slice`, `-.slice` the root), then
+/// `<prefix>-<name>.scope` (a `name` ending in `.slice` is taken as is). Anything else is a
+/// cgroupfs path, which may not climb out of the hierarchy with `..`.
+pub fn placement(cgroups_path: &str) -> Result<PathBuf, CgroupError> {
+    let invalid = |reason| CgroupError::Path {
+        path: cgroups_path.to_owned(),
+        reason,
+    };
+    if cgroups_path.starts_with('/') || !cgroups_path.contains(':') {
+        let path = Path::new(cgroups_path);
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(invalid("climbs out of the cgroup hierarchy with `..`"));
+        }
+        let relative: PathBuf = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        if relative.as_os_str().is_empty() {
+            return Err(invalid(
+                "names the hierarchy's root, which a container cannot take",
+            ));
+        }
+        return Ok(relative);
+    }
+    let [slice, prefix, name] = cgroups_path.split(':').collect::<Vec<_>>()[..] else {
+        return Err(invalid(
+            "is not of the systemd driver's form \"slice:prefix:name\"",
+        ));
+    };
+    if name.is_empty() {
+        return Err(invalid(
+            "names no unit (\"slice:prefix:name\" with an empty name)",
+        ));
+    }
+    if [slice, prefix, name].iter().any(|part| part.contains('/')) {
+        return Err(invalid("holds a `/` in a systemd unit name"));
+    }
+    let mut path = expand_slice(if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    })
+    .ok_or_else(|| invalid("names an invalid systemd slice (expected NAME.slice, as a-b.slice)"))?;
+    path.push(if name.ends_with(".slice") {
+        name.to_owned()
+    } else if prefix.is_empty() {
+        format!("{name}.scope")
+    } else {
+        format!("{prefix}-{name}.scope")
+    });
+    Ok(path)
+}
+
+/// A systemd slice's cgroup directory: `a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`,
+/// `-.slice` the root; `None` for a name systemd refuses (no `.slice`, an empty component).
+fn expand_slice(slice: &str) -> Option<PathBuf> {
+    let stem = slice.strip_suffix(".slice").filter(|s| !s.is_empty())?;
+    if stem == "-" {
+        return Some(PathBuf::new());
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for component in stem.split('-') {
+        if component.is_empty() {
+            return None;
+        }
+        prefix.push_str(component);
+        path.push(format!("{prefix}.slice"));
+        prefix.push('-');
+    }
+    Some(path)
+}
+
+/// cgroup v2's `cpu.weight` (1 to 10000, default 100) for v1's `cpu.shares` (2 to 262144,
+/// default 1024), by runc's conversion since 1.3.2 (opencontainers/runc#4785): a quadratic in
+/// log2(shares) that maps the minimum, the default and the maximum onto each other, where the
+/// older linear one gave the default 1024 shares a weight of 39. 0 is "unset".
+pub fn cpu_weight(shares: u64) -> u64 {
+    match shares {
+        0 => 0,
+        1..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            10f64.powf(exponent).ceil() as u64
+        }
+    }
+}
+
 /// The limits the spec sets (`linux.resources`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -46,36 +207,99 @@ pub struct Resources {
     pub pids: Option<i64>,
 }
 
+impl Resources {
+    /// The v2 controllers these limits are written through, each with the limit's name.
+    fn controllers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut needed = Vec::new();
+        if self.memory.is_some() {
+            needed.push(("memory", "memory"));
+        }
+        if self.cpu_quota.is_some() || self.cpu_period.is_some() || self.cpu_shares.is_some() {
+            needed.push(("cpu", "CPU"));
+        }
+        if self.pids.is_some() {
+            needed.push(("pids", "pids"));
+        }
+        needed
+    }
+}
+
 /// A container's cgroup: one directory per v1 controller, or one v2 directory.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     unified: bool,
+    root: PathBuf,
 }
 
 impl Cgroup {
-    /// Creates the cgroup at `path` (relative to each hierarchy's root) with `resources`.
-    pub fn create(path: &str, resources: &Resources) -> io::Result<Cgroup> {
-        let relative = path.trim_start_matches('/');
-        let unified = Path::new(ROOT).join("cgroup.controllers").exists();
-        let dirs: Vec<PathBuf> = if unified {
-            vec![Path::new(ROOT).join(relative)]
-        } else {
-            V1_CONTROLLERS
-                .iter()
-                .map(|c| Path::new(ROOT).join(c).join(relative))
-                .collect()
-        };
-        for dir in &dirs {
-            std::fs::create_dir_all(dir).map_err(|e| context(e, dir))?;
+    /// Creates the cgroup `cgroups_path` names (see [`placement`]) in `hierarchy`, with
+    /// `resources`. On v2 it first enables the controllers in every ancestor's
+    /// `cgroup.subtree_control`, from the root down, as runc's v2 manager does: without them
+    /// the new directory has no `memory.max` to write. If any step fails, the directories
+    /// this call made are removed again, the ancestors it made among them.
+    pub fn create(
+        hierarchy: &Hierarchy,
+        cgroups_path: &str,
+        resources: &Resources,
+    ) -> Result<Cgroup, CgroupError> {
+        let relative = placement(cgroups_path)?;
+        let mut made = Vec::new();
+        let created = Cgroup::create_in(hierarchy, &relative, resources, &mut made);
+        if created.is_err() {
+            for dir in made.iter().rev() {
+                if let Err(error) = std::fs::remove_dir(dir) {
+                    tracing::warn!("cannot remove cgroup {}: {error}", dir.display());
+                }
+            }
         }
-        let cgroup = Cgroup { dirs, unified };
-        if !unified {
+        created
+    }
+
+    /// [`Cgroup::create`]'s steps, recording each directory it makes in `made`.
+    fn create_in(
+        hierarchy: &Hierarchy,
+        relative: &Path,
+        resources: &Resources,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<Cgroup, CgroupError> {
+        let root = &hierarchy.root;
+        let cgroup = if hierarchy.unified {
+            let mut refused = enable_controllers(root, relative, made)?;
+            for (controller, limit) in resources.controllers() {
+                if let Some((subtree_control, source)) = refused.remove(controller) {
+                    return Err(CgroupError::Controller {
+                        controller,
+                        limit,
+                        subtree_control,
+                        source,
+                    });
+                }
+            }
+            Cgroup {
+                dirs: vec![root.join(relative)],
+                unified: true,
+                root: root.clone(),
+            }
+        } else {
+            for controller in V1_CONTROLLERS {
+                make_dirs(&root.join(controller), relative, made, |_| ())?;
+            }
+            let dirs = V1_CONTROLLERS
+                .iter()
+                .map(|c| root.join(c).join(relative))
+                .collect();
+            let cgroup = Cgroup {
+                dirs,
+                unified: false,
+                root: root.clone(),
+            };
             cgroup.write("devices", "devices.deny", "a")?;
             for rule in V1_ALLOWED_DEVICES {
                 cgroup.write("devices", "devices.allow", rule)?;
             }
-        }
+            cgroup
+        };
         cgroup.apply(resources)?;
         Ok(cgroup)
     }
@@ -88,15 +312,18 @@ impl Cgroup {
                 self.write("", "memory.max", &memory.to_string())?;
             }
             if resources.cpu_quota.is_some() || resources.cpu_period.is_some() {
-                let quota = resources
+                // As runc: a quota of 0 or less is "max"; without a period the kernel keeps its own.
+                let mut max = resources
                     .cpu_quota
                     .filter(|q| *q > 0)
                     .map_or("max".to_owned(), |q| q.to_string());
-                self.write(
-                    "",
-                    "cpu.max",
-                    &format!("{quota} {}", resources.cpu_period.unwrap_or(100_000)),
-                )?;
+                if let Some(period) = resources.cpu_period.filter(|p| *p > 0) {
+                    max = format!("{max} {period}");
+                }
+                self.write("", "cpu.max", &max)?;
+            }
+            if let Some(weight) = resources.cpu_shares.map(cpu_weight).filter(|w| *w > 0) {
+                self.write("", "cpu.weight", &weight.to_string())?;
             }
             if let Some(pids) = resources.pids {
                 self.write("", "pids.max", &pids.to_string())?;
@@ -195,7 +422,7 @@ impl Cgroup {
         let dir = self
             .dirs
             .iter()
-            .find(|d| self.unified || d.starts_with(Path::new(ROOT).join(controller)));
+            .find(|d| self.unified || d.starts_with(self.root.join(controller)));
         dir.expect("a directory per controller")
     }
 }
@@ -227,6 +454,284 @@ impl OomWatch {
     }
 }
 
+/// Makes `relative` under `base` and whichever of its ancestors below `base` are missing, top
+/// down, recording each it makes in `made`; `before` runs on `base` and every directory below
+/// it on the way, existing or made, before its child is made.
+fn make_dirs(
+    base: &Path,
+    relative: &Path,
+    made: &mut Vec<PathBuf>,
+    mut before: impl FnMut(&Path),
+) -> io::Result<()> {
+    let mut dir = base.to_owned();
+    for component in relative.components() {
+        before(&dir);
+        dir.push(component);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => made.push(dir.clone()),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(context(error, &dir)),
+        }
+    }
+    Ok(())
+}
+
+/// Makes `relative` under the v2 `root`, enabling [`V2_CONTROLLERS`] (those the root offers)
+/// in the `cgroup.subtree_control` of the root and of every directory below it down to the
+/// new cgroup's parent. Enabling is best effort, as runc's: a controller an ancestor refuses
+/// (one holding processes itself, or not delegated to us) is returned with where and why, and
+/// matters only if a limit needs it.
+fn enable_controllers(
+    root: &Path,
+    relative: &Path,
+    made: &mut Vec<PathBuf>,
+) -> io::Result<BTreeMap<&'static str, (PathBuf, io::Error)>> {
+    let offered = read(&root.join("cgroup.controllers"))?;
+    let offered: Vec<&str> = offered.split_whitespace().collect();
+    let wanted: Vec<&'static str> = V2_CONTROLLERS
+        .into_iter()
+        .filter(|c| offered.contains(c))
+        .collect();
+    let mut refused = BTreeMap::new();
+    make_dirs(root, relative, made, |dir| {
+        let file = dir.join("cgroup.subtree_control");
+        // A missing file is a directory of a fake tree made here: nothing enabled yet.
+        let enabled = read(&file).unwrap_or_default();
+        let enabled: Vec<&str> = enabled.split_whitespace().collect();
+        let missing: Vec<&'static str> = wanted
+            .iter()
+            .copied()
+            .filter(|c| !enabled.contains(c) && !refused.contains_key(c))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let all = missing.iter().map(|c| format!("+{c}")).collect::<Vec<_>>();
+        if std::fs::write(&file, all.join(" ")).is_ok() {
+            return;
+        }
+        // The kernel takes all or none of one write: find out which it refuses, and why.
+        for controller in missing {
+            if let Err(error) = std::fs::write(&file, format!("+{controller}")) {
+                refused.insert(controller, (file.clone(), error));
+            }
+        }
+    })?;
+    Ok(refused)
+}
+
+fn read(path: &Path) -> io::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| context(e, path))
+}
+
 fn context(error: io::Error, path: &Path) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Resources {
+        Resources {
+            memory: Some(96 << 20),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpu_shares: Some(1024),
+            pids: Some(64),
+        }
+    }
+
+    fn file(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// A v2 root as the kernel shows it, with nothing enabled for its children yet.
+    fn v2_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let controllers = "cpuset cpu io memory hugetlb pids rdma misc";
+        std::fs::write(root.path().join("cgroup.controllers"), controllers).unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        root
+    }
+
+    #[test]
+    fn systemd_paths_land_where_runc_puts_the_scope() {
+        for (cgroups_path, expected) in [
+            (
+                "kubepods-besteffort-pod1a2b.slice:cri-containerd:abc",
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b.slice/cri-containerd-abc.scope",
+            ),
+            (":docker:abc", "system.slice/docker-abc.scope"),
+            ("user.slice::abc", "user.slice/abc.scope"),
+            ("-.slice:p:abc", "p-abc.scope"),
+            (
+                "machine.slice:ignored:vm-1.slice",
+                "machine.slice/vm-1.slice",
+            ),
+            ("/default/c3", "default/c3"),
+            ("default/c3", "default/c3"),
+            ("/kubepods/burstable/pod1/c1", "kubepods/burstable/pod1/c1"),
+        ] {
+            assert_eq!(
+                placement(cgroups_path).unwrap(),
+                Path::new(expected),
+                "{cgroups_path}"
+            );
+        }
+    }
+
+    #[test]
+    fn cgroup_paths_that_name_no_container_cgroup_are_refused() {
+        for cgroups_path in [
+            "a.slice:b",
+            "a.slice:b:c:d",
+            "system:p:n",
+            "a--b.slice:p:n",
+            "-a.slice:p:n",
+            ".slice:p:n",
+            "a.slice:p:",
+            "a.slice:p:../../etc",
+            "/../etc",
+            "/default/../../etc",
+            "/",
+            "",
+        ] {
+            let error = placement(cgroups_path).unwrap_err();
+            assert!(
+                matches!(error, CgroupError::Path { .. }),
+                "{cgroups_path}: {error}"
+            );
+        }
+        assert_eq!(
+            placement("a.slice:b").unwrap_err().to_string(),
+            "cgroupsPath \"a.slice:b\" is not of the systemd driver's form \"slice:prefix:name\""
+        );
+    }
+
+    #[test]
+    fn cpu_shares_become_runc_s_cpu_weight() {
+        for (shares, weight) in [
+            (0, 0),
+            (2, 1),
+            (3, 2),
+            (512, 59),
+            (1024, 100),
+            (2048, 174),
+            (262_144, 10_000),
+            (1 << 20, 10_000),
+        ] {
+            assert_eq!(cpu_weight(shares), weight, "{shares} shares");
+        }
+    }
+
+    #[test]
+    fn v2_create_enables_the_controllers_in_every_ancestor_and_writes_the_limits() {
+        let root = v2_root();
+        // The kubelet made and enabled the slice above; it is left as it is.
+        let kubepods = root.path().join("kubepods.slice");
+        std::fs::create_dir(&kubepods).unwrap();
+        std::fs::write(
+            kubepods.join("cgroup.subtree_control"),
+            "cpu io memory pids",
+        )
+        .unwrap();
+
+        let hierarchy = Hierarchy::at(root.path());
+        let cgroup = Cgroup::create(
+            &hierarchy,
+            "kubepods-burstable.slice:cri-containerd:abc",
+            &limits(),
+        )
+        .unwrap();
+
+        let burstable = kubepods.join("kubepods-burstable.slice");
+        let leaf = burstable.join("cri-containerd-abc.scope");
+        let enable_all = "+cpu +io +memory +pids";
+        assert_eq!(
+            file(&root.path().join("cgroup.subtree_control")),
+            enable_all
+        );
+        assert_eq!(
+            file(&kubepods.join("cgroup.subtree_control")),
+            "cpu io memory pids"
+        );
+        assert_eq!(file(&burstable.join("cgroup.subtree_control")), enable_all);
+        // The leaf will hold the sandbox: a cgroup with processes enables nothing below it.
+        assert!(!leaf.join("cgroup.subtree_control").exists());
+        assert_eq!(file(&leaf.join("memory.max")), (96u64 << 20).to_string());
+        assert_eq!(file(&leaf.join("cpu.max")), "50000 100000");
+        assert_eq!(file(&leaf.join("cpu.weight")), "100");
+        assert_eq!(file(&leaf.join("pids.max")), "64");
+        assert_eq!(cgroup.dirs, vec![leaf]);
+    }
+
+    #[test]
+    fn v2_create_refused_a_controller_names_where_and_leaves_no_directory_behind() {
+        let root = v2_root();
+        // An ancestor whose subtree_control refuses every write (as the kernel refuses one
+        // holding processes itself).
+        let kubepods = root.path().join("kubepods");
+        std::fs::create_dir_all(kubepods.join("cgroup.subtree_control")).unwrap();
+        let hierarchy = Hierarchy::at(root.path());
+
+        let error = Cgroup::create(&hierarchy, "/kubepods/pod1/c1", &limits()).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "the memory controller, which the container's memory limit needs, cannot be enabled in {}",
+                kubepods.join("cgroup.subtree_control").display()
+            )),
+            "{error}"
+        );
+        assert!(
+            !kubepods.join("pod1").exists(),
+            "the failed create left pod1 behind"
+        );
+        assert!(kubepods.exists(), "it removed a directory it did not make");
+
+        // Without limits nothing needs the controllers: the cgroup is made, as runc makes it.
+        let cgroup = Cgroup::create(&hierarchy, "/kubepods/pod1/c1", &Resources::default());
+        assert!(cgroup.is_ok(), "{cgroup:?}");
+        assert!(kubepods.join("pod1/c1").is_dir());
+    }
+
+    #[test]
+    fn v1_create_places_a_systemd_path_under_every_controller() {
+        let root = tempfile::tempdir().unwrap();
+        for controller in V1_CONTROLLERS {
+            std::fs::create_dir(root.path().join(controller)).unwrap();
+        }
+        let hierarchy = Hierarchy::at(root.path());
+        Cgroup::create(&hierarchy, ":docker:abc", &limits()).unwrap();
+        let dir = |controller: &str| {
+            root.path()
+                .join(controller)
+                .join("system.slice/docker-abc.scope")
+        };
+        for controller in V1_CONTROLLERS {
+            assert!(dir(controller).is_dir(), "{controller}");
+        }
+        let memory = file(&dir("memory").join("memory.limit_in_bytes"));
+        assert_eq!(memory, (96u64 << 20).to_string());
+        assert_eq!(file(&dir("cpu").join("cpu.shares")), "1024");
+        assert_eq!(file(&dir("pids").join("pids.max")), "64");
+    }
+
+    #[test]
+    fn v1_create_that_fails_removes_the_directories_it_made() {
+        let root = tempfile::tempdir().unwrap();
+        // No pids hierarchy: making the cgroup there fails after memory, cpu and cpuacct.
+        for controller in ["memory", "cpu", "cpuacct", "freezer", "devices"] {
+            std::fs::create_dir(root.path().join(controller)).unwrap();
+        }
+        let hierarchy = Hierarchy::at(root.path());
+        let error = Cgroup::create(&hierarchy, "/default/c3", &limits()).unwrap_err();
+        assert!(error.to_string().contains("pids/default"), "{error}");
+        for controller in ["memory", "cpu", "cpuacct"] {
+            let left = std::fs::read_dir(root.path().join(controller))
+                .unwrap()
+                .count();
+            assert_eq!(left, 0, "{controller} keeps what the failed create made");
+        }
+    }
 }

@@ -62,6 +62,9 @@ pub enum Error {
     /// An OCI hook failed.
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
+    /// The container's cgroup could not be placed, created or limited.
+    #[error("cannot set up the container's cgroup")]
+    CgroupSetup(#[source] crate::cgroup::CgroupError),
     /// The container's cgroup could not be set up.
     #[error("cannot set up the container's cgroup")]
     Cgroup(#[source] std::io::Error),
@@ -135,6 +138,7 @@ impl Error {
             | Error::Sandbox(_)
             | Error::Cgroup(_)
             | Error::Metrics(_)
+            | Error::CgroupSetup(_)
             | Error::Content(_) => Code::INTERNAL,
         }
     }

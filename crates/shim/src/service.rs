@@ -37,7 +37,7 @@ use wasmcell_engine::{
 use wasmcell_sandbox::protocol::{Request, grants};
 use wasmcell_sandbox::{Exited, Sandbox, SandboxError};
 
-use crate::cgroup::{Cgroup, OomWatch, Resources};
+use crate::cgroup::{Cgroup, Hierarchy, OomWatch, Resources};
 use crate::container::{
     Container, ExitInfo, Guest, Payload, Process, State, describe, sandbox_key, split_key,
 };
@@ -159,7 +159,11 @@ impl TaskService {
                             Role::PodSandbox => Resources::default(),
                             Role::PodContainer | Role::Plain => resources,
                         };
-                        Some(Cgroup::create(&path, &resources).map_err(Error::Cgroup)?)
+                        let hierarchy = Hierarchy::host();
+                        Some(
+                            Cgroup::create(&hierarchy, &path, &resources)
+                                .map_err(Error::CgroupSetup)?,
+                        )
                     }
                     None => None,
                 };
@@ -916,7 +920,7 @@ impl Task for TaskService {
         if let Some(cgroup) = self.cgroup_of(&req.id) {
             cgroup
                 .apply(&spec::resources(&resources))
-                .map_err(Error::Cgroup)?;
+                .map_err(|e| Error::CgroupSetup(e.into()))?;
         }
         let limits = spec::instance_limits(&resources);
         for id in keys {

@@ -33,6 +33,12 @@ fn pod_with_survivor() -> Result<(tempfile::TempDir, Containerd, u32)> {
     Ok((tmp, containerd, sandbox))
 }
 
+/// Whether this host has cgroup v2's one unified hierarchy (the test hosts are hybrid v1; the
+/// cgroup v2 VM is not).
+fn unified() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 fn status_field(pid: u32, field: &str) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -99,7 +105,7 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let memory = cgroups
         .lines()
-        .find(|l| l.contains(":memory:"))
+        .find(|l| l.contains(":memory:") || (unified() && l.starts_with("0::")))
         .context("memory cgroup")?;
     let path = memory.rsplit(':').next().unwrap();
     assert!(path.ends_with("/boxed"), "{memory}");
@@ -108,9 +114,10 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
         .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_>>()?;
     threads.sort();
+    let threads_file = if unified() { "cgroup.threads" } else { "tasks" };
     for controller in ["memory", "cpu", "pids"] {
         let dir = cgroup_dir(pid, controller)?;
-        let mut listed: Vec<String> = std::fs::read_to_string(dir.join("tasks"))?
+        let mut listed: Vec<String> = std::fs::read_to_string(dir.join(threads_file))?
             .lines()
             .map(str::to_owned)
             .collect();
@@ -459,6 +466,78 @@ fn metrics_report_the_cgroup() -> Result<()> {
     Ok(())
 }
 
+/// Issue #26: a systemd driver's `cgroupsPath` (`slice:prefix:name`, what containerd's CRI
+/// passes with `SystemdCgroup = true`) was made a literal top-level directory, outside its
+/// slice; on cgroup v2 a limit could not be written at all, as no controller was enabled.
+#[test]
+fn a_systemd_cgroups_path_puts_the_sandbox_in_a_scope_under_its_slice_with_its_limit() -> Result<()>
+{
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("sleeper.wasm", "example.com/sleeper:latest")])?;
+    // A slice of this test's own, on a host other tests share: `a-b.slice` nests in `a.slice`.
+    let top = format!("wasmcelltest{}", std::process::id());
+    let cgroups_path = format!("{top}-pod1.slice:cri-containerd:scoped");
+    containerd
+        .run_wasm(
+            &[
+                "-d",
+                "--cgroup",
+                &cgroups_path,
+                "--memory-limit",
+                "67108864",
+            ],
+            "example.com/sleeper:latest",
+            "scoped",
+            &[],
+        )?
+        .success()?;
+    let pid = containerd.running("scoped")?;
+    let memory = cgroup_dir(pid, "memory")?;
+    let unified = unified();
+    let root = if unified {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    assert_eq!(
+        memory,
+        root.join(format!(
+            "{top}.slice/{top}-pod1.slice/cri-containerd-scoped.scope"
+        ))
+    );
+    let limit_file = if unified {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit = std::fs::read_to_string(memory.join(limit_file))?;
+    assert_eq!(limit.trim(), ((64u64 << 20) + (32 << 20)).to_string());
+
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "scoped"])?
+        .success()?;
+    wait_for("the task's exit", || {
+        Ok(containerd
+            .task("scoped")?
+            .is_some_and(|(_, status)| status == "STOPPED"))
+    })?;
+    containerd.ctr(&["task", "delete", "scoped"])?.success()?;
+    wait_for("the scope's removal", || Ok(!memory.exists()))?;
+    // The slices stay, as systemd's do (and runc's without systemd): this test removes its own.
+    let hierarchies = if unified {
+        vec![root]
+    } else {
+        let entries = std::fs::read_dir("/sys/fs/cgroup")?;
+        entries.map(|e| Ok(e?.path())).collect::<Result<_>>()?
+    };
+    for hierarchy in hierarchies {
+        let slice = hierarchy.join(format!("{top}.slice"));
+        let _ = std::fs::remove_dir(slice.join(format!("{top}-pod1.slice")));
+        let _ = std::fs::remove_dir(slice);
+    }
+    Ok(())
+}
+
 #[test]
 fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
     let (tmp, containerd) =
@@ -514,11 +593,23 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() -> Result<()> {
 /// while one of them spins: unthrottled, a spin loop uses a whole core, and load on the
 /// machine can only lower the figure, so this cannot pass by luck or fail by noise.
 fn assert_held_below_half_a_core(pid: u32) -> Result<()> {
-    let usage_file = cgroup_dir(pid, "cpuacct")?.join("cpuacct.usage");
-    let usage = || -> Result<u64> { Ok(std::fs::read_to_string(&usage_file)?.trim().parse()?) };
+    // The cgroup's CPU use: v1's cpuacct.usage (ns), v2's usage_usec in cpu.stat.
+    let usage = || -> Result<Duration> {
+        if unified() {
+            let stat = std::fs::read_to_string(cgroup_dir(pid, "cpu")?.join("cpu.stat"))?;
+            let usec = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .context("no usage_usec in cpu.stat")?;
+            Ok(Duration::from_micros(usec.trim().parse()?))
+        } else {
+            let usage = std::fs::read_to_string(cgroup_dir(pid, "cpuacct")?.join("cpuacct.usage"))?;
+            Ok(Duration::from_nanos(usage.trim().parse()?))
+        }
+    };
     let (before, started) = (usage()?, Instant::now());
     std::thread::sleep(Duration::from_secs(2));
-    let used = Duration::from_nanos(usage()? - before);
+    let used = usage()? - before;
     let wall = started.elapsed();
     ensure!(
         used < wall / 2,
@@ -542,8 +633,13 @@ fn a_cpu_quota_holds_a_spinning_guest() -> Result<()> {
         .success()?;
     let pid = containerd.running("spinner")?;
     // The kernel is told (runc's way), and the guest is held.
-    let quota = std::fs::read_to_string(cgroup_dir(pid, "cpu")?.join("cpu.cfs_quota_us"))?;
-    assert_eq!(quota.trim(), "10000");
+    let (file, expected) = if unified() {
+        ("cpu.max", "10000 100000")
+    } else {
+        ("cpu.cfs_quota_us", "10000")
+    };
+    let quota = std::fs::read_to_string(cgroup_dir(pid, "cpu")?.join(file))?;
+    assert_eq!(quota.trim(), expected);
     assert_held_below_half_a_core(pid)?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "spinner"])?

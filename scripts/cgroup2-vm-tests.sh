@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs end-to-end tests inside a throw-away cgroup-v2-only VM (the team's cgroup2-vm.sh; this
+# machine's own cgroup mounts stay as they are), e.g.
+#   scripts/cgroup2-vm-tests.sh isolation::a_cpu_quota_holds_a_spinning_guest
+#   CG2VM_INIT=systemd scripts/cgroup2-vm-tests.sh isolation::a_systemd_cgroups_path_puts_the_sandbox_in_a_scope_under_its_slice_with_its_limit
+# Each argument is FILE::TEST (tests/e2e/tests/FILE.rs). Build first (`cargo build --workspace
+# --all-targets`). The VM shares one directory, so the tools, the test guests and this
+# repository are linked into $CARGO_TARGET_DIR/cg2vm, shared with the target directory, and the
+# repository is bind-mounted at its own path inside (the tests find it by their build path).
+# The VM has no cargo: a stand-in lets build-guests.sh copy the prebuilt guests.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+target=$(realpath "${CARGO_TARGET_DIR:?set CARGO_TARGET_DIR}")
+vm=${CG2VM:-$repo/../shared/tools/cgroup2-vm.sh}
+tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
+stage=$target/cg2vm
+(($#)) || { echo "usage: $0 FILE::TEST..." >&2; exit 2; }
+
+rm -rf "$stage" && mkdir -p "$stage/bin"
+cp -al "$tools" "$stage/tools"
+mkdir -p "$stage/repo"
+cp -al "$repo/scripts" "$repo/tests" "$repo/guests" "$stage/repo/"
+printf '#!/bin/sh\nexit 0\n' > "$stage/bin/cargo" && chmod +x "$stage/bin/cargo"
+
+runs=()
+for spec in "$@"; do
+  file=${spec%%::*} name=${spec#*::}
+  exe=$(cd "$repo" && cargo test -p wasmcell-e2e --test "$file" --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  [ -n "$exe" ] || { echo "no test binary for $file" >&2; exit 2; }
+  runs+=("$exe" "$name")
+done
+
+cat > "$stage/run.sh" <<EOF
+#!/bin/bash
+mkdir -p '$repo' && mount --bind '$stage/repo' '$repo'
+export PATH='$stage/bin':\$PATH WASMCELL_TOOLS='$stage/tools'
+echo "cgroup v2: \$(cat /sys/fs/cgroup/cgroup.controllers); PID 1: \$(cat /proc/1/comm); here: \$(cat /proc/self/cgroup)"
+cd '$repo/tests/e2e'
+failed=0
+set -- $(printf "'%s' " "${runs[@]}")
+while ((\$#)); do
+  start=\$(date +%s)
+  "\$1" --test-threads 1 --exact "\$2" || failed=1
+  echo "== \$2: \$(( \$(date +%s) - start ))s"
+  shift 2
+done
+exit \$failed
+EOF
+chmod +x "$stage/run.sh"
+CG2VM_SHARE=$target exec "$vm" "$stage/run.sh"
