@@ -259,16 +259,18 @@ extern "C" fn on_cpu_limit(_: libc::c_int) {
 /// writing a file can write none of the node's.
 const NOBODY: libc::uid_t = 65534;
 
+/// A libc call's result: 0 is success, anything else the errno.
+fn check(result: libc::c_int) -> std::io::Result<()> {
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Roots the child in an empty, read-only tmpfs of its own mount namespace (made by the
 /// parent's `unshare`), so that nothing it is tricked into opening names a file of the node.
 fn root_in_nothing() -> std::io::Result<()> {
-    let check = |result: libc::c_int| {
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
     // SAFETY: plain syscalls on static NUL-terminated strings; they change only this process's
     // own mount namespace and root.
     unsafe {
@@ -300,13 +302,6 @@ fn root_in_nothing() -> std::io::Result<()> {
 /// reading a byte of the binary: all the child needs is its stdin and stdout. The kernel
 /// forgets the parent-death signal when the uid changes, so it is set again after.
 fn drop_privileges() -> std::io::Result<()> {
-    let check = |result: libc::c_int| {
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
     // SAFETY: these calls change only this process's credentials and flags, from arguments
     // that are plain integers and an empty group list.
     unsafe {
