@@ -991,6 +991,28 @@ pub fn containerd_with(
     Ok((tmp, containerd))
 }
 
+/// The annotation that puts containers in one shim and one sandbox, as CRI does for a pod.
+pub const POD_GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
+
+/// A private containerd with the sleeper and `images` imported, and a sleeper "survivor"
+/// running in pod [`POD_GROUP`] (its shim and sandbox are the pod's); returns the sandbox's PID
+/// too, for tests of what a pod's other containers must not do to it.
+pub fn pod_with_survivor(images: &[(&str, &str)]) -> Result<(tempfile::TempDir, Containerd, u32)> {
+    let mut all = vec![("sleeper.wasm", "example.com/sleeper:latest")];
+    all.extend_from_slice(images);
+    let (tmp, containerd) = containerd_with(&[], &all)?;
+    containerd
+        .run_wasm(
+            &["-d", "--annotation", POD_GROUP],
+            "example.com/sleeper:latest",
+            "survivor",
+            &[],
+        )?
+        .success()?;
+    let sandbox = containerd.running("survivor")?;
+    Ok((tmp, containerd, sandbox))
+}
+
 /// Polls `done` until it holds, for at most 10 s.
 pub fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);

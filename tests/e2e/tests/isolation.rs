@@ -7,31 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use wasmcell_e2e::{
-    Containerd, RUNTIME, build_image, cgroup_dir, containerd_with, guest, wait_for,
+    Containerd, POD_GROUP, RUNTIME, build_image, cgroup_dir, containerd_with, guest,
+    pod_with_survivor, wait_for,
 };
-
-/// Puts containers in one shim and one sandbox, as CRI does for a pod.
-const GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
-
-/// A private containerd with the sleeper and hostile images, and a sleeper "survivor" running in
-/// pod [`GROUP`] (its shim and sandbox are the pod's); returns the sandbox's PID too.
-fn pod_with_survivor() -> Result<(tempfile::TempDir, Containerd, u32)> {
-    let images = [
-        ("sleeper.wasm", "example.com/sleeper:latest"),
-        ("hostile.wasm", "example.com/hostile:latest"),
-    ];
-    let (tmp, containerd) = containerd_with(&[], &images)?;
-    containerd
-        .run_wasm(
-            &["-d", "--annotation", GROUP],
-            "example.com/sleeper:latest",
-            "survivor",
-            &[],
-        )?
-        .success()?;
-    let sandbox = containerd.running("survivor")?;
-    Ok((tmp, containerd, sandbox))
-}
 
 /// Whether this host has cgroup v2's one unified hierarchy (the test hosts are hybrid v1; the
 /// cgroup v2 VM is not).
@@ -164,11 +142,12 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
 
 #[test]
 fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> Result<()> {
-    let (_tmp, containerd, sandbox) = pod_with_survivor()?;
+    let (_tmp, containerd, sandbox) =
+        pod_with_survivor(&[("hostile.wasm", "example.com/hostile:latest")])?;
     let mut events = containerd.events()?;
 
     for (id, opts) in [
-        ("hog-grouped", vec!["--rm", "--annotation", GROUP]),
+        ("hog-grouped", vec!["--rm", "--annotation", POD_GROUP]),
         ("hog-alone", vec!["--rm"]),
     ] {
         let mut opts = opts;
@@ -225,8 +204,9 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
 
 #[test]
 fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
-    let (tmp, containerd, sandbox) = pod_with_survivor()?;
-    let group = ["--rm", "--annotation", GROUP];
+    let (tmp, containerd, sandbox) =
+        pod_with_survivor(&[("hostile.wasm", "example.com/hostile:latest")])?;
+    let group = ["--rm", "--annotation", POD_GROUP];
 
     // Deep recursion: the engine's stack limit, a trap, 134.
     let out = containerd.run_wasm(
@@ -241,7 +221,7 @@ fn hostile_guests_end_alone_with_a_reason() -> Result<()> {
     // An infinite loop without host calls still ends at once on SIGKILL (epoch interruption).
     containerd
         .run_wasm(
-            &["-d", "--annotation", GROUP],
+            &["-d", "--annotation", POD_GROUP],
             "example.com/hostile:latest",
             "spin",
             &["/hostile.wasm", "spin"],
@@ -651,8 +631,9 @@ fn a_cpu_quota_holds_a_spinning_guest() -> Result<()> {
 fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
     // The pod's sandbox (and its cgroup) comes from the survivor, which has no CPU quota;
     // only the engine's time slicing can hold the spinner to its own 10%.
-    let (_tmp, containerd, pid) = pod_with_survivor()?;
-    let spin = ["-d", "--annotation", GROUP, "--cpus", "0.1"];
+    let (_tmp, containerd, pid) =
+        pod_with_survivor(&[("hostile.wasm", "example.com/hostile:latest")])?;
+    let spin = ["-d", "--annotation", POD_GROUP, "--cpus", "0.1"];
     containerd
         .run_wasm(
             &spin,

@@ -3,29 +3,9 @@
 //! succeed or fail alone, and the pod's other containers keep running.
 
 use anyhow::{Context, Result, ensure};
-use wasmcell_e2e::{Containerd, containerd_with, wait_for};
+use wasmcell_e2e::{Containerd, POD_GROUP, pod_with_survivor, wait_for};
 
-/// Puts containers in one shim and one sandbox, as CRI does for a pod.
-const GROUP: &str = "io.kubernetes.cri.sandbox-id=pod1";
-
-/// A private containerd with `images` imported and a sleeper "survivor" running in the pod
-/// [`GROUP`]; returns the sandbox's PID too.
-fn pod_with_survivor(images: &[(&str, &str)]) -> Result<(tempfile::TempDir, Containerd, u32)> {
-    let mut all = vec![("sleeper.wasm", "example.com/sleeper:latest")];
-    all.extend_from_slice(images);
-    let (tmp, containerd) = containerd_with(&[], &all)?;
-    containerd
-        .run_wasm(
-            &["-d", "--annotation", GROUP],
-            "example.com/sleeper:latest",
-            "survivor",
-            &[],
-        )?
-        .success()?;
-    let sandbox = containerd.running("survivor")?;
-    Ok((tmp, containerd, sandbox))
-}
-
+/// Whether the pod's survivor still runs, as the same process.
 fn assert_survived(containerd: &Containerd, sandbox: u32) -> Result<()> {
     ensure!(
         containerd.task("survivor")? == Some((sandbox, "RUNNING".to_owned())),
@@ -42,7 +22,7 @@ fn a_container_with_a_hundred_bind_mounts_runs_in_the_pod() -> Result<()> {
     let mut opts = vec![
         "--rm".to_owned(),
         "--annotation".to_owned(),
-        GROUP.to_owned(),
+        POD_GROUP.to_owned(),
     ];
     for i in 0..100 {
         let dir = tmp.path().join(format!("mount{i}"));
@@ -82,7 +62,7 @@ fn thirty_thousand_args_and_seven_thousand_env_variables_reach_the_guest() -> Re
     let mut cmd = vec!["/hello.wasm"];
     cmd.extend(args.iter().map(String::as_str));
     let out = containerd.run_wasm(
-        &["--rm", "--annotation", GROUP],
+        &["--rm", "--annotation", POD_GROUP],
         "example.com/hello:latest",
         "many-args",
         &cmd,
@@ -121,7 +101,7 @@ fn thirty_thousand_args_and_seven_thousand_env_variables_reach_the_guest() -> Re
         &[
             "--rm",
             "--annotation",
-            GROUP,
+            POD_GROUP,
             "--env-file",
             env_file.to_str().context("utf-8")?,
         ],
@@ -189,7 +169,7 @@ fn a_guest_holding_every_descriptor_fails_the_next_create_alone() -> Result<()> 
     let before = open_fds(sandbox)?;
     let create = |id: &str| {
         containerd.run_wasm(
-            &["--rm", "--annotation", GROUP],
+            &["--rm", "--annotation", POD_GROUP],
             "example.com/hello:latest",
             id,
             &["/hello.wasm", "still", "here"],
@@ -199,7 +179,7 @@ fn a_guest_holding_every_descriptor_fails_the_next_create_alone() -> Result<()> 
         let hog = format!("hog{spare}");
         containerd
             .run_wasm(
-                &["-d", "--annotation", GROUP],
+                &["-d", "--annotation", POD_GROUP],
                 "example.com/hostile:latest",
                 &hog,
                 &[
