@@ -19,7 +19,7 @@ pub mod linux_image;
 pub mod soak;
 pub mod stream;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -602,6 +602,34 @@ disabled_plugins = {disabled:?}
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?)
+    }
+
+    /// Kills task `id` (SIGKILL), waits until it is stopped, and deletes it and its container.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        self.ctr(&["task", "kill", "-s", "SIGKILL", id])?
+            .success()?;
+        self.wait_status(id, "STOPPED")?;
+        self.ctr(&["task", "delete", id])?.success()?;
+        self.ctr(&["container", "delete", id])?.success()?;
+        Ok(())
+    }
+
+    /// Stops `events` (from [`Containerd::events`]) and checks that each of `ids` had a
+    /// `/tasks/oom` event in what it printed.
+    pub fn assert_oom_events(mut events: Child, ids: &[&str]) -> Result<()> {
+        let _ = events.kill();
+        let seen: Vec<String> = BufReader::new(events.stdout.take().context("events' stdout")?)
+            .lines()
+            .collect::<Result<_, _>>()?;
+        for id in ids {
+            ensure!(
+                seen.iter()
+                    .any(|l| l.contains("/tasks/oom") && l.contains(id)),
+                "no /tasks/oom for {id} in:\n{}",
+                seen.join("\n")
+            );
+        }
+        Ok(())
     }
 
     /// Runs `ctr ARGS...` to completion.

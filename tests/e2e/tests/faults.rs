@@ -30,12 +30,7 @@ fn containers_run_on_through_a_containerd_restart_and_stop_cleanly_after() -> Re
         containerd.restart(signal)?;
         // The same task, the same process, still running, still under control.
         assert_eq!(containerd.running(id)?, pid, "{signal}");
-        containerd
-            .ctr(&["task", "kill", "-s", "SIGKILL", id])?
-            .success()?;
-        containerd.wait_status(id, "STOPPED")?;
-        containerd.ctr(&["task", "delete", id])?.success()?;
-        containerd.ctr(&["container", "delete", id])?.success()?;
+        containerd.remove(id)?;
     }
     settled(&before, || Footprint::of(&containerd, &namespace))?;
     Ok(())

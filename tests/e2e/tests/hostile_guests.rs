@@ -3,7 +3,6 @@
 //! database, statements ended at the request's deadline), stores in read-only places, and the
 //! memory limit as the total of a store's memories and tables.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -52,16 +51,6 @@ fn run_shop(containerd: &Containerd, id: &str, opts: &[&str], log: &Path) -> Res
     let base = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{base}/health"))?;
     Ok(base)
-}
-
-fn stop(containerd: &Containerd, id: &str) -> Result<()> {
-    containerd
-        .ctr(&["task", "kill", "-s", "SIGKILL", id])?
-        .success()?;
-    containerd.wait_status(id, "STOPPED")?;
-    containerd.ctr(&["task", "delete", id])?.success()?;
-    containerd.ctr(&["container", "delete", id])?.success()?;
-    Ok(())
 }
 
 /// The shop's `POST /sql`: the body run as one statement on its `default` database.
@@ -120,7 +109,7 @@ fn r24_a_components_sql_makes_no_file_on_the_host() -> Result<()> {
     assert_eq!(sql(&base, "SELECT 40 + 2")?.body, "42\n");
     let orders = curl(&["--data-binary", "tea", &format!("{base}/orders")])?;
     assert_eq!((orders.status, orders.body.as_str()), (200, "1 tea\n"));
-    stop(&containerd, "shop")
+    containerd.remove("shop")
 }
 
 /// Issue 24: a recursive CTE held the server's threads: no 504, and every other request timed
@@ -151,7 +140,7 @@ fn r24_a_runaway_query_ends_at_the_deadline_and_the_server_serves_on() -> Result
     assert_eq!(runaway.status, 504, "{runaway:?}");
     // Its statement was interrupted: the database is free for the next request.
     assert_eq!(sql(&base, "SELECT 40 + 2")?.body, "42\n");
-    stop(&containerd, "shop")
+    containerd.remove("shop")
 }
 
 /// Issue 24: key-value and SQLite files were created and written in a volume mounted `ro` and in
@@ -197,13 +186,13 @@ fn r24_stores_in_read_only_places_are_never_written() -> Result<()> {
     let orders = curl(&["--data-binary", "tea", &format!("{base}/orders")])?;
     assert_eq!(orders.status, 500, "{orders:?}");
     assert_eq!(files_under(&volume), Vec::<PathBuf>::new());
-    stop(&containerd, "empty")?;
+    containerd.remove("empty")?;
 
     // Written once where it may be, then read where it is read-only.
     let base = run_shop(&containerd, "writer", &["--mount", &mount("rw")], &log)?;
     assert_eq!(put(&base, "blue")?.status, 201);
     curl(&["--data-binary", "tea", &format!("{base}/orders")])?;
-    stop(&containerd, "writer")?;
+    containerd.remove("writer")?;
     let snapshot = |dir: &Path| -> Result<Vec<(PathBuf, Vec<u8>)>> {
         let mut files = files_under(dir);
         files.sort();
@@ -226,7 +215,7 @@ fn r24_stores_in_read_only_places_are_never_written() -> Result<()> {
     assert!(write.body.contains("read-only"), "{write:?}");
     assert_eq!(sql(&base, "SELECT item FROM orders")?.body, "tea\n");
     assert_eq!(curl(&[&format!("{base}/kv/color")])?.body, "blue");
-    stop(&containerd, "reader")?;
+    containerd.remove("reader")?;
     assert_eq!(snapshot(&volume)?, before);
 
     // A `--read-only` rootfs: Spin's default stores (in the app's directory) are not made.
@@ -244,7 +233,7 @@ fn r24_stores_in_read_only_places_are_never_written() -> Result<()> {
         .filter(|f| f.to_string_lossy().contains("sqlite_key_value"))
         .collect();
     assert_eq!(made, Vec::<PathBuf>::new());
-    stop(&containerd, "rofs")
+    containerd.remove("rofs")
 }
 
 /// A module that grows, by export: `memories` 8 memories to 48 MiB each; `table` a table to
@@ -284,7 +273,7 @@ fn r24_a_stores_memories_and_tables_together_end_it_with_137_and_an_oom_event() 
         tmp.path(),
         &[],
     )?)?;
-    let mut events = containerd.events()?;
+    let events = containerd.events()?;
     let limit = ["--memory-limit", "67108864"];
 
     let runs: [(&str, &str, Vec<&str>, &str); 5] = [
@@ -324,17 +313,6 @@ fn r24_a_stores_memories_and_tables_together_end_it_with_137_and_an_oom_event() 
         assert!(out.stderr.contains(reason), "{id}: {out:?}");
     }
 
-    let _ = events.kill();
-    let seen: Vec<String> = BufReader::new(events.stdout.take().expect("events' stdout"))
-        .lines()
-        .collect::<Result<_, _>>()?;
-    for (id, ..) in &runs {
-        assert!(
-            seen.iter()
-                .any(|l| l.contains("/tasks/oom") && l.contains(id)),
-            "no /tasks/oom for {id} in:\n{}",
-            seen.join("\n")
-        );
-    }
-    Ok(())
+    let ids: Vec<&str> = runs.iter().map(|(id, ..)| *id).collect();
+    Containerd::assert_oom_events(events, &ids)
 }

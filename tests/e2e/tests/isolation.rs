@@ -1,7 +1,6 @@
 //! The sandbox process and limits, under a real containerd: what a runc user expects of the
 //! Linux boundary, and hostile guests that must end alone.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -144,7 +143,7 @@ fn the_sandbox_runs_without_privilege_in_its_own_namespaces_and_cgroup() -> Resu
 fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> Result<()> {
     let (_tmp, containerd, sandbox) =
         pod_with_survivor(&[("hostile.wasm", "example.com/hostile:latest")])?;
-    let mut events = containerd.events()?;
+    let events = containerd.events()?;
 
     for (id, opts) in [
         ("hog-grouped", vec!["--rm", "--annotation", POD_GROUP]),
@@ -187,19 +186,7 @@ fn a_guest_past_its_memory_limit_ends_with_137_and_an_oom_event_and_alone() -> R
         Some((sandbox, "RUNNING".to_owned())),
         "the pod's other container died"
     );
-    let _ = events.kill();
-    let seen: Vec<String> = BufReader::new(events.stdout.take().unwrap())
-        .lines()
-        .collect::<Result<_, _>>()?;
-    for id in ["hog-grouped", "hog-alone"] {
-        assert!(
-            seen.iter()
-                .any(|l| l.contains("/tasks/oom") && l.contains(id)),
-            "no /tasks/oom for {id} in:\n{}",
-            seen.join("\n")
-        );
-    }
-    Ok(())
+    Containerd::assert_oom_events(events, &["hog-grouped", "hog-alone"])
 }
 
 #[test]
