@@ -1051,6 +1051,42 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()
     Ok(())
 }
 
+/// Busy threads competing with containerd, the shim and the client for this machine's cores
+/// until dropped: output that was lost only when a client was slow to read (1-2 of 60 execs
+/// under load) is lost in a test only under load.
+pub struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    spinners: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    /// One spinning thread per core.
+    pub fn on_every_core() -> CpuLoad {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinners = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        CpuLoad { stop, spinners }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for spinner in self.spinners.drain(..) {
+            let _ = spinner.join();
+        }
+    }
+}
+
 /// A private `redis-server` (Debian's, installed by scripts/setup.sh) on a free loopback port,
 /// keeping nothing on disk; stopped by PID when dropped.
 pub struct Redis {

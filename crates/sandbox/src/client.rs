@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::{Channel, SendError};
-use crate::protocol::{Answer, Message, Request, Setup, UNSOLICITED};
+use crate::protocol::{Answer, Grant, Message, Open, Request, Setup, UNSOLICITED};
 use crate::sys;
 
 /// Why talking to the sandbox failed.
@@ -114,15 +114,7 @@ impl Sandbox {
     /// its grants, opened here in the order listed.
     pub async fn request(&self, request: Request) -> Result<Answer, SandboxError> {
         let grants = match &request {
-            Request::Create { grants, .. } => grants
-                .iter()
-                .map(|grant| {
-                    sys::open_grant(grant).map_err(|source| SandboxError::Grant {
-                        path: grant.path.clone(),
-                        source,
-                    })
-                })
-                .collect::<Result<Vec<OwnedFd>, _>>()?,
+            Request::Create { grants, .. } => open_grants(grants).await?,
             _ => Vec::new(),
         };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -223,4 +215,99 @@ fn read_messages(control: &Channel, pending: Pending, exits: mpsc::UnboundedSend
     }
     // Dropping the senders wakes every waiter with `Gone`; later requests fail at once.
     pending.lock().expect("pending lock").take();
+}
+
+/// How long a stdout or stderr FIFO may wait for its client's reader: clients open their end
+/// before they ask for the process, so this is only reached when nobody will ever read.
+const READER_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `grants` in order, as [`sys::open_grant`] does, but a stdout or stderr FIFO only once
+/// its client reads it.
+///
+/// The FIFO is opened read-write (it then never reports EPIPE when the client goes away), which
+/// succeeds with nobody reading. If the guest wrote and ended and every descriptor closed before
+/// the client's reader had entered `open(2)` (a busy machine), the kernel freed the pipe with
+/// the guest's output in it, and the client, finding no writer, saw none: a `ctr task exec`
+/// exited 0 having printed nothing. runc's shim avoids this by opening the FIFO write-only, which
+/// waits for the reader; here a write-only probe proves the reader is there and is held until the
+/// read-write descriptor is open, so the reader never sees a moment without a writer (an EOF).
+async fn open_grants(grants: &[Grant]) -> Result<Vec<OwnedFd>, SandboxError> {
+    let failed = |grant: &Grant| {
+        let path = grant.path.clone();
+        move |source| SandboxError::Grant { path, source }
+    };
+    let mut opened = Vec::with_capacity(grants.len());
+    for grant in grants {
+        let _reader_attached = match grant.open {
+            Open::Write => reader_attached(&grant.path).await.map_err(failed(grant))?,
+            _ => None,
+        };
+        opened.push(sys::open_grant(grant).map_err(failed(grant))?);
+    }
+    Ok(opened)
+}
+
+/// A write-only descriptor of `fifo` once some process reads it, polling with a growing pause;
+/// `None` after [`READER_WAIT`] (the output then waits in the pipe for a later reader, such as
+/// `ctr task attach`).
+async fn reader_attached(fifo: &std::path::Path) -> std::io::Result<Option<OwnedFd>> {
+    let deadline = tokio::time::Instant::now() + READER_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(writer) = sys::fifo_writer_if_read(fifo)? {
+            return Ok(Some(writer));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(fifo = %fifo.display(), "no client reads this output; starting anyway");
+            return Ok(None);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// A guest that writes and ends before its client's reader has opened the FIFO (a busy
+    /// machine) still has its output read: the grant waits for the reader, and the pipe with
+    /// the output in it outlives the guest's descriptor.
+    #[tokio::test]
+    async fn output_written_before_a_late_reader_opens_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            // The client's reader, late: it opens only after the grant is asked for.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .and_then(|mut reader| reader.read_to_string(&mut text))
+                .unwrap();
+            let _ = read_tx.send(text);
+        });
+
+        let grant = Grant {
+            path: fifo,
+            open: Open::Write,
+        };
+        let mut opened = open_grants(&[grant]).await.unwrap();
+        let mut guest = std::fs::File::from(opened.pop().unwrap());
+        guest.write_all(b"the guest's only line\n").unwrap();
+        drop(guest);
+
+        // Without the wait the reader would block forever on a new, empty pipe.
+        let text =
+            tokio::task::spawn_blocking(move || read_rx.recv_timeout(Duration::from_secs(30)))
+                .await
+                .unwrap()
+                .expect("the reader got the output and its end");
+        assert_eq!(text, "the guest's only line\n");
+    }
 }

@@ -10,7 +10,7 @@ use wasmcell_engine::{CompileCache, Controls, Engine, Exit, Prepared, Usage, err
 
 use crate::channel::{Channel, Incoming};
 use crate::protocol::{
-    Answer, CONTROL_FD, Message, Open, Request, Setup, UNSOLICITED, apply_grants,
+    Answer, CONTROL_FD, Grant, Message, Open, Request, Setup, UNSOLICITED, apply_grants,
 };
 use crate::sys;
 
@@ -94,9 +94,53 @@ struct Workload {
     /// The detached mounts its spec reaches through `/proc/self/fd`; closed when it is
     /// deleted.
     _reached: Vec<OwnedFd>,
-    /// Its stdio: handed to the run at start and closed the moment the guest ends, as a
-    /// process's stdio closes when it exits, so readers see end of file (Docker waits for it).
-    stdio: Vec<OwnedFd>,
+    /// Its stdio: handed to the run at start and closed the moment the guest ends and its
+    /// output is read, as a process's stdio closes when it exits, so readers see end of file
+    /// (Docker waits for it).
+    stdio: Stdio,
+}
+
+/// A workload's stdio descriptors, its output FIFOs apart.
+#[derive(Default)]
+struct Stdio {
+    /// stdout and stderr FIFOs, whose client reads them.
+    fifos: Vec<OwnedFd>,
+    /// Everything else: stdin, `file://` logs.
+    _others: Vec<OwnedFd>,
+}
+
+/// How long an exit waits for its client to read the output the guest left in its FIFOs.
+const OUTPUT_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Stdio {
+    fn of<'a>(granted: impl IntoIterator<Item = (&'a Grant, OwnedFd)>) -> Stdio {
+        let (fifos, others): (Vec<_>, Vec<_>) = granted
+            .into_iter()
+            .partition(|(grant, _)| grant.open == Open::Write);
+        Stdio {
+            fifos: fifos.into_iter().map(|(_, fd)| fd).collect(),
+            _others: others.into_iter().map(|(_, fd)| fd).collect(),
+        }
+    }
+
+    /// Closes the descriptors once the client has read what the guest wrote to its output
+    /// FIFOs (at most [`OUTPUT_READ_WAIT`]), so the exit that follows cannot overtake the
+    /// output: a client stops reading at the exit (`ctr` cancels a reader it has not yet
+    /// opened, Docker waits 2 s for the streams), and output still in the pipe was lost.
+    /// A client that reads nothing (`ctr run -d`) only delays the exit by the bound.
+    async fn close_once_read(self) {
+        let deadline = tokio::time::Instant::now() + OUTPUT_READ_WAIT;
+        let mut pause = std::time::Duration::from_millis(1);
+        while tokio::time::Instant::now() < deadline
+            && self
+                .fifos
+                .iter()
+                .any(|fd| sys::unread_bytes(fd).is_ok_and(|unread| unread > 0))
+        {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// Where the running workloads' signals go, by key; shared with their runners, which remove
@@ -206,7 +250,7 @@ async fn handle(
                 controls: prepared.controls(),
                 prepared: Arc::new(prepared),
                 _reached: reached.into_iter().map(|(_, fd)| fd).collect(),
-                stdio: stdio.into_iter().map(|(_, fd)| fd).collect(),
+                stdio: Stdio::of(stdio),
             };
             workloads.live.insert(id, workload);
             Ok(Answer::Done)
@@ -225,8 +269,7 @@ async fn handle(
             let stdio = std::mem::take(&mut workload.stdio);
             let (outbox, running) = (outbox.clone(), running.clone());
             tokio::spawn(async move {
-                let run = prepared.run(&controls);
-                tokio::pin!(run);
+                let mut run = Box::pin(prepared.run(&controls));
                 let (status, oom) = loop {
                     tokio::select! {
                         exit = &mut run => break match exit {
@@ -246,7 +289,9 @@ async fn handle(
                         }
                     }
                 };
-                drop(stdio);
+                // The guest's own descriptors first, so that what stays open is ours alone.
+                drop(run);
+                stdio.close_once_read().await;
                 let mut running = running.lock().expect("running lock");
                 running.remove(&id);
                 if !id.contains('/') {

@@ -237,6 +237,34 @@ pub fn open_grant(grant: &Grant) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// How many bytes wait in the pipe behind `fd` for its reader (`FIONREAD`).
+pub fn unread_bytes(fd: &OwnedFd) -> io::Result<usize> {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer it is given.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(unread).unwrap_or(0))
+}
+
+/// Opens `fifo` write-only without waiting, which succeeds only while some process has it
+/// open for reading (or is blocked opening it): `None` when nobody does yet (`ENXIO`).
+///
+/// Holding this descriptor until the grant's own descriptor is open proves a client's reader
+/// is attached before the guest writes; see [`crate::client::Sandbox::request`].
+pub fn fifo_writer_if_read(fifo: &Path) -> io::Result<Option<OwnedFd>> {
+    match nix::fcntl::open(
+        fifo,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        // SAFETY: `open` returned a new descriptor that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+        Err(nix::Error::ENXIO) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// A detached copy of the mount tree at `path` (`open_tree(OPEN_TREE_CLONE)`, as a bind
 /// mount is made), `nosuid`, `nodev` and `noexec`, and read-only unless `access` writes.
 ///

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use wasmcell_e2e::{
-    Docker, assert_serves_hello_http, build_image, cgroup_dir, curl, free_port, guest, wait_for,
-    wait_http,
+    CpuLoad, Docker, assert_serves_hello_http, build_image, cgroup_dir, curl, free_port, guest,
+    wait_for, wait_http,
 };
 
 const RUNTIME: &str = "--runtime=io.containerd.wasmtime.v1";
@@ -319,5 +319,52 @@ fn docker_stats_shows_a_wasm_container_and_dockerd_lives_on() -> Result<()> {
     })?;
     let all = docker.docker(&["ps", "--all", "--quiet"])?.success()?;
     assert_eq!(all.stdout, "", "{all:?}");
+    Ok(())
+}
+
+/// `docker exec` and `docker run --rm` of short commands, many times over with every core busy:
+/// every line reaches the client (Docker waits at most 2 s for a process's streams after its
+/// exit, then closes them; output the shim had not let it read by then was lost).
+#[test]
+fn every_docker_exec_and_runs_output_arrives_under_load() -> Result<()> {
+    let (_tmp, docker) = docker_with(&[
+        ("sleeper.wasm", "example.com/sleeper:latest"),
+        ("hello.wasm", "example.com/hello:latest"),
+    ])?;
+    let (id, _) = run_sleeper(&docker, &[])?;
+    let _load = CpuLoad::on_every_core();
+    let mut lost = Vec::new();
+    const EXECS: usize = 60;
+    for n in 0..EXECS {
+        let exec = docker.docker(&["exec", &id, "/sleeper.wasm", "0"])?;
+        if exec.stdout != "sleeper started\nsleeper done\n" || exec.code != Some(0) {
+            lost.push((n, exec));
+        }
+    }
+    const RUNS: usize = 20;
+    for n in 0..RUNS {
+        let line = format!("line{n}");
+        let err = format!("stderr=err{n}");
+        let run = docker.docker(&[
+            "run",
+            "--rm",
+            RUNTIME,
+            PLATFORM,
+            "example.com/hello:latest",
+            &line,
+            &err,
+        ])?;
+        if run.stdout != format!("Hello from Wasm!\narg: {line}\n")
+            || run.stderr != format!("err{n}\n")
+            || run.code != Some(0)
+        {
+            lost.push((EXECS + n, run));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {EXECS} execs and {RUNS} runs lost output: {lost:?}",
+        lost.len()
+    );
     Ok(())
 }

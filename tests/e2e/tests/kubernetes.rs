@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, PodSandboxState};
 use wasmcell_e2e::cri::{Cri, Pod};
-use wasmcell_e2e::{Registry, assert_serves_hello_http, guest, run, stream, wait_for, wasmcell};
+use wasmcell_e2e::{
+    CpuLoad, Registry, assert_serves_hello_http, guest, run, stream, wait_for, wasmcell,
+};
 
 /// A node: CRI on a private containerd, and a registry holding the test images, pushed by
 /// `wasmcell build --push` as a user would.
@@ -563,6 +565,34 @@ fn execs_probe_and_stream_and_refuse_what_is_not_wasm() -> Result<()> {
             out.exit_code
         ),
         ("Hello from Wasm!\narg: probe\n", "warn\n", 3)
+    );
+    // Exec probes read every line, every time, with every core busy (1-2 of 60 execs lost
+    // their output under load, with ctr).
+    let load = CpuLoad::on_every_core();
+    let mut lost = Vec::new();
+    for n in 0..100 {
+        let (arg, warn) = (format!("probe{n}"), format!("stderr=warn{n}"));
+        let out = cri.exec_sync(&id, &["/hello.wasm", &arg, &warn], 30)?;
+        let seen = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.exit_code,
+        );
+        if seen
+            != (
+                format!("Hello from Wasm!\narg: {arg}\n"),
+                format!("warn{n}\n"),
+                0,
+            )
+        {
+            lost.push((n, seen));
+        }
+    }
+    drop(load);
+    ensure!(
+        lost.is_empty(),
+        "{} of 100 ExecSyncs lost output: {lost:?}",
+        lost.len()
     );
     // Past its timeout the exec is killed and the probe fails, without waiting for output.
     let started = Instant::now();
