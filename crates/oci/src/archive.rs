@@ -1,205 +1,19 @@
 //! Reading Wasm images back, from an OCI archive (an OCI layout in a tar, as `ctr images
 //! import`, `docker load` and `wasmcell run` read it) or from the local store, in either format
-//! (see [`crate::image`]); and the helpers both directions share.
+//! (see [`crate::image`]).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
-use crate::image::{TITLE_ANNOTATION, WASM_CONFIG_MEDIA_TYPE};
+use crate::error::{ArchiveError, io_err, json_err};
 use crate::layout::{Layout, sha256};
-use crate::platform::{Platform, PlatformError};
-use crate::spin::{MAX_SPIN_LAYERS, SpinImage, is_spin_manifest};
-use crate::unpack::MAX_UNPACKED;
-use crate::wasm::FileKind;
-
-/// Layer media types that are the Wasm binary itself, not a tar: the CNCF artifact's, and
-/// those of earlier Wasm artifact tools (runwasi's, wasm-pkg-tools').
-pub const WASM_LAYER_MEDIA_TYPES: [&str; 3] = [
-    "application/wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-];
-
-/// Errors reading or writing an image archive.
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    /// The input to `build` is not a Wasm binary.
-    #[error("{file} is {kind}")]
-    NotWasm {
-        /// The file given.
-        file: String,
-        /// What it is instead.
-        kind: FileKind,
-    },
-    /// The file name cannot be a path in the image.
-    #[error(
-        "cannot use `{0}` as the module's file name in the image: it must be a plain file name"
-    )]
-    BadFileName(String),
-    /// An I/O error on the archive.
-    #[error("{what}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// A layer entry would land outside the rootfs (`..`, or a hard link out).
-    #[error(
-        "layer {layer} has an entry that leads outside the rootfs: {entry}; the image is refused"
-    )]
-    Escape {
-        /// The layer's digest.
-        layer: String,
-        /// The entry's name.
-        entry: String,
-    },
-    /// A document, a layer or the whole image is larger than wasmcell accepts.
-    #[error("{what} exceed {limit} bytes, the most wasmcell accepts; the image is refused")]
-    TooLarge {
-        /// What is too large.
-        what: String,
-        /// The limit.
-        limit: u64,
-    },
-    /// A manifest lists more layers than wasmcell accepts.
-    #[error(
-        "the image has {layers} layers; wasmcell accepts at most {max} (Docker's limit is 127)"
-    )]
-    TooManyLayers {
-        /// How many it has.
-        layers: usize,
-        /// The most accepted.
-        max: usize,
-    },
-    /// Image indexes nest deeper than wasmcell follows (or an index names itself).
-    #[error("{image}: its image indexes nest more than {max} deep (or one names itself)")]
-    IndexTooDeep {
-        /// The image.
-        image: String,
-        /// The deepest nesting followed.
-        max: usize,
-    },
-    /// A JSON document in the archive is malformed.
-    #[error("{what} is not valid")]
-    Json {
-        /// Which document.
-        what: String,
-        /// The cause.
-        #[source]
-        source: oci_spec::OciSpecError,
-    },
-    /// The archive does not have the OCI layout structure.
-    #[error("{archive} is not an OCI image archive: {reason}")]
-    NotAnArchive {
-        /// The archive path.
-        archive: String,
-        /// What is missing.
-        reason: String,
-    },
-    /// A blob's content does not match its digest.
-    #[error("blob {digest} in {archive} does not match its digest (the archive is corrupted)")]
-    DigestMismatch {
-        /// The archive path.
-        archive: String,
-        /// The expected digest.
-        digest: String,
-    },
-    /// The image is for another platform.
-    #[error(
-        "{archive} holds no Wasm image: its platforms are {found}; build one with `wasmcell build`"
-    )]
-    NoWasmPlatform {
-        /// The archive path.
-        archive: String,
-        /// The platforms it has.
-        found: String,
-    },
-    /// A platform value is invalid.
-    #[error(transparent)]
-    Platform(#[from] PlatformError),
-    /// `--include` asked of an artifact, whose one layer is the binary.
-    #[error("--include needs the image format: a Wasm artifact's only layer is the binary")]
-    IncludeInArtifact,
-    /// An app (a manifest and its files) asked to be built as a Wasm artifact.
-    #[error(
-        "an app image needs the image format: a Wasm artifact holds one binary, an app a manifest and its files"
-    )]
-    AppArtifact,
-    /// A component the builder cannot read.
-    #[error("the component cannot be parsed: {0}")]
-    Malformed(String),
-    /// A Wasm artifact that does not have exactly one layer.
-    #[error(
-        "{image} is a Wasm artifact with {layers} layers; it must have exactly one, the binary"
-    )]
-    ArtifactLayers {
-        /// The image.
-        image: String,
-        /// How many it has.
-        layers: usize,
-    },
-    /// A manifest whose config is neither an image config nor a Wasm config.
-    #[error(
-        "{image} has a config of media type {media_type}: neither an OCI image config nor {WASM_CONFIG_MEDIA_TYPE}"
-    )]
-    ConfigMediaType {
-        /// The image.
-        image: String,
-        /// The config's media type.
-        media_type: String,
-    },
-    /// The local store failed.
-    #[error(transparent)]
-    Layout(#[from] crate::layout::LayoutError),
-    /// A layer has a media type we cannot unpack.
-    #[error("layer {digest} has media type {media_type}, which wasmcell cannot unpack")]
-    UnsupportedLayer {
-        /// The layer digest.
-        digest: String,
-        /// Its media type.
-        media_type: String,
-    },
-}
-
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ArchiveError {
-    let what = what.into();
-    move |source| ArchiveError::Io { what, source }
-}
-
-pub(crate) fn json_err(
-    what: impl Into<String>,
-) -> impl FnOnce(oci_spec::OciSpecError) -> ArchiveError {
-    let what = what.into();
-    move |source| ArchiveError::Json { what, source }
-}
-
-/// JSON with object keys sorted: oci-spec keeps labels and annotations in `HashMap`s, whose
-/// order changes from run to run, and a digest must not.
-pub(crate) fn canonical_json(value: &impl serde::Serialize) -> Vec<u8> {
-    let value = serde_json::to_value(value).expect("OCI types serialize to JSON");
-    serde_json::to_vec(&value).expect("a JSON value serializes")
-}
-
-/// Appends a regular file with a fixed timestamp, so archives are reproducible.
-pub(crate) fn append<W: Write>(
-    tar: &mut tar::Builder<W>,
-    path: &str,
-    bytes: &[u8],
-    mode: u32,
-) -> Result<(), ArchiveError> {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(bytes.len() as u64);
-    header.set_mode(mode);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, path, bytes)
-        .map_err(io_err(format!("write {path}")))
-}
+use crate::limits::{MAX_DOCUMENT, MAX_LAYERS, MAX_SPIN_LAYERS, MAX_UNPACKED};
+use crate::media::{TITLE_ANNOTATION, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPES};
+use crate::platform::Platform;
+use crate::spin::{SpinImage, is_spin_manifest};
 
 /// Whether a layer is the Wasm binary itself rather than a tar.
 pub fn is_wasm_layer(media_type: &MediaType) -> bool {
@@ -480,13 +294,6 @@ impl ImageContents {
     }
 }
 
-/// The most bytes of a JSON document (index, manifest, config) wasmcell reads: registries
-/// refuse manifests over 4 MiB, and a Wasm image's config is a few hundred bytes.
-pub const MAX_DOCUMENT: u64 = 4 << 20;
-
-/// The most layers an image may have: Docker's limit is 127.
-pub const MAX_LAYERS: usize = 128;
-
 /// How deep image indexes may nest: one index in another is common, more is not.
 const MAX_INDEX_DEPTH: usize = 8;
 
@@ -656,8 +463,9 @@ impl ArchiveFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{BuildOptions, Format, IMAGE_NAME_ANNOTATION, Image, build_image};
+    use crate::image::{BuildOptions, Format, Image, build_image};
     use crate::layout::REF_NAME;
+    use crate::media::IMAGE_NAME_ANNOTATION;
     use crate::wasm::WasmKind;
 
     const MODULE: &[u8] = b"\0asm\x01\0\0\0";

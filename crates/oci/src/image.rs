@@ -21,24 +21,15 @@ use oci_spec::image::{
     ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder, SCHEMA_VERSION,
 };
 
-use crate::archive::{ArchiveError, append, canonical_json, io_err, json_err};
+use crate::encoding::{append, canonical_json};
+use crate::error::{ArchiveError, io_err, json_err};
 use crate::layout::{Layout, LayoutError, REF_NAME, sha256};
+use crate::media::{
+    IMAGE_NAME_ANNOTATION, TITLE_ANNOTATION, WASM_CONFIG_MEDIA_TYPE, WASM_KIND_ANNOTATION,
+    WASM_LAYER_MEDIA_TYPE, WASM_VARIANT_ANNOTATION,
+};
 use crate::platform::Platform;
 use crate::wasm::{FileKind, WasmKind};
-
-/// The annotation containerd and Docker read an imported image's name from.
-pub(crate) const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
-/// Records whether the entry binary is a core module or a component.
-pub const WASM_KIND_ANNOTATION: &str = "run.wasmcell.wasm.kind";
-/// crun and other Wasm-aware runtimes recognise compat images by this manifest annotation.
-const WASM_VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
-/// The file name of an artifact's layer.
-pub(crate) const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
-
-/// The CNCF Wasm artifact's config and layer media types.
-pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
-/// See [`WASM_CONFIG_MEDIA_TYPE`].
-pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
 
 /// Which kind of image to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

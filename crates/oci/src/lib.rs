@@ -10,21 +10,29 @@
 //! - [`unpack`]: applying their layers to a rootfs, whiteouts included, never outside it;
 //! - [`rootfs`]: reading an unpacked image's files as hostile input: beneath the root, regular
 //!   files only, bounded in size;
-//! - [`layout`]: the local image store, an OCI image layout directory.
+//! - [`layout`]: the local image store, an OCI image layout directory;
+//! - [`media`], [`limits`], [`error`] and [`encoding`]: what every format shares (media types
+//!   and annotations, bounds on what an image may ask, the error type, reproducible bytes);
+//!   they import no format module, so the formats never import each other through them.
 #![deny(missing_docs)]
 
 pub mod archive;
+mod encoding;
 pub mod entrypoint;
+pub mod error;
 pub mod image;
 pub mod layout;
+pub mod limits;
+pub mod media;
 pub mod platform;
 pub mod rootfs;
 pub mod spin;
 pub mod unpack;
 pub mod wasm;
 
-pub use archive::{Archive, ArchiveError, ImageContents};
+pub use archive::{Archive, ImageContents};
 pub use entrypoint::Entrypoint;
+pub use error::ArchiveError;
 pub use image::{BuildOptions, Format, Image, build_app_image, build_image};
 pub use layout::{Layout, LayoutError};
 pub use platform::{Platform, PlatformError};

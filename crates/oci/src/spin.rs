@@ -15,25 +15,20 @@ use oci_spec::image::{
     MediaType, RootFsBuilder, SCHEMA_VERSION,
 };
 
-use crate::archive::{ArchiveError, canonical_json, json_err};
+use crate::encoding::canonical_json;
+use crate::error::{ArchiveError, json_err};
 use crate::image::{Blob, Image};
 use crate::layout::sha256;
+use crate::limits::MAX_UNPACKED;
+use crate::media::{
+    SPIN_APPLICATION_MEDIA_TYPE, SPIN_ARCHIVE_MEDIA_TYPE, SPIN_DATA_MEDIA_TYPE,
+    SPIN_WASM_MEDIA_TYPE,
+};
 use crate::platform::Platform;
-use crate::unpack::MAX_UNPACKED;
 use crate::wasm::WasmKind;
 
-/// The locked app's media type: a layer's, or (before Spin 2.0) the config's.
-pub const SPIN_APPLICATION_MEDIA_TYPE: &str = "application/vnd.fermyon.spin.application.v1+config";
-/// A component's Wasm.
-pub const SPIN_WASM_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+wasm";
-/// One file a component reads.
-pub const SPIN_DATA_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+data";
-/// A component's files, together.
-pub const SPIN_ARCHIVE_MEDIA_TYPE: &str = "application/vnd.wasm.content.bundle.v1.tar+gzip";
 /// The config label Spin sets to the locked app's digest, so that two apps' configs differ.
 const LOCKED_APP_DIGEST_LABEL: &str = "com.fermyon.spin.lockedAppDigest";
-/// Spin's own bound on an app's layers (it switches to archive layers above it).
-pub const MAX_SPIN_LAYERS: usize = 500;
 
 /// Whether `manifest` is a Spin app in Spin's registry format.
 pub fn is_spin_manifest(manifest: &ImageManifest) -> bool {

@@ -12,11 +12,9 @@ use std::path::Path;
 
 use cap_std::fs::{Dir, Permissions, PermissionsExt};
 
-use crate::archive::{ArchiveError, io_err};
+use crate::error::{ArchiveError, io_err};
+use crate::limits::MAX_UNPACKED;
 use crate::rootfs::beneath;
-
-/// What an image may unpack to, all layers together: far above any Wasm app's size.
-pub const MAX_UNPACKED: u64 = 4 << 30;
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";

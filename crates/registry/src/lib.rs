@@ -24,8 +24,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use wasmcell_oci::archive::{is_wasm_layer, wasm_entry};
-use wasmcell_oci::image::WASM_CONFIG_MEDIA_TYPE;
 use wasmcell_oci::layout::sha256;
+use wasmcell_oci::media::WASM_CONFIG_MEDIA_TYPE;
 use wasmcell_oci::{Layout, LayoutError, Platform};
 
 /// Errors talking to a registry. Each names the reference and the cause.
@@ -414,7 +414,7 @@ fn check_runnable(reference: &str, manifest: &ImageManifest) -> Result<(), Regis
         MediaType::ImageConfig => Ok(()),
         MediaType::Other(t) if t == "application/vnd.docker.container.image.v1+json" => Ok(()),
         // Spin's registry format as Spin 1 wrote it: the locked app as the config.
-        MediaType::Other(t) if t == wasmcell_oci::spin::SPIN_APPLICATION_MEDIA_TYPE => Ok(()),
+        MediaType::Other(t) if t == wasmcell_oci::media::SPIN_APPLICATION_MEDIA_TYPE => Ok(()),
         MediaType::Other(t) if t == WASM_CONFIG_MEDIA_TYPE => match manifest.layers().as_slice() {
             [layer] if is_wasm_layer(layer.media_type()) => Ok(()),
             [layer] => Err(not_wasm(format!(
