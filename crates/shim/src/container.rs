@@ -67,6 +67,34 @@ impl Process {
         }
     }
 
+    /// Marks a created process running, before its guest is started (so that its exit can
+    /// never be recorded first); a process in any other state cannot start.
+    pub fn mark_started(&mut self, id: &str, exec_id: &str) -> Result<(), Error> {
+        if !matches!(self.state, State::Created) {
+            return Err(self.wrong_state(id, exec_id, "start"));
+        }
+        self.state = State::Running;
+        Ok(())
+    }
+
+    /// The status and time `delete` reports: a process that never started is deleted as 0,
+    /// now; one still running or paused must be killed first.
+    pub fn exit_for_delete(&self, id: &str, exec_id: &str) -> Result<(u32, Timestamp), Error> {
+        match &self.state {
+            State::Running | State::Paused => Err(self.wrong_state(id, exec_id, "delete")),
+            State::Created => Ok((0, containerd_shim::util::timestamp().unwrap_or_default())),
+            State::Stopped(exit) => Ok((exit.status, exit.at.clone())),
+        }
+    }
+
+    fn wrong_state(&self, id: &str, exec_id: &str, action: &'static str) -> Error {
+        Error::WrongState {
+            id: describe(id, exec_id),
+            state: self.state.name(),
+            action,
+        }
+    }
+
     /// Records the exit, wakes every `wait`, and returns the event announcing it.
     pub fn finish(
         &mut self,
@@ -132,6 +160,27 @@ impl Container {
         }
     }
 
+    /// The exec ids of the processes to pause (`from` running) or resume (`from` paused): all
+    /// of them in that state, as runc freezes a whole container, provided its init process is.
+    pub fn processes_to_switch(&mut self, id: &str, from: &State) -> Result<Vec<String>, Error> {
+        let same = |state: &State| std::mem::discriminant(state) == std::mem::discriminant(from);
+        let init = self.process(id, "")?;
+        if !same(&init.state) {
+            let action = if matches!(from, State::Running) {
+                "pause"
+            } else {
+                "resume"
+            };
+            return Err(init.wrong_state(id, "", action));
+        }
+        Ok(self
+            .processes
+            .iter()
+            .filter(|(_, process)| same(&process.state))
+            .map(|(exec_id, _)| exec_id.clone())
+            .collect())
+    }
+
     /// The process with this exec id (`""`: the init process).
     pub fn process(&mut self, id: &str, exec_id: &str) -> Result<&mut Process, Error> {
         self.processes
@@ -161,4 +210,85 @@ pub fn sandbox_key(id: &str, exec_id: &str) -> String {
 /// The container and exec id of a sandbox key.
 pub fn split_key(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or((key, ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(states: impl IntoIterator<Item = (&'static str, State)>) -> Container {
+        Container {
+            bundle: PathBuf::new(),
+            payload: Payload::PodSandbox,
+            processes: states
+                .into_iter()
+                .map(|(exec_id, state)| {
+                    let mut process = Process::new(Default::default());
+                    process.state = state;
+                    (exec_id.to_owned(), process)
+                })
+                .collect(),
+        }
+    }
+
+    fn stopped(status: u32) -> State {
+        State::Stopped(ExitInfo {
+            status,
+            at: Timestamp::default(),
+        })
+    }
+
+    #[test]
+    fn only_a_created_process_starts_and_only_once() {
+        let mut process = Process::new(Default::default());
+        process.mark_started("c", "").unwrap();
+        assert!(matches!(process.state, State::Running));
+        let again = process.mark_started("c", "").unwrap_err().to_string();
+        assert!(again.contains("running"), "{again}");
+        process.state = stopped(0);
+        let ended = process.mark_started("c", "e1").unwrap_err().to_string();
+        assert!(
+            ended.contains("exec e1 in c") && ended.contains("stopped"),
+            "{ended}"
+        );
+    }
+
+    #[test]
+    fn delete_reports_the_exit_and_refuses_a_live_process() {
+        let mut process = Process::new(Default::default());
+        assert_eq!(process.exit_for_delete("c", "").unwrap().0, 0);
+        process.state = stopped(137);
+        assert_eq!(process.exit_for_delete("c", "").unwrap().0, 137);
+        for live in [State::Running, State::Paused] {
+            let name = live.name();
+            process.state = live;
+            let refused = process.exit_for_delete("c", "").unwrap_err().to_string();
+            assert!(refused.contains(name), "{refused}");
+        }
+    }
+
+    #[test]
+    fn pause_takes_every_running_process_and_needs_a_running_init() {
+        let mut running = container([
+            ("", State::Running),
+            ("e1", State::Running),
+            ("e2", stopped(0)),
+        ]);
+        let mut paused = running.processes_to_switch("c", &State::Running).unwrap();
+        paused.sort();
+        assert_eq!(paused, ["", "e1"]);
+        let not_paused = running
+            .processes_to_switch("c", &State::Paused)
+            .unwrap_err()
+            .to_string();
+        assert!(not_paused.contains("resume"), "{not_paused}");
+
+        let mut ended = container([("", stopped(0)), ("e1", State::Running)]);
+        assert!(ended.processes_to_switch("c", &State::Running).is_err());
+        assert!(
+            container([])
+                .processes_to_switch("c", &State::Running)
+                .is_err()
+        );
+    }
 }
