@@ -410,14 +410,124 @@ fn processes_racing_to_compile_one_module_compile_it_once_and_leave_one_entry() 
     Ok(())
 }
 
-/// Every file in a compile cache's engine directories, sorted.
+/// Every file in a compile cache's engine directories (not the collection's lock beside them),
+/// sorted.
 fn cache_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(cache)
         .into_iter()
         .flatten()
-        .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
+        .map(|dir| dir.unwrap().path())
+        .filter(|dir| dir.is_dir())
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|entry| entry.unwrap().path())
         .collect();
     files.sort();
     files
+}
+
+/// `wasmcell cache` with `args` on the cache at `cache`.
+fn wasmcell_cache(cache: &Path, args: &[&str]) -> Result<Ran> {
+    run(Command::new(wasmcell())
+        .arg("cache")
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache))?
+    .success()
+}
+
+/// The total bytes `wasmcell cache ls` reports: its last line says "(N bytes)".
+fn listed_total(ls: &Ran) -> u64 {
+    let last = ls.stdout.lines().last().unwrap_or_default();
+    let bytes = last
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(" bytes)"))
+        .map(|(n, _)| n.parse().expect("a byte count"));
+    bytes.unwrap_or_else(|| panic!("no total in {ls:?}"))
+}
+
+/// Whether `wasmcell cache ls` lists the compiled form of the wasm file at `module`.
+fn lists(ls: &Ran, module: &Path) -> bool {
+    let digest = hex_sha256(&std::fs::read(module).unwrap());
+    ls.stdout.contains(&format!("sha256:{}", &digest[..12]))
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Issue 26 point 6: the compile cache grew without bound, every distinct module adding its
+/// artifact. Now it stays within WASMCELL_CACHE_MAX_SIZE, evicting the least recently used
+/// (a cache hit counts as a use), and `wasmcell cache prune --all` empties it.
+#[test]
+fn r26_the_cache_stays_within_its_bound_evicting_the_least_recently_used() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    // Distinct modules of one guest: a custom section changes the digest, not the code.
+    let hello = std::fs::read(guest("hello.wasm"))?;
+    let modules: Vec<std::path::PathBuf> = (0..4)
+        .map(|n| {
+            let name = format!("r26-{n}");
+            let mut bytes = hello.clone();
+            bytes.extend([0, 1 + name.len() as u8, name.len() as u8]);
+            bytes.extend(name.as_bytes());
+            let module = tmp.path().join(format!("{name}.wasm"));
+            std::fs::write(&module, bytes).map(|()| module)
+        })
+        .collect::<Result<_, _>>()?;
+    let run_bounded = |module: &Path, bound: &str| -> Result<Ran> {
+        run(Command::new(wasmcell())
+            .args(["run", "--cache-dir", path(&cache)])
+            .arg(module)
+            .env("WASMCELL_CACHE_MAX_SIZE", bound))?
+        .success()
+    };
+    run_bounded(&modules[0], "2G")?;
+    let one = listed_total(&wasmcell_cache(&cache, &["ls"])?);
+    // Room for two entries, not three.
+    let bound = (one * 5 / 2).to_string();
+    run_bounded(&modules[1], &bound)?;
+    // A hit on module 0 makes module 1 the least recently used.
+    run_bounded(&modules[0], &bound)?;
+    run_bounded(&modules[2], &bound)?;
+    let ls = wasmcell_cache(&cache, &["ls"])?;
+    assert!(listed_total(&ls) <= one * 5 / 2, "{ls:?}");
+    assert!(
+        lists(&ls, &modules[0]) && lists(&ls, &modules[2]) && !lists(&ls, &modules[1]),
+        "module 1 was the least recently used: {ls:?}"
+    );
+    run_bounded(&modules[3], &bound)?;
+    let ls = wasmcell_cache(&cache, &["ls"])?;
+    assert!(listed_total(&ls) <= one * 5 / 2, "{ls:?}");
+    assert!(lists(&ls, &modules[3]), "the newest stays: {ls:?}");
+
+    let pruned = wasmcell_cache(&cache, &["prune", "--all"])?;
+    assert!(
+        pruned.stdout.contains("Total reclaimed space: "),
+        "{pruned:?}"
+    );
+    assert_eq!(listed_total(&wasmcell_cache(&cache, &["ls"])?), 0);
+    let out = wasmcell_run(&cache, &[path(&modules[3]), "again"])?.success()?;
+    assert!(out.stdout.contains("arg: again"), "{out:?}");
+    assert_eq!(cache_files(&cache).len(), 2, "compiled once more");
+
+    // A bound that is not a size is named, before anything runs.
+    let out = run(Command::new(wasmcell())
+        .args(["run", "--cache-dir", path(&cache)])
+        .arg(&modules[0])
+        .env("WASMCELL_CACHE_MAX_SIZE", "lots"))?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("WASMCELL_CACHE_MAX_SIZE") && out.stderr.contains("such as 512M"),
+        "{out:?}"
+    );
+    let help = run(Command::new(wasmcell()).args(["cache", "prune", "--help"]))?.success()?;
+    assert!(
+        help.stdout.contains("wasmcell cache prune --all"),
+        "{help:?}"
+    );
+    Ok(())
 }
