@@ -51,9 +51,11 @@ struct LsArgs {
     dir: CacheDir,
 }
 
-/// Remove compiled artifacts: by default, the least recently used until the cache is within
-/// its bound (WASMCELL_CACHE_MAX_SIZE, default 2G). Artifacts in use are kept. A removed
-/// artifact is compiled again when its module next runs.
+/// Remove compiled artifacts, least recently used first.
+///
+/// By default, down to the cache's bound (WASMCELL_CACHE_MAX_SIZE, default 2G). Artifacts in
+/// use by a running guest are kept. A removed artifact is compiled again when its module next
+/// runs.
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  wasmcell cache prune                  # down to the bound\n  wasmcell cache prune --max-size 500M  # down to 500 MiB\n  wasmcell cache prune --older-than 7d  # unused for a week (also s, m, h)\n  wasmcell cache prune --all            # everything not in use"
@@ -107,8 +109,9 @@ fn ls(args: LsArgs) -> Result<()> {
     }
     let total: u64 = entries.iter().map(|e| e.size).sum();
     println!(
-        "Total: {} artifacts, {} ({total} bytes) in {}",
+        "Total: {} artifact{}, {} ({total} bytes) in {}",
         entries.len(),
+        if entries.len() == 1 { "" } else { "s" },
         human(total),
         cache.dir().display()
     );
