@@ -145,7 +145,7 @@ impl Pruned {
 #[derive(Debug)]
 pub struct InUse {
     path: PathBuf,
-    _file: File,
+    file: File,
 }
 
 impl InUse {
@@ -160,7 +160,7 @@ impl InUse {
         flock(&file, libc::LOCK_SH)?;
         Ok(names(path, &file)?.then(|| InUse {
             path: path.to_owned(),
-            _file: file,
+            file,
         }))
     }
 
@@ -477,7 +477,7 @@ impl CompileCache {
                 persist(staged, entry)?;
                 Ok(InUse {
                     path: entry.to_owned(),
-                    _file: file,
+                    file,
                 })
             });
         written.map_err(|error| {
@@ -506,7 +506,7 @@ fn hold_if_sound(entry: &Path) -> std::io::Result<Option<InUse>> {
     let Some(held) = InUse::acquire(entry)? else {
         return Ok(None);
     };
-    match verify(entry) {
+    match verify(&held) {
         Ok(()) => {
             tracing::debug!(entry = %entry.display(), "compile cache hit");
             Ok(Some(held))
@@ -533,11 +533,16 @@ fn discard(entry: &Path, why: &wasmtime::Error) {
 /// Also records the use, as the checksum's mtime (which [`CompileCache::entries`] reads as
 /// the last use): not possible in a sandbox, whose view of the cache is read-only, but the shim
 /// recorded that use when it made sure of the entry.
-fn verify(entry: &Path) -> wasmtime::Result<()> {
-    let mut checksum = File::open(checksum_of(entry))?;
+///
+/// The entry is read through the held descriptor, from its start: what is checked is the file
+/// held.
+fn verify(held: &InUse) -> wasmtime::Result<()> {
+    let mut checksum = File::open(checksum_of(&held.path))?;
     let mut expected = String::new();
     std::io::Read::read_to_string(&mut checksum, &mut expected)?;
-    let actual = hex::encode(Sha256::digest(std::fs::read(entry)?));
+    let mut bytes = vec![0; usize::try_from(held.file.metadata()?.len())?];
+    std::os::unix::fs::FileExt::read_exact_at(&held.file, &mut bytes, 0)?;
+    let actual = hex::encode(Sha256::digest(&bytes));
     if actual != expected.trim() {
         wasmtime::bail!("its checksum does not match: the file is corrupted");
     }
@@ -1019,7 +1024,7 @@ mod tests {
                                 .unwrap();
                             assert!(matches!(artifact, Artifact::Module(_)));
                             assert!(held.path().exists(), "evicted while held");
-                            verify(held.path()).unwrap();
+                            verify(&held).unwrap();
                         }
                     })
                 })
