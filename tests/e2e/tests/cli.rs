@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
-use wasmcell_e2e::{Ran, build_image, guest, run, wasmcell};
+use wasmcell_e2e::{CacheListing, Ran, build_image, distinct_guest, guest, run, wasmcell};
 
 fn wasmcell_run(cache: &Path, args: &[&str]) -> Result<Ran> {
     run(Command::new(wasmcell())
@@ -425,40 +425,6 @@ fn cache_files(cache: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// `wasmcell cache` with `args` on the cache at `cache`.
-fn wasmcell_cache(cache: &Path, args: &[&str]) -> Result<Ran> {
-    run(Command::new(wasmcell())
-        .arg("cache")
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache))?
-    .success()
-}
-
-/// The total bytes `wasmcell cache ls` reports: its last line says "(N bytes)".
-fn listed_total(ls: &Ran) -> u64 {
-    let last = ls.stdout.lines().last().unwrap_or_default();
-    let bytes = last
-        .split_once('(')
-        .and_then(|(_, rest)| rest.split_once(" bytes)"))
-        .map(|(n, _)| n.parse().expect("a byte count"));
-    bytes.unwrap_or_else(|| panic!("no total in {ls:?}"))
-}
-
-/// Whether `wasmcell cache ls` lists the compiled form of the wasm file at `module`.
-fn lists(ls: &Ran, module: &Path) -> bool {
-    let digest = hex_sha256(&std::fs::read(module).unwrap());
-    ls.stdout.contains(&format!("sha256:{}", &digest[..12]))
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Issue 26 point 6: the compile cache grew without bound, every distinct module adding its
 /// artifact. Now it stays within WASMCELL_CACHE_MAX_SIZE, evicting the least recently used
 /// (a cache hit counts as a use), and `wasmcell cache prune --all` empties it.
@@ -467,17 +433,9 @@ fn r26_the_cache_stays_within_its_bound_evicting_the_least_recently_used() -> Re
     let tmp = tempfile::tempdir()?;
     let cache = tmp.path().join("cache");
     // Distinct modules of one guest: a custom section changes the digest, not the code.
-    let hello = std::fs::read(guest("hello.wasm"))?;
     let modules: Vec<std::path::PathBuf> = (0..4)
-        .map(|n| {
-            let name = format!("r26-{n}");
-            let mut bytes = hello.clone();
-            bytes.extend([0, 1 + name.len() as u8, name.len() as u8]);
-            bytes.extend(name.as_bytes());
-            let module = tmp.path().join(format!("{name}.wasm"));
-            std::fs::write(&module, bytes).map(|()| module)
-        })
-        .collect::<Result<_, _>>()?;
+        .map(|n| distinct_guest("hello.wasm", &format!("r26-{n}"), tmp.path()))
+        .collect::<Result<_>>()?;
     let run_bounded = |module: &Path, bound: &str| -> Result<Ran> {
         run(Command::new(wasmcell())
             .args(["run", "--cache-dir", path(&cache)])
@@ -486,30 +444,37 @@ fn r26_the_cache_stays_within_its_bound_evicting_the_least_recently_used() -> Re
         .success()
     };
     run_bounded(&modules[0], "2G")?;
-    let one = listed_total(&wasmcell_cache(&cache, &["ls"])?);
+    let one = CacheListing::of(&cache)?.total()?;
     // Room for two entries, not three.
     let bound = (one * 5 / 2).to_string();
     run_bounded(&modules[1], &bound)?;
     // A hit on module 0 makes module 1 the least recently used.
     run_bounded(&modules[0], &bound)?;
     run_bounded(&modules[2], &bound)?;
-    let ls = wasmcell_cache(&cache, &["ls"])?;
-    assert!(listed_total(&ls) <= one * 5 / 2, "{ls:?}");
+    let ls = CacheListing::of(&cache)?;
+    assert!(ls.total()? <= one * 5 / 2, "{ls:?}");
     assert!(
-        lists(&ls, &modules[0]) && lists(&ls, &modules[2]) && !lists(&ls, &modules[1]),
+        ls.lists(&modules[0])? && ls.lists(&modules[2])? && !ls.lists(&modules[1])?,
         "module 1 was the least recently used: {ls:?}"
     );
     run_bounded(&modules[3], &bound)?;
-    let ls = wasmcell_cache(&cache, &["ls"])?;
-    assert!(listed_total(&ls) <= one * 5 / 2, "{ls:?}");
-    assert!(lists(&ls, &modules[3]), "the newest stays: {ls:?}");
+    let ls = CacheListing::of(&cache)?;
+    assert!(ls.total()? <= one * 5 / 2, "{ls:?}");
+    assert!(ls.lists(&modules[3])?, "the newest stays: {ls:?}");
 
-    let pruned = wasmcell_cache(&cache, &["prune", "--all"])?;
+    let pruned = run(Command::new(wasmcell()).args([
+        "cache",
+        "prune",
+        "--all",
+        "--cache-dir",
+        path(&cache),
+    ]))?
+    .success()?;
     assert!(
         pruned.stdout.contains("Total reclaimed space: "),
         "{pruned:?}"
     );
-    assert_eq!(listed_total(&wasmcell_cache(&cache, &["ls"])?), 0);
+    assert_eq!(CacheListing::of(&cache)?.total()?, 0);
     let out = wasmcell_run(&cache, &[path(&modules[3]), "again"])?.success()?;
     assert!(out.stdout.contains("arg: again"), "{out:?}");
     assert_eq!(cache_files(&cache).len(), 2, "compiled once more");
