@@ -1005,6 +1005,53 @@ impl Containerd {
     }
 }
 
+/// A copy of guest `name` made distinct by a custom section named `tag`: another module (its
+/// own digest, so its own compile-cache entry) with the same code, written into `dir`.
+pub fn distinct_guest(name: &str, tag: &str, dir: &Path) -> Result<PathBuf> {
+    let mut bytes = std::fs::read(guest(name))?;
+    ensure!(
+        tag.len() < 127,
+        "a short tag: its length is one LEB128 byte"
+    );
+    bytes.extend([0, 1 + tag.len() as u8, tag.len() as u8]);
+    bytes.extend(tag.as_bytes());
+    let module = dir.join(format!("{tag}.wasm"));
+    std::fs::write(&module, bytes)?;
+    Ok(module)
+}
+
+/// What `wasmcell cache ls --cache-dir CACHE` printed.
+#[derive(Debug)]
+pub struct CacheListing(pub Ran);
+
+impl CacheListing {
+    /// Lists the compile cache at `cache`.
+    pub fn of(cache: &Path) -> Result<CacheListing> {
+        run(Command::new(wasmcell())
+            .args(["cache", "ls", "--cache-dir"])
+            .arg(cache))?
+        .success()
+        .map(CacheListing)
+    }
+
+    /// The total bytes: the last line says "(N bytes)".
+    pub fn total(&self) -> Result<u64> {
+        let last = self.0.stdout.lines().last().unwrap_or_default();
+        let bytes = last
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(" bytes)"))
+            .context("no total")?
+            .0;
+        Ok(bytes.parse()?)
+    }
+
+    /// Whether it lists the compiled form of the wasm file at `wasm`.
+    pub fn lists(&self, wasm: &Path) -> Result<bool> {
+        let digest = format!("{:x}", Sha256::digest(std::fs::read(wasm)?));
+        Ok(self.0.stdout.contains(&format!("sha256:{}", &digest[..12])))
+    }
+}
+
 /// A private containerd with extra environment and the given guests imported as images
 /// (guest file, tag); the temp dir holds the archives.
 pub fn containerd_with(

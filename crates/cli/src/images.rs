@@ -211,8 +211,10 @@ fn describe(store: &Layout, entry: &Descriptor) -> Result<(String, String, u64)>
     Ok((platform, format.to_owned(), size))
 }
 
-fn human(bytes: u64) -> String {
+/// A size for people: "1.5 GiB", "12.3 MiB".
+pub(crate) fn human(bytes: u64) -> String {
     match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),

@@ -6,6 +6,7 @@
 //! sandbox process; otherwise it is the CLI.
 
 mod build;
+mod cache;
 mod images;
 mod install;
 mod node;
@@ -26,7 +27,7 @@ const FAILURE_STATUS: u8 = 125;
 #[derive(Parser)]
 #[command(name = "wasmcell", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell up -f spin.toml --listen 127.0.0.1:3000\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
+    after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell up -f spin.toml --listen 127.0.0.1:3000\n  wasmcell cache ls\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
 )]
 struct Cli {
     /// Print wasmcell's own diagnostics on stderr (-v: info, -vv: debug; or set WASMCELL_LOG
@@ -46,6 +47,7 @@ enum Command {
     Pull(images::PullArgs),
     Images(images::ImagesArgs),
     Rmi(images::RmiArgs),
+    Cache(cache::CacheArgs),
     Install(install::InstallArgs),
 }
 
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => images::pull(args).map(|()| ExitCode::SUCCESS),
         Command::Images(args) => images::images(args).map(|()| ExitCode::SUCCESS),
         Command::Rmi(args) => images::rmi(args).map(|()| ExitCode::SUCCESS),
+        Command::Cache(args) => cache::cache(args).map(|()| ExitCode::SUCCESS),
         Command::Install(args) => install::install(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use wasmcell_engine::{
-    Access, App, CompileCache, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles,
-    Network, Output, Preopen, Prepared, Stdio, WorkloadSpec,
+    Access, App, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles, Network, Output,
+    Preopen, Prepared, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind, ImageContents};
 
@@ -79,11 +79,7 @@ pub(crate) enum PullPolicy {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let cache = CompileCache::new(
-        args.cache_dir
-            .clone()
-            .unwrap_or_else(CompileCache::default_dir),
-    );
+    let cache = crate::cache::open(args.cache_dir.clone())?;
     let engine = Engine::new(cache)?;
     let mut preopens = args
         .dirs

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use wasmcell_engine::{
-    Access, CompileCache, Engine, HttpServe, Input, Limits, ModuleSource, NameFiles, Network,
-    Output, Preopen, Stdio, WorkloadSpec,
+    Access, Engine, HttpServe, Input, Limits, ModuleSource, NameFiles, Network, Output, Preopen,
+    Stdio, WorkloadSpec,
 };
 use wasmcell_spin::{App, HttpHandler, RuntimeConfigSource};
 
@@ -163,7 +163,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         },
         app: Some(wasmcell_engine::App::Spin(Box::new(app))),
     };
-    let cache = CompileCache::new(args.cache_dir.unwrap_or_else(CompileCache::default_dir));
+    let cache = crate::cache::open(args.cache_dir)?;
     let engine = Engine::new(cache)?;
     let prepared = engine.prepare(spec)?;
     eprint!("{routes}");

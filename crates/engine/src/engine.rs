@@ -15,7 +15,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::cache::{Artifact, CompileCache};
+use crate::cache::{Artifact, CompileCache, InUse};
 use crate::controls::Controls;
 use crate::epoch::{StoreClock, Ticker};
 use crate::error::{Error, error_chain};
@@ -355,15 +355,20 @@ impl Compiler {
     /// already, without loading or linking it: the shim's half of `create`, which fails it at
     /// once on a missing file, a non-wasm file or a malformed module. The sandbox loads the
     /// artifact and links it (reporting a missing import or entry function). Blocking:
-    /// compiling can take seconds on a cache miss.
-    pub fn compile(&self, spec: &WorkloadSpec) -> Result<(), Error> {
+    /// compiling can take seconds on a cache miss. Returns the entries held in use: keep them
+    /// until the sandbox has loaded them, so that no cache collection evicts them meanwhile.
+    pub fn compile(&self, spec: &WorkloadSpec) -> Result<Vec<InUse>, Error> {
         let _release = ReleaseFreedMemory;
         if let Some(App::Spin(app)) = &spec.app {
             return spin::compile(&self.engine, &self.cache, spec, app);
         }
         let (path, bytes, kind) = read_wasm(spec)?;
-        self.cache.ensure(&self.engine, kind, &bytes, &path)?;
-        Ok(())
+        Ok(vec![self.cache.ensure(
+            &self.engine,
+            kind,
+            &bytes,
+            &path,
+        )?])
     }
 }
 
@@ -415,12 +420,16 @@ impl Engine {
         if let Some(App::Spin(app)) = &spec.app {
             let http = self.http.get(|| HttpEngine::new(config(), self.cpus))?;
             let Compiler { engine, cache } = &self.compiler;
-            let app = Arc::new(spin::prepare(cache, &http, &spec, app)?);
+            let (app, cached) = spin::prepare(cache, &http, &spec, app)?;
             return Ok(Prepared {
                 engine: engine.clone(),
                 ticker: self.ticker.clone(),
-                entry: Entry::Spin { http, app },
+                entry: Entry::Spin {
+                    http,
+                    app: Arc::new(app),
+                },
                 spec: Arc::new(spec),
+                _cached: cached,
             });
         }
         let (path, bytes, kind) = read_wasm(&spec)?;
@@ -432,12 +441,13 @@ impl Engine {
         };
         if let (Some(App::Slight(app)), WasmKind::Module) = (&spec.app, kind) {
             let http = self.http.get(|| HttpEngine::new(config(), self.cpus))?;
-            let slight = Slight::prepare(http, cache, &bytes, app, &spec, &path)?;
+            let (slight, cached) = Slight::prepare(http, cache, &bytes, app, &spec, &path)?;
             return Ok(Prepared {
                 engine: engine.clone(),
                 ticker: self.ticker.clone(),
                 entry: Entry::Slight(Arc::new(slight)),
                 spec: Arc::new(spec),
+                _cached: vec![cached],
             });
         }
         let (artifact, cached) = cache.load(engine, kind, &bytes, &path)?;
@@ -506,7 +516,7 @@ impl Engine {
                 };
                 if http::is_proxy(engine, &component) {
                     let http = self.http.get(|| HttpEngine::new(config(), self.cpus))?;
-                    let pre = http.prepare(&cached, &path, grants.is_some())?;
+                    let pre = http.prepare(cached.path(), &path, grants.is_some())?;
                     let target = Arc::new(Target {
                         grants,
                         ..Target::of_spec(pre, &spec)?
@@ -519,6 +529,7 @@ impl Engine {
                             routes: Routes::One(target),
                         },
                         spec: Arc::new(spec),
+                        _cached: vec![cached],
                     });
                 }
                 let linker = match grants {
@@ -543,6 +554,7 @@ impl Engine {
             ticker: self.ticker.clone(),
             entry: Entry::Command(entry),
             spec: Arc::new(spec),
+            _cached: vec![cached],
         })
     }
 }
@@ -734,6 +746,9 @@ pub struct Prepared {
     ticker: Ticker,
     entry: Entry,
     spec: Arc<WorkloadSpec>,
+    /// The cache entries its code was loaded from, held in use for as long as it can run:
+    /// evicting them would free no space while they are mapped.
+    _cached: Vec<InUse>,
 }
 
 /// How a guest run ended.

@@ -29,7 +29,10 @@ mod usage;
 mod wasmedge;
 mod workload;
 
-pub use cache::CompileCache;
+pub use cache::{
+    CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
+    parse_size,
+};
 pub use controls::Controls;
 pub use engine::{Compiler, Engine, Exit, Overrun, Prepared};
 pub use error::{Error, error_chain};

@@ -34,7 +34,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
-use wasmcell_engine::{CompileBounds, CompileCache, Compiler};
+use wasmcell_engine::{CompileBounds, CompileCache, Compiler, DEFAULT_MAX_SIZE};
 
 pub use error::Error;
 pub use runtime::Runtime;
@@ -150,13 +150,20 @@ impl Shim for WasmShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let cache_dir = CompileCache::default_dir();
+        // The shim inherits containerd's environment, where WASMCELL_CACHE_MAX_SIZE may bound
+        // the cache; a value that is not a size must not keep containers from starting.
+        let max_size = CompileCache::max_size_from_env().unwrap_or_else(|error| {
+            tracing::warn!(
+                "{error}; keeping the compile cache within the default {DEFAULT_MAX_SIZE} bytes"
+            );
+            DEFAULT_MAX_SIZE
+        });
+        let cache = CompileCache::new(&cache_dir).max_size(max_size);
         // An image's module is compiled in a child bounded in CPU time and memory; should this
         // binary's path be unknown, in this process.
         let cache = match std::env::current_exe() {
-            Ok(exe) => {
-                CompileCache::new(&cache_dir).compiling_in_child(exe, CompileBounds::from_env())
-            }
-            Err(_) => CompileCache::new(&cache_dir),
+            Ok(exe) => cache.compiling_in_child(exe, CompileBounds::from_env()),
+            Err(_) => cache,
         };
         let compiler = match Compiler::new(cache) {
             Ok(compiler) => Arc::new(compiler),

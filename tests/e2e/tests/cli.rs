@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
-use wasmcell_e2e::{Ran, build_image, guest, run, wasmcell};
+use wasmcell_e2e::{CacheListing, Ran, build_image, distinct_guest, guest, run, wasmcell};
 
 fn wasmcell_run(cache: &Path, args: &[&str]) -> Result<Ran> {
     run(Command::new(wasmcell())
@@ -410,14 +410,89 @@ fn processes_racing_to_compile_one_module_compile_it_once_and_leave_one_entry() 
     Ok(())
 }
 
-/// Every file in a compile cache's engine directories, sorted.
+/// Every file in a compile cache's engine directories (not the collection's lock beside them),
+/// sorted.
 fn cache_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(cache)
         .into_iter()
         .flatten()
-        .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
+        .map(|dir| dir.unwrap().path())
+        .filter(|dir| dir.is_dir())
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|entry| entry.unwrap().path())
         .collect();
     files.sort();
     files
+}
+
+/// Issue 26 point 6: the compile cache grew without bound, every distinct module adding its
+/// artifact. Now it stays within WASMCELL_CACHE_MAX_SIZE, evicting the least recently used
+/// (a cache hit counts as a use), and `wasmcell cache prune --all` empties it.
+#[test]
+fn the_cache_stays_within_its_bound_evicting_the_least_recently_used() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    // Distinct modules of one guest: a custom section changes the digest, not the code.
+    let modules: Vec<std::path::PathBuf> = (0..4)
+        .map(|n| distinct_guest("hello.wasm", &format!("r26-{n}"), tmp.path()))
+        .collect::<Result<_>>()?;
+    let run_bounded = |module: &Path, bound: &str| -> Result<Ran> {
+        run(Command::new(wasmcell())
+            .args(["run", "--cache-dir", path(&cache)])
+            .arg(module)
+            .env("WASMCELL_CACHE_MAX_SIZE", bound))?
+        .success()
+    };
+    run_bounded(&modules[0], "2G")?;
+    let one = CacheListing::of(&cache)?.total()?;
+    // Room for two entries, not three.
+    let bound = (one * 5 / 2).to_string();
+    run_bounded(&modules[1], &bound)?;
+    // A hit on module 0 makes module 1 the least recently used.
+    run_bounded(&modules[0], &bound)?;
+    run_bounded(&modules[2], &bound)?;
+    let ls = CacheListing::of(&cache)?;
+    assert!(ls.total()? <= one * 5 / 2, "{ls:?}");
+    assert!(
+        ls.lists(&modules[0])? && ls.lists(&modules[2])? && !ls.lists(&modules[1])?,
+        "module 1 was the least recently used: {ls:?}"
+    );
+    run_bounded(&modules[3], &bound)?;
+    let ls = CacheListing::of(&cache)?;
+    assert!(ls.total()? <= one * 5 / 2, "{ls:?}");
+    assert!(ls.lists(&modules[3])?, "the newest stays: {ls:?}");
+
+    let pruned = run(Command::new(wasmcell()).args([
+        "cache",
+        "prune",
+        "--all",
+        "--cache-dir",
+        path(&cache),
+    ]))?
+    .success()?;
+    assert!(
+        pruned.stdout.contains("Total reclaimed space: "),
+        "{pruned:?}"
+    );
+    assert_eq!(CacheListing::of(&cache)?.total()?, 0);
+    let out = wasmcell_run(&cache, &[path(&modules[3]), "again"])?.success()?;
+    assert!(out.stdout.contains("arg: again"), "{out:?}");
+    assert_eq!(cache_files(&cache).len(), 2, "compiled once more");
+
+    // A bound that is not a size is named, before anything runs.
+    let out = run(Command::new(wasmcell())
+        .args(["run", "--cache-dir", path(&cache)])
+        .arg(&modules[0])
+        .env("WASMCELL_CACHE_MAX_SIZE", "lots"))?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("WASMCELL_CACHE_MAX_SIZE") && out.stderr.contains("such as 512M"),
+        "{out:?}"
+    );
+    let help = run(Command::new(wasmcell()).args(["cache", "prune", "--help"]))?.success()?;
+    assert!(
+        help.stdout.contains("wasmcell cache prune --all"),
+        "{help:?}"
+    );
+    Ok(())
 }

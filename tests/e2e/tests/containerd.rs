@@ -7,7 +7,10 @@ use std::process::Stdio;
 use anyhow::Result;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use wasmcell_e2e::{Containerd, Ran, build_image, cgroup_dir, containerd_with, guest, wait_for};
+use wasmcell_e2e::{
+    CacheListing, Containerd, Ran, build_image, cgroup_dir, containerd_with, distinct_guest, guest,
+    run, wait_for, wasmcell,
+};
 
 fn imported(
     containerd: &Containerd,
@@ -565,5 +568,118 @@ fn every_runtime_name_runs_plain_wasi_and_takes_apps_as_apps() -> Result<()> {
             .success()?;
         assert_eq!(out.stdout, "Hello from Wasm!\n");
     }
+    Ok(())
+}
+
+/// Whether some process holds the compile-cache entry of the wasm file at `wasm` in use (a
+/// shared `flock` on it, which cache collection respects), as the cache's own eviction tests it.
+fn held(cache: &Path, wasm: &Path) -> Result<bool> {
+    use sha2::Digest;
+    let name = format!("{:x}.cwasm", sha2::Sha256::digest(std::fs::read(wasm)?));
+    for engine in std::fs::read_dir(cache)?.flatten() {
+        let Ok(file) = std::fs::File::open(engine.path().join(&name)) else {
+            continue;
+        };
+        if let Err((_, nix::errno::Errno::EWOULDBLOCK)) =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Issue 26 point 6, under containerd: the shims keep the compile cache within
+/// WASMCELL_CACHE_MAX_SIZE from containerd's environment, evicting what ended containers ran,
+/// and never the artifact of a running container, though it is the least recently used.
+#[test]
+fn shims_keep_the_cache_bounded_but_never_evict_a_running_containers_artifact() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let hellos: Vec<std::path::PathBuf> = (0..3)
+        .map(|n| distinct_guest("hello.wasm", &format!("r26-shim-{n}"), tmp.path()))
+        .collect::<Result<_>>()?;
+    // The size of a hello's artifact, from `wasmcell run` (the shims' engine configuration).
+    let probe = tmp.path().join("probe");
+    run(std::process::Command::new(wasmcell())
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(&probe)
+        .arg(&hellos[0]))?
+    .success()?;
+    let one = CacheListing::of(&probe)?.total()?;
+    // Room for one hello, not two (nor the sleeper beside one).
+    let bound = (one * 3 / 2).to_string();
+    let containerd = Containerd::start_with_env(&[("WASMCELL_CACHE_MAX_SIZE", &bound)])?;
+    let cache = containerd.dir().join("cache");
+    imported(
+        &containerd,
+        tmp.path(),
+        "sleeper.wasm",
+        "example.com/sleeper:latest",
+        &[],
+    )?;
+    for (n, hello) in hellos.iter().enumerate() {
+        containerd.import(&build_image(
+            hello,
+            &format!("example.com/r26-{n}:1"),
+            tmp.path(),
+            &[],
+        )?)?;
+    }
+    containerd
+        .run_wasm(&["-d"], "example.com/sleeper:latest", "r26-sleeper", &[])?
+        .success()?;
+    containerd.running("r26-sleeper")?;
+    let sleeper = guest("sleeper.wasm");
+    for (n, hello) in hellos.iter().enumerate() {
+        if n > 0 {
+            // The last hello's sandbox may outlive `ctr run --rm` by a moment, holding it.
+            wait_for("the last hello's sandbox to let go of its artifact", || {
+                Ok(!held(&cache, &hellos[n - 1])?)
+            })?;
+        }
+        containerd
+            .run_wasm(
+                &["--rm"],
+                &format!("example.com/r26-{n}:1"),
+                &format!("r26-hello-{n}"),
+                &[],
+            )?
+            .success()?;
+        let ls = CacheListing::of(&cache)?;
+        assert!(
+            ls.lists(&sleeper)?,
+            "the running sleeper's artifact was evicted: {ls:?}"
+        );
+        assert!(ls.lists(hello)?, "hello {n} was not kept: {ls:?}");
+        if n > 0 {
+            assert!(
+                !ls.lists(&hellos[n - 1])?,
+                "hello {} was not evicted: {ls:?}",
+                n - 1
+            );
+        }
+    }
+    assert!(
+        held(&cache, &sleeper)?,
+        "the running sleeper holds its artifact"
+    );
+    let pruned = run(std::process::Command::new(wasmcell())
+        .args(["cache", "prune", "--all", "--cache-dir"])
+        .arg(&cache))?
+    .success()?;
+    assert!(pruned.stdout.contains("Kept (in use)"), "{pruned:?}");
+    let ls = CacheListing::of(&cache)?;
+    assert!(ls.lists(&sleeper)? && ls.total()? > 0, "{ls:?}");
+
+    containerd.remove("r26-sleeper")?;
+    wait_for("the sleeper's sandbox to let go of its artifact", || {
+        Ok(!held(&cache, &sleeper)?)
+    })?;
+    run(std::process::Command::new(wasmcell())
+        .args(["cache", "prune", "--all", "--cache-dir"])
+        .arg(&cache))?
+    .success()?;
+    assert_eq!(CacheListing::of(&cache)?.total()?, 0);
     Ok(())
 }

@@ -100,7 +100,7 @@ impl Slight {
 
     /// Loads `module` (`path` in messages) through the compile cache straight into the
     /// servers' pooling engine (its requests are instances too), checks its entry and links it
-    /// for `app`.
+    /// for `app`; returns it with the cache entry it was loaded from, held in use.
     pub(crate) fn prepare(
         http: Arc<HttpEngine>,
         cache: &crate::cache::CompileCache,
@@ -108,8 +108,8 @@ impl Slight {
         app: &SlightApp,
         spec: &WorkloadSpec,
         path: &str,
-    ) -> Result<Slight, Error> {
-        let (artifact, _) =
+    ) -> Result<(Slight, crate::cache::InUse), Error> {
+        let (artifact, cached) =
             cache.load(http.engine(), wasmcell_oci::WasmKind::Module, module, path)?;
         let crate::cache::Artifact::Module(module) = artifact else {
             unreachable!("the cache loads a module as a module");
@@ -128,11 +128,14 @@ impl Slight {
         let pre = linker.instantiate_pre(&module).map_err(|source| {
             crate::engine::link_error(&linker, &module, path, source, Slight::PROVIDED)
         })?;
-        Ok(Slight {
-            pre,
-            host: Arc::new(SlightHost::new(app, spec)),
-            http,
-        })
+        Ok((
+            Slight {
+                pre,
+                host: Arc::new(SlightHost::new(app, spec)),
+                http,
+            },
+            cached,
+        ))
     }
 
     /// Runs `_start`; then serves the HTTP servers it set up, if any, until `controls` asks

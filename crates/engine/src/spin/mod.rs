@@ -20,7 +20,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::cache::CompileCache;
+use crate::cache::{CompileCache, InUse};
 use crate::controls::Controls;
 use crate::engine::{ComponentState, Grants};
 use crate::error::Error;
@@ -69,18 +69,21 @@ fn app_dir(spec: &WorkloadSpec) -> Result<&std::path::Path, Error> {
     }
 }
 
-/// Reads and compiles every component of `app` into the cache (the shim's half of `create`).
+/// Reads and compiles every component of `app` into the cache (the shim's half of `create`);
+/// returns their entries, held in use.
 pub(crate) fn compile(
     engine: &wasmtime::Engine,
     cache: &CompileCache,
     spec: &WorkloadSpec,
     app: &App,
-) -> Result<(), Error> {
-    for component in &app.components {
-        let (bytes, kind) = read_component(spec, component)?;
-        cache.ensure(engine, kind, &bytes, &component.source)?;
-    }
-    Ok(())
+) -> Result<Vec<InUse>, Error> {
+    app.components
+        .iter()
+        .map(|component| {
+            let (bytes, kind) = read_component(spec, component)?;
+            cache.ensure(engine, kind, &bytes, &component.source)
+        })
+        .collect()
 }
 
 fn read_component(
@@ -142,13 +145,14 @@ fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{e:#}"))
 }
 
-/// Loads, links and pre-instantiates every component of the spec's app.
+/// Loads, links and pre-instantiates every component of the spec's app; returns it with the
+/// cache entries it was loaded from, held in use.
 pub(crate) fn prepare(
     cache: &CompileCache,
     http: &Arc<HttpEngine>,
     spec: &WorkloadSpec,
     app: &App,
-) -> Result<SpinApp, Error> {
+) -> Result<(SpinApp, Vec<InUse>), Error> {
     let root = app_dir(spec)?;
     let places = Arc::new(Places::new(root, &spec.preopens));
     let diagnostics = crate::stdio::Diagnostics::new(&spec.stdio.stderr);
@@ -173,12 +177,13 @@ pub(crate) fn prepare(
         })
         .collect();
     let linker = http.spin_linker()?;
-    let mut components = Vec::new();
+    let (mut components, mut cached) = (Vec::new(), Vec::new());
     for (index, component) in app.components.iter().enumerate() {
         let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
         let (bytes, kind) = read_component(spec, component)?;
         // Straight into the servers' engine: the entry the shim compiled, loaded once.
-        let (artifact, _) = cache.load(http.engine(), kind, &bytes, &component.source)?;
+        let (artifact, entry) = cache.load(http.engine(), kind, &bytes, &component.source)?;
+        cached.push(entry);
         let host = Arc::new(SpinHost::new(
             component,
             app,
@@ -274,10 +279,13 @@ pub(crate) fn prepare(
             host,
         });
     }
-    Ok(SpinApp {
-        app: app.clone(),
-        components,
-    })
+    Ok((
+        SpinApp {
+            app: app.clone(),
+            components,
+        },
+        cached,
+    ))
 }
 
 /// The imports of `component` the Spin linker does not provide, by name: WASI 0.2 (any patch

@@ -8,7 +8,9 @@ use containerd_shim::api::{CreateTaskRequest, CreateTaskResponse, Empty, ExecPro
 use containerd_shim::protos::events::task::{TaskCreate, TaskExecAdded, TaskIO};
 use containerd_shim::protos::protobuf::MessageField;
 use oci_spec::runtime::Spec;
-use wasmcell_engine::{Error as EngineError, Input, ModuleSource, Output, Stdio, WorkloadSpec};
+use wasmcell_engine::{
+    Error as EngineError, InUse, Input, ModuleSource, Output, Stdio, WorkloadSpec,
+};
 use wasmcell_sandbox::Sandbox;
 use wasmcell_sandbox::protocol::{Request, grants};
 
@@ -76,7 +78,7 @@ impl TaskService {
         let key = sandbox_key(&req.id, &req.exec_id);
         let command = workload.args.first().cloned().unwrap_or_default();
         let created = async {
-            self.compile(&workload).await?;
+            let _cached = self.compile(&workload).await?;
             self.create_in(self.sandbox()?, key, workload).await
         };
         created
@@ -202,12 +204,12 @@ impl TaskService {
 
     /// Compiles a workload into the cache here (as root, which may write it) unless it is there
     /// already: the shim's half of `create` and `exec`, which fails them at once on a missing,
-    /// non-wasm or malformed binary.
-    async fn compile(&self, workload: &WorkloadSpec) -> Result<()> {
+    /// non-wasm or malformed binary. Returns its cache entries held in use, to keep until the
+    /// sandbox has loaded them (cache collection skips them).
+    async fn compile(&self, workload: &WorkloadSpec) -> Result<Vec<InUse>> {
         let compiler = self.compiler.clone();
         let checked = workload.clone();
-        tokio::task::spawn_blocking(move || compiler.compile(&checked)).await??;
-        Ok(())
+        Ok(tokio::task::spawn_blocking(move || compiler.compile(&checked)).await??)
     }
 
     /// Creates a compiled workload in the sandbox, which loads and links the artifact.
@@ -300,13 +302,13 @@ impl TaskService {
             if let (ModuleSource::Rootfs { root, path }, None) = (&workload.module, &workload.app) {
                 self.content.materialize(&req.id, root, path).await?;
             }
-            self.compile(&workload).await?;
-            Ok::<_, Error>(workload)
+            let cached = self.compile(&workload).await?;
+            Ok::<_, Error>((workload, cached))
         };
         // Both run to the end even when one fails: a mount still in flight could not be undone.
         let (sandbox, staged) = tokio::join!(self.sandbox_for(oci, &req.id, role), staged);
         let created = async {
-            let (sandbox, workload) = (sandbox?, staged?);
+            let (sandbox, (workload, _cached)) = (sandbox?, staged?);
             if let Some(hooks) = &hooks {
                 hooks.run(Stage::Create, sandbox.pid()).await?;
             }
