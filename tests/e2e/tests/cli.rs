@@ -434,7 +434,7 @@ fn the_cache_stays_within_its_bound_evicting_the_least_recently_used() -> Result
     let cache = tmp.path().join("cache");
     // Distinct modules of one guest: a custom section changes the digest, not the code.
     let modules: Vec<std::path::PathBuf> = (0..4)
-        .map(|n| distinct_guest("hello.wasm", &format!("r26-{n}"), tmp.path()))
+        .map(|n| distinct_guest("hello.wasm", &format!("bounded-{n}"), tmp.path()))
         .collect::<Result<_>>()?;
     let run_bounded = |module: &Path, bound: &str| -> Result<Ran> {
         run(Command::new(wasmcell())

@@ -596,7 +596,7 @@ fn held(cache: &Path, wasm: &Path) -> Result<bool> {
 fn shims_keep_the_cache_bounded_but_never_evict_a_running_containers_artifact() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let hellos: Vec<std::path::PathBuf> = (0..3)
-        .map(|n| distinct_guest("hello.wasm", &format!("r26-shim-{n}"), tmp.path()))
+        .map(|n| distinct_guest("hello.wasm", &format!("bounded-shim-{n}"), tmp.path()))
         .collect::<Result<_>>()?;
     // The size of a hello's artifact, from `wasmcell run` (the shims' engine configuration).
     let probe = tmp.path().join("probe");
@@ -621,15 +621,15 @@ fn shims_keep_the_cache_bounded_but_never_evict_a_running_containers_artifact() 
     for (n, hello) in hellos.iter().enumerate() {
         containerd.import(&build_image(
             hello,
-            &format!("example.com/r26-{n}:1"),
+            &format!("example.com/bounded-{n}:1"),
             tmp.path(),
             &[],
         )?)?;
     }
     containerd
-        .run_wasm(&["-d"], "example.com/sleeper:latest", "r26-sleeper", &[])?
+        .run_wasm(&["-d"], "example.com/sleeper:latest", "bounded-sleeper", &[])?
         .success()?;
-    containerd.running("r26-sleeper")?;
+    containerd.running("bounded-sleeper")?;
     let sleeper = guest("sleeper.wasm");
     for (n, hello) in hellos.iter().enumerate() {
         if n > 0 {
@@ -641,8 +641,8 @@ fn shims_keep_the_cache_bounded_but_never_evict_a_running_containers_artifact() 
         containerd
             .run_wasm(
                 &["--rm"],
-                &format!("example.com/r26-{n}:1"),
-                &format!("r26-hello-{n}"),
+                &format!("example.com/bounded-{n}:1"),
+                &format!("bounded-hello-{n}"),
                 &[],
             )?
             .success()?;
@@ -672,7 +672,7 @@ fn shims_keep_the_cache_bounded_but_never_evict_a_running_containers_artifact() 
     let ls = CacheListing::of(&cache)?;
     assert!(ls.lists(&sleeper)? && ls.total()? > 0, "{ls:?}");
 
-    containerd.remove("r26-sleeper")?;
+    containerd.remove("bounded-sleeper")?;
     wait_for("the sleeper's sandbox to let go of its artifact", || {
         Ok(!held(&cache, &sleeper)?)
     })?;
