@@ -19,13 +19,18 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "app models and distribution",
-        crates: &["wasmcell-spin", "wasmcell-slight", "wasmcell-registry"],
+        crates: &[
+            "wasmcell-spin",
+            "wasmcell-slight",
+            "wasmcell-registry",
+            "wasmcell-workload",
+        ],
         engine: false,
         capabilities: false,
     },
     Layer {
         name: "engine",
-        crates: &["wasmcell-engine"],
+        crates: &["wasmcell-stores", "wasmcell-engine"],
         engine: true,
         capabilities: false,
     },

@@ -10,7 +10,7 @@ use wasmtime::UpdateDeadline;
 
 use crate::epoch::EPOCH_TICK;
 use crate::usage::{Meter, Usage};
-use crate::workload::{CpuQuota, Limits};
+use wasmcell_workload::{CpuQuota, Limits};
 
 /// Changes what a running guest may do, from outside its run: shared by the run and whoever
 /// serves `pause`, `resume` and `update`.

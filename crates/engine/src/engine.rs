@@ -24,7 +24,7 @@ use crate::slight::{Slight, SlightHost, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost, spin1::Spin1Instance};
 use crate::stdio;
 use crate::wasmedge::{self, WasmEdge};
-use crate::workload::{Access, App, ModuleSource, Network, WorkloadSpec};
+use wasmcell_workload::{Access, App, ModuleSource, Network, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
 /// and what `wasmtime run` exits with on a trap.
@@ -909,7 +909,7 @@ mod tests {
     use wasmtime::ResourceLimiter;
 
     use super::*;
-    use crate::workload::Limits;
+    use wasmcell_workload::Limits;
 
     const MIB: usize = 1 << 20;
 

@@ -39,7 +39,7 @@ use crate::error::Error;
 use crate::spin::host::SpinHost;
 use crate::spin::{Routed, SpinApp};
 use crate::stdio::{Diagnostics, Outputs};
-use crate::workload::{HttpServe, Network, WorkloadSpec};
+use wasmcell_workload::{HttpServe, Network, WorkloadSpec};
 
 /// How long in-flight requests may take to finish after SIGTERM. Below Docker's and
 /// Kubernetes' default grace periods (10 s, 30 s), so a server ends by itself with 0.

@@ -24,10 +24,8 @@ mod precompile;
 mod slight;
 mod spin;
 mod stdio;
-mod stores;
 mod usage;
 mod wasmedge;
-mod workload;
 
 pub use cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
@@ -39,7 +37,7 @@ pub use error::{Error, error_chain};
 pub use http::open_pagemap;
 pub use precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
 pub use usage::Usage;
-pub use workload::{
+pub use wasmcell_workload::{
     Access, App, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles,
     Network, Output, Preopen, Stdio, WorkloadSpec,
 };

@@ -12,7 +12,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, IsTerminal, Stdout
 use wasmtime_wasi::p2::OutputStream;
 
 use crate::error::Error;
-use crate::workload::{Input, Output, Stdio};
+use wasmcell_workload::{Input, Output, Stdio};
 
 /// How much a guest may write ahead of a slow reader before its writes wait.
 const WRITE_BUDGET: usize = 64 * 1024;

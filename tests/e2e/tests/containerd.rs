@@ -627,7 +627,12 @@ fn shims_keep_the_cache_bounded_but_never_evict_a_running_containers_artifact() 
         )?)?;
     }
     containerd
-        .run_wasm(&["-d"], "example.com/sleeper:latest", "bounded-sleeper", &[])?
+        .run_wasm(
+            &["-d"],
+            "example.com/sleeper:latest",
+            "bounded-sleeper",
+            &[],
+        )?
         .success()?;
     containerd.running("bounded-sleeper")?;
     let sleeper = guest("sleeper.wasm");

@@ -10,7 +10,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 use super::{Refusal, SlightHost};
 use crate::engine::{ComponentState, Grants};
-use crate::stores::KeyValue;
+use wasmcell_stores::KeyValue;
 
 wasmtime::component::bindgen!({
     path: "wit/slight",

@@ -7,7 +7,7 @@ use wasmtime::{Caller, Linker};
 use super::{Handle, instance};
 use crate::core_abi::{Abi, Ret, define};
 use crate::engine::ModuleState;
-use crate::stores::KeyValue;
+use wasmcell_stores::KeyValue;
 
 type Host<'a> = Caller<'a, ModuleState>;
 

@@ -27,8 +27,8 @@ use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder
 use crate::error::Error;
 use crate::http::HttpEngine;
 use crate::stdio::{self, Diagnostics};
-use crate::stores::{KeyValue, Places};
-use crate::workload::WorkloadSpec;
+use wasmcell_stores::{KeyValue, Places};
+use wasmcell_workload::WorkloadSpec;
 
 /// A slight app ready to run: its module linked with slight's interfaces, on the HTTP
 /// servers' pooling engine (`http`), whose threads also serve its requests.
@@ -235,8 +235,8 @@ async fn initialize(
 /// Where the app's relative store paths are: the rootfs, or the module's directory.
 fn app_root(spec: &WorkloadSpec) -> &std::path::Path {
     match &spec.module {
-        crate::workload::ModuleSource::Rootfs { root, .. } => root,
-        crate::workload::ModuleSource::File(path) => match path.parent() {
+        wasmcell_workload::ModuleSource::Rootfs { root, .. } => root,
+        wasmcell_workload::ModuleSource::File(path) => match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => std::path::Path::new("."),
         },
@@ -301,7 +301,7 @@ impl SlightHost {
             files: OnceCell::new(),
             redis: Mutex::default(),
             diagnostics: Diagnostics::new(&spec.stdio.stderr),
-            network: spec.network == crate::workload::Network::Inherit,
+            network: spec.network == wasmcell_workload::Network::Inherit,
             config,
         }
     }

@@ -24,7 +24,7 @@ use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder
 use crate::epoch::Ticker;
 use crate::error::Error;
 use crate::stdio::Outputs;
-use crate::workload::WorkloadSpec;
+use wasmcell_workload::WorkloadSpec;
 
 type Host<'a> = Caller<'a, ModuleState>;
 

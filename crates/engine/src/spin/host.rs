@@ -15,8 +15,8 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::engine::{ComponentState, Grants};
-use crate::stores::{KeyValue, MAX_RESULT_BYTES, Places, SqlError, Sqlite};
-use crate::workload::Network;
+use wasmcell_stores::{KeyValue, MAX_RESULT_BYTES, Places, SqlError, Sqlite};
+use wasmcell_workload::Network;
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -52,7 +52,7 @@ impl SpinHost {
     pub(crate) fn new(
         component: &wasmcell_spin::Component,
         app: &wasmcell_spin::App,
-        opened: &crate::stores::Opened,
+        opened: &wasmcell_stores::Opened,
         places: Arc<Places>,
         diagnostics: crate::stdio::Diagnostics,
     ) -> SpinHost {
@@ -448,7 +448,7 @@ impl ComponentState {
         };
         let places = spin.places.clone();
         let opened = cell
-            .get_or_try_init(|| crate::stores::open_database(config, &places))
+            .get_or_try_init(|| wasmcell_stores::open_database(config, &places))
             .await;
         if let Err(error) = opened {
             self.warn(&format!("SQLite database {database}: {error}"));
@@ -725,7 +725,7 @@ mod tests {
             path: "app.db".into(),
         };
         let places = Places::new(dir.path(), &[]);
-        let db = crate::stores::open_database(&config, &places)
+        let db = wasmcell_stores::open_database(&config, &places)
             .await
             .unwrap();
         let query = |sql: String| db.run(move |db| execute(db, &sql, Vec::new()));

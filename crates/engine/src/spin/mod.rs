@@ -25,9 +25,9 @@ use crate::controls::Controls;
 use crate::engine::{ComponentState, Grants};
 use crate::error::Error;
 use crate::http::{self, Handler, HttpEngine, Target};
-use crate::stores::{Opened, Places};
-use crate::workload::{ModuleSource, WorkloadSpec};
 use host::SpinHost;
+use wasmcell_stores::{Opened, Places};
+use wasmcell_workload::{ModuleSource, WorkloadSpec};
 
 /// A Spin app ready to serve: its components linked, its routes known.
 pub(crate) struct SpinApp {

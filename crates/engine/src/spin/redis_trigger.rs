@@ -14,7 +14,7 @@ use crate::engine::{ComponentState, Guest, new_store};
 use crate::error::Error;
 use crate::http::{HttpEngine, HttpHooks};
 use crate::stdio::{self, Outputs};
-use crate::workload::WorkloadSpec;
+use wasmcell_workload::WorkloadSpec;
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -33,7 +33,7 @@ pub(crate) async fn listen(
     let outputs = Arc::new(Outputs::open(&spec.stdio).await?);
     let mut listeners = Vec::new();
     for trigger in &app.app.redis {
-        let client = crate::stores::redis_client(&trigger.address)
+        let client = wasmcell_stores::redis_client(&trigger.address)
             .map_err(|e| Error::Spin(format!("Redis trigger: {e}")))?;
         let mut pubsub = client.get_async_pubsub().await.map_err(|e| {
             Error::Spin(format!(

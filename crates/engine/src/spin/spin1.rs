@@ -381,7 +381,7 @@ pub(crate) async fn handle(
         app: Some(ModuleApp::Spin1(Box::new(Spin1Instance {
             host: host.clone(),
             stores: Vec::new(),
-            network: server.spec().network == crate::workload::Network::Inherit,
+            network: server.spec().network == wasmcell_workload::Network::Inherit,
         }))),
     };
     let mut store = new_store(server.engine(), state, server.controls());

@@ -20,10 +20,10 @@ use std::net::SocketAddr;
 use wasmtime::{Caller, Extern, ExternType, Linker, Memory, Module, ValType};
 
 use crate::engine::ModuleState;
-use crate::workload::{Network, WorkloadSpec};
 use memory::{Errno, Mem, status};
 use names::Names;
 use socket::{GuestSocket, Kind, SocketOption, SocketTable};
+use wasmcell_workload::{Network, WorkloadSpec};
 
 const WASI: &str = "wasi_snapshot_preview1";
 

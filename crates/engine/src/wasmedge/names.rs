@@ -14,7 +14,7 @@ use wasmcell_oci::rootfs;
 
 use super::address::{family_matches, loopback};
 use super::memory::Errno;
-use crate::workload::{ModuleSource, NameFiles, WorkloadSpec};
+use wasmcell_workload::{ModuleSource, NameFiles, WorkloadSpec};
 
 /// Where a guest's name lookups look: the files its spec names, else those in its rootfs.
 pub(crate) struct Names {

@@ -1,5 +1,6 @@
 //! [`WorkloadSpec`]: what to run, as plain data. The shim builds it from an OCI runtime spec,
 //! the CLI from an image and flags; nothing below it knows which.
+#![deny(missing_docs)]
 
 use std::path::PathBuf;
 

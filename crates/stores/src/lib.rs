@@ -16,6 +16,8 @@
 //! blocking thread, interrupted when its caller stops waiting ([`Sqlite::run`]), with a bounded
 //! result ([`MAX_RESULT_BYTES`]) and a bounded heap ([`SQLITE_HEAP_LIMIT`]).
 
+#![deny(missing_docs)]
+
 use std::path::{Component as PathPart, Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 
@@ -24,10 +26,10 @@ use cap_std::fs::Dir;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use wasmcell_spin::{DatabaseConfig, StoreConfig};
 
-use crate::workload::{Access, Preopen};
+use wasmcell_workload::{Access, Preopen};
 
 /// An open key-value store.
-pub(crate) enum KeyValue {
+pub enum KeyValue {
     /// A table in a SQLite file, as Spin's default store keeps it.
     Sqlite(Sqlite),
     /// A Redis server's keys.
@@ -38,7 +40,7 @@ pub(crate) enum KeyValue {
 /// trigger, a slightfile): TCP (`redis://`, `rediss://`) only. A `redis+unix://` address would
 /// be a path the sandbox resolves, and a socket can be connected to through a read-only or
 /// `nodev` mount: another container's grant, or a host socket bound into one.
-pub(crate) fn redis_client(url: &str) -> Result<redis::Client, String> {
+pub fn redis_client(url: &str) -> Result<redis::Client, String> {
     let client = redis::Client::open(url).map_err(|e| format!("Redis address {url}: {e}"))?;
     match client.get_connection_info().addr {
         redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. } => Ok(client),
@@ -49,7 +51,7 @@ pub(crate) fn redis_client(url: &str) -> Result<redis::Client, String> {
 }
 
 /// A connection to a Redis server, and how a store's keys are named there.
-pub(crate) struct Redis {
+pub struct Redis {
     manager: redis::aio::ConnectionManager,
     /// Whether a store's keys are `STORE:KEY` (slight's stores share one server that way) or
     /// the keys themselves (Spin's: a store is a whole server).
@@ -67,7 +69,7 @@ impl Redis {
 
 /// Where store files live: the app's directory, and the directories granted at absolute paths,
 /// each with whether the container may write there.
-pub(crate) struct Places {
+pub struct Places {
     root: PathBuf,
     /// Where the container sees the app's directory, when it is mounted read-only (a
     /// `--read-only` rootfs).
@@ -85,7 +87,9 @@ struct Place {
 }
 
 impl Places {
-    pub(crate) fn new(root: &Path, preopens: &[Preopen]) -> Places {
+    /// The places of an app whose directory is `root` (its rootfs), with the directories
+    /// `preopens` grants it.
+    pub fn new(root: &Path, preopens: &[Preopen]) -> Places {
         Places {
             root: root.to_owned(),
             root_read_only: preopens
@@ -134,7 +138,8 @@ impl Places {
 }
 
 impl KeyValue {
-    pub(crate) async fn open(config: &StoreConfig, places: &Places) -> Result<KeyValue, String> {
+    /// Opens the store `config` describes, its file found among `places`.
+    pub async fn open(config: &StoreConfig, places: &Places) -> Result<KeyValue, String> {
         match config {
             StoreConfig::Sqlite { path } => KeyValue::open_sqlite(places, path).await,
             StoreConfig::Redis { url } => KeyValue::open_redis(url, false).await,
@@ -144,7 +149,7 @@ impl KeyValue {
     /// Opens (creating it) the SQLite file at `path`, which holds any number of stores, as
     /// Spin's default store file does. In a read-only place the file must exist already, and
     /// hold the stores' table.
-    pub(crate) async fn open_sqlite(places: &Places, path: &str) -> Result<KeyValue, String> {
+    pub async fn open_sqlite(places: &Places, path: &str) -> Result<KeyValue, String> {
         let sqlite = open_sqlite(places, path).await?;
         sqlite
             .run(|db| {
@@ -161,7 +166,7 @@ impl KeyValue {
     }
 
     /// Connects to the Redis server at `url`; `prefixed`: see [`Redis`].
-    pub(crate) async fn open_redis(url: &str, prefixed: bool) -> Result<KeyValue, String> {
+    pub async fn open_redis(url: &str, prefixed: bool) -> Result<KeyValue, String> {
         let client = redis_client(url)?;
         let manager = redis::aio::ConnectionManager::new(client)
             .await
@@ -169,7 +174,8 @@ impl KeyValue {
         Ok(KeyValue::Redis(Redis { manager, prefixed }))
     }
 
-    pub(crate) async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    /// The value of `key` in `store`, if it has one.
+    pub async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
             KeyValue::Sqlite(db) => {
                 let (store, key) = (store.to_owned(), key.to_owned());
@@ -181,7 +187,8 @@ impl KeyValue {
         }
     }
 
-    pub(crate) async fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
+    /// Sets `key` in `store` to `value`.
+    pub async fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
             KeyValue::Sqlite(db) => {
                 let (store, key, value) = (store.to_owned(), key.to_owned(), value.to_owned());
@@ -199,7 +206,8 @@ impl KeyValue {
         }
     }
 
-    pub(crate) async fn delete(&self, store: &str, key: &str) -> Result<(), String> {
+    /// Removes `key` from `store`; removing a key that is not there is not an error.
+    pub async fn delete(&self, store: &str, key: &str) -> Result<(), String> {
         match self {
             KeyValue::Sqlite(db) => {
                 let (store, key) = (store.to_owned(), key.to_owned());
@@ -221,7 +229,8 @@ impl KeyValue {
         }
     }
 
-    pub(crate) async fn keys(&self, store: &str) -> Result<Vec<String>, String> {
+    /// Every key in `store`.
+    pub async fn keys(&self, store: &str) -> Result<Vec<String>, String> {
         match self {
             KeyValue::Sqlite(db) => {
                 let store = store.to_owned();
@@ -260,12 +269,7 @@ impl KeyValue {
     /// Adds `delta` to the counter at `key` (0 when absent) and returns the new value, in one
     /// step: a SQLite transaction (the counter an 8-byte little-endian integer, as Spin keeps
     /// it), or Redis's INCRBY (a decimal string, as Redis keeps it).
-    pub(crate) async fn increment(
-        &self,
-        store: &str,
-        key: &str,
-        delta: i64,
-    ) -> Result<i64, String> {
+    pub async fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64, String> {
         match self {
             KeyValue::Sqlite(db) => {
                 let (store, key) = (store.to_owned(), key.to_owned());
@@ -300,7 +304,7 @@ impl KeyValue {
 
     /// Sets `key` to `value` if it still holds `expected` (`None`: absent), in one step;
     /// whether it did.
-    pub(crate) async fn swap(
+    pub async fn swap(
         &self,
         store: &str,
         key: &str,
@@ -392,7 +396,7 @@ async fn redis_call<T: redis::FromRedisValue>(
 /// blob), and the longest text or blob SQLite makes (`SQLITE_LIMIT_LENGTH`). A result is built
 /// in host memory, outside the guest's limit, before it is copied into the guest; twice the
 /// largest key-value value, so a row or two of large blobs still fits.
-pub(crate) const MAX_RESULT_BYTES: usize = 32 << 20;
+pub const MAX_RESULT_BYTES: usize = 32 << 20;
 
 /// The most heap SQLite takes in one process, over every connection of every app in it (page
 /// caches, sorts, temporary tables, which `temp_store = MEMORY` keeps in memory): past it a
@@ -402,7 +406,7 @@ const SQLITE_HEAP_LIMIT: i64 = 512 << 20;
 
 /// Why a statement on a SQLite connection failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SqlError {
+pub enum SqlError {
     /// The authorizer refused something the statement does.
     #[error("statement not allowed: {0}")]
     Refused(&'static str),
@@ -424,7 +428,7 @@ pub(crate) enum SqlError {
 /// thread, one at a time; a caller that stops waiting (its request's deadline passed, or its
 /// guest was killed) interrupts its statement, so nothing a guest asks SQLite to do outlives
 /// the guest or holds a server thread.
-pub(crate) struct Sqlite {
+pub struct Sqlite {
     open: Arc<tokio::sync::Mutex<Open>>,
     interrupt: Arc<rusqlite::InterruptHandle>,
     /// Why the authorizer refused the statement last prepared, for its error.
@@ -469,7 +473,7 @@ impl Drop for Finished {
 impl Sqlite {
     /// Runs `work` on the connection on a blocking thread, once the statements before it are
     /// done. Dropping the returned future interrupts `work`'s statement.
-    pub(crate) async fn run<T: Send + 'static>(
+    pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<T, SqlError> + Send + 'static,
     ) -> Result<T, SqlError> {
@@ -599,10 +603,7 @@ fn harden(
 }
 
 /// Opens a SQLite database (`DatabaseConfig`) for a component.
-pub(crate) async fn open_database(
-    config: &DatabaseConfig,
-    places: &Places,
-) -> Result<Sqlite, String> {
+pub async fn open_database(config: &DatabaseConfig, places: &Places) -> Result<Sqlite, String> {
     open_sqlite(places, &config.path).await
 }
 
@@ -719,9 +720,11 @@ fn configure_sqlite() {
 
 /// The stores and databases of one app, opened on first use and shared by its components.
 #[derive(Default)]
-pub(crate) struct Opened {
-    pub(crate) stores: std::collections::BTreeMap<String, Arc<tokio::sync::OnceCell<KeyValue>>>,
-    pub(crate) databases: std::collections::BTreeMap<String, Arc<tokio::sync::OnceCell<Sqlite>>>,
+pub struct Opened {
+    /// Key-value stores by label.
+    pub stores: std::collections::BTreeMap<String, Arc<tokio::sync::OnceCell<KeyValue>>>,
+    /// SQLite databases by label.
+    pub databases: std::collections::BTreeMap<String, Arc<tokio::sync::OnceCell<Sqlite>>>,
 }
 
 #[cfg(test)]
