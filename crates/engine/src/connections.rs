@@ -351,7 +351,82 @@ impl<T> Table<T> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
+
+    /// A server of `ok` under `http`'s policy on a loopback port; its address.
+    async fn serve_ok(http: HttpServe) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut connections = Connections::new(&http, vec![tokio::runtime::Handle::current()]);
+            loop {
+                let accepted = listener.accept().await.map(|(stream, _)| stream);
+                let ok = |_| async { Response::new(Full::new(Bytes::from_static(b"ok"))) };
+                connections.serve(accepted, ok).await;
+            }
+        });
+        addr
+    }
+
+    /// Sends a whole GET on `client` and reads its response, up to its `ok` body.
+    async fn get(client: &mut TcpStream) {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        while !response.ends_with(b"\r\n\r\nok") {
+            let mut buf = [0; 1024];
+            let read = client.read(&mut buf).await.unwrap();
+            assert_ne!(read, 0, "closed mid-response: {response:?}");
+            response.extend_from_slice(&buf[..read]);
+        }
+        assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    }
+
+    /// Whether the server closed `client` within `within`.
+    async fn closed(client: &mut TcpStream, within: Duration) -> bool {
+        let read = tokio::time::timeout(within, client.read(&mut [0; 64])).await;
+        matches!(read, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_idle_past_the_header_timeout_is_closed() {
+        // hyper runs its header timer from the end of a response too, not only from the
+        // connection's start: this is the server's only bound on an idle keep-alive connection.
+        let header_timeout = Duration::from_millis(300);
+        let addr = serve_ok(HttpServe {
+            header_timeout,
+            ..HttpServe::default()
+        })
+        .await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        get(&mut client).await;
+        let idle = std::time::Instant::now();
+        assert!(closed(&mut client, Duration::from_secs(10)).await);
+        assert!(idle.elapsed() >= header_timeout - Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_request_at_the_cap_is_answered_and_the_longest_idle_connection_closed() {
+        let addr = serve_ok(HttpServe {
+            max_connections: 2,
+            ..HttpServe::default()
+        })
+        .await;
+        let mut oldest = TcpStream::connect(addr).await.unwrap();
+        let mut newer = TcpStream::connect(addr).await.unwrap();
+        newer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        get(&mut probe).await;
+        assert!(closed(&mut oldest, Duration::from_secs(5)).await);
+        assert!(!closed(&mut newer, Duration::from_millis(200)).await);
+    }
 
     #[test]
     fn a_connection_at_the_cap_evicts_the_one_idle_longest() {
