@@ -80,7 +80,7 @@ impl Connections {
         accepted: std::io::Result<tokio::net::TcpStream>,
         respond: F,
     ) where
-        F: Fn(Request<Incoming>) -> R + Send + Sync + 'static,
+        F: Fn(Request<Incoming>) -> R + Send + 'static,
         R: Future<Output = Response<B>> + Send + 'static,
         B: Body + Unpin + Send + 'static,
         B::Data: Send,
@@ -106,7 +106,6 @@ impl Connections {
         let Ok(stream) = stream.into_std() else {
             return;
         };
-        let respond = Arc::new(respond);
         runtime.spawn(async move {
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;

@@ -126,8 +126,9 @@ impl Subscription<'_> {
             ),
         )
         .await;
-        let mut backoff = Backoff::default();
-        for attempt in 1.. {
+        let (mut backoff, mut attempt) = (Backoff::default(), 0u64);
+        loop {
+            attempt += 1;
             let attempted = async {
                 tokio::time::sleep(backoff.next_wait()).await;
                 self.subscribe().await
@@ -155,7 +156,6 @@ impl Subscription<'_> {
                 Err(_) => {}
             }
         }
-        None
     }
 }
 
