@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::{ProtocolVersion, Value};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi_http::WasiHttpCtx;
 
@@ -101,11 +102,24 @@ impl Subscription<'_> {
         let mut pubsub = self.client.get_async_pubsub().await.map_err(|e| {
             format!("cannot connect to Redis at {server} for channel {channel}: {e}")
         })?;
-        pubsub
-            .subscribe(channel)
-            .await
-            .map_err(|e| format!("cannot subscribe to {channel} on Redis at {server}: {e}"))?;
-        Ok(pubsub)
+        let refused = |why: &dyn std::fmt::Display| {
+            format!("cannot subscribe to {channel} on Redis at {server}: {why}")
+        };
+        pubsub.subscribe(channel).await.map_err(|e| refused(&e))?;
+        // redis-rs's `subscribe` drops the server's reply, so a refusal (`NOAUTH`: the server
+        // wants a password it no longer gets; `NOPERM`: its ACL denies the channel) passes for
+        // a subscription that would never deliver a message. A PING tells: over RESP2, only a
+        // subscribed connection answers it `["pong", ""]`; over RESP3, where any connection
+        // answers `PONG`, a refusal still fails it.
+        let resp3 = self.client.get_connection_info().redis.protocol == ProtocolVersion::RESP3;
+        match pubsub.ping().await.and_then(Value::extract_error) {
+            Ok(Value::Array(reply)) if matches!(reply.first(), Some(Value::BulkString(kind)) if kind == b"pong") => {
+                Ok(pubsub)
+            }
+            Ok(_) if resp3 => Ok(pubsub),
+            Ok(reply) => Err(refused(&format!("the server answered PING with {reply:?}"))),
+            Err(error) => Err(refused(&error)),
+        }
     }
 
     /// Subscribes again after the subscription was lost, waiting longer after each failure,
