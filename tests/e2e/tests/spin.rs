@@ -895,15 +895,16 @@ fn r26_a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result
     let tmp = tempfile::tempdir()?;
     let log = tmp.path().join("listener.log");
     let containerd = run_listener(tmp.path(), "listener", &redis, &redis.url(), &log)?;
-    let subscribers = || -> Result<String> {
+    // Publishes `message`; how many subscribers it reached.
+    let publish = |message: &str| -> Result<String> {
         Ok(redis
-            .cli(&["PUBLISH", "messages", "first"])?
+            .cli(&["PUBLISH", "messages", message])?
             .success()?
             .stdout
             .trim()
             .to_owned())
     };
-    wait_for("the trigger to subscribe", || Ok(subscribers()? == "1"))?;
+    wait_for("the trigger to subscribe", || Ok(publish("first")? == "1"))?;
     wait_for("the message to be handled", || {
         Ok(redis.cli(&["GET", "last"])?.stdout.trim() == "first")
     })?;
@@ -922,8 +923,7 @@ fn r26_a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result
             == Some("1"))
     })?;
     eprintln!("subscribed again {:?} after the kill", since.elapsed());
-    let published = redis.cli(&["PUBLISH", "messages", "second"])?.success()?;
-    assert_eq!(published.stdout.trim(), "1", "{published:?}");
+    assert_eq!(publish("second")?, "1");
     wait_for("the message after the kill to be handled", || {
         Ok(redis.cli(&["GET", "last"])?.stdout.trim() == "second")
     })?;
@@ -935,6 +935,42 @@ fn r26_a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result
     ] {
         assert!(logged.contains(&line), "no {line:?} in {logged}");
     }
+
+    // While the server refuses the trigger (its user turned off, as a server restarting refuses
+    // it), the trigger says why once and keeps trying; it is back once it is let in.
+    redis
+        .cli(&[
+            "ACL", "SETUSER", "admin", "on", ">admin", "~*", "&*", "+@all",
+        ])?
+        .success()?;
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--user", "admin", "--pass", "admin", "--no-auth-warning"];
+        all.extend_from_slice(args);
+        redis.cli(&all)?.success()
+    };
+    admin(&["ACL", "SETUSER", "default", "off"])?;
+    admin(&["CLIENT", "KILL", "TYPE", "pubsub"])?;
+    wait_for("a failed attempt to be reported", || {
+        Ok(std::fs::read_to_string(&log)?.contains("; retrying, at least every 5 s"))
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    admin(&["ACL", "SETUSER", "default", "on"])?;
+    wait_for("the trigger to subscribe once let in", || {
+        Ok(publish("third")? == "1")
+    })?;
+    wait_for("the message after the refusal to be handled", || {
+        Ok(redis.cli(&["GET", "last"])?.stdout.trim() == "third")
+    })?;
+    let logged = std::fs::read_to_string(&log)?;
+    let back = logged
+        .lines()
+        .rev()
+        .find(|line| line.contains("again, after"));
+    eprintln!("{}", back.unwrap_or_default());
+    assert!(
+        back.is_some_and(|line| !line.ends_with(" and 1 attempt(s)")),
+        "{logged}"
+    );
     assert_eq!(
         containerd.task("listener")?.map(|(_, s)| s).as_deref(),
         Some("RUNNING")
