@@ -600,16 +600,20 @@ async fn serve_here(
     tracing::debug!(%addr, "serving HTTP");
     let mut connections = Connections::new(&spec.http, runtimes);
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = controls.terminated() => break,
+        // Both steps may wait (for a connection, for room for it), and stop when terminated.
+        let next = async {
+            let accepted = listener.accept().await;
+            let peer = accepted.as_ref().map_or(host_addr(), |(_, peer)| *peer);
+            let (server, outputs) = (server.clone(), outputs.clone());
+            let respond = move |request| handle(server.clone(), outputs.clone(), request, peer);
+            connections
+                .serve(accepted.map(|(stream, _)| stream), respond)
+                .await;
         };
-        let peer = accepted.as_ref().map_or(host_addr(), |(_, peer)| *peer);
-        let (server, outputs) = (server.clone(), outputs.clone());
-        let respond = move |request| handle(server.clone(), outputs.clone(), request, peer);
-        connections
-            .serve(accepted.map(|(stream, _)| stream), respond)
-            .await;
+        tokio::select! {
+            () = next => {}
+            () = controls.terminated() => break,
+        }
     }
     drop(listener);
     connections.drain().await;

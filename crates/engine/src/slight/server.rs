@@ -348,20 +348,25 @@ impl Serving {
             .collect();
         let mut connections = Connections::new(&serving.spec.http, runtimes);
         loop {
-            let accepts = servers.iter().map(|s| Box::pin(s.listener.accept()));
-            let (accepted, index, _) = tokio::select! {
-                accepted = futures_util::future::select_all(accepts) => accepted,
+            // Both steps may wait (for a connection, for room for it), and stop when terminated.
+            let next = async {
+                let accepts = servers.iter().map(|s| Box::pin(s.listener.accept()));
+                let (accepted, index, _) = futures_util::future::select_all(accepts).await;
+                let routes = servers[index].routes.clone();
+                let (serving, outputs) = (serving.clone(), outputs.clone());
+                let respond = move |request| {
+                    let (serving, outputs, routes) =
+                        (serving.clone(), outputs.clone(), routes.clone());
+                    async move { serving.respond(&routes, &outputs, request).await }
+                };
+                connections
+                    .serve(accepted.map(|(stream, _)| stream), respond)
+                    .await;
+            };
+            tokio::select! {
+                () = next => {}
                 () = serving.controls.terminated() => break,
-            };
-            let routes = servers[index].routes.clone();
-            let (serving, outputs) = (serving.clone(), outputs.clone());
-            let respond = move |request| {
-                let (serving, outputs, routes) = (serving.clone(), outputs.clone(), routes.clone());
-                async move { serving.respond(&routes, &outputs, request).await }
-            };
-            connections
-                .serve(accepted.map(|(stream, _)| stream), respond)
-                .await;
+            }
         }
         drop(servers);
         connections.drain().await;
