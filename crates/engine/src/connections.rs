@@ -12,15 +12,16 @@
 //!   descriptor limit (`RLIMIT_NOFILE`; containerd gives containers 1024), so that connections
 //!   never take the descriptors guests' files, sockets and stores need, nor those of the other
 //!   containers of a pod sharing the process. A connection accepted at the cap closes the one
-//!   that has been idle longest, idle meaning waiting for a request header (a fresh connection,
-//!   or a keep-alive one between requests). A connection with a request in flight, from its
-//!   header until its response's last byte is written, is never closed to make room; when all
-//!   have one, the server accepts nothing until one ends, and new connections wait in the
-//!   kernel's backlog.
+//!   that has been idle longest, idle meaning waiting for a request header (a fresh connection
+//!   once read from, or a keep-alive one between requests). A connection not read from yet, or
+//!   with a request in flight (from its header until its response's last byte is written), is
+//!   never closed to make room; when none is idle, the server accepts nothing until one is, and
+//!   new connections wait in the kernel's backlog.
 //!
 //!   Why the longest idle loses: a health probe (kubelet's opens a connection and sends a
-//!   whole `GET`) is the newest connection, and has its request in flight a moment later, so a
-//!   flood of connections that send nothing, or half a header, only ever evicts itself.
+//!   whole `GET`) is the newest connection, and has its request in flight as soon as it is
+//!   read, so a flood of connections that send nothing, or half a header, only ever evicts
+//!   itself.
 //! - **An accept that fails** (`EMFILE`: the process's descriptors are in use elsewhere) closes
 //!   the longest idle connection too, and the next accept waits 10 ms, so the loop never spins.
 
@@ -120,9 +121,18 @@ impl Connections {
                 }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = watcher.watch(connection);
+            tokio::pin!(connection);
+            // The first poll reads what the client has sent: a whole request header makes the
+            // connection busy before it can be evicted.
+            let first = std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx)));
+            if first.await.is_ready() {
+                return;
+            }
+            lease.read();
             // Evicted: dropping the connection closes it.
             tokio::select! {
-                _ = watcher.watch(connection) => {}
+                _ = connection => {}
                 () = lease.evicted() => {}
             }
         });
@@ -213,6 +223,12 @@ impl Lease {
         }
     }
 
+    /// Marks the connection as read from once (see [`State::New`]).
+    fn read(&self) {
+        self.slots.table().read(self.id);
+        self.slots.room.notify_one();
+    }
+
     /// Resolves when the connection was evicted to make room for another.
     async fn evicted(&self) {
         self.evicted.notified().await;
@@ -278,9 +294,20 @@ struct Table<T> {
 }
 
 struct Live<T> {
-    /// When it last became idle; `None` while a request is in flight.
-    idle_since: Option<u64>,
+    state: State,
     close: T,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Accepted, and not read from yet: never evicted, so that a request sent with the
+    /// connection (a probe's) is read before the connection can lose its place, however many
+    /// connections a burst brings in meanwhile.
+    New,
+    /// Waiting for a request header, since this tick of the clock.
+    Idle(u64),
+    /// A request in flight.
+    Busy,
 }
 
 impl<T> Table<T> {
@@ -298,18 +325,16 @@ impl<T> Table<T> {
         self.clock
     }
 
-    /// Takes a new connection, idle until its first request, if there is room for it, or an
-    /// idle connection to evict for it: its id, and the evicted connection's `close`. `None`
-    /// when every connection has a request in flight.
+    /// Takes a new connection if there is room for it, or an idle connection to evict for it:
+    /// its id, and the evicted connection's `close`. `None` when no connection is idle.
     fn admit(&mut self, close: T) -> Option<(u64, Option<T>)> {
         let evicted = match self.live.len() < self.cap {
             true => None,
             false => Some(self.evict_longest_idle()?),
         };
         let id = self.tick();
-        let idle_since = Some(id);
-        self.live.insert(id, Live { idle_since, close });
-        self.idle.insert((id, id));
+        let state = State::New;
+        self.live.insert(id, Live { state, close });
         Some((id, evicted))
     }
 
@@ -319,32 +344,41 @@ impl<T> Table<T> {
         self.live.remove(&id).map(|live| live.close)
     }
 
-    fn busy(&mut self, id: u64) {
-        if let Some(since) = self
-            .live
-            .get_mut(&id)
-            .and_then(|live| live.idle_since.take())
-        {
+    /// Moves a connection from `from` (any state if `None`) to `to`.
+    fn set(&mut self, id: u64, from: Option<State>, to: State) {
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        if from.is_some_and(|from| from != live.state) {
+            return;
+        }
+        if let State::Idle(since) = live.state {
             self.idle.remove(&(since, id));
         }
+        if let State::Idle(since) = to {
+            self.idle.insert((since, id));
+        }
+        live.state = to;
+    }
+
+    /// The connection has been read from once: from now on it may be evicted while idle.
+    fn read(&mut self, id: u64) {
+        let now = self.tick();
+        self.set(id, Some(State::New), State::Idle(now));
+    }
+
+    fn busy(&mut self, id: u64) {
+        self.set(id, None, State::Busy);
     }
 
     fn idle(&mut self, id: u64) {
         let now = self.tick();
-        if let Some(live) = self
-            .live
-            .get_mut(&id)
-            .filter(|live| live.idle_since.is_none())
-        {
-            live.idle_since = Some(now);
-            self.idle.insert((now, id));
-        }
+        self.set(id, Some(State::Busy), State::Idle(now));
     }
 
     fn leave(&mut self, id: u64) {
-        if let Some(since) = self.live.remove(&id).and_then(|live| live.idle_since) {
-            self.idle.remove(&(since, id));
-        }
+        self.set(id, None, State::New);
+        self.live.remove(&id);
     }
 }
 
@@ -427,33 +461,37 @@ mod tests {
         assert!(!closed(&mut newer, Duration::from_millis(200)).await);
     }
 
+    /// Admits a connection and reads from it.
+    fn admit_read<T: std::fmt::Debug>(table: &mut Table<T>, close: T) -> (u64, Option<T>) {
+        let (id, evicted) = table.admit(close).unwrap();
+        table.read(id);
+        (id, evicted)
+    }
+
     #[test]
     fn a_connection_at_the_cap_evicts_the_one_idle_longest() {
         let mut table = Table::new(3);
-        let ids: Vec<u64> = ["a", "b", "c"]
-            .map(|name| table.admit(name).unwrap())
-            .into_iter()
-            .map(|(id, evicted)| {
-                assert_eq!(evicted, None, "room for three");
-                id
-            })
-            .collect();
+        let ids = ["a", "b", "c"].map(|name| {
+            let (id, evicted) = admit_read(&mut table, name);
+            assert_eq!(evicted, None, "room for three");
+            id
+        });
         // `a` takes a request and finishes it: it is now idle more recently than `b` and `c`.
         table.busy(ids[0]);
         table.idle(ids[0]);
-        assert_eq!(table.admit("d").unwrap().1, Some("b"));
-        assert_eq!(table.admit("e").unwrap().1, Some("c"));
-        assert_eq!(table.admit("f").unwrap().1, Some("a"));
+        assert_eq!(admit_read(&mut table, "d").1, Some("b"));
+        assert_eq!(admit_read(&mut table, "e").1, Some("c"));
+        assert_eq!(admit_read(&mut table, "f").1, Some("a"));
         assert_eq!(table.live.len(), 3);
     }
 
     #[test]
     fn a_connection_with_a_request_in_flight_is_never_evicted() {
         let mut table = Table::new(2);
-        let (probe, _) = table.admit("probe").unwrap();
+        let (probe, _) = admit_read(&mut table, "probe");
         table.busy(probe);
-        let (idle, _) = table.admit("idle").unwrap();
-        let (new, evicted) = table.admit("new").unwrap();
+        let (idle, _) = admit_read(&mut table, "idle");
+        let (new, evicted) = admit_read(&mut table, "new");
         assert_eq!(evicted, Some("idle"));
         table.busy(new);
         assert_eq!(table.admit("waits"), None, "all in flight: no room");
@@ -468,13 +506,32 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_not_read_from_yet_is_never_evicted() {
+        // A burst of connections accepted before any is read: the first, a probe whose request
+        // is waiting to be read, keeps its place however many come after it.
+        let mut table = Table::new(2);
+        let (probe, _) = table.admit("probe").unwrap();
+        let (flood, _) = admit_read(&mut table, "flood");
+        assert_eq!(table.admit("burst").unwrap().1, Some("flood"));
+        assert_eq!(table.admit("more"), None, "nobody read from yet: no room");
+        table.read(probe);
+        table.busy(probe);
+        table.read(flood);
+        assert_eq!(
+            table.admit("more"),
+            None,
+            "an evicted connection stays evicted"
+        );
+    }
+
+    #[test]
     fn a_connection_that_leaves_makes_room() {
         let mut table = Table::new(1);
-        let (first, _) = table.admit(1).unwrap();
+        let (first, _) = admit_read(&mut table, 1);
         table.busy(first);
         assert_eq!(table.admit(2), None);
         table.leave(first);
-        assert_eq!(table.admit(2).unwrap().1, None);
+        assert_eq!(admit_read(&mut table, 2).1, None);
         assert!(table.idle.len() == 1 && table.live.len() == 1);
     }
 }
