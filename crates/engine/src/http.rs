@@ -16,10 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use wasmtime::Linker;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -30,6 +27,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
 use crate::cache::deserialize_component;
+use crate::connections::Connections;
 use crate::controls::Controls;
 use crate::engine::{
     ComponentState, Grants, Guest, ModuleState, OnFirstUse, add_preopens, new_store, wasi_base,
@@ -40,10 +38,6 @@ use crate::spin::host::SpinHost;
 use crate::spin::{Routed, SpinApp};
 use crate::stdio::{Diagnostics, Outputs};
 use wasmcell_workload::{HttpServe, Network, WorkloadSpec};
-
-/// How long in-flight requests may take to finish after SIGTERM. Below Docker's and
-/// Kubernetes' default grace periods (10 s, 30 s), so a server ends by itself with 0.
-pub(crate) const DRAIN: Duration = Duration::from_secs(5);
 
 /// How much of a slot's dirtied memory (and table) is reset in place rather than released, per
 /// slot: the memory an idle server keeps for each slot it has used. A hello-world request
@@ -502,7 +496,7 @@ fn static_response(response: &wasmcell_spin::StaticResponse) -> Response<HyperOu
     answer
 }
 
-/// Serves until [`Controls::terminate`], then drains (bounded by [`DRAIN`]) and exits 0.
+/// Serves until [`Controls::terminate`], then drains (see [`Connections::drain`]) and exits 0.
 /// Dropping the future (SIGKILL) closes the listener and every connection at once.
 ///
 /// The server runs on threads of its own, each with a single-threaded runtime: one, or one per
@@ -541,7 +535,7 @@ pub(crate) async fn serve(
                     let mut runtimes = vec![tokio::runtime::Handle::current()];
                     runtimes.extend(workers.iter().map(|worker| worker.runtime.clone()));
                     tokio::select! {
-                        exit = serve_here(server, &runtimes) => exit,
+                        exit = serve_here(server, runtimes) => exit,
                         // Killed: nobody waits for this status.
                         _ = cancelled => Ok(crate::Exit::Code(137)),
                     }
@@ -595,7 +589,7 @@ impl Worker {
 /// Accepts on this thread and serves each connection on one of `runtimes`, in turn.
 async fn serve_here(
     server: Arc<Server>,
-    runtimes: &[tokio::runtime::Handle],
+    runtimes: Vec<tokio::runtime::Handle>,
 ) -> Result<crate::Exit, Error> {
     let (spec, controls) = (&server.spec, &server.controls);
     let HttpServe { addr, .. } = spec.http;
@@ -604,58 +598,26 @@ async fn serve_here(
     // for as long as the server runs.
     let outputs = Arc::new(Outputs::open(&spec.stdio).await?);
     tracing::debug!(%addr, "serving HTTP");
-    let graceful = GracefulShutdown::new();
-    let connections = hyper::server::conn::http1::Builder::new();
-    let mut dealt = 0usize;
+    let mut connections = Connections::new(&spec.http, runtimes);
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        // Both steps may wait (for a connection, for room for it), and stop when terminated.
+        let next = async {
+            let accepted = listener.accept().await;
+            let peer = accepted.as_ref().map_or(host_addr(), |(_, peer)| *peer);
+            let (server, outputs) = (server.clone(), outputs.clone());
+            let respond = move |request| handle(server.clone(), outputs.clone(), request, peer);
+            connections
+                .serve(accepted.map(|(stream, _)| stream), respond)
+                .await;
+        };
+        tokio::select! {
+            () = next => {}
             () = controls.terminated() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            // Out of descriptors or a connection reset before it was accepted: the listener
-            // itself is fine, so wait a moment rather than spin or give up.
-            Err(error) => {
-                tracing::warn!("accept on {addr}: {error}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let (server, outputs) = (server.clone(), outputs.clone());
-        let (connections, watcher) = (connections.clone(), graceful.watcher());
-        deal(runtimes, dealt, stream, move |stream| async move {
-            let service =
-                service_fn(move |request| handle(server.clone(), outputs.clone(), request, peer));
-            let connection = connections.serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection).await;
-        });
-        dealt += 1;
+        }
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    connections.drain().await;
     Ok(crate::Exit::Code(0))
-}
-
-/// Serves the `n`th connection a server accepted on one of `runtimes` in turn: `serve` runs in
-/// a task there, with the stream registered anew with that runtime's reactor.
-pub(crate) fn deal<F>(
-    runtimes: &[tokio::runtime::Handle],
-    n: usize,
-    stream: tokio::net::TcpStream,
-    serve: impl FnOnce(tokio::net::TcpStream) -> F + Send + 'static,
-) where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let _ = stream.set_nodelay(true);
-    let Ok(stream) = stream.into_std() else {
-        return;
-    };
-    runtimes[n % runtimes.len()].spawn(async move {
-        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-            serve(stream).await;
-        }
-    });
 }
 
 /// A listener that rebinds at once after a restart (`SO_REUSEADDR`), as servers do.
@@ -677,7 +639,7 @@ async fn handle(
     outputs: Arc<Outputs>,
     mut request: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<HyperOutgoingBody>, Infallible> {
+) -> Response<HyperOutgoingBody> {
     let HttpServe {
         max_body, timeout, ..
     } = server.spec.http;
@@ -686,15 +648,15 @@ async fn handle(
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > max_body) {
-        return Ok(plain(
+        return plain(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body larger than {max_body} bytes\n"),
-        ));
+        );
     }
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let target = match server.route(&mut request, peer) {
         Ok(target) => target,
-        Err(answer) => return Ok(*answer),
+        Err(answer) => return *answer,
     };
     let request = request.map(|body| {
         Limited::new(body, max_body as usize)
@@ -702,13 +664,13 @@ async fn handle(
             .boxed_unsync()
     });
     match run_handler(&server, &target, &outputs, request, peer, timeout).await {
-        Ok(response) => Ok(response),
+        Ok(response) => response,
         Err(failure) => {
             let (status, reason) = failure.status();
             server
                 .diagnostics
                 .report(&format!("{method} {uri}: {reason}"));
-            Ok(plain(status, format!("{reason}\n")))
+            plain(status, format!("{reason}\n"))
         }
     }
 }

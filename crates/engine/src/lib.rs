@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod connections;
 mod controls;
 mod core_abi;
 mod engine;

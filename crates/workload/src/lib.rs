@@ -62,8 +62,8 @@ pub struct NameFiles {
 impl HttpServe {
     /// The settings a guest's environment asks for, over the defaults: `WASMCELL_HTTP_ADDR`
     /// (or runwasi's `WASMTIME_HTTP_PROXY_SOCKET_ADDR`) `IP:PORT`, `WASMCELL_HTTP_MAX_BODY`
-    /// bytes and `WASMCELL_HTTP_TIMEOUT` seconds. The last value of a variable wins, as in a
-    /// shell.
+    /// bytes, `WASMCELL_HTTP_TIMEOUT` and `WASMCELL_HTTP_HEADER_TIMEOUT` seconds, and
+    /// `WASMCELL_HTTP_MAX_CONNECTIONS`. The last value of a variable wins, as in a shell.
     pub fn from_env(env: &[(String, String)]) -> Result<HttpServe, HttpSettingError> {
         const ADDR: &str = "an IP:PORT address such as 0.0.0.0:8080";
         let mut serve = HttpServe::default();
@@ -81,6 +81,16 @@ impl HttpServe {
                     let expected = "a whole number of seconds such as 30";
                     let seconds: u64 = setting("WASMCELL_HTTP_TIMEOUT", value, expected)?;
                     serve.timeout = std::time::Duration::from_secs(seconds.max(1));
+                }
+                "WASMCELL_HTTP_HEADER_TIMEOUT" => {
+                    let expected = "a whole number of seconds such as 10";
+                    let seconds: u64 = setting("WASMCELL_HTTP_HEADER_TIMEOUT", value, expected)?;
+                    serve.header_timeout = std::time::Duration::from_secs(seconds.max(1));
+                }
+                "WASMCELL_HTTP_MAX_CONNECTIONS" => {
+                    let expected = "a number of connections such as 1000";
+                    let cap: usize = setting("WASMCELL_HTTP_MAX_CONNECTIONS", value, expected)?;
+                    serve.max_connections = cap.max(1);
                 }
                 _ => {}
             }
@@ -134,16 +144,29 @@ pub struct HttpServe {
     pub max_body: u64,
     /// A request whose handler runs longer is cut off with 504 Gateway Timeout.
     pub timeout: std::time::Duration,
+    /// A connection that has not sent a whole request header this long after it opened, or
+    /// after its last response, is closed: it bounds both a stalled header and an idle
+    /// keep-alive connection (hyper times both with one timer).
+    pub header_timeout: std::time::Duration,
+    /// The most connections a server holds at once, before the bound the process's descriptor
+    /// limit sets (see `crate::connections`); past it, the connection idle the longest is closed.
+    pub max_connections: usize,
 }
 
 impl Default for HttpServe {
     /// Port 8080 on every interface of the container's network namespace, as runwasi's wasmtime
-    /// shim does; 16 MiB bodies; 60 s per request.
+    /// shim does; 16 MiB bodies; 60 s per request. 10 s for a request's header, or between
+    /// keep-alive requests: a real client sends a header in one round trip, so this only ever
+    /// cuts off clients that stalled, and frees their connections a third as late as hyper's
+    /// default 30 s would. At most 1000 connections: as many as the server has instance slots
+    /// for concurrent requests (`HttpEngine::new`).
     fn default() -> HttpServe {
         HttpServe {
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body: 16 << 20,
             timeout: std::time::Duration::from_secs(60),
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections: 1000,
         }
     }
 }
@@ -288,6 +311,8 @@ mod tests {
             ("WASMCELL_HTTP_ADDR", "[::]:9000"),
             ("WASMCELL_HTTP_MAX_BODY", "1024"),
             ("WASMCELL_HTTP_TIMEOUT", "0"),
+            ("WASMCELL_HTTP_HEADER_TIMEOUT", "3"),
+            ("WASMCELL_HTTP_MAX_CONNECTIONS", "0"),
             ("OTHER", "x"),
         ]))
         .unwrap();
@@ -298,6 +323,8 @@ mod tests {
             std::time::Duration::from_secs(1),
             "at least a second"
         );
+        assert_eq!(serve.header_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(serve.max_connections, 1, "at least one connection");
         assert_eq!(HttpServe::from_env(&[]).unwrap(), HttpServe::default());
     }
 

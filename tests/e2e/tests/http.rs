@@ -1,7 +1,10 @@
 //! HTTP components (`wasi:http/proxy`): served by `wasmcell run` and by the shim under
 //! containerd, checked with curl as a user would.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmcell_e2e::{
@@ -175,5 +178,110 @@ fn wasmcell_run_refuses_a_publish_of_another_container_port() -> Result<()> {
         out.stderr.contains("publish it as [IP:]PORT:8080"),
         "{out:?}"
     );
+    Ok(())
+}
+
+/// Issue 26 point 5: 1,100-1,500 connections that never finished their headers left a server
+/// answering nothing (each held a descriptor until the process had none left to accept with).
+/// Now while a flood of 2,000 (half silent, half stalled mid-header) is held open, fresh
+/// requests are answered, as a Kubernetes probe makes them, and every flood connection is
+/// closed once the default 10 s header timeout has passed.
+#[test]
+fn r26_a_flood_of_idle_connections_starves_no_probe_and_is_closed_after_the_header_timeout()
+-> Result<()> {
+    const FLOOD: usize = 2000;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    raise_open_file_limit(FLOOD as u64 + 1000)?;
+    let (_tmp, containerd) =
+        containerd_with(&[], &[("hello-http.wasm", "example.com/hello-http:latest")])?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let addr = format!("WASMCELL_HTTP_ADDR=127.0.0.1:{port}");
+    containerd
+        .run_wasm(
+            &["-d", "--net-host", "--env", &addr],
+            "example.com/hello-http:latest",
+            "web",
+            &[],
+        )?
+        .success()?;
+    wait_http(&format!("{base}/"))?;
+
+    let started = Instant::now();
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let flood = (0..FLOOD)
+        .map(|n| {
+            let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
+            if n % 2 == 1 {
+                stream.write_all(b"GET / HTTP/1.1\r\nHost: flood\r\n")?;
+            }
+            Ok(stream)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let flooded = started.elapsed();
+    // Probes, as kubelet's: a fresh connection and a whole GET, answered within curl's 10 s,
+    // every 200 ms while the flood holds its connections open.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let asked = Instant::now();
+        let reply = curl(&["--max-time", "10", &format!("{base}/")])?;
+        assert_eq!((reply.status, reply.body.as_str()), (200, GREETING));
+        slowest = slowest.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("{FLOOD} connections opened in {flooded:?}; slowest of 10 probes {slowest:?}");
+
+    // Every flood connection is closed by the server: a read sees its end (or a reset).
+    for stream in &flood {
+        stream.set_nonblocking(true)?;
+    }
+    let closed = |stream: &TcpStream| match (&*stream).read(&mut [0; 1024]) {
+        Ok(read) => read == 0,
+        Err(error) => error.kind() != ErrorKind::WouldBlock,
+    };
+    let deadline = started + flooded + HEADER_TIMEOUT + Duration::from_secs(10);
+    let mut open = flood.len();
+    while open > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        open = flood.iter().filter(|stream| !closed(stream)).count();
+    }
+    eprintln!(
+        "{open} of {FLOOD} connections open {:?} after the flood began",
+        started.elapsed()
+    );
+    assert_eq!(
+        open, 0,
+        "connections the server kept past its header timeout"
+    );
+    assert_serves_hello_http(&base)?;
+    assert_eq!(
+        containerd.task("web")?.map(|(_, s)| s).as_deref(),
+        Some("RUNNING")
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "web"])?
+        .success()?;
+    containerd.wait_status("web", "STOPPED")?;
+    Ok(())
+}
+
+/// Raises this process's limit on open descriptors to at least `wanted` (as root may), for a
+/// test that holds that many sockets.
+fn raise_open_file_limit(wanted: u64) -> Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    anyhow::ensure!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0);
+    limit.rlim_cur = limit.rlim_cur.max(wanted);
+    limit.rlim_max = limit.rlim_max.max(limit.rlim_cur);
+    // SAFETY: setrlimit reads the struct it is given and changes only this process's limits.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        anyhow::bail!(
+            "cannot raise RLIMIT_NOFILE to {wanted}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }

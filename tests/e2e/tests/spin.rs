@@ -840,3 +840,169 @@ fn a_spin_1_module_serves_through_its_handle_http_request_export() -> Result<()>
     containerd.ctr(&["task", "delete", "spin1"])?.success()?;
     Ok(())
 }
+
+/// The `listener` app (a Redis trigger on channel `messages`, and an HTTP component) under
+/// containerd as `id`: its store in `store`, its trigger subscribed at `trigger` (a Redis
+/// URL), its output in `log`. Returns the containerd it runs in.
+fn run_listener(
+    tmp: &Path,
+    id: &str,
+    store: &Redis,
+    trigger: &str,
+    log: &Path,
+) -> Result<Containerd> {
+    let app = spin_app("listener", tmp)?;
+    std::fs::write(
+        app.join("runtime-config.toml"),
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            store.url()
+        ),
+    )?;
+    let archive = build_spin_image(&app, "example.com/listener:1", tmp)?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{}", free_port()?);
+    let address = format!("SPIN_VARIABLE_REDIS_ADDRESS={trigger}");
+    let log_uri = format!("file://{}", log.display());
+    containerd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            SPIN,
+            "--net-host",
+            "--log-uri",
+            &log_uri,
+            "--env",
+            &listen,
+            "--env",
+            &address,
+            "example.com/listener:1",
+            id,
+        ])?
+        .success()?;
+    Ok(containerd)
+}
+
+/// Issue 26 point 5: a Redis trigger whose subscription the server dropped (here `CLIENT
+/// KILL`; a slow subscriber past its output buffer limit is dropped the same way) used to end
+/// its listener for good, and a trigger-only app exited 0. Now it subscribes again, says so on
+/// the container's stderr, and handles the next message.
+#[test]
+fn r26_a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result<()> {
+    let redis = Redis::start()?;
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("listener.log");
+    let containerd = run_listener(tmp.path(), "listener", &redis, &redis.url(), &log)?;
+    // Publishes `message`; how many subscribers it reached.
+    let publish = |message: &str| -> Result<String> {
+        Ok(redis
+            .cli(&["PUBLISH", "messages", message])?
+            .success()?
+            .stdout
+            .trim()
+            .to_owned())
+    };
+    wait_for("the trigger to subscribe", || Ok(publish("first")? == "1"))?;
+    wait_for("the message to be handled", || {
+        Ok(redis.cli(&["GET", "last"])?.stdout.trim() == "first")
+    })?;
+
+    let killed = redis
+        .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])?
+        .success()?;
+    assert_eq!(killed.stdout.trim(), "1", "{killed:?}");
+    let since = std::time::Instant::now();
+    wait_for("the trigger to subscribe again", || {
+        Ok(redis
+            .cli(&["PUBSUB", "NUMSUB", "messages"])?
+            .stdout
+            .lines()
+            .nth(1)
+            == Some("1"))
+    })?;
+    eprintln!("subscribed again {:?} after the kill", since.elapsed());
+    assert_eq!(publish("second")?, "1");
+    wait_for("the message after the kill to be handled", || {
+        Ok(redis.cli(&["GET", "last"])?.stdout.trim() == "second")
+    })?;
+    let logged = std::fs::read_to_string(&log)?;
+    let server = redis.url().replace("redis://", "");
+    for line in [
+        format!("lost the subscription to messages on {server}"),
+        format!("subscribed to messages on {server} again"),
+    ] {
+        assert!(logged.contains(&line), "no {line:?} in {logged}");
+    }
+
+    // While the server refuses the trigger (its user turned off, as a server restarting refuses
+    // it), the trigger says why once and keeps trying; it is back once it is let in.
+    redis
+        .cli(&[
+            "ACL", "SETUSER", "admin", "on", ">admin", "~*", "&*", "+@all",
+        ])?
+        .success()?;
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--user", "admin", "--pass", "admin", "--no-auth-warning"];
+        all.extend_from_slice(args);
+        redis.cli(&all)?.success()
+    };
+    admin(&["ACL", "SETUSER", "default", "off"])?;
+    admin(&["CLIENT", "KILL", "TYPE", "pubsub"])?;
+    wait_for("a failed attempt to be reported", || {
+        Ok(std::fs::read_to_string(&log)?.contains("; retrying, at least every 5 s"))
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    admin(&["ACL", "SETUSER", "default", "on"])?;
+    wait_for("the trigger to subscribe once let in", || {
+        Ok(publish("third")? == "1")
+    })?;
+    wait_for("the message after the refusal to be handled", || {
+        Ok(redis.cli(&["GET", "last"])?.stdout.trim() == "third")
+    })?;
+    let logged = std::fs::read_to_string(&log)?;
+    let back = logged
+        .lines()
+        .rev()
+        .find(|line| line.contains("again, after"));
+    eprintln!("{}", back.unwrap_or_default());
+    assert!(
+        back.is_some_and(|line| !line.ends_with(" and 1 attempt(s)")),
+        "{logged}"
+    );
+    assert_eq!(
+        containerd.task("listener")?.map(|(_, s)| s).as_deref(),
+        Some("RUNNING")
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "listener"])?
+        .success()?;
+    containerd.wait_status("listener", "STOPPED")?;
+    Ok(())
+}
+
+/// A Redis trigger that cannot subscribe when its app starts ends the app, with a status that
+/// says it failed and the reason on its stderr, as Spin's does; the app's HTTP server (which
+/// used to serve on, with nobody handling the channel) ends with it.
+#[test]
+fn r26_a_redis_trigger_that_cannot_subscribe_ends_its_app_non_zero() -> Result<()> {
+    let redis = Redis::start()?;
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("listener.log");
+    let nobody = format!("redis://127.0.0.1:{}", free_port()?);
+    let containerd = run_listener(tmp.path(), "listener", &redis, &nobody, &log)?;
+    containerd.wait_status("listener", "STOPPED")?;
+    let deleted = containerd.ctr(&["task", "delete", "listener"])?.success()?;
+    assert!(
+        deleted.stderr.contains("exit with non-zero exit code 1"),
+        "{deleted:?}"
+    );
+    let logged = std::fs::read_to_string(&log)?;
+    let reason = format!(
+        "cannot connect to Redis at {} for channel messages",
+        &nobody[8..]
+    );
+    assert!(logged.contains(&reason), "no {reason:?} in {logged}");
+    Ok(())
+}

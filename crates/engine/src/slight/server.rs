@@ -4,20 +4,17 @@
 //! request that matches a route gets a fresh instance and its handler export, called with the
 //! request laid out as wit-bindgen 0.2 lays out a `request` record.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use wasmtime::{Caller, Extern, InstancePre, Linker, ValType};
 
 use super::{Handle, SlightHost, SlightInstance, instance};
+use crate::connections::Connections;
 use crate::controls::Controls;
 use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, define};
 use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
@@ -337,8 +334,6 @@ impl Serving {
     pub(super) async fn serve(self, servers: Vec<Listening>) -> Result<Exit, Error> {
         let serving = Arc::new(self);
         let outputs = Arc::new(Outputs::open(&serving.spec.stdio).await?);
-        let graceful = GracefulShutdown::new();
-        let connections = hyper::server::conn::http1::Builder::new();
         // Connections are dealt to worker threads of this server's own in turn, never to the
         // caller's runtime: dropping the workers (when the app ends or is killed) ends every
         // request still in flight, so none outlives its container and its grants (whose
@@ -347,37 +342,34 @@ impl Serving {
             .map(|_| crate::http::Worker::start(serving.controls.clone()))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| Error::Engine(e.into()))?;
-        let runtimes: Vec<_> = workers
+        let runtimes = workers
             .iter()
             .map(|worker| worker.runtime.clone())
             .collect();
-        let mut dealt = 0usize;
+        let mut connections = Connections::new(&serving.spec.http, runtimes);
         loop {
-            let accepts = servers.iter().map(|s| Box::pin(s.listener.accept()));
-            let (accepted, index, _) = tokio::select! {
-                accepted = futures_util::future::select_all(accepts) => accepted,
-                () = serving.controls.terminated() => break,
-            };
-            let Ok((stream, _)) = accepted else {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            };
-            let routes = servers[index].routes.clone();
-            let (serving, outputs) = (serving.clone(), outputs.clone());
-            let (connections, watcher) = (connections.clone(), graceful.watcher());
-            crate::http::deal(&runtimes, dealt, stream, move |stream| async move {
-                let service = service_fn(move |request| {
+            // Both steps may wait (for a connection, for room for it), and stop when terminated.
+            let next = async {
+                let accepts = servers.iter().map(|s| Box::pin(s.listener.accept()));
+                let (accepted, index, _) = futures_util::future::select_all(accepts).await;
+                let routes = servers[index].routes.clone();
+                let (serving, outputs) = (serving.clone(), outputs.clone());
+                let respond = move |request| {
                     let (serving, outputs, routes) =
                         (serving.clone(), outputs.clone(), routes.clone());
-                    async move { Ok::<_, Infallible>(serving.respond(&routes, &outputs, request).await) }
-                });
-                let connection = connections.serve_connection(TokioIo::new(stream), service);
-                let _ = watcher.watch(connection).await;
-            });
-            dealt += 1;
+                    async move { serving.respond(&routes, &outputs, request).await }
+                };
+                connections
+                    .serve(accepted.map(|(stream, _)| stream), respond)
+                    .await;
+            };
+            tokio::select! {
+                () = next => {}
+                () = serving.controls.terminated() => break,
+            }
         }
         drop(servers);
-        let _ = tokio::time::timeout(crate::http::DRAIN, graceful.shutdown()).await;
+        connections.drain().await;
         drop(workers);
         Ok(Exit::Code(0))
     }

@@ -441,13 +441,14 @@ pub(crate) async fn run(
         redis_trigger::listen(app, http, spec, controls).await?;
         return Ok(crate::Exit::Code(0));
     }
+    // A trigger that cannot subscribe ends the app at once, HTTP server and all: an app that
+    // serves but never handles its messages would look healthy to its probes.
     let routes = http::Routes::Spin(app.clone());
-    let (served, listened) = tokio::join!(
+    let (served, ()) = tokio::try_join!(
         http::serve(http, &routes, spec, controls),
         redis_trigger::listen(app, http, spec, controls)
-    );
-    listened?;
-    served
+    )?;
+    Ok(served)
 }
 
 /// Sets the request headers Spin sets for a routed request (`spin-full-url`,
