@@ -39,7 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Notify;
 
-use crate::workload::HttpServe;
+use wasmcell_workload::HttpServe;
 
 /// How long in-flight requests may take to finish after SIGTERM. Below Docker's and
 /// Kubernetes' default grace periods (10 s, 30 s), so a server ends by itself with 0.

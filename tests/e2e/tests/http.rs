@@ -187,7 +187,7 @@ fn wasmcell_run_refuses_a_publish_of_another_container_port() -> Result<()> {
 /// requests are answered, as a Kubernetes probe makes them, and every flood connection is
 /// closed once the default 10 s header timeout has passed.
 #[test]
-fn r26_a_flood_of_idle_connections_starves_no_probe_and_is_closed_after_the_header_timeout()
+fn a_flood_of_idle_connections_starves_no_probe_and_is_closed_after_the_header_timeout()
 -> Result<()> {
     const FLOOD: usize = 2000;
     const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

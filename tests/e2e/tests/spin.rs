@@ -890,7 +890,7 @@ fn run_listener(
 /// its listener for good, and a trigger-only app exited 0. Now it subscribes again, says so on
 /// the container's stderr, and handles the next message.
 #[test]
-fn r26_a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result<()> {
+fn a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result<()> {
     let redis = Redis::start()?;
     let tmp = tempfile::tempdir()?;
     let log = tmp.path().join("listener.log");
@@ -986,7 +986,7 @@ fn r26_a_redis_trigger_whose_subscription_is_killed_subscribes_again() -> Result
 /// says it failed and the reason on its stderr, as Spin's does; the app's HTTP server (which
 /// used to serve on, with nobody handling the channel) ends with it.
 #[test]
-fn r26_a_redis_trigger_that_cannot_subscribe_ends_its_app_non_zero() -> Result<()> {
+fn a_redis_trigger_that_cannot_subscribe_ends_its_app_non_zero() -> Result<()> {
     let redis = Redis::start()?;
     let tmp = tempfile::tempdir()?;
     let log = tmp.path().join("listener.log");
