@@ -15,15 +15,15 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::cache::{Artifact, CompileCache, InUse};
-use crate::controls::Controls;
-use crate::epoch::{StoreClock, Ticker};
-use crate::error::{Error, error_chain};
 use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
 use crate::slight::{Slight, SlightHost, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost, spin1::Spin1Instance};
-use crate::stdio;
 use crate::wasmedge::{self, WasmEdge};
+use wasmcell_runtime::cache::{Artifact, CompileCache, InUse};
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::epoch::{StoreClock, Ticker};
+use wasmcell_runtime::error::{Error, error_chain};
+use wasmcell_runtime::stdio;
 use wasmcell_workload::{Access, App, ModuleSource, Network, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
@@ -260,12 +260,7 @@ impl WasiHttpView for ComponentState {
     }
 }
 
-/// The engine configuration every process compiles and runs with.
-pub(crate) fn config() -> wasmtime::Config {
-    let mut config = wasmtime::Config::new();
-    config.epoch_interruption(true);
-    config
-}
+pub(crate) use wasmcell_runtime::config;
 
 /// A part of the [`Engine`] made the first time a guest needs it and kept for the process's
 /// life. A process mostly runs one kind of guest: a sandbox running modules never needs the
@@ -801,7 +796,7 @@ impl Prepared {
     /// its user looks.
     pub async fn run(&self, controls: &Controls) -> Result<Exit, Error> {
         let exit = match &self.entry {
-            // A server counts its own threads' CPU (see `crate::usage`).
+            // A server counts its own threads' CPU (see `wasmcell_runtime::usage`).
             Entry::Http { .. } => self.instantiate_and_run(controls).await,
             Entry::Command(_) | Entry::Spin { .. } | Entry::Slight(_) => {
                 let meter = controls.meter();

@@ -26,17 +26,17 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
-use crate::cache::deserialize_component;
-use crate::connections::Connections;
-use crate::controls::Controls;
 use crate::engine::{
     ComponentState, Grants, Guest, ModuleState, OnFirstUse, add_preopens, new_store, wasi_base,
 };
-use crate::epoch::Ticker;
-use crate::error::Error;
 use crate::spin::host::SpinHost;
 use crate::spin::{Routed, SpinApp};
-use crate::stdio::{Diagnostics, Outputs};
+use wasmcell_runtime::cache::deserialize_component;
+use wasmcell_runtime::connections::Connections;
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::epoch::Ticker;
+use wasmcell_runtime::error::Error;
+use wasmcell_runtime::stdio::{Diagnostics, Outputs};
 use wasmcell_workload::{HttpServe, Network, WorkloadSpec};
 
 /// How much of a slot's dirtied memory (and table) is reset in place rather than released, per

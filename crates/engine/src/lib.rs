@@ -13,31 +13,23 @@
 //!   guest at its next epoch tick or host call, which is how the shim kills guests.
 #![deny(missing_docs)]
 
-mod cache;
-mod connections;
-mod controls;
 mod core_abi;
 mod engine;
-mod epoch;
-mod error;
 mod http;
-mod precompile;
 mod slight;
 mod spin;
-mod stdio;
-mod usage;
 mod wasmedge;
 
-pub use cache::{
+pub use engine::{Compiler, Engine, Exit, Overrun, Prepared};
+pub use http::open_pagemap;
+pub use wasmcell_runtime::Controls;
+pub use wasmcell_runtime::Usage;
+pub use wasmcell_runtime::cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
     parse_size,
 };
-pub use controls::Controls;
-pub use engine::{Compiler, Engine, Exit, Overrun, Prepared};
-pub use error::{Error, error_chain};
-pub use http::open_pagemap;
-pub use precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
-pub use usage::Usage;
+pub use wasmcell_runtime::precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
+pub use wasmcell_runtime::{Error, error_chain};
 pub use wasmcell_workload::{
     Access, App, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles,
     Network, Output, Preopen, Stdio, WorkloadSpec,

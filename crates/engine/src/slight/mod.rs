@@ -22,11 +22,11 @@ use tokio::sync::OnceCell;
 use wasmcell_slight::{Configs, SlightApp, Store};
 use wasmtime::{InstancePre, Linker};
 
-use crate::controls::Controls;
 use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
-use crate::error::Error;
 use crate::http::HttpEngine;
-use crate::stdio::{self, Diagnostics};
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::error::Error;
+use wasmcell_runtime::stdio::{self, Diagnostics};
 use wasmcell_stores::{KeyValue, Places};
 use wasmcell_workload::WorkloadSpec;
 
@@ -103,15 +103,15 @@ impl Slight {
     /// for `app`; returns it with the cache entry it was loaded from, held in use.
     pub(crate) fn prepare(
         http: Arc<HttpEngine>,
-        cache: &crate::cache::CompileCache,
+        cache: &wasmcell_runtime::cache::CompileCache,
         module: &[u8],
         app: &SlightApp,
         spec: &WorkloadSpec,
         path: &str,
-    ) -> Result<(Slight, crate::cache::InUse), Error> {
+    ) -> Result<(Slight, wasmcell_runtime::cache::InUse), Error> {
         let (artifact, cached) =
             cache.load(http.engine(), wasmcell_oci::WasmKind::Module, module, path)?;
-        let crate::cache::Artifact::Module(module) = artifact else {
+        let wasmcell_runtime::cache::Artifact::Module(module) = artifact else {
             unreachable!("the cache loads a module as a module");
         };
         if !["_start", ON_SERVER_INIT]

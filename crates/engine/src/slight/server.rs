@@ -14,13 +14,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use wasmtime::{Caller, Extern, InstancePre, Linker, ValType};
 
 use super::{Handle, SlightHost, SlightInstance, instance};
-use crate::connections::Connections;
-use crate::controls::Controls;
 use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, define};
 use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
-use crate::epoch::Ticker;
-use crate::error::Error;
-use crate::stdio::Outputs;
+use wasmcell_runtime::connections::Connections;
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::epoch::Ticker;
+use wasmcell_runtime::error::Error;
+use wasmcell_runtime::stdio::Outputs;
 use wasmcell_workload::WorkloadSpec;
 
 type Host<'a> = Caller<'a, ModuleState>;

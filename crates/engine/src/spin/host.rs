@@ -42,7 +42,7 @@ pub(crate) struct SpinHost {
     /// Where its outbound requests may go.
     pub(crate) allowed_hosts: AllowedHosts,
     /// Where its complaints go (a denied host): the container's stderr.
-    diagnostics: crate::stdio::Diagnostics,
+    diagnostics: wasmcell_runtime::stdio::Diagnostics,
     stores: BTreeMap<String, (StoreConfig, Arc<OnceCell<KeyValue>>)>,
     databases: BTreeMap<String, (DatabaseConfig, Arc<OnceCell<Sqlite>>)>,
     places: Arc<Places>,
@@ -54,7 +54,7 @@ impl SpinHost {
         app: &wasmcell_spin::App,
         opened: &wasmcell_stores::Opened,
         places: Arc<Places>,
-        diagnostics: crate::stdio::Diagnostics,
+        diagnostics: wasmcell_runtime::stdio::Diagnostics,
     ) -> SpinHost {
         let stores = component
             .key_value_stores

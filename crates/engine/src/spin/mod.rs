@@ -20,12 +20,12 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::cache::{CompileCache, InUse};
-use crate::controls::Controls;
 use crate::engine::{ComponentState, Grants};
-use crate::error::Error;
 use crate::http::{self, Handler, HttpEngine, Target};
 use host::SpinHost;
+use wasmcell_runtime::cache::{CompileCache, InUse};
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::error::Error;
 use wasmcell_stores::{Opened, Places};
 use wasmcell_workload::{ModuleSource, WorkloadSpec};
 
@@ -63,7 +63,7 @@ pub(crate) enum Routed {
 fn app_dir(spec: &WorkloadSpec) -> Result<&std::path::Path, Error> {
     match &spec.module {
         ModuleSource::Rootfs { root, .. } => Ok(root),
-        ModuleSource::File(_) => Err(Error::Spin(
+        ModuleSource::File(_) => Err(Error::App(
             "a Spin app is read from its directory, not from a single file".to_owned(),
         )),
     }
@@ -91,7 +91,7 @@ fn read_component(
     component: &wasmcell_spin::Component,
 ) -> Result<(Vec<u8>, wasmcell_oci::WasmKind), Error> {
     let (root, path) = (app_dir(spec)?, component.source.trim_start_matches('/'));
-    let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
+    let spin = |what: String| Error::App(format!("[component.{}] {what}", component.id));
     let bytes = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
         .map_err(rootfs::ReadError::from)
         .and_then(|dir| rootfs::read_regular(&dir, Path::new(path), rootfs::MAX_MODULE_SIZE))
@@ -155,7 +155,7 @@ pub(crate) fn prepare(
 ) -> Result<(SpinApp, Vec<InUse>), Error> {
     let root = app_dir(spec)?;
     let places = Arc::new(Places::new(root, &spec.preopens));
-    let diagnostics = crate::stdio::Diagnostics::new(&spec.stdio.stderr);
+    let diagnostics = wasmcell_runtime::stdio::Diagnostics::new(&spec.stdio.stderr);
     let opened = Opened {
         stores: app
             .key_value_stores
@@ -179,7 +179,7 @@ pub(crate) fn prepare(
     let linker = http.spin_linker()?;
     let (mut components, mut cached) = (Vec::new(), Vec::new());
     for (index, component) in app.components.iter().enumerate() {
-        let spin = |what: String| Error::Spin(format!("[component.{}] {what}", component.id));
+        let spin = |what: String| Error::App(format!("[component.{}] {what}", component.id));
         let (bytes, kind) = read_component(spec, component)?;
         // Straight into the servers' engine: the entry the shim compiled, loaded once.
         let (artifact, entry) = cache.load(http.engine(), kind, &bytes, &component.source)?;
@@ -192,8 +192,8 @@ pub(crate) fn prepare(
             diagnostics.clone(),
         ));
         let loaded = match artifact {
-            crate::cache::Artifact::Component(loaded) => loaded,
-            crate::cache::Artifact::Module(module) => {
+            wasmcell_runtime::cache::Artifact::Component(loaded) => loaded,
+            wasmcell_runtime::cache::Artifact::Module(module) => {
                 let triggered =
                     app.command.contains(&index) || app.redis.iter().any(|t| t.component == index);
                 if triggered {
@@ -224,7 +224,7 @@ pub(crate) fn prepare(
         };
         let pre = linker.instantiate_pre(&loaded).map_err(|e| {
             let why = match missing_imports(&loaded, http.engine()) {
-                missing if missing.is_empty() => crate::error::error_chain(&Error::Engine(e)),
+                missing if missing.is_empty() => wasmcell_runtime::error::error_chain(&Error::Engine(e)),
                 missing => format!("it imports what wasmcell does not provide: {}", missing.join(", ")),
             };
             spin(format!(
@@ -378,7 +378,7 @@ impl SpinApp {
     ) -> Result<crate::Exit, Error> {
         let prepared = &self.components[index];
         let Some(command) = &prepared.command else {
-            return Err(Error::Spin(format!(
+            return Err(Error::App(format!(
                 "[component.{}] has no command to run",
                 self.app.components[index].id
             )));
@@ -386,7 +386,7 @@ impl SpinApp {
         let mut wasi = prepared.host.wasi_base(spec.network);
         wasi.envs(&prepared.env)
             .args(&[self.app.components[index].id.as_str()]);
-        crate::stdio::attach(&mut wasi, &spec.stdio).await?;
+        wasmcell_runtime::stdio::attach(&mut wasi, &spec.stdio).await?;
         let mut wasi = wasi.build();
         *wasi.filesystem() = prepared.preopens.clone();
         let clock = http

@@ -11,11 +11,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::SpinApp;
-use crate::controls::Controls;
 use crate::engine::{ComponentState, Guest, new_store};
-use crate::error::Error;
 use crate::http::{HttpEngine, HttpHooks};
-use crate::stdio::{self, Outputs};
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::error::Error;
+use wasmcell_runtime::stdio::{self, Outputs};
 use wasmcell_workload::WorkloadSpec;
 
 wasmtime::component::bindgen!({
@@ -41,13 +41,13 @@ pub(crate) async fn listen(
     let mut subscriptions = Vec::new();
     for trigger in &app.app.redis {
         let client = wasmcell_stores::redis_client(&trigger.address)
-            .map_err(|e| Error::Spin(format!("Redis trigger: {e}")))?;
+            .map_err(|e| Error::App(format!("Redis trigger: {e}")))?;
         let subscription = Subscription {
             server: client.get_connection_info().addr.to_string(),
             client,
             channel: &trigger.channel,
         };
-        let pubsub = subscription.subscribe().await.map_err(Error::Spin)?;
+        let pubsub = subscription.subscribe().await.map_err(Error::App)?;
         tracing::debug!(channel = %trigger.channel, server = %subscription.server, "subscribed");
         subscriptions.push((trigger.component, subscription, pubsub));
     }

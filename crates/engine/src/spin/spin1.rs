@@ -16,7 +16,7 @@ use super::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_va
 use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, SendError, define};
 use crate::engine::{Guest, ModuleApp, ModuleState, new_store};
 use crate::http::{Failure, Server, is_pool_exhausted};
-use crate::stdio::Outputs;
+use wasmcell_runtime::stdio::Outputs;
 
 /// The export Spin 1's HTTP trigger calls.
 pub(crate) const HANDLER: &str = "handle-http-request";

@@ -78,9 +78,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A Spin app cannot be prepared or run: the message names the component and the fix.
+    /// An app (Spin, slight) cannot be prepared or run: the message names the component and
+    /// the fix.
     #[error("{0}")]
-    Spin(String),
+    App(String),
     /// The compile cache could not be used.
     #[error(
         "compile cache {} cannot be used (make room there, or point WASMCELL_CACHE_DIR or --cache-dir at a writable directory)",

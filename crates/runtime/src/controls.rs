@@ -85,13 +85,13 @@ impl Controls {
     }
 
     /// Resolves once [`Controls::terminate`] has been called.
-    pub(crate) async fn terminated(&self) {
+    pub async fn terminated(&self) {
         let mut terminating = self.0.terminating.subscribe();
         let _ = terminating.wait_for(|asked| *asked).await;
     }
 
     /// Whether the guest is to stay paused.
-    pub(crate) fn is_paused(&self) -> bool {
+    pub fn is_paused(&self) -> bool {
         *self.0.paused.borrow()
     }
 
@@ -118,19 +118,19 @@ impl Controls {
     }
 
     /// Where the guest's use is counted.
-    pub(crate) fn meter(&self) -> &Meter {
+    pub fn meter(&self) -> &Meter {
         &self.0.meter
     }
 
     /// The memory limit now.
-    pub(crate) fn memory_limit(&self) -> Option<u64> {
+    pub fn memory_limit(&self) -> Option<u64> {
         Some(self.0.memory_limit.load(Ordering::Relaxed)).filter(|limit| *limit != u64::MAX)
     }
 
     /// What a guest does at each epoch tick: yield to the async runtime (so kills and other
     /// guests get their turn); past its CPU quota, wait for the next period; while paused, wait
     /// until resumed.
-    pub(crate) fn at_epoch(&self) -> UpdateDeadline {
+    pub fn at_epoch(&self) -> UpdateDeadline {
         if !self.is_paused() {
             return match self.0.cpu.lock().expect("slicer lock").charge_tick() {
                 Some(wait) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait))),

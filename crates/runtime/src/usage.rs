@@ -43,7 +43,7 @@ impl std::ops::Add for Usage {
 
 /// The running count behind [`Usage`], shared by a workload's runs and whoever asks.
 #[derive(Default)]
-pub(crate) struct Meter {
+pub struct Meter {
     /// CPU of finished polls and of ended threads.
     cpu_ns: AtomicU64,
     memory_bytes: AtomicU64,
@@ -53,7 +53,7 @@ pub(crate) struct Meter {
 
 impl Meter {
     /// The use so far, live threads read now.
-    pub(crate) fn usage(&self) -> Usage {
+    pub fn usage(&self) -> Usage {
         let live: u64 = self
             .threads
             .lock()
@@ -68,17 +68,17 @@ impl Meter {
     }
 
     /// An instance's memories grew by `bytes` (or were created that large).
-    pub(crate) fn grew(&self, bytes: u64) {
+    pub fn grew(&self, bytes: u64) {
         self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// An instance holding `bytes` of memory was dropped.
-    pub(crate) fn released(&self, bytes: u64) {
+    pub fn released(&self, bytes: u64) {
         self.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Counts every poll of `future` (on whatever thread polls it) as this workload's CPU.
-    pub(crate) fn metered<F: Future>(&self, future: F) -> Metered<'_, F> {
+    pub fn metered<F: Future>(&self, future: F) -> Metered<'_, F> {
         Metered {
             meter: self,
             future: Box::pin(future),
@@ -87,7 +87,7 @@ impl Meter {
 
     /// Counts the calling thread's CPU, from its start, as this workload's until the returned
     /// guard is dropped (on the same thread, at its end).
-    pub(crate) fn own_thread(&self) -> ThreadShare<'_> {
+    pub fn own_thread(&self) -> ThreadShare<'_> {
         let clock = this_thread_clock();
         self.threads.lock().expect("thread clocks").push(clock);
         ThreadShare { meter: self, clock }
@@ -95,7 +95,7 @@ impl Meter {
 }
 
 /// A future whose polls are counted in a [`Meter`].
-pub(crate) struct Metered<'m, F> {
+pub struct Metered<'m, F> {
     meter: &'m Meter,
     future: Pin<Box<F>>,
 }
@@ -113,7 +113,7 @@ impl<F: Future> Future for Metered<'_, F> {
 }
 
 /// A thread whose CPU counts for one workload; see [`Meter::own_thread`].
-pub(crate) struct ThreadShare<'m> {
+pub struct ThreadShare<'m> {
     meter: &'m Meter,
     clock: libc::clockid_t,
 }

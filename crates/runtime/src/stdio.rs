@@ -21,7 +21,7 @@ type Writer = Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>;
 type Reader = Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>;
 
 /// Connects a command's standard streams.
-pub(crate) async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Result<(), Error> {
+pub async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Result<(), Error> {
     match &stdio.stdin {
         Input::Null => {}
         Input::Inherit => {
@@ -43,7 +43,7 @@ pub(crate) async fn attach(builder: &mut WasiCtxBuilder, stdio: &Stdio) -> Resul
 
 /// Standard output and error, opened once and shared by every instance that attaches them
 /// (a server's requests all log to the container's streams).
-pub(crate) struct Outputs {
+pub struct Outputs {
     stdout: Out,
     stderr: Out,
 }
@@ -55,7 +55,8 @@ enum Out {
 }
 
 impl Outputs {
-    pub(crate) async fn open(stdio: &Stdio) -> Result<Outputs, Error> {
+    /// Opens the output streams `stdio` names.
+    pub async fn open(stdio: &Stdio) -> Result<Outputs, Error> {
         let out = async |output: &Output, stream| {
             Ok::<_, Error>(match output {
                 Output::Null => Out::Null,
@@ -72,7 +73,8 @@ impl Outputs {
         })
     }
 
-    pub(crate) fn attach(&self, builder: &mut WasiCtxBuilder) {
+    /// Gives an instance's WASI context these streams.
+    pub fn attach(&self, builder: &mut WasiCtxBuilder) {
         match &self.stdout {
             Out::Null => {}
             Out::Inherit => {
@@ -116,7 +118,7 @@ impl IsTerminal for SharedStream {
 
 /// Writes a line from wasmcell itself (why a guest ended) to the guest's stderr, so the user
 /// sees it where they see the guest's own output.
-pub(crate) async fn report(stderr: &Output, message: &str) {
+pub async fn report(stderr: &Output, message: &str) {
     let line = format!("wasmcell: {message}\n");
     match stderr {
         Output::Null => {}
@@ -138,7 +140,7 @@ const DIAGNOSTICS_QUEUE: usize = 256;
 /// (a FIFO nobody attached to after `ctr run -d`) never holds up a request: past the queue's
 /// bound lines are dropped, and the count is written once the writer can write again.
 #[derive(Clone)]
-pub(crate) struct Diagnostics(Arc<DiagnosticsQueue>);
+pub struct Diagnostics(Arc<DiagnosticsQueue>);
 
 struct DiagnosticsQueue {
     output: Output,
@@ -150,7 +152,8 @@ struct DiagnosticsQueue {
 }
 
 impl Diagnostics {
-    pub(crate) fn new(output: &Output) -> Diagnostics {
+    /// wasmcell's lines for `output`; nothing is opened until the first.
+    pub fn new(output: &Output) -> Diagnostics {
         Diagnostics(Arc::new(DiagnosticsQueue {
             output: output.clone(),
             sender: std::sync::OnceLock::new(),
@@ -161,7 +164,7 @@ impl Diagnostics {
 
     /// Waits (at most `bound`) until every queued line is written: before a guest that is not
     /// a server ends, whose lines would otherwise be lost with its process.
-    pub(crate) async fn flush(&self, bound: std::time::Duration) {
+    pub async fn flush(&self, bound: std::time::Duration) {
         let (pending, written) = &*self.0.pending;
         let drained = async {
             loop {
@@ -178,7 +181,7 @@ impl Diagnostics {
     }
 
     /// Queues `message` as a `wasmcell: ` line; never waits.
-    pub(crate) fn report(&self, message: &str) {
+    pub fn report(&self, message: &str) {
         let queue = &self.0;
         let line = format!("wasmcell: {message}\n");
         match &queue.output {

@@ -36,8 +36,10 @@ use crate::precompile::CompileBounds;
 
 /// A compiled binary, either kind.
 #[derive(Clone)]
-pub(crate) enum Artifact {
+pub enum Artifact {
+    /// A core module.
     Module(wasmtime::Module),
+    /// A component.
     Component(Component),
 }
 
@@ -165,7 +167,7 @@ impl InUse {
     }
 
     /// The entry's path.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -384,7 +386,7 @@ impl CompileCache {
     /// and storing it otherwise (see [`CompileCache::ensure`]). An entry wasmtime refuses
     /// despite its checksum (written by a foreign build into this directory) is discarded and
     /// rebuilt once.
-    pub(crate) fn load(
+    pub fn load(
         &self,
         engine: &wasmtime::Engine,
         kind: WasmKind,
@@ -415,7 +417,7 @@ impl CompileCache {
     /// Concurrent callers (shims starting the same image at once) compile once: the others
     /// wait on the entry's lock and then find what it wrote. A miss then brings the cache back
     /// within its bound.
-    pub(crate) fn ensure(
+    pub fn ensure(
         &self,
         engine: &wasmtime::Engine,
         kind: WasmKind,
@@ -669,7 +671,7 @@ fn deserialize(
 
 /// A component from a cache entry, into any engine of the configuration the entry's
 /// directory is keyed by (a server's pooling engine loads what the compiler wrote).
-pub(crate) fn deserialize_component(
+pub fn deserialize_component(
     engine: &wasmtime::Engine,
     entry: &Path,
 ) -> wasmtime::Result<Component> {

@@ -49,7 +49,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 const AFTER_FAILED_ACCEPT: Duration = Duration::from_millis(10);
 
 /// A server's connections, served on its threads' runtimes under the policy above.
-pub(crate) struct Connections {
+pub struct Connections {
     builder: hyper::server::conn::http1::Builder,
     slots: Arc<Slots>,
     graceful: GracefulShutdown,
@@ -59,7 +59,7 @@ pub(crate) struct Connections {
 
 impl Connections {
     /// Connections served as `http` says, dealt in turn to `runtimes`.
-    pub(crate) fn new(http: &HttpServe, runtimes: Vec<tokio::runtime::Handle>) -> Connections {
+    pub fn new(http: &HttpServe, runtimes: Vec<tokio::runtime::Handle>) -> Connections {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -76,7 +76,7 @@ impl Connections {
 
     /// Serves an accepted connection with `respond`, once there is room for it (see the
     /// module's docs); or, for a failed accept, makes room and waits a moment.
-    pub(crate) async fn serve<F, R, B>(
+    pub async fn serve<F, R, B>(
         &mut self,
         accepted: std::io::Result<tokio::net::TcpStream>,
         respond: F,
@@ -139,7 +139,7 @@ impl Connections {
     }
 
     /// Lets the connections finish their requests in flight (bounded by [`DRAIN`]).
-    pub(crate) async fn drain(self) {
+    pub async fn drain(self) {
         let _ = tokio::time::timeout(DRAIN, self.graceful.shutdown()).await;
     }
 }

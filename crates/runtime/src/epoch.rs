@@ -16,11 +16,11 @@ use wasmtime::CallHook;
 
 /// How often running guests reach an epoch check, where they yield to the async runtime and
 /// can be cancelled. Bounds how long a CPU-bound guest delays a kill.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Shared by an engine and everything prepared with it; the thread ends once all are gone.
 #[derive(Clone)]
-pub(crate) struct Ticker(Arc<Handle>);
+pub struct Ticker(Arc<Handle>);
 
 struct Handle {
     engine: wasmtime::EngineWeak,
@@ -45,13 +45,14 @@ struct State {
 }
 
 /// One store's part in the clock, kept in the store's data and driven by its call hook.
-pub(crate) struct StoreClock {
+pub struct StoreClock {
     shared: Arc<Shared>,
     depth: usize,
 }
 
 impl Ticker {
-    pub(crate) fn new(engine: &wasmtime::Engine) -> Ticker {
+    /// Starts ticking `engine`'s epoch.
+    pub fn new(engine: &wasmtime::Engine) -> Ticker {
         Ticker(Arc::new(Handle {
             engine: engine.weak(),
             shared: Arc::new(Shared {
@@ -64,7 +65,7 @@ impl Ticker {
     }
 
     /// The clock for a new store, spawning the ticker's thread the first time.
-    pub(crate) fn store_clock(&self) -> std::io::Result<StoreClock> {
+    pub fn store_clock(&self) -> std::io::Result<StoreClock> {
         let shared = &self.0.shared;
         let mut state = shared.state.lock().expect("ticker lock");
         if !state.spawned {
@@ -83,7 +84,7 @@ impl Ticker {
 
 impl StoreClock {
     /// Follows the store into and out of wasm: install with `Store::call_hook`.
-    pub(crate) fn hook(&mut self, hook: CallHook) {
+    pub fn hook(&mut self, hook: CallHook) {
         if hook.entering_host() {
             self.depth -= 1;
             self.shared.inside.fetch_sub(1, SeqCst);

@@ -65,7 +65,7 @@ impl CompileBounds {
 
 /// Compiles `bytes` in a child started from `exe`, within `bounds`. The error says which bound
 /// was hit, or carries the compiler's own message.
-pub(crate) fn in_child(
+pub fn in_child(
     exe: &Path,
     bounds: CompileBounds,
     kind: WasmKind,
@@ -353,7 +353,7 @@ pub fn child_main() -> ExitCode {
         eprintln!("nothing to compile");
         return ExitCode::FAILURE;
     };
-    let compiled = wasmtime::Engine::new(&crate::engine::config()).and_then(|engine| match kind {
+    let compiled = wasmtime::Engine::new(&crate::config()).and_then(|engine| match kind {
         0 => engine.precompile_module(bytes),
         _ => engine.precompile_component(bytes),
     });

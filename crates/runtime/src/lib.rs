@@ -1,0 +1,31 @@
+//! The kernel every Wasm workload runs on, naming no framework: the compile cache and the
+//! compiler's child process, the epoch clock, pause and live limits (controls), resource usage,
+//! standard streams, HTTP connection handling, and the error type.
+//!
+//! Frameworks (Spin, slight, WasmEdge's sockets) build on it; it knows none of them.
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod connections;
+pub mod controls;
+pub mod epoch;
+pub mod error;
+pub mod precompile;
+pub mod stdio;
+pub mod usage;
+
+pub use cache::{
+    CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
+    parse_size,
+};
+pub use controls::Controls;
+pub use error::{Error, error_chain};
+pub use usage::Usage;
+
+/// The engine configuration every process compiles and runs with: the compiler's child and
+/// every runner must agree on it, or artifacts would not load.
+pub fn config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    config
+}
