@@ -109,8 +109,33 @@ struct Stdio {
     _others: Vec<OwnedFd>,
 }
 
-/// How long an exit waits for its client to read the output the guest left in its FIFOs.
-const OUTPUT_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an exit waits for a client that reads none of the output the guest left in its
+/// FIFOs (none at all after `ctr run -d`); a client that reads, however slowly, is waited for.
+const OUTPUT_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether an exit should still wait for its client to read its output: while bytes are
+/// unread and the client has read some within [`OUTPUT_STALL`].
+struct OutputWait {
+    unread: usize,
+    progressed_at: tokio::time::Instant,
+}
+
+impl OutputWait {
+    fn new(now: tokio::time::Instant) -> OutputWait {
+        OutputWait {
+            unread: usize::MAX,
+            progressed_at: now,
+        }
+    }
+
+    fn goes_on(&mut self, unread: usize, now: tokio::time::Instant) -> bool {
+        if unread < self.unread {
+            self.unread = unread;
+            self.progressed_at = now;
+        }
+        unread > 0 && now.duration_since(self.progressed_at) < OUTPUT_STALL
+    }
+}
 
 impl Stdio {
     fn of<'a>(granted: impl IntoIterator<Item = (&'a Grant, OwnedFd)>) -> Stdio {
@@ -124,19 +149,22 @@ impl Stdio {
     }
 
     /// Closes the descriptors once the client has read what the guest wrote to its output
-    /// FIFOs (at most [`OUTPUT_READ_WAIT`]), so the exit that follows cannot overtake the
-    /// output: a client stops reading at the exit (`ctr` cancels a reader it has not yet
-    /// opened, Docker waits 2 s for the streams), and output still in the pipe was lost.
-    /// A client that reads nothing (`ctr run -d`) only delays the exit by the bound.
+    /// FIFOs, so the exit that follows cannot overtake the output: a client stops reading at
+    /// the exit (`ctr` cancels a reader it has not yet opened, Docker waits 2 s for the
+    /// streams), and output still in the pipe was lost (up to a pipe's worth of a long
+    /// listing, under load). A client that stops reading delays the exit by [`OUTPUT_STALL`].
     async fn close_once_read(self) {
-        let deadline = tokio::time::Instant::now() + OUTPUT_READ_WAIT;
+        let mut wait = OutputWait::new(tokio::time::Instant::now());
         let mut pause = std::time::Duration::from_millis(1);
-        while tokio::time::Instant::now() < deadline
-            && self
+        loop {
+            let unread = self
                 .fifos
                 .iter()
-                .any(|fd| sys::unread_bytes(fd).is_ok_and(|unread| unread > 0))
-        {
+                .map(|fd| sys::unread_bytes(fd).unwrap_or(0))
+                .sum();
+            if !wait.goes_on(unread, tokio::time::Instant::now()) {
+                return;
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(20));
         }
@@ -352,4 +380,29 @@ fn controls_of<'a>(workloads: &'a Workloads, id: &str) -> Result<&'a Controls, S
         .get(id)
         .map(|workload| &workload.controls)
         .ok_or_else(|| format!("no workload {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_exit_waits_for_a_reader_that_reads_and_not_for_one_that_stopped() {
+        let start = tokio::time::Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut wait = OutputWait::new(start);
+        assert!(!OutputWait::new(start).goes_on(0, start), "nothing unread");
+        // A slow reader: a little less unread each second, for longer than the stall bound.
+        for (second, unread) in [(0, 60_000), (1, 50_000), (2, 40_000), (3, 30_000)] {
+            assert!(wait.goes_on(unread, at(second * 1000 + 999)));
+        }
+        assert!(!wait.goes_on(0, at(4000)), "all read");
+
+        let mut stalled = OutputWait::new(start);
+        assert!(stalled.goes_on(1000, at(0)));
+        assert!(stalled.goes_on(1000, at(1999)));
+        assert!(!stalled.goes_on(1000, at(2000)), "no reader for the bound");
+    }
 }
