@@ -22,6 +22,8 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # the cgroupfs layout without systemd, the systemd driver's paths with systemd as PID 1. The
 # first run on a machine also builds the VM image (~100 s, cached in ~/.cache/wasmcell/cg2vm).
 # A hung VM is ended by the timeout. WASMCELL_SKIP_VM_TESTS=1 leaves them out (not in CI).
+# cgroup2-vm-tests.sh shares the target directory with the VM: cargo's default unless set.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 vm_tests=(cgroup_v2::cgroup_v2_limits_update_oom_pause_metrics_cleanup_and_pods_in_one_containerd)
 vm_summary=()
 if [ "${WASMCELL_SKIP_VM_TESTS:-0}" = 1 ]; then
