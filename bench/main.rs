@@ -74,6 +74,8 @@ fn main() -> Result<()> {
         "spin" => http::spin(seconds(1)?),
         "slight" => http::slight(seconds(1)?),
         "soak" => soak::soak(count(1)?),
+        "soak-exec" => soak::soak_exec(count(1)?),
+        "soak-pod" => soak::soak_pod(seconds(1)?.into()),
         "stress" => stress::stress(args.get(1).map_or(Ok(60), |s| s.parse())?),
         "wasmedge-http" => http::wasmedge_http(seconds(1)?),
         "registry" => registry::registry(count(1)?.min(10)),
@@ -85,7 +87,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, stress, http, spin, slight, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, soak-exec, soak-pod, stress, http, spin, slight, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }

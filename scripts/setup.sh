@@ -11,6 +11,9 @@ apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static ip
   containernetworking-plugins redis-server)
 trixie_pkgs=(containerd docker.io docker-cli)
 
+# The cgroup v2 VM's host tools (qemu-system-x86, debootstrap, cpio, e2fsprogs, xz-utils) are
+# installed by scripts/cgroup2-vm.sh itself when missing, with its image (~/.cache/wasmcell/cg2vm).
+
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
