@@ -18,12 +18,12 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
 use crate::slight::{Slight, SlightHost, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost, spin1::Spin1Instance};
-use crate::wasmedge::{self, WasmEdge};
 use wasmcell_runtime::cache::{Artifact, CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::epoch::{StoreClock, Ticker};
 use wasmcell_runtime::error::{Error, error_chain};
 use wasmcell_runtime::stdio;
+use wasmcell_wasmedge::{self as wasmedge, WasmEdge, WasmEdgeView};
 use wasmcell_workload::{Access, App, ModuleSource, Network, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
@@ -167,6 +167,16 @@ pub(crate) struct ModuleState {
     pub(crate) wasmedge: Option<Box<WasmEdge>>,
     /// The state of a framework's interfaces in this instance, for a framework's module.
     pub(crate) app: Option<ModuleApp>,
+}
+
+impl WasmEdgeView for ModuleState {
+    fn wasmedge(&mut self) -> Option<&mut WasmEdge> {
+        self.wasmedge.as_deref_mut()
+    }
+
+    fn wasi(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
 }
 
 /// The state of a framework's interfaces in one instance of a core module.

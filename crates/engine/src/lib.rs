@@ -18,7 +18,6 @@ mod engine;
 mod http;
 mod slight;
 mod spin;
-mod wasmedge;
 
 pub use engine::{Compiler, Engine, Exit, Overrun, Prepared};
 pub use http::open_pagemap;
@@ -45,6 +44,6 @@ pub mod fuzzing {
         ptr: u32,
         port: u32,
     ) -> Option<std::net::SocketAddr> {
-        crate::wasmedge::read_address(memory, ptr, port)
+        wasmcell_wasmedge::read_address(memory, ptr, port)
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::Interest;
 
 use super::memory::{Errno, Mem};
-use super::{Host, wasi, with};
+use super::{Host, WasmEdgeView, wasi, with};
 
 /// How often descriptors that are not sockets are asked again during a wait.
 const SLICE: Duration = Duration::from_millis(10);
@@ -64,7 +64,7 @@ fn event(userdata: u64, kind: u8, hangup: bool) -> [u8; EVENT as usize] {
 }
 
 pub(super) async fn poll_oneoff(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     subscriptions: u32,
     events: u32,
     count: u32,
@@ -226,7 +226,7 @@ fn sockets_ready(subs: &[Subscription], cx: &mut Context<'_>) -> Vec<[u8; EVENT 
 /// array (there is room: at least one of its entries is a socket) followed by a zero timeout,
 /// and the guest's bytes are put back after the call.
 async fn ask_wasi(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     others: &[&Subscription],
     subscriptions: u32,
     events: u32,

@@ -9,6 +9,8 @@
 //! which serve sockets here and hand every other descriptor to wasmtime-wasi's own function.
 //! Where WasmEdge versions gave a function two types, the one the module imports is linked.
 
+#![deny(missing_docs)]
+
 mod address;
 mod memory;
 mod names;
@@ -18,8 +20,8 @@ mod socket;
 use std::net::SocketAddr;
 
 use wasmtime::{Caller, Extern, ExternType, Linker, Memory, Module, ValType};
+use wasmtime_wasi::p1::WasiP1Ctx;
 
-use crate::engine::ModuleState;
 use memory::{Errno, Mem, status};
 use names::Names;
 use socket::{GuestSocket, Kind, SocketOption, SocketTable};
@@ -45,7 +47,7 @@ const EXTENSION: [&str; 12] = [
 
 /// Whether `module` is built for WasmEdge's sockets: it imports a function only that ABI has,
 /// or `sock_accept` with WasmEdge's two parameters (preview 1's has three).
-pub(crate) fn wanted_by(module: &Module) -> bool {
+pub fn wanted_by(module: &Module) -> bool {
     module.imports().any(|import| {
         import.module() == WASI
             && match (import.name(), import.ty()) {
@@ -58,10 +60,7 @@ pub(crate) fn wanted_by(module: &Module) -> bool {
 /// `base` (wasmtime-wasi's preview 1) with this ABI's functions defined over it, each in the
 /// type `module` imports. An import of a type we do not have is left undefined, so linking
 /// reports it with the others missing.
-pub(crate) fn linker(
-    base: &Linker<ModuleState>,
-    module: &Module,
-) -> wasmtime::Result<Linker<ModuleState>> {
+pub fn linker<T: WasmEdgeView>(base: &Linker<T>, module: &Module) -> wasmtime::Result<Linker<T>> {
     let mut linker = base.clone();
     linker.allow_shadowing(true);
     for import in module.imports().filter(|import| import.module() == WASI) {
@@ -79,7 +78,11 @@ pub(crate) fn linker(
 }
 
 /// Defines `name` taking `arity` i32s, if this ABI has that function in that type.
-fn define(linker: &mut Linker<ModuleState>, name: &str, arity: usize) -> wasmtime::Result<()> {
+fn define<T: WasmEdgeView>(
+    linker: &mut Linker<T>,
+    name: &str,
+    arity: usize,
+) -> wasmtime::Result<()> {
     // Each host function is an async fn of the caller and its i32 arguments (as u32: pointers,
     // descriptors and lengths are unsigned) returning the guest's errno.
     macro_rules! host {
@@ -87,7 +90,7 @@ fn define(linker: &mut Linker<ModuleState>, name: &str, arity: usize) -> wasmtim
             linker.func_wrap_async(
                 WASI,
                 name,
-                |mut caller: Caller<'_, ModuleState>, ($($arg,)+): ($(host!(@i32 $arg),)+)| {
+                |mut caller: Caller<'_, T>, ($($arg,)+): ($(host!(@i32 $arg),)+)| {
                     Box::new(async move {
                         $f(&mut caller, $($arg as u32),+).await
                     })
@@ -128,7 +131,7 @@ fn define(linker: &mut Linker<ModuleState>, name: &str, arity: usize) -> wasmtim
 }
 
 /// A store's sockets and name lookups.
-pub(crate) struct WasmEdge {
+pub struct WasmEdge {
     sockets: SocketTable,
     names: Names,
     network: Network,
@@ -137,7 +140,9 @@ pub(crate) struct WasmEdge {
 }
 
 impl WasmEdge {
-    pub(crate) fn new(spec: &WorkloadSpec) -> WasmEdge {
+    /// The extension's state for one instance of `spec`'s module: no sockets yet, names
+    /// resolved as the container's files say.
+    pub fn new(spec: &WorkloadSpec) -> WasmEdge {
         WasmEdge {
             sockets: SocketTable::default(),
             names: Names::new(spec),
@@ -147,20 +152,24 @@ impl WasmEdge {
     }
 }
 
-type Host<'a> = Caller<'a, ModuleState>;
+/// A store whose module may use WasmEdge's sockets: where the extension's state and the
+/// module's WASI preview 1 context are, as wasmtime-wasi's preview 1 takes `|s| &mut s.wasi`.
+pub trait WasmEdgeView: Send + 'static {
+    /// The module's WasmEdge state; `None` for a module that does not use the extension.
+    fn wasmedge(&mut self) -> Option<&mut WasmEdge>;
+    /// The module's WASI preview 1 context, which serves every descriptor that is not a socket.
+    fn wasi(&mut self) -> &mut WasiP1Ctx;
+}
+
+type Host<'a, T> = Caller<'a, T>;
 
 /// The guest's memory: looked up by name at the first call of a store, not at every call.
-pub(crate) fn guest_memory(caller: &mut Host<'_>) -> Option<Memory> {
-    if let Some(memory) = caller
-        .data()
-        .wasmedge
-        .as_ref()
-        .and_then(|state| state.memory)
-    {
+pub(crate) fn guest_memory(caller: &mut Host<'_, impl WasmEdgeView>) -> Option<Memory> {
+    if let Some(memory) = caller.data_mut().wasmedge().and_then(|state| state.memory) {
         return Some(memory);
     }
     let memory = caller.get_export("memory").and_then(Extern::into_memory)?;
-    if let Some(state) = caller.data_mut().wasmedge.as_deref_mut() {
+    if let Some(state) = caller.data_mut().wasmedge() {
         state.memory = Some(memory);
     }
     Some(memory)
@@ -168,17 +177,20 @@ pub(crate) fn guest_memory(caller: &mut Host<'_>) -> Option<Memory> {
 
 /// Runs `f` with the guest's memory and this ABI's state.
 fn with<R>(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     f: impl FnOnce(&mut Mem<'_>, &mut WasmEdge) -> Result<R, Errno>,
 ) -> Result<R, Errno> {
     let memory = guest_memory(caller).ok_or(Errno::FAULT)?;
     let (bytes, state) = memory.data_and_store_mut(&mut *caller);
-    let state = state.wasmedge.as_deref_mut().ok_or(Errno::NOTSUP)?;
+    let state = state.wasmedge().ok_or(Errno::NOTSUP)?;
     f(&mut Mem(bytes), state)
 }
 
 /// The socket `fd` names.
-fn socket(caller: &mut Host<'_>, fd: u32) -> Result<std::sync::Arc<GuestSocket>, Errno> {
+fn socket(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+) -> Result<std::sync::Arc<GuestSocket>, Errno> {
     with(caller, |_, state| state.sockets.socket(fd))
 }
 
@@ -186,30 +198,29 @@ fn socket(caller: &mut Host<'_>, fd: u32) -> Result<std::sync::Arc<GuestSocket>,
 /// its linker would: with the store's WASI context and the guest's memory.
 macro_rules! wasi {
     ($caller:expr, $function:ident($($arg:expr),*) $(.$await:tt)?) => {{
-        let caller: &mut Host<'_> = $caller;
-        let memory = crate::wasmedge::guest_memory(caller)
+        let caller = &mut *$caller;
+        let memory = crate::guest_memory(caller)
             .ok_or_else(|| wasmtime::format_err!("missing required memory export"))?;
         let (bytes, state) = memory.data_and_store_mut(&mut *caller);
         let mut memory = wiggle::GuestMemory::Unshared(bytes);
         wasmtime_wasi::p1::wasi_snapshot_preview1::$function(
-            &mut state.wasi,
+            state.wasi(),
             &mut memory,
             $($arg as i32),*
         ) $(.$await)?
     }};
 }
-pub(super) use wasi;
+pub(crate) use wasi;
 
-fn is_socket(caller: &mut Host<'_>, fd: u32) -> bool {
+fn is_socket(caller: &mut Host<'_, impl WasmEdgeView>, fd: u32) -> bool {
     caller
-        .data()
-        .wasmedge
-        .as_ref()
+        .data_mut()
+        .wasmedge()
         .is_some_and(|state| state.sockets.get(fd).is_some())
 }
 
 async fn sock_open(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     family: u32,
     kind: u32,
     fd_out: u32,
@@ -226,25 +237,38 @@ async fn sock_open(
     })))
 }
 
-async fn sock_bind(caller: &mut Host<'_>, fd: u32, addr: u32, port: u32) -> wasmtime::Result<i32> {
+async fn sock_bind(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    addr: u32,
+    port: u32,
+) -> wasmtime::Result<i32> {
     Ok(status(with(caller, |mem, state| {
         let addr = address::read(mem, addr, port)?;
         state.sockets.socket(fd)?.bind(addr)
     })))
 }
 
-async fn sock_listen(caller: &mut Host<'_>, fd: u32, backlog: u32) -> wasmtime::Result<i32> {
+async fn sock_listen(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    backlog: u32,
+) -> wasmtime::Result<i32> {
     Ok(status(socket(caller, fd).and_then(|s| s.listen(backlog))))
 }
 
-async fn sock_accept(caller: &mut Host<'_>, fd: u32, fd_out: u32) -> wasmtime::Result<i32> {
+async fn sock_accept(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    fd_out: u32,
+) -> wasmtime::Result<i32> {
     Ok(status(accept(caller, fd, 0, fd_out).await))
 }
 
 /// Preview 1's `sock_accept(fd, flags, *fd)`, for a module of this ABI importing that type:
 /// `flags` may make the new socket non-blocking.
 async fn sock_accept_with_flags(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     flags: u32,
     fd_out: u32,
@@ -255,7 +279,12 @@ async fn sock_accept_with_flags(
 /// `fdflags` bit for a non-blocking descriptor.
 const NONBLOCK: u32 = 1 << 2;
 
-async fn accept(caller: &mut Host<'_>, fd: u32, flags: u32, fd_out: u32) -> Result<(), Errno> {
+async fn accept(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    flags: u32,
+    fd_out: u32,
+) -> Result<(), Errno> {
     let listener = with(caller, |mem, state| {
         mem.bytes_mut(fd_out, 4)?;
         state.sockets.socket(fd)
@@ -269,7 +298,7 @@ async fn accept(caller: &mut Host<'_>, fd: u32, flags: u32, fd_out: u32) -> Resu
 }
 
 async fn sock_connect(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     addr: u32,
     port: u32,
@@ -291,7 +320,7 @@ const RECV_DATA_TRUNCATED: u16 = 1;
 /// Receives into the iovecs at `iovs`, writing the length to `len_out` and (but for `fd_read`)
 /// the `roflags` to `flags_out`; returns the sender.
 async fn receive(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     (iovs, count): (u32, u32),
     flags: u32,
@@ -327,7 +356,7 @@ async fn receive(
 }
 
 async fn sock_recv(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -343,7 +372,7 @@ async fn sock_recv(
 /// eight-parameter form, its port at `port_out`. The older seven-parameter form has no port and
 /// takes bare 4- or 16-byte addresses only.
 async fn receive_from(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: (u32, u32),
     (addr, port_out): (u32, Option<u32>),
@@ -373,7 +402,7 @@ async fn receive_from(
 
 #[allow(clippy::too_many_arguments)] // The ABI's signature.
 async fn sock_recv_from(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -398,7 +427,7 @@ async fn sock_recv_from(
 /// The older, seven-parameter `sock_recv_from`: the sender's address only, no port.
 #[allow(clippy::too_many_arguments)] // The ABI's signature.
 async fn sock_recv_from_without_port(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -421,7 +450,7 @@ async fn sock_recv_from_without_port(
 
 /// Sends the iovecs at `iovs` (to `to`); writes how much was sent to `len_out`.
 async fn send(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     (iovs, count): (u32, u32),
     to: Option<(u32, u32)>,
@@ -439,7 +468,7 @@ async fn send(
 }
 
 async fn sock_send(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -451,7 +480,7 @@ async fn sock_send(
 
 #[allow(clippy::too_many_arguments)] // The ABI's signature.
 async fn sock_send_to(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -465,14 +494,18 @@ async fn sock_send_to(
     ))
 }
 
-async fn sock_shutdown(caller: &mut Host<'_>, fd: u32, how: u32) -> wasmtime::Result<i32> {
+async fn sock_shutdown(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    how: u32,
+) -> wasmtime::Result<i32> {
     Ok(status(socket(caller, fd).and_then(|s| s.shutdown(how))))
 }
 
 /// Writes the local (or, with `peer`, the remote) address to `addr` and its port to `port_out`, and for the older, four
 /// parameter form the IP version (4 or 6) to `type_out`.
 fn address_of(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     peer: bool,
     addr: u32,
@@ -501,7 +534,7 @@ fn address_of(
 
 /// `sock_getlocaladdr` and (`PEER`) `sock_getpeeraddr`, three-parameter form.
 async fn sock_address<const PEER: bool>(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     addr: u32,
     port: u32,
@@ -511,7 +544,7 @@ async fn sock_address<const PEER: bool>(
 
 /// `sock_getlocaladdr` and (`PEER`) `sock_getpeeraddr`, four-parameter form.
 async fn sock_address_typed<const PEER: bool>(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     addr: u32,
     ty: u32,
@@ -521,7 +554,7 @@ async fn sock_address_typed<const PEER: bool>(
 }
 
 async fn sock_getsockopt(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     level: u32,
     name: u32,
@@ -540,7 +573,7 @@ async fn sock_getsockopt(
 }
 
 async fn sock_setsockopt(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     level: u32,
     name: u32,
@@ -572,7 +605,7 @@ mod addrinfo {
 
 #[allow(clippy::too_many_arguments)] // The ABI's signature.
 async fn sock_getaddrinfo(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     node: u32,
     node_len: u32,
     service: u32,
@@ -661,7 +694,7 @@ async fn sock_getaddrinfo(
 }
 
 async fn fd_read(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -675,7 +708,7 @@ async fn fd_read(
 }
 
 async fn fd_write(
-    caller: &mut Host<'_>,
+    caller: &mut Host<'_, impl WasmEdgeView>,
     fd: u32,
     iovs: u32,
     count: u32,
@@ -687,11 +720,10 @@ async fn fd_write(
     Ok(status(send(caller, fd, (iovs, count), None, len_out).await))
 }
 
-async fn fd_close(caller: &mut Host<'_>, fd: u32) -> wasmtime::Result<i32> {
+async fn fd_close(caller: &mut Host<'_, impl WasmEdgeView>, fd: u32) -> wasmtime::Result<i32> {
     let removed = caller
         .data_mut()
-        .wasmedge
-        .as_deref_mut()
+        .wasmedge()
         .and_then(|state| state.sockets.remove(fd));
     match removed {
         Some(_) => Ok(0),
@@ -703,7 +735,11 @@ async fn fd_close(caller: &mut Host<'_>, fd: u32) -> wasmtime::Result<i32> {
 const SOCKET_DGRAM: u8 = 5;
 const SOCKET_STREAM: u8 = 6;
 
-async fn fd_fdstat_get(caller: &mut Host<'_>, fd: u32, out: u32) -> wasmtime::Result<i32> {
+async fn fd_fdstat_get(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    out: u32,
+) -> wasmtime::Result<i32> {
     if !is_socket(caller, fd) {
         return wasi!(caller, fd_fdstat_get(fd, out).await);
     }
@@ -731,7 +767,11 @@ async fn fd_fdstat_get(caller: &mut Host<'_>, fd: u32, out: u32) -> wasmtime::Re
     })))
 }
 
-async fn fd_fdstat_set_flags(caller: &mut Host<'_>, fd: u32, flags: u32) -> wasmtime::Result<i32> {
+async fn fd_fdstat_set_flags(
+    caller: &mut Host<'_, impl WasmEdgeView>,
+    fd: u32,
+    flags: u32,
+) -> wasmtime::Result<i32> {
     if !is_socket(caller, fd) {
         return wasi!(caller, fd_fdstat_set_flags(fd, flags));
     }
@@ -742,6 +782,6 @@ async fn fd_fdstat_set_flags(caller: &mut Host<'_>, fd: u32, flags: u32) -> wasm
 
 /// [`address::read`] over a bare slice, for the fuzz target.
 #[cfg(fuzzing)]
-pub(crate) fn read_address(memory: &mut [u8], ptr: u32, port: u32) -> Option<std::net::SocketAddr> {
+pub fn read_address(memory: &mut [u8], ptr: u32, port: u32) -> Option<std::net::SocketAddr> {
     address::read(&memory::Mem(memory), ptr, port).ok()
 }
