@@ -13,7 +13,7 @@
 //!   guest at its next epoch tick or host call, which is how the shim kills guests.
 #![deny(missing_docs)]
 
-mod core_abi;
+mod abi_imports;
 mod engine;
 mod http;
 mod slight;

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod connections;
 pub mod controls;
+pub mod core_abi;
 pub mod epoch;
 pub mod error;
 pub mod precompile;

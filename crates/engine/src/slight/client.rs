@@ -1,12 +1,13 @@
 //! slight's `http-client` interface: one `request`, sent as the app's plain components send
-//! theirs ([`crate::core_abi::send`]: HTTP and HTTPS, the container's network), if the
+//! theirs ([`wasmcell_runtime::core_abi::send`]: HTTP and HTTPS, the container's network), if the
 //! slightfile declares `http-client` and the container has a network.
 
 use wasmtime::{Caller, Linker};
 
 use super::instance;
-use crate::core_abi::{Abi, Ret, SendError, define};
+use crate::abi_imports::define;
 use crate::engine::ModuleState;
+use wasmcell_runtime::core_abi::{Abi, Ret, SendError};
 
 type Host<'a> = Caller<'a, ModuleState>;
 
@@ -32,7 +33,7 @@ async fn request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> wasmtime
         let why = "request: the app has no network to send requests on";
         host.refuse(UNEXPECTED, why.to_owned()).into()
     } else {
-        match crate::core_abi::send(outgoing).await {
+        match wasmcell_runtime::core_abi::send(outgoing).await {
             Ok(response) => Ret::Response(response),
             Err(SendError::InvalidUrl(why)) => Ret::Error(INVALID_URL, why),
             Err(SendError::Protocol(why)) => Ret::Error(PROTOCOL, why),

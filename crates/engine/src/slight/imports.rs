@@ -5,8 +5,9 @@ use std::sync::Arc;
 use wasmtime::{Caller, Linker};
 
 use super::{Handle, instance};
-use crate::core_abi::{Abi, Ret, define};
+use crate::abi_imports::define;
 use crate::engine::ModuleState;
+use wasmcell_runtime::core_abi::{Abi, Ret};
 use wasmcell_stores::KeyValue;
 
 type Host<'a> = Caller<'a, ModuleState>;

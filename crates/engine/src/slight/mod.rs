@@ -1,6 +1,6 @@
 //! SpiderLightning apps: a core module (`app.wasm`) run as slight ran it, its `_start` (or a
 //! library app's `on-server-init`) once, with WASI preview 1 and slight's interfaces over
-//! wit-bindgen 0.2's ABI ([`crate::core_abi`]): key-value, configs, an HTTP server and an HTTP
+//! wit-bindgen 0.2's ABI ([`wasmcell_runtime::core_abi`]): key-value, configs, an HTTP server and an HTTP
 //! client, each only as the slightfile grants it ([`wasmcell_slight::SlightApp`]). A
 //! capability the slightfile does not declare is refused with the interface's own error,
 //! never a trap. Components under slight get the same capabilities as WASI interfaces
@@ -169,7 +169,7 @@ impl Slight {
             initialize(&mut store, &instance).await?;
             let init = instance.get_typed_func::<(), i32>(&mut store, ON_SERVER_INIT)?;
             let ret = init.call_async(&mut store, ()).await?;
-            let abi = crate::core_abi::Abi::of_instance(&mut store, &instance)?;
+            let abi = wasmcell_runtime::core_abi::Abi::of_instance(&mut store, &instance)?;
             let area = abi.bytes(&store, ret, 12)?;
             if area[0] == 0 {
                 return Ok(());
@@ -402,9 +402,9 @@ impl SlightHost {
     }
 }
 
-impl From<Refusal> for crate::core_abi::Ret {
-    fn from(Refusal(case, message): Refusal) -> crate::core_abi::Ret {
-        crate::core_abi::Ret::Error(case, message)
+impl From<Refusal> for wasmcell_runtime::core_abi::Ret {
+    fn from(Refusal(case, message): Refusal) -> wasmcell_runtime::core_abi::Ret {
+        wasmcell_runtime::core_abi::Ret::Error(case, message)
     }
 }
 

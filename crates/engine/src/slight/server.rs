@@ -14,10 +14,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use wasmtime::{Caller, Extern, InstancePre, Linker, ValType};
 
 use super::{Handle, SlightHost, SlightInstance, instance};
-use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, define};
+use crate::abi_imports::define;
 use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
 use wasmcell_runtime::connections::Connections;
 use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::core_abi::{Abi, HttpRequest, METHODS, Ret};
 use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::Error;
 use wasmcell_runtime::stdio::Outputs;
@@ -409,7 +410,7 @@ impl Serving {
                 .position(|m| *m == parts.method)
                 .unwrap_or_default() as i32,
             uri: parts.uri.to_string(),
-            headers: crate::core_abi::header_pairs(&parts.headers),
+            headers: wasmcell_runtime::core_abi::header_pairs(&parts.headers),
             params,
             client_addr: None,
             body: body.to_bytes(),
@@ -449,7 +450,7 @@ impl Serving {
         handler: &str,
         request: HttpRequest,
         outputs: &Outputs,
-    ) -> wasmtime::Result<Result<crate::core_abi::Response, String>> {
+    ) -> wasmtime::Result<Result<wasmcell_runtime::core_abi::Response, String>> {
         let mut wasi = wasi_builder(&self.spec).map_err(|e| wasmtime::format_err!("{e}"))?;
         outputs.attach(&mut wasi);
         let state = ModuleState {

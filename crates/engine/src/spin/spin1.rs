@@ -1,5 +1,5 @@
 //! Spin 1 components: core modules built with spin-sdk 1.x, before the component model, with
-//! wit-bindgen 0.2's ABI ([`crate::core_abi`]). The HTTP trigger calls their
+//! wit-bindgen 0.2's ABI ([`wasmcell_runtime::core_abi`]). The HTTP trigger calls their
 //! `handle-http-request` export on a fresh instance per request (on the servers' pooling
 //! engine, as Spin 2 components run), with the `request` record (and Spin 1.5's `client-addr`
 //! when the export takes it) and Spin's headers; they get `spin-config` (the component's
@@ -13,9 +13,10 @@ use wasmtime::{Caller, InstancePre, Linker};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_value};
-use crate::core_abi::{Abi, HttpRequest, METHODS, Ret, SendError, define};
+use crate::abi_imports::define;
 use crate::engine::{Guest, ModuleApp, ModuleState, new_store};
 use crate::http::{Failure, Server, is_pool_exhausted};
+use wasmcell_runtime::core_abi::{Abi, HttpRequest, METHODS, Ret, SendError};
 use wasmcell_runtime::stdio::Outputs;
 
 /// The export Spin 1's HTTP trigger calls.
@@ -325,7 +326,7 @@ async fn send_request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> was
                 host.report_denied(&target, &target);
                 Ret::Case(DESTINATION_NOT_ALLOWED)
             } else {
-                match crate::core_abi::send(outgoing).await {
+                match wasmcell_runtime::core_abi::send(outgoing).await {
                     Ok(response) => Ret::Response(response),
                     Err(SendError::InvalidUrl(_)) => Ret::Case(INVALID_URL),
                     Err(SendError::Protocol(why) | SendError::Timeout(why)) => {
@@ -361,7 +362,7 @@ pub(crate) async fn handle(
                 Failure::Failed(format!("Spin 1 handlers take no {} requests", parts.method))
             })? as i32,
         uri: parts.uri.to_string(),
-        headers: crate::core_abi::header_pairs(&parts.headers),
+        headers: wasmcell_runtime::core_abi::header_pairs(&parts.headers),
         params: Vec::new(),
         client_addr: pre.client_addr.then(|| client.to_string()),
         body,

@@ -1,4 +1,4 @@
-//! The host's side of wit-bindgen 0.2's canonical ABI over a core module, the ABI of the apps
+//! The host's side of wit-bindgen 0.2's canonical ABI over a core module, for any store, the ABI of the apps
 //! built before the component model: SpiderLightning's (all of them) and Spin 1's.
 //!
 //! - Strings and lists are `(pointer, length)` pairs in the guest's `memory`. What the host
@@ -13,54 +13,21 @@
 //! A guest that hands the host a pointer outside its memory, or a string that is not UTF-8,
 //! traps, as the canonical ABI has it.
 
-/// Defines `$name` of import module `$module` as `$f(caller, i32, ...)`: every function of
-/// this ABI here takes only `i32`s (pointers, lengths, handles and the return area) and
-/// returns nothing, or traps. With `request` for the arguments, the import takes a `request`
-/// record (see [`Abi::outgoing`]) and a return area: `$f(caller, record, ret)`.
-macro_rules! define {
-    ($linker:expr, $module:expr, $name:expr, $f:path, request) => {
-        $linker.func_wrap_async(
-            $module,
-            $name,
-            |mut caller: wasmtime::Caller<'_, $crate::engine::ModuleState>,
-             (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, ret): (
-                i32, i32, i32, i32, i32, i32, i32, i32, i32, i32, i32,
-            )| {
-                let record = [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9];
-                Box::new(async move { $f(&mut caller, record, ret).await })
-            },
-        )?
-    };
-    ($linker:expr, $module:expr, $name:expr, $f:path, $($arg:ident),+) => {
-        $linker.func_wrap_async(
-            $module,
-            $name,
-            |mut caller: wasmtime::Caller<'_, $crate::engine::ModuleState>, ($($arg,)+): ($(define!(@i32 $arg),)+)| {
-                Box::new(async move { $f(&mut caller, $($arg),+).await })
-            },
-        )?
-    };
-    (@i32 $arg:ident) => { i32 };
-}
-pub(crate) use define;
-
 use http_body_util::{BodyExt, Full};
 use wasmtime::{AsContext, AsContextMut, Caller, Extern, Instance, Memory, Store, TypedFunc};
-
-use crate::engine::ModuleState;
 
 type Realloc = TypedFunc<(i32, i32, i32, i32), i32>;
 
 /// A guest's memory and allocator, as wit-bindgen 0.2 exports them.
 #[derive(Clone)]
-pub(crate) struct Abi {
+pub struct Abi {
     memory: Memory,
     realloc: Option<Realloc>,
 }
 
 impl Abi {
     /// The calling guest's.
-    pub(crate) fn of_caller(caller: &mut Caller<'_, ModuleState>) -> wasmtime::Result<Abi> {
+    pub fn of_caller<T>(caller: &mut Caller<'_, T>) -> wasmtime::Result<Abi> {
         let memory = match caller.get_export("memory") {
             Some(Extern::Memory(memory)) => memory,
             _ => wasmtime::bail!("the module exports no `memory`, which slight's interfaces need"),
@@ -73,10 +40,7 @@ impl Abi {
     }
 
     /// `instance`'s.
-    pub(crate) fn of_instance(
-        store: &mut Store<ModuleState>,
-        instance: &Instance,
-    ) -> wasmtime::Result<Abi> {
+    pub fn of_instance<T>(store: &mut Store<T>, instance: &Instance) -> wasmtime::Result<Abi> {
         let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| {
             wasmtime::format_err!("the module exports no `memory`, which slight's interfaces need")
         })?;
@@ -87,12 +51,7 @@ impl Abi {
     }
 
     /// `len` bytes at `ptr`.
-    pub(crate) fn bytes(
-        &self,
-        store: impl AsContext,
-        ptr: i32,
-        len: i32,
-    ) -> wasmtime::Result<Vec<u8>> {
+    pub fn bytes(&self, store: impl AsContext, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
         let (start, len) = (ptr as u32 as usize, len as u32 as usize);
         start
             .checked_add(len)
@@ -106,18 +65,13 @@ impl Abi {
     }
 
     /// The UTF-8 string of `len` bytes at `ptr`.
-    pub(crate) fn string(
-        &self,
-        store: impl AsContext,
-        ptr: i32,
-        len: i32,
-    ) -> wasmtime::Result<String> {
+    pub fn string(&self, store: impl AsContext, ptr: i32, len: i32) -> wasmtime::Result<String> {
         String::from_utf8(self.bytes(store, ptr, len)?)
             .map_err(|_| wasmtime::format_err!("the guest passed a string that is not UTF-8"))
     }
 
     /// A `list<tuple<string, string>>` (headers, parameters) of `len` elements at `ptr`.
-    pub(crate) fn pairs(
+    pub fn pairs(
         &self,
         store: impl AsContext,
         ptr: i32,
@@ -149,9 +103,9 @@ impl Abi {
     }
 
     /// Copies `bytes` into memory the guest allocates (and then owns); their address.
-    pub(crate) async fn give(
+    pub async fn give(
         &self,
-        mut store: impl AsContextMut<Data = ModuleState>,
+        mut store: impl AsContextMut<Data = impl Send + 'static>,
         align: i32,
         bytes: &[u8],
     ) -> wasmtime::Result<i32> {
@@ -170,7 +124,7 @@ impl Abi {
     /// Gives the guest each of `strings` and the list of them; the list's address.
     async fn give_strings(
         &self,
-        mut store: impl AsContextMut<Data = ModuleState>,
+        mut store: impl AsContextMut<Data = impl Send + 'static>,
         strings: &[&str],
     ) -> wasmtime::Result<i32> {
         let mut list = Vec::new();
@@ -183,9 +137,9 @@ impl Abi {
     }
 
     /// Gives the guest a `list<tuple<string, string>>`: its address and length.
-    pub(crate) async fn give_pairs(
+    pub async fn give_pairs(
         &self,
-        mut store: impl AsContextMut<Data = ModuleState>,
+        mut store: impl AsContextMut<Data = impl Send + 'static>,
         pairs: &[(String, String)],
     ) -> wasmtime::Result<(i32, i32)> {
         let flat: Vec<&str> = pairs
@@ -197,9 +151,9 @@ impl Abi {
     }
 
     /// Writes `value` to the guest's return area at `ret`.
-    pub(crate) async fn ret(
+    pub async fn ret(
         &self,
-        mut store: impl AsContextMut<Data = ModuleState>,
+        mut store: impl AsContextMut<Data = impl Send + 'static>,
         ret: i32,
         value: Ret,
     ) -> wasmtime::Result<()> {
@@ -255,7 +209,7 @@ impl Abi {
     }
 
     /// Reads the `response` record at `ptr` (slight's and Spin 1's, the same record).
-    pub(crate) fn response(&self, store: impl AsContext, ptr: i32) -> wasmtime::Result<Response> {
+    pub fn response(&self, store: impl AsContext, ptr: i32) -> wasmtime::Result<Response> {
         let area = self.bytes(&store, ptr, 28)?;
         let word = |at: usize| i32::from_le_bytes(area[at..at + 4].try_into().unwrap());
         Ok(Response {
@@ -273,11 +227,7 @@ impl Abi {
 
     /// The request an import's flattened `request` record (`method`, `uri`, `headers`,
     /// `params`, `body`) passes; its params are not sent.
-    pub(crate) fn outgoing(
-        &self,
-        store: impl AsContext,
-        args: [i32; 10],
-    ) -> wasmtime::Result<Outgoing> {
+    pub fn outgoing(&self, store: impl AsContext, args: [i32; 10]) -> wasmtime::Result<Outgoing> {
         let [
             method,
             uri,
@@ -307,9 +257,9 @@ impl Abi {
 
     /// Lays `request` out in the guest's memory as the arguments of a handler export taking a
     /// `request` record (with Spin 1's `client-addr` when it has one).
-    pub(crate) async fn request(
+    pub async fn request(
         &self,
-        mut store: impl AsContextMut<Data = ModuleState>,
+        mut store: impl AsContextMut<Data = impl Send + 'static>,
         request: &HttpRequest,
     ) -> wasmtime::Result<Vec<wasmtime::Val>> {
         let uri = self.give(&mut store, 1, request.uri.as_bytes()).await?;
@@ -336,17 +286,22 @@ impl Abi {
 
 /// A request a guest sends (slight's `http-client`, Spin 1's `outbound-http`), from the
 /// `request` record it passed.
-pub(crate) struct Outgoing {
-    pub(crate) method: http::Method,
-    pub(crate) uri: String,
+pub struct Outgoing {
+    /// Its method.
+    pub method: http::Method,
+    /// Where it goes.
+    pub uri: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 /// Why an outgoing request got no response.
-pub(crate) enum SendError {
+pub enum SendError {
+    /// The URL is not one a request can be sent to.
     InvalidUrl(String),
+    /// The connection or the exchange failed.
     Protocol(String),
+    /// No whole response within the deadline.
     Timeout(String),
 }
 
@@ -355,7 +310,7 @@ const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sends `outgoing` as plain components' requests are sent (wasmtime-wasi-http's client:
 /// HTTP and HTTPS, this process's network) and reads the whole response.
-pub(crate) async fn send(outgoing: Outgoing) -> Result<Response, SendError> {
+pub async fn send(outgoing: Outgoing) -> Result<Response, SendError> {
     let uri = outgoing.uri.clone();
     let exchange = async {
         let mut request = http::Request::builder()
@@ -398,19 +353,23 @@ fn out_of_bounds(what: String) -> wasmtime::Error {
 }
 
 /// An HTTP request as the `request` record of slight and Spin 1 holds it.
-pub(crate) struct HttpRequest {
+pub struct HttpRequest {
     /// The `method` enum's case (see [`METHODS`]).
-    pub(crate) method: i32,
-    pub(crate) uri: String,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) params: Vec<(String, String)>,
+    pub method: i32,
+    /// The path and query the client asked for.
+    pub uri: String,
+    /// Its headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The route's parameters (Spin 1 passes none).
+    pub params: Vec<(String, String)>,
     /// Spin 1's `client-addr`, for handlers that take it.
-    pub(crate) client_addr: Option<String>,
-    pub(crate) body: bytes::Bytes,
+    pub client_addr: Option<String>,
+    /// The whole body.
+    pub body: bytes::Bytes,
 }
 
 /// The `method` enum of slight and Spin 1, by case.
-pub(crate) const METHODS: [http::Method; 7] = [
+pub const METHODS: [http::Method; 7] = [
     http::Method::GET,
     http::Method::POST,
     http::Method::PUT,
@@ -421,7 +380,7 @@ pub(crate) const METHODS: [http::Method; 7] = [
 ];
 
 /// An `expected<T, E>` result for the guest.
-pub(crate) enum Ret {
+pub enum Ret {
     /// `ok(unit)`.
     Unit,
     /// `ok(resource)`.
@@ -442,15 +401,18 @@ pub(crate) enum Ret {
 
 /// The `response` record of slight and Spin 1.
 #[derive(Debug)]
-pub(crate) struct Response {
-    pub(crate) status: u16,
-    pub(crate) headers: Option<Vec<(String, String)>>,
-    pub(crate) body: Option<Vec<u8>>,
+pub struct Response {
+    /// The status code, as the guest gave it (checked by [`Response::into_http`]).
+    pub status: u16,
+    /// Its headers, if any.
+    pub headers: Option<Vec<(String, String)>>,
+    /// Its body, if any.
+    pub body: Option<Vec<u8>>,
 }
 
 impl Response {
     /// The HTTP response a handler's record stands for, or why it stands for none.
-    pub(crate) fn into_http(self) -> Result<http::Response<Full<bytes::Bytes>>, String> {
+    pub fn into_http(self) -> Result<http::Response<Full<bytes::Bytes>>, String> {
         let status = http::StatusCode::from_u16(self.status).map_err(|_| {
             format!(
                 "it returned status {}, which is not an HTTP status",
@@ -469,7 +431,7 @@ impl Response {
 
 /// Headers as the records' `list<tuple<string, string>>` holds them (values that are not
 /// UTF-8, lossily).
-pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(k, v)| {
