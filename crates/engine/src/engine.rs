@@ -2,14 +2,14 @@
 //! [`Engine::prepare`] (everything that is not per instance) and [`Prepared::run`].
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use wasmcell_oci::rootfs;
 use wasmcell_oci::{FileKind, WasmKind};
 use wasmtime::component::ResourceTable;
-use wasmtime::{ExternType, InstancePre, Linker, Store};
+use wasmtime::{ExternType, InstancePre, Linker};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -20,9 +20,12 @@ use crate::slight::{Slight, SlightHost, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost, spin1::Spin1Instance};
 use wasmcell_runtime::cache::{Artifact, CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
-use wasmcell_runtime::epoch::{StoreClock, Ticker};
+use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::{Error, error_chain};
 use wasmcell_runtime::stdio;
+pub(crate) use wasmcell_runtime::store::{
+    Budget, HasBudget, Limiter, OnFirstUse, Overrun, new_store,
+};
 use wasmcell_wasmedge::{self as wasmedge, WasmEdge, WasmEdgeView};
 use wasmcell_workload::{Access, App, ModuleSource, Network, WorkloadSpec};
 
@@ -34,135 +37,10 @@ const TRAP_STATUS: u32 = 134;
 /// killer reports (128 + SIGKILL).
 const OUT_OF_MEMORY_STATUS: u32 = 137;
 
-/// The host bytes one table element is counted at against the memory limit: the largest
-/// element wasmtime stores (a continuation reference, two words); a `funcref` is one word and an
-/// `externref` or `anyref` half of one, so tables are counted at no less than they hold.
-const TABLE_ELEMENT_BYTES: u64 = 2 * size_of::<usize>() as u64;
-
-/// The most elements any one table may have, with or without a memory limit: far beyond what
-/// compilers emit (a table holds a program's indirectly called functions, thousands), and a
-/// bound on the host memory a guest with no limit can take through a table (160 MB at
-/// [`TABLE_ELEMENT_BYTES`]).
-const MAX_TABLE_ELEMENTS: usize = 10_000_000;
-
-/// What a guest tried to hold past what it may; it ended as out of memory (status 137).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overrun {
-    /// Its memories and tables together past the memory limit, in bytes.
-    MemoryLimit(u64),
-    /// One table past the most elements any table may have (10 million, with or without a
-    /// memory limit).
-    TableElements,
-}
-
-impl std::fmt::Display for Overrun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Overrun::MemoryLimit(limit) => write!(
-                f,
-                "it exceeded its memory limit of {limit} bytes (its memories and tables together)"
-            ),
-            Overrun::TableElements => write!(
-                f,
-                "it grew a table past {MAX_TABLE_ELEMENTS} elements, the most a table may have"
-            ),
-        }
-    }
-}
-
-/// Enforces [`Limits`] on one store: its memories and tables together within the memory limit
-/// (a store of a grouped container or a component has several), and each table within
-/// [`MAX_TABLE_ELEMENTS`]. Remembers whether the guest overran them, and counts what the store
-/// holds in the workload's [`Usage`](crate::Usage) for as long as it lives.
-pub(crate) struct Limiter {
-    controls: Controls,
-    overrun: Option<Overrun>,
-    /// Bytes of linear memory and table this store holds.
-    held: u64,
-}
-
-impl Limiter {
-    fn new(controls: Controls) -> Limiter {
-        Limiter {
-            controls,
-            overrun: None,
-            held: 0,
-        }
-    }
-
-    /// Whether the guest tried to hold more than it may.
-    pub(crate) fn exceeded(&self) -> bool {
-        self.overrun.is_some()
-    }
-
-    /// The memory limit, if holding `bytes` more would pass it.
-    fn limit_passed_by(&self, bytes: u64) -> Option<u64> {
-        let limit = self.controls.memory_limit()?;
-        (self.held.saturating_add(bytes) > limit).then_some(limit)
-    }
-
-    /// Grants growth by `bytes` (wasmtime calls this also when a memory or table is created,
-    /// from 0), or ends the guest: an error rather than `Ok(false)`, so that it traps at once
-    /// instead of carrying on with a failed allocation, and the run ends as out of memory.
-    fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
-        if let Some(limit) = self.limit_passed_by(bytes) {
-            return Err(self.overran(Overrun::MemoryLimit(limit)));
-        }
-        self.held += bytes;
-        self.controls.meter().grew(bytes);
-        Ok(true)
-    }
-
-    fn overran(&mut self, overrun: Overrun) -> wasmtime::Error {
-        self.overrun = Some(overrun);
-        wasmtime::format_err!("{overrun}")
-    }
-}
-
-impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Past its declared maximum wasmtime fails the growth itself (`memory.grow` answers
-        // -1): nothing is granted, so nothing is counted.
-        if maximum.is_some_and(|maximum| desired > maximum) {
-            return Ok(false);
-        }
-        self.grow(desired.saturating_sub(current) as u64)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|maximum| desired > maximum) {
-            return Ok(false);
-        }
-        let elements = desired.saturating_sub(current) as u64;
-        let bytes = elements.saturating_mul(TABLE_ELEMENT_BYTES);
-        // The memory limit, when the growth passes it too, is the reason the user can act on.
-        if desired > MAX_TABLE_ELEMENTS && self.limit_passed_by(bytes).is_none() {
-            return Err(self.overran(Overrun::TableElements));
-        }
-        self.grow(bytes)
-    }
-}
-
-impl Drop for Limiter {
-    fn drop(&mut self) {
-        self.controls.meter().released(self.held);
-    }
-}
-
 /// The store state of a core module (WASI preview 1).
 pub(crate) struct ModuleState {
     pub(crate) wasi: WasiP1Ctx,
-    pub(crate) guest: Guest,
+    pub(crate) budget: Budget,
     /// The sockets of a module built for WasmEdge's socket ABI.
     pub(crate) wasmedge: Option<Box<WasmEdge>>,
     /// The state of a framework's interfaces in this instance, for a framework's module.
@@ -191,7 +69,7 @@ pub(crate) struct ComponentState {
     pub(crate) table: ResourceTable,
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: HttpHooks,
-    pub(crate) guest: Guest,
+    pub(crate) budget: Budget,
     /// A framework component's grants; `None` for a plain component.
     pub(crate) grants: Option<Grants>,
 }
@@ -203,61 +81,16 @@ pub(crate) enum Grants {
     Slight(Arc<SlightHost>),
 }
 
-/// What every store holds besides WASI: its limits and its part in the epoch clock.
-pub(crate) struct Guest {
-    pub(crate) limiter: Limiter,
-    pub(crate) clock: StoreClock,
-}
-
-impl Guest {
-    pub(crate) fn new(controls: &Controls, clock: StoreClock) -> Guest {
-        Guest {
-            limiter: Limiter::new(controls.clone()),
-            clock,
-        }
+impl HasBudget for ModuleState {
+    fn budget(&mut self) -> &mut Budget {
+        &mut self.budget
     }
 }
 
-/// Gives [`new_store`] the store's [`Guest`] whatever the binary kind.
-pub(crate) trait HasGuest: Send + 'static {
-    fn guest(&mut self) -> &mut Guest;
-}
-
-impl HasGuest for ModuleState {
-    fn guest(&mut self) -> &mut Guest {
-        &mut self.guest
+impl HasBudget for ComponentState {
+    fn budget(&mut self) -> &mut Budget {
+        &mut self.budget
     }
-}
-
-impl HasGuest for ComponentState {
-    fn guest(&mut self) -> &mut Guest {
-        &mut self.guest
-    }
-}
-
-/// A store for one run: memory limits, the epoch clock, and at every epoch the controls'
-/// decision (pause, CPU slice, go on).
-pub(crate) fn new_store<T: HasGuest>(
-    engine: &wasmtime::Engine,
-    state: T,
-    controls: &Controls,
-) -> Store<T> {
-    let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.guest().limiter);
-    store.call_hook(|mut store, hook| {
-        let guest = store.data_mut().guest();
-        guest.clock.hook(hook);
-        // The clock does not tick while guests wait in host calls, so a guest paused during one
-        // would run on until a tick happened to land: stop it at its first epoch check instead.
-        if !hook.entering_host() && guest.limiter.controls.is_paused() {
-            store.set_epoch_deadline(0);
-        }
-        Ok(())
-    });
-    store.set_epoch_deadline(1);
-    let at_epoch = controls.clone();
-    store.epoch_deadline_callback(move |_| Ok(at_epoch.at_epoch()));
-    store
 }
 
 impl WasiHttpView for ComponentState {
@@ -271,30 +104,6 @@ impl WasiHttpView for ComponentState {
 }
 
 pub(crate) use wasmcell_runtime::config;
-
-/// A part of the [`Engine`] made the first time a guest needs it and kept for the process's
-/// life. A process mostly runs one kind of guest: a sandbox running modules never needs the
-/// component linker (133 KiB of heap and 0.26 ms to build, measured), a server neither linker
-/// of the default engine. A failed attempt is made again by the next caller.
-pub(crate) struct OnFirstUse<T>(Mutex<Option<Arc<T>>>);
-
-impl<T> Default for OnFirstUse<T> {
-    fn default() -> Self {
-        OnFirstUse(Mutex::new(None))
-    }
-}
-
-impl<T> OnFirstUse<T> {
-    pub(crate) fn get(&self, make: impl FnOnce() -> Result<T, Error>) -> Result<Arc<T>, Error> {
-        let mut made = self.0.lock().expect("engine part lock");
-        if let Some(part) = &*made {
-            return Ok(part.clone());
-        }
-        let part = Arc::new(make()?);
-        *made = Some(part.clone());
-        Ok(part)
-    }
-}
 
 /// Hands the memory a step freed back to the kernel when the step returns, however it returns.
 /// glibc keeps freed memory in the arena of the thread that used it for the life of the
@@ -785,7 +594,7 @@ impl Exit {
     }
 
     pub(crate) fn of(result: wasmtime::Result<()>, limiter: &Limiter) -> Exit {
-        match (result, limiter.overrun) {
+        match (result, limiter.overrun()) {
             (Ok(()), _) => Exit::Code(0),
             (Err(_), Some(overrun)) => Exit::OutOfMemory(overrun),
             (Err(error), None) => match error.downcast_ref::<I32Exit>() {
@@ -853,7 +662,7 @@ impl Prepared {
             .ticker
             .store_clock()
             .map_err(|e| Error::Engine(e.into()))?;
-        let guest = Guest::new(controls, clock);
+        let budget = Budget::new(controls, clock);
         // Instantiation can fail like a run does (a start function traps, a data segment passes the
         // memory limit), so each kind runs as one fallible block whose failure becomes an `Exit`.
         Ok(match command {
@@ -864,7 +673,7 @@ impl Prepared {
             } => {
                 let state = ModuleState {
                     wasi: wasi.build_p1(),
-                    guest,
+                    budget,
                     wasmedge: wasmedge.then(|| Box::new(WasmEdge::new(&self.spec))),
                     app: None,
                 };
@@ -882,7 +691,7 @@ impl Prepared {
                     entry.call_async(&mut store, ()).await
                 }
                 .await;
-                Exit::of(result, &store.data().guest.limiter)
+                Exit::of(result, &store.data().budget.limiter)
             }
             Command::Component { pre, grants } => {
                 let state = ComponentState {
@@ -890,7 +699,7 @@ impl Prepared {
                     table: ResourceTable::new(),
                     http: WasiHttpCtx::new(),
                     hooks: HttpHooks::new(self.spec.network),
-                    guest,
+                    budget,
                     grants: grants.clone(),
                 };
                 let mut store = new_store(&self.engine, state, controls);
@@ -902,7 +711,7 @@ impl Prepared {
                 match result {
                     Ok(Ok(())) => Exit::Code(0),
                     Ok(Err(())) => Exit::Code(1),
-                    Err(error) => Exit::of(Err(error), &store.data().guest.limiter),
+                    Err(error) => Exit::of(Err(error), &store.data().budget.limiter),
                 }
             }
         })
@@ -911,69 +720,15 @@ impl Prepared {
 
 #[cfg(test)]
 mod tests {
-    use wasmtime::ResourceLimiter;
-
     use super::*;
     use wasmcell_workload::Limits;
 
     const MIB: usize = 1 << 20;
 
-    fn limiter(memory: Option<usize>) -> Limiter {
-        Limiter::new(Controls::new(&Limits {
-            memory: memory.map(|m| m as u64),
-            cpu: None,
-        }))
-    }
-
-    /// Issue 24: under a 64 MiB limit a grouped container grew 8 memories of 48 MiB each.
-    #[test]
-    fn r24_a_stores_memories_count_together_against_the_limit() {
-        let mut limiter = limiter(Some(64 * MIB));
-        assert!(limiter.memory_growing(0, 48 * MIB, None).unwrap());
-        assert!(limiter.memory_growing(0, 8 * MIB, None).unwrap());
-        assert!(limiter.memory_growing(0, 16 * MIB, None).is_err());
-        assert_eq!(limiter.overrun, Some(Overrun::MemoryLimit(64 * MIB as u64)));
-    }
-
-    /// Issue 24: a 40M-element table grew under a 64 MiB limit.
-    #[test]
-    fn r24_table_elements_count_against_the_memory_limit() {
-        let mut limiter = limiter(Some(64 * MIB));
-        assert!(limiter.memory_growing(0, 32 * MIB, None).unwrap());
-        // 1M elements: 16 MiB.
-        assert!(limiter.table_growing(0, MIB, None).unwrap());
-        // 2M more: 32 MiB, past the limit with the memory.
-        assert!(limiter.table_growing(MIB, 3 * MIB, None).is_err());
-        assert_eq!(limiter.overrun, Some(Overrun::MemoryLimit(64 * MIB as u64)));
-    }
-
-    #[test]
-    fn tables_are_bounded_without_a_memory_limit() {
-        let mut limiter = limiter(None);
-        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
-        assert!(
-            limiter
-                .table_growing(MAX_TABLE_ELEMENTS, MAX_TABLE_ELEMENTS + 1, None)
-                .is_err()
-        );
-        assert_eq!(limiter.overrun, Some(Overrun::TableElements));
-    }
-
-    #[test]
-    fn growth_past_a_declared_maximum_fails_without_being_counted() {
-        let mut limiter = limiter(Some(4 * MIB));
-        for _ in 0..100 {
-            assert!(!limiter.memory_growing(MIB, 2 * MIB, Some(MIB)).unwrap());
-            assert!(!limiter.table_growing(10, 20, Some(10)).unwrap());
-        }
-        assert!(limiter.memory_growing(0, 4 * MIB, None).unwrap());
-        assert_eq!(limiter.overrun, None);
-    }
-
     /// What a guest does: 8 memories grown to 48 MiB each, or a 40M-element table, end it as
     /// out of memory (137).
     #[test]
-    fn r24_a_module_growing_many_memories_or_a_big_table_ends_with_137() {
+    fn a_module_growing_many_memories_or_a_big_table_ends_with_137() {
         let engine = wasmtime::Engine::default();
         let memories: String = (0..8)
             .map(|i| format!("(memory $m{i} 0)"))
@@ -1000,7 +755,11 @@ mod tests {
             (table, None, Overrun::TableElements),
         ] {
             let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
-            let mut store = Store::new(&engine, limiter(limit));
+            let controls = Controls::new(&Limits {
+                memory: limit.map(|m| m as u64),
+                cpu: None,
+            });
+            let mut store = wasmtime::Store::new(&engine, Limiter::new(controls));
             store.limiter(|limiter| limiter);
             let result = wasmtime::Instance::new(&mut store, &module, &[]).and_then(|instance| {
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks, WasiHttpView};
 
 use crate::engine::{
-    ComponentState, Grants, Guest, ModuleState, OnFirstUse, add_preopens, new_store, wasi_base,
+    Budget, ComponentState, Grants, ModuleState, OnFirstUse, add_preopens, new_store, wasi_base,
 };
 use crate::spin::host::SpinHost;
 use crate::spin::{Routed, SpinApp};
@@ -738,7 +738,7 @@ async fn run_handler(
     let mut wasi = wasi.build();
     *wasi.filesystem() = target.preopens.clone();
     let clock = server.ticker.store_clock().map_err(|e| failed(&e))?;
-    let guest = Guest::new(&server.controls, clock);
+    let budget = Budget::new(&server.controls, clock);
     let hooks = match &target.grants {
         Some(Grants::Spin(host)) => {
             let chain = Chain {
@@ -754,7 +754,7 @@ async fn run_handler(
         table: ResourceTable::new(),
         http: WasiHttpCtx::new(),
         hooks,
-        guest,
+        budget,
         grants: target.grants.clone(),
     };
     let mut store = new_store(&server.engine, state, &server.controls);
@@ -778,10 +778,10 @@ async fn run_handler(
                 .await
         }
         .await;
-        let guest = &store.data().guest;
+        let budget = &store.data().budget;
         match result {
             Ok(()) => Ok(()),
-            Err(_) if guest.limiter.exceeded() => Err(Failure::OutOfMemory),
+            Err(_) if budget.limiter.exceeded() => Err(Failure::OutOfMemory),
             Err(error) if is_pool_exhausted(&error) => Err(Failure::Busy),
             Err(error) => Err(Failure::Failed(format!("the handler failed: {error:?}"))),
         }

@@ -19,7 +19,7 @@ mod http;
 mod slight;
 mod spin;
 
-pub use engine::{Compiler, Engine, Exit, Overrun, Prepared};
+pub use engine::{Compiler, Engine, Exit, Prepared};
 pub use http::open_pagemap;
 pub use wasmcell_runtime::Controls;
 pub use wasmcell_runtime::Usage;
@@ -28,6 +28,7 @@ pub use wasmcell_runtime::cache::{
     parse_size,
 };
 pub use wasmcell_runtime::precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
+pub use wasmcell_runtime::store::Overrun;
 pub use wasmcell_runtime::{Error, error_chain};
 pub use wasmcell_workload::{
     Access, App, CpuQuota, HttpServe, HttpSettingError, Input, Limits, ModuleSource, NameFiles,

@@ -13,6 +13,7 @@ pub mod epoch;
 pub mod error;
 pub mod precompile;
 pub mod stdio;
+pub mod store;
 pub mod usage;
 
 pub use cache::{

@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 use wasmcell_slight::{Configs, SlightApp, Store};
 use wasmtime::{InstancePre, Linker};
 
-use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
+use crate::engine::{Budget, Exit, ModuleApp, ModuleState, new_store, wasi_builder};
 use crate::http::HttpEngine;
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
@@ -151,7 +151,7 @@ impl Slight {
         let clock = ticker.store_clock().map_err(|e| Error::Engine(e.into()))?;
         let state = ModuleState {
             wasi: wasi.build_p1(),
-            guest: Guest::new(controls, clock),
+            budget: Budget::new(controls, clock),
             wasmedge: None,
             app: Some(ModuleApp::Slight(Box::new(SlightInstance::new(
                 self.host.clone(),
@@ -182,7 +182,7 @@ impl Slight {
             result = start => result,
             () = controls.terminated() => return Ok(Exit::Code(128 + libc::SIGTERM)),
         };
-        let exit = Exit::of(result, &store.data().guest.limiter);
+        let exit = Exit::of(result, &store.data().budget.limiter);
         let servers: Vec<_> = match store.data_mut().app.take() {
             Some(ModuleApp::Slight(instance)) => instance.servers.into_iter().flatten(),
             _ => None.into_iter().flatten(),

@@ -15,7 +15,7 @@ use wasmtime::{Caller, Extern, InstancePre, Linker, ValType};
 
 use super::{Handle, SlightHost, SlightInstance, instance};
 use crate::abi_imports::define;
-use crate::engine::{Exit, Guest, ModuleApp, ModuleState, new_store, wasi_builder};
+use crate::engine::{Budget, Exit, ModuleApp, ModuleState, new_store, wasi_builder};
 use wasmcell_runtime::connections::Connections;
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::core_abi::{Abi, HttpRequest, METHODS, Ret};
@@ -455,7 +455,7 @@ impl Serving {
         outputs.attach(&mut wasi);
         let state = ModuleState {
             wasi: wasi.build_p1(),
-            guest: Guest::new(&self.controls, self.ticker.store_clock()?),
+            budget: Budget::new(&self.controls, self.ticker.store_clock()?),
             wasmedge: None,
             app: Some(ModuleApp::Slight(Box::new(SlightInstance::new(
                 self.host.clone(),

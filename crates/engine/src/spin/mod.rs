@@ -26,6 +26,7 @@ use host::SpinHost;
 use wasmcell_runtime::cache::{CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
+use wasmcell_runtime::store::Budget;
 use wasmcell_stores::{Opened, Places};
 use wasmcell_workload::{ModuleSource, WorkloadSpec};
 
@@ -398,7 +399,7 @@ impl SpinApp {
             table: wasmtime::component::ResourceTable::new(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             hooks: http::HttpHooks::spin(spec.network, prepared.host.clone(), None),
-            guest: crate::engine::Guest::new(controls, clock),
+            budget: Budget::new(controls, clock),
             grants: Some(Grants::Spin(prepared.host.clone())),
         };
         let mut store = crate::engine::new_store(http.engine(), state, controls);
@@ -410,7 +411,7 @@ impl SpinApp {
         Ok(match result {
             Ok(Ok(())) => crate::Exit::Code(0),
             Ok(Err(())) => crate::Exit::Code(1),
-            Err(error) => crate::Exit::of(Err(error), &store.data().guest.limiter),
+            Err(error) => crate::Exit::of(Err(error), &store.data().budget.limiter),
         })
     }
 }

@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::SpinApp;
-use crate::engine::{ComponentState, Guest, new_store};
+use crate::engine::{Budget, ComponentState, new_store};
 use crate::http::{HttpEngine, HttpHooks};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
@@ -221,7 +221,7 @@ async fn handle(
         table: ResourceTable::new(),
         http: WasiHttpCtx::new(),
         hooks: HttpHooks::spin(spec.network, component.host.clone(), None),
-        guest: Guest::new(controls, clock),
+        budget: Budget::new(controls, clock),
         grants: Some(crate::engine::Grants::Spin(component.host.clone())),
     };
     let mut store = new_store(http.engine(), state, controls);
@@ -242,7 +242,7 @@ async fn handle(
         )),
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(_))) => Err("the handler returned an error".to_owned()),
-        Ok(Err(_)) if store.data().guest.limiter.exceeded() => {
+        Ok(Err(_)) if store.data().budget.limiter.exceeded() => {
             Err("the handler exceeded its memory limit".to_owned())
         }
         Ok(Err(error)) => Err(format!("the handler failed: {error:?}")),

@@ -14,7 +14,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_value};
 use crate::abi_imports::define;
-use crate::engine::{Guest, ModuleApp, ModuleState, new_store};
+use crate::engine::{Budget, ModuleApp, ModuleState, new_store};
 use crate::http::{Failure, Server, is_pool_exhausted};
 use wasmcell_runtime::core_abi::{Abi, HttpRequest, METHODS, Ret, SendError};
 use wasmcell_runtime::stdio::Outputs;
@@ -377,7 +377,7 @@ pub(crate) async fn handle(
     let clock = server.ticker().store_clock().map_err(|e| failed(&e))?;
     let state = ModuleState {
         wasi: wasi.build_p1(),
-        guest: Guest::new(server.controls(), clock),
+        budget: Budget::new(server.controls(), clock),
         wasmedge: None,
         app: Some(ModuleApp::Spin1(Box::new(Spin1Instance {
             host: host.clone(),
@@ -403,7 +403,7 @@ pub(crate) async fn handle(
     let response = match tokio::time::timeout(timeout, call).await {
         Err(_) => return Err(Failure::TimedOut(timeout)),
         Ok(Ok(response)) => response,
-        Ok(Err(_)) if store.data().guest.limiter.exceeded() => return Err(Failure::OutOfMemory),
+        Ok(Err(_)) if store.data().budget.limiter.exceeded() => return Err(Failure::OutOfMemory),
         Ok(Err(error)) if is_pool_exhausted(&error) => return Err(Failure::Busy),
         Ok(Err(error)) => return Err(Failure::Failed(format!("the handler failed: {error:?}"))),
     };
