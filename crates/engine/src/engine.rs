@@ -1,33 +1,32 @@
 //! The wasmtime engine, its WASI linkers, and the two steps of running a workload:
 //! [`Engine::prepare`] (everything that is not per instance) and [`Prepared::run`].
 
-use std::path::Path;
 use std::sync::Arc;
 
-use cap_std::ambient_authority;
-use cap_std::fs::Dir;
-use wasmcell_oci::rootfs;
-use wasmcell_oci::{FileKind, WasmKind};
+use wasmcell_oci::WasmKind;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ExternType, InstancePre, Linker};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::http::{self, HttpEngine, HttpHooks, Routes, Target};
 use crate::slight::{Slight, SlightHost, SlightInstance};
 use crate::spin::{self, SpinApp, host::SpinHost, spin1::Spin1Instance};
+pub(crate) use wasmcell_runtime::binary::read_wasm;
 use wasmcell_runtime::cache::{Artifact, CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::{Error, error_chain};
+pub(crate) use wasmcell_runtime::link::{exported_functions, link_error};
 use wasmcell_runtime::stdio;
 pub(crate) use wasmcell_runtime::store::{
     Budget, HasBudget, Limiter, OnFirstUse, Overrun, new_store,
 };
+pub(crate) use wasmcell_runtime::wasi::{add_preopens, wasi_base, wasi_builder};
 use wasmcell_wasmedge::{self as wasmedge, WasmEdge, WasmEdgeView};
-use wasmcell_workload::{Access, App, ModuleSource, Network, WorkloadSpec};
+use wasmcell_workload::{App, WorkloadSpec};
 
 /// The exit status a trap is reported with: what a native process that aborts gets (128 + SIGABRT),
 /// and what `wasmtime run` exits with on a trap.
@@ -375,151 +374,6 @@ impl Engine {
 
 /// What a core module is linked with, for the message when it imports something else.
 pub(crate) const PROVIDED: &str = "wasmcell links WASI preview 1, WASI 0.2, wasi:http and WasmEdge's socket extension; WasmEdge plugins (wasi-nn, wasi-crypto, ...) are not available";
-
-/// Why `module` does not link with `linker` (which provides what `provided` says): every
-/// import it lacks, or wasmtime's reason.
-pub(crate) fn link_error<T: 'static>(
-    linker: &Linker<T>,
-    module: &wasmtime::Module,
-    path: &str,
-    source: wasmtime::Error,
-    provided: &'static str,
-) -> Error {
-    match missing_imports(linker, module) {
-        imports if imports.is_empty() => Error::Link {
-            path: path.to_owned(),
-            source,
-        },
-        imports => Error::MissingImports {
-            path: path.to_owned(),
-            imports: imports.join(", "),
-            provided,
-        },
-    }
-}
-
-/// The imports of `module` that `linker` does not define, as `module::name (func ...)`. Defining
-/// an import that is already there fails when shadowing is off, which is the test.
-fn missing_imports<T: 'static>(linker: &Linker<T>, module: &wasmtime::Module) -> Vec<String> {
-    let mut probe = linker.clone();
-    probe.allow_shadowing(false);
-    module
-        .imports()
-        .filter(|import| match import.ty() {
-            ExternType::Func(ty) => probe
-                .func_new(import.module(), import.name(), ty, |_, _, _| Ok(()))
-                .is_ok(),
-            // WASI defines functions only.
-            _ => true,
-        })
-        .map(|import| {
-            let ty = match import.ty() {
-                ExternType::Func(ty) => ty.to_string(),
-                other => format!("{other:?}"),
-            };
-            format!("{}::{} {ty}", import.module(), import.name())
-        })
-        .collect()
-}
-
-fn exported_functions(module: &wasmtime::Module) -> String {
-    let names: Vec<_> = module
-        .exports()
-        .filter(|e| matches!(e.ty(), ExternType::Func(_)))
-        .map(|e| format!("`{}`", e.name()))
-        .collect();
-    if names.is_empty() {
-        String::new()
-    } else {
-        format!(" (it exports {})", names.join(", "))
-    }
-}
-
-/// The WASI context every instance of `spec` starts from: its args, env, working directory,
-/// preopens and (when granted) the network. Standard streams are attached by the caller.
-pub(crate) fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error> {
-    let mut wasi = wasi_base(spec);
-    wasi.args(&spec.args).envs(&spec.env);
-    add_preopens(&mut wasi, spec)?;
-    Ok(wasi)
-}
-
-/// What every instance of `spec` starts from whatever its own args, env and files: the
-/// working directory, and the network when granted.
-pub(crate) fn wasi_base(spec: &WorkloadSpec) -> WasiCtxBuilder {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.initial_cwd(&spec.cwd);
-    match spec.network {
-        Network::None => {}
-        Network::Inherit => {
-            wasi.inherit_network()
-                .allow_tcp(true)
-                .allow_udp(true)
-                .allow_ip_name_lookup(true);
-        }
-    }
-    wasi
-}
-
-/// Opens the spec's preopened directories into `wasi`.
-pub(crate) fn add_preopens(wasi: &mut WasiCtxBuilder, spec: &WorkloadSpec) -> Result<(), Error> {
-    for preopen in &spec.preopens {
-        let perms = match preopen.access {
-            Access::ReadOnly => FsPerms::ReadOnly,
-            Access::ReadWrite => FsPerms::ReadWrite,
-        };
-        wasi.preopened_dir(&preopen.host, &preopen.guest, perms)
-            .map_err(|source| Error::Preopen {
-                host: preopen.host.clone(),
-                guest: preopen.guest.clone(),
-                source,
-            })?;
-    }
-    Ok(())
-}
-
-/// Reads the binary the spec names and checks it is wasm: its path (as the user wrote it), its
-/// bytes and its kind.
-fn read_wasm(spec: &WorkloadSpec) -> Result<(String, Vec<u8>, WasmKind), Error> {
-    let path = match &spec.module {
-        ModuleSource::File(file) => file.display().to_string(),
-        ModuleSource::Rootfs { path, .. } => path.clone(),
-    };
-    let bytes = read_module(spec)?;
-    match FileKind::detect(&bytes) {
-        FileKind::Wasm(kind) => Ok((path, bytes, kind)),
-        other => Err(Error::NotWasm { path, kind: other }),
-    }
-}
-
-/// Reads the binary the spec names. Inside a rootfs it is the image's, read as hostile input:
-/// resolved with the same capability rules the guest's own opens follow (no `..` above the
-/// root, no absolute symlinks), a regular file (a device or FIFO is refused before it is
-/// read), and at most [`rootfs::MAX_MODULE_SIZE`].
-fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
-    match &spec.module {
-        ModuleSource::File(file) => std::fs::read(file).map_err(|source| Error::ReadEntrypoint {
-            path: file.display().to_string(),
-            root: None,
-            source: source.into(),
-        }),
-        ModuleSource::Rootfs { root, path } => {
-            let err = |source: rootfs::ReadError| Error::ReadEntrypoint {
-                path: path.clone(),
-                root: Some(root.clone()),
-                source,
-            };
-            let relative = if path.starts_with('/') {
-                Path::new(path.trim_start_matches('/')).to_owned()
-            } else {
-                Path::new(spec.cwd.trim_start_matches('/')).join(path)
-            };
-            let dir =
-                Dir::open_ambient_dir(root, ambient_authority()).map_err(|e| err(e.into()))?;
-            rootfs::read_regular(&dir, &relative, rootfs::MAX_MODULE_SIZE).map_err(err)
-        }
-    }
-}
 
 /// What a run does: one instance of a command, or a server.
 enum Entry {

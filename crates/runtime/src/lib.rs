@@ -5,16 +5,19 @@
 //! Frameworks (Spin, slight, WasmEdge's sockets) build on it; it knows none of them.
 #![deny(missing_docs)]
 
+pub mod binary;
 pub mod cache;
 pub mod connections;
 pub mod controls;
 pub mod core_abi;
 pub mod epoch;
 pub mod error;
+pub mod link;
 pub mod precompile;
 pub mod stdio;
 pub mod store;
 pub mod usage;
+pub mod wasi;
 
 pub use cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
