@@ -768,6 +768,15 @@ pub(crate) mod tests {
         }
     }
 
+    impl SpinHost {
+        /// Once every complaint reported so far is written.
+        pub(crate) async fn diagnostics_flushed(&self) {
+            self.diagnostics
+                .flush(std::time::Duration::from_secs(60))
+                .await;
+        }
+    }
+
     fn host(dir: &std::path::Path, labels: &[&str]) -> SpinHost {
         let variables = [("api_url", "https://api.test"), ("empty", "")];
         spin_host(dir, &[], &variables, labels, &Default::default())
