@@ -705,6 +705,60 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn request_lays_out_a_handlers_arguments_with_client_addr_only_when_given() {
+        let (mut store, abi) = guest().await;
+        let mut request = HttpRequest {
+            method: 1,
+            uri: "/cart?item=3".into(),
+            headers: vec![("host".into(), "shop.test".into())],
+            params: vec![("item".into(), "3".into())],
+            client_addr: None,
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        let words = |args: Vec<wasmtime::Val>| -> Vec<i32> {
+            args.iter().map(|arg| arg.unwrap_i32()).collect()
+        };
+        let args = words(abi.request(&mut store, &request).await.unwrap());
+        let [
+            method,
+            uri,
+            uri_len,
+            headers,
+            headers_len,
+            params,
+            params_len,
+            has_body,
+            body,
+            body_len,
+        ] = args[..]
+        else {
+            panic!("{} arguments without a client address", args.len());
+        };
+        assert_eq!(method, 1);
+        assert_eq!(abi.string(&store, uri, uri_len).unwrap(), "/cart?item=3");
+        assert_eq!(
+            abi.pairs(&store, headers, headers_len).unwrap(),
+            request.headers
+        );
+        assert_eq!(
+            abi.pairs(&store, params, params_len).unwrap(),
+            request.params
+        );
+        assert_eq!(has_body, 1);
+        assert_eq!(abi.bytes(&store, body, body_len).unwrap(), b"{}");
+
+        // Spin 1's `client-addr` comes after the params, before the body.
+        request.client_addr = Some("10.0.0.5:4000".into());
+        let args = words(abi.request(&mut store, &request).await.unwrap());
+        assert_eq!(args.len(), 12);
+        assert_eq!(
+            abi.string(&store, args[7], args[8]).unwrap(),
+            "10.0.0.5:4000"
+        );
+        assert_eq!(abi.bytes(&store, args[10], args[11]).unwrap(), b"{}");
+    }
+
     #[test]
     fn into_http_keeps_status_headers_and_body() {
         let response = Response {
