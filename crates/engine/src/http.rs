@@ -842,6 +842,94 @@ mod tests {
         hasher.finish()
     }
 
+    /// A Spin component's outbound request to `uri` from a host granted `allowed`, on
+    /// `network`; its complaints go to the file `diagnostics`.
+    async fn send_from_spin(
+        allowed: &[&str],
+        network: Network,
+        uri: &str,
+        diagnostics: &std::path::Path,
+    ) -> Result<http::StatusCode, wasmtime_wasi_http::Error> {
+        let output = wasmcell_workload::Output::File(diagnostics.to_owned());
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(crate::spin::host::tests::spin_host(
+            dir.path(),
+            allowed,
+            &[],
+            &[],
+            &output,
+        ));
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let request = http::Request::get(uri).body(body).unwrap();
+        let sent = Box::into_pin(spin_request(host.clone(), None, network, request, None)).await;
+        host.diagnostics_flushed().await;
+        sent.map(|(response, _io)| response.status())
+    }
+
+    #[tokio::test]
+    async fn a_spin_component_reaches_only_the_hosts_it_was_granted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request).await.unwrap();
+            let reply = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+            stream.write_all(reply).await.unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr");
+        let granted = format!("http://127.0.0.1:{port}");
+        let uri = format!("{granted}/");
+        let sent = send_from_spin(&[&granted], Network::Inherit, &uri, &log).await;
+        assert_eq!(sent.unwrap(), http::StatusCode::NO_CONTENT);
+        server.await.unwrap();
+        assert!(!log.exists(), "an allowed request was reported");
+    }
+
+    #[tokio::test]
+    async fn a_spin_components_request_to_another_host_is_denied_before_connecting() {
+        // The name resolves nowhere: a lookup would fail otherwise than with a denial.
+        for (uri, entry) in [
+            ("http://denied.invalid/path", "http://denied.invalid:80"),
+            ("https://denied.invalid/", "https://denied.invalid:443"),
+            // Another component of the app, and the app itself, need their own entries.
+            ("http://other.spin.internal/", "http://other.spin.internal"),
+            ("/local", "self"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("stderr");
+            let sent = send_from_spin(&["http://127.0.0.1:1"], Network::Inherit, uri, &log).await;
+            assert!(
+                matches!(sent, Err(wasmtime_wasi_http::Error::HttpRequestDenied)),
+                "{uri}: {sent:?}"
+            );
+            let reported = std::fs::read_to_string(&log).unwrap();
+            let advice = format!("add \"{entry}\" to allowed_outbound_hosts in [component.web]");
+            assert!(reported.contains(&advice), "{uri}: {reported}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_granted_host_is_denied_when_the_workload_has_no_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr");
+        let sent = send_from_spin(
+            &["http://127.0.0.1:1"],
+            Network::None,
+            "http://127.0.0.1:1/",
+            &log,
+        )
+        .await;
+        assert!(matches!(
+            sent,
+            Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+        ));
+    }
+
     #[test]
     fn servers_load_the_artifacts_the_compiler_caches() {
         // The shim compiles without knowing whether a component is a server; its sandbox loads

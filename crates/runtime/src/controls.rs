@@ -146,3 +146,92 @@ impl Controls {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quota no guest uses up within a test: an hour per hour.
+    const GENEROUS: CpuQuota = CpuQuota {
+        quota_us: 3_600_000_000,
+        period_us: 3_600_000_000,
+    };
+
+    /// A quota already used up at the first tick, for a period that outlasts the test.
+    const SPENT: CpuQuota = CpuQuota {
+        quota_us: 0,
+        period_us: 3_600_000_000,
+    };
+
+    fn waits(deadline: &UpdateDeadline) -> bool {
+        matches!(deadline, UpdateDeadline::YieldCustom(1, _))
+    }
+
+    #[test]
+    fn a_running_guest_yields_one_tick_at_a_time() {
+        let controls = Controls::new(&Limits::default());
+        assert!(!controls.is_paused());
+        assert!(matches!(controls.at_epoch(), UpdateDeadline::Yield(1)));
+    }
+
+    #[tokio::test]
+    async fn a_paused_guest_waits_at_its_next_tick_until_resumed() {
+        let controls = Controls::new(&Limits::default());
+        controls.pause();
+        assert!(controls.is_paused());
+        let UpdateDeadline::YieldCustom(1, waiting) = controls.at_epoch() else {
+            panic!("a paused guest went on");
+        };
+        let waiting = tokio::spawn(waiting);
+        // Resumed from another handle, as `resume` is served.
+        controls.clone().resume();
+        waiting.await.unwrap();
+        assert!(!controls.is_paused());
+        assert!(matches!(controls.at_epoch(), UpdateDeadline::Yield(1)));
+    }
+
+    /// In a runtime, as guests run: the wait past a spent quota is a tokio timer.
+    #[tokio::test]
+    async fn the_cpu_quota_from_the_spec_and_its_updates_apply_at_the_next_tick() {
+        let controls = Controls::new(&Limits {
+            memory: None,
+            cpu: Some(SPENT),
+        });
+        assert!(waits(&controls.at_epoch()), "a spent quota did not wait");
+        controls.set_cpu_quota(Some(GENEROUS));
+        assert!(matches!(controls.at_epoch(), UpdateDeadline::Yield(1)));
+        controls.set_cpu_quota(Some(SPENT));
+        assert!(waits(&controls.at_epoch()));
+        controls.set_cpu_quota(None);
+        assert!(matches!(controls.at_epoch(), UpdateDeadline::Yield(1)));
+    }
+
+    #[test]
+    fn the_memory_limit_from_the_spec_can_be_changed_and_removed() {
+        let controls = Controls::new(&Limits {
+            memory: Some(64 << 20),
+            cpu: None,
+        });
+        assert_eq!(controls.memory_limit(), Some(64 << 20));
+        controls.clone().set_memory_limit(Some(128 << 20));
+        assert_eq!(controls.memory_limit(), Some(128 << 20));
+        controls.set_memory_limit(None);
+        assert_eq!(controls.memory_limit(), None);
+        assert_eq!(Controls::new(&Limits::default()).memory_limit(), None);
+    }
+
+    #[tokio::test]
+    async fn terminate_wakes_those_waiting_and_those_who_ask_later() {
+        let controls = Controls::new(&Limits::default());
+        let waiting = tokio::spawn({
+            let controls = controls.clone();
+            async move { controls.terminated().await }
+        });
+        controls.terminate();
+        waiting.await.unwrap();
+        // Asked after the fact, it has already happened.
+        controls.terminated().await;
+        // Terminating is not pausing.
+        assert!(!controls.is_paused());
+    }
+}

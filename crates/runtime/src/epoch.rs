@@ -136,3 +136,63 @@ fn tick(engine: &wasmtime::EngineWeak, shared: &Shared) {
         std::thread::sleep(EPOCH_TICK);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inside(ticker: &Ticker) -> usize {
+        ticker.0.shared.inside.load(SeqCst)
+    }
+
+    #[test]
+    fn stores_are_counted_inside_wasm_across_nested_calls() {
+        let ticker = Ticker::new(&wasmtime::Engine::default());
+        let (mut a, mut b) = (ticker.store_clock().unwrap(), ticker.store_clock().unwrap());
+        a.hook(CallHook::CallingWasm);
+        b.hook(CallHook::CallingWasm);
+        // A host call from wasm, and wasm called back from it.
+        a.hook(CallHook::CallingHost);
+        assert_eq!(inside(&ticker), 1);
+        a.hook(CallHook::ReturningFromHost);
+        a.hook(CallHook::CallingWasm);
+        assert_eq!(inside(&ticker), 3);
+        a.hook(CallHook::ReturningFromWasm);
+        a.hook(CallHook::ReturningFromWasm);
+        b.hook(CallHook::ReturningFromWasm);
+        assert_eq!(inside(&ticker), 0);
+    }
+
+    /// A guest killed while computing must not leave the clock ticking for ever.
+    #[test]
+    fn a_store_dropped_inside_wasm_leaves_the_count() {
+        let ticker = Ticker::new(&wasmtime::Engine::default());
+        let (mut killed, mut running) =
+            (ticker.store_clock().unwrap(), ticker.store_clock().unwrap());
+        killed.hook(CallHook::CallingWasm);
+        killed.hook(CallHook::CallingWasm);
+        running.hook(CallHook::CallingWasm);
+        drop(killed);
+        assert_eq!(inside(&ticker), 1);
+        running.hook(CallHook::ReturningFromWasm);
+        assert_eq!(inside(&ticker), 0);
+    }
+
+    #[test]
+    fn the_thread_is_spawned_once_and_told_when_every_handle_is_gone() {
+        let ticker = Ticker::new(&wasmtime::Engine::default());
+        let shared = ticker.0.shared.clone();
+        assert!(
+            !shared.state.lock().unwrap().spawned,
+            "spawned before any store"
+        );
+        let clocks = [
+            ticker.store_clock().unwrap(),
+            ticker.clone().store_clock().unwrap(),
+        ];
+        assert!(shared.state.lock().unwrap().spawned);
+        drop(ticker);
+        assert!(shared.state.lock().unwrap().orphaned);
+        drop(clocks);
+    }
+}

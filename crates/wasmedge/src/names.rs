@@ -172,3 +172,119 @@ pub(crate) fn service_port(service: &str) -> Result<u16, Errno> {
         })
         .ok_or(Errno::AI_SERVICE)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::address::{INET4, INET6};
+    use wasmcell_workload::{HttpServe, Limits, Network, Stdio};
+
+    const HOSTS: &str = "10.1.2.3 db.internal db\nfd00::7 cache\n";
+
+    /// A spec whose module is in `root` and whose name files are `names`.
+    fn spec(root: &Path, names: NameFiles) -> WorkloadSpec {
+        WorkloadSpec {
+            module: ModuleSource::Rootfs {
+                root: root.to_owned(),
+                path: "/app.wasm".into(),
+            },
+            function: None,
+            args: vec![],
+            env: vec![],
+            cwd: "/".into(),
+            preopens: vec![],
+            stdio: Stdio::default(),
+            limits: Limits::default(),
+            network: Network::Inherit,
+            http: HttpServe::default(),
+            names,
+            app: None,
+        }
+    }
+
+    /// A resolver for `spec`, as a guest's first lookup builds it.
+    async fn resolve(spec: &WorkloadSpec, node: &str, family: u8) -> Result<Vec<IpAddr>, Errno> {
+        lookup(&Names::new(spec).resolver(), node, family).await
+    }
+
+    /// The name files the spec names (bind mounts, as Kubernetes gives a pod's `/etc/hosts`),
+    /// and a `resolv.conf` with no name servers, so nothing leaves the machine.
+    fn mounted(dir: &Path) -> WorkloadSpec {
+        std::fs::write(dir.join("hosts"), HOSTS).unwrap();
+        std::fs::write(dir.join("resolv.conf"), "").unwrap();
+        let names = NameFiles {
+            hosts: Some(dir.join("hosts")),
+            resolv_conf: Some(dir.join("resolv.conf")),
+        };
+        spec(&dir.join("rootfs"), names)
+    }
+
+    #[tokio::test]
+    async fn names_resolve_from_the_hosts_file_the_spec_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = mounted(dir.path());
+        let db = IpAddr::from(Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(resolve(&spec, "db.internal", 0).await, Ok(vec![db]));
+        // An alias on the same line.
+        assert_eq!(resolve(&spec, "db", INET4).await, Ok(vec![db]));
+        let cache: IpAddr = "fd00::7".parse().unwrap();
+        assert_eq!(resolve(&spec, "cache", INET6).await, Ok(vec![cache]));
+    }
+
+    #[tokio::test]
+    async fn a_name_with_no_address_of_the_family_asked_is_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = mounted(dir.path());
+        assert_eq!(resolve(&spec, "db", INET6).await, Err(Errno::AI_NONAME));
+        assert_eq!(resolve(&spec, "cache", INET4).await, Err(Errno::AI_NONAME));
+    }
+
+    #[tokio::test]
+    async fn a_name_in_no_file_and_no_name_server_is_unknown_but_localhost_is_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = mounted(dir.path());
+        assert_eq!(
+            resolve(&spec, "nowhere.invalid", 0).await,
+            Err(Errno::AI_NONAME)
+        );
+        let local = resolve(&spec, "localhost", 0).await.unwrap();
+        assert!(local.iter().all(IpAddr::is_loopback), "{local:?}");
+    }
+
+    #[tokio::test]
+    async fn an_address_is_its_own_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = mounted(dir.path());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(resolve(&spec, "192.0.2.9", 0).await, Ok(vec![ip]));
+        assert_eq!(
+            resolve(&spec, "192.0.2.9", INET6).await,
+            Err(Errno::AI_NONAME)
+        );
+    }
+
+    /// Without a file named in the spec, the image's own `/etc/hosts` is read, inside its rootfs.
+    #[tokio::test]
+    async fn without_mounted_files_the_images_etc_hosts_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hosts"), HOSTS).unwrap();
+        std::fs::write(root.join("etc/resolv.conf"), "").unwrap();
+        let spec = spec(&root, NameFiles::default());
+        let db = IpAddr::from(Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(resolve(&spec, "db", 0).await, Ok(vec![db]));
+    }
+
+    #[test]
+    fn services_are_ports_or_well_known_names() {
+        assert_eq!(service_port(""), Ok(0));
+        assert_eq!(service_port("8443"), Ok(8443));
+        assert_eq!(service_port("http"), Ok(80));
+        assert_eq!(service_port("redis"), Ok(6379));
+        assert_eq!(service_port("gopher"), Err(Errno::AI_SERVICE));
+        assert_eq!(service_port("70000"), Err(Errno::AI_SERVICE));
+    }
+}

@@ -270,3 +270,100 @@ async fn ask_wasi(
     });
     found.map_err(|Errno(e)| wasmtime::format_err!("poll_oneoff: guest memory changed (errno {e})"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::INET4;
+    use crate::socket::{GuestSocket, Kind, SocketTable};
+
+    /// A subscription in the guest's layout: `userdata`, its type, and for a descriptor its fd
+    /// at +16; for a clock its id at +16, timeout at +24 and flags at +40.
+    fn subscription(
+        userdata: u64,
+        kind: u8,
+        fd_or_clock: u32,
+        timeout: u64,
+        flags: u16,
+    ) -> Vec<u8> {
+        let mut bytes = vec![0u8; SUBSCRIPTION as usize];
+        bytes[0..8].copy_from_slice(&userdata.to_le_bytes());
+        bytes[8] = kind;
+        bytes[16..20].copy_from_slice(&fd_or_clock.to_le_bytes());
+        bytes[24..32].copy_from_slice(&timeout.to_le_bytes());
+        bytes[40..42].copy_from_slice(&flags.to_le_bytes());
+        bytes
+    }
+
+    fn read(bytes: &mut [u8], sockets: &SocketTable) -> Result<Subscription, Errno> {
+        read_subscription(&Mem(bytes), 0, sockets)
+    }
+
+    #[test]
+    fn an_event_carries_userdata_type_and_hangup_where_the_guest_reads_them() {
+        let ready = event(0x0102_0304_0506_0708, FD_READ, true);
+        assert_eq!(
+            u64::from_le_bytes(ready[0..8].try_into().unwrap()),
+            0x0102_0304_0506_0708
+        );
+        // errno 0 at +8, type at +10, the flags of a read or write event at +24.
+        assert_eq!(&ready[8..10], &[0, 0]);
+        assert_eq!(ready[10], FD_READ);
+        assert_eq!(u16::from_le_bytes([ready[24], ready[25]]), HANGUP);
+        assert_eq!(event(1, CLOCK, false)[24..26], [0, 0]);
+    }
+
+    #[test]
+    fn a_subscription_on_a_socket_waits_here_and_others_go_to_wasi() {
+        let mut sockets = SocketTable::default();
+        let fd = sockets.insert(GuestSocket::open(INET4, Kind::Stream as u8).unwrap());
+        let mut on_socket = subscription(7, FD_WRITE, fd, 0, 0);
+        let read_socket = read(&mut on_socket, &sockets).unwrap();
+        assert_eq!(read_socket.userdata, 7);
+        assert!(matches!(read_socket.what, What::Socket(_, interest) if interest.is_writable()));
+        assert_eq!(read_socket.raw, on_socket);
+        // stdin, a file: wasmtime-wasi's.
+        let mut on_stdin = subscription(8, FD_READ, 0, 0, 0);
+        assert!(matches!(
+            read(&mut on_stdin, &sockets).unwrap().what,
+            What::Other
+        ));
+        let mut unknown = subscription(9, 3, fd, 0, 0);
+        assert_eq!(read(&mut unknown, &sockets).err(), Some(Errno::INVAL));
+    }
+
+    #[test]
+    fn clocks_fire_after_a_relative_timeout_or_at_a_realtime_instant() {
+        let before = Instant::now();
+        let relative = deadline(MONOTONIC, 5_000_000_000, 0).unwrap();
+        assert!(relative >= before + Duration::from_secs(5));
+        // An absolute time already past fires at once.
+        assert!(deadline(REALTIME, 1, ABSTIME).unwrap() <= Instant::now());
+        // An absolute monotonic time would need wasmtime-wasi's clock origin.
+        assert_eq!(deadline(MONOTONIC, 1, ABSTIME).err(), Some(Errno::NOTSUP));
+        assert_eq!(deadline(9, 1, ABSTIME).err(), Some(Errno::INVAL));
+        // A timeout past what an Instant holds does not overflow.
+        assert!(deadline(MONOTONIC, u64::MAX, 0).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_socket_with_a_datagram_waiting_is_reported_readable() {
+        let mut sockets = SocketTable::default();
+        let receiver = GuestSocket::open(INET4, Kind::Datagram as u8).unwrap();
+        receiver.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let fd = sockets.insert(receiver);
+        let subs = [read(&mut subscription(42, FD_READ, fd, 0, 0), &sockets).unwrap()];
+        let sender = GuestSocket::open(INET4, Kind::Datagram as u8).unwrap();
+        sender.send(b"x", Some(to)).await.unwrap();
+        let events = std::future::poll_fn(|cx| {
+            let events = sockets_ready(&subs, cx);
+            match events.is_empty() {
+                true => Poll::Pending,
+                false => Poll::Ready(events),
+            }
+        })
+        .await;
+        assert_eq!(events, [event(42, FD_READ, false)]);
+    }
+}

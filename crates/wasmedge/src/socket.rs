@@ -471,3 +471,101 @@ impl SocketTable {
         self.sockets.remove(&fd)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> GuestSocket {
+        GuestSocket::open(INET4, Kind::Stream as u8).unwrap()
+    }
+
+    #[test]
+    fn descriptors_start_above_wasis_and_reuse_the_lowest_closed() {
+        let mut table = SocketTable::default();
+        let (a, b, c) = (
+            table.insert(stream()),
+            table.insert(stream()),
+            table.insert(stream()),
+        );
+        assert_eq!((a, b, c), (FIRST_FD, FIRST_FD + 1, FIRST_FD + 2));
+        assert!(table.remove(b).is_some());
+        assert!(table.remove(b).is_none(), "closed twice");
+        assert_eq!(table.insert(stream()), b);
+        assert_eq!(table.insert(stream()), FIRST_FD + 3);
+    }
+
+    #[test]
+    fn a_descriptor_that_is_no_socket_has_wasmedges_errno() {
+        let mut table = SocketTable::default();
+        let fd = table.insert(GuestSocket::open(INET6, Kind::Datagram as u8).unwrap());
+        assert_eq!(table.socket(fd).unwrap().kind(), Kind::Datagram);
+        // stdio, a preopen, an open file: WASI's, not a socket.
+        assert_eq!(table.socket(3).err(), Some(Errno::NOTSOCK));
+        table.remove(fd);
+        assert_eq!(table.socket(fd).err(), Some(Errno::BADF));
+        assert!(table.get(fd).is_none());
+    }
+
+    #[test]
+    fn sock_open_refuses_unknown_families_and_kinds() {
+        assert_eq!(GuestSocket::open(3, 2).err(), Some(Errno::INVAL));
+        assert_eq!(GuestSocket::open(INET4, 3).err(), Some(Errno::INVAL));
+        let datagram = GuestSocket::open(INET4, Kind::Datagram as u8).unwrap();
+        assert_eq!(datagram.listen(1).err(), Some(Errno::NOTSUP));
+    }
+
+    #[test]
+    fn socket_options_as_the_guest_sees_them() {
+        let socket = stream();
+        let so_type = SocketOption::of(0, 1).unwrap();
+        assert_eq!(socket.get_option(so_type).unwrap(), 2i32.to_le_bytes());
+        assert_eq!(
+            socket.set_option(so_type, &[0; 4]).err(),
+            Some(Errno::NOPROTOOPT)
+        );
+        assert_eq!(SocketOption::of(1, 1).err(), Some(Errno::INVAL));
+        assert_eq!(SocketOption::of(0, 15).err(), Some(Errno::INVAL));
+        // A timeout is kept (the host socket never blocks) and read back as a timeval.
+        let receive = SocketOption::of(0, 11).unwrap();
+        let mut timeval = 2i64.to_le_bytes().to_vec();
+        timeval.extend(500_000i64.to_le_bytes());
+        socket.set_option(receive, &timeval).unwrap();
+        assert_eq!(socket.get_option(receive).unwrap(), timeval);
+        let mut bad = 0i64.to_le_bytes().to_vec();
+        bad.extend(1_000_000i64.to_le_bytes());
+        assert_eq!(socket.set_option(receive, &bad).err(), Some(Errno::INVAL));
+    }
+
+    #[tokio::test]
+    async fn a_stream_connects_over_loopback_and_carries_bytes_both_ways() {
+        let listener = stream();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        listener.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = stream();
+        client.connect(addr).await.unwrap();
+        let server = listener.accept().await.unwrap();
+        assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+        assert_eq!(client.send(b"ping", None).await, Ok(4));
+        let (peeked, _, _) = server.recv(4, true).await.unwrap();
+        assert_eq!(peeked, b"ping");
+        let (data, truncated, _) = server.recv(16, false).await.unwrap();
+        assert_eq!((data.as_slice(), truncated), (&b"ping"[..], false));
+        server.send(b"pong", None).await.unwrap();
+        assert_eq!(client.recv(4, false).await.unwrap().0, b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_datagram_longer_than_asked_is_cut_and_says_so() {
+        let receiver = GuestSocket::open(INET4, Kind::Datagram as u8).unwrap();
+        receiver.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let sender = GuestSocket::open(INET4, Kind::Datagram as u8).unwrap();
+        sender.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = receiver.local_addr().unwrap();
+        sender.send(b"0123456789", Some(to)).await.unwrap();
+        let (data, truncated, from) = receiver.recv(4, false).await.unwrap();
+        assert_eq!((data.as_slice(), truncated), (&b"0123"[..], true));
+        assert_eq!(from, Some(sender.local_addr().unwrap()));
+    }
+}

@@ -420,3 +420,114 @@ fn instance<'a>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcell_workload::{HttpServe, Limits, ModuleSource, NameFiles, Network, Stdio};
+
+    const SLIGHTFILE: &str = r#"specversion = "0.2"
+[[capability]]
+resource = "keyvalue.filesystem"
+name = "orders"
+[[capability]]
+resource = "configs.envvars"
+name = "env"
+[[capability]]
+resource = "configs.usersecrets"
+name = "secrets"
+[[secret_settings]]
+name = "token"
+value = "TOKEN"
+"#;
+
+    /// The host of a slight app run from `dir` (`wasmcell run dir/app.wasm`), whose container
+    /// has `env`; the secrets are encrypted with `SLIGHTKEY` from it.
+    fn host(dir: &std::path::Path, env: &[(&str, &str)]) -> SlightHost {
+        let key = "k3y";
+        let text = SLIGHTFILE.replace("TOKEN", &wasmcell_slight::encrypt_secret(key, b"s3cret"));
+        let file = wasmcell_slight::Slightfile::parse(&text, "slightfile.toml").unwrap();
+        let lookup = |name: &str| (name == "SLIGHTKEY").then(|| key.to_owned());
+        let app = SlightApp::resolve(&file, "slightfile.toml", &lookup).unwrap();
+        let spec = WorkloadSpec {
+            module: ModuleSource::File(dir.join("app.wasm")),
+            function: None,
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: "/".into(),
+            preopens: vec![],
+            stdio: Stdio::default(),
+            limits: Limits::default(),
+            network: Network::None,
+            http: HttpServe::default(),
+            names: NameFiles::default(),
+            app: None,
+        };
+        SlightHost::new(&app, &spec)
+    }
+
+    #[tokio::test]
+    async fn a_declared_filesystem_store_keeps_values_beside_the_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path(), &[]);
+        let store = host.open_store("orders").await.ok().unwrap();
+        store.set("orders", "1", b"tea").await.unwrap();
+        let again = host.open_store("orders").await.ok().unwrap();
+        assert_eq!(
+            again.get("orders", "1").await.unwrap().as_deref(),
+            Some(&b"tea"[..])
+        );
+        assert!(dir.path().join(".slight/keyvalue.sqlite").exists());
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_store_is_slights_unexpected_error_naming_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(Refusal(case, message)) = host(dir.path(), &[]).open_store("other").await else {
+            panic!("an undeclared store opened");
+        };
+        assert_eq!(case, KV_UNDECLARED);
+        assert!(message.contains(r#"name = "other""#), "{message}");
+    }
+
+    #[test]
+    fn envvars_configs_read_the_containers_environment_and_what_the_app_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path(), &[("MODE", "a"), ("MODE", "b")]);
+        assert!(host.configs("env").is_ok());
+        // The last value wins, as in a shell.
+        assert_eq!(host.config("env", "MODE").ok(), Some(b"b".to_vec()));
+        host.set_config("env", "MODE", b"c".to_vec()).ok().unwrap();
+        assert_eq!(host.config("env", "MODE").ok(), Some(b"c".to_vec()));
+        let Err(Refusal(0, message)) = host.config("env", "MISSING") else {
+            panic!("a missing config was found");
+        };
+        assert!(message.contains("MISSING"), "{message}");
+    }
+
+    #[test]
+    fn user_secrets_are_read_decrypted_and_never_set_by_the_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path(), &[]);
+        assert_eq!(
+            host.config("secrets", "token").ok(),
+            Some(b"s3cret".to_vec())
+        );
+        let refused = host.set_config("secrets", "token", b"x".to_vec());
+        assert!(matches!(refused, Err(Refusal(2, _))));
+        assert_eq!(
+            host.config("secrets", "token").ok(),
+            Some(b"s3cret".to_vec())
+        );
+    }
+
+    #[test]
+    fn configs_the_slightfile_does_not_declare_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path(), &[]);
+        assert!(matches!(host.configs("vault"), Err(Refusal(4, _))));
+    }
+}

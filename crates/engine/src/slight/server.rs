@@ -54,6 +54,22 @@ pub(super) struct Route {
     handler: String,
 }
 
+impl Router {
+    /// Adds `route` (below the router's base) for `method`, handled by the export `handler`.
+    fn add(&mut self, method: Method, route: &str, handler: &str) {
+        let path = format!("{}/{}", self.base, route.trim_start_matches('/'));
+        self.routes.push(Route {
+            method,
+            path: path
+                .trim_start_matches('/')
+                .split('/')
+                .map(str::to_owned)
+                .collect(),
+            handler: handler.replace('_', "-"),
+        });
+    }
+}
+
 impl Route {
     /// The route's parameters if it matches `path`.
     fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
@@ -199,16 +215,7 @@ async fn add_route<const METHOD: usize>(
     let mut router = router(caller, handle)?;
     let route = abi.string(&*caller, route, route_len)?;
     let handler = abi.string(&*caller, handler, handler_len)?;
-    let path = format!("{}/{}", router.base, route.trim_start_matches('/'));
-    router.routes.push(Route {
-        method: METHODS[METHOD].clone(),
-        path: path
-            .trim_start_matches('/')
-            .split('/')
-            .map(str::to_owned)
-            .collect(),
-        handler: handler.replace('_', "-"),
-    });
+    router.add(METHODS[METHOD].clone(), &route, &handler);
     let handle = instance(caller)?.insert(Handle::Router(router));
     abi.ret(caller, ret, Ret::Handle(handle)).await
 }
@@ -501,29 +508,46 @@ fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    fn route(path: &str) -> Route {
-        Route {
-            method: Method::GET,
-            path: path
-                .trim_start_matches('/')
-                .split('/')
-                .map(str::to_owned)
-                .collect(),
-            handler: "h".into(),
-        }
+    /// The route a guest adds with `router::get` to a router made with `base` (`router::new`
+    /// is the base "").
+    fn route(base: &str, route: &str) -> Route {
+        let mut router = Router {
+            base: base.trim_end_matches('/').to_owned(),
+            routes: Vec::new(),
+        };
+        router.add(Method::GET, route, "handle_hello");
+        router.routes.remove(0)
     }
 
     #[test]
     fn routes_match_segments_parameters_and_a_wildcard() {
+        let route = |path| route("", path);
         assert_eq!(route("/hello").matches("/hello"), Some(vec![]));
         assert_eq!(route("/hello").matches("/hello/x"), None);
+        assert_eq!(route("/hello").matches("/hellooo"), None);
         assert_eq!(route("/hello").matches("/"), None);
         assert_eq!(
             route("/kv/:key").matches("/kv/color"),
             Some(vec![("key".to_owned(), "color".to_owned())])
         );
         assert_eq!(route("/kv/:key").matches("/kv/"), None);
+        assert_eq!(route("/kv/:key").matches("/kv/color/more"), None);
         assert_eq!(route("/files/*").matches("/files/a/b"), Some(vec![]));
         assert_eq!(route("/").matches("/"), Some(vec![]));
+    }
+
+    #[test]
+    fn a_handler_is_called_by_its_export_name() {
+        assert_eq!(route("", "/hello").handler, "handle-hello");
+    }
+
+    #[test]
+    fn routes_are_below_the_routers_base() {
+        let under = route("/api/", "/items/:n");
+        assert_eq!(
+            under.matches("/api/items/3"),
+            Some(vec![("n".to_owned(), "3".to_owned())])
+        );
+        assert_eq!(under.matches("/items/3"), None);
     }
 }

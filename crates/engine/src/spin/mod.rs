@@ -504,3 +504,80 @@ impl SpinApp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The headers a request to `url` gets when it matches `route`.
+    fn headers_for(route: &str, path: &str, url: &str) -> ::http::HeaderMap {
+        let router = wasmcell_spin::Router::new([(route, 0)]).unwrap();
+        let matched = router.route(path).expect("the route matches");
+        let mut headers = ::http::HeaderMap::new();
+        set_headers(
+            &mut headers,
+            &matched,
+            url,
+            "127.0.0.1:53152".parse().unwrap(),
+        );
+        headers
+    }
+
+    /// Spin's documented example (the HTTP trigger's "Additional request information"):
+    /// `/users/...` requested as `/users/1/2`.
+    #[test]
+    fn a_wildcard_route_gets_spins_headers() {
+        let url = "http://localhost:3000/users/1/2?sort=asc";
+        let headers = headers_for("/users/...", "/users/1/2", url);
+        for (name, value) in [
+            ("spin-full-url", url),
+            ("spin-path-info", "/1/2"),
+            ("spin-matched-route", "/users/..."),
+            ("spin-raw-component-route", "/users/..."),
+            ("spin-component-route", "/users"),
+            ("spin-base-path", "/"),
+            ("spin-client-addr", "127.0.0.1:53152"),
+        ] {
+            assert_eq!(
+                headers.get(name).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_exact_route_has_an_empty_path_info() {
+        let headers = headers_for("/cart", "/cart", "http://localhost:3000/cart");
+        assert_eq!(headers["spin-path-info"], "");
+        assert_eq!(headers["spin-component-route"], "/cart");
+        assert_eq!(headers["spin-matched-route"], "/cart");
+    }
+
+    #[test]
+    fn each_single_segment_wildcard_is_a_path_match_header() {
+        let headers = headers_for(
+            "/users/:id/posts/:post",
+            "/users/42/posts/7",
+            "http://localhost:3000/users/42/posts/7",
+        );
+        assert_eq!(headers["spin-path-match-id"], "42");
+        assert_eq!(headers["spin-path-match-post"], "7");
+        assert_eq!(headers["spin-matched-route"], "/users/:id/posts/:post");
+    }
+
+    /// A client's own `spin-*` header must not pass for the one the host sets.
+    #[test]
+    fn the_hosts_values_replace_a_clients() {
+        let router = wasmcell_spin::Router::new([("/...", 0)]).unwrap();
+        let matched = router.route("/a").unwrap();
+        let mut headers = ::http::HeaderMap::new();
+        headers.insert("spin-path-info", "/forged".parse().unwrap());
+        headers.insert("spin-client-addr", "10.0.0.1:1".parse().unwrap());
+        let client = "[::1]:8080".parse().unwrap();
+        set_headers(&mut headers, &matched, "http://h/a", client);
+        assert_eq!(headers.get_all("spin-path-info").iter().count(), 1);
+        assert_eq!(headers["spin-path-info"], "/a");
+        assert_eq!(headers["spin-client-addr"], "[::1]:8080");
+    }
+}
