@@ -298,12 +298,15 @@ async fn handle(
             let (outbox, running) = (outbox.clone(), running.clone());
             tokio::spawn(async move {
                 let mut run = Box::pin(prepared.run(&controls));
-                let (status, oom) = loop {
+                let (status, oom, killed) = loop {
                     tokio::select! {
                         exit = &mut run => break match exit {
-                            Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory { .. })),
+                            Ok(exit) => {
+                                let oom = matches!(exit, Exit::OutOfMemory { .. });
+                                (exit.status(), oom, false)
+                            }
                             // The engine has already said why on the guest's stderr.
-                            Err(_) => (1, false),
+                            Err(_) => (1, false, false),
                         },
                         Some(signal) = signals.recv() => {
                             // A server asked to stop finishes its requests and exits by itself;
@@ -312,14 +315,21 @@ async fn handle(
                             if polite && prepared.stops_gracefully() {
                                 controls.terminate();
                             } else {
-                                break (128 + signal, false);
+                                break (128 + signal, false, true);
                             }
                         }
                     }
                 };
                 // The guest's own descriptors first, so that what stays open is ours alone.
                 drop(run);
-                stdio.close_once_read().await;
+                // A guest ended by a signal is gone at once, as a killed process is: its exit is
+                // not held for a reader (after `ctr run -d` there is none, and `ctr task kill`
+                // would wait for nothing).
+                if killed {
+                    drop(stdio);
+                } else {
+                    stdio.close_once_read().await;
+                }
                 let mut running = running.lock().expect("running lock");
                 running.remove(&id);
                 if !id.contains('/') {
