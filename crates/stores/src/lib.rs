@@ -12,9 +12,14 @@
 //! when first opened, as it cannot be created.
 //!
 //! SQLite is a guest-facing API: a component's SQL runs as written, so every connection is
-//! hardened ([`harden`](sqlite::harden)) to reach nothing but its own file, and each statement runs on a
-//! blocking thread, interrupted when its caller stops waiting ([`Sqlite::run`]), with a bounded
-//! result ([`MAX_RESULT_BYTES`]) and a bounded heap ([`SQLITE_HEAP_LIMIT`](sqlite::SQLITE_HEAP_LIMIT)).
+//! hardened ([`harden`](sqlite::harden)) to reach nothing but its own file, and each statement
+//! runs on a blocking thread, interrupted when its caller stops waiting ([`Sqlite::run`]), with a
+//! bounded result ([`MAX_RESULT_BYTES`]) and a bounded heap
+//! ([`SQLITE_HEAP_LIMIT`](sqlite::SQLITE_HEAP_LIMIT)).
+//!
+//! `places.rs` finds store files, `sqlite.rs` opens and hardens SQLite databases, and
+//! `key_value.rs` builds key-value stores on SQLite or Redis; each uses only those before it.
+//! This file keeps [`Opened`] and the re-exports that make up the crate's API.
 
 #![deny(missing_docs)]
 

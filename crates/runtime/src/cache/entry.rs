@@ -83,9 +83,10 @@ pub(super) fn discard(entry: &Path, why: &wasmtime::Error) {
 /// version and configuration, but would run flipped bits in its code: this catches those (and a
 /// file cut short) for about 0.2 ms per 300 KB.
 ///
-/// Also records the use, as the checksum's mtime (which [`CompileCache::entries`](super::CompileCache::entries) reads as
-/// the last use): not possible in a sandbox, whose view of the cache is read-only, but the shim
-/// recorded that use when it made sure of the entry.
+/// Also records the use, as the checksum's mtime (which
+/// [`CompileCache::entries`](super::CompileCache::entries) reads as the last use): not possible
+/// in a sandbox, whose view of the cache is read-only, but the shim recorded that use when it
+/// made sure of the entry.
 ///
 /// The entry is read through the held descriptor, from its start: what is checked is the file
 /// held.

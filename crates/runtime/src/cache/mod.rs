@@ -20,6 +20,10 @@
 //! inode, and entries are never written in place, only renamed over or unlinked), but it would
 //! free no space until that process exits: so in use means kept. One collection runs at a time,
 //! under `<dir>/collect.lock`.
+//!
+//! This file holds the cache itself ([`CompileCache`]): where entries live, and loading or
+//! making sure of one. An entry's checksum, writing and locks are in `entry.rs`; the size bound
+//! and eviction in `collect.rs`; the tests, which share their fixtures, in `tests.rs`.
 
 mod collect;
 mod entry;
