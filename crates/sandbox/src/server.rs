@@ -113,10 +113,17 @@ struct Stdio {
 /// FIFOs (none at all after `ctr run -d`); a client that reads, however slowly, is waited for.
 const OUTPUT_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The longest an exit waits for its client at all: a pipe holds at most 64 KiB, which any
+/// client that reads drains in far less, and one that reads a byte now and then (never
+/// stalling for [`OUTPUT_STALL`]) must not hold the exit for hours.
+const OUTPUT_READ_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether an exit should still wait for its client to read its output: while bytes are
-/// unread and the client has read some within [`OUTPUT_STALL`].
+/// unread and the client has read some within [`OUTPUT_STALL`], for at most
+/// [`OUTPUT_READ_MAX`] in all.
 struct OutputWait {
     unread: usize,
+    started: tokio::time::Instant,
     progressed_at: tokio::time::Instant,
 }
 
@@ -124,6 +131,7 @@ impl OutputWait {
     fn new(now: tokio::time::Instant) -> OutputWait {
         OutputWait {
             unread: usize::MAX,
+            started: now,
             progressed_at: now,
         }
     }
@@ -133,7 +141,9 @@ impl OutputWait {
             self.unread = unread;
             self.progressed_at = now;
         }
-        unread > 0 && now.duration_since(self.progressed_at) < OUTPUT_STALL
+        unread > 0
+            && now.duration_since(self.progressed_at) < OUTPUT_STALL
+            && now.duration_since(self.started) < OUTPUT_READ_MAX
     }
 }
 
@@ -409,6 +419,13 @@ mod tests {
             assert!(wait.goes_on(unread, at(second * 1000 + 999)));
         }
         assert!(!wait.goes_on(0, at(4000)), "all read");
+
+        // A client reading a byte a second never stalls, but holds the exit 30 s at most.
+        let mut trickle = OutputWait::new(start);
+        for second in 0..30 {
+            assert!(trickle.goes_on(60_000 - second, at(second as u64 * 1000)));
+        }
+        assert!(!trickle.goes_on(59_970, at(30_000)), "the bound in all");
 
         let mut stalled = OutputWait::new(start);
         assert!(stalled.goes_on(1000, at(0)));
