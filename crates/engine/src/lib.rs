@@ -13,20 +13,18 @@
 //!   guest at its next epoch tick or host call, which is how the shim kills guests.
 #![deny(missing_docs)]
 
-mod abi_imports;
+mod command;
 mod engine;
-mod http;
-mod slight;
-mod spin;
 
-pub use engine::{Compiler, Engine, Exit, Prepared};
-pub use http::open_pagemap;
+pub use engine::{Compiler, Engine, Prepared};
 pub use wasmcell_runtime::Controls;
+pub use wasmcell_runtime::Exit;
 pub use wasmcell_runtime::Usage;
 pub use wasmcell_runtime::cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
     parse_size,
 };
+pub use wasmcell_runtime::http::open_pagemap;
 pub use wasmcell_runtime::precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
 pub use wasmcell_runtime::store::Overrun;
 pub use wasmcell_runtime::{Error, error_chain};

@@ -1,8 +1,12 @@
 //! The kernel every Wasm workload runs on, naming no framework: the compile cache and the
 //! compiler's child process, the epoch clock, pause and live limits (controls), resource usage,
-//! standard streams, HTTP connection handling, and the error type.
+//! standard streams, the store types and their WASI linkers, the HTTP server, how a run ends,
+//! and the error type.
 //!
-//! Frameworks (Spin, slight, WasmEdge's sockets) build on it; it knows none of them.
+//! Capabilities (Spin, slight, WasmEdge's sockets) build on it through its seams: the store
+//! types' `host` part ([`state`]), a server's [`http::Routes`], [`http::Handler`] and
+//! [`outbound::Outbound`] policy, and what a prepared workload runs ([`run::Run`]). It knows none
+//! of them.
 #![deny(missing_docs)]
 
 pub mod binary;
@@ -12,8 +16,13 @@ pub mod controls;
 pub mod core_abi;
 pub mod epoch;
 pub mod error;
+pub mod exit;
+pub mod http;
 pub mod link;
+pub mod outbound;
 pub mod precompile;
+pub mod run;
+pub mod state;
 pub mod stdio;
 pub mod store;
 pub mod usage;
@@ -25,6 +34,7 @@ pub use cache::{
 };
 pub use controls::Controls;
 pub use error::{Error, error_chain};
+pub use exit::Exit;
 pub use usage::Usage;
 
 /// The engine configuration every process compiles and runs with: the compiler's child and

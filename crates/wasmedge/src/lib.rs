@@ -25,6 +25,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use memory::{Errno, Mem, status};
 use names::Names;
 use socket::{GuestSocket, Kind, SocketOption, SocketTable};
+use wasmcell_runtime::state::ModuleState;
 use wasmcell_workload::{Network, WorkloadSpec};
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -159,6 +160,20 @@ pub trait WasmEdgeView: Send + 'static {
     fn wasmedge(&mut self) -> Option<&mut WasmEdge>;
     /// The module's WASI preview 1 context, which serves every descriptor that is not a socket.
     fn wasi(&mut self) -> &mut WasiP1Ctx;
+}
+
+/// The store state of a plain core module: WasmEdge's sockets where the module was built for
+/// them.
+pub type WasmEdgeState = ModuleState<Option<Box<WasmEdge>>>;
+
+impl WasmEdgeView for WasmEdgeState {
+    fn wasmedge(&mut self) -> Option<&mut WasmEdge> {
+        self.host.as_deref_mut()
+    }
+
+    fn wasi(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
 }
 
 type Host<'a, T> = Caller<'a, T>;

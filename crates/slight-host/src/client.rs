@@ -5,11 +5,11 @@
 use wasmtime::{Caller, Linker};
 
 use super::instance;
-use crate::abi_imports::define;
-use crate::engine::ModuleState;
+use crate::SlightState;
 use wasmcell_runtime::core_abi::{Abi, Ret, SendError};
+use wasmcell_runtime::define_import as define;
 
-type Host<'a> = Caller<'a, ModuleState>;
+type Host<'a> = Caller<'a, SlightState>;
 
 /// `http-error`'s cases.
 const INVALID_URL: u8 = 0;
@@ -17,7 +17,7 @@ const TIMEOUT: u8 = 1;
 const PROTOCOL: u8 = 2;
 const UNEXPECTED: u8 = 4;
 
-pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<SlightState>) -> wasmtime::Result<()> {
     define!(linker, "http-client", "request", request, request);
     Ok(())
 }
@@ -25,7 +25,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
 async fn request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
     let outgoing = abi.outgoing(&*caller, record)?;
-    let host = instance(caller)?.host.clone();
+    let host = instance(caller).host.clone();
     let result = if !host.app.http_client {
         let why = "request: slightfile.toml declares no `http-client` capability: add a [[capability]] with resource = \"http-client\"";
         host.refuse(UNEXPECTED, why.to_owned()).into()

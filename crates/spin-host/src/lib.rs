@@ -1,63 +1,122 @@
-//! Spin apps: a [`wasmcell_spin::App`] (resolved by the front end from `spin.toml`) prepared
-//! into one instance-pre per component, served over HTTP by Spin's routes and fed by its Redis
-//! channels.
+//! Spin apps on the kernel: a [`wasmcell_spin::App`] (resolved by the front end from
+//! `spin.toml`) prepared into one instance-pre per component, served over HTTP by Spin's routes
+//! and fed by its Redis channels. Spin's factors in one crate: its host interfaces (`host`,
+//! `spin3`), where requests go (`routes`) and where a component's own requests may go
+//! (`outbound`), Spin 1's modules (`spin1`) and the Redis trigger (`redis_trigger`).
 //!
-//! Every component runs on the pooling engine of [`HttpEngine`], with WASI, `wasi:http` and
-//! Spin's interfaces ([`host`]); it sees its own environment and files, not the rootfs, and
-//! reaches only the hosts, stores and databases its manifest entry grants.
+//! Every component runs on the kernel's pooling engine ([`HttpEngine`]), in a
+//! `SpinState`, with WASI, `wasi:http` and Spin's interfaces; it sees its own environment and
+//! files, not the rootfs, and reaches only the hosts, stores and databases its manifest entry
+//! grants.
+#![deny(missing_docs)]
 
-pub(crate) mod host;
+mod host;
+mod outbound;
 mod redis_trigger;
-pub(crate) mod spin1;
-mod spin3;
+mod routes;
+mod spin1;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use wasmcell_oci::rootfs;
-use wasmcell_spin::{App, HttpHandler, RouteMatch};
+use wasmcell_spin::{App, HttpHandler};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::engine::{ComponentState, Grants};
-use crate::http::{self, Handler, HttpEngine, Target};
-use host::SpinHost;
+use host::{SpinHost, SpinState};
+use outbound::{Chain, SpinOutbound};
+use routes::SpinRoutes;
+use wasmcell_runtime::Exit;
 use wasmcell_runtime::cache::{CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
-use wasmcell_runtime::store::Budget;
+use wasmcell_runtime::http::{Handler, HandlerFuture, HttpEngine, Server, Start, run_proxy, serve};
+use wasmcell_runtime::outbound::HttpHooks;
+use wasmcell_runtime::run::{Run, RunFuture};
+use wasmcell_runtime::state::{ComponentState, component_linker};
+use wasmcell_runtime::stdio::Outputs;
+use wasmcell_runtime::store::{Budget, new_store};
 use wasmcell_stores::{Opened, Places};
-use wasmcell_workload::{ModuleSource, WorkloadSpec};
+use wasmcell_workload::{ModuleSource, Network, WorkloadSpec};
 
-/// A Spin app ready to serve: its components linked, its routes known.
-pub(crate) struct SpinApp {
-    pub(crate) app: App,
+/// A Spin app ready to run: its components linked, its routes known, on the servers' pooling
+/// engine.
+pub struct SpinApp {
+    app: Arc<App>,
+    http: Arc<HttpEngine>,
+    routes: Arc<SpinRoutes>,
     /// By the app's component index.
     components: Vec<Prepared>,
 }
 
-/// One component: what runs it for each of its triggers.
+/// One component: what runs it for each of its non-HTTP triggers, and what its instances
+/// start from.
 struct Prepared {
-    /// Set when an HTTP trigger uses the component.
-    http: Option<Arc<Target>>,
     /// Set when a Redis trigger uses the component.
-    redis: Option<redis_trigger::RedisTriggerPre<ComponentState>>,
+    redis: Option<redis_trigger::RedisTriggerPre<SpinState>>,
     /// Set when a command trigger runs the component.
-    command: Option<wasmtime_wasi::p2::bindings::CommandPre<ComponentState>>,
-    env: Vec<(String, String)>,
-    preopens: WasiFilesystemCtx,
+    command: Option<wasmtime_wasi::p2::bindings::CommandPre<SpinState>>,
+    start: Start,
     host: Arc<SpinHost>,
 }
 
-/// Where a request goes.
-pub(crate) enum Routed {
-    /// To this component.
-    Component(Arc<Target>),
-    /// A fixed answer.
-    Static(wasmcell_spin::StaticResponse),
-    /// Nowhere: 404.
-    NotFound,
+/// A Spin component's `wasi:http/incoming-handler`, as its HTTP trigger calls it.
+struct SpinComponent {
+    pre: ProxyPre<SpinState>,
+    start: Start,
+    host: Arc<SpinHost>,
+}
+
+impl Handler for SpinComponent {
+    fn handle<'a>(
+        &'a self,
+        server: &'a Arc<Server>,
+        outputs: &'a Arc<Outputs>,
+        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        _peer: std::net::SocketAddr,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let chain = Chain {
+                server: Arc::downgrade(server),
+                outputs: outputs.clone(),
+            };
+            let wasi = self
+                .start
+                .wasi(self.host.wasi_base(server.spec().network), outputs);
+            let state = spin_state(
+                &self.host,
+                wasi,
+                server.spec().network,
+                server.budget()?,
+                Some(chain),
+            );
+            run_proxy(server, &self.pre, state, request).await
+        })
+    }
+}
+
+/// A Spin component instance's state: `wasi`, and `host`'s grants and outbound policy.
+fn spin_state(
+    host: &Arc<SpinHost>,
+    wasi: wasmtime_wasi::WasiCtx,
+    network: Network,
+    budget: Budget,
+    chain: Option<Chain>,
+) -> SpinState {
+    let policy = SpinOutbound {
+        host: host.clone(),
+        chain,
+    };
+    let hooks = HttpHooks::with_policy(network, Box::new(policy));
+    ComponentState::new(wasi, hooks, budget, host.clone())
+}
+
+/// The linker Spin components are linked with: WASI, `wasi:http` and Spin's interfaces.
+fn spin_linker(engine: &wasmtime::Engine) -> Result<wasmtime::component::Linker<SpinState>, Error> {
+    let mut linker = component_linker(engine)?;
+    host::add_to_linker(&mut linker).map_err(Error::Engine)?;
+    Ok(linker)
 }
 
 /// The app's directory: the spec's root.
@@ -72,7 +131,7 @@ fn app_dir(spec: &WorkloadSpec) -> Result<&std::path::Path, Error> {
 
 /// Reads and compiles every component of `app` into the cache (the shim's half of `create`);
 /// returns their entries, held in use.
-pub(crate) fn compile(
+pub fn compile(
     engine: &wasmtime::Engine,
     cache: &CompileCache,
     spec: &WorkloadSpec,
@@ -148,7 +207,7 @@ fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Loads, links and pre-instantiates every component of the spec's app; returns it with the
 /// cache entries it was loaded from, held in use.
-pub(crate) fn prepare(
+pub fn prepare(
     cache: &CompileCache,
     http: &Arc<HttpEngine>,
     spec: &WorkloadSpec,
@@ -177,8 +236,9 @@ pub(crate) fn prepare(
             HttpHandler::Static(_) => None,
         })
         .collect();
-    let linker = http.spin_linker()?;
+    let linker = http.linkers().get(|| spin_linker(http.engine()))?;
     let (mut components, mut cached) = (Vec::new(), Vec::new());
+    let mut handlers: Vec<Option<Arc<dyn Handler>>> = Vec::new();
     for (index, component) in app.components.iter().enumerate() {
         let spin = |what: String| Error::App(format!("[component.{}] {what}", component.id));
         let (bytes, kind) = read_component(spec, component)?;
@@ -204,20 +264,25 @@ pub(crate) fn prepare(
                 }
                 let pre =
                     spin1::Spin1Pre::new(http, &module, component.mounts.clone()).map_err(spin)?;
-                let preopens = WasiCtxBuilder::new().build().filesystem().clone();
-                let target = Target {
-                    handler: Handler::Spin1(Arc::new(pre)),
+                let start = Start {
                     env: component.environment.clone(),
                     args: Vec::new(),
-                    preopens: preopens.clone(),
-                    grants: Some(Grants::Spin(host.clone())),
+                    preopens: WasiCtxBuilder::new().build().filesystem().clone(),
                 };
+                let handler = spin1::Spin1Handler {
+                    pre,
+                    host: host.clone(),
+                    env: component.environment.clone(),
+                };
+                handlers.push(
+                    served
+                        .contains(&index)
+                        .then(|| Arc::new(handler) as Arc<dyn Handler>),
+                );
                 components.push(Prepared {
-                    http: served.contains(&index).then(|| Arc::new(target)),
                     redis: None,
                     command: None,
-                    env: component.environment.clone(),
-                    preopens,
+                    start,
                     host,
                 });
                 continue;
@@ -238,21 +303,24 @@ pub(crate) fn prepare(
                 .preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)
                 .map_err(|e| spin(format!("cannot open its files {}: {e}", host.display())))?;
         }
-        let preopens = files.build().filesystem().clone();
-        let http = if served.contains(&index) {
+        let start = Start {
+            env: component.environment.clone(),
+            args: Vec::new(),
+            preopens: files.build().filesystem().clone(),
+        };
+        let handler: Option<Arc<dyn Handler>> = if served.contains(&index) {
             let proxy = ProxyPre::new(pre.clone()).map_err(|_| {
                 spin("has an HTTP trigger but does not export wasi:http/incoming-handler@0.2 (Spin 1's inbound-http is not supported)".to_owned())
             })?;
-            Some(Arc::new(Target {
-                handler: Handler::Proxy(proxy),
-                env: component.environment.clone(),
-                args: Vec::new(),
-                preopens: preopens.clone(),
-                grants: Some(Grants::Spin(host.clone())),
+            Some(Arc::new(SpinComponent {
+                pre: proxy,
+                start: start.clone(),
+                host: host.clone(),
             }))
         } else {
             None
         };
+        handlers.push(handler);
         let command = if app.command.contains(&index) {
             Some(
                 wasmtime_wasi::p2::bindings::CommandPre::new(pre.clone()).map_err(|_| {
@@ -272,17 +340,22 @@ pub(crate) fn prepare(
             None
         };
         components.push(Prepared {
-            http,
             redis,
             command,
-            env: component.environment.clone(),
-            preopens,
+            start,
             host,
         });
     }
+    let app = Arc::new(app.clone());
+    let routes = Arc::new(SpinRoutes {
+        app: app.clone(),
+        handlers,
+    });
     Ok((
         SpinApp {
-            app: app.clone(),
+            app,
+            http: http.clone(),
+            routes,
             components,
         },
         cached,
@@ -339,33 +412,8 @@ fn missing_imports(
 }
 
 impl SpinApp {
-    /// Where a request for `path` goes from outside: public routes only.
-    pub(crate) fn route(&self, path: &str) -> (Routed, Option<RouteMatch>) {
-        let Some(matched) = self.app.router.route(path) else {
-            return (Routed::NotFound, None);
-        };
-        let routed = self.trigger(matched.index);
-        (routed, Some(matched))
-    }
-
-    fn trigger(&self, index: usize) -> Routed {
-        match &self.app.http[index].handler {
-            HttpHandler::Static(response) => Routed::Static(response.clone()),
-            HttpHandler::Component(c) => match &self.components[*c].http {
-                Some(target) => Routed::Component(target.clone()),
-                None => Routed::NotFound,
-            },
-        }
-    }
-
-    /// The component a `http://ID.spin.internal` request reaches, private ones included.
-    pub(crate) fn internal(&self, id: &str) -> Option<Arc<Target>> {
-        let index = self.app.components.iter().position(|c| c.id == id)?;
-        self.components[index].http.clone()
-    }
-
     /// Whether the app has HTTP triggers to serve.
-    pub(crate) fn serves_http(&self) -> bool {
+    fn serves_http(&self) -> bool {
         !self.app.http.is_empty()
     }
 
@@ -373,10 +421,9 @@ impl SpinApp {
     async fn run_command(
         &self,
         index: usize,
-        http: &HttpEngine,
         spec: &WorkloadSpec,
         controls: &Controls,
-    ) -> Result<crate::Exit, Error> {
+    ) -> Result<Exit, Error> {
         let prepared = &self.components[index];
         let Some(command) = &prepared.command else {
             return Err(Error::App(format!(
@@ -385,199 +432,83 @@ impl SpinApp {
             )));
         };
         let mut wasi = prepared.host.wasi_base(spec.network);
-        wasi.envs(&prepared.env)
+        wasi.envs(&prepared.start.env)
             .args(&[self.app.components[index].id.as_str()]);
         wasmcell_runtime::stdio::attach(&mut wasi, &spec.stdio).await?;
         let mut wasi = wasi.build();
-        *wasi.filesystem() = prepared.preopens.clone();
-        let clock = http
+        *wasi.filesystem() = prepared.start.preopens.clone();
+        let clock = self
+            .http
             .ticker()
             .store_clock()
             .map_err(|e| Error::Engine(e.into()))?;
-        let state = ComponentState {
-            wasi,
-            table: wasmtime::component::ResourceTable::new(),
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            hooks: http::HttpHooks::spin(spec.network, prepared.host.clone(), None),
-            budget: Budget::new(controls, clock),
-            grants: Some(Grants::Spin(prepared.host.clone())),
-        };
-        let mut store = crate::engine::new_store(http.engine(), state, controls);
+        let budget = Budget::new(controls, clock);
+        let state = spin_state(&prepared.host, wasi, spec.network, budget, None);
+        let mut store = new_store(self.http.engine(), state, controls);
         let result = async {
             let instance = command.instantiate_async(&mut store).await?;
             instance.wasi_cli_run().call_run(&mut store).await
         }
         .await;
-        Ok(match result {
-            Ok(Ok(())) => crate::Exit::Code(0),
-            Ok(Err(())) => crate::Exit::Code(1),
-            Err(error) => crate::Exit::of(Err(error), &store.data().budget.limiter),
-        })
+        Ok(Exit::of_run(result, &store.data().budget.limiter))
     }
-}
 
-/// Runs a Spin app: its command components first, each to completion (the first that fails
-/// ends the app with its status), then its HTTP server and Redis listeners until terminated.
-/// An app of commands alone ends with the last one's status.
-pub(crate) async fn run(
-    http: &HttpEngine,
-    app: &Arc<SpinApp>,
-    spec: &Arc<WorkloadSpec>,
-    controls: &Controls,
-) -> Result<crate::Exit, Error> {
-    let mut last = crate::Exit::Code(0);
-    for &index in &app.app.command {
-        last = app.run_command(index, http, spec, controls).await?;
-        if last != crate::Exit::Code(0) {
+    /// Runs the app: its command components first, each to completion (the first that fails
+    /// ends the app with its status), then its HTTP server and Redis listeners until
+    /// terminated. An app of commands alone ends with the last one's status.
+    async fn run_app(&self, spec: &Arc<WorkloadSpec>, controls: &Controls) -> Result<Exit, Error> {
+        let mut last = Exit::Code(0);
+        for &index in &self.app.command {
+            last = self.run_command(index, spec, controls).await?;
+            if last != Exit::Code(0) {
+                return Ok(last);
+            }
+        }
+        if !self.serves_http() && self.app.redis.is_empty() {
             return Ok(last);
         }
+        let routes = self.routes.clone();
+        if self.app.redis.is_empty() {
+            return serve(&self.http, routes, spec, controls).await;
+        }
+        if !self.serves_http() {
+            redis_trigger::listen(self, spec, controls).await?;
+            return Ok(Exit::Code(0));
+        }
+        // A trigger that cannot subscribe ends the app at once, HTTP server and all: an app that
+        // serves but never handles its messages would look healthy to its probes.
+        let (served, ()) = tokio::try_join!(
+            serve(&self.http, routes, spec, controls),
+            redis_trigger::listen(self, spec, controls)
+        )?;
+        Ok(served)
     }
-    if !app.serves_http() && app.app.redis.is_empty() {
-        return Ok(last);
-    }
-    if app.app.redis.is_empty() {
-        return http::serve(http, &http::Routes::Spin(app.clone()), spec, controls).await;
-    }
-    if !app.serves_http() {
-        redis_trigger::listen(app, http, spec, controls).await?;
-        return Ok(crate::Exit::Code(0));
-    }
-    // A trigger that cannot subscribe ends the app at once, HTTP server and all: an app that
-    // serves but never handles its messages would look healthy to its probes.
-    let routes = http::Routes::Spin(app.clone());
-    let (served, ()) = tokio::try_join!(
-        http::serve(http, &routes, spec, controls),
-        redis_trigger::listen(app, http, spec, controls)
-    )?;
-    Ok(served)
 }
 
-/// Sets the request headers Spin sets for a routed request (`spin-full-url`,
-/// `spin-path-info`, ...), in place: names are static, values made once each.
-pub(crate) fn set_headers(
-    headers: &mut ::http::HeaderMap,
-    matched: &RouteMatch,
-    full_url: &str,
-    client: std::net::SocketAddr,
-) {
-    use ::http::header::{HeaderName, HeaderValue};
-    let value = |text: &str| HeaderValue::from_str(text).ok();
-    let route = value(&matched.route);
-    let fixed = [
-        ("spin-full-url", value(full_url)),
-        ("spin-path-info", value(&matched.path_info)),
-        ("spin-matched-route", route.clone()),
-        ("spin-raw-component-route", route),
-        ("spin-component-route", value(&matched.component_route)),
-        ("spin-base-path", Some(HeaderValue::from_static("/"))),
-        ("spin-client-addr", value(&client.to_string())),
-    ];
-    for (name, value) in fixed {
-        if let Some(value) = value {
-            headers.insert(HeaderName::from_static(name), value);
-        }
+impl Run for SpinApp {
+    fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
+        Box::pin(self.run_app(spec, controls))
     }
-    for (name, param) in &matched.params {
-        let name = HeaderName::try_from(format!("spin-path-match-{name}"));
-        if let (Ok(name), Some(param)) = (name, value(param)) {
-            headers.insert(name, param);
-        }
+
+    fn stops_gracefully(&self) -> bool {
+        true
     }
 }
 
 /// What the Redis trigger needs of a component.
-pub(crate) struct RedisComponent<'a> {
-    pub(crate) redis: Option<&'a redis_trigger::RedisTriggerPre<ComponentState>>,
-    pub(crate) env: &'a [(String, String)],
-    pub(crate) preopens: &'a WasiFilesystemCtx,
-    pub(crate) host: &'a Arc<SpinHost>,
+struct RedisComponent<'a> {
+    redis: Option<&'a redis_trigger::RedisTriggerPre<SpinState>>,
+    start: &'a Start,
+    host: &'a Arc<SpinHost>,
 }
 
 impl SpinApp {
-    pub(crate) fn component(&self, index: usize) -> RedisComponent<'_> {
+    fn component(&self, index: usize) -> RedisComponent<'_> {
         let prepared = &self.components[index];
         RedisComponent {
             redis: prepared.redis.as_ref(),
-            env: &prepared.env,
-            preopens: &prepared.preopens,
+            start: &prepared.start,
             host: &prepared.host,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The headers a request to `url` gets when it matches `route`.
-    fn headers_for(route: &str, path: &str, url: &str) -> ::http::HeaderMap {
-        let router = wasmcell_spin::Router::new([(route, 0)]).unwrap();
-        let matched = router.route(path).expect("the route matches");
-        let mut headers = ::http::HeaderMap::new();
-        set_headers(
-            &mut headers,
-            &matched,
-            url,
-            "127.0.0.1:53152".parse().unwrap(),
-        );
-        headers
-    }
-
-    /// Spin's documented example (the HTTP trigger's "Additional request information"):
-    /// `/users/...` requested as `/users/1/2`.
-    #[test]
-    fn a_wildcard_route_gets_spins_headers() {
-        let url = "http://localhost:3000/users/1/2?sort=asc";
-        let headers = headers_for("/users/...", "/users/1/2", url);
-        for (name, value) in [
-            ("spin-full-url", url),
-            ("spin-path-info", "/1/2"),
-            ("spin-matched-route", "/users/..."),
-            ("spin-raw-component-route", "/users/..."),
-            ("spin-component-route", "/users"),
-            ("spin-base-path", "/"),
-            ("spin-client-addr", "127.0.0.1:53152"),
-        ] {
-            assert_eq!(
-                headers.get(name).map(|v| v.to_str().unwrap()),
-                Some(value),
-                "{name}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_exact_route_has_an_empty_path_info() {
-        let headers = headers_for("/cart", "/cart", "http://localhost:3000/cart");
-        assert_eq!(headers["spin-path-info"], "");
-        assert_eq!(headers["spin-component-route"], "/cart");
-        assert_eq!(headers["spin-matched-route"], "/cart");
-    }
-
-    #[test]
-    fn each_single_segment_wildcard_is_a_path_match_header() {
-        let headers = headers_for(
-            "/users/:id/posts/:post",
-            "/users/42/posts/7",
-            "http://localhost:3000/users/42/posts/7",
-        );
-        assert_eq!(headers["spin-path-match-id"], "42");
-        assert_eq!(headers["spin-path-match-post"], "7");
-        assert_eq!(headers["spin-matched-route"], "/users/:id/posts/:post");
-    }
-
-    /// A client's own `spin-*` header must not pass for the one the host sets.
-    #[test]
-    fn the_hosts_values_replace_a_clients() {
-        let router = wasmcell_spin::Router::new([("/...", 0)]).unwrap();
-        let matched = router.route("/a").unwrap();
-        let mut headers = ::http::HeaderMap::new();
-        headers.insert("spin-path-info", "/forged".parse().unwrap());
-        headers.insert("spin-client-addr", "10.0.0.1:1".parse().unwrap());
-        let client = "[::1]:8080".parse().unwrap();
-        set_headers(&mut headers, &matched, "http://h/a", client);
-        assert_eq!(headers.get_all("spin-path-info").iter().count(), 1);
-        assert_eq!(headers["spin-path-info"], "/a");
-        assert_eq!(headers["spin-client-addr"], "[::1]:8080");
     }
 }

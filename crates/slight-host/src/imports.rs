@@ -5,19 +5,19 @@ use std::sync::Arc;
 use wasmtime::{Caller, Linker};
 
 use super::{Handle, instance};
-use crate::abi_imports::define;
-use crate::engine::ModuleState;
+use crate::SlightState;
 use wasmcell_runtime::core_abi::{Abi, Ret};
+use wasmcell_runtime::define_import as define;
 use wasmcell_stores::KeyValue;
 
-type Host<'a> = Caller<'a, ModuleState>;
+type Host<'a> = Caller<'a, SlightState>;
 
 /// `keyvalue-error`'s cases.
 const KEY_NOT_FOUND: u8 = 0;
 const INVALID_KEY: u8 = 1;
 const IO_ERROR: u8 = 6;
 
-pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<SlightState>) -> wasmtime::Result<()> {
     define!(
         linker,
         "keyvalue",
@@ -101,9 +101,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
 async fn open_store(caller: &mut Host<'_>, name: i32, len: i32, ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
     let name = abi.string(&*caller, name, len)?;
-    let host = instance(caller)?.host.clone();
+    let host = instance(caller).host.clone();
     let result = match host.open_store(&name).await {
-        Ok(store) => Ret::Handle(instance(caller)?.insert(Handle::Store { name, store })),
+        Ok(store) => Ret::Handle(instance(caller).insert(Handle::Store { name, store })),
         Err(refusal) => refusal.into(),
     };
     abi.ret(caller, ret, result).await
@@ -111,7 +111,7 @@ async fn open_store(caller: &mut Host<'_>, name: i32, len: i32, ret: i32) -> was
 
 /// The store behind `handle` and the name it was opened as (its keys' namespace).
 fn store(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<(String, Arc<KeyValue>)> {
-    match instance(caller)?.get(handle) {
+    match instance(caller).get(handle) {
         Some(Handle::Store { name, store }) => Ok((name.clone(), store.clone())),
         _ => wasmtime::bail!("keyvalue: handle {handle} is not an open store"),
     }
@@ -228,8 +228,8 @@ async fn open_configs(
 ) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
     let name = abi.string(&*caller, name, len)?;
-    let result = match instance(caller)?.host.configs(&name) {
-        Ok(()) => Ret::Handle(instance(caller)?.insert(Handle::Configs { name })),
+    let result = match instance(caller).host.configs(&name) {
+        Ok(()) => Ret::Handle(instance(caller).insert(Handle::Configs { name })),
         Err(refusal) => refusal.into(),
     };
     abi.ret(caller, ret, result).await
@@ -237,7 +237,7 @@ async fn open_configs(
 
 /// The name the configs behind `handle` were opened as.
 fn configs(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<String> {
-    match instance(caller)?.get(handle) {
+    match instance(caller).get(handle) {
         Some(Handle::Configs { name }) => Ok(name.clone()),
         _ => wasmtime::bail!("configs: handle {handle} is not open configs"),
     }
@@ -253,7 +253,7 @@ async fn get_config(
     let abi = Abi::of_caller(caller)?;
     let name = configs(caller, handle)?;
     let key = abi.string(&*caller, key, len)?;
-    let result = match instance(caller)?.host.config(&name, &key) {
+    let result = match instance(caller).host.config(&name, &key) {
         Ok(value) => Ret::Bytes(value),
         Err(refusal) => refusal.into(),
     };
@@ -273,7 +273,7 @@ async fn set_config(
     let name = configs(caller, handle)?;
     let key = abi.string(&*caller, key, len)?;
     let value = abi.bytes(&*caller, value, value_len)?;
-    let result = match instance(caller)?.host.set_config(&name, &key, value) {
+    let result = match instance(caller).host.set_config(&name, &key, value) {
         Ok(()) => Ret::Unit,
         Err(refusal) => refusal.into(),
     };
@@ -281,6 +281,6 @@ async fn set_config(
 }
 
 async fn drop_handle(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<()> {
-    instance(caller)?.drop_handle(handle);
+    instance(caller).drop_handle(handle);
     Ok(())
 }

@@ -14,17 +14,21 @@ use hyper::{Method, Request, Response, StatusCode};
 use wasmtime::{Caller, Extern, InstancePre, Linker, ValType};
 
 use super::{Handle, SlightHost, SlightInstance, instance};
-use crate::abi_imports::define;
-use crate::engine::{Budget, Exit, ModuleApp, ModuleState, new_store, wasi_builder};
+use crate::SlightState;
+use wasmcell_runtime::Exit;
 use wasmcell_runtime::connections::Connections;
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::core_abi::{Abi, HttpRequest, METHODS, Ret};
+use wasmcell_runtime::define_import as define;
 use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::Error;
+use wasmcell_runtime::state::ModuleState;
 use wasmcell_runtime::stdio::Outputs;
+use wasmcell_runtime::store::{Budget, new_store};
+use wasmcell_runtime::wasi::wasi_builder;
 use wasmcell_workload::WorkloadSpec;
 
-type Host<'a> = Caller<'a, ModuleState>;
+type Host<'a> = Caller<'a, SlightState>;
 
 /// `http-error`'s cases, by tag.
 const HTTP_ERRORS: [&str; 5] = [
@@ -97,7 +101,7 @@ pub(super) struct Listening {
     routes: Arc<Vec<Route>>,
 }
 
-pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<SlightState>) -> wasmtime::Result<()> {
     const MODULE: &str = "http-server";
     define!(linker, MODULE, "router::new", new_router, ret);
     define!(
@@ -173,7 +177,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
 
 async fn new_router(caller: &mut Host<'_>, ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
-    let handle = instance(caller)?.insert(Handle::Router(Router::default()));
+    let handle = instance(caller).insert(Handle::Router(Router::default()));
     abi.ret(caller, ret, Ret::Handle(handle)).await
 }
 
@@ -189,12 +193,12 @@ async fn new_router_with_base(
         base: base.trim_end_matches('/').to_owned(),
         routes: Vec::new(),
     };
-    let handle = instance(caller)?.insert(Handle::Router(router));
+    let handle = instance(caller).insert(Handle::Router(router));
     abi.ret(caller, ret, Ret::Handle(handle)).await
 }
 
 fn router(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<Router> {
-    match instance(caller)?.get(handle) {
+    match instance(caller).get(handle) {
         Some(Handle::Router(router)) => Ok(router.clone()),
         _ => wasmtime::bail!("http-server: handle {handle} is not a router"),
     }
@@ -216,7 +220,7 @@ async fn add_route<const METHOD: usize>(
     let route = abi.string(&*caller, route, route_len)?;
     let handler = abi.string(&*caller, handler, handler_len)?;
     router.add(METHODS[METHOD].clone(), &route, &handler);
-    let handle = instance(caller)?.insert(Handle::Router(router));
+    let handle = instance(caller).insert(Handle::Router(router));
     abi.ret(caller, ret, Ret::Handle(handle)).await
 }
 
@@ -231,9 +235,9 @@ async fn serve(
     let address = abi.string(&*caller, address, len)?;
     let router = router(caller, handle)?;
     let result = match listen(caller, &address, router).await {
-        Ok(server) => Ret::Handle(instance(caller)?.insert(Handle::Server(server))),
+        Ok(server) => Ret::Handle(instance(caller).insert(Handle::Server(server))),
         Err(why) => {
-            instance(caller)?.host.diagnostics.report(&why);
+            instance(caller).host.diagnostics.report(&why);
             Ret::Error(UNEXPECTED, why)
         }
     };
@@ -243,7 +247,7 @@ async fn serve(
 /// Checks that the app may serve `router` and that its handlers are exported, and listens;
 /// the new server's index.
 async fn listen(caller: &mut Host<'_>, address: &str, router: Router) -> Result<usize, String> {
-    let slight = instance(caller).map_err(|e| e.to_string())?;
+    let slight = instance(caller);
     if !slight.host.app.http_server {
         return Err("server::serve: slightfile.toml declares no `http` capability: add a [[capability]] with resource = \"http\"".to_owned());
     }
@@ -275,13 +279,10 @@ async fn listen(caller: &mut Host<'_>, address: &str, router: Router) -> Result<
             ));
         }
     }
-    let listener = crate::http::bind(addr)
+    let listener = wasmcell_runtime::http::bind(addr)
         .map_err(|e| format!("server::serve: cannot listen on {addr}: {e}"))?;
     tracing::debug!(%addr, routes = router.routes.len(), "slight app listening");
-    let servers = instance(caller)
-        .map_err(|e| e.to_string())?
-        .servers
-        .get_or_insert_default();
+    let servers = instance(caller).servers.get_or_insert_default();
     servers.push(Some(Listening {
         listener,
         routes: Arc::new(router.routes),
@@ -315,7 +316,7 @@ async fn resolve(address: &str) -> Result<SocketAddr, String> {
 
 async fn stop(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
-    let slight = instance(caller)?;
+    let slight = instance(caller);
     let Some(&Handle::Server(index)) = slight.get(handle) else {
         wasmtime::bail!("http-server: handle {handle} is not a server");
     };
@@ -331,7 +332,7 @@ pub(super) struct Serving {
     pub(super) ticker: Ticker,
     /// How many threads serve requests (see `HttpEngine::new`).
     pub(super) threads: usize,
-    pub(super) pre: InstancePre<ModuleState>,
+    pub(super) pre: InstancePre<SlightState>,
     pub(super) host: Arc<SlightHost>,
     pub(super) spec: Arc<WorkloadSpec>,
     pub(super) controls: Controls,
@@ -347,7 +348,7 @@ impl Serving {
         // request still in flight, so none outlives its container and its grants (whose
         // descriptor numbers the next container may be given).
         let workers = (0..serving.threads.max(1))
-            .map(|_| crate::http::Worker::start(serving.controls.clone()))
+            .map(|_| wasmcell_runtime::http::Worker::start(serving.controls.clone()))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| Error::Engine(e.into()))?;
         let runtimes = workers
@@ -463,11 +464,7 @@ impl Serving {
         let state = ModuleState {
             wasi: wasi.build_p1(),
             budget: Budget::new(&self.controls, self.ticker.store_clock()?),
-            wasmedge: None,
-            app: Some(ModuleApp::Slight(Box::new(SlightInstance::new(
-                self.host.clone(),
-                false,
-            )))),
+            host: SlightInstance::new(self.host.clone(), false),
         };
         let mut store = new_store(&self.engine, state, &self.controls);
         let instance = self.pre.instantiate_async(&mut store).await?;

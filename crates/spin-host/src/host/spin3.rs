@@ -6,14 +6,13 @@
 
 use wasmtime::component::Resource;
 
-use super::host::spin::sqlite::sqlite as sqlite3;
-use super::host::wasi::config::store as config;
-use super::host::wasi::keyvalue::{atomics, batch, store};
-use super::host::{
-    DatabaseHandle, Outcome, StoreHandle, check_value, fermyon::spin2_0_0::key_value,
-    fermyon::spin2_0_0::sqlite as sqlite2,
+use super::spin::sqlite::sqlite as sqlite3;
+use super::wasi::config::store as config;
+use super::wasi::keyvalue::{atomics, batch, store};
+use super::{
+    DatabaseHandle, Outcome, SpinState, SpinStateExt, StoreHandle, check_value,
+    fermyon::spin2_0_0::key_value, fermyon::spin2_0_0::sqlite as sqlite2,
 };
-use crate::engine::ComponentState;
 
 /// A compare-and-swap in progress: the bucket, the key, and the value it was read with.
 pub struct CasHandle {
@@ -45,13 +44,13 @@ impl From<sqlite2::Error> for sqlite3::Error {
     }
 }
 
-impl store::Host for ComponentState {
+impl store::Host for SpinState {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<StoreHandle>, store::Error> {
         Ok(self.open_store(identifier).await?.map_err(Into::into))
     }
 }
 
-impl store::HostBucket for ComponentState {
+impl store::HostBucket for SpinState {
     async fn get(
         &mut self,
         this: Resource<StoreHandle>,
@@ -116,7 +115,7 @@ impl store::HostBucket for ComponentState {
     }
 }
 
-impl atomics::Host for ComponentState {
+impl atomics::Host for SpinState {
     async fn increment(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -159,7 +158,7 @@ impl atomics::Host for ComponentState {
     }
 }
 
-impl atomics::HostCas for ComponentState {
+impl atomics::HostCas for SpinState {
     async fn new(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -186,7 +185,7 @@ impl atomics::HostCas for ComponentState {
     }
 }
 
-impl batch::Host for ComponentState {
+impl batch::Host for SpinState {
     async fn get_many(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -239,19 +238,19 @@ impl batch::Host for ComponentState {
     }
 }
 
-impl config::Host for ComponentState {
+impl config::Host for SpinState {
     async fn get(&mut self, key: String) -> Outcome<Option<String>, config::Error> {
-        Ok(Ok(self.spin()?.variable(&key).cloned()))
+        Ok(Ok(self.host.variable(&key).cloned()))
     }
 
     async fn get_all(&mut self) -> Outcome<Vec<(String, String)>, config::Error> {
-        Ok(Ok(self.spin()?.all_variables()))
+        Ok(Ok(self.host.all_variables()))
     }
 }
 
-impl sqlite3::Host for ComponentState {}
+impl sqlite3::Host for SpinState {}
 
-impl sqlite3::HostConnection for ComponentState {
+impl sqlite3::HostConnection for SpinState {
     async fn open(
         &mut self,
         database: String,
@@ -275,7 +274,7 @@ impl sqlite3::HostConnection for ComponentState {
                 sqlite3::Value::Null => sqlite2::Value::Null,
             })
             .collect();
-        let spin = self.spin()?.clone();
+        let spin = self.host.clone();
         let handle = self.table.get_mut(&this)?;
         let result = match handle.execute(statement, parameters).await {
             Ok(result) => result,

@@ -22,24 +22,36 @@ use tokio::sync::OnceCell;
 use wasmcell_slight::{Configs, SlightApp, Store};
 use wasmtime::{InstancePre, Linker};
 
-use crate::engine::{Budget, Exit, ModuleApp, ModuleState, new_store, wasi_builder};
-use crate::http::HttpEngine;
+use wasmcell_runtime::Exit;
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
+use wasmcell_runtime::http::HttpEngine;
+use wasmcell_runtime::run::{Run, RunFuture};
+use wasmcell_runtime::state::{
+    ComponentState, ModuleState, component_linker as wasi_component_linker, module_linker,
+};
 use wasmcell_runtime::stdio::{self, Diagnostics};
+use wasmcell_runtime::store::{Budget, new_store};
+use wasmcell_runtime::wasi::wasi_builder;
 use wasmcell_stores::{KeyValue, Places};
 use wasmcell_workload::WorkloadSpec;
 
+/// The store state of a slight app's module: WASI preview 1 and the instance's handles.
+type SlightState = ModuleState<SlightInstance>;
+
+/// The store state of a component under slight: WASI 0.2, `wasi:http`, and the app's grants.
+pub type SlightComponentState = ComponentState<Arc<SlightHost>>;
+
 /// A slight app ready to run: its module linked with slight's interfaces, on the HTTP
 /// servers' pooling engine (`http`), whose threads also serve its requests.
-pub(crate) struct Slight {
-    pre: InstancePre<ModuleState>,
+pub struct Slight {
+    pre: InstancePre<SlightState>,
     host: Arc<SlightHost>,
     http: Arc<HttpEngine>,
 }
 
 /// What every instance of one app shares: its grants, and the stores it opened.
-pub(crate) struct SlightHost {
+pub struct SlightHost {
     app: SlightApp,
     /// The container's environment: `configs.envvars`' values.
     env: Vec<(String, String)>,
@@ -69,7 +81,7 @@ const KV_UNDECLARED: u8 = 7;
 pub(crate) struct Refusal(u8, String);
 
 /// One instance's resources, by the handles the guest holds.
-pub(crate) struct SlightInstance {
+struct SlightInstance {
     host: Arc<SlightHost>,
     handles: Vec<Option<Handle>>,
     /// The servers `_start` set up, by server handle; `None` in a handler's instance, which
@@ -87,21 +99,24 @@ enum Handle {
 
 impl Slight {
     /// What a slight app's module is linked with, for the message when it imports more.
-    pub(crate) const PROVIDED: &str = "wasmcell links WASI preview 1 and slight's keyvalue, configs, http-server and http-client for SpiderLightning apps; its messaging, distributed_locking, sql and blob interfaces are not provided";
+    pub const PROVIDED: &str = "wasmcell links WASI preview 1 and slight's keyvalue, configs, http-server and http-client for SpiderLightning apps; its messaging, distributed_locking, sql and blob interfaces are not provided";
 
-    /// `modules` (WASI preview 1) with slight's interfaces added.
-    fn linker(modules: &Linker<ModuleState>) -> wasmtime::Result<Linker<ModuleState>> {
-        let mut linker = modules.clone();
-        imports::add_to_linker(&mut linker)?;
-        server::add_to_linker(&mut linker)?;
-        client::add_to_linker(&mut linker)?;
+    /// WASI preview 1 with slight's interfaces.
+    fn linker(engine: &wasmtime::Engine) -> Result<Linker<SlightState>, Error> {
+        let mut linker = module_linker(engine)?;
+        let add = |linker: &mut Linker<SlightState>| {
+            imports::add_to_linker(linker)?;
+            server::add_to_linker(linker)?;
+            client::add_to_linker(linker)
+        };
+        add(&mut linker).map_err(Error::Engine)?;
         Ok(linker)
     }
 
     /// Loads `module` (`path` in messages) through the compile cache straight into the
     /// servers' pooling engine (its requests are instances too), checks its entry and links it
     /// for `app`; returns it with the cache entry it was loaded from, held in use.
-    pub(crate) fn prepare(
+    pub fn prepare(
         http: Arc<HttpEngine>,
         cache: &wasmcell_runtime::cache::CompileCache,
         module: &[u8],
@@ -124,9 +139,9 @@ impl Slight {
                 reason: "a SpiderLightning app exports `_start` (a command) or `on-server-init` (an HTTP app built as a library); this module exports neither".to_owned(),
             });
         }
-        let linker = Slight::linker(&*http.module_linker()?).map_err(Error::Engine)?;
+        let linker = http.linkers().get(|| Slight::linker(http.engine()))?;
         let pre = linker.instantiate_pre(&module).map_err(|source| {
-            crate::engine::link_error(&linker, &module, path, source, Slight::PROVIDED)
+            wasmcell_runtime::link::link_error(&linker, &module, path, source, Slight::PROVIDED)
         })?;
         Ok((
             Slight {
@@ -140,11 +155,7 @@ impl Slight {
 
     /// Runs `_start`; then serves the HTTP servers it set up, if any, until `controls` asks
     /// the app to stop (which also ends `_start` if it is still running: status 143).
-    pub(crate) async fn run(
-        &self,
-        spec: &Arc<WorkloadSpec>,
-        controls: &Controls,
-    ) -> Result<Exit, Error> {
+    async fn run_app(&self, spec: &Arc<WorkloadSpec>, controls: &Controls) -> Result<Exit, Error> {
         let (engine, ticker) = (self.http.engine(), self.http.ticker());
         let mut wasi = wasi_builder(spec)?;
         stdio::attach(&mut wasi, &spec.stdio).await?;
@@ -152,11 +163,7 @@ impl Slight {
         let state = ModuleState {
             wasi: wasi.build_p1(),
             budget: Budget::new(controls, clock),
-            wasmedge: None,
-            app: Some(ModuleApp::Slight(Box::new(SlightInstance::new(
-                self.host.clone(),
-                true,
-            )))),
+            host: SlightInstance::new(self.host.clone(), true),
         };
         let mut store = new_store(engine, state, controls);
         let start = async {
@@ -183,12 +190,15 @@ impl Slight {
             () = controls.terminated() => return Ok(Exit::Code(128 + libc::SIGTERM)),
         };
         let exit = Exit::of(result, &store.data().budget.limiter);
-        let servers: Vec<_> = match store.data_mut().app.take() {
-            Some(ModuleApp::Slight(instance)) => instance.servers.into_iter().flatten(),
-            _ => None.into_iter().flatten(),
-        }
-        .flatten()
-        .collect();
+        let servers: Vec<_> = store
+            .data_mut()
+            .host
+            .servers
+            .take()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         drop(store);
         if exit != Exit::Code(0) || servers.is_empty() {
             // The app ends: what it was told on stderr is written before it does.
@@ -208,12 +218,22 @@ impl Slight {
     }
 }
 
+impl Run for Slight {
+    fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
+        Box::pin(self.run_app(spec, controls))
+    }
+
+    fn stops_gracefully(&self) -> bool {
+        true
+    }
+}
+
 /// The linker for components under slight: WASI, `wasi:http` and slight's capabilities
 /// (`wasi:keyvalue`, `wasi:config`).
-pub(crate) fn component_linker(
+pub fn component_linker(
     engine: &wasmtime::Engine,
-) -> Result<wasmtime::component::Linker<crate::engine::ComponentState>, Error> {
-    let mut linker = crate::engine::component_linker(engine)?;
+) -> Result<wasmtime::component::Linker<SlightComponentState>, Error> {
+    let mut linker = wasi_component_linker(engine)?;
     components::add_to_linker(&mut linker).map_err(Error::Engine)?;
     Ok(linker)
 }
@@ -223,7 +243,7 @@ pub(crate) const ON_SERVER_INIT: &str = "on-server-init";
 
 /// Runs a library module's `_initialize`, if it has one, as WASI reactors are started.
 async fn initialize(
-    store: &mut wasmtime::Store<ModuleState>,
+    store: &mut wasmtime::Store<SlightState>,
     instance: &wasmtime::Instance,
 ) -> wasmtime::Result<()> {
     match instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
@@ -270,7 +290,7 @@ impl SlightInstance {
 
 impl SlightHost {
     /// What every instance of `app` (a module's or a component's) shares.
-    pub(crate) fn new(app: &SlightApp, spec: &WorkloadSpec) -> SlightHost {
+    pub fn new(app: &SlightApp, spec: &WorkloadSpec) -> SlightHost {
         // In a container, `/.slight` of its own filesystem (or a volume mounted there);
         // without one (`wasmcell run`), `.slight` beside the module.
         let file_path = match spec.preopens.iter().any(|p| p.guest == "/") {
@@ -410,15 +430,8 @@ impl From<Refusal> for wasmcell_runtime::core_abi::Ret {
 
 /// The calling instance's slight state (every instance of a module linked with slight's
 /// functions has one).
-fn instance<'a>(
-    caller: &'a mut wasmtime::Caller<'_, ModuleState>,
-) -> wasmtime::Result<&'a mut SlightInstance> {
-    match &mut caller.data_mut().app {
-        Some(ModuleApp::Slight(instance)) => Ok(instance),
-        _ => Err(wasmtime::format_err!(
-            "slight's functions called outside a slight app"
-        )),
-    }
+fn instance<'a>(caller: &'a mut wasmtime::Caller<'_, SlightState>) -> &'a mut SlightInstance {
+    &mut caller.data_mut().host
 }
 
 #[cfg(test)]

@@ -5,17 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{SpinApp, spin_state};
 use futures_util::StreamExt;
 use redis::{ProtocolVersion, Value};
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi_http::WasiHttpCtx;
-
-use super::SpinApp;
-use crate::engine::{Budget, ComponentState, new_store};
-use crate::http::{HttpEngine, HttpHooks};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
 use wasmcell_runtime::stdio::{self, Outputs};
+use wasmcell_runtime::store::{Budget, new_store};
 use wasmcell_workload::WorkloadSpec;
 
 wasmtime::component::bindgen!({
@@ -32,8 +28,7 @@ wasmtime::component::bindgen!({
 /// messages published meanwhile are lost, as Redis pub/sub delivers only to subscribers
 /// connected when a message is published. Returns only when terminated.
 pub(crate) async fn listen(
-    app: &Arc<SpinApp>,
-    http: &HttpEngine,
+    app: &SpinApp,
     spec: &Arc<WorkloadSpec>,
     controls: &Controls,
 ) -> Result<(), Error> {
@@ -71,7 +66,7 @@ pub(crate) async fn listen(
                     };
                     let payload = message.get_payload_bytes().to_vec();
                     if let Err(why) =
-                        handle(app, component, http, spec, controls, &outputs, payload).await
+                        handle(app, component, spec, controls, &outputs, payload).await
                     {
                         let id = &app.app.components[component].id;
                         let channel = message.get_channel_name();
@@ -203,28 +198,19 @@ impl Default for Backoff {
 async fn handle(
     app: &SpinApp,
     index: usize,
-    http: &HttpEngine,
     spec: &WorkloadSpec,
     controls: &Controls,
     outputs: &Outputs,
     payload: Vec<u8>,
 ) -> Result<(), String> {
     let component = app.component(index);
-    let mut wasi = component.host.wasi_base(spec.network);
-    wasi.envs(component.env);
-    outputs.attach(&mut wasi);
-    let mut wasi = wasi.build();
-    *wasi.filesystem() = component.preopens.clone();
-    let clock = http.ticker().store_clock().map_err(|e| e.to_string())?;
-    let state = ComponentState {
-        wasi,
-        table: ResourceTable::new(),
-        http: WasiHttpCtx::new(),
-        hooks: HttpHooks::spin(spec.network, component.host.clone(), None),
-        budget: Budget::new(controls, clock),
-        grants: Some(crate::engine::Grants::Spin(component.host.clone())),
-    };
-    let mut store = new_store(http.engine(), state, controls);
+    let wasi = component
+        .start
+        .wasi(component.host.wasi_base(spec.network), outputs);
+    let clock = app.http.ticker().store_clock().map_err(|e| e.to_string())?;
+    let budget = Budget::new(controls, clock);
+    let state = spin_state(component.host, wasi, spec.network, budget, None);
+    let mut store = new_store(app.http.engine(), state, controls);
     let Some(pre) = component.redis else {
         return Err("the component has no Redis trigger export".to_owned());
     };

@@ -12,12 +12,19 @@ use hyper::Response;
 use wasmtime::{Caller, InstancePre, Linker};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_value};
-use crate::abi_imports::define;
-use crate::engine::{Budget, ModuleApp, ModuleState, new_store};
-use crate::http::{Failure, Server, is_pool_exhausted};
+use crate::host::{SpinHost, StoreHandle, check_value, fermyon::spin2_0_0::key_value};
 use wasmcell_runtime::core_abi::{Abi, HttpRequest, METHODS, Ret, SendError};
+use wasmcell_runtime::define_import as define;
+use wasmcell_runtime::error::Error;
+use wasmcell_runtime::http::{
+    Failure, Handler, HandlerFuture, HttpEngine, Server, is_pool_exhausted,
+};
+use wasmcell_runtime::state::{ModuleState, module_linker};
 use wasmcell_runtime::stdio::Outputs;
+use wasmcell_runtime::store::new_store;
+
+/// The store state of a Spin 1 module: WASI preview 1 and its open stores.
+type Spin1State = ModuleState<Spin1Instance>;
 
 /// The export Spin 1's HTTP trigger calls.
 pub(crate) const HANDLER: &str = "handle-http-request";
@@ -36,7 +43,7 @@ pub(crate) fn is_spin1(module: &[u8]) -> bool {
 
 /// A Spin 1 component ready to handle requests.
 pub(crate) struct Spin1Pre {
-    pre: InstancePre<ModuleState>,
+    pre: InstancePre<Spin1State>,
     /// Whether its handler takes `client-addr` (Spin 1.5 and later's SDKs).
     client_addr: bool,
     /// Its files: (host directory, guest path), granted read-only.
@@ -55,7 +62,7 @@ impl Spin1Pre {
     /// Links `module` (loaded into the servers' `engine`) with WASI preview 1 and Spin 1's
     /// interfaces, and checks its handler's shape.
     pub(crate) fn new(
-        http: &crate::http::HttpEngine,
+        http: &HttpEngine,
         module: &wasmtime::Module,
         mounts: Vec<(std::path::PathBuf, String)>,
     ) -> Result<Spin1Pre, String> {
@@ -69,8 +76,14 @@ impl Spin1Pre {
             }
             _ => return Err(format!("it exports no `{HANDLER}` function")),
         };
-        let mut linker = (*http.module_linker().map_err(|e| e.to_string())?).clone();
-        add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+        let linker = http
+            .linkers()
+            .get(|| {
+                let mut linker = module_linker(http.engine())?;
+                add_to_linker(&mut linker).map_err(Error::Engine)?;
+                Ok(linker)
+            })
+            .map_err(|e| e.to_string())?;
         let pre = linker.instantiate_pre(module).map_err(|e| {
             format!(
                 "cannot be linked: {e}. wasmcell provides Spin 1's spin-config, key-value and outbound-http to Spin 1 modules; outbound-redis, postgres and mysql are not provided: rebuild it with a current Spin SDK"
@@ -84,7 +97,7 @@ impl Spin1Pre {
     }
 }
 
-fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
+fn add_to_linker(linker: &mut Linker<Spin1State>) -> wasmtime::Result<()> {
     define!(
         linker,
         "spin-config",
@@ -122,15 +135,10 @@ fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-type Host<'a> = Caller<'a, ModuleState>;
+type Host<'a> = Caller<'a, Spin1State>;
 
-fn instance<'a>(caller: &'a mut Host<'_>) -> wasmtime::Result<&'a mut Spin1Instance> {
-    match &mut caller.data_mut().app {
-        Some(ModuleApp::Spin1(instance)) => Ok(instance),
-        _ => Err(wasmtime::format_err!(
-            "Spin 1's functions called outside a Spin 1 component"
-        )),
-    }
+fn instance<'a>(caller: &'a mut Host<'_>) -> &'a mut Spin1Instance {
+    &mut caller.data_mut().host
 }
 
 /// `spin-config`'s `error::invalid-key`.
@@ -139,7 +147,7 @@ const INVALID_KEY: u8 = 1;
 async fn get_config(caller: &mut Host<'_>, key: i32, len: i32, ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
     let key = abi.string(&*caller, key, len)?;
-    let result = match instance(caller)?.host.variable(&key) {
+    let result = match instance(caller).host.variable(&key) {
         Some(value) => Ret::Bytes(value.clone().into_bytes()),
         None => Ret::Error(
             INVALID_KEY,
@@ -170,10 +178,10 @@ impl From<key_value::Error> for Ret {
 async fn open(caller: &mut Host<'_>, name: i32, len: i32, ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
     let label = abi.string(&*caller, name, len)?;
-    let host = instance(caller)?.host.clone();
+    let host = instance(caller).host.clone();
     let result = match host.open_store(label).await {
         Ok(handle) => {
-            let stores = &mut instance(caller)?.stores;
+            let stores = &mut instance(caller).stores;
             stores.push(Some(handle));
             Ret::Handle(stores.len() as i32 - 1)
         }
@@ -184,7 +192,7 @@ async fn open(caller: &mut Host<'_>, name: i32, len: i32, ret: i32) -> wasmtime:
 
 /// The store behind `handle`, if it is open.
 fn store(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<Option<StoreHandle>> {
-    let stores = &instance(caller)?.stores;
+    let stores = &instance(caller).stores;
     Ok(stores.get(handle as usize).cloned().flatten())
 }
 
@@ -295,7 +303,7 @@ async fn get_keys(caller: &mut Host<'_>, handle: i32, ret: i32) -> wasmtime::Res
 }
 
 async fn close(caller: &mut Host<'_>, handle: i32) -> wasmtime::Result<()> {
-    if let Some(slot) = instance(caller)?.stores.get_mut(handle as usize) {
+    if let Some(slot) = instance(caller).stores.get_mut(handle as usize) {
         *slot = None;
     }
     Ok(())
@@ -311,7 +319,7 @@ const REQUEST_ERROR: u8 = 3;
 async fn send_request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> wasmtime::Result<()> {
     let abi = Abi::of_caller(caller)?;
     let outgoing = abi.outgoing(&*caller, record)?;
-    let Spin1Instance { host, network, .. } = instance(caller)?;
+    let Spin1Instance { host, network, .. } = instance(caller);
     let (host, network) = (host.clone(), *network);
     let result = match outgoing.uri.parse::<http::Uri>() {
         Err(_) => Ret::Case(INVALID_URL),
@@ -340,17 +348,36 @@ async fn send_request(caller: &mut Host<'_>, record: [i32; 10], ret: i32) -> was
     abi.ret(caller, ret, result).await
 }
 
-/// One request to a Spin 1 component of `host`: a fresh instance of `pre`, its
+/// A Spin 1 component as its HTTP trigger calls it.
+pub(crate) struct Spin1Handler {
+    pub(crate) pre: Spin1Pre,
+    pub(crate) host: Arc<SpinHost>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl Handler for Spin1Handler {
+    fn handle<'a>(
+        &'a self,
+        server: &'a Arc<Server>,
+        outputs: &'a Arc<Outputs>,
+        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        peer: std::net::SocketAddr,
+    ) -> HandlerFuture<'a> {
+        Box::pin(handle(server, outputs, self, request, peer))
+    }
+}
+
+/// One request to a Spin 1 component: a fresh instance of its module, its
 /// `handle-http-request` called with the request (its Spin headers already set), its
 /// `response` returned.
-pub(crate) async fn handle(
+async fn handle(
     server: &Server,
     outputs: &Outputs,
-    (pre, host, env): (&Spin1Pre, &Arc<SpinHost>, &[(String, String)]),
+    Spin1Handler { pre, host, env }: &Spin1Handler,
     request: hyper::Request<wasmtime_wasi_http::WasiBody>,
     client: std::net::SocketAddr,
-    timeout: std::time::Duration,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let timeout = server.spec().http.timeout;
     let failed = |error: &dyn std::fmt::Display| Failure::Failed(error.to_string());
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|e| failed(&e))?.to_bytes();
@@ -374,16 +401,14 @@ pub(crate) async fn handle(
         wasi.preopened_dir(dir, guest, wasmtime_wasi::FsPerms::ReadOnly)
             .map_err(|e| failed(&e))?;
     }
-    let clock = server.ticker().store_clock().map_err(|e| failed(&e))?;
     let state = ModuleState {
         wasi: wasi.build_p1(),
-        budget: Budget::new(server.controls(), clock),
-        wasmedge: None,
-        app: Some(ModuleApp::Spin1(Box::new(Spin1Instance {
+        budget: server.budget()?,
+        host: Spin1Instance {
             host: host.clone(),
             stores: Vec::new(),
             network: server.spec().network == wasmcell_workload::Network::Inherit,
-        }))),
+        },
     };
     let mut store = new_store(server.engine(), state, server.controls());
     let call = async {

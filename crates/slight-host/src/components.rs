@@ -3,13 +3,12 @@
 //! same stores the core-module ABI opens (a bucket is a key-value capability, by name), and
 //! `wasi:config@0.2.0-rc.1` (wasmtime-wasi-config) over the configs the slightfile declares.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource};
-use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_config::WasiConfig;
 
-use super::{Refusal, SlightHost};
-use crate::engine::{ComponentState, Grants};
+use super::{Refusal, SlightComponentState};
 use wasmcell_stores::KeyValue;
 
 wasmtime::component::bindgen!({
@@ -32,38 +31,21 @@ pub struct Bucket {
 type Outcome<T> = wasmtime::Result<Result<T, store::Error>>;
 
 /// Adds wasi:keyvalue and wasi:config to a component linker.
-pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
-    Components::add_to_linker::<ComponentState, HasSelf<ComponentState>>(linker, |state| state)?;
-    wasmtime_wasi_config::add_to_linker(linker, |state| WasiConfig::from(state.slight_config()))
-}
-
-impl ComponentState {
-    fn slight(&self) -> wasmtime::Result<&Arc<SlightHost>> {
-        match &self.grants {
-            Some(Grants::Slight(slight)) => Ok(slight),
-            _ => Err(wasmtime::format_err!(
-                "slight's interfaces called outside a slight app"
-            )),
-        }
-    }
-
-    /// The configs the slightfile grants; none outside a slight app.
-    fn slight_config(&mut self) -> &WasiConfigVariables {
-        static NONE: LazyLock<WasiConfigVariables> = LazyLock::new(WasiConfigVariables::new);
-        match &self.grants {
-            Some(Grants::Slight(slight)) => &slight.config,
-            _ => &NONE,
-        }
-    }
+pub(crate) fn add_to_linker(linker: &mut Linker<SlightComponentState>) -> wasmtime::Result<()> {
+    type State = SlightComponentState;
+    Components::add_to_linker::<State, HasSelf<State>>(linker, |state| state)?;
+    wasmtime_wasi_config::add_to_linker(linker, |state: &mut State| {
+        WasiConfig::from(&state.host.config)
+    })
 }
 
 fn other(why: String) -> store::Error {
     store::Error::Other(why)
 }
 
-impl store::Host for ComponentState {
+impl store::Host for SlightComponentState {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
-        let host = self.slight()?.clone();
+        let host = self.host.clone();
         match host.open_store(&identifier).await {
             Ok(store) => {
                 let bucket = Bucket {
@@ -78,7 +60,7 @@ impl store::Host for ComponentState {
     }
 }
 
-impl store::HostBucket for ComponentState {
+impl store::HostBucket for SlightComponentState {
     async fn get(&mut self, this: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
         let bucket = self.table.get(&this)?;
         Ok(bucket.store.get(&bucket.name, &key).await.map_err(other))
@@ -123,7 +105,7 @@ impl store::HostBucket for ComponentState {
     }
 }
 
-impl atomics::Host for ComponentState {
+impl atomics::Host for SlightComponentState {
     async fn increment(&mut self, this: Resource<Bucket>, key: String, delta: u64) -> Outcome<u64> {
         let bucket = self.table.get(&this)?;
         let Ok(delta) = i64::try_from(delta) else {
@@ -136,7 +118,7 @@ impl atomics::Host for ComponentState {
     }
 }
 
-impl batch::Host for ComponentState {
+impl batch::Host for SlightComponentState {
     async fn get_many(
         &mut self,
         this: Resource<Bucket>,

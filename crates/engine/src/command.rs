@@ -1,0 +1,132 @@
+//! Guests that run once, from their entry to their exit: a core module's entry function (with
+//! WasmEdge's sockets where it was built for them), or a component's `wasi:cli/run`.
+
+use std::sync::Arc;
+
+use wasmtime::InstancePre;
+use wasmtime::component::Linker;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use wasmcell_runtime::controls::Controls;
+use wasmcell_runtime::epoch::Ticker;
+use wasmcell_runtime::error::Error;
+use wasmcell_runtime::exit::Exit;
+use wasmcell_runtime::outbound::HttpHooks;
+use wasmcell_runtime::run::{Run, RunFuture};
+use wasmcell_runtime::state::{ComponentState, ModuleState};
+use wasmcell_runtime::stdio;
+use wasmcell_runtime::store::{Budget, new_store};
+use wasmcell_runtime::wasi::wasi_builder;
+use wasmcell_wasmedge::{WasmEdge, WasmEdgeState};
+use wasmcell_workload::WorkloadSpec;
+
+/// A core module's entry function.
+pub(crate) struct ModuleCommand {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) ticker: Ticker,
+    pub(crate) pre: InstancePre<WasmEdgeState>,
+    pub(crate) function: String,
+    /// Whether the module is built for WasmEdge's sockets.
+    pub(crate) wasmedge: bool,
+}
+
+/// A component's `wasi:cli/run`, its instances holding `host` (a capability's grants, or
+/// nothing).
+pub(crate) struct ComponentCommand<H: Send + 'static> {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) ticker: Ticker,
+    pub(crate) pre: CommandPre<ComponentState<H>>,
+    pub(crate) host: H,
+}
+
+impl<H: Send + 'static> ComponentCommand<H> {
+    /// Links `component` for `wasi:cli/run` with `linker`; `path` names it in errors.
+    pub(crate) fn new(
+        engine: &wasmtime::Engine,
+        ticker: &Ticker,
+        linker: &Linker<ComponentState<H>>,
+        component: &wasmtime::component::Component,
+        path: &str,
+        host: H,
+    ) -> Result<ComponentCommand<H>, Error> {
+        let pre = linker
+            .instantiate_pre(component)
+            .and_then(CommandPre::new)
+            .map_err(|source| Error::Link {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(ComponentCommand {
+            engine: engine.clone(),
+            ticker: ticker.clone(),
+            pre,
+            host,
+        })
+    }
+}
+
+/// A fresh run's WASI context (the spec's args, env, preopens and stdio) and budget.
+async fn start(
+    spec: &WorkloadSpec,
+    ticker: &Ticker,
+    controls: &Controls,
+) -> Result<(wasmtime_wasi::WasiCtxBuilder, Budget), Error> {
+    let mut wasi = wasi_builder(spec)?;
+    stdio::attach(&mut wasi, &spec.stdio).await?;
+    let clock = ticker.store_clock().map_err(|e| Error::Engine(e.into()))?;
+    Ok((wasi, Budget::new(controls, clock)))
+}
+
+impl Run for ModuleCommand {
+    fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
+        Box::pin(async move {
+            let (mut wasi, budget) = start(spec, &self.ticker, controls).await?;
+            let state = ModuleState {
+                wasi: wasi.build_p1(),
+                budget,
+                host: self.wasmedge.then(|| Box::new(WasmEdge::new(spec))),
+            };
+            let mut store = new_store(&self.engine, state, controls);
+            // Instantiation can fail like a run does (a start function traps, a data segment
+            // passes the memory limit): both end as an `Exit`.
+            let result = async {
+                let instance = self.pre.instantiate_async(&mut store).await?;
+                // A library module (WASI reactor) is initialised before its entry function.
+                if self.function != "_start"
+                    && let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize")
+                {
+                    init.call_async(&mut store, ()).await?;
+                }
+                let entry = instance.get_typed_func::<(), ()>(&mut store, &self.function)?;
+                entry.call_async(&mut store, ()).await
+            }
+            .await;
+            Ok(Exit::of(result, &store.data().budget.limiter))
+        })
+    }
+
+    fn stops_gracefully(&self) -> bool {
+        false
+    }
+}
+
+impl<H: Clone + Send + Sync + 'static> Run for ComponentCommand<H> {
+    fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
+        Box::pin(async move {
+            let (mut wasi, budget) = start(spec, &self.ticker, controls).await?;
+            let hooks = HttpHooks::new(spec.network);
+            let state = ComponentState::new(wasi.build(), hooks, budget, self.host.clone());
+            let mut store = new_store(&self.engine, state, controls);
+            let result = async {
+                let command = self.pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            }
+            .await;
+            Ok(Exit::of_run(result, &store.data().budget.limiter))
+        })
+    }
+
+    fn stops_gracefully(&self) -> bool {
+        false
+    }
+}

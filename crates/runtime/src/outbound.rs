@@ -1,0 +1,100 @@
+//! Where a guest's outgoing `wasi:http` requests may go: nowhere without the network grant,
+//! and through a framework's [`Outbound`] policy where it has one (Spin's
+//! `allowed_outbound_hosts`, and its requests to its own app).
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use wasmcell_workload::Network;
+use wasmtime_wasi_http::WasiHttpHooks;
+
+/// A response to an outgoing request, and the future that drives its connection.
+pub type ResponseFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+/// A framework's policy for its guests' outgoing requests, as Spin's `OutboundHttpInterceptor`:
+/// it sends a request (with [`send_out`], or in-process), or refuses it.
+pub trait Outbound: Send + Sync {
+    /// Sends or refuses `request`; `network` is what the workload was granted.
+    fn send(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        network: Network,
+    ) -> ResponseFuture;
+}
+
+/// An instance's `wasi:http` hooks: outgoing requests go out only when the spec grants the
+/// network, and through its framework's [`Outbound`] policy where it has one.
+pub struct HttpHooks {
+    network: Network,
+    policy: Option<Box<dyn Outbound>>,
+}
+
+impl HttpHooks {
+    /// Requests go out as the workload's `network` allows.
+    pub fn new(network: Network) -> HttpHooks {
+        HttpHooks {
+            network,
+            policy: None,
+        }
+    }
+
+    /// Requests go where `policy` lets them, on `network`.
+    pub fn with_policy(network: Network, policy: Box<dyn Outbound>) -> HttpHooks {
+        HttpHooks {
+            network,
+            policy: Some(policy),
+        }
+    }
+}
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _io: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> ResponseFuture {
+        if let Some(policy) = &self.policy {
+            return policy.send(request, options, self.network);
+        }
+        if self.network == Network::None {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        send_out(request, options)
+    }
+}
+
+/// Sends a request to the network.
+pub fn send_out(
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> ResponseFuture {
+    Box::new(async move {
+        let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+        Ok((
+            response.map(BodyExt::boxed_unsync),
+            Box::new(io) as Box<dyn Future<Output = _> + Send>,
+        ))
+    })
+}
+
+/// The client address a request from the app itself comes from.
+pub fn host_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The connection future of a response that has none (one served in-process).
+pub fn no_io() -> Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> {
+    Box::new(async { Ok(()) })
+}
