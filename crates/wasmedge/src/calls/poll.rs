@@ -13,8 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::Interest;
 
-use super::memory::{Errno, Mem};
-use super::{Host, WasmEdgeView, wasi, with};
+use super::{Host, wasi, with};
+use crate::WasmEdgeView;
+use crate::memory::{Errno, Mem};
 
 /// How often descriptors that are not sockets are asked again during a wait.
 const SLICE: Duration = Duration::from_millis(10);
@@ -47,7 +48,7 @@ struct Subscription {
 
 enum What {
     Clock(Instant),
-    Socket(std::sync::Arc<super::socket::GuestSocket>, Interest),
+    Socket(std::sync::Arc<crate::socket::GuestSocket>, Interest),
     /// A descriptor wasmtime-wasi owns.
     Other,
 }
@@ -63,7 +64,7 @@ fn event(userdata: u64, kind: u8, hangup: bool) -> [u8; EVENT as usize] {
     bytes
 }
 
-pub(super) async fn poll_oneoff(
+pub(crate) async fn poll_oneoff(
     caller: &mut Host<'_, impl WasmEdgeView>,
     subscriptions: u32,
     events: u32,
@@ -126,7 +127,7 @@ pub(super) async fn poll_oneoff(
                 }
                 mem.set_u32(count_out, ready.len().min(count as usize) as u32)
             });
-            return Ok(super::status(written));
+            return Ok(crate::memory::status(written));
         }
         let slice = (!others.is_empty()).then(|| now + SLICE);
         let wake_at = match (deadline, slice) {
@@ -150,7 +151,7 @@ pub(super) async fn poll_oneoff(
 fn read_subscription(
     mem: &Mem<'_>,
     at: u32,
-    sockets: &super::socket::SocketTable,
+    sockets: &crate::socket::SocketTable,
 ) -> Result<Subscription, Errno> {
     let userdata = mem.u64(at)?;
     let raw = mem.bytes(at, SUBSCRIPTION)?.to_vec();
