@@ -96,8 +96,10 @@ fn set_headers(
             headers.insert(HeaderName::from_static(name), value);
         }
     }
+    // Spin names a parameter's header with `-` for each `_` of its name (`:path_segment` is
+    // `spin-path-match-path-segment`).
     for (name, param) in &matched.params {
-        let name = HeaderName::try_from(format!("spin-path-match-{name}"));
+        let name = HeaderName::try_from(format!("spin-path-match-{}", name.replace('_', "-")));
         if let (Ok(name), Some(param)) = (name, value(param)) {
             headers.insert(name, param);
         }
@@ -162,6 +164,9 @@ mod tests {
         );
         assert_eq!(headers["spin-path-match-id"], "42");
         assert_eq!(headers["spin-path-match-post"], "7");
+        let underscored = headers_for("/a/:path_segment", "/a/b", "http://localhost:3000/a/b");
+        assert_eq!(underscored["spin-path-match-path-segment"], "b");
+        assert!(!underscored.contains_key("spin-path-match-path_segment"));
         assert_eq!(headers["spin-matched-route"], "/users/:id/posts/:post");
     }
 

@@ -265,3 +265,44 @@ fn a_spin_components_sockets_connect_where_granted_and_never_accept() {
         (false, Some("udp://[::1]:6379".to_owned()))
     );
 }
+
+/// A Spin component's store state over `host`, as an instance of it starts.
+fn spin_state(host: SpinHost) -> SpinState {
+    use wasmcell_runtime::controls::Controls;
+    use wasmcell_runtime::epoch::Ticker;
+    use wasmcell_runtime::outbound::HttpHooks;
+    use wasmcell_runtime::store::Budget;
+    let engine = wasmtime::Engine::new(&wasmcell_runtime::config()).unwrap();
+    let clock = Ticker::new(&engine).store_clock().unwrap();
+    let budget = Budget::new(&Controls::new(&Default::default()), clock);
+    let hooks = HttpHooks::new(Network::None);
+    ComponentState::new(WasiCtxBuilder::new().build(), hooks, budget, Arc::new(host))
+}
+
+/// Spin's conformance suite: a Redis address the component may not reach is
+/// `invalid-address`, before any connection is tried.
+#[tokio::test]
+async fn a_redis_address_not_allowed_is_an_invalid_address() {
+    use super::fermyon::spin2_0_0::redis::{Error, HostConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let output = wasmcell_workload::Output::File(log.clone());
+    let host = spin_host(dir.path(), &["redis://127.0.0.1:6379"], &[], &[], &output);
+    let mut state = spin_state(host);
+    for address in ["redis://127.0.0.1:6380", "redis://denied.invalid:6379"] {
+        let opened = HostConnection::open(&mut state, address.into())
+            .await
+            .unwrap();
+        assert!(matches!(opened, Err(Error::InvalidAddress)), "{address}");
+    }
+    let opened = HostConnection::open(&mut state, "not a url".into())
+        .await
+        .unwrap();
+    assert!(matches!(opened, Err(Error::InvalidAddress)));
+    state.host.diagnostics_flushed().await;
+    let reported = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        reported.contains("add \"redis://127.0.0.1:6380\""),
+        "{reported}"
+    );
+}
