@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod host;
+mod imports;
 mod outbound;
 mod redis_trigger;
 mod routes;
@@ -161,13 +162,13 @@ fn read_component(
                 component.source
             ))
         })?;
-    match wasmcell_oci::FileKind::detect(&bytes) {
-        wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Component) => Ok((bytes, kind)),
+    let (bytes, kind) = match wasmcell_oci::FileKind::detect(&bytes) {
+        wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Component) => (bytes, kind),
         // Spin 1's modules run as core modules; Spin 2's are made components.
         wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Module)
             if spin1::is_spin1(&bytes) =>
         {
-            Ok((bytes, kind))
+            return Ok((bytes, kind));
         }
         wasmcell_oci::FileKind::Wasm(wasmcell_oci::WasmKind::Module) => componentize(&bytes)
             .map(|component| (component, wasmcell_oci::WasmKind::Component))
@@ -176,12 +177,24 @@ fn read_component(
                     "its source `{}` is a core module that cannot be made a component ({why}): Spin 2's SDKs built preview 1 modules that can, and Spin 1's export `handle-http-request`; rebuild it with a current Spin SDK",
                     component.source
                 ))
-            }),
-        other => Err(spin(format!(
-            "its source `{}` is {other}",
-            component.source
-        ))),
+            })?,
+        other => {
+            return Err(spin(format!(
+                "its source `{}` is {other}",
+                component.source
+            )));
+        }
+    };
+    // Checked before compiling, which takes seconds for a large component.
+    let unprovided = imports::unprovided(&bytes);
+    if !unprovided.is_empty() {
+        return Err(spin(format!(
+            "imports what wasmcell does not provide: {}. {}",
+            unprovided.join(", "),
+            imports::PROVIDED
+        )));
     }
+    Ok((bytes, kind))
 }
 
 /// A core module as Spin 2's SDKs built them for WASI preview 1 (`wasm32-wasi`), made the
@@ -289,13 +302,8 @@ pub fn prepare(
             }
         };
         let pre = linker.instantiate_pre(&loaded).map_err(|e| {
-            let why = match missing_imports(&loaded, http.engine()) {
-                missing if missing.is_empty() => wasmcell_runtime::error::error_chain(&Error::Engine(e)),
-                missing => format!("it imports what wasmcell does not provide: {}", missing.join(", ")),
-            };
-            spin(format!(
-                "cannot be linked: {why}. wasmcell provides WASI 0.2, wasi:http, fermyon:spin@2.0.0 key-value, variables, sqlite and redis, spin:sqlite@3.0.0, wasi:keyvalue@0.2.0-draft2 and wasi:config@0.2.0-draft-2024-09-27"
-            ))
+            let why = wasmcell_runtime::error::error_chain(&Error::Engine(e));
+            spin(format!("cannot be linked: {why}. {}", imports::PROVIDED))
         })?;
         let mut files = WasiCtxBuilder::new();
         for (host, guest) in &component.mounts {
@@ -360,55 +368,6 @@ pub fn prepare(
         },
         cached,
     ))
-}
-
-/// The imports of `component` the Spin linker does not provide, by name: WASI 0.2 (any patch
-/// version, as the linker matches them) and `fermyon:spin@2.0.0`'s key-value, variables,
-/// sqlite and redis. Instances of types alone need no definition. Used to explain a failed
-/// link with the whole list, where wasmtime names the first.
-fn missing_imports(
-    component: &wasmtime::component::Component,
-    engine: &wasmtime::Engine,
-) -> Vec<String> {
-    use wasmtime::component::types::ComponentItem;
-    const WASI: [&str; 7] = [
-        "io",
-        "clocks",
-        "random",
-        "filesystem",
-        "sockets",
-        "cli",
-        "http",
-    ];
-    const SPIN: [&str; 4] = ["key-value", "variables", "sqlite", "redis"];
-    let provided = |name: &str| {
-        let (path, version) = name.split_once('@').unwrap_or((name, ""));
-        let (package, interface) = path.split_once('/').unwrap_or((path, ""));
-        match package.split_once(':') {
-            Some(("wasi", "keyvalue")) => {
-                ["store", "atomics", "batch"].contains(&interface) && version == "0.2.0-draft2"
-            }
-            Some(("wasi", "config")) => interface == "store" && version == "0.2.0-draft-2024-09-27",
-            Some(("wasi", package)) => {
-                WASI.contains(&package) && version.starts_with("0.2.") && !version.contains('-')
-            }
-            Some(("fermyon", "spin")) => SPIN.contains(&interface) && version == "2.0.0",
-            Some(("spin", "sqlite")) => interface == "sqlite" && version == "3.0.0",
-            _ => false,
-        }
-    };
-    component
-        .component_type()
-        .imports(engine)
-        .filter(|(_, item)| match &item.ty {
-            ComponentItem::ComponentInstance(instance) => instance
-                .exports(engine)
-                .any(|(_, e)| !matches!(e.ty, ComponentItem::Type(_))),
-            _ => true,
-        })
-        .filter(|(name, _)| !provided(name))
-        .map(|(name, _)| name.to_owned())
-        .collect()
 }
 
 impl SpinApp {

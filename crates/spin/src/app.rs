@@ -62,6 +62,9 @@ pub struct Component {
     pub key_value_stores: Vec<String>,
     /// The SQLite databases it may open.
     pub sqlite_databases: Vec<String>,
+    /// The LLM models it may use (`ai_models`).
+    #[serde(default)]
+    pub ai_models: Vec<String>,
 }
 
 /// An HTTP trigger.
@@ -256,12 +259,6 @@ impl Resolver<'_> {
                 )));
             }
         };
-        if !decl.ai_models.is_empty() {
-            return Err(within(
-                "it uses AI models (`ai_models`): wasmcell does not provide Spin's LLM interface"
-                    .to_owned(),
-            ));
-        }
         if decl.dependencies.is_some() {
             return Err(within(
                 "component dependencies are not supported: compose the component before packaging it".to_owned(),
@@ -309,6 +306,7 @@ impl Resolver<'_> {
             allowed_hosts,
             key_value_stores: decl.key_value_stores.clone(),
             sqlite_databases: decl.sqlite_databases.clone(),
+            ai_models: decl.ai_models.clone(),
         })
     }
 }

@@ -362,12 +362,15 @@ fn docker_runs_a_spin_app_on_port_80_published() -> Result<()> {
 fn broken_app(dir: &Path, name: &str, manifest: &str) -> Result<std::path::PathBuf> {
     let app = dir.join(name);
     std::fs::create_dir_all(&app)?;
-    for component in ["spin_http.wasm", "spin_postgres.wasm"] {
-        std::fs::copy(
-            wasmcell_e2e::guest(&format!("spin/shop/{component}")),
-            app.join(component),
-        )?;
-    }
+    std::fs::copy(
+        wasmcell_e2e::guest("spin/shop/spin_http.wasm"),
+        app.join("spin_http.wasm"),
+    )?;
+    // A component importing an interface no Spin platform has.
+    let unknown = wat::parse_str(
+        r#"(component (import "acme:widgets/frob@1.0.0" (instance (export "frob" (func)))))"#,
+    )?;
+    std::fs::write(app.join("unknown.wasm"), unknown)?;
     std::fs::write(app.join("spin.toml"), manifest)?;
     // Built as a user's Dockerfile would (COPY . /), past the checks of `wasmcell build --spin`.
     let include = format!("{}:/", app.display());
@@ -395,9 +398,9 @@ fn broken_spin_apps_fail_create_naming_the_problem() -> Result<()> {
             "spin.toml line 6",
         ),
         (
-            "postgres",
-            "spin_manifest_version = 2\n[application]\nname = \"p\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n[component.db]\nsource = \"spin_postgres.wasm\"\n",
-            "[component.db] cannot be linked: it imports what wasmcell does not provide: spin:postgres/postgres@4.0.0",
+            "unknown",
+            "spin_manifest_version = 2\n[application]\nname = \"u\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"frob\"\n[component.frob]\nsource = \"unknown.wasm\"\n",
+            "[component.frob] imports what wasmcell does not provide: acme:widgets/frob@1.0.0",
         ),
         (
             "required",
@@ -424,6 +427,52 @@ fn broken_spin_apps_fail_create_naming_the_problem() -> Result<()> {
         // The shim is still there for the next container.
         containerd.ctr(&["container", "delete", name]).ok();
     }
+    Ok(())
+}
+
+/// Spin's linking rule: every interface of Spin's platform is linked, so an app importing
+/// PostgreSQL (the Spin SDK's `pg4`) starts under `wasmcell up` and the spin shim, and a call
+/// answers with the interface's own error: an address `allowed_outbound_hosts` does not grant
+/// is not permitted, with the entry to add on stderr, as Spin answers it.
+#[test]
+fn a_spin_app_importing_postgres_starts_and_a_call_answers_not_permitted() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = tmp.path().join("pg");
+    std::fs::create_dir_all(&app)?;
+    std::fs::copy(
+        wasmcell_e2e::guest("spin/shop/spin_postgres.wasm"),
+        app.join("spin_postgres.wasm"),
+    )?;
+    std::fs::write(
+        app.join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"pg\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n[component.db]\nsource = \"spin_postgres.wasm\"\nai_models = [\"llama2-chat\"]\n",
+    )?;
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(app.join("spin.toml")),
+        "/",
+    )?;
+    let reply = curl(&[&format!("{}/", up.base)])?;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    let out = up.stop()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "add \"postgres://localhost:5432\" to allowed_outbound_hosts in [component.db]"
+        ),
+        "{stderr}"
+    );
+
+    let archive = build_spin_image(&app, "example.com/pg:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let base = run_detached(&containerd, "example.com/pg:1", "pg", "/")?;
+    assert_eq!(curl(&[&format!("{base}/")])?.status, 500);
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "pg"])?
+        .success()?;
+    containerd.wait_status("pg", "STOPPED")?;
     Ok(())
 }
 

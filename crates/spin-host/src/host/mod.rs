@@ -33,6 +33,7 @@ wasmtime::component::bindgen!({
     },
 });
 
+mod services;
 mod spin2;
 mod spin3;
 #[cfg(test)]
@@ -48,6 +49,8 @@ pub(crate) type SpinState = ComponentState<Arc<SpinHost>>;
 pub(crate) struct SpinHost {
     /// The component's id, for messages.
     pub(crate) id: String,
+    /// The LLM models it may use.
+    pub(crate) ai_models: Vec<String>,
     variables: BTreeMap<String, String>,
     /// Where its outbound requests may go.
     pub(crate) allowed_hosts: AllowedHosts,
@@ -87,6 +90,7 @@ impl SpinHost {
             .collect();
         SpinHost {
             id: component.id.clone(),
+            ai_models: component.ai_models.clone(),
             variables: component.variables.clone(),
             allowed_hosts: component.allowed_hosts.clone(),
             diagnostics,

@@ -17,6 +17,7 @@ pub(crate) fn spin_host(
         .collect();
     SpinHost {
         id: "web".into(),
+        ai_models: vec!["llama2-chat".into()],
         variables: variables
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,0 +1,323 @@
+//! The outbound services of Spin's platform that wasmcell links but does not yet connect to:
+//! PostgreSQL (`fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and `@4.0.0`),
+//! MySQL (`fermyon:spin/mysql@2.0.0`), MQTT (`fermyon:spin/mqtt@2.0.0`) and LLM inferencing
+//! (`fermyon:spin/llm@2.0.0`).
+//!
+//! Spin links every interface of its platform for every app and fails only a call, so an app
+//! whose SDK imports them all (Spin's Python SDK does, whatever the app calls) starts. Each
+//! call answers with the interface's own error: an address the component's
+//! `allowed_outbound_hosts` does not grant as Spin answers it (`connection-failed`, "... is
+//! not permitted"), with the entry to add on the container's stderr; any other address with
+//! `connection-failed` saying that this wasmcell does not connect to such servers. No
+//! connection is ever made, so no connection handle can exist: the bindings' resource types
+//! are uninhabited, and a call on a handle the guest made up traps.
+
+use wasmtime::component::Resource;
+
+use super::SpinState;
+use super::fermyon::spin2_0_0::{llm, mqtt, mysql, postgres, rdbms_types};
+use super::spin::postgres3_0_0::postgres as postgres3;
+use super::spin::postgres4_0_0::postgres as postgres4;
+use crate::host::Outcome;
+
+/// A service the component reaches at an address: its name for messages, the scheme its
+/// `allowed_outbound_hosts` entries use, and its default port.
+#[derive(Clone, Copy)]
+struct Service {
+    name: &'static str,
+    scheme: &'static str,
+    port: u16,
+}
+
+const POSTGRES: Service = Service {
+    name: "PostgreSQL",
+    scheme: "postgres",
+    port: 5432,
+};
+const MYSQL: Service = Service {
+    name: "MySQL",
+    scheme: "mysql",
+    port: 3306,
+};
+const MQTT: Service = Service {
+    name: "MQTT",
+    scheme: "mqtt",
+    port: 1883,
+};
+
+/// The host and port of a connection address: a URL (`postgres://user:pw@host:5432/db`,
+/// `mysql://...`, `mqtt://host:1883`), or PostgreSQL's `key=value` form (`host=... port=...`).
+fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
+    if address.contains("://") {
+        let uri: http::Uri = address.parse().ok()?;
+        let authority = uri.authority()?;
+        let host = authority
+            .host()
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        return Some((host, authority.port_u16().unwrap_or(service.port)));
+    }
+    let mut host = None;
+    let mut port = service.port;
+    for pair in address.split_whitespace() {
+        match pair.split_once('=') {
+            Some(("host", value)) => host = Some(value.trim_matches('\'').to_ascii_lowercase()),
+            Some(("port", value)) => port = value.trim_matches('\'').parse().ok()?,
+            _ => {}
+        }
+    }
+    Some((host?, port))
+}
+
+/// Why a connection to `address` is refused: not permitted by the component's grants (said on
+/// the container's stderr with the entry to add, as for HTTP), or not provided.
+fn refusal(state: &SpinState, address: &str, service: Service) -> String {
+    let Some((host, port)) = host_and_port(address, service) else {
+        return format!("invalid {} address {address:?}", service.name);
+    };
+    let scheme = service.scheme;
+    if !state.host.allowed_hosts.allows(scheme, &host, port) {
+        let entry = format!("{scheme}://{host}:{port}");
+        state.host.report_denied(&entry, &entry);
+        return format!("address {entry} is not permitted");
+    }
+    format!(
+        "this wasmcell does not connect to {} servers: outbound {} is linked so that apps importing it start, but not provided",
+        service.name, service.name
+    )
+}
+
+/// A call on a connection handle, which cannot exist (see the module's documentation).
+fn no_connection<T>() -> wasmtime::Result<T> {
+    Err(wasmtime::format_err!("no such connection"))
+}
+
+impl rdbms_types::Host for SpinState {}
+impl postgres::Host for SpinState {}
+impl mysql::Host for SpinState {}
+impl postgres3::Host for SpinState {}
+impl postgres4::Host for SpinState {}
+impl mqtt::Host for SpinState {}
+
+impl postgres::HostConnection for SpinState {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> Outcome<Resource<postgres::Connection>, rdbms_types::Error> {
+        let why = refusal(self, &address, POSTGRES);
+        Ok(Err(rdbms_types::Error::ConnectionFailed(why)))
+    }
+
+    async fn query(
+        &mut self,
+        _: Resource<postgres::Connection>,
+        _: String,
+        _: Vec<rdbms_types::ParameterValue>,
+    ) -> Outcome<rdbms_types::RowSet, rdbms_types::Error> {
+        no_connection()
+    }
+
+    async fn execute(
+        &mut self,
+        _: Resource<postgres::Connection>,
+        _: String,
+        _: Vec<rdbms_types::ParameterValue>,
+    ) -> Outcome<u64, rdbms_types::Error> {
+        no_connection()
+    }
+
+    async fn drop(&mut self, _: Resource<postgres::Connection>) -> wasmtime::Result<()> {
+        no_connection()
+    }
+}
+
+impl mysql::HostConnection for SpinState {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> Outcome<Resource<mysql::Connection>, rdbms_types::Error> {
+        let why = refusal(self, &address, MYSQL);
+        Ok(Err(rdbms_types::Error::ConnectionFailed(why)))
+    }
+
+    async fn query(
+        &mut self,
+        _: Resource<mysql::Connection>,
+        _: String,
+        _: Vec<rdbms_types::ParameterValue>,
+    ) -> Outcome<rdbms_types::RowSet, rdbms_types::Error> {
+        no_connection()
+    }
+
+    async fn execute(
+        &mut self,
+        _: Resource<mysql::Connection>,
+        _: String,
+        _: Vec<rdbms_types::ParameterValue>,
+    ) -> Outcome<(), rdbms_types::Error> {
+        no_connection()
+    }
+
+    async fn drop(&mut self, _: Resource<mysql::Connection>) -> wasmtime::Result<()> {
+        no_connection()
+    }
+}
+
+impl postgres3::HostConnection for SpinState {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> Outcome<Resource<postgres3::Connection>, postgres3::Error> {
+        let why = refusal(self, &address, POSTGRES);
+        Ok(Err(postgres3::Error::ConnectionFailed(why)))
+    }
+
+    async fn query(
+        &mut self,
+        _: Resource<postgres3::Connection>,
+        _: String,
+        _: Vec<postgres3::ParameterValue>,
+    ) -> Outcome<postgres3::RowSet, postgres3::Error> {
+        no_connection()
+    }
+
+    async fn execute(
+        &mut self,
+        _: Resource<postgres3::Connection>,
+        _: String,
+        _: Vec<postgres3::ParameterValue>,
+    ) -> Outcome<u64, postgres3::Error> {
+        no_connection()
+    }
+
+    async fn drop(&mut self, _: Resource<postgres3::Connection>) -> wasmtime::Result<()> {
+        no_connection()
+    }
+}
+
+impl postgres4::HostConnection for SpinState {
+    async fn open(
+        &mut self,
+        address: String,
+    ) -> Outcome<Resource<postgres4::Connection>, postgres4::Error> {
+        let why = refusal(self, &address, POSTGRES);
+        Ok(Err(postgres4::Error::ConnectionFailed(why)))
+    }
+
+    async fn query(
+        &mut self,
+        _: Resource<postgres4::Connection>,
+        _: String,
+        _: Vec<postgres4::ParameterValue>,
+    ) -> Outcome<postgres4::RowSet, postgres4::Error> {
+        no_connection()
+    }
+
+    async fn execute(
+        &mut self,
+        _: Resource<postgres4::Connection>,
+        _: String,
+        _: Vec<postgres4::ParameterValue>,
+    ) -> Outcome<u64, postgres4::Error> {
+        no_connection()
+    }
+
+    async fn drop(&mut self, _: Resource<postgres4::Connection>) -> wasmtime::Result<()> {
+        no_connection()
+    }
+}
+
+impl mqtt::HostConnection for SpinState {
+    async fn open(
+        &mut self,
+        address: String,
+        _username: String,
+        _password: String,
+        _keep_alive_interval_in_secs: u64,
+    ) -> Outcome<Resource<mqtt::Connection>, mqtt::Error> {
+        if host_and_port(&address, MQTT).is_none() {
+            return Ok(Err(mqtt::Error::InvalidAddress));
+        }
+        let why = refusal(self, &address, MQTT);
+        Ok(Err(mqtt::Error::ConnectionFailed(why)))
+    }
+
+    async fn publish(
+        &mut self,
+        _: Resource<mqtt::Connection>,
+        _: String,
+        _: mqtt::Payload,
+        _: mqtt::Qos,
+    ) -> Outcome<(), mqtt::Error> {
+        no_connection()
+    }
+
+    async fn drop(&mut self, _: Resource<mqtt::Connection>) -> wasmtime::Result<()> {
+        no_connection()
+    }
+}
+
+/// What an inferencing call answers: a model the component's `ai_models` does not name is
+/// invalid input, as in Spin; any other, that no backend runs models here (Spin's answer
+/// where it has no LLM engine).
+fn no_model(state: &SpinState, model: &str) -> llm::Error {
+    if !state.host.ai_models.iter().any(|m| m == model) {
+        return llm::Error::InvalidInput(format!(
+            "model {model:?} is not allowed: add it to ai_models in [component.{}] of spin.toml",
+            state.host.id
+        ));
+    }
+    llm::Error::RuntimeError(
+        "this wasmcell runs no LLM models: LLM operations are not supported".to_owned(),
+    )
+}
+
+impl llm::Host for SpinState {
+    async fn infer(
+        &mut self,
+        model: String,
+        _prompt: String,
+        _params: Option<llm::InferencingParams>,
+    ) -> Outcome<llm::InferencingResult, llm::Error> {
+        Ok(Err(no_model(self, &model)))
+    }
+
+    async fn generate_embeddings(
+        &mut self,
+        model: String,
+        _text: Vec<String>,
+    ) -> Outcome<llm::EmbeddingsResult, llm::Error> {
+        Ok(Err(no_model(self, &model)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_name_their_host_and_port() {
+        for (address, service, expected) in [
+            (
+                "postgres://u:p@DB.example:6543/app",
+                POSTGRES,
+                ("db.example", 6543),
+            ),
+            ("postgresql://db/app", POSTGRES, ("db", 5432)),
+            (
+                "host=db.local port=5433 user=u dbname=app",
+                POSTGRES,
+                ("db.local", 5433),
+            ),
+            ("host='10.0.0.1' user=u", POSTGRES, ("10.0.0.1", 5432)),
+            ("mysql://root:pw@127.0.0.1/spin", MYSQL, ("127.0.0.1", 3306)),
+            ("mqtt://[::1]:1884", MQTT, ("::1", 1884)),
+        ] {
+            let (host, port) = host_and_port(address, service).expect(address);
+            assert_eq!((host.as_str(), port), expected, "{address}");
+        }
+        for address in ["user=u dbname=app", "host=db port=x", "postgres://"] {
+            assert_eq!(host_and_port(address, POSTGRES), None, "{address}");
+        }
+    }
+}
