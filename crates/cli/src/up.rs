@@ -28,7 +28,7 @@ use crate::run::{PullPolicy, Target, parse_env, target_kind, unpack, until_done}
 /// Ctrl-C stops the app after the requests in flight.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wasmcell up -f guests/spin-apps/shop/spin.toml\n  SPIN_VARIABLE_GREETING=Hi wasmcell up --listen 0.0.0.0:3000\n  wasmcell up 127.0.0.1:5000/shop:latest"
+    after_help = "Examples:\n  wasmcell up -f guests/spin-apps/shop/spin.toml\n  SPIN_VARIABLE_GREETING=Hi wasmcell up --listen 0.0.0.0:3000\n  wasmcell up --key-value greeting=hi --sqlite @migration.sql\n  wasmcell up 127.0.0.1:5000/shop:latest"
 )]
 pub struct UpArgs {
     /// The app's manifest, or the directory holding spin.toml [default: ./spin.toml]
@@ -51,6 +51,19 @@ pub struct UpArgs {
     /// Set an environment variable in every component, and for SPIN_VARIABLE_* (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Set KEY to VALUE in the app's default key-value store before it starts, overwriting
+    /// what is there (repeatable).
+    #[arg(long = "key-value", value_name = "KEY=VALUE")]
+    key_values: Vec<String>,
+    /// Run a SQLite statement (such as a migration) against the app's default database before
+    /// it starts; @FILE runs the statements in FILE (repeatable, in order).
+    #[arg(long = "sqlite", value_name = "STATEMENT|@FILE")]
+    sqlite: Vec<String>,
+    /// Silence the app's output: its components' stdout and stderr, and wasmcell's lines about
+    /// them (a denied request, a failed handler), which share their stream. The routes and
+    /// errors that stop the app still show.
+    #[arg(long, short = 'q')]
+    quiet: bool,
     /// The compile cache directory [default: as for `wasmcell run`]
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -131,6 +144,19 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         _ => PathBuf::from("/"),
     };
     let routes = describe_routes(&app, args.listen);
+    let preopens = vec![Preopen {
+        host: stores_root,
+        guest: "/".to_owned(),
+        access: Access::ReadWrite,
+    }];
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    tokio.block_on(seed(&app, &dir, &preopens, &args.key_values, &args.sqlite))?;
+    let output = match args.quiet {
+        true => Output::Null,
+        false => Output::Inherit,
+    };
     let spec = WorkloadSpec {
         module: ModuleSource::Rootfs {
             root: dir.clone(),
@@ -140,15 +166,11 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         args: Vec::new(),
         env: Vec::new(),
         cwd: "/".to_owned(),
-        preopens: vec![Preopen {
-            host: stores_root,
-            guest: "/".to_owned(),
-            access: Access::ReadWrite,
-        }],
+        preopens,
         stdio: Stdio {
             stdin: Input::Null,
-            stdout: Output::Inherit,
-            stderr: Output::Inherit,
+            stdout: output.clone(),
+            stderr: output,
         },
         limits: Limits::default(),
         // Components reach only their allowed_outbound_hosts.
@@ -167,12 +189,62 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     let engine = Engine::new(cache)?;
     let prepared = engine.prepare(spec)?;
     eprint!("{routes}");
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let exit = tokio.block_on(until_done(&prepared))?;
     drop((staging, unpacked));
     Ok(ExitCode::from(exit.status() as u8))
+}
+
+/// What `--key-value` and `--sqlite` put in the app's default store and database before it
+/// starts, opened as its components open them (the same files, under the same hardening).
+async fn seed(
+    app: &App,
+    dir: &Path,
+    preopens: &[Preopen],
+    key_values: &[String],
+    statements: &[String],
+) -> Result<()> {
+    let places = wasmcell_stores::Places::new(dir, preopens);
+    if !key_values.is_empty() {
+        let Some(config) = app.key_value_stores.get("default") else {
+            bail!(
+                "--key-value: no component of the app uses the default key-value store: add key_value_stores = [\"default\"] to one"
+            );
+        };
+        let store = wasmcell_stores::KeyValue::open(config, &places)
+            .await
+            .map_err(|why| anyhow::anyhow!("--key-value: the default store: {why}"))?;
+        for pair in key_values {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--key-value {pair}: give KEY=VALUE");
+            };
+            store
+                .set("default", key, value.as_bytes())
+                .await
+                .map_err(|why| anyhow::anyhow!("--key-value {key}: {why}"))?;
+        }
+    }
+    if !statements.is_empty() {
+        let Some(config) = app.sqlite_databases.get("default") else {
+            bail!(
+                "--sqlite: no component of the app uses the default database: add sqlite_databases = [\"default\"] to one"
+            );
+        };
+        let database = wasmcell_stores::open_database(config, &places)
+            .await
+            .map_err(|why| anyhow::anyhow!("--sqlite: the default database: {why}"))?;
+        for statement in statements {
+            let sql = match statement.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("--sqlite @{file}: cannot read it"))?,
+                None => statement.clone(),
+            };
+            database
+                .execute_batch(sql)
+                .await
+                .map_err(|why| anyhow::anyhow!("--sqlite {statement}: {why}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The app's directory from -f: a manifest's directory, or a directory.

@@ -92,6 +92,13 @@ impl Drop for Finished {
 }
 
 impl Sqlite {
+    /// Runs `statements` (one or more, separated by `;`) as one batch, under the same
+    /// hardening as a guest's: what `spin up --sqlite` runs before the app starts.
+    pub async fn execute_batch(&self, statements: String) -> Result<(), SqlError> {
+        self.run(move |connection| Ok(connection.execute_batch(&statements)?))
+            .await
+    }
+
     /// Runs `work` on the connection on a blocking thread, once the statements before it are
     /// done. Dropping the returned future interrupts `work`'s statement.
     pub async fn run<T: Send + 'static>(

@@ -324,6 +324,64 @@ fn wasmcell_up_serves_an_app_from_its_directory() -> Result<()> {
     Ok(())
 }
 
+/// `spin up`'s seeding flags: `--key-value` sets keys in the default store and `--sqlite` runs
+/// statements (inline and from `@FILE`) against the default database before the app starts;
+/// `--quiet` silences the components' output. A flag for a store no component uses is an
+/// error that says what to add.
+#[test]
+fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let migration = tmp.path().join("migration.sql");
+    std::fs::write(
+        &migration,
+        "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL);\n\
+         INSERT INTO orders (item) VALUES ('bread');\n",
+    )?;
+    let from_file = format!("@{}", migration.display());
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&app)
+            .args(["--key-value", "color=red", "--key-value", "size=a=b"])
+            .args(["--sqlite", &from_file])
+            .args(["--sqlite", "INSERT INTO orders (item) VALUES ('jam')"])
+            .arg("--quiet"),
+        "/health",
+    )?;
+    let base = up.base.clone();
+    let got = curl(&[&format!("{base}/kv/color")])?;
+    assert_eq!((got.status, got.body.as_str()), (200, "red"));
+    // Only the first `=` splits, as in Spin.
+    assert_eq!(curl(&[&format!("{base}/kv/size")])?.body, "a=b");
+    let orders = curl(&["--data-binary", "tea", &format!("{base}/orders")])?;
+    assert_eq!(orders.body, "1 bread\n2 jam\n3 tea\n", "{orders:?}");
+    // A denied request's line would be on stderr without --quiet.
+    let denied = curl(&[&format!("{base}/fetch?http://localhost:1/x")])?;
+    assert_eq!(denied.status, 502, "{denied:?}");
+    let out = up.stop()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("serving Spin app shop"), "{stderr}");
+    assert!(!stderr.contains("outbound request"), "{stderr}");
+
+    // The listener app uses no default store: the flag says what is missing.
+    let listener = spin_app("listener", tmp.path())?;
+    let refused = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&listener)
+            .args(["--key-value", "a=b"]),
+    )?;
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused
+            .stderr
+            .contains("no component of the app uses the default key-value store"),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn docker_runs_a_spin_app_on_port_80_published() -> Result<()> {
     let tmp = tempfile::tempdir()?;
