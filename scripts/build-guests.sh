@@ -8,7 +8,8 @@
 # (wasm32-wasip1). Spin apps: guests/spin-apps/NAME with the
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
 # wasm32-wasip1, and `spin1_http.wasm`, a Spin 1 module), assembled into `spin/NAME/` (the
-# app's directory).
+# app's directory). Python Spin apps (guests/spin-apps-python/NAME) are built last, into
+# `spin/NAME/` too, by scripts/build-python-guests.sh (componentize-py, cached by a stamp).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
@@ -32,4 +33,5 @@ for app in spin-apps/*/; do
     target/wasm32-wasip2/release/spin_postgres.wasm target/wasm32-wasip1/release/spin_preview1.wasm \
     target/wasm32-wasip1/release/spin1_http.wasm "$out/spin/$name/"
 done
+WASMCELL_GUESTS=$out "$root/scripts/build-python-guests.sh" >/dev/null
 echo "$out"
