@@ -8,7 +8,7 @@ set -euo pipefail
 
 tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
 apt_pkgs=(build-essential pkg-config curl ca-certificates runc busybox-static iproute2 iptables wrk skopeo protobuf-compiler
-  containernetworking-plugins redis-server)
+  containernetworking-plugins redis-server python3-venv)
 trixie_pkgs=(containerd docker.io docker-cli)
 
 # The cgroup v2 VM's host tools (qemu-system-x86, debootstrap, cpio, e2fsprogs, xz-utils) are

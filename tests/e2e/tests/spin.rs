@@ -364,12 +364,18 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     assert!(stderr.contains("serving Spin app shop"), "{stderr}");
     assert!(!stderr.contains("outbound request"), "{stderr}");
 
-    // The listener app uses no default store: the flag says what is missing.
-    let listener = spin_app("listener", tmp.path())?;
+    // An app whose component uses no store: the flag says what is missing.
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare)?;
+    std::fs::copy(app.join("spin_http.wasm"), bare.join("spin_http.wasm"))?;
+    std::fs::write(
+        bare.join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"bare\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"spin_http.wasm\"\n",
+    )?;
     let refused = wasmcell_e2e::run(
         Command::new(wasmcell())
             .args(["up", "-f"])
-            .arg(&listener)
+            .arg(&bare)
             .args(["--key-value", "a=b"]),
     )?;
     assert_ne!(refused.code, Some(0));
@@ -531,6 +537,99 @@ fn a_spin_app_importing_postgres_starts_and_a_call_answers_not_permitted() -> Re
         .ctr(&["task", "kill", "-s", "SIGKILL", "pg"])?
         .success()?;
     containerd.wait_status("pg", "STOPPED")?;
+    Ok(())
+}
+
+/// A Spin app in Python (Spin's Python SDK 3.x, made a component by componentize-py from PyPI:
+/// scripts/build-python-guests.sh) imports every interface of the SDK's world, used or not. It
+/// serves under `wasmcell up` and the spin shim: its variable, key-value store and SQLite
+/// database, and PostgreSQL's own error reaching Python.
+#[test]
+fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("python-kv", tmp.path())?;
+    // A 36 MB component: its first compile takes 10-40 s here.
+    let ready = |url: &str| -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+        while curl(&[url]).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{url} did not answer in 240 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(())
+    };
+    let check = |base: &str, greeting: &str, rows: &str| -> Result<()> {
+        let hello = curl(&[&format!("{base}/hello")])?;
+        assert_eq!(
+            (hello.status, hello.body.as_str()),
+            (200, format!("{greeting}, Python!\n").as_str())
+        );
+        let put = curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "banana",
+            &format!("{base}/kv/fruit"),
+        ])?;
+        assert_eq!(put.status, 201, "{put:?}");
+        let got = curl(&[&format!("{base}/kv/fruit")])?;
+        assert_eq!((got.status, got.body.as_str()), (200, "banana"));
+        assert_eq!(curl(&[&format!("{base}/kv/missing")])?.status, 404);
+        assert_eq!(curl(&[&format!("{base}/sql")])?.body, rows);
+        let pg = curl(&[&format!("{base}/pg")])?;
+        assert_eq!(
+            (pg.status, pg.body.as_str()),
+            (
+                502,
+                "Error_ConnectionFailed: address postgres://localhost:5432 is not permitted\n"
+            )
+        );
+        Ok(())
+    };
+
+    let port = free_port()?;
+    let up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(app.join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--env", "SPIN_VARIABLE_GREETING=Hola"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let served = ready(&format!("{base}/hello")).and_then(|()| check(&base, "Hola", "rows: 1\n"));
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?;
+    let out = up.wait_with_output()?;
+    served?;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let archive = build_spin_image(&app, "example.com/python-kv:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let port = free_port()?;
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
+    let run = [
+        "run",
+        "-d",
+        "--runtime",
+        SPIN,
+        "--net-host",
+        "--env",
+        &listen,
+        "example.com/python-kv:1",
+        "python",
+    ];
+    containerd.ctr(&run)?.success()?;
+    let base = format!("http://127.0.0.1:{port}");
+    ready(&format!("{base}/hello"))?;
+    // The image leaves the store of the run above (`.spin/`) out: the count starts again.
+    check(&base, "Hello", "rows: 1\n")?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "python"])?
+        .success()?;
+    containerd.wait_status("python", "STOPPED")?;
     Ok(())
 }
 
