@@ -583,7 +583,7 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
             (pg.status, pg.body.as_str()),
             (
                 502,
-                "Error_ConnectionFailed: address postgres://localhost:5432 is not permitted\n"
+                "Error_ConnectionFailed: address host=localhost user=spin dbname=spin is not permitted\n"
             )
         );
         Ok(())

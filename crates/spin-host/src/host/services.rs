@@ -69,8 +69,9 @@ fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
     Some((host?, port))
 }
 
-/// Why a connection to `address` is refused: not permitted by the component's grants (said on
-/// the container's stderr with the entry to add, as for HTTP), or not provided.
+/// Why a connection to `address` is refused: not permitted by the component's grants (said to
+/// the guest with its address as it gave it, as Spin says it, and on the container's stderr
+/// with the entry to add, as for HTTP), or not provided.
 fn refusal(state: &SpinState, address: &str, service: Service) -> String {
     let Some((host, port)) = host_and_port(address, service) else {
         return format!("invalid {} address {address:?}", service.name);
@@ -79,7 +80,7 @@ fn refusal(state: &SpinState, address: &str, service: Service) -> String {
     if !state.host.allowed_hosts.allows(scheme, &host, port) {
         let entry = format!("{scheme}://{host}:{port}");
         state.host.report_denied(&entry, &entry);
-        return format!("address {entry} is not permitted");
+        return format!("address {address} is not permitted");
     }
     format!(
         "this wasmcell does not connect to {} servers: outbound {} is linked so that apps importing it start, but not provided",
@@ -294,6 +295,85 @@ impl llm::Host for SpinState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::tests::{spin_host, spin_state};
+
+    /// Spin's conformance suite: a denied address is named as the component gave it.
+    #[tokio::test]
+    async fn an_address_not_permitted_is_named_as_the_component_gave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr");
+        let output = wasmcell_workload::Output::File(log.clone());
+        let host = spin_host(dir.path(), &["mqtt://127.0.0.1:1883"], &[], &[], &output);
+        let mut state = spin_state(host);
+        let address = "mqtt://localhost:1883?client_id=spintest";
+        let opened =
+            mqtt::HostConnection::open(&mut state, address.into(), "u".into(), "pw".into(), 30)
+                .await
+                .unwrap();
+        let Err(mqtt::Error::ConnectionFailed(why)) = opened else {
+            panic!("{opened:?}");
+        };
+        assert_eq!(why, format!("address {address} is not permitted"));
+        let opened = mqtt::HostConnection::open(
+            &mut state,
+            "not an address".into(),
+            String::new(),
+            String::new(),
+            0,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(opened, Err(mqtt::Error::InvalidAddress)),
+            "{opened:?}"
+        );
+        // Granted: the answer says the service is not provided, not that it was denied.
+        let opened = mqtt::HostConnection::open(
+            &mut state,
+            "mqtt://127.0.0.1:1883".into(),
+            String::new(),
+            String::new(),
+            0,
+        )
+        .await
+        .unwrap();
+        let Err(mqtt::Error::ConnectionFailed(why)) = opened else {
+            panic!("{opened:?}");
+        };
+        assert!(why.contains("does not connect to MQTT servers"), "{why}");
+        let pg = "host=db.example user=spin";
+        let opened = postgres4::HostConnection::open(&mut state, pg.into())
+            .await
+            .unwrap();
+        let Err(postgres4::Error::ConnectionFailed(why)) = opened else {
+            panic!("{opened:?}");
+        };
+        assert_eq!(why, format!("address {pg} is not permitted"));
+        state.host.diagnostics_flushed().await;
+        let reported = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            reported.contains("add \"mqtt://localhost:1883\""),
+            "{reported}"
+        );
+        assert!(
+            reported.contains("add \"postgres://db.example:5432\""),
+            "{reported}"
+        );
+    }
+
+    #[test]
+    fn llm_answers_invalid_input_for_a_model_not_granted_and_a_runtime_error_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = spin_host(dir.path(), &[], &[], &[], &Default::default());
+        let state = spin_state(host);
+        assert!(
+            matches!(no_model(&state, "gpt"), llm::Error::InvalidInput(why) if why.contains("ai_models"))
+        );
+        assert!(matches!(
+            no_model(&state, "llama2-chat"),
+            llm::Error::RuntimeError(_)
+        ));
+    }
 
     #[test]
     fn addresses_name_their_host_and_port() {

@@ -268,7 +268,7 @@ fn a_spin_components_sockets_connect_where_granted_and_never_accept() {
 }
 
 /// A Spin component's store state over `host`, as an instance of it starts.
-fn spin_state(host: SpinHost) -> SpinState {
+pub(crate) fn spin_state(host: SpinHost) -> SpinState {
     use wasmcell_runtime::controls::Controls;
     use wasmcell_runtime::epoch::Ticker;
     use wasmcell_runtime::outbound::HttpHooks;
