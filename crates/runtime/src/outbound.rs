@@ -1,12 +1,20 @@
 //! Where a guest's outgoing `wasi:http` requests may go: nowhere without the network grant,
 //! and through a framework's [`Outbound`] policy where it has one (Spin's
 //! `allowed_outbound_hosts`, and its requests to its own app).
+//!
+//! A request that may not go is refused by `outgoing-handler.handle` itself, with
+//! `HTTP-request-denied`, as Spin refuses it: guests (and Spin's conformance suite) take
+//! `handle`'s error for the denial, and treat a failure of the response to come as a broken
+//! host. wasmtime-wasi-http asks its hooks only for the response's future, so the component
+//! linker's `handle` checks [`HttpHooks::permits`] first (`crate::state::component_linker`).
 
 use std::net::SocketAddr;
 
 use http_body_util::BodyExt;
 use wasmcell_workload::Network;
 use wasmtime_wasi_http::WasiHttpHooks;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
 
 /// A response to an outgoing request, and the future that drives its connection.
 pub type ResponseFuture = Box<
@@ -24,7 +32,12 @@ pub type ResponseFuture = Box<
 /// A framework's policy for its guests' outgoing requests, as Spin's `OutboundHttpInterceptor`:
 /// it sends a request (with [`send_out`], or in-process), or refuses it.
 pub trait Outbound: Send + Sync {
-    /// Sends or refuses `request`; `network` is what the workload was granted.
+    /// Whether a request to `uri` may be made at all, on `network`: asked when the guest calls
+    /// `handle`, whose error a denial is. Says why not on the container's stderr.
+    fn permits(&self, uri: &http::Uri, network: Network) -> bool;
+
+    /// Sends or refuses `request`, which [`Outbound::permits`]; `network` is what the workload
+    /// was granted.
     fn send(
         &self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
@@ -56,6 +69,36 @@ impl HttpHooks {
             policy: Some(policy),
         }
     }
+}
+
+impl HttpHooks {
+    /// Whether a request to `uri` may be made (see [`Outbound::permits`]).
+    pub fn permits(&self, uri: &http::Uri) -> bool {
+        match &self.policy {
+            Some(policy) => policy.permits(uri, self.network),
+            None => self.network != Network::None,
+        }
+    }
+}
+
+/// The URI a request names. One without a scheme is checked as `https`, the scheme
+/// wasmtime-wasi-http's hooks give it by default.
+pub fn uri_of(request: &HostOutgoingRequest) -> http::Uri {
+    let scheme = match &request.scheme {
+        Some(Scheme::Http) => "http",
+        Some(Scheme::Https) | None => "https",
+        Some(Scheme::Other(other)) => other.as_str(),
+    };
+    let path = request.path_with_query.as_deref().unwrap_or("/");
+    let uri = match request.authority.as_deref() {
+        Some(authority) if !authority.is_empty() => http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build(),
+        _ => http::Uri::builder().path_and_query(path).build(),
+    };
+    uri.unwrap_or_default()
 }
 
 impl WasiHttpHooks for HttpHooks {

@@ -5,13 +5,17 @@
 //! `wasmtime-wasi` is generic over its embedder's store through `WasiView`.
 
 use wasmtime::Linker;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::RequestOptions;
+use wasmtime_wasi_http::p2::bindings::http::outgoing_handler;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::error::Error;
-use crate::outbound::HttpHooks;
+use crate::outbound::{HttpHooks, uri_of};
 use crate::store::{Budget, HasBudget};
 
 /// The store state of a core module (WASI preview 1).
@@ -98,12 +102,46 @@ pub fn module_linker<H: Send + 'static>(
 }
 
 /// The linker for components: all of WASI 0.2 (Rust's std on wasm32-wasip2 imports
-/// `wasi:cli/environment`, `exit` and `terminal-*` even in an HTTP handler) and `wasi:http`.
+/// `wasi:cli/environment`, `exit` and `terminal-*` even in an HTTP handler) and `wasi:http`,
+/// its `outgoing-handler.handle` refusing what the instance's outbound policy does not permit
+/// with `HTTP-request-denied` (see `crate::outbound`).
 pub fn component_linker<H: Send + 'static>(
     engine: &wasmtime::Engine,
 ) -> Result<wasmtime::component::Linker<ComponentState<H>>, Error> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(Error::Engine)?;
+    linker.allow_shadowing(true);
+    linker
+        .instance(OUTGOING_HANDLER)
+        .and_then(|mut handler| handler.func_wrap("handle", checked_handle::<H>))
+        .map_err(Error::Engine)?;
+    linker.allow_shadowing(false);
     Ok(linker)
+}
+
+/// The name wasmtime-wasi-http links `outgoing-handler` by: its WIT's version, which a guest's
+/// import of any 0.2 version matches.
+const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
+
+/// `outgoing-handler.handle`: wasmtime-wasi-http's, after the instance's policy permitted the
+/// request; otherwise `HTTP-request-denied`, and the request is consumed as `handle` consumes it.
+#[allow(clippy::type_complexity)] // The interface's signature.
+fn checked_handle<H: Send + 'static>(
+    mut store: wasmtime::StoreContextMut<'_, ComponentState<H>>,
+    (request, options): (
+        Resource<HostOutgoingRequest>,
+        Option<Resource<RequestOptions>>,
+    ),
+) -> wasmtime::Result<(Result<Resource<HostFutureIncomingResponse>, ErrorCode>,)> {
+    let state = store.data_mut();
+    if !state.hooks.permits(&uri_of(state.table.get(&request)?)) {
+        state.table.delete(request)?;
+        return Ok((Err(ErrorCode::HttpRequestDenied),));
+    }
+    let mut view = state.http();
+    match outgoing_handler::Host::handle(&mut view, request, options) {
+        Ok(response) => Ok((Ok(response),)),
+        Err(error) => Ok((Err(error.downcast()?),)),
+    }
 }

@@ -28,15 +28,20 @@ pub(crate) struct Chain {
     pub(crate) outputs: Arc<Outputs>,
 }
 
-impl Outbound for SpinOutbound {
-    fn send(
-        &self,
-        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        network: Network,
-    ) -> ResponseFuture {
-        let host = self.host.clone();
-        let uri = request.uri().clone();
+/// Where a request of a Spin component goes.
+enum Route {
+    /// To another component of its app (`http://ID.spin.internal`), or to the app itself (a
+    /// path alone, or `self`): served in-process.
+    App { component: Option<String> },
+    /// Out to the network.
+    Out,
+    /// Nowhere: `entry` is what `allowed_outbound_hosts` would need to hold.
+    Denied { entry: String },
+}
+
+impl SpinOutbound {
+    /// Where a request to `uri` goes, as the component's grants and `network` decide.
+    fn route(&self, uri: &http::Uri, network: Network) -> Route {
         let authority = uri.authority().map(|a| a.host().to_ascii_lowercase());
         let internal = match authority.as_deref() {
             Some(name) => name.strip_suffix(".spin.internal").map(str::to_owned),
@@ -46,64 +51,95 @@ impl Outbound for SpinOutbound {
         if internal.is_some() || to_self {
             // As in Spin, another component needs its `http://ID.spin.internal` entry.
             let allowed = match (&internal, authority.as_deref()) {
-                (Some(_), Some(name)) => host.allowed_hosts.allows("http", name, 80),
-                _ => host.allowed_hosts.allows_self(),
+                (Some(_), Some(name)) => self.host.allowed_hosts.allows("http", name, 80),
+                _ => self.host.allowed_hosts.allows_self(),
             };
-            let entry = match authority.as_deref() {
-                Some(name) if internal.is_some() => format!("http://{name}"),
-                _ => "self".to_owned(),
+            return match authority.as_deref() {
+                _ if allowed && self.chain.is_some() => Route::App {
+                    component: internal,
+                },
+                Some(name) if internal.is_some() => Route::Denied {
+                    entry: format!("http://{name}"),
+                },
+                _ => Route::Denied {
+                    entry: "self".to_owned(),
+                },
             };
-            let Some(Chain { server, outputs }) = self.chain.clone().filter(|_| allowed) else {
-                return Box::new(async move {
-                    host.report_denied(&entry, &entry);
-                    Err(wasmtime_wasi_http::Error::HttpRequestDenied)
-                });
-            };
-            return Box::new(async move {
-                let server = server
-                    .upgrade()
-                    .ok_or(wasmtime_wasi_http::Error::HttpRequestDenied)?;
-                let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                let named = uri.authority().map_or("self", |a| a.as_str());
-                if let Ok(named) = hyper::header::HeaderValue::from_str(named) {
-                    request
-                        .headers_mut()
-                        .entry(hyper::header::HOST)
-                        .or_insert(named);
-                }
-                *request.uri_mut() = path.parse().map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
-                let (mut head, body) = request.into_parts();
-                let handler = match internal {
-                    Some(id) => server
-                        .routes()
-                        .named(&id)
-                        .ok_or(ErrorCode::DestinationNotFound)?,
-                    None => match server.routes().route(server.spec(), &mut head, host_addr()) {
-                        Ok(handler) => handler,
-                        Err(response) => return Ok((*response, no_io())),
-                    },
-                };
-                let request = http::Request::from_parts(head, body);
-                let response = handler
-                    .handle(&server, &outputs, request, host_addr())
-                    .await
-                    .unwrap_or_else(|failure| failure.response());
-                Ok((response, no_io()))
-            });
         }
-        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+        let scheme = uri.scheme_str().unwrap_or("http");
         let port = uri
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
         let name = authority.unwrap_or_default();
-        if network == Network::None || !host.allowed_hosts.allows(&scheme, &name, port) {
-            return Box::new(async move {
-                let target = format!("{scheme}://{name}:{port}");
-                host.report_denied(&target, &target);
-                Err(wasmtime_wasi_http::Error::HttpRequestDenied)
-            });
+        if network == Network::None || !self.host.allowed_hosts.allows(scheme, &name, port) {
+            return Route::Denied {
+                entry: format!("{scheme}://{name}:{port}"),
+            };
         }
-        send_out(request, options)
+        Route::Out
+    }
+}
+
+impl Outbound for SpinOutbound {
+    fn permits(&self, uri: &http::Uri, network: Network) -> bool {
+        match self.route(uri, network) {
+            Route::Denied { entry } => {
+                self.host.report_denied(&entry, &entry);
+                false
+            }
+            Route::App { .. } | Route::Out => true,
+        }
+    }
+
+    fn send(
+        &self,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        network: Network,
+    ) -> ResponseFuture {
+        let uri = request.uri().clone();
+        let component = match self.route(&uri, network) {
+            Route::Out => return send_out(request, options),
+            // Reported when `handle` asked (`permits`).
+            Route::Denied { .. } => {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            }
+            Route::App { component } => component,
+        };
+        let Some(Chain { server, outputs }) = self.chain.clone() else {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        };
+        Box::new(async move {
+            let server = server
+                .upgrade()
+                .ok_or(wasmtime_wasi_http::Error::HttpRequestDenied)?;
+            let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let named = uri.authority().map_or("self", |a| a.as_str());
+            if let Ok(named) = hyper::header::HeaderValue::from_str(named) {
+                request
+                    .headers_mut()
+                    .entry(hyper::header::HOST)
+                    .or_insert(named);
+            }
+            *request.uri_mut() = path.parse().map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
+            let (mut head, body) = request.into_parts();
+            let handler = match component {
+                Some(id) => server
+                    .routes()
+                    .named(&id)
+                    .ok_or(ErrorCode::DestinationNotFound)?,
+                None => match server.routes().route(server.spec(), &mut head, host_addr()) {
+                    Ok(handler) => handler,
+                    Err(response) => return Ok((*response, no_io())),
+                },
+            };
+            let request = http::Request::from_parts(head, body);
+            let response = handler
+                .handle(&server, &outputs, request, host_addr())
+                .await
+                .unwrap_or_else(|failure| failure.response());
+            Ok((response, no_io()))
+        })
     }
 }
 
@@ -142,7 +178,11 @@ mod tests {
             chain: None,
         };
         let mut hooks = HttpHooks::with_policy(network, Box::new(policy));
-        let sent = Box::into_pin(hooks.send_request(request, None, no_io())).await;
+        // As `handle` does: the policy first, then the request.
+        let sent = match hooks.permits(request.uri()) {
+            true => Box::into_pin(hooks.send_request(request, None, no_io())).await,
+            false => Err(wasmtime_wasi_http::Error::HttpRequestDenied),
+        };
         host.diagnostics_flushed().await;
         sent.map(|(response, _io)| response.status())
     }

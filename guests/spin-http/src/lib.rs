@@ -8,6 +8,9 @@
 //!   runs the body as one statement there, as a hostile component would (its rows, one a line,
 //!   or 500 with Spin's error);
 //!   `GET /fetch?URL` relays an outbound request (status and body, or 502 with the error);
+//!   `GET /handle?URL` calls `wasi:http/outgoing-handler.handle` itself, as Spin's
+//!   conformance suite does: 500 with `handle`'s error (`ErrorCode::HttpRequestDenied`), or
+//!   200 `handle accepted it` when it returned a response to come;
 //!   `GET /private` calls the private component through `http://private.spin.internal`;
 //!   `GET /files/NAME` reads `/NAME` from the files it was given; `GET /env` prints its
 //!   environment.
@@ -131,6 +134,9 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         let url = request.query().to_owned();
         return Ok(relay(Request::get(url).build()).await);
     }
+    if path == "/handle" {
+        return Ok(raw_handle(request.query()));
+    }
     if path == "/private" {
         return Ok(relay(Request::get("http://private.spin.internal/secret").build()).await);
     }
@@ -153,6 +159,30 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
         return Ok(text(200, env));
     }
     Ok(text(404, format!("no such page {path}\n")))
+}
+
+/// `outgoing-handler.handle` of a GET to `url`, as a guest that uses `wasi:http` directly sees
+/// it: a denial is `handle`'s own error, not the response's.
+fn raw_handle(url: &str) -> Response {
+    use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types};
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = types::OutgoingRequest::new(types::Fields::new());
+    let scheme = match scheme {
+        "https" => types::Scheme::Https,
+        _ => types::Scheme::Http,
+    };
+    let set = request
+        .set_scheme(Some(&scheme))
+        .and(request.set_authority(Some(authority)))
+        .and(request.set_path_with_query(Some(if path.is_empty() { "/" } else { path })));
+    if set.is_err() {
+        return text(400, format!("cannot make a request to {url}\n"));
+    }
+    match outgoing_handler::handle(request, None) {
+        Ok(_) => text(200, "handle accepted it\n".to_owned()),
+        Err(error) => text(500, format!("{error:?}\n")),
+    }
 }
 
 /// Runs `statement` on the `default` database: its rows, values `|`-separated, or 500 with

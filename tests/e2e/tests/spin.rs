@@ -151,6 +151,21 @@ fn assert_serves_shop(base: &str, greeting: &str, env: &str) -> Result<()> {
     );
     let denied = curl(&[&format!("{base}/fetch?http://localhost:{port}/x")])?;
     assert_eq!(denied.status, 502, "{denied:?}");
+    // A denial is `outgoing-handler.handle`'s own error, as Spin answers it (its conformance
+    // suite's outbound-wasi-http-no-perms); an allowed request is a response to come.
+    for denied in [
+        format!("http://localhost:{port}/x"),
+        "http://admin.spin.internal/x".to_owned(),
+    ] {
+        let handled = curl(&[&format!("{base}/handle?{denied}")])?;
+        assert_eq!(handled.status, 500, "{denied}: {handled:?}");
+        assert!(handled.body.contains("HttpRequestDenied"), "{handled:?}");
+    }
+    let accepted = curl(&[&format!("{base}/handle?http://127.0.0.1:{port}/x")])?;
+    assert_eq!(
+        (accepted.status, accepted.body.as_str()),
+        (200, "handle accepted it\n")
+    );
     Ok(())
 }
 

@@ -55,6 +55,10 @@ async fn a_guest_without_the_network_is_denied_every_request() {
 struct Answering;
 
 impl Outbound for Answering {
+    fn permits(&self, uri: &http::Uri, _network: Network) -> bool {
+        uri.host() != Some("denied.example")
+    }
+
     fn send(
         &self,
         _request: http::Request<wasmtime_wasi_http::WasiBody>,
@@ -67,6 +71,16 @@ impl Outbound for Answering {
             Ok((response.map(|body| body.boxed_unsync()), no_io()))
         })
     }
+}
+
+#[test]
+fn a_request_is_permitted_by_the_policy_or_else_by_the_network() {
+    let uri = |text: &str| text.parse::<http::Uri>().unwrap();
+    assert!(!HttpHooks::new(Network::None).permits(&uri("http://a.example/")));
+    assert!(HttpHooks::new(Network::Inherit).permits(&uri("http://a.example/")));
+    let hooks = HttpHooks::with_policy(Network::None, Box::new(Answering));
+    assert!(hooks.permits(&uri("http://a.example/")));
+    assert!(!hooks.permits(&uri("http://denied.example/")));
 }
 
 #[tokio::test]
