@@ -73,6 +73,18 @@ if [ ! -x "$tools/usr/bin/docker-registry" ]; then
     die "could not download docker-registry from the machine's apt sources"
   dpkg -x "$tools"/debs/registry/docker-registry_*.deb "$tools"
 fi
+# Debian's MQTT broker and clients, for the outbound MQTT tests: extracted with the libraries
+# Debian 12 does not ship by default, not installed, so that no broker starts on port 1883;
+# each test starts its own (LD_LIBRARY_PATH=$tools/usr/lib/x86_64-linux-gnu).
+if [ ! -x "$tools/usr/sbin/mosquitto" ] || [ ! -x "$tools/usr/bin/mosquitto_sub" ] ||
+  [ ! -e "$tools/usr/lib/x86_64-linux-gnu/libwrap.so.0" ]; then
+  log "fetching mosquitto into $tools"
+  mkdir -p "$tools/debs/mosquitto"
+  (cd "$tools/debs/mosquitto" && rm -f ./*.deb &&
+    apt-get download mosquitto mosquitto-clients libmosquitto1 libcjson1 libdlt2 libwrap0) ||
+    die "could not download mosquitto from the machine's apt sources"
+  for deb in "$tools"/debs/mosquitto/*.deb; do dpkg -x "$deb" "$tools"; done
+fi
 log "containerd: $("$tools/usr/bin/containerd" --version)"
 log "runc: $(runc --version | head -1)"
 log "dockerd: $("$tools/usr/sbin/dockerd" --version)"

@@ -1182,6 +1182,100 @@ impl Drop for Redis {
     }
 }
 
+/// A private MQTT broker (Debian's mosquitto, extracted by scripts/setup.sh) on a loopback port:
+/// anonymous clients and any credentials are accepted.
+pub struct Mosquitto {
+    daemon: Daemon,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts the broker and waits until a client can publish to it.
+    pub fn start() -> Result<Mosquitto> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\nlog_type subscribe\n"
+            ),
+        )?;
+        let mut command = Command::new(tools().join("usr/sbin/mosquitto"));
+        command
+            .env("LD_LIBRARY_PATH", Self::libraries())
+            .arg("-c")
+            .arg(&config);
+        let log = dir.path().join("mosquitto.log");
+        let daemon = Daemon::spawn("mosquitto", &mut command, &log)?;
+        let broker = Mosquitto {
+            daemon,
+            port,
+            log,
+            _dir: dir,
+        };
+        broker
+            .daemon
+            .wait_ready(|| broker.client("mosquitto_pub", &["-t", "ready", "-m", "1"]))?;
+        Ok(broker)
+    }
+
+    fn libraries() -> PathBuf {
+        tools().join("usr/lib/x86_64-linux-gnu")
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs mosquitto's client `name` (`mosquitto_pub`, `mosquitto_sub`) against the broker.
+    pub fn client(&self, name: &str, args: &[&str]) -> Result<Ran> {
+        run(Command::new(tools().join("usr/bin").join(name))
+            .env("LD_LIBRARY_PATH", Self::libraries())
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args))
+    }
+
+    /// Subscribes to `topic` and returns the first `count` messages (one a line), waiting at
+    /// most 20 s; the subscription is made before `publish` runs.
+    pub fn receive(
+        &self,
+        topic: &str,
+        count: u32,
+        publish: impl FnOnce() -> Result<()>,
+    ) -> Result<String> {
+        let sub = Command::new(tools().join("usr/bin/mosquitto_sub"))
+            .env("LD_LIBRARY_PATH", Self::libraries())
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-t", topic, "-C", &count.to_string(), "-W", "20", "-q", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // A message is delivered only to subscriptions made before it is published: wait until
+        // the broker logs this one.
+        let subscribed = format!(" {topic}");
+        wait_for(&format!("a subscription to {topic}"), || {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            Ok(log.lines().any(|line| line.ends_with(&subscribed)))
+        })?;
+        let published = publish();
+        let out = sub.wait_with_output()?;
+        published?;
+        ensure!(out.status.success(), "mosquitto_sub: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.daemon.stop();
+    }
+}
+
 /// A copy of the Spin test app `name` (guests/spin-apps, assembled by build-guests.sh) in
 /// `dir`, for a test to change or to keep its stores in.
 pub fn spin_app(name: &str, dir: &Path) -> Result<PathBuf> {

@@ -8,6 +8,8 @@
 //!   runs the body as one statement there, as a hostile component would (its rows, one a line,
 //!   or 500 with Spin's error);
 //!   `GET /fetch?URL` relays an outbound request (status and body, or 502 with the error);
+//!   `POST /mqtt?ADDRESS` publishes the body to topic `telemetry` of the MQTT broker at
+//!   ADDRESS (at least once): 200 `published`, or 502 with Spin's error;
 //!   `GET /handle?URL` calls `wasi:http/outgoing-handler.handle` itself, as Spin's
 //!   conformance suite does: 500 with `handle`'s error (`ErrorCode::HttpRequestDenied`), or
 //!   200 `handle accepted it` when it returned a response to come;
@@ -133,6 +135,16 @@ async fn web(request: &Request, header: impl Fn(&str) -> String) -> anyhow::Resu
     if path == "/fetch" {
         let url = request.query().to_owned();
         return Ok(relay(Request::get(url).build()).await);
+    }
+    if path == "/mqtt" {
+        let published = spin_sdk::mqtt::Connection::open(request.query(), "user", "password", 30)
+            .and_then(|broker| {
+                broker.publish("telemetry", request.body(), spin_sdk::mqtt::Qos::AtLeastOnce)
+            });
+        return Ok(match published {
+            Ok(()) => text(200, "published\n".to_owned()),
+            Err(error) => text(502, format!("{error:?}\n")),
+        });
     }
     if path == "/handle" {
         return Ok(raw_handle(request.query()));

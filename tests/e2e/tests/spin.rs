@@ -403,6 +403,49 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     Ok(())
 }
 
+/// Outbound MQTT (`fermyon:spin/mqtt@2.0.0`) against a real broker (Debian's mosquitto): a
+/// component publishes where `allowed_outbound_hosts` grants (`mqtt://HOST:*`), and the
+/// message reaches a subscriber; an address not granted is `connection-failed` naming it, as
+/// Spin's conformance suite expects, and a broker that is not there fails `open`.
+#[test]
+fn a_spin_component_publishes_to_a_real_mqtt_broker() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let broker = wasmcell_e2e::Mosquitto::start()?;
+    let up = Up::start(
+        Command::new(wasmcell()).args(["up", "-f"]).arg(&app),
+        "/health",
+    )?;
+    let base = up.base.clone();
+    let address = format!("{}?client_id=spintest", broker.url());
+    let received = broker.receive("telemetry", 2, || {
+        for message in ["Eureka!", "again"] {
+            let published = curl(&["--data-binary", message, &format!("{base}/mqtt?{address}")])?;
+            anyhow::ensure!(
+                (published.status, published.body.as_str()) == (200, "published\n"),
+                "{published:?}"
+            );
+        }
+        Ok(())
+    })?;
+    assert_eq!(received, "Eureka!\nagain\n");
+
+    let denied = "mqtt://localhost:1883?client_id=spintest";
+    let refused = curl(&["--data-binary", "x", &format!("{base}/mqtt?{denied}")])?;
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert_eq!(
+        refused.body,
+        format!("Error::ConnectionFailed(\"address {denied} is not permitted\")\n")
+    );
+    // Granted, nothing listening.
+    let absent = format!("mqtt://127.0.0.1:{}?client_id=t", free_port()?);
+    let failed = curl(&["--data-binary", "x", &format!("{base}/mqtt?{absent}")])?;
+    assert_eq!(failed.status, 502, "{failed:?}");
+    assert!(failed.body.contains("cannot connect to"), "{failed:?}");
+    up.stop()?;
+    Ok(())
+}
+
 #[test]
 fn docker_runs_a_spin_app_on_port_80_published() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -27,12 +27,14 @@ wasmtime::component::bindgen!({
         "fermyon:spin/key-value.store": StoreHandle,
         "fermyon:spin/sqlite.connection": DatabaseHandle,
         "fermyon:spin/redis.connection": RedisHandle,
+        "fermyon:spin/mqtt.connection": mqtt_client::MqttHandle,
         "spin:sqlite/sqlite.connection": DatabaseHandle,
         "wasi:keyvalue/store.bucket": StoreHandle,
         "wasi:keyvalue/atomics.cas": spin3::CasHandle,
     },
 });
 
+mod mqtt_client;
 mod services;
 mod spin2;
 mod spin3;

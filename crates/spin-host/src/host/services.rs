@@ -1,7 +1,8 @@
 //! The outbound services of Spin's platform that wasmcell links but does not yet connect to:
 //! PostgreSQL (`fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and `@4.0.0`),
-//! MySQL (`fermyon:spin/mysql@2.0.0`), MQTT (`fermyon:spin/mqtt@2.0.0`) and LLM inferencing
-//! (`fermyon:spin/llm@2.0.0`).
+//! MySQL (`fermyon:spin/mysql@2.0.0`) and LLM inferencing (`fermyon:spin/llm@2.0.0`); and how
+//! every outbound service's address is checked against the component's grants (MQTT's too,
+//! which `mqtt_client` connects to).
 //!
 //! Spin links every interface of its platform for every app and fails only a call, so an app
 //! whose SDK imports them all (Spin's Python SDK does, whatever the app calls) starts. Each
@@ -15,7 +16,7 @@
 use wasmtime::component::Resource;
 
 use super::SpinState;
-use super::fermyon::spin2_0_0::{llm, mqtt, mysql, postgres, rdbms_types};
+use super::fermyon::spin2_0_0::{llm, mysql, postgres, rdbms_types};
 use super::spin::postgres3_0_0::postgres as postgres3;
 use super::spin::postgres4_0_0::postgres as postgres4;
 use crate::host::Outcome;
@@ -23,7 +24,7 @@ use crate::host::Outcome;
 /// A service the component reaches at an address: its name for messages, the scheme its
 /// `allowed_outbound_hosts` entries use, and its default port.
 #[derive(Clone, Copy)]
-struct Service {
+pub(super) struct Service {
     name: &'static str,
     scheme: &'static str,
     port: u16,
@@ -39,7 +40,7 @@ const MYSQL: Service = Service {
     scheme: "mysql",
     port: 3306,
 };
-const MQTT: Service = Service {
+pub(super) const MQTT: Service = Service {
     name: "MQTT",
     scheme: "mqtt",
     port: 1883,
@@ -47,7 +48,7 @@ const MQTT: Service = Service {
 
 /// The host and port of a connection address: a URL (`postgres://user:pw@host:5432/db`,
 /// `mysql://...`, `mqtt://host:1883`), or PostgreSQL's `key=value` form (`host=... port=...`).
-fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
+pub(super) fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
     if address.contains("://") {
         let uri: http::Uri = address.parse().ok()?;
         let authority = uri.authority()?;
@@ -69,18 +70,27 @@ fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
     Some((host?, port))
 }
 
-/// Why a connection to `address` is refused: not permitted by the component's grants (said to
-/// the guest with its address as it gave it, as Spin says it, and on the container's stderr
-/// with the entry to add, as for HTTP), or not provided.
-fn refusal(state: &SpinState, address: &str, service: Service) -> String {
+/// Whether the component's grants permit a connection to `address`; if not, why, as the guest
+/// is told (its address as it gave it, as Spin says it), also said on the container's stderr
+/// with the entry to add, as for HTTP.
+pub(super) fn permitted(state: &SpinState, address: &str, service: Service) -> Result<(), String> {
     let Some((host, port)) = host_and_port(address, service) else {
-        return format!("invalid {} address {address:?}", service.name);
+        return Err(format!("invalid {} address {address:?}", service.name));
     };
     let scheme = service.scheme;
     if !state.host.allowed_hosts.allows(scheme, &host, port) {
         let entry = format!("{scheme}://{host}:{port}");
         state.host.report_denied(&entry, &entry);
-        return format!("address {address} is not permitted");
+        return Err(format!("address {address} is not permitted"));
+    }
+    Ok(())
+}
+
+/// Why a connection to `address` is refused: not permitted (see [`permitted`]), or not
+/// provided.
+fn refusal(state: &SpinState, address: &str, service: Service) -> String {
+    if let Err(why) = permitted(state, address, service) {
+        return why;
     }
     format!(
         "this wasmcell does not connect to {} servers: outbound {} is linked so that apps importing it start, but not provided",
@@ -98,7 +108,6 @@ impl postgres::Host for SpinState {}
 impl mysql::Host for SpinState {}
 impl postgres3::Host for SpinState {}
 impl postgres4::Host for SpinState {}
-impl mqtt::Host for SpinState {}
 
 impl postgres::HostConnection for SpinState {
     async fn open(
@@ -228,36 +237,6 @@ impl postgres4::HostConnection for SpinState {
     }
 }
 
-impl mqtt::HostConnection for SpinState {
-    async fn open(
-        &mut self,
-        address: String,
-        _username: String,
-        _password: String,
-        _keep_alive_interval_in_secs: u64,
-    ) -> Outcome<Resource<mqtt::Connection>, mqtt::Error> {
-        if host_and_port(&address, MQTT).is_none() {
-            return Ok(Err(mqtt::Error::InvalidAddress));
-        }
-        let why = refusal(self, &address, MQTT);
-        Ok(Err(mqtt::Error::ConnectionFailed(why)))
-    }
-
-    async fn publish(
-        &mut self,
-        _: Resource<mqtt::Connection>,
-        _: String,
-        _: mqtt::Payload,
-        _: mqtt::Qos,
-    ) -> Outcome<(), mqtt::Error> {
-        no_connection()
-    }
-
-    async fn drop(&mut self, _: Resource<mqtt::Connection>) -> wasmtime::Result<()> {
-        no_connection()
-    }
-}
-
 /// What an inferencing call answers: a model the component's `ai_models` does not name is
 /// invalid input, as in Spin; any other, that no backend runs models here (Spin's answer
 /// where it has no LLM engine).
@@ -303,44 +282,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr");
         let output = wasmcell_workload::Output::File(log.clone());
-        let host = spin_host(dir.path(), &["mqtt://127.0.0.1:1883"], &[], &[], &output);
-        let mut state = spin_state(host);
-        let address = "mqtt://localhost:1883?client_id=spintest";
-        let opened =
-            mqtt::HostConnection::open(&mut state, address.into(), "u".into(), "pw".into(), 30)
-                .await
-                .unwrap();
-        let Err(mqtt::Error::ConnectionFailed(why)) = opened else {
-            panic!("{opened:?}");
-        };
-        assert_eq!(why, format!("address {address} is not permitted"));
-        let opened = mqtt::HostConnection::open(
-            &mut state,
-            "not an address".into(),
-            String::new(),
-            String::new(),
-            0,
-        )
-        .await
-        .unwrap();
-        assert!(
-            matches!(opened, Err(mqtt::Error::InvalidAddress)),
-            "{opened:?}"
+        let host = spin_host(
+            dir.path(),
+            &["postgres://db.example:5433"],
+            &[],
+            &[],
+            &output,
         );
-        // Granted: the answer says the service is not provided, not that it was denied.
-        let opened = mqtt::HostConnection::open(
-            &mut state,
-            "mqtt://127.0.0.1:1883".into(),
-            String::new(),
-            String::new(),
-            0,
-        )
-        .await
-        .unwrap();
-        let Err(mqtt::Error::ConnectionFailed(why)) = opened else {
-            panic!("{opened:?}");
-        };
-        assert!(why.contains("does not connect to MQTT servers"), "{why}");
+        let mut state = spin_state(host);
         let pg = "host=db.example user=spin";
         let opened = postgres4::HostConnection::open(&mut state, pg.into())
             .await
@@ -349,12 +298,20 @@ mod tests {
             panic!("{opened:?}");
         };
         assert_eq!(why, format!("address {pg} is not permitted"));
+        // Granted: the answer says the service is not provided, not that it was denied.
+        let granted = "postgres://db.example:5433/app";
+        let opened = postgres4::HostConnection::open(&mut state, granted.into())
+            .await
+            .unwrap();
+        let Err(postgres4::Error::ConnectionFailed(why)) = opened else {
+            panic!("{opened:?}");
+        };
+        assert!(
+            why.contains("does not connect to PostgreSQL servers"),
+            "{why}"
+        );
         state.host.diagnostics_flushed().await;
         let reported = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            reported.contains("add \"mqtt://localhost:1883\""),
-            "{reported}"
-        );
         assert!(
             reported.contains("add \"postgres://db.example:5432\""),
             "{reported}"
