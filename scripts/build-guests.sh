@@ -9,7 +9,9 @@
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
 # wasm32-wasip1, and `spin1_http.wasm`, a Spin 1 module), assembled into `spin/NAME/` (the
 # app's directory). Python Spin apps (guests/spin-apps-python/NAME) are built last, into
-# `spin/NAME/` too, by scripts/build-python-guests.sh (componentize-py, cached by a stamp).
+# `spin/NAME/` too, by scripts/build-python-guests.sh (componentize-py, cached by a stamp), and
+# then the JavaScript ones (guests/spin-apps-js/NAME) by scripts/build-js-guests.sh (Spin's JS
+# build tools from npm, cached by a stamp).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
@@ -34,4 +36,5 @@ for app in spin-apps/*/; do
     target/wasm32-wasip1/release/spin1_http.wasm "$out/spin/$name/"
 done
 WASMCELL_GUESTS=$out "$root/scripts/build-python-guests.sh" >/dev/null
+WASMCELL_GUESTS=$out "$root/scripts/build-js-guests.sh" >/dev/null
 echo "$out"
