@@ -28,6 +28,10 @@ debian_mirror() {
   printf '%s\n' "${uri%/}"
 }
 
+# Node.js and npm, for the JavaScript test guests (scripts/build-js-guests.sh): Debian's, unless
+# the machine has a node already.
+command -v node >/dev/null && command -v npm >/dev/null || apt_pkgs+=(nodejs npm)
+
 need_apt=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")

@@ -598,55 +598,59 @@ fn a_spin_app_importing_postgres_starts_and_a_call_answers_not_permitted() -> Re
     Ok(())
 }
 
+/// Waits until `url` answers, for as long as a 36 MB component's first compile may take here
+/// (10-40 s).
+fn wait_compiled(url: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while curl(&[url]).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{url} did not answer in 240 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// What the Python app (guests/spin-apps-python/python-kv) serves at `base`: its variable
+/// `greeting`, its key-value store, its SQLite database (`rows` after this request) and
+/// PostgreSQL's own error, as Python sees them.
+fn assert_serves_python(base: &str, greeting: &str, rows: &str) -> Result<()> {
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert_eq!(
+        (hello.status, hello.body.as_str()),
+        (200, format!("{greeting}, Python!\n").as_str())
+    );
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "banana",
+        &format!("{base}/kv/fruit"),
+    ])?;
+    assert_eq!(put.status, 201, "{put:?}");
+    let got = curl(&[&format!("{base}/kv/fruit")])?;
+    assert_eq!((got.status, got.body.as_str()), (200, "banana"));
+    assert_eq!(curl(&[&format!("{base}/kv/missing")])?.status, 404);
+    assert_eq!(curl(&[&format!("{base}/sql")])?.body, rows);
+    let pg = curl(&[&format!("{base}/pg")])?;
+    assert_eq!(
+        (pg.status, pg.body.as_str()),
+        (
+            502,
+            "Error_ConnectionFailed: address host=localhost user=spin dbname=spin is not permitted\n"
+        )
+    );
+    Ok(())
+}
+
 /// A Spin app in Python (Spin's Python SDK 3.x, made a component by componentize-py from PyPI:
 /// scripts/build-python-guests.sh) imports every interface of the SDK's world, used or not. It
-/// serves under `wasmcell up` and the spin shim: its variable, key-value store and SQLite
-/// database, and PostgreSQL's own error reaching Python.
+/// serves under `wasmcell up` and the spin shim.
 #[test]
 fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("python-kv", tmp.path())?;
-    // A 36 MB component: its first compile takes 10-40 s here.
-    let ready = |url: &str| -> Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-        while curl(&[url]).is_err() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{url} did not answer in 240 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        Ok(())
-    };
-    let check = |base: &str, greeting: &str, rows: &str| -> Result<()> {
-        let hello = curl(&[&format!("{base}/hello")])?;
-        assert_eq!(
-            (hello.status, hello.body.as_str()),
-            (200, format!("{greeting}, Python!\n").as_str())
-        );
-        let put = curl(&[
-            "-X",
-            "PUT",
-            "--data-binary",
-            "banana",
-            &format!("{base}/kv/fruit"),
-        ])?;
-        assert_eq!(put.status, 201, "{put:?}");
-        let got = curl(&[&format!("{base}/kv/fruit")])?;
-        assert_eq!((got.status, got.body.as_str()), (200, "banana"));
-        assert_eq!(curl(&[&format!("{base}/kv/missing")])?.status, 404);
-        assert_eq!(curl(&[&format!("{base}/sql")])?.body, rows);
-        let pg = curl(&[&format!("{base}/pg")])?;
-        assert_eq!(
-            (pg.status, pg.body.as_str()),
-            (
-                502,
-                "Error_ConnectionFailed: address host=localhost user=spin dbname=spin is not permitted\n"
-            )
-        );
-        Ok(())
-    };
-
     let port = free_port()?;
     let up = Command::new(wasmcell())
         .args(["up", "-f"])
@@ -657,7 +661,8 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
         .stderr(Stdio::piped())
         .spawn()?;
     let base = format!("http://127.0.0.1:{port}");
-    let served = ready(&format!("{base}/hello")).and_then(|()| check(&base, "Hola", "rows: 1\n"));
+    let served = wait_compiled(&format!("{base}/hello"))
+        .and_then(|()| assert_serves_python(&base, "Hola", "rows: 1\n"));
     wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?;
     let out = up.wait_with_output()?;
     served?;
@@ -681,13 +686,109 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
     ];
     containerd.ctr(&run)?.success()?;
     let base = format!("http://127.0.0.1:{port}");
-    ready(&format!("{base}/hello"))?;
+    wait_compiled(&format!("{base}/hello"))?;
     // The image leaves the store of the run above (`.spin/`) out: the count starts again.
-    check(&base, "Hello", "rows: 1\n")?;
+    assert_serves_python(&base, "Hello", "rows: 1\n")?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "python"])?
         .success()?;
     containerd.wait_status("python", "STOPPED")?;
+    Ok(())
+}
+
+/// A Spin app in JavaScript (Spin's JS build tools from npm, ComponentizeJS:
+/// scripts/build-js-guests.sh) serves under `wasmcell up` and the spin shim: its variable,
+/// key-value store and SQLite database.
+#[test]
+fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("js-kv", tmp.path())?;
+    let check = |base: &str, greeting: &str| -> Result<()> {
+        let hello = curl(&[&format!("{base}/hello")])?;
+        assert_eq!(
+            (hello.status, hello.body.as_str()),
+            (200, format!("{greeting}, JavaScript!\n").as_str())
+        );
+        assert_eq!(curl(&[&format!("{base}/kv/k1")])?.status, 404);
+        let put = curl(&["-X", "PUT", "--data-binary", "v1", &format!("{base}/kv/k1")])?;
+        assert_eq!(put.status, 201, "{put:?}");
+        let got = curl(&[&format!("{base}/kv/k1")])?;
+        assert_eq!((got.status, got.body.as_str()), (200, "v1"));
+        assert_eq!(curl(&[&format!("{base}/sql")])?.body, "rows: 1\n");
+        assert_eq!(curl(&[&format!("{base}/sql")])?.body, "rows: 2\n");
+        Ok(())
+    };
+    let port = free_port()?;
+    let up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(app.join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--env", "SPIN_VARIABLE_GREETING=Bonjour"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let served = wait_compiled(&format!("{base}/hello")).and_then(|()| check(&base, "Bonjour"));
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?;
+    let out = up.wait_with_output()?;
+    served?;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let archive = build_spin_image(&app, "example.com/js-kv:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let port = free_port()?;
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
+    let run = [
+        "run",
+        "-d",
+        "--runtime",
+        SPIN,
+        "--net-host",
+        "--env",
+        &listen,
+        "example.com/js-kv:1",
+        "js",
+    ];
+    containerd.ctr(&run)?.success()?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_compiled(&format!("{base}/hello"))?;
+    check(&base, "Hello")?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "js"])?
+        .success()?;
+    containerd.wait_status("js", "STOPPED")?;
+    Ok(())
+}
+
+/// The Python app as a Kubernetes pod: pushed to a registry, pulled through CRI, run under the
+/// `spin` handler, served at the pod's IP on Spin's port 80.
+#[test]
+fn a_python_spin_app_serves_from_a_pod() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start()?;
+    let app = spin_app("python-kv", tmp.path())?;
+    let image = format!("{}/python-kv:1", registry.addr);
+    wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .env("WASMCELL_STORE", tmp.path().join("store"))
+            .args(["build", "--spin"])
+            .arg(app.join("spin.toml"))
+            .args(["--tag", &image, "--push"]),
+    )?
+    .success()?;
+    let cri = Cri::start()?;
+    let pod = cri.run_pod(cri.pod_config("python")?, "spin")?;
+    cri.pull(&image)?;
+    let id = pod.run(pod.container_config("python", &image))?;
+    cri.wait_running(&id)?;
+    let base = format!("http://{}:80", pod.ip()?);
+    wait_compiled(&format!("{base}/hello"))?;
+    assert_serves_python(&base, "Hello", "rows: 1\n")?;
+    cri.stop_container(&id, 10)?;
+    assert_eq!(cri.container_status(&id)?.exit_code, 0);
+    pod.stop()?;
+    pod.remove()?;
     Ok(())
 }
 
