@@ -19,8 +19,8 @@
 # The packages are installed by `npm ci` into a directory of their own per app,
 # $WASMCELL_TOOLS/js-guests-node_modules/NAME, again only when package.json or the lock file
 # changed (~10 s, ~175 packages). One build takes ~6 s and writes ~12 MB, so an app is rebuilt
-# only when the hash of its files (the lock file among them), node's version and the build
-# command differs from the stamp `NAME.wasm.stamp` beside its component; with every stamp
+# only when the hash of its files (the lock file among them) and the build command differs from
+# the stamp `NAME.wasm.stamp` beside its component; with every stamp
 # current, npm and node are not run for it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,11 +47,12 @@ setup_modules() {
   npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error >&2
 }
 
-# The hash of the app in directory $1: its files (by name and content), node's version and the
-# build command.
+# The hash of the app in directory $1: its files (by name and content, the lock file that pins
+# every package among them) and the build command. Computed without node: a machine that only
+# runs the guests (the cgroup v2 VM) has none, and finds the components current.
 app_hash() {
   {
-    printf '%s\n' "j2w -i $entry" "node $(node --version)"
+    printf '%s\n' "j2w -i $entry"
     (cd "$1" && find . -type f ! -path './node_modules/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
   } | sha256sum | cut -d' ' -f1
 }

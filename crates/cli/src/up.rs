@@ -59,6 +59,10 @@ pub struct UpArgs {
     /// it starts; @FILE runs the statements in FILE (repeatable, in order).
     #[arg(long = "sqlite", value_name = "STATEMENT|@FILE")]
     sqlite: Vec<String>,
+    /// Keep the app's local state (the key-value stores and databases Spin places in .spin/ by
+    /// default) in DIR instead of .spin/ in the app's directory; created if missing.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Silence the app's output: its components' stdout and stderr, and wasmcell's lines about
     /// them (a denied request, a failed handler), which share their stream. The routes and
     /// errors that stop the app still show.
@@ -134,6 +138,22 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     for component in &mut app.components {
         component.environment.extend(env.iter().cloned());
     }
+    // The state directory is granted to the stores at a path of its own, so that it is the
+    // only host directory an image's stores reach besides its own files.
+    let state = match &args.state_dir {
+        Some(state) => {
+            std::fs::create_dir_all(state)
+                .with_context(|| format!("--state-dir {}: cannot create it", state.display()))?;
+            app.move_local_state(STATE_DIR);
+            Some(Preopen {
+                host: std::path::absolute(state)
+                    .with_context(|| format!("--state-dir {}", state.display()))?,
+                guest: STATE_DIR.to_owned(),
+                access: Access::ReadWrite,
+            })
+        }
+        None => None,
+    };
     // Store paths: relative ones in the app's directory (an image's unpacked rootfs, gone with
     // the run). Absolute ones are on the host, as `spin up` takes them, only when the user
     // wrote them: in their own app's runtime config, or the one they gave. An image's own
@@ -144,11 +164,12 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         _ => PathBuf::from("/"),
     };
     let routes = describe_routes(&app, args.listen);
-    let preopens = vec![Preopen {
+    let mut preopens = vec![Preopen {
         host: stores_root,
         guest: "/".to_owned(),
         access: Access::ReadWrite,
     }];
+    preopens.extend(state);
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -193,6 +214,9 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     drop((staging, unpacked));
     Ok(ExitCode::from(exit.status() as u8))
 }
+
+/// Where the stores see `--state-dir`.
+const STATE_DIR: &str = "/.wasmcell-state";
 
 /// What `--key-value` and `--sqlite` put in the app's default store and database before it
 /// starts, opened as its components open them (the same files, under the same hardening).

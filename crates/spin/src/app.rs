@@ -10,6 +10,7 @@ use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use wasmcell_oci::rootfs::{self, beneath};
 
+use crate::LOCAL_STATE;
 use crate::manifest::{
     ComponentDecl, ComponentRef, FileDecl, HttpHandlerDecl, Manifest, SourceDecl, StaticResponse,
 };
@@ -105,6 +106,26 @@ pub struct Resolve<'a> {
 }
 
 impl App {
+    /// Moves the stores and databases kept in the app's local state directory (`.spin/` in its
+    /// directory: the default ones, and those a runtime config gives no path) into `dir`, as
+    /// `spin up --state-dir` does. Paths a runtime config names elsewhere stay.
+    pub fn move_local_state(&mut self, dir: &str) {
+        let prefix = format!("{LOCAL_STATE}/");
+        let moved = |path: &mut String| {
+            if let Some(rest) = path.strip_prefix(&prefix) {
+                *path = format!("{}/{rest}", dir.trim_end_matches('/'));
+            }
+        };
+        for store in self.key_value_stores.values_mut() {
+            if let StoreConfig::Sqlite { path } = store {
+                moved(path);
+            }
+        }
+        for database in self.sqlite_databases.values_mut() {
+            moved(&mut database.path);
+        }
+    }
+
     /// Resolves `manifest`: variables, templates, component references, routes, stores.
     pub fn resolve(manifest: Manifest, settings: Resolve<'_>) -> Result<App, String> {
         let values = variables::resolve(&manifest.variables, settings.env)?;
@@ -590,6 +611,40 @@ mod tests {
                 runtime_config: RuntimeConfig::default(),
             },
         )
+    }
+
+    #[test]
+    fn the_local_state_moves_to_a_state_dir_and_named_paths_stay() {
+        let manifest = Manifest::parse(
+            "spin_manifest_version = 2\n[application]\nname = \"s\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"web.wasm\"\nkey_value_stores = [\"default\", \"cache\", \"kept\"]\nsqlite_databases = [\"default\"]\n",
+            "spin.toml",
+        )
+        .unwrap();
+        let runtime_config = RuntimeConfig::parse(
+            "[key_value_store.cache]\ntype = \"spin\"\n[key_value_store.kept]\ntype = \"spin\"\npath = \"data/kept.db\"\n",
+            "runtime-config.toml",
+        )
+        .unwrap();
+        let mut app = App::resolve(
+            manifest,
+            Resolve {
+                env: &|_| None,
+                runtime_config,
+            },
+        )
+        .unwrap();
+        app.move_local_state("/var/lib/app/");
+        let path = |label: &str| match &app.key_value_stores[label] {
+            StoreConfig::Sqlite { path } => path.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(path("default"), "/var/lib/app/sqlite_key_value.db");
+        assert_eq!(path("cache"), "/var/lib/app/cache.db");
+        assert_eq!(path("kept"), "data/kept.db");
+        assert_eq!(
+            app.sqlite_databases["default"].path,
+            "/var/lib/app/sqlite_db.db"
+        );
     }
 
     const SHOP: &str = r#"

@@ -339,9 +339,9 @@ fn wasmcell_up_serves_an_app_from_its_directory() -> Result<()> {
     Ok(())
 }
 
-/// `spin up`'s seeding flags: `--key-value` sets keys in the default store and `--sqlite` runs
-/// statements (inline and from `@FILE`) against the default database before the app starts;
-/// `--quiet` silences the components' output. A flag for a store no component uses is an
+/// `spin up`'s flags: `--key-value` sets keys in the default store and `--sqlite` runs
+/// statements (inline and from `@FILE`) against the default database before the app starts,
+/// both in `--state-dir` instead of `.spin/`; `--quiet` silences the components' output. A flag for a store no component uses is an
 /// error that says what to add.
 #[test]
 fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<()> {
@@ -354,10 +354,13 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
          INSERT INTO orders (item) VALUES ('bread');\n",
     )?;
     let from_file = format!("@{}", migration.display());
+    let state = tmp.path().join("state");
     let up = Up::start(
         Command::new(wasmcell())
             .args(["up", "-f"])
             .arg(&app)
+            .arg("--state-dir")
+            .arg(&state)
             .args(["--key-value", "color=red", "--key-value", "size=a=b"])
             .args(["--sqlite", &from_file])
             .args(["--sqlite", "INSERT INTO orders (item) VALUES ('jam')"])
@@ -378,6 +381,10 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("serving Spin app shop"), "{stderr}");
     assert!(!stderr.contains("outbound request"), "{stderr}");
+    // --state-dir: the default store and database are there, not in .spin/.
+    assert!(state.join("sqlite_key_value.db").is_file());
+    assert!(state.join("sqlite_db.db").is_file());
+    assert!(!app.join(".spin").exists());
 
     // An app whose component uses no store: the flag says what is missing.
     let bare = tmp.path().join("bare");
