@@ -768,34 +768,42 @@ fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<
     Ok(())
 }
 
-/// The Python app as a Kubernetes pod: pushed to a registry, pulled through CRI, run under the
-/// `spin` handler, served at the pod's IP on Spin's port 80.
+/// The Python and JavaScript apps as Kubernetes pods: pushed to a registry, pulled through
+/// CRI, run under the `spin` handler, served at the pod's IP on Spin's port 80.
 #[test]
-fn a_python_spin_app_serves_from_a_pod() -> Result<()> {
+fn python_and_javascript_spin_apps_serve_from_pods() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let registry = Registry::start()?;
-    let app = spin_app("python-kv", tmp.path())?;
-    let image = format!("{}/python-kv:1", registry.addr);
-    wasmcell_e2e::run(
-        Command::new(wasmcell())
-            .env("WASMCELL_STORE", tmp.path().join("store"))
-            .args(["build", "--spin"])
-            .arg(app.join("spin.toml"))
-            .args(["--tag", &image, "--push"]),
-    )?
-    .success()?;
     let cri = Cri::start()?;
-    let pod = cri.run_pod(cri.pod_config("python")?, "spin")?;
-    cri.pull(&image)?;
-    let id = pod.run(pod.container_config("python", &image))?;
-    cri.wait_running(&id)?;
-    let base = format!("http://{}:80", pod.ip()?);
-    wait_compiled(&format!("{base}/hello"))?;
-    assert_serves_python(&base, "Hello", "rows: 1\n")?;
-    cri.stop_container(&id, 10)?;
-    assert_eq!(cri.container_status(&id)?.exit_code, 0);
-    pod.stop()?;
-    pod.remove()?;
+    let serve = |name: &str| -> Result<String> {
+        let app = spin_app(name, tmp.path())?;
+        let image = format!("{}/{name}:1", registry.addr);
+        wasmcell_e2e::run(
+            Command::new(wasmcell())
+                .env("WASMCELL_STORE", tmp.path().join("store"))
+                .args(["build", "--spin"])
+                .arg(app.join("spin.toml"))
+                .args(["--tag", &image, "--push"]),
+        )?
+        .success()?;
+        let pod = cri.run_pod(cri.pod_config(name)?, "spin")?;
+        cri.pull(&image)?;
+        let id = pod.run(pod.container_config(name, &image))?;
+        cri.wait_running(&id)?;
+        let base = format!("http://{}:80", pod.ip()?);
+        wait_compiled(&format!("{base}/hello"))?;
+        let body = curl(&[&format!("{base}/hello")])?.body;
+        if name == "python-kv" {
+            assert_serves_python(&base, "Hello", "rows: 1\n")?;
+        }
+        cri.stop_container(&id, 10)?;
+        assert_eq!(cri.container_status(&id)?.exit_code, 0);
+        pod.stop()?;
+        pod.remove()?;
+        Ok(body)
+    };
+    assert_eq!(serve("python-kv")?, "Hello, Python!\n");
+    assert_eq!(serve("js-kv")?, "Hello, JavaScript!\n");
     Ok(())
 }
 
