@@ -63,6 +63,10 @@ pub struct UpArgs {
     /// default) in DIR instead of .spin/ in the app's directory; created if missing.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Print the output (stdout and stderr) of component ID only, discarding the others'
+    /// (repeatable).
+    #[arg(long, value_name = "ID")]
+    follow: Vec<String>,
     /// Silence the app's output: its components' stdout and stderr, and wasmcell's lines about
     /// them (a denied request, a failed handler), which share their stream. The routes and
     /// errors that stop the app still show.
@@ -137,6 +141,22 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     let mut app = loaded.map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
     for component in &mut app.components {
         component.environment.extend(env.iter().cloned());
+    }
+    if let Some(unknown) = args
+        .follow
+        .iter()
+        .find(|id| !app.components.iter().any(|c| &c.id == *id))
+    {
+        let ids: Vec<&str> = app.components.iter().map(|c| c.id.as_str()).collect();
+        bail!(
+            "--follow {unknown}: the app has no such component; its components are {}",
+            ids.join(", ")
+        );
+    }
+    if !args.follow.is_empty() {
+        for component in &mut app.components {
+            component.silenced = !args.follow.contains(&component.id);
+        }
     }
     // The state directory is granted to the stores at a path of its own, so that it is the
     // only host directory an image's stores reach besides its own files.

@@ -55,6 +55,14 @@ enum Out {
 }
 
 impl Outputs {
+    /// No output: what an instance whose output is not wanted writes to.
+    pub const fn null() -> Outputs {
+        Outputs {
+            stdout: Out::Null,
+            stderr: Out::Null,
+        }
+    }
+
     /// Opens the output streams `stdio` names.
     pub async fn open(stdio: &Stdio) -> Result<Outputs, Error> {
         let out = async |output: &Output, stream| {

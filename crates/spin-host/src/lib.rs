@@ -82,9 +82,8 @@ impl Handler for SpinComponent {
                 server: Arc::downgrade(server),
                 outputs: outputs.clone(),
             };
-            let wasi = self
-                .start
-                .wasi(self.host.wasi_base(server.spec().network), outputs);
+            let base = self.host.wasi_base(server.spec().network);
+            let wasi = self.start.wasi(base, self.host.outputs(outputs));
             let state = spin_state(
                 &self.host,
                 wasi,
@@ -393,7 +392,12 @@ impl SpinApp {
         let mut wasi = prepared.host.wasi_base(spec.network);
         wasi.envs(&prepared.start.env)
             .args(&[self.app.components[index].id.as_str()]);
-        wasmcell_runtime::stdio::attach(&mut wasi, &spec.stdio).await?;
+        let mut stdio = spec.stdio.clone();
+        if prepared.host.silenced {
+            stdio.stdout = wasmcell_workload::Output::Null;
+            stdio.stderr = wasmcell_workload::Output::Null;
+        }
+        wasmcell_runtime::stdio::attach(&mut wasi, &stdio).await?;
         let mut wasi = wasi.build();
         *wasi.filesystem() = prepared.start.preopens.clone();
         let clock = self

@@ -204,9 +204,8 @@ async fn handle(
     payload: Vec<u8>,
 ) -> Result<(), String> {
     let component = app.component(index);
-    let wasi = component
-        .start
-        .wasi(component.host.wasi_base(spec.network), outputs);
+    let base = component.host.wasi_base(spec.network);
+    let wasi = component.start.wasi(base, component.host.outputs(outputs));
     let clock = app.http.ticker().store_clock().map_err(|e| e.to_string())?;
     let budget = Budget::new(controls, clock);
     let state = spin_state(component.host, wasi, spec.network, budget, None);

@@ -396,7 +396,7 @@ async fn handle(
     };
     let mut wasi = host.wasi_base(server.spec().network);
     wasi.envs(env);
-    outputs.attach(&mut wasi);
+    host.outputs(outputs).attach(&mut wasi);
     for (dir, guest) in &pre.mounts {
         wasi.preopened_dir(dir, guest, wasmtime_wasi::FsPerms::ReadOnly)
             .map_err(|e| failed(&e))?;

@@ -66,6 +66,10 @@ pub struct Component {
     /// The LLM models it may use (`ai_models`).
     #[serde(default)]
     pub ai_models: Vec<String>,
+    /// Whether its stdout and stderr are discarded: `wasmcell up --follow` named other
+    /// components (wasmcell's own lines about it still show).
+    #[serde(default)]
+    pub silenced: bool,
 }
 
 /// An HTTP trigger.
@@ -328,6 +332,7 @@ impl Resolver<'_> {
             key_value_stores: decl.key_value_stores.clone(),
             sqlite_databases: decl.sqlite_databases.clone(),
             ai_models: decl.ai_models.clone(),
+            silenced: false,
         })
     }
 }

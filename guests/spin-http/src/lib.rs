@@ -27,6 +27,8 @@
 //!   `GET /listen?ADDR` listens, `GET /lookup?NAME` resolves a name: 200 with what happened,
 //!   or 502 with the error.
 //! - `admin`: answers every request with the path below its route.
+//!
+//! Every role writes `ROLE out: PATH` to stdout and `ROLE err: PATH` to stderr per request.
 //! - `private`: answers with a secret only the app itself can ask for.
 
 use spin_sdk::http::{Method, Request, Response};
@@ -43,7 +45,11 @@ async fn handle(request: Request) -> anyhow::Result<Response> {
             .unwrap_or_default()
             .to_owned()
     };
-    match std::env::var("ROLE").as_deref().unwrap_or("web") {
+    let role = std::env::var("ROLE").unwrap_or_else(|_| "web".to_owned());
+    // Each request is logged on stdout and stderr, by role, for the tests of output.
+    println!("{role} out: {}", request.path());
+    eprintln!("{role} err: {}", request.path());
+    match role.as_str() {
         "admin" => Ok(text(200, format!("admin: {}\n", header("spin-path-info")))),
         "private" => Ok(text(200, "private: the secret is 42\n".to_owned())),
         _ => web(&request, header).await,

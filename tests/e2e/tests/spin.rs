@@ -341,7 +341,8 @@ fn wasmcell_up_serves_an_app_from_its_directory() -> Result<()> {
 
 /// `spin up`'s flags: `--key-value` sets keys in the default store and `--sqlite` runs
 /// statements (inline and from `@FILE`) against the default database before the app starts,
-/// both in `--state-dir` instead of `.spin/`; `--quiet` silences the components' output. A flag for a store no component uses is an
+/// both in `--state-dir` instead of `.spin/`; `--quiet` silences the components' output and
+/// `--follow ID` all but ID's. A flag for a store no component uses is an
 /// error that says what to add.
 #[test]
 fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<()> {
@@ -381,10 +382,46 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("serving Spin app shop"), "{stderr}");
     assert!(!stderr.contains("outbound request"), "{stderr}");
+    assert!(!stderr.contains("web err"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("web out"));
     // --state-dir: the default store and database are there, not in .spin/.
     assert!(state.join("sqlite_key_value.db").is_file());
     assert!(state.join("sqlite_db.db").is_file());
     assert!(!app.join(".spin").exists());
+
+    // --follow: only the named component's output is printed (and one the app has not is
+    // refused, naming those it has).
+    let up = Up::start(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&app)
+            .args(["--follow", "admin"]),
+        "/health",
+    )?;
+    curl(&[&format!("{}/hello", up.base)])?;
+    curl(&[&format!("{}/admin/users", up.base)])?;
+    let out = up.stop()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("admin out: /admin/users"), "{stdout}");
+    assert!(stderr.contains("admin err: /admin/users"), "{stderr}");
+    assert!(!stdout.contains("web out"), "{stdout}");
+    assert!(!stderr.contains("web err"), "{stderr}");
+    let unknown = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&app)
+            .args(["--follow", "nope"]),
+    )?;
+    assert_ne!(unknown.code, Some(0));
+    assert!(
+        unknown
+            .stderr
+            .contains("--follow nope: the app has no such component; its components are"),
+        "{unknown:?}"
+    );
 
     // An app whose component uses no store: the flag says what is missing.
     let bare = tmp.path().join("bare");

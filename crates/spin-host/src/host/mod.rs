@@ -16,6 +16,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 
 use spin2::execute;
 use wasmcell_runtime::state::ComponentState;
+use wasmcell_runtime::stdio::Outputs;
 use wasmcell_stores::{KeyValue, MAX_RESULT_BYTES, Places, SqlError, Sqlite};
 use wasmcell_workload::Network;
 
@@ -53,6 +54,8 @@ pub(crate) struct SpinHost {
     pub(crate) id: String,
     /// The LLM models it may use.
     pub(crate) ai_models: Vec<String>,
+    /// Whether its output is discarded (`wasmcell up --follow` named other components).
+    pub(crate) silenced: bool,
     variables: BTreeMap<String, String>,
     /// Where its outbound requests may go.
     pub(crate) allowed_hosts: AllowedHosts,
@@ -93,6 +96,7 @@ impl SpinHost {
         SpinHost {
             id: component.id.clone(),
             ai_models: component.ai_models.clone(),
+            silenced: component.silenced,
             variables: component.variables.clone(),
             allowed_hosts: component.allowed_hosts.clone(),
             diagnostics,
@@ -104,6 +108,15 @@ impl SpinHost {
 }
 
 impl SpinHost {
+    /// Where the component's instances write: `outputs`, unless its output is discarded.
+    pub(crate) fn outputs<'a>(&self, outputs: &'a Outputs) -> &'a Outputs {
+        static SILENT: Outputs = Outputs::null();
+        match self.silenced {
+            true => &SILENT,
+            false => outputs,
+        }
+    }
+
     /// The component's variable `name`, resolved.
     pub(super) fn variable(&self, name: &str) -> Option<&String> {
         self.variables.get(name)

@@ -18,6 +18,7 @@ pub(crate) fn spin_host(
     SpinHost {
         id: "web".into(),
         ai_models: vec!["llama2-chat".into()],
+        silenced: false,
         variables: variables
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
