@@ -32,9 +32,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest as _, Sha256};
 
-/// The repository root.
+/// The repository root: from the manifest directory cargo gives the tests it runs, else the
+/// one this was built in. Cargo reuses this library's build across checkouts that share a
+/// target directory (a CI clone and a working tree), so the built-in path may name another
+/// checkout, or one since deleted.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("../../scripts/build-guests.sh").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .join("../..")
         .canonicalize()
         .expect("repo root")
