@@ -378,6 +378,7 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     // A denied request's line would be on stderr without --quiet.
     let denied = curl(&[&format!("{base}/fetch?http://localhost:1/x")])?;
     assert_eq!(denied.status, 502, "{denied:?}");
+    curl(&[&format!("{base}/log")])?;
     let out = up.stop()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("serving Spin app shop"), "{stderr}");
@@ -398,15 +399,15 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
             .args(["--follow", "admin"]),
         "/health",
     )?;
-    curl(&[&format!("{}/hello", up.base)])?;
-    curl(&[&format!("{}/admin/users", up.base)])?;
+    curl(&[&format!("{}/log", up.base)])?;
+    curl(&[&format!("{}/admin/log", up.base)])?;
     let out = up.stop()?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(stdout.contains("admin out: /admin/users"), "{stdout}");
-    assert!(stderr.contains("admin err: /admin/users"), "{stderr}");
+    assert!(stdout.contains("admin out: /admin/log"), "{stdout}");
+    assert!(stderr.contains("admin err: /admin/log"), "{stderr}");
     assert!(!stdout.contains("web out"), "{stdout}");
     assert!(!stderr.contains("web err"), "{stderr}");
     let unknown = wasmcell_e2e::run(
