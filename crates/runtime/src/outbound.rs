@@ -81,9 +81,10 @@ impl HttpHooks {
     }
 }
 
-/// The URI a request names. One without a scheme is checked as `https`, the scheme
-/// wasmtime-wasi-http's hooks give it by default.
-pub fn uri_of(request: &HostOutgoingRequest) -> http::Uri {
+/// The URI a request names, or `None` when its parts make none (wasmtime-wasi-http would refuse
+/// it too). One without a scheme is checked as `https`, the scheme wasmtime-wasi-http's hooks
+/// give it by default.
+pub fn uri_of(request: &HostOutgoingRequest) -> Option<http::Uri> {
     let scheme = match &request.scheme {
         Some(Scheme::Http) => "http",
         Some(Scheme::Https) | None => "https",
@@ -98,7 +99,24 @@ pub fn uri_of(request: &HostOutgoingRequest) -> http::Uri {
             .build(),
         _ => http::Uri::builder().path_and_query(path).build(),
     };
-    uri.unwrap_or_default()
+    // `http` takes any digits for a port, and then names none: one that is no port
+    // (`:99999`) would be checked as the scheme's default port.
+    uri.ok()
+        .filter(|uri| uri.authority().is_none_or(has_valid_port))
+}
+
+/// Whether what follows `authority`'s host is nothing or a port that fits in 16 bits.
+pub fn has_valid_port(authority: &http::uri::Authority) -> bool {
+    let text = authority.as_str();
+    let Some(at) = text.rfind(authority.host()) else {
+        return false;
+    };
+    match &text[at + authority.host().len()..] {
+        "" => true,
+        rest => rest
+            .strip_prefix(':')
+            .is_some_and(|port| port.parse::<u16>().is_ok()),
+    }
 }
 
 impl WasiHttpHooks for HttpHooks {

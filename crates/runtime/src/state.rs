@@ -135,9 +135,15 @@ fn checked_handle<H: Send + 'static>(
     ),
 ) -> wasmtime::Result<(Result<Resource<HostFutureIncomingResponse>, ErrorCode>,)> {
     let state = store.data_mut();
-    if !state.hooks.permits(&uri_of(state.table.get(&request)?)) {
+    // Fails closed: a request whose URI cannot be made is refused before any policy sees it.
+    let refused = match uri_of(state.table.get(&request)?) {
+        None => Some(ErrorCode::HttpRequestUriInvalid),
+        Some(uri) if !state.hooks.permits(&uri) => Some(ErrorCode::HttpRequestDenied),
+        Some(_) => None,
+    };
+    if let Some(code) = refused {
         state.table.delete(request)?;
-        return Ok((Err(ErrorCode::HttpRequestDenied),));
+        return Ok((Err(code),));
     }
     let mut view = state.http();
     match outgoing_handler::Host::handle(&mut view, request, options) {

@@ -107,3 +107,46 @@ fn each_failure_is_answered_with_its_status_and_reason() {
         assert!(!failure.status().1.is_empty());
     }
 }
+
+#[test]
+fn a_requests_uri_is_made_from_its_parts_or_refused() {
+    use crate::outbound::uri_of;
+    use wasmtime_wasi_http::p2::bindings::http::types::{Method, Scheme};
+    use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
+    let request =
+        |scheme: Option<Scheme>, authority: Option<&str>, path: Option<&str>| HostOutgoingRequest {
+            method: Method::Get,
+            scheme,
+            authority: authority.map(str::to_owned),
+            path_with_query: path.map(str::to_owned),
+            headers: Default::default(),
+            body: None,
+        };
+    let uri = |r| uri_of(&r).map(|u| u.to_string());
+    assert_eq!(
+        uri(request(
+            Some(Scheme::Http),
+            Some("a.example:8080"),
+            Some("/x?y")
+        )),
+        Some("http://a.example:8080/x?y".to_owned())
+    );
+    // No scheme: checked as the https it is sent as.
+    assert_eq!(
+        uri(request(None, Some("a.example"), None)),
+        Some("https://a.example/".to_owned())
+    );
+    // No authority: a path alone, which a framework may serve in-process.
+    assert_eq!(
+        uri(request(None, None, Some("/local"))),
+        Some("/local".to_owned())
+    );
+    // Parts that make no URI are refused, never checked as something else.
+    for authority in ["bad host", "a.example:99999", "a/b"] {
+        assert_eq!(
+            uri(request(Some(Scheme::Http), Some(authority), None)),
+            None,
+            "{authority}"
+        );
+    }
+}

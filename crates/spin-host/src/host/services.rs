@@ -20,6 +20,7 @@ use super::fermyon::spin2_0_0::{llm, mysql, postgres, rdbms_types};
 use super::spin::postgres3_0_0::postgres as postgres3;
 use super::spin::postgres4_0_0::postgres as postgres4;
 use crate::host::Outcome;
+use wasmcell_runtime::outbound::has_valid_port;
 
 /// A service the component reaches at an address: its name for messages, the scheme its
 /// `allowed_outbound_hosts` entries use, and its default port.
@@ -51,7 +52,7 @@ pub(super) const MQTT: Service = Service {
 pub(super) fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
     if address.contains("://") {
         let uri: http::Uri = address.parse().ok()?;
-        let authority = uri.authority()?;
+        let authority = uri.authority().filter(|a| has_valid_port(a))?;
         let host = authority
             .host()
             .trim_matches(['[', ']'])
@@ -353,7 +354,12 @@ mod tests {
             let (host, port) = host_and_port(address, service).expect(address);
             assert_eq!((host.as_str(), port), expected, "{address}");
         }
-        for address in ["user=u dbname=app", "host=db port=x", "postgres://"] {
+        for address in [
+            "user=u dbname=app",
+            "host=db port=x",
+            "postgres://",
+            "postgres://db:99999/app",
+        ] {
             assert_eq!(host_and_port(address, POSTGRES), None, "{address}");
         }
     }
