@@ -17,6 +17,14 @@ const SPIN: &str = "io.containerd.spin.v2";
 /// `ctr run -d` of `image` as `id` under the spin runtime, in the host's network on a free
 /// port; its base URL once `ready` answers.
 fn run_detached(containerd: &Containerd, image: &str, id: &str, ready: &str) -> Result<String> {
+    let base = start_detached(containerd, image, id)?;
+    wait_http(&format!("{base}{ready}"))?;
+    Ok(base)
+}
+
+/// `ctr run -d` of `image` as `id` under the spin shim, listening on a free loopback port;
+/// returns its base URL at once, before the app answers.
+fn start_detached(containerd: &Containerd, image: &str, id: &str) -> Result<String> {
     let port = free_port()?;
     let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
     let run = [
@@ -31,9 +39,7 @@ fn run_detached(containerd: &Containerd, image: &str, id: &str, ready: &str) -> 
         id,
     ];
     containerd.ctr(&run)?.success()?;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{base}{ready}"))?;
-    Ok(base)
+    Ok(format!("http://127.0.0.1:{port}"))
 }
 
 /// `wasmcell up`, as `command` (`up` and its arguments) starts it with `--listen` on a free
@@ -657,6 +663,27 @@ fn wait_compiled(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// `wasmcell up` of the app in `app` with `--env env`, once it answers (see [`wait_compiled`]):
+/// `check` runs against its base URL, then Ctrl-C must stop it with status 0.
+fn up_compiled(app: &Path, env: &str, check: impl FnOnce(&str) -> Result<()>) -> Result<()> {
+    let port = free_port()?;
+    let up = Command::new(wasmcell())
+        .args(["up", "-f"])
+        .arg(app.join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--env", env])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let served = wait_compiled(&format!("{base}/hello")).and_then(|()| check(&base));
+    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?;
+    let out = up.wait_with_output()?;
+    served?;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    Ok(())
+}
+
 /// What the Python app (guests/spin-apps-python/python-kv) serves at `base`: its variable
 /// `greeting`, its key-value store, its SQLite database (`rows` after this request) and
 /// PostgreSQL's own error, as Python sees them.
@@ -696,41 +723,14 @@ fn assert_serves_python(base: &str, greeting: &str, rows: &str) -> Result<()> {
 fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("python-kv", tmp.path())?;
-    let port = free_port()?;
-    let up = Command::new(wasmcell())
-        .args(["up", "-f"])
-        .arg(app.join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--env", "SPIN_VARIABLE_GREETING=Hola"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let served = wait_compiled(&format!("{base}/hello"))
-        .and_then(|()| assert_serves_python(&base, "Hola", "rows: 1\n"));
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?;
-    let out = up.wait_with_output()?;
-    served?;
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    up_compiled(&app, "SPIN_VARIABLE_GREETING=Hola", |base| {
+        assert_serves_python(base, "Hola", "rows: 1\n")
+    })?;
 
     let archive = build_spin_image(&app, "example.com/python-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let port = free_port()?;
-    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
-    let run = [
-        "run",
-        "-d",
-        "--runtime",
-        SPIN,
-        "--net-host",
-        "--env",
-        &listen,
-        "example.com/python-kv:1",
-        "python",
-    ];
-    containerd.ctr(&run)?.success()?;
-    let base = format!("http://127.0.0.1:{port}");
+    let base = start_detached(&containerd, "example.com/python-kv:1", "python")?;
     wait_compiled(&format!("{base}/hello"))?;
     // The image leaves the store of the run above (`.spin/`) out: the count starts again.
     assert_serves_python(&base, "Hello", "rows: 1\n")?;
@@ -763,40 +763,14 @@ fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<
         assert_eq!(curl(&[&format!("{base}/sql")])?.body, "rows: 2\n");
         Ok(())
     };
-    let port = free_port()?;
-    let up = Command::new(wasmcell())
-        .args(["up", "-f"])
-        .arg(app.join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--env", "SPIN_VARIABLE_GREETING=Bonjour"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let served = wait_compiled(&format!("{base}/hello")).and_then(|()| check(&base, "Bonjour"));
-    wasmcell_e2e::run(Command::new("kill").args(["-TERM", &up.id().to_string()]))?;
-    let out = up.wait_with_output()?;
-    served?;
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    up_compiled(&app, "SPIN_VARIABLE_GREETING=Bonjour", |base| {
+        check(base, "Bonjour")
+    })?;
 
     let archive = build_spin_image(&app, "example.com/js-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let port = free_port()?;
-    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
-    let run = [
-        "run",
-        "-d",
-        "--runtime",
-        SPIN,
-        "--net-host",
-        "--env",
-        &listen,
-        "example.com/js-kv:1",
-        "js",
-    ];
-    containerd.ctr(&run)?.success()?;
-    let base = format!("http://127.0.0.1:{port}");
+    let base = start_detached(&containerd, "example.com/js-kv:1", "js")?;
     wait_compiled(&format!("{base}/hello"))?;
     check(&base, "Hello")?;
     containerd

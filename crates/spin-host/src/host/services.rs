@@ -110,133 +110,52 @@ impl mysql::Host for SpinState {}
 impl postgres3::Host for SpinState {}
 impl postgres4::Host for SpinState {}
 
-impl postgres::HostConnection for SpinState {
-    async fn open(
-        &mut self,
-        address: String,
-    ) -> Outcome<Resource<postgres::Connection>, rdbms_types::Error> {
-        let why = refusal(self, &address, POSTGRES);
-        Ok(Err(rdbms_types::Error::ConnectionFailed(why)))
-    }
+/// A database interface's connection, linked but not connected: `open` answers
+/// `connection-failed` with why (see [`refusal`]); the calls on a connection, which cannot
+/// exist, trap. `$module` is the interface's bindings, `$error` its error type, `$service` the
+/// service its addresses name, `$executed` what its `execute` returns.
+macro_rules! unconnected_database {
+    ($module:ident, $error:path, $service:expr, $executed:ty) => {
+        impl $module::HostConnection for SpinState {
+            async fn open(
+                &mut self,
+                address: String,
+            ) -> Outcome<Resource<$module::Connection>, $error> {
+                use $error as Error;
+                Ok(Err(Error::ConnectionFailed(refusal(
+                    self, &address, $service,
+                ))))
+            }
 
-    async fn query(
-        &mut self,
-        _: Resource<postgres::Connection>,
-        _: String,
-        _: Vec<rdbms_types::ParameterValue>,
-    ) -> Outcome<rdbms_types::RowSet, rdbms_types::Error> {
-        no_connection()
-    }
+            async fn query(
+                &mut self,
+                _: Resource<$module::Connection>,
+                _: String,
+                _: Vec<$module::ParameterValue>,
+            ) -> Outcome<$module::RowSet, $error> {
+                no_connection()
+            }
 
-    async fn execute(
-        &mut self,
-        _: Resource<postgres::Connection>,
-        _: String,
-        _: Vec<rdbms_types::ParameterValue>,
-    ) -> Outcome<u64, rdbms_types::Error> {
-        no_connection()
-    }
+            async fn execute(
+                &mut self,
+                _: Resource<$module::Connection>,
+                _: String,
+                _: Vec<$module::ParameterValue>,
+            ) -> Outcome<$executed, $error> {
+                no_connection()
+            }
 
-    async fn drop(&mut self, _: Resource<postgres::Connection>) -> wasmtime::Result<()> {
-        no_connection()
-    }
+            async fn drop(&mut self, _: Resource<$module::Connection>) -> wasmtime::Result<()> {
+                no_connection()
+            }
+        }
+    };
 }
 
-impl mysql::HostConnection for SpinState {
-    async fn open(
-        &mut self,
-        address: String,
-    ) -> Outcome<Resource<mysql::Connection>, rdbms_types::Error> {
-        let why = refusal(self, &address, MYSQL);
-        Ok(Err(rdbms_types::Error::ConnectionFailed(why)))
-    }
-
-    async fn query(
-        &mut self,
-        _: Resource<mysql::Connection>,
-        _: String,
-        _: Vec<rdbms_types::ParameterValue>,
-    ) -> Outcome<rdbms_types::RowSet, rdbms_types::Error> {
-        no_connection()
-    }
-
-    async fn execute(
-        &mut self,
-        _: Resource<mysql::Connection>,
-        _: String,
-        _: Vec<rdbms_types::ParameterValue>,
-    ) -> Outcome<(), rdbms_types::Error> {
-        no_connection()
-    }
-
-    async fn drop(&mut self, _: Resource<mysql::Connection>) -> wasmtime::Result<()> {
-        no_connection()
-    }
-}
-
-impl postgres3::HostConnection for SpinState {
-    async fn open(
-        &mut self,
-        address: String,
-    ) -> Outcome<Resource<postgres3::Connection>, postgres3::Error> {
-        let why = refusal(self, &address, POSTGRES);
-        Ok(Err(postgres3::Error::ConnectionFailed(why)))
-    }
-
-    async fn query(
-        &mut self,
-        _: Resource<postgres3::Connection>,
-        _: String,
-        _: Vec<postgres3::ParameterValue>,
-    ) -> Outcome<postgres3::RowSet, postgres3::Error> {
-        no_connection()
-    }
-
-    async fn execute(
-        &mut self,
-        _: Resource<postgres3::Connection>,
-        _: String,
-        _: Vec<postgres3::ParameterValue>,
-    ) -> Outcome<u64, postgres3::Error> {
-        no_connection()
-    }
-
-    async fn drop(&mut self, _: Resource<postgres3::Connection>) -> wasmtime::Result<()> {
-        no_connection()
-    }
-}
-
-impl postgres4::HostConnection for SpinState {
-    async fn open(
-        &mut self,
-        address: String,
-    ) -> Outcome<Resource<postgres4::Connection>, postgres4::Error> {
-        let why = refusal(self, &address, POSTGRES);
-        Ok(Err(postgres4::Error::ConnectionFailed(why)))
-    }
-
-    async fn query(
-        &mut self,
-        _: Resource<postgres4::Connection>,
-        _: String,
-        _: Vec<postgres4::ParameterValue>,
-    ) -> Outcome<postgres4::RowSet, postgres4::Error> {
-        no_connection()
-    }
-
-    async fn execute(
-        &mut self,
-        _: Resource<postgres4::Connection>,
-        _: String,
-        _: Vec<postgres4::ParameterValue>,
-    ) -> Outcome<u64, postgres4::Error> {
-        no_connection()
-    }
-
-    async fn drop(&mut self, _: Resource<postgres4::Connection>) -> wasmtime::Result<()> {
-        no_connection()
-    }
-}
+unconnected_database!(postgres, rdbms_types::Error, POSTGRES, u64);
+unconnected_database!(mysql, rdbms_types::Error, MYSQL, ());
+unconnected_database!(postgres3, postgres3::Error, POSTGRES, u64);
+unconnected_database!(postgres4, postgres4::Error, POSTGRES, u64);
 
 /// What an inferencing call answers: a model the component's `ai_models` does not name is
 /// invalid input, as in Spin; any other, that no backend runs models here (Spin's answer
