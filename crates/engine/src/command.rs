@@ -65,22 +65,22 @@ impl<H: Send + 'static> ComponentCommand<H> {
     }
 }
 
-/// A fresh run's WASI context (the spec's args, env, preopens and stdio) and budget.
+/// A fresh run's WASI context (the spec's args, env, preopens and stdio), budget and outputs.
 async fn start(
     spec: &WorkloadSpec,
     ticker: &Ticker,
     controls: &Controls,
-) -> Result<(wasmtime_wasi::WasiCtxBuilder, Budget), Error> {
+) -> Result<(wasmtime_wasi::WasiCtxBuilder, Budget, stdio::Outputs), Error> {
     let mut wasi = wasi_builder(spec)?;
-    stdio::attach(&mut wasi, &spec.stdio).await?;
+    let outputs = stdio::attach(&mut wasi, &spec.stdio).await?;
     let clock = ticker.store_clock().map_err(|e| Error::Engine(e.into()))?;
-    Ok((wasi, Budget::new(controls, clock)))
+    Ok((wasi, Budget::new(controls, clock), outputs))
 }
 
 impl Run for ModuleCommand {
     fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
         Box::pin(async move {
-            let (mut wasi, budget) = start(spec, &self.ticker, controls).await?;
+            let (mut wasi, budget, outputs) = start(spec, &self.ticker, controls).await?;
             let state = ModuleState {
                 wasi: wasi.build_p1(),
                 budget,
@@ -101,7 +101,10 @@ impl Run for ModuleCommand {
                 entry.call_async(&mut store, ()).await
             }
             .await;
-            Ok(Exit::of(result, &store.data().budget.limiter))
+            let exit = Exit::of(result, &store.data().budget.limiter);
+            drop(store);
+            outputs.written().await;
+            Ok(exit)
         })
     }
 
@@ -113,7 +116,7 @@ impl Run for ModuleCommand {
 impl<H: Clone + Send + Sync + 'static> Run for ComponentCommand<H> {
     fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
         Box::pin(async move {
-            let (mut wasi, budget) = start(spec, &self.ticker, controls).await?;
+            let (mut wasi, budget, outputs) = start(spec, &self.ticker, controls).await?;
             let hooks = HttpHooks::new(spec.network);
             let state = ComponentState::new(wasi.build(), hooks, budget, self.host.clone());
             let mut store = new_store(&self.engine, state, controls);
@@ -122,7 +125,10 @@ impl<H: Clone + Send + Sync + 'static> Run for ComponentCommand<H> {
                 command.wasi_cli_run().call_run(&mut store).await
             }
             .await;
-            Ok(Exit::of_run(result, &store.data().budget.limiter))
+            let exit = Exit::of_run(result, &store.data().budget.limiter);
+            drop(store);
+            outputs.written().await;
+            Ok(exit)
         })
     }
 

@@ -397,7 +397,7 @@ impl SpinApp {
             stdio.stdout = wasmcell_workload::Output::Null;
             stdio.stderr = wasmcell_workload::Output::Null;
         }
-        wasmcell_runtime::stdio::attach(&mut wasi, &stdio).await?;
+        let outputs = wasmcell_runtime::stdio::attach(&mut wasi, &stdio).await?;
         let mut wasi = wasi.build();
         *wasi.filesystem() = prepared.start.preopens.clone();
         let clock = self
@@ -413,7 +413,10 @@ impl SpinApp {
             instance.wasi_cli_run().call_run(&mut store).await
         }
         .await;
-        Ok(Exit::of_run(result, &store.data().budget.limiter))
+        let exit = Exit::of_run(result, &store.data().budget.limiter);
+        drop(store);
+        outputs.written().await;
+        Ok(exit)
     }
 
     /// Runs the app: its command components first, each to completion (the first that fails

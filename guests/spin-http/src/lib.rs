@@ -28,8 +28,7 @@
 //!   or 502 with the error.
 //! - `admin`: answers every request with the path below its route.
 //!
-//! Every role answers a request for `.../log` as any other, and writes `ROLE out: PATH` to
-//! stdout and `ROLE err: PATH` to stderr.
+//! Every role writes `ROLE out: PATH` to stdout and `ROLE err: PATH` to stderr per request.
 //! - `private`: answers with a secret only the app itself can ask for.
 
 use spin_sdk::http::{Method, Request, Response};
@@ -47,11 +46,9 @@ async fn handle(request: Request) -> anyhow::Result<Response> {
             .to_owned()
     };
     let role = std::env::var("ROLE").unwrap_or_else(|_| "web".to_owned());
-    // A request for `.../log` is logged on stdout and stderr, by role, for the tests of output.
-    if request.path().ends_with("/log") {
-        println!("{role} out: {}", request.path());
-        eprintln!("{role} err: {}", request.path());
-    }
+    // Each request is logged on stdout and stderr, by role, for the tests of output.
+    println!("{role} out: {}", request.path());
+    eprintln!("{role} err: {}", request.path());
     match role.as_str() {
         "admin" => Ok(text(200, format!("admin: {}\n", header("spin-path-info")))),
         "private" => Ok(text(200, "private: the secret is 42\n".to_owned())),

@@ -175,6 +175,40 @@ fn assert_serves_shop(base: &str, greeting: &str, env: &str) -> Result<()> {
     Ok(())
 }
 
+/// `clients` threads at once, each sending `requests` requests to the admin component (which
+/// logs each on stdout and stderr) on connections of their own; the paths, each answered 200.
+fn serve_concurrently(base: &str, clients: usize, requests: usize) -> Result<Vec<String>> {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://").to_owned();
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let address = address.clone();
+            std::thread::spawn(move || -> Result<Vec<String>> {
+                let mut paths = Vec::new();
+                for n in 0..requests {
+                    let path = format!("/admin/c/{client}/{n}");
+                    let mut stream = std::net::TcpStream::connect(&address)?;
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+                    write!(
+                        stream,
+                        "GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"
+                    )?;
+                    let mut reply = String::new();
+                    stream.read_to_string(&mut reply)?;
+                    anyhow::ensure!(reply.starts_with("HTTP/1.1 200"), "{path}: {reply}");
+                    paths.push(path);
+                }
+                Ok(paths)
+            })
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for thread in threads {
+        paths.extend(thread.join().expect("client thread")?);
+    }
+    Ok(paths)
+}
+
 #[test]
 fn ctr_runs_a_spin_app_with_its_stores_in_a_volume() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -225,6 +259,24 @@ fn ctr_runs_a_spin_app_with_its_stores_in_a_volume() -> Result<()> {
     wait_http(&format!("{base}/health"))?;
     // The container's environment is for the app's variables, not its components.
     assert_serves_shop(&base, "Howdy", "ROLE=web\n")?;
+    // Requests served at once all log to the container's streams (a FIFO each): none fails,
+    // no line is lost.
+    let paths = serve_concurrently(&base, 8, 25)?;
+    wait_for("every request's lines in the log", || {
+        let logged = std::fs::read_to_string(&log)?;
+        Ok(paths.iter().all(|path| {
+            logged.contains(&format!("admin out: {path}\n"))
+                && logged.contains(&format!("admin err: {path}\n"))
+        }))
+    })
+    .map_err(|e| {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let missing: Vec<_> = paths
+            .iter()
+            .filter(|path| !logged.contains(&format!("admin err: {path}\n")))
+            .collect();
+        anyhow::anyhow!("{e}: {} missing: {missing:?}\n{logged}", missing.len())
+    })?;
     // The denied request is explained where the operator looks.
     let logged = std::fs::read_to_string(&log)?;
     assert!(
@@ -407,6 +459,7 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     )?;
     curl(&[&format!("{}/log", up.base)])?;
     curl(&[&format!("{}/admin/log", up.base)])?;
+    let paths = serve_concurrently(&up.base, 4, 10)?;
     let out = up.stop()?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -414,6 +467,11 @@ fn wasmcell_up_seeds_the_default_store_and_database_as_spin_up_does() -> Result<
     );
     assert!(stdout.contains("admin out: /admin/log"), "{stdout}");
     assert!(stderr.contains("admin err: /admin/log"), "{stderr}");
+    // Requests served at once print whole lines, none lost.
+    for path in &paths {
+        assert!(stdout.contains(&format!("admin out: {path}\n")), "{stdout}");
+        assert!(stderr.contains(&format!("admin err: {path}\n")), "{stderr}");
+    }
     assert!(!stdout.contains("web out"), "{stdout}");
     assert!(!stderr.contains("web err"), "{stderr}");
     let unknown = wasmcell_e2e::run(
