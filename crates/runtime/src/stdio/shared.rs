@@ -186,7 +186,7 @@ impl Port {
     }
 
     /// Passes `bytes` on under the budget `permit` granted: to the writer, or (a server's
-    /// unfinished line) into the line held back, keeping the grant for the next write.
+    /// unfinished line) into the line held back.
     fn send(&mut self, bytes: Bytes, permit: OwnedSemaphorePermit) {
         let bytes = match self.output.framing {
             Framing::AsWritten => bytes,
@@ -196,7 +196,10 @@ impl Port {
                     Some(newline) => newline + 1,
                     None if self.line.len() >= WRITE_BUDGET => self.line.len(),
                     None => {
-                        self.state = State::Granted(permit);
+                        // The grant goes back: a line held back must not keep others'
+                        // writes waiting (a request printing progress without newlines).
+                        drop(permit);
+                        self.state = State::Idle;
                         return;
                     }
                 };
@@ -224,6 +227,7 @@ impl Drop for Port {
         }
         let budget = match std::mem::replace(&mut self.state, State::Closed) {
             State::Granted(permit) => Some(permit),
+            // The line goes out even when the budget is spent: an instance ends only once.
             _ => self.output.budget.clone().try_acquire_owned().ok(),
         };
         let (done, _) = oneshot::channel();
@@ -468,6 +472,23 @@ mod tests {
         drop(first);
         let expected = "admin err: /b\nweb err: /a\nnext line\ntail";
         assert_eq!(read_exactly(&mut reader, expected.len()).await, expected);
+    }
+
+    /// Lines held back hold no budget: a port's write is not kept waiting by others' unfinished
+    /// lines, however many.
+    #[tokio::test]
+    async fn lines_held_back_keep_no_one_waiting() {
+        let (writer, mut reader) = tokio::io::duplex(1024);
+        let output = SharedOutput::new(Box::new(writer), Framing::WholeLines, false);
+        let mut holding: Vec<_> = (0..WRITES_WAITING * 2)
+            .map(|_| output.p2_stream())
+            .collect();
+        for port in &mut holding {
+            write(port, "progress...").await;
+        }
+        let mut port = output.p2_stream();
+        write(&mut port, "done\n").await;
+        assert_eq!(read_exactly(&mut reader, 5).await, "done\n");
     }
 
     /// A reader that goes away fails the write in flight, and the stream is closed after.
