@@ -29,6 +29,9 @@ wasmtime::component::bindgen!({
         "fermyon:spin/sqlite.connection": DatabaseHandle,
         "fermyon:spin/redis.connection": RedisHandle,
         "fermyon:spin/mqtt.connection": mqtt_client::MqttHandle,
+        "fermyon:spin/postgres.connection": postgres::PgHandle,
+        "spin:postgres/postgres@3.0.0.connection": postgres::PgHandle,
+        "spin:postgres/postgres@4.0.0.connection": postgres::PgHandle,
         "spin:sqlite/sqlite.connection": DatabaseHandle,
         "wasi:keyvalue/store.bucket": StoreHandle,
         "wasi:keyvalue/atomics.cas": spin3::CasHandle,
@@ -36,6 +39,7 @@ wasmtime::component::bindgen!({
 });
 
 mod mqtt_client;
+mod postgres;
 mod services;
 mod spin2;
 mod spin3;
@@ -64,6 +68,8 @@ pub(crate) struct SpinHost {
     stores: BTreeMap<String, (StoreConfig, Arc<OnceCell<KeyValue>>)>,
     databases: BTreeMap<String, (DatabaseConfig, Arc<OnceCell<Sqlite>>)>,
     places: Arc<Places>,
+    /// Its sessions to PostgreSQL servers, kept between requests.
+    postgres: postgres::Pools,
 }
 
 impl SpinHost {
@@ -103,6 +109,7 @@ impl SpinHost {
             stores,
             databases,
             places,
+            postgres: Default::default(),
         }
     }
 }

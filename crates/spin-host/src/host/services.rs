@@ -1,8 +1,7 @@
 //! The outbound services of Spin's platform that wasmcell links but does not yet connect to:
-//! PostgreSQL (`fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and `@4.0.0`),
 //! MySQL (`fermyon:spin/mysql@2.0.0`) and LLM inferencing (`fermyon:spin/llm@2.0.0`); and how
-//! every outbound service's address is checked against the component's grants (MQTT's too,
-//! which `mqtt_client` connects to).
+//! a service's URL address is checked against the component's grants (MQTT's too, which
+//! `mqtt_client` connects to; PostgreSQL's addresses are checked in `postgres`).
 //!
 //! Spin links every interface of its platform for every app and fails only a call, so an app
 //! whose SDK imports them all (Spin's Python SDK does, whatever the app calls) starts. Each
@@ -16,9 +15,7 @@
 use wasmtime::component::Resource;
 
 use super::SpinState;
-use super::fermyon::spin2_0_0::{llm, mysql, postgres, rdbms_types};
-use super::spin::postgres3_0_0::postgres as postgres3;
-use super::spin::postgres4_0_0::postgres as postgres4;
+use super::fermyon::spin2_0_0::{llm, mysql, rdbms_types};
 use crate::host::Outcome;
 use wasmcell_runtime::outbound::has_valid_port;
 
@@ -31,11 +28,6 @@ pub(super) struct Service {
     port: u16,
 }
 
-const POSTGRES: Service = Service {
-    name: "PostgreSQL",
-    scheme: "postgres",
-    port: 5432,
-};
 const MYSQL: Service = Service {
     name: "MySQL",
     scheme: "mysql",
@@ -47,28 +39,17 @@ pub(super) const MQTT: Service = Service {
     port: 1883,
 };
 
-/// The host and port of a connection address: a URL (`postgres://user:pw@host:5432/db`,
-/// `mysql://...`, `mqtt://host:1883`), or PostgreSQL's `key=value` form (`host=... port=...`).
+/// The host and port of a connection address, a URL (`mysql://user:pw@host:3306/db`,
+/// `mqtt://host:1883`).
 pub(super) fn host_and_port(address: &str, service: Service) -> Option<(String, u16)> {
-    if address.contains("://") {
-        let uri: http::Uri = address.parse().ok()?;
-        let authority = uri.authority().filter(|a| has_valid_port(a))?;
-        let host = authority
-            .host()
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        return Some((host, authority.port_u16().unwrap_or(service.port)));
-    }
-    let mut host = None;
-    let mut port = service.port;
-    for pair in address.split_whitespace() {
-        match pair.split_once('=') {
-            Some(("host", value)) => host = Some(value.trim_matches('\'').to_ascii_lowercase()),
-            Some(("port", value)) => port = value.trim_matches('\'').parse().ok()?,
-            _ => {}
-        }
-    }
-    Some((host?, port))
+    let uri: http::Uri = address.parse().ok()?;
+    uri.scheme()?;
+    let authority = uri.authority().filter(|a| has_valid_port(a))?;
+    let host = authority
+        .host()
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
+    Some((host, authority.port_u16().unwrap_or(service.port)))
 }
 
 /// Whether the component's grants permit a connection to `address`; if not, why, as the guest
@@ -105,10 +86,7 @@ fn no_connection<T>() -> wasmtime::Result<T> {
 }
 
 impl rdbms_types::Host for SpinState {}
-impl postgres::Host for SpinState {}
 impl mysql::Host for SpinState {}
-impl postgres3::Host for SpinState {}
-impl postgres4::Host for SpinState {}
 
 /// A database interface's connection, linked but not connected: `open` answers
 /// `connection-failed` with why (see [`refusal`]); the calls on a connection, which cannot
@@ -152,10 +130,7 @@ macro_rules! unconnected_database {
     };
 }
 
-unconnected_database!(postgres, rdbms_types::Error, POSTGRES, u64);
 unconnected_database!(mysql, rdbms_types::Error, MYSQL, ());
-unconnected_database!(postgres3, postgres3::Error, POSTGRES, u64);
-unconnected_database!(postgres4, postgres4::Error, POSTGRES, u64);
 
 /// What an inferencing call answers: a model the component's `ai_models` does not name is
 /// invalid input, as in Spin; any other, that no backend runs models here (Spin's answer
@@ -196,48 +171,6 @@ mod tests {
     use super::*;
     use crate::host::tests::{spin_host, spin_state};
 
-    /// Spin's conformance suite: a denied address is named as the component gave it.
-    #[tokio::test]
-    async fn an_address_not_permitted_is_named_as_the_component_gave_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stderr");
-        let output = wasmcell_workload::Output::File(log.clone());
-        let host = spin_host(
-            dir.path(),
-            &["postgres://db.example:5433"],
-            &[],
-            &[],
-            &output,
-        );
-        let mut state = spin_state(host);
-        let pg = "host=db.example user=spin";
-        let opened = postgres4::HostConnection::open(&mut state, pg.into())
-            .await
-            .unwrap();
-        let Err(postgres4::Error::ConnectionFailed(why)) = opened else {
-            panic!("{opened:?}");
-        };
-        assert_eq!(why, format!("address {pg} is not permitted"));
-        // Granted: the answer says the service is not provided, not that it was denied.
-        let granted = "postgres://db.example:5433/app";
-        let opened = postgres4::HostConnection::open(&mut state, granted.into())
-            .await
-            .unwrap();
-        let Err(postgres4::Error::ConnectionFailed(why)) = opened else {
-            panic!("{opened:?}");
-        };
-        assert!(
-            why.contains("does not connect to PostgreSQL servers"),
-            "{why}"
-        );
-        state.host.diagnostics_flushed().await;
-        let reported = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            reported.contains("add \"postgres://db.example:5432\""),
-            "{reported}"
-        );
-    }
-
     #[test]
     fn llm_answers_invalid_input_for_a_model_not_granted_and_a_runtime_error_otherwise() {
         let dir = tempfile::tempdir().unwrap();
@@ -256,30 +189,18 @@ mod tests {
     fn addresses_name_their_host_and_port() {
         for (address, service, expected) in [
             (
-                "postgres://u:p@DB.example:6543/app",
-                POSTGRES,
+                "mysql://u:p@DB.example:6543/app",
+                MYSQL,
                 ("db.example", 6543),
             ),
-            ("postgresql://db/app", POSTGRES, ("db", 5432)),
-            (
-                "host=db.local port=5433 user=u dbname=app",
-                POSTGRES,
-                ("db.local", 5433),
-            ),
-            ("host='10.0.0.1' user=u", POSTGRES, ("10.0.0.1", 5432)),
             ("mysql://root:pw@127.0.0.1/spin", MYSQL, ("127.0.0.1", 3306)),
             ("mqtt://[::1]:1884", MQTT, ("::1", 1884)),
         ] {
             let (host, port) = host_and_port(address, service).expect(address);
             assert_eq!((host.as_str(), port), expected, "{address}");
         }
-        for address in [
-            "user=u dbname=app",
-            "host=db port=x",
-            "postgres://",
-            "postgres://db:99999/app",
-        ] {
-            assert_eq!(host_and_port(address, POSTGRES), None, "{address}");
+        for address in ["host=db user=u", "mysql://", "mysql://db:99999/app"] {
+            assert_eq!(host_and_port(address, MYSQL), None, "{address}");
         }
     }
 }

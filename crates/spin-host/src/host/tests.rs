@@ -44,6 +44,7 @@ pub(crate) fn spin_host(
             })
             .collect(),
         places: Arc::new(Places::new(dir, &[])),
+        postgres: Default::default(),
     }
 }
 

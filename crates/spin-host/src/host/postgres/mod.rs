@@ -1,0 +1,424 @@
+//! Outbound PostgreSQL: `fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and
+//! `@4.0.0`, on one implementation of 4.0.0 (the older interfaces' values converted in
+//! `values`).
+//!
+//! As in Spin, a component's sessions are pooled per address and kept between requests; a
+//! handle is one session from `open` to its drop (so `pg_backend_pid()` and a transaction hold
+//! across its calls), and a session goes back to the pool rolled back and cleaned
+//! (deadpool's `Clean`: temporary tables, prepared statements, settings and locks gone).
+//! Every host and `hostaddr` of an address must be granted by `allowed_outbound_hosts`
+//! (`postgres://HOST:PORT`): Spin checks the hosts only, so `hostaddr` could take a granted
+//! name to any address. Connections are plain TCP: an address asking for TLS
+//! (`sslmode=require`) is refused, saying so.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use futures_util::TryStreamExt;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, NoTls};
+use wasmtime::component::Resource;
+
+use super::fermyon::spin2_0_0::{postgres as v2, rdbms_types};
+use super::spin::postgres3_0_0::postgres as v3;
+use super::spin::postgres4_0_0::postgres as v4;
+use super::{Outcome, SpinHost, SpinState};
+use wasmcell_stores::MAX_RESULT_BYTES;
+
+mod values;
+
+/// How many addresses a component keeps sessions for (the least recently used pool goes).
+const POOLS: usize = 16;
+
+/// How many sessions a component keeps open to one address, at most.
+const SESSIONS: usize = 16;
+
+/// How long connecting, and waiting for a session when all are in use, may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// PostgreSQL's port when an address names none.
+const PORT: u16 = 5432;
+
+/// An open handle: one session, rolled back when the handle is dropped.
+pub struct PgHandle(Option<deadpool_postgres::Object>);
+
+impl PgHandle {
+    fn session(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("a handle holds its session until dropped")
+    }
+}
+
+impl Drop for PgHandle {
+    /// Ends a transaction the guest left open before the session goes back to the pool
+    /// (deadpool's clean-up runs inside one otherwise).
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take()
+            && !session.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = session.batch_execute("ROLLBACK").await;
+            });
+        }
+    }
+}
+
+/// A component's session pools, by address, most recently used last.
+#[derive(Default)]
+pub(crate) struct Pools(std::sync::Mutex<Vec<(String, Pool)>>);
+
+impl Pools {
+    /// The pool of sessions to `address`, made on first use.
+    fn get(&self, address: &str, config: Config) -> Result<Pool, String> {
+        let mut pools = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(at) = pools.iter().position(|(a, _)| a == address) {
+            let entry = pools.remove(at);
+            let pool = entry.1.clone();
+            pools.push(entry);
+            return Ok(pool);
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Clean,
+            },
+        );
+        let timeouts = Timeouts {
+            wait: Some(WAIT),
+            create: Some(WAIT),
+            recycle: Some(WAIT),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(SESSIONS)
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        if pools.len() == POOLS {
+            pools.remove(0);
+        }
+        pools.push((address.to_owned(), pool.clone()));
+        Ok(pool)
+    }
+}
+
+/// Opens a session to `address` for the component `host`.
+async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
+    let config: Config = address
+        .parse()
+        .map_err(|e| v4::Error::ConnectionFailed(format!("invalid PostgreSQL address: {e}")))?;
+    permitted(host, &config).map_err(v4::Error::ConnectionFailed)?;
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(v4::Error::ConnectionFailed(
+            "sslmode=require: this wasmcell connects to PostgreSQL without TLS".to_owned(),
+        ));
+    }
+    let pool = host
+        .postgres
+        .get(address, config)
+        .map_err(v4::Error::Other)?;
+    match pool.get().await {
+        Ok(session) => Ok(PgHandle(Some(session))),
+        Err(e) => Err(v4::Error::ConnectionFailed(format!(
+            "cannot connect to PostgreSQL: {e}"
+        ))),
+    }
+}
+
+/// Whether the component may connect to every host (and `hostaddr`) `config` names, each
+/// with its port (one port for all, or one each; 5432 when none is given).
+fn permitted(host: &SpinHost, config: &Config) -> Result<(), String> {
+    let ports = config.get_ports();
+    let port = |at: usize| match ports {
+        [one] => *one,
+        ports => ports.get(at).copied().unwrap_or(PORT),
+    };
+    let mut targets = Vec::new();
+    for (at, host) in config.get_hosts().iter().enumerate() {
+        match host {
+            Host::Tcp(name) => targets.push((name.to_ascii_lowercase(), port(at))),
+            Host::Unix(_) => {
+                return Err("Unix sockets are not supported: give a host name or address".into());
+            }
+        }
+    }
+    for (at, address) in config.get_hostaddrs().iter().enumerate() {
+        targets.push((address.to_string(), port(at)));
+    }
+    if targets.is_empty() {
+        return Err("the address names no host".to_owned());
+    }
+    for (name, port) in targets {
+        if !host.allowed_hosts.allows("postgres", &name, port) {
+            let shown = match name.contains(':') {
+                true => format!("[{name}]"),
+                false => name,
+            };
+            let entry = format!("postgres://{shown}:{port}");
+            host.report_denied(&entry, &entry);
+            // As Spin names it: the port only if the address gave one.
+            return Err(match ports.is_empty() {
+                true => format!("address postgres://{shown} is not permitted"),
+                false => format!("address {entry} is not permitted"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The statement's parameters, ready to send, or the first that is not a value of its kind.
+fn parameters(params: Vec<v4::ParameterValue>) -> Result<Vec<values::Parameter>, String> {
+    params.into_iter().map(values::parameter).collect()
+}
+
+/// Runs `statement` and reads its rows, at most [`MAX_RESULT_BYTES`] of them.
+async fn query(
+    handle: &PgHandle,
+    statement: &str,
+    params: Vec<v4::ParameterValue>,
+) -> Result<v4::RowSet, v4::Error> {
+    let params = parameters(params).map_err(v4::Error::BadParameter)?;
+    let session = handle.session();
+    let prepared = session.prepare(statement).await.map_err(failed)?;
+    let rows = session
+        .query_raw(&prepared, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+        .await
+        .map_err(|e| bad_parameter(e, v4::Error::BadParameter))?;
+    let columns = prepared
+        .columns()
+        .iter()
+        .map(|column| v4::Column {
+            name: column.name().to_owned(),
+            data_type: values::data_type(column.type_()),
+        })
+        .collect();
+    let mut read = Vec::new();
+    let mut size = 0;
+    let mut rows = std::pin::pin!(rows);
+    while let Some(row) = rows.try_next().await.map_err(failed)? {
+        let row = (0..row.len())
+            .map(|index| values::value(&row, index))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
+        size += row.iter().map(values::size).sum::<usize>();
+        if size > MAX_RESULT_BYTES {
+            return Err(v4::Error::QueryFailed(v4::QueryError::Text(format!(
+                "query result exceeds limit of {MAX_RESULT_BYTES} bytes"
+            ))));
+        }
+        read.push(row);
+    }
+    Ok(v4::RowSet {
+        columns,
+        rows: read,
+    })
+}
+
+/// Runs `statement`; how many rows it affected.
+async fn execute(
+    handle: &PgHandle,
+    statement: &str,
+    params: Vec<v4::ParameterValue>,
+) -> Result<u64, v4::Error> {
+    let params = parameters(params).map_err(v4::Error::ValueConversionFailed)?;
+    let session = handle.session();
+    let prepared = session.prepare(statement).await.map_err(failed)?;
+    session
+        .execute_raw(&prepared, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+        .await
+        .map_err(|e| bad_parameter(e, v4::Error::ValueConversionFailed))
+}
+
+/// A parameter the statement's type for it does not take is the guest's parameter error
+/// (`as_error`, as Spin reports it); any other failure is the statement's.
+fn bad_parameter(error: tokio_postgres::Error, as_error: fn(String) -> v4::Error) -> v4::Error {
+    let wrong_type = std::error::Error::source(&error)
+        .is_some_and(|cause| cause.is::<tokio_postgres::types::WrongType>());
+    match wrong_type {
+        true => as_error(error.to_string()),
+        false => failed(error),
+    }
+}
+
+/// A failed statement: PostgreSQL's own error (SQLSTATE, message, detail and the rest) when it
+/// sent one, else what went wrong.
+fn failed(error: tokio_postgres::Error) -> v4::Error {
+    let as_text = error.to_string();
+    v4::Error::QueryFailed(match error.as_db_error() {
+        Some(db) => {
+            let line = db.line().map(|line| line.to_string());
+            let extras = [
+                ("column", db.column()),
+                ("constraint", db.constraint()),
+                ("routine", db.routine()),
+                ("hint", db.hint()),
+                ("table", db.table()),
+                ("datatype", db.datatype()),
+                ("schema", db.schema()),
+                ("file", db.file()),
+                ("line", line.as_deref()),
+                ("where_", db.where_()),
+            ];
+            v4::QueryError::DbError(v4::DbError {
+                as_text,
+                severity: db.severity().to_owned(),
+                code: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail: db.detail().map(str::to_owned),
+                extras: extras
+                    .into_iter()
+                    .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
+                    .collect(),
+            })
+        }
+        None => v4::QueryError::Text(as_text),
+    })
+}
+
+/// 4.0.0's error as the older interfaces have it (a query's failure as text).
+macro_rules! older_error {
+    ($error:ty) => {
+        impl From<v4::Error> for $error {
+            fn from(error: v4::Error) -> $error {
+                match error {
+                    v4::Error::ConnectionFailed(why) => <$error>::ConnectionFailed(why),
+                    v4::Error::BadParameter(why) => <$error>::BadParameter(why),
+                    v4::Error::QueryFailed(v4::QueryError::Text(why)) => <$error>::QueryFailed(why),
+                    v4::Error::QueryFailed(v4::QueryError::DbError(db)) => {
+                        <$error>::QueryFailed(db.as_text)
+                    }
+                    v4::Error::ValueConversionFailed(why) => <$error>::ValueConversionFailed(why),
+                    v4::Error::Other(why) => <$error>::Other(why),
+                }
+            }
+        }
+    };
+}
+
+older_error!(v3::Error);
+older_error!(rdbms_types::Error);
+
+impl v4::Host for SpinState {}
+impl v3::Host for SpinState {}
+impl v2::Host for SpinState {}
+
+/// One version's `connection` resource: `open` and `drop` as 4.0.0's, `query` and `execute`
+/// converting parameters in (`$params`, which may refuse one), rows (`$rows`) and errors out.
+macro_rules! connection {
+    ($module:ident, $error:ty, $params:expr, $rows:expr) => {
+        impl $module::HostConnection for SpinState {
+            async fn open(&mut self, address: String) -> Outcome<Resource<PgHandle>, $error> {
+                let host = self.host.clone();
+                Ok(match open(&host, &address).await {
+                    Ok(handle) => Ok(self.table.push(handle)?),
+                    Err(error) => Err(error.into()),
+                })
+            }
+
+            async fn query(
+                &mut self,
+                this: Resource<PgHandle>,
+                statement: String,
+                params: Vec<$module::ParameterValue>,
+            ) -> Outcome<$module::RowSet, $error> {
+                let params = match params.into_iter().map($params).collect() {
+                    Ok(params) => params,
+                    Err(why) => return Ok(Err(<$error>::ValueConversionFailed(why))),
+                };
+                let handle = self.table.get(&this)?;
+                Ok(query(handle, &statement, params).await.map($rows).map_err(Into::into))
+            }
+
+            async fn execute(
+                &mut self,
+                this: Resource<PgHandle>,
+                statement: String,
+                params: Vec<$module::ParameterValue>,
+            ) -> Outcome<u64, $error> {
+                let params = match params.into_iter().map($params).collect() {
+                    Ok(params) => params,
+                    Err(why) => return Ok(Err(<$error>::ValueConversionFailed(why))),
+                };
+                let handle = self.table.get(&this)?;
+                Ok(execute(handle, &statement, params).await.map_err(Into::into))
+            }
+
+            async fn drop(&mut self, this: Resource<PgHandle>) -> wasmtime::Result<()> {
+                self.table.delete(this)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+connection!(v4, v4::Error, Ok::<_, String>, |rows| rows);
+connection!(v3, v3::Error, |p| Ok::<_, String>(values::from_v3(p)), values::to_v3);
+connection!(v2, rdbms_types::Error, values::from_v2, values::to_v2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::tests::spin_host;
+
+    fn checked(granted: &[&str], address: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let host = spin_host(dir.path(), granted, &[], &[], &Default::default());
+        permitted(&host, &address.parse().unwrap())
+    }
+
+    /// Every host an address names is checked, with its own port; a denied one is named as
+    /// Spin names it.
+    #[test]
+    fn every_host_of_an_address_is_checked() {
+        let granted = ["postgres://db.example:5433", "postgres://db.example"];
+        for address in [
+            "postgres://u:p@DB.example:5433/app",
+            "host=db.example user=spin",
+            "host=db.example,db.example port=5432,5433 user=spin",
+        ] {
+            assert_eq!(checked(&granted, address), Ok(()), "{address}");
+        }
+        assert_eq!(
+            checked(&granted, "host=db.example port=6000"),
+            Err("address postgres://db.example:6000 is not permitted".into())
+        );
+        assert_eq!(
+            checked(&granted, "host=db.example,other.example user=spin"),
+            Err("address postgres://other.example is not permitted".into())
+        );
+        assert_eq!(
+            checked(&["postgres://[::1]:5432"], "postgres://[::1]/app"),
+            Ok(())
+        );
+    }
+
+    /// `hostaddr` is where tokio-postgres connects, whatever the host's name: a granted name
+    /// does not take a connection to an address that is not granted.
+    #[test]
+    fn hostaddr_cannot_take_a_granted_name_elsewhere() {
+        let granted = ["postgres://db.example:5432"];
+        assert_eq!(
+            checked(&granted, "host=db.example hostaddr=10.1.2.3 user=spin"),
+            Err("address postgres://10.1.2.3 is not permitted".into())
+        );
+        let both = ["postgres://db.example:5432", "postgres://10.1.2.3:5432"];
+        assert_eq!(
+            checked(&both, "host=db.example hostaddr=10.1.2.3 user=spin"),
+            Ok(())
+        );
+    }
+
+    /// A Unix socket is a path on the node: never.
+    #[test]
+    fn unix_sockets_are_refused() {
+        for address in ["host=/var/run/postgresql user=postgres", "user=postgres"] {
+            let refused = checked(&["postgres://*:*"], address).unwrap_err();
+            assert!(
+                refused.contains("Unix sockets") || refused.contains("no host"),
+                "{address}: {refused}"
+            );
+        }
+    }
+}
