@@ -89,7 +89,59 @@ if [ ! -x "$tools/usr/sbin/mosquitto" ] || [ ! -x "$tools/usr/bin/mosquitto_sub"
     die "could not download mosquitto from the machine's apt sources"
   for deb in "$tools"/debs/mosquitto/*.deb; do dpkg -x "$deb" "$tools"; done
 fi
+
+# The libraries of programs extracted into $tools: Debian 12 ships some in /lib, some in /usr/lib.
+tools_libs="$tools/usr/lib/x86_64-linux-gnu:$tools/lib/x86_64-linux-gnu"
+# The libraries the given programs (paths in $tools) link that are found neither on the system nor
+# in $tools, as the tests run them (LD_LIBRARY_PATH=$tools_libs); "missing" for a missing program.
+tools_missing() {
+  local bin
+  for bin in "$@"; do
+    if [ -x "$tools/$bin" ]; then
+      LD_LIBRARY_PATH=$tools_libs ldd "$tools/$bin" 2>&1 | awk '/not found/ { print $1 }' || true
+    else
+      echo "$bin"
+    fi
+  done | sort -u | tr '\n' ' '
+}
+# Downloads the packages into $tools/debs/NAME and extracts them into $tools (not installed).
+tools_extract() {
+  local name=$1 deb
+  shift
+  log "fetching $name into $tools"
+  mkdir -p "$tools/debs/$name"
+  (cd "$tools/debs/$name" && rm -f ./*.deb && apt-get download "$@") ||
+    die "could not download $* from the machine's apt sources"
+  for deb in "$tools/debs/$name"/*.deb; do dpkg -x "$deb" "$tools"; done
+}
+
+# Debian 12's PostgreSQL 15 server and psql, for the outbound PostgreSQL tests: extracted, not
+# installed, so that no cluster starts on port 5432; each test starts its own. postgres finds
+# its share files (usr/share/postgresql/15) relative to its binary. With them, the libraries they
+# link that a fresh Debian 12 (minbase) lacks; libssl3 comes with ca-certificates above.
+pg_bins=(usr/lib/postgresql/15/bin/{initdb,postgres,psql})
+if [ -n "$(tools_missing "${pg_bins[@]}")" ]; then
+  tools_extract postgresql postgresql-15 postgresql-client-15 libpq5 libicu72 libxml2 \
+    libldap-2.5-0 libsasl2-2 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 \
+    libkeyutils1 libreadline8
+  missing=$(tools_missing "${pg_bins[@]}")
+  [ -z "$missing" ] || die "PostgreSQL in $tools still misses $missing"
+fi
+# Debian 12's MariaDB 10.11 server (mariadbd, and mariadb-install-db, which calls
+# my_print_defaults, to make a data directory) and its client, for the outbound MySQL tests:
+# extracted, not installed, so that no server starts on port 3306; each test starts its own.
+# With them, the libraries they link that a fresh Debian 12 (minbase) lacks; libssl3 comes with
+# ca-certificates above.
+mariadb_bins=(usr/sbin/mariadbd usr/bin/{mariadb-install-db,my_print_defaults,mariadb})
+if [ -n "$(tools_missing "${mariadb_bins[@]}")" ]; then
+  tools_extract mariadb mariadb-server-core mariadb-client-core libaio1 libnuma1 liburing2 \
+    libedit2 libbsd0 libncurses6
+  missing=$(tools_missing "${mariadb_bins[@]}")
+  [ -z "$missing" ] || die "MariaDB in $tools still misses $missing"
+fi
 log "containerd: $("$tools/usr/bin/containerd" --version)"
 log "runc: $(runc --version | head -1)"
 log "dockerd: $("$tools/usr/sbin/dockerd" --version)"
 log "registry: $("$tools/usr/bin/docker-registry" --version), skopeo: $(skopeo --version)"
+log "postgres: $(LD_LIBRARY_PATH=$tools_libs "$tools/usr/lib/postgresql/15/bin/postgres" --version)"
+log "mariadbd: $(LD_LIBRARY_PATH=$tools_libs "$tools/usr/sbin/mariadbd" --version)"

@@ -1283,6 +1283,289 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The library directories of Debian 12 packages extracted into [`tools`] (some ship theirs in
+/// /lib, some in /usr/lib), for `LD_LIBRARY_PATH`: the libraries a fresh Debian 12 lacks.
+fn tools_libraries() -> std::ffi::OsString {
+    std::env::join_paths([
+        tools().join("usr/lib/x86_64-linux-gnu"),
+        tools().join("lib/x86_64-linux-gnu"),
+    ])
+    .expect("library path")
+}
+
+/// A private PostgreSQL 15 server (Debian's, extracted by scripts/setup.sh) on a free loopback
+/// port, its cluster in a temp dir; user `postgres`, password `wasmcell` over TCP; stopped by
+/// PID when dropped.
+///
+/// postgres refuses to run as root, and nobody (uid 65534) cannot reach `$WASMCELL_TOOLS`, by
+/// default under root's home (mode 0700); nor would CAP_DAC_READ_SEARCH do, since postgres
+/// checks its own binary with access(2), which ignores capabilities. So initdb and the server
+/// run in a user namespace of their own (`unshare --user`) whose uid 65534 is root outside:
+/// not root to postgres, root to the files (the data dir is root's, which postgres sees as its
+/// own).
+pub struct Postgres {
+    daemon: Daemon,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// The superuser the cluster is made with.
+    pub const USER: &str = "postgres";
+    /// Its password, for connections over TCP (scram-sha-256).
+    pub const PASSWORD: &str = "wasmcell";
+
+    /// Makes a cluster (UTF-8, locale C, not synced to disk), starts the server on 127.0.0.1
+    /// only (its Unix socket in the data dir, fsync off) and waits until `psql` can query it.
+    pub fn start() -> Result<Postgres> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let password = dir.path().join("password");
+        std::fs::write(&password, Self::PASSWORD)?;
+        run(Self::command("initdb")
+            .arg("--pgdata")
+            .arg(&data)
+            .args(["--username", Self::USER, "--pwfile"])
+            .arg(&password)
+            .args(["--auth-host=scram-sha-256", "--auth-local=trust"])
+            .args(["--encoding=UTF8", "--locale=C"])
+            .args(["--no-sync", "--no-instructions"]))?
+        .success()
+        .context("initdb")?;
+        let port = free_port()?;
+        let mut command = Self::command("postgres");
+        command
+            .arg("-D")
+            .arg(&data)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+            .arg(&data)
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
+        let daemon = Daemon::spawn("postgres", &mut command, &dir.path().join("postgres.log"))?;
+        let postgres = Postgres {
+            daemon,
+            port,
+            _dir: dir,
+        };
+        postgres.daemon.wait_ready(|| postgres.psql("SELECT 1"))?;
+        Ok(postgres)
+    }
+
+    /// `PROGRAM` from the extracted PostgreSQL, as uid 65534 in a user namespace mapping it to
+    /// root (`unshare` execs it: its PID is the program's).
+    fn command(program: &str) -> Command {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--user", "--map-user=65534", "--map-group=65534", "--"])
+            .arg(tools().join("usr/lib/postgresql/15/bin").join(program))
+            .env("LD_LIBRARY_PATH", tools_libraries());
+        command
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's (postmaster's) PID.
+    pub fn pid(&self) -> u32 {
+        self.daemon.child.borrow().id()
+    }
+
+    /// The connection string in key=value form:
+    /// `host=127.0.0.1 port=PORT user=postgres password=wasmcell dbname=postgres`.
+    pub fn address(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname=postgres",
+            self.port,
+            Self::USER,
+            Self::PASSWORD
+        )
+    }
+
+    /// The connection URL: `postgres://postgres:wasmcell@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/postgres",
+            Self::USER,
+            Self::PASSWORD,
+            self.port
+        )
+    }
+
+    /// Runs `sql` with `psql` over TCP as `postgres`, stopping at the first error; rows are
+    /// printed unaligned, a line each, fields separated by `|`, without headers.
+    pub fn psql(&self, sql: &str) -> Result<Ran> {
+        self.psql_at(&self.address(), sql)
+    }
+
+    /// Runs `sql` as [`Postgres::psql`] does, connecting with `connection` instead (a key=value
+    /// string or a URL): another database, user or password.
+    pub fn psql_at(&self, connection: &str, sql: &str) -> Result<Ran> {
+        run(Command::new(tools().join("usr/lib/postgresql/15/bin/psql"))
+            .env("LD_LIBRARY_PATH", tools_libraries())
+            .args(["--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-At"])
+            .args(["-d", connection, "-c", sql]))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Fast shutdown: SIGTERM (smart) would wait for every client to disconnect. The server
+        // waits for its children (they exit too when it dies) before it exits.
+        self.daemon.stop_with(Signal::SIGINT);
+    }
+}
+
+/// A private MariaDB 10.11 server (Debian's, extracted by scripts/setup.sh) on a free loopback
+/// port, its data, socket and PID file in a temp dir; database `spin`, on which user `spin`
+/// (password `wasmcell`) has every privilege; stopped by PID when dropped.
+///
+/// It runs as root (`--user=root`): unlike postgres, mariadbd allows that when told. Its root
+/// account is reachable only through its Unix socket, by root (unix_socket authentication).
+pub struct MariaDb {
+    daemon: Daemon,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MariaDb {
+    /// The user tests and guests connect as.
+    pub const USER: &str = "spin";
+    /// Its password.
+    pub const PASSWORD: &str = "wasmcell";
+    /// The database it owns.
+    pub const DATABASE: &str = "spin";
+
+    /// Settings for a throwaway server, given both to the bootstrap and to the server (the
+    /// InnoDB files must match, and `spin` is made with the server's character set): small
+    /// InnoDB files (~20 MB in all, not ~110) and buffer pool, no doublewrite, the log flushed
+    /// about once a second instead of at every commit, no binary log, no DNS; UTF-8 (utf8mb4)
+    /// as Debian's packaged configuration sets it, not the built-in latin1.
+    const OPTIONS: [&str; 11] = [
+        "--innodb-buffer-pool-size=16M",
+        "--innodb-log-file-size=4M",
+        "--innodb-data-file-path=ibdata1:4M:autoextend",
+        "--innodb-autoextend-increment=4",
+        "--innodb-temp-data-file-path=ibtmp1:4M:autoextend",
+        "--innodb-doublewrite=0",
+        "--innodb-flush-log-at-trx-commit=0",
+        "--skip-log-bin",
+        "--skip-name-resolve",
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_general_ci",
+    ];
+
+    /// Makes the data dir with `mariadb-install-db` (system tables, then user `spin` and its
+    /// database), starts the server on 127.0.0.1 and waits until `spin` can query it.
+    pub fn start() -> Result<MariaDb> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let init = dir.path().join("init.sql");
+        // mariadb-install-db's bootstrap runs without the grant tables loaded: FLUSH PRIVILEGES
+        // loads those it just made, so that users can be created.
+        std::fs::write(
+            &init,
+            format!(
+                "FLUSH PRIVILEGES;\nCREATE DATABASE {db};\n\
+                 CREATE USER '{user}'@'%' IDENTIFIED BY '{password}';\n\
+                 GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'%';\n",
+                db = Self::DATABASE,
+                user = Self::USER,
+                password = Self::PASSWORD
+            ),
+        )?;
+        // --no-defaults: no my.cnf of the machine's; --cross-bootstrap: no account for this
+        // host's name (nor a lookup of it with resolveip).
+        run(Command::new(tools().join("usr/bin/mariadb-install-db"))
+            .env("LD_LIBRARY_PATH", tools_libraries())
+            .arg("--no-defaults")
+            .arg(format!("--basedir={}", tools().join("usr").display()))
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--cross-bootstrap", "--skip-test-db"])
+            .arg(format!("--extra-file={}", init.display()))
+            .args(Self::OPTIONS))?
+        .success()
+        .context("mariadb-install-db")?;
+        let port = free_port()?;
+        let mut command = Command::new(tools().join("usr/sbin/mariadbd"));
+        command
+            .env("LD_LIBRARY_PATH", tools_libraries())
+            .args(["--no-defaults", "--user=root"])
+            .arg(format!("--basedir={}", tools().join("usr").display()))
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--bind-address=127.0.0.1", &format!("--port={port}")])
+            .arg(format!(
+                "--socket={}",
+                dir.path().join("mariadbd.sock").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("mariadbd.pid").display()
+            ))
+            .args(Self::OPTIONS);
+        let daemon = Daemon::spawn("mariadbd", &mut command, &dir.path().join("mariadbd.log"))?;
+        let mariadb = MariaDb {
+            daemon,
+            port,
+            _dir: dir,
+        };
+        mariadb.daemon.wait_ready(|| mariadb.sql("SELECT 1"))?;
+        Ok(mariadb)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's PID.
+    pub fn pid(&self) -> u32 {
+        self.daemon.child.borrow().id()
+    }
+
+    /// The connection URL: `mysql://spin:wasmcell@127.0.0.1:PORT/spin`.
+    pub fn url(&self) -> String {
+        format!(
+            "mysql://{}:{}@127.0.0.1:{}/{}",
+            Self::USER,
+            Self::PASSWORD,
+            self.port,
+            Self::DATABASE
+        )
+    }
+
+    /// Runs `statement` (one or more, `;`-separated) with the `mariadb` client over TCP as
+    /// `spin` in database `spin`, stopping at the first error; rows are printed a line each,
+    /// fields separated by tabs, without headers.
+    pub fn sql(&self, statement: &str) -> Result<Ran> {
+        self.sql_as(Self::USER, Self::PASSWORD, statement)
+    }
+
+    /// Runs `statement` as [`MariaDb::sql`] does, as `user` with `password` instead.
+    pub fn sql_as(&self, user: &str, password: &str, statement: &str) -> Result<Ran> {
+        run(Command::new(tools().join("usr/bin/mariadb"))
+            .env("LD_LIBRARY_PATH", tools_libraries())
+            .args(["--no-defaults", "--protocol=TCP", "--host=127.0.0.1"])
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--user={user}"))
+            .arg(format!("--password={password}"))
+            .args([
+                "--batch",
+                "--skip-column-names",
+                Self::DATABASE,
+                "-e",
+                statement,
+            ]))
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        // SIGTERM: a clean shutdown, closing any client connection.
+        self.daemon.stop();
+    }
+}
+
 /// A copy of the Spin test app `name` (guests/spin-apps, assembled by build-guests.sh) in
 /// `dir`, for a test to change or to keep its stores in.
 pub fn spin_app(name: &str, dir: &Path) -> Result<PathBuf> {
