@@ -29,6 +29,7 @@ wasmtime::component::bindgen!({
         "fermyon:spin/sqlite.connection": DatabaseHandle,
         "fermyon:spin/redis.connection": RedisHandle,
         "fermyon:spin/mqtt.connection": mqtt_client::MqttHandle,
+        "fermyon:spin/mysql.connection": mysql::MysqlHandle,
         "fermyon:spin/postgres.connection": postgres::PgHandle,
         "spin:postgres/postgres@3.0.0.connection": postgres::PgHandle,
         "spin:postgres/postgres@4.0.0.connection": postgres::PgHandle,
@@ -39,6 +40,8 @@ wasmtime::component::bindgen!({
 });
 
 mod mqtt_client;
+mod mysql;
+mod pools;
 mod postgres;
 mod services;
 mod spin2;
@@ -70,6 +73,8 @@ pub(crate) struct SpinHost {
     places: Arc<Places>,
     /// Its sessions to PostgreSQL servers, kept between requests.
     postgres: postgres::Pools,
+    /// Its connections to MySQL servers, likewise.
+    mysql: mysql::Pools,
 }
 
 impl SpinHost {
@@ -110,6 +115,7 @@ impl SpinHost {
             databases,
             places,
             postgres: Default::default(),
+            mysql: Default::default(),
         }
     }
 }

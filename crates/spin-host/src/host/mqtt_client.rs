@@ -69,7 +69,7 @@ impl mqtt::HostConnection for SpinState {
         if host_and_port(&address, MQTT).is_none() {
             return Ok(Err(mqtt::Error::InvalidAddress));
         }
-        if let Err(why) = permitted(self, &address, MQTT) {
+        if let Err(why) = permitted(&self.host, &address, MQTT) {
             return Ok(Err(mqtt::Error::ConnectionFailed(why)));
         }
         let Ok(mut options) = MqttOptions::parse_url(address.as_str()) else {

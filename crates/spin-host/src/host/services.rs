@@ -1,7 +1,6 @@
-//! The outbound services of Spin's platform that wasmcell links but does not yet connect to:
-//! MySQL (`fermyon:spin/mysql@2.0.0`) and LLM inferencing (`fermyon:spin/llm@2.0.0`); and how
-//! a service's URL address is checked against the component's grants (MQTT's too, which
-//! `mqtt_client` connects to; PostgreSQL's addresses are checked in `postgres`).
+//! LLM inferencing (`fermyon:spin/llm@2.0.0`), which wasmcell links but runs no models for;
+//! and how a service's URL address (MySQL's, MQTT's) is checked against the component's
+//! grants (PostgreSQL's addresses are checked in `postgres`).
 //!
 //! Spin links every interface of its platform for every app and fails only a call, so an app
 //! whose SDK imports them all (Spin's Python SDK does, whatever the app calls) starts. Each
@@ -12,10 +11,8 @@
 //! connection is ever made, so no connection handle can exist: the bindings' resource types
 //! are uninhabited, and a call on a handle the guest made up traps.
 
-use wasmtime::component::Resource;
-
-use super::SpinState;
-use super::fermyon::spin2_0_0::{llm, mysql, rdbms_types};
+use super::fermyon::spin2_0_0::llm;
+use super::{SpinHost, SpinState};
 use crate::host::Outcome;
 use wasmcell_runtime::outbound::has_valid_port;
 
@@ -28,7 +25,7 @@ pub(super) struct Service {
     port: u16,
 }
 
-const MYSQL: Service = Service {
+pub(super) const MYSQL: Service = Service {
     name: "MySQL",
     scheme: "mysql",
     port: 3306,
@@ -55,82 +52,18 @@ pub(super) fn host_and_port(address: &str, service: Service) -> Option<(String, 
 /// Whether the component's grants permit a connection to `address`; if not, why, as the guest
 /// is told (its address as it gave it, as Spin says it), also said on the container's stderr
 /// with the entry to add, as for HTTP.
-pub(super) fn permitted(state: &SpinState, address: &str, service: Service) -> Result<(), String> {
-    let Some((host, port)) = host_and_port(address, service) else {
+pub(super) fn permitted(host: &SpinHost, address: &str, service: Service) -> Result<(), String> {
+    let Some((name, port)) = host_and_port(address, service) else {
         return Err(format!("invalid {} address {address:?}", service.name));
     };
     let scheme = service.scheme;
-    if !state.host.allowed_hosts.allows(scheme, &host, port) {
-        let entry = format!("{scheme}://{host}:{port}");
-        state.host.report_denied(&entry, &entry);
+    if !host.allowed_hosts.allows(scheme, &name, port) {
+        let entry = format!("{scheme}://{name}:{port}");
+        host.report_denied(&entry, &entry);
         return Err(format!("address {address} is not permitted"));
     }
     Ok(())
 }
-
-/// Why a connection to `address` is refused: not permitted (see [`permitted`]), or not
-/// provided.
-fn refusal(state: &SpinState, address: &str, service: Service) -> String {
-    if let Err(why) = permitted(state, address, service) {
-        return why;
-    }
-    format!(
-        "this wasmcell does not connect to {} servers: outbound {} is linked so that apps importing it start, but not provided",
-        service.name, service.name
-    )
-}
-
-/// A call on a connection handle, which cannot exist (see the module's documentation).
-fn no_connection<T>() -> wasmtime::Result<T> {
-    Err(wasmtime::format_err!("no such connection"))
-}
-
-impl rdbms_types::Host for SpinState {}
-impl mysql::Host for SpinState {}
-
-/// A database interface's connection, linked but not connected: `open` answers
-/// `connection-failed` with why (see [`refusal`]); the calls on a connection, which cannot
-/// exist, trap. `$module` is the interface's bindings, `$error` its error type, `$service` the
-/// service its addresses name, `$executed` what its `execute` returns.
-macro_rules! unconnected_database {
-    ($module:ident, $error:path, $service:expr, $executed:ty) => {
-        impl $module::HostConnection for SpinState {
-            async fn open(
-                &mut self,
-                address: String,
-            ) -> Outcome<Resource<$module::Connection>, $error> {
-                use $error as Error;
-                Ok(Err(Error::ConnectionFailed(refusal(
-                    self, &address, $service,
-                ))))
-            }
-
-            async fn query(
-                &mut self,
-                _: Resource<$module::Connection>,
-                _: String,
-                _: Vec<$module::ParameterValue>,
-            ) -> Outcome<$module::RowSet, $error> {
-                no_connection()
-            }
-
-            async fn execute(
-                &mut self,
-                _: Resource<$module::Connection>,
-                _: String,
-                _: Vec<$module::ParameterValue>,
-            ) -> Outcome<$executed, $error> {
-                no_connection()
-            }
-
-            async fn drop(&mut self, _: Resource<$module::Connection>) -> wasmtime::Result<()> {
-                no_connection()
-            }
-        }
-    };
-}
-
-unconnected_database!(mysql, rdbms_types::Error, MYSQL, ());
 
 /// What an inferencing call answers: a model the component's `ai_models` does not name is
 /// invalid input, as in Spin; any other, that no backend runs models here (Spin's answer

@@ -45,6 +45,7 @@ pub(crate) fn spin_host(
             .collect(),
         places: Arc::new(Places::new(dir, &[])),
         postgres: Default::default(),
+        mysql: Default::default(),
     }
 }
 

@@ -28,9 +28,6 @@ use wasmcell_stores::MAX_RESULT_BYTES;
 
 mod values;
 
-/// How many addresses a component keeps sessions for (the least recently used pool goes).
-const POOLS: usize = 16;
-
 /// How many sessions a component keeps open to one address, at most.
 const SESSIONS: usize = 16;
 
@@ -45,7 +42,9 @@ pub struct PgHandle(Option<deadpool_postgres::Object>);
 
 impl PgHandle {
     fn session(&self) -> &deadpool_postgres::Object {
-        self.0.as_ref().expect("a handle holds its session until dropped")
+        self.0
+            .as_ref()
+            .expect("a handle holds its session until dropped")
     }
 }
 
@@ -64,44 +63,29 @@ impl Drop for PgHandle {
     }
 }
 
-/// A component's session pools, by address, most recently used last.
-#[derive(Default)]
-pub(crate) struct Pools(std::sync::Mutex<Vec<(String, Pool)>>);
+/// A component's session pools, by address.
+pub(crate) type Pools = super::pools::Pools<Pool>;
 
-impl Pools {
-    /// The pool of sessions to `address`, made on first use.
-    fn get(&self, address: &str, config: Config) -> Result<Pool, String> {
-        let mut pools = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(at) = pools.iter().position(|(a, _)| a == address) {
-            let entry = pools.remove(at);
-            let pool = entry.1.clone();
-            pools.push(entry);
-            return Ok(pool);
-        }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Clean,
-            },
-        );
-        let timeouts = Timeouts {
-            wait: Some(WAIT),
-            create: Some(WAIT),
-            recycle: Some(WAIT),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(SESSIONS)
-            .timeouts(timeouts)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| e.to_string())?;
-        if pools.len() == POOLS {
-            pools.remove(0);
-        }
-        pools.push((address.to_owned(), pool.clone()));
-        Ok(pool)
-    }
+/// A pool of sessions to the server `config` names.
+fn pool(config: Config) -> Result<Pool, String> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Clean,
+        },
+    );
+    let timeouts = Timeouts {
+        wait: Some(WAIT),
+        create: Some(WAIT),
+        recycle: Some(WAIT),
+    };
+    Pool::builder(manager)
+        .max_size(SESSIONS)
+        .timeouts(timeouts)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Opens a session to `address` for the component `host`.
@@ -117,7 +101,7 @@ async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
     }
     let pool = host
         .postgres
-        .get(address, config)
+        .get(address, || pool(config))
         .map_err(v4::Error::Other)?;
     match pool.get().await {
         Ok(session) => Ok(PgHandle(Some(session))),
@@ -183,7 +167,10 @@ async fn query(
     let session = handle.session();
     let prepared = session.prepare(statement).await.map_err(failed)?;
     let rows = session
-        .query_raw(&prepared, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+        .query_raw(
+            &prepared,
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+        )
         .await
         .map_err(|e| bad_parameter(e, v4::Error::BadParameter))?;
     let columns = prepared
@@ -226,7 +213,10 @@ async fn execute(
     let session = handle.session();
     let prepared = session.prepare(statement).await.map_err(failed)?;
     session
-        .execute_raw(&prepared, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+        .execute_raw(
+            &prepared,
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+        )
         .await
         .map_err(|e| bad_parameter(e, v4::Error::ValueConversionFailed))
 }
@@ -328,7 +318,10 @@ macro_rules! connection {
                     Err(why) => return Ok(Err(<$error>::ValueConversionFailed(why))),
                 };
                 let handle = self.table.get(&this)?;
-                Ok(query(handle, &statement, params).await.map($rows).map_err(Into::into))
+                Ok(query(handle, &statement, params)
+                    .await
+                    .map($rows)
+                    .map_err(Into::into))
             }
 
             async fn execute(
@@ -342,7 +335,9 @@ macro_rules! connection {
                     Err(why) => return Ok(Err(<$error>::ValueConversionFailed(why))),
                 };
                 let handle = self.table.get(&this)?;
-                Ok(execute(handle, &statement, params).await.map_err(Into::into))
+                Ok(execute(handle, &statement, params)
+                    .await
+                    .map_err(Into::into))
             }
 
             async fn drop(&mut self, this: Resource<PgHandle>) -> wasmtime::Result<()> {
@@ -354,7 +349,12 @@ macro_rules! connection {
 }
 
 connection!(v4, v4::Error, Ok::<_, String>, |rows| rows);
-connection!(v3, v3::Error, |p| Ok::<_, String>(values::from_v3(p)), values::to_v3);
+connection!(
+    v3,
+    v3::Error,
+    |p| Ok::<_, String>(values::from_v3(p)),
+    values::to_v3
+);
 connection!(v2, rdbms_types::Error, values::from_v2, values::to_v2);
 
 #[cfg(test)]

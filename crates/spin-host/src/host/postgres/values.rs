@@ -263,7 +263,10 @@ pub(super) fn data_type(ty: &Type) -> DbDataType {
 
 /// Column `index` of `row` as Spin's value; `db-null` for a NULL of any type.
 pub(super) fn value(row: &Row, index: usize) -> Result<DbValue, tokio_postgres::Error> {
-    fn get<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<Option<T>, tokio_postgres::Error> {
+    fn get<'a, T: FromSql<'a>>(
+        row: &'a Row,
+        index: usize,
+    ) -> Result<Option<T>, tokio_postgres::Error> {
         row.try_get(index)
     }
     let ty = row.columns()[index].type_();
@@ -287,19 +290,16 @@ pub(super) fn value(row: &Row, index: usize) -> Result<DbValue, tokio_postgres::
         DbDataType::Uuid => get::<uuid::Uuid>(row, index)?.map(|u| DbValue::Uuid(u.to_string())),
         DbDataType::Jsonb => get::<serde_json::Value>(row, index)?
             .map(|v| DbValue::Jsonb(serde_json::to_vec(&v).unwrap_or_default())),
-        DbDataType::Decimal => {
-            get::<Decimal>(row, index)?.map(|d| DbValue::Decimal(d.to_string()))
-        }
+        DbDataType::Decimal => get::<Decimal>(row, index)?.map(|d| DbValue::Decimal(d.to_string())),
         DbDataType::RangeInt32 => {
             get::<Range<i32>>(row, index)?.map(|r| DbValue::RangeInt32(bounds(r, |v| *v, 0)))
         }
         DbDataType::RangeInt64 => {
             get::<Range<i64>>(row, index)?.map(|r| DbValue::RangeInt64(bounds(r, |v| *v, 0)))
         }
-        DbDataType::RangeDecimal => get::<Range<RangedDecimal>>(row, index)?
-            .map(|r| {
-                DbValue::RangeDecimal(bounds(r, |v| v.0.to_string(), RangedDecimal(Decimal::ZERO)))
-            }),
+        DbDataType::RangeDecimal => get::<Range<RangedDecimal>>(row, index)?.map(|r| {
+            DbValue::RangeDecimal(bounds(r, |v| v.0.to_string(), RangedDecimal(Decimal::ZERO)))
+        }),
         DbDataType::ArrayInt32 => get(row, index)?.map(DbValue::ArrayInt32),
         DbDataType::ArrayInt64 => get(row, index)?.map(DbValue::ArrayInt64),
         DbDataType::ArrayDecimal => get::<Vec<Option<Decimal>>>(row, index)?.map(|v| {
@@ -318,7 +318,12 @@ fn ymd(d: NaiveDate) -> (i32, u8, u8) {
 }
 
 fn hmsn(t: NaiveTime) -> (u8, u8, u8, u32) {
-    (t.hour() as u8, t.minute() as u8, t.second() as u8, t.nanosecond())
+    (
+        t.hour() as u8,
+        t.minute() as u8,
+        t.second() as u8,
+        t.nanosecond(),
+    )
 }
 
 fn datetime(t: NaiveDateTime) -> DbValue {
@@ -494,7 +499,8 @@ pub(super) fn size(value: &DbValue) -> usize {
             DbValue::ArrayInt64(v) => v.len() * size_of::<Option<i64>>(),
             DbValue::ArrayDecimal(v) | DbValue::ArrayStr(v) => strings(v),
             DbValue::RangeDecimal((lower, upper)) => {
-                lower.as_ref().map_or(0, |(v, _)| v.len()) + upper.as_ref().map_or(0, |(v, _)| v.len())
+                lower.as_ref().map_or(0, |(v, _)| v.len())
+                    + upper.as_ref().map_or(0, |(v, _)| v.len())
             }
             _ => 0,
         }

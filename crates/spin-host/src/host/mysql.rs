@@ -1,0 +1,369 @@
+//! Outbound MySQL (`fermyon:spin/mysql@2.0.0`), with mysql_async.
+//!
+//! A handle is one connection from the component's pool for its address (kept between
+//! requests; mysql_async resets a connection when it goes back, ending its transaction). The
+//! address must be granted as `mysql://HOST:PORT`. Connections are plain TCP to that host:
+//! mysql_async's `prefer_socket` (which would switch a connection to 127.0.0.1 over to the
+//! server's Unix socket, a path on the node) is off and a `socket=` address is refused, as is
+//! one asking for TLS (`ssl-mode` other than `disabled` or `preferred`); `LOAD DATA LOCAL`
+//! finds no handler, so the server cannot read the host's files.
+//!
+//! Values as Spin maps them: integers by size and signedness, floats, text (`str`) and bytes
+//! (`binary`, for the `binary` character set). Where Spin fails a query for a column it has no
+//! type for (a date, a decimal, JSON), its values come back as the text MySQL writes them
+//! (in a column of type `other`).
+
+use std::time::Duration;
+
+use mysql_async::consts::{ColumnFlags, ColumnType};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Column, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Value};
+use wasmtime::component::Resource;
+
+use super::fermyon::spin2_0_0::mysql;
+use super::fermyon::spin2_0_0::rdbms_types::{
+    self, Column as SpinColumn, DbDataType, DbValue, Error, ParameterValue, RowSet,
+};
+use super::services::{MYSQL, permitted};
+use super::{Outcome, SpinHost, SpinState};
+use wasmcell_stores::MAX_RESULT_BYTES;
+
+/// How many connections a component keeps open to one address, at most.
+const CONNECTIONS: usize = 16;
+
+/// How long connecting (or waiting for a connection when all are in use) may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// MySQL's character set number for bytes that are not text.
+const BINARY_CHARSET: u16 = 63;
+
+/// An open handle: one connection, back to its pool when dropped.
+pub struct MysqlHandle(mysql_async::Conn);
+
+/// A component's pools, by address.
+pub(crate) type Pools = super::pools::Pools<Pool>;
+
+/// Opens a connection to `address` for the component `host`.
+async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, Error> {
+    permitted(host, address, MYSQL).map_err(Error::ConnectionFailed)?;
+    let opts = options(address).map_err(Error::ConnectionFailed)?;
+    let pool = host
+        .mysql
+        .get(address, || Ok(Pool::new(opts)))
+        .map_err(Error::Other)?;
+    match tokio::time::timeout(WAIT, pool.get_conn()).await {
+        Ok(Ok(connection)) => Ok(MysqlHandle(connection)),
+        Ok(Err(e)) => Err(Error::ConnectionFailed(format!(
+            "cannot connect to MySQL: {e}"
+        ))),
+        Err(_) => Err(Error::ConnectionFailed(format!(
+            "cannot connect to MySQL: no connection within {WAIT:?}"
+        ))),
+    }
+}
+
+/// mysql_async's options for `address`, TCP only, without TLS.
+fn options(address: &str) -> Result<Opts, String> {
+    let mut url = url::Url::parse(address).map_err(|e| format!("invalid MySQL address: {e}"))?;
+    let mut ssl_mode = None;
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(key, value)| {
+            let ssl = key.eq_ignore_ascii_case("ssl-mode") || key.eq_ignore_ascii_case("sslmode");
+            if ssl {
+                ssl_mode = Some(value.to_ascii_lowercase());
+            }
+            !ssl
+        })
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    if let Some(mode) = ssl_mode
+        && mode != "disabled"
+        && mode != "preferred"
+    {
+        return Err(format!(
+            "ssl-mode={mode}: this wasmcell connects to MySQL without TLS"
+        ));
+    }
+    url.set_query(None);
+    if !kept.is_empty() {
+        url.query_pairs_mut().extend_pairs(kept);
+    }
+    let opts = Opts::from_url(url.as_str()).map_err(|e| format!("invalid MySQL address: {e}"))?;
+    if opts.socket().is_some() {
+        return Err("Unix sockets are not supported: give a host name or address".to_owned());
+    }
+    let constraints = PoolConstraints::new(0, CONNECTIONS).expect("0 <= the maximum");
+    Ok(OptsBuilder::from_opts(opts)
+        .prefer_socket(false)
+        .pool_opts(PoolOpts::default().with_constraints(constraints))
+        .into())
+}
+
+fn parameter(value: ParameterValue) -> Value {
+    match value {
+        ParameterValue::Boolean(v) => Value::Int(v.into()),
+        ParameterValue::Int8(v) => Value::Int(v.into()),
+        ParameterValue::Int16(v) => Value::Int(v.into()),
+        ParameterValue::Int32(v) => Value::Int(v.into()),
+        ParameterValue::Int64(v) => Value::Int(v),
+        ParameterValue::Uint8(v) => Value::UInt(v.into()),
+        ParameterValue::Uint16(v) => Value::UInt(v.into()),
+        ParameterValue::Uint32(v) => Value::UInt(v.into()),
+        ParameterValue::Uint64(v) => Value::UInt(v),
+        ParameterValue::Floating32(v) => Value::Float(v),
+        ParameterValue::Floating64(v) => Value::Double(v),
+        ParameterValue::Str(v) => Value::Bytes(v.into_bytes()),
+        ParameterValue::Binary(v) => Value::Bytes(v),
+        ParameterValue::DbNull => Value::NULL,
+    }
+}
+
+/// The Spin type of `column`.
+fn data_type(column: &Column) -> DbDataType {
+    let signed = !column.flags().contains(ColumnFlags::UNSIGNED_FLAG);
+    let by_sign = |signed_type, unsigned_type| match signed {
+        true => signed_type,
+        false => unsigned_type,
+    };
+    match column.column_type() {
+        ColumnType::MYSQL_TYPE_TINY => by_sign(DbDataType::Int8, DbDataType::Uint8),
+        ColumnType::MYSQL_TYPE_SHORT => by_sign(DbDataType::Int16, DbDataType::Uint16),
+        ColumnType::MYSQL_TYPE_INT24 | ColumnType::MYSQL_TYPE_LONG => {
+            by_sign(DbDataType::Int32, DbDataType::Uint32)
+        }
+        ColumnType::MYSQL_TYPE_LONGLONG => by_sign(DbDataType::Int64, DbDataType::Uint64),
+        ColumnType::MYSQL_TYPE_FLOAT => DbDataType::Floating32,
+        ColumnType::MYSQL_TYPE_DOUBLE => DbDataType::Floating64,
+        ColumnType::MYSQL_TYPE_STRING
+        | ColumnType::MYSQL_TYPE_VAR_STRING
+        | ColumnType::MYSQL_TYPE_VARCHAR
+        | ColumnType::MYSQL_TYPE_BLOB
+        | ColumnType::MYSQL_TYPE_TINY_BLOB
+        | ColumnType::MYSQL_TYPE_MEDIUM_BLOB
+        | ColumnType::MYSQL_TYPE_LONG_BLOB => match column.character_set() {
+            BINARY_CHARSET => DbDataType::Binary,
+            _ => DbDataType::Str,
+        },
+        _ => DbDataType::Other,
+    }
+}
+
+/// `value`, of a column of Spin type `ty` (MySQL type `column`), as Spin's value.
+fn value(value: Value, ty: DbDataType, column: ColumnType) -> Result<DbValue, String> {
+    fn int<T: mysql_async::prelude::FromValue>(value: Value) -> Result<T, String> {
+        mysql_async::from_value_opt(value).map_err(|e| e.to_string())
+    }
+    Ok(match (ty, value) {
+        (_, Value::NULL) => DbValue::DbNull,
+        (DbDataType::Int8, v) => DbValue::Int8(int(v)?),
+        (DbDataType::Int16, v) => DbValue::Int16(int(v)?),
+        (DbDataType::Int32, v) => DbValue::Int32(int(v)?),
+        (DbDataType::Int64, v) => DbValue::Int64(int(v)?),
+        (DbDataType::Uint8, v) => DbValue::Uint8(int(v)?),
+        (DbDataType::Uint16, v) => DbValue::Uint16(int(v)?),
+        (DbDataType::Uint32, v) => DbValue::Uint32(int(v)?),
+        (DbDataType::Uint64, v) => DbValue::Uint64(int(v)?),
+        (DbDataType::Floating32, v) => DbValue::Floating32(int(v)?),
+        (DbDataType::Floating64, v) => DbValue::Floating64(int(v)?),
+        (DbDataType::Str, Value::Bytes(bytes)) => {
+            DbValue::Str(String::from_utf8(bytes).map_err(|_| "text that is not UTF-8".to_owned())?)
+        }
+        (DbDataType::Binary, Value::Bytes(bytes)) => DbValue::Binary(bytes),
+        (_, value) => match text(value, column) {
+            Some(text) => DbValue::Str(text),
+            None => DbValue::Unsupported,
+        },
+    })
+}
+
+/// A value of a type Spin has no case for, as MySQL writes it.
+fn text(value: Value, column: ColumnType) -> Option<String> {
+    Some(match value {
+        Value::Bytes(bytes) => String::from_utf8(bytes).ok()?,
+        Value::Int(v) => v.to_string(),
+        Value::UInt(v) => v.to_string(),
+        Value::Float(v) => v.to_string(),
+        Value::Double(v) => v.to_string(),
+        Value::Date(y, mo, d, ..) if column == ColumnType::MYSQL_TYPE_DATE => {
+            format!("{y:04}-{mo:02}-{d:02}")
+        }
+        Value::Date(y, mo, d, h, mi, s, us) => {
+            format!(
+                "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
+                fraction(us)
+            )
+        }
+        Value::Time(negative, days, h, m, s, us) => {
+            let hours = u64::from(days) * 24 + u64::from(h);
+            let sign = if negative { "-" } else { "" };
+            format!("{sign}{hours:02}:{m:02}:{s:02}{}", fraction(us))
+        }
+        Value::NULL => return None,
+    })
+}
+
+fn fraction(micros: u32) -> String {
+    match micros {
+        0 => String::new(),
+        us => format!(".{us:06}"),
+    }
+}
+
+/// About how much memory `value` takes, to bound what a query reads.
+fn size(value: &DbValue) -> usize {
+    size_of::<DbValue>()
+        + match value {
+            DbValue::Str(v) => v.len(),
+            DbValue::Binary(v) => v.len(),
+            _ => 0,
+        }
+}
+
+/// Runs `statement` and reads the rows of its first result, at most [`MAX_RESULT_BYTES`].
+async fn query(
+    connection: &mut mysql_async::Conn,
+    statement: &str,
+    params: Vec<ParameterValue>,
+) -> Result<RowSet, Error> {
+    let params = Params::Positional(params.into_iter().map(parameter).collect());
+    let mut result = connection
+        .exec_iter(statement, params)
+        .await
+        .map_err(|e| Error::QueryFailed(e.to_string()))?;
+    let columns: Vec<Column> = result.columns().map(|c| c.to_vec()).unwrap_or_default();
+    let types: Vec<DbDataType> = columns.iter().map(data_type).collect();
+    let mut rows = Vec::new();
+    let mut size_read = 0;
+    while let Some(row) = result
+        .next()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+    {
+        let row = row
+            .unwrap()
+            .into_iter()
+            .zip(columns.iter().zip(&types))
+            .map(|(v, (column, ty))| {
+                value(v, *ty, column.column_type()).map_err(|why| {
+                    Error::ValueConversionFailed(format!("column {}: {why}", column.name_str()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        size_read += row.iter().map(size).sum::<usize>();
+        if size_read > MAX_RESULT_BYTES {
+            return Err(Error::Other(format!(
+                "query result exceeds limit of {MAX_RESULT_BYTES} bytes"
+            )));
+        }
+        rows.push(row);
+    }
+    Ok(RowSet {
+        columns: columns
+            .iter()
+            .zip(types)
+            .map(|(column, data_type)| SpinColumn {
+                name: column.name_str().into_owned(),
+                data_type,
+            })
+            .collect(),
+        rows,
+    })
+}
+
+impl rdbms_types::Host for SpinState {}
+impl mysql::Host for SpinState {}
+
+impl mysql::HostConnection for SpinState {
+    async fn open(&mut self, address: String) -> Outcome<Resource<MysqlHandle>, Error> {
+        let host = self.host.clone();
+        Ok(match open(&host, &address).await {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(error) => Err(error),
+        })
+    }
+
+    async fn query(
+        &mut self,
+        this: Resource<MysqlHandle>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Outcome<RowSet, Error> {
+        let handle = self.table.get_mut(&this)?;
+        Ok(query(&mut handle.0, &statement, params).await)
+    }
+
+    async fn execute(
+        &mut self,
+        this: Resource<MysqlHandle>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Outcome<(), Error> {
+        let handle = self.table.get_mut(&this)?;
+        let params = Params::Positional(params.into_iter().map(parameter).collect());
+        Ok(handle
+            .0
+            .exec_drop(statement, params)
+            .await
+            .map_err(|e| Error::QueryFailed(e.to_string())))
+    }
+
+    async fn drop(&mut self, this: Resource<MysqlHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TCP to the host the address names, and nothing else: no Unix socket, by name or by
+    /// mysql_async's preference; TLS asked for is refused, not silently dropped.
+    #[test]
+    fn addresses_give_tcp_options_only() {
+        let opts = options("mysql://spin:pw@127.0.0.1:3307/db?ssl-mode=DISABLED").unwrap();
+        assert_eq!(
+            (opts.ip_or_hostname(), opts.tcp_port()),
+            ("127.0.0.1", 3307)
+        );
+        assert!(!opts.prefer_socket());
+        assert_eq!(opts.db_name(), Some("db"));
+        let refused = options("mysql://spin@db/x?socket=/run/mysqld/mysqld.sock").unwrap_err();
+        assert!(refused.contains("Unix sockets"), "{refused}");
+        let refused = options("mysql://spin@db/x?sslMode=REQUIRED").unwrap_err();
+        assert!(refused.contains("without TLS"), "{refused}");
+        assert!(options("not a url").is_err());
+    }
+
+    #[test]
+    fn values_of_types_spin_lacks_are_text() {
+        let date = Value::Date(2024, 2, 29, 0, 0, 0, 0);
+        assert_eq!(
+            text(date, ColumnType::MYSQL_TYPE_DATE).unwrap(),
+            "2024-02-29"
+        );
+        let datetime = Value::Date(1999, 12, 31, 23, 59, 58, 120);
+        assert_eq!(
+            text(datetime, ColumnType::MYSQL_TYPE_DATETIME).unwrap(),
+            "1999-12-31 23:59:58.000120"
+        );
+        let time = Value::Time(true, 1, 2, 3, 4, 0);
+        assert_eq!(
+            text(time, ColumnType::MYSQL_TYPE_TIME).unwrap(),
+            "-26:03:04"
+        );
+        let decimal = value(
+            Value::Bytes(b"12.50".to_vec()),
+            DbDataType::Other,
+            ColumnType::MYSQL_TYPE_NEWDECIMAL,
+        );
+        assert!(matches!(decimal, Ok(DbValue::Str(text)) if text == "12.50"));
+        let too_big = value(
+            Value::Int(300),
+            DbDataType::Int8,
+            ColumnType::MYSQL_TYPE_TINY,
+        );
+        assert!(too_big.is_err());
+    }
+}
