@@ -18,8 +18,8 @@ out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
 cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server \
-  --exclude spin-http --exclude spin-redis --exclude spin-postgres --exclude slight-component
-cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-postgres \
+  --exclude spin-http --exclude spin-redis --exclude spin-databases --exclude slight-component
+cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-databases \
   -p slight-component
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
@@ -32,7 +32,7 @@ for app in spin-apps/*/; do
   rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"
   cp -r "$app". "$out/spin/$name/"
   cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm \
-    target/wasm32-wasip2/release/spin_postgres.wasm target/wasm32-wasip1/release/spin_preview1.wasm \
+    target/wasm32-wasip2/release/spin_databases.wasm target/wasm32-wasip1/release/spin_preview1.wasm \
     target/wasm32-wasip1/release/spin1_http.wasm "$out/spin/$name/"
 done
 WASMCELL_GUESTS=$out "$root/scripts/build-python-guests.sh" >/dev/null

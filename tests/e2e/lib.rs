@@ -1566,6 +1566,77 @@ impl Drop for MariaDb {
     }
 }
 
+/// `ctr run -d` of `image` as `id` under the spin runtime, in the host's network on a free
+/// port; its base URL once `ready` answers.
+pub fn run_spin_detached(
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    ready: &str,
+) -> Result<String> {
+    let base = start_spin_detached(containerd, image, id)?;
+    wait_http(&format!("{base}{ready}"))?;
+    Ok(base)
+}
+
+/// `ctr run -d` of `image` as `id` under the spin shim, listening on a free loopback port;
+/// returns its base URL at once, before the app answers.
+pub fn start_spin_detached(containerd: &Containerd, image: &str, id: &str) -> Result<String> {
+    let port = free_port()?;
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
+    let run = [
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.spin.v2",
+        "--net-host",
+        "--env",
+        &listen,
+        image,
+        id,
+    ];
+    containerd.ctr(&run)?.success()?;
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+/// `wasmcell up`, as `command` (`up` and its arguments) starts it with `--listen` on a free
+/// loopback port, answering `ready`; stopped as Ctrl-C stops it.
+pub struct Up {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Up {
+    /// Starts `command` and waits until `ready` answers.
+    pub fn start(command: &mut Command, ready: &str) -> Result<Up> {
+        let port = free_port()?;
+        let child = command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let up = Up {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        wait_http(&format!("{}{ready}", up.base))?;
+        Ok(up)
+    }
+
+    /// SIGTERM, as Ctrl-C: it must drain and exit 0. Its output.
+    pub fn stop(mut self) -> Result<std::process::Output> {
+        let pid = self.child.id().to_string();
+        run(Command::new("kill").args(["-TERM", &pid]))?.success()?;
+        wait_for("wasmcell up to exit", || {
+            Ok(self.child.try_wait()?.is_some())
+        })?;
+        let out = self.child.wait_with_output()?;
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        Ok(out)
+    }
+}
+
 /// A copy of the Spin test app `name` (guests/spin-apps, assembled by build-guests.sh) in
 /// `dir`, for a test to change or to keep its stores in.
 pub fn spin_app(name: &str, dir: &Path) -> Result<PathBuf> {

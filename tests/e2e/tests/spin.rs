@@ -8,75 +8,11 @@ use std::process::{Command, Stdio};
 use anyhow::Result;
 use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
-    Containerd, Docker, Redis, Registry, build_spin_image, curl, free_port, spin_app, upstream,
-    wait_for, wait_http, wasmcell,
+    Containerd, Docker, Redis, Registry, Up, build_spin_image, curl, free_port, run_spin_detached,
+    spin_app, start_spin_detached, upstream, wait_for, wait_http, wasmcell,
 };
 
 const SPIN: &str = "io.containerd.spin.v2";
-
-/// `ctr run -d` of `image` as `id` under the spin runtime, in the host's network on a free
-/// port; its base URL once `ready` answers.
-fn run_detached(containerd: &Containerd, image: &str, id: &str, ready: &str) -> Result<String> {
-    let base = start_detached(containerd, image, id)?;
-    wait_http(&format!("{base}{ready}"))?;
-    Ok(base)
-}
-
-/// `ctr run -d` of `image` as `id` under the spin shim, listening on a free loopback port;
-/// returns its base URL at once, before the app answers.
-fn start_detached(containerd: &Containerd, image: &str, id: &str) -> Result<String> {
-    let port = free_port()?;
-    let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
-    let run = [
-        "run",
-        "-d",
-        "--runtime",
-        SPIN,
-        "--net-host",
-        "--env",
-        &listen,
-        image,
-        id,
-    ];
-    containerd.ctr(&run)?.success()?;
-    Ok(format!("http://127.0.0.1:{port}"))
-}
-
-/// `wasmcell up`, as `command` (`up` and its arguments) starts it with `--listen` on a free
-/// loopback port, answering `ready`; stopped as Ctrl-C stops it.
-struct Up {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Up {
-    fn start(command: &mut Command, ready: &str) -> Result<Up> {
-        let port = free_port()?;
-        let child = command
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let up = Up {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        wait_http(&format!("{}{ready}", up.base))?;
-        Ok(up)
-    }
-
-    /// SIGTERM, as Ctrl-C: it must drain and exit 0. Its output.
-    fn stop(mut self) -> Result<std::process::Output> {
-        let pid = self.child.id().to_string();
-        wasmcell_e2e::run(Command::new("kill").args(["-TERM", &pid]))?.success()?;
-        wait_for("wasmcell up to exit", || {
-            Ok(self.child.try_wait()?.is_some())
-        })?;
-        let out = self.child.wait_with_output()?;
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        Ok(out)
-    }
-}
 
 /// Checks what the shop app serves at `base` as Spin serves it: routes, Spin's headers,
 /// variables, static responses, files, key-value, SQLite, a private component, and outbound
@@ -661,52 +597,6 @@ fn broken_spin_apps_fail_create_naming_the_problem() -> Result<()> {
     Ok(())
 }
 
-/// Spin's linking rule: every interface of Spin's platform is linked, so an app importing
-/// PostgreSQL (the Spin SDK's `pg4`) starts under `wasmcell up` and the spin shim, and a call
-/// answers with the interface's own error: an address `allowed_outbound_hosts` does not grant
-/// is not permitted, with the entry to add on stderr, as Spin answers it.
-#[test]
-fn a_spin_app_importing_postgres_starts_and_a_call_answers_not_permitted() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let app = tmp.path().join("pg");
-    std::fs::create_dir_all(&app)?;
-    std::fs::copy(
-        wasmcell_e2e::guest("spin/shop/spin_postgres.wasm"),
-        app.join("spin_postgres.wasm"),
-    )?;
-    std::fs::write(
-        app.join("spin.toml"),
-        "spin_manifest_version = 2\n[application]\nname = \"pg\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n[component.db]\nsource = \"spin_postgres.wasm\"\nai_models = [\"llama2-chat\"]\n",
-    )?;
-    let up = Up::start(
-        Command::new(wasmcell())
-            .args(["up", "-f"])
-            .arg(app.join("spin.toml")),
-        "/",
-    )?;
-    let reply = curl(&[&format!("{}/", up.base)])?;
-    assert_eq!(reply.status, 500, "{reply:?}");
-    let out = up.stop()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(
-            "add \"postgres://localhost:5432\" to allowed_outbound_hosts in [component.db]"
-        ),
-        "{stderr}"
-    );
-
-    let archive = build_spin_image(&app, "example.com/pg:1", tmp.path())?;
-    let containerd = Containerd::start()?;
-    containerd.import(&archive)?;
-    let base = run_detached(&containerd, "example.com/pg:1", "pg", "/")?;
-    assert_eq!(curl(&[&format!("{base}/")])?.status, 500);
-    containerd
-        .ctr(&["task", "kill", "-s", "SIGKILL", "pg"])?
-        .success()?;
-    containerd.wait_status("pg", "STOPPED")?;
-    Ok(())
-}
-
 /// Waits until `url` answers, for as long as a 36 MB component's first compile may take here
 /// (10-40 s).
 fn wait_compiled(url: &str) -> Result<()> {
@@ -788,7 +678,7 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
     let archive = build_spin_image(&app, "example.com/python-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = start_detached(&containerd, "example.com/python-kv:1", "python")?;
+    let base = start_spin_detached(&containerd, "example.com/python-kv:1", "python")?;
     wait_compiled(&format!("{base}/hello"))?;
     // The image leaves the store of the run above (`.spin/`) out: the count starts again.
     assert_serves_python(&base, "Hello", "rows: 1\n")?;
@@ -828,7 +718,7 @@ fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<
     let archive = build_spin_image(&app, "example.com/js-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = start_detached(&containerd, "example.com/js-kv:1", "js")?;
+    let base = start_spin_detached(&containerd, "example.com/js-kv:1", "js")?;
     wait_compiled(&format!("{base}/hello"))?;
     check(&base, "Hello")?;
     containerd
@@ -1081,7 +971,7 @@ fn an_app_in_spins_registry_format_runs_from_a_registry_under_ctr_and_wasmcell_u
     containerd
         .ctr(&["images", "pull", "--plain-http", &reference])?
         .success()?;
-    let base = run_detached(&containerd, &reference, "shop-oci", "/health")?;
+    let base = run_spin_detached(&containerd, &reference, "shop-oci", "/health")?;
     assert_serves_shop(&base, "Hello", "ROLE=web\n")?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGTERM", "shop-oci"])?
@@ -1205,7 +1095,7 @@ fn a_preview_1_module_from_an_older_spin_sdk_runs_as_spin_runs_it() -> Result<()
     let archive = build_spin_image(&app, "example.com/legacy:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = run_detached(&containerd, "example.com/legacy:1", "legacy", "/")?;
+    let base = run_spin_detached(&containerd, "example.com/legacy:1", "legacy", "/")?;
     visit(&base, 2)?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "legacy"])?
@@ -1281,7 +1171,7 @@ fn a_spin_1_module_serves_through_its_handle_http_request_export() -> Result<()>
     let archive = build_spin_image(&app, "example.com/spin1:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = run_detached(&containerd, "example.com/spin1:1", "spin1", "/old/hello")?;
+    let base = run_spin_detached(&containerd, "example.com/spin1:1", "spin1", "/old/hello")?;
     check(&base, "Hello")?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGTERM", "spin1"])?

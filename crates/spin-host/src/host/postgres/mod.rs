@@ -235,9 +235,10 @@ fn bad_parameter(error: tokio_postgres::Error, as_error: fn(String) -> v4::Error
 /// A failed statement: PostgreSQL's own error (SQLSTATE, message, detail and the rest) when it
 /// sent one, else what went wrong.
 fn failed(error: tokio_postgres::Error) -> v4::Error {
-    let as_text = error.to_string();
     v4::Error::QueryFailed(match error.as_db_error() {
         Some(db) => {
+            // tokio-postgres says only "db error"; the server's own words follow.
+            let as_text = format!("{error}: {db}");
             let line = db.line().map(|line| line.to_string());
             let extras = [
                 ("column", db.column()),
@@ -263,7 +264,7 @@ fn failed(error: tokio_postgres::Error) -> v4::Error {
                     .collect(),
             })
         }
-        None => v4::QueryError::Text(as_text),
+        None => v4::QueryError::Text(error.to_string()),
     })
 }
 
