@@ -1582,9 +1582,19 @@ pub fn run_spin_detached(
 /// `ctr run -d` of `image` as `id` under the spin shim, listening on a free loopback port;
 /// returns its base URL at once, before the app answers.
 pub fn start_spin_detached(containerd: &Containerd, image: &str, id: &str) -> Result<String> {
+    start_spin_detached_with(containerd, image, id, &[])
+}
+
+/// [`start_spin_detached`], the container's environment holding `env` (`NAME=VALUE`s) too.
+pub fn start_spin_detached_with(
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    env: &[&str],
+) -> Result<String> {
     let port = free_port()?;
     let listen = format!("SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}");
-    let run = [
+    let mut run = vec![
         "run",
         "-d",
         "--runtime",
@@ -1592,9 +1602,11 @@ pub fn start_spin_detached(containerd: &Containerd, image: &str, id: &str) -> Re
         "--net-host",
         "--env",
         &listen,
-        image,
-        id,
     ];
+    for pair in env {
+        run.extend(["--env", pair]);
+    }
+    run.extend([image, id]);
     containerd.ctr(&run)?.success()?;
     Ok(format!("http://127.0.0.1:{port}"))
 }

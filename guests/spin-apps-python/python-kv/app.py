@@ -4,12 +4,14 @@ GET /hello      -> 200 "<greeting>, Python!" (the Spin variable `greeting`)
 PUT /kv/KEY     -> 201, stores the body under KEY in the default key-value store
 GET /kv/KEY     -> 200 with the value, or 404
 GET /sql        -> 200 "rows: N": inserts a row into the default SQLite database and counts them
-GET /pg         -> 502 with the error Spin's postgres interface answers (no host is allowed)
+GET /pg         -> 200 "<text> <number>": a query with parameters to PostgreSQL at the Spin
+                   variable `pg_address`; or 502 with the error Spin's postgres interface answers
 """
 
 from spin_sdk import http, key_value, postgres, sqlite, variables
 from spin_sdk.http import Request, Response
 from spin_sdk.sqlite import Value_Integer
+from spin_sdk.wit.imports.rdbms_types import ParameterValue_Int32, ParameterValue_Str
 from spin_sdk.wit.types import Err
 
 
@@ -41,9 +43,13 @@ class IncomingHandler(http.IncomingHandler):
                 return text(200, f"rows: {count.value}\n")
         if request.method == "GET" and path == "/pg":
             try:
-                postgres.open("host=localhost user=spin dbname=spin")
+                with postgres.open(variables.get("pg_address")) as db:
+                    rows = db.query(
+                        "SELECT $1::text || ' from Python', $2::int4 + 2",
+                        [ParameterValue_Str("hello"), ParameterValue_Int32(40)],
+                    ).rows
             except Err as e:
                 # e.value is an rdbms-types error variant, e.g. Error_ConnectionFailed("...").
                 return text(502, f"{type(e.value).__name__}: {e.value.value}\n")
-            return text(200, "connected\n")
+            return text(200, f"{rows[0][0].value} {rows[0][1].value}\n")
         return text(404, "not found\n")

@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 use anyhow::Result;
 use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
-    Containerd, Docker, Redis, Registry, Up, build_spin_image, curl, free_port, run_spin_detached,
-    spin_app, start_spin_detached, upstream, wait_for, wait_http, wasmcell,
+    Containerd, Docker, Postgres, Redis, Registry, Up, build_spin_image, curl, free_port,
+    run_spin_detached, spin_app, start_spin_detached, start_spin_detached_with, upstream, wait_for,
+    wait_http, wasmcell,
 };
 
 const SPIN: &str = "io.containerd.spin.v2";
@@ -613,13 +614,13 @@ fn wait_compiled(url: &str) -> Result<()> {
 
 /// `wasmcell up` of the app in `app` with `--env env`, once it answers (see [`wait_compiled`]):
 /// `check` runs against its base URL, then Ctrl-C must stop it with status 0.
-fn up_compiled(app: &Path, env: &str, check: impl FnOnce(&str) -> Result<()>) -> Result<()> {
+fn up_compiled(app: &Path, env: &[&str], check: impl FnOnce(&str) -> Result<()>) -> Result<()> {
     let port = free_port()?;
     let up = Command::new(wasmcell())
         .args(["up", "-f"])
         .arg(app.join("spin.toml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--env", env])
+        .args(env.iter().flat_map(|pair| ["--env", pair]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -635,7 +636,8 @@ fn up_compiled(app: &Path, env: &str, check: impl FnOnce(&str) -> Result<()>) ->
 /// What the Python app (guests/spin-apps-python/python-kv) serves at `base`: its variable
 /// `greeting`, its key-value store, its SQLite database (`rows` after this request) and
 /// PostgreSQL's own error, as Python sees them.
-fn assert_serves_python(base: &str, greeting: &str, rows: &str) -> Result<()> {
+/// `pg`: what `/pg` answers (status and body): the row of a real server, or the error.
+fn assert_serves_python(base: &str, greeting: &str, rows: &str, pg: (u16, &str)) -> Result<()> {
     let hello = curl(&[&format!("{base}/hello")])?;
     assert_eq!(
         (hello.status, hello.body.as_str()),
@@ -653,14 +655,8 @@ fn assert_serves_python(base: &str, greeting: &str, rows: &str) -> Result<()> {
     assert_eq!((got.status, got.body.as_str()), (200, "banana"));
     assert_eq!(curl(&[&format!("{base}/kv/missing")])?.status, 404);
     assert_eq!(curl(&[&format!("{base}/sql")])?.body, rows);
-    let pg = curl(&[&format!("{base}/pg")])?;
-    assert_eq!(
-        (pg.status, pg.body.as_str()),
-        (
-            502,
-            "Error_ConnectionFailed: address host=localhost user=spin dbname=spin is not permitted\n"
-        )
-    );
+    let reply = curl(&[&format!("{base}/pg")])?;
+    assert_eq!((reply.status, reply.body.as_str()), pg);
     Ok(())
 }
 
@@ -671,17 +667,25 @@ fn assert_serves_python(base: &str, greeting: &str, rows: &str) -> Result<()> {
 fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("python-kv", tmp.path())?;
-    up_compiled(&app, "SPIN_VARIABLE_GREETING=Hola", |base| {
-        assert_serves_python(base, "Hola", "rows: 1\n")
+    let pg = Postgres::start()?;
+    let address = format!("SPIN_VARIABLE_PG_ADDRESS={}", pg.address());
+    let answer = (200, "hello from Python 42\n");
+    up_compiled(&app, &["SPIN_VARIABLE_GREETING=Hola", &address], |base| {
+        assert_serves_python(base, "Hola", "rows: 1\n", answer)
     })?;
 
     let archive = build_spin_image(&app, "example.com/python-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = start_spin_detached(&containerd, "example.com/python-kv:1", "python")?;
+    let base = start_spin_detached_with(
+        &containerd,
+        "example.com/python-kv:1",
+        "python",
+        &[&address],
+    )?;
     wait_compiled(&format!("{base}/hello"))?;
     // The image leaves the store of the run above (`.spin/`) out: the count starts again.
-    assert_serves_python(&base, "Hello", "rows: 1\n")?;
+    assert_serves_python(&base, "Hello", "rows: 1\n", answer)?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "python"])?
         .success()?;
@@ -711,7 +715,7 @@ fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<
         assert_eq!(curl(&[&format!("{base}/sql")])?.body, "rows: 2\n");
         Ok(())
     };
-    up_compiled(&app, "SPIN_VARIABLE_GREETING=Bonjour", |base| {
+    up_compiled(&app, &["SPIN_VARIABLE_GREETING=Bonjour"], |base| {
         check(base, "Bonjour")
     })?;
 
@@ -754,7 +758,9 @@ fn python_and_javascript_spin_apps_serve_from_pods() -> Result<()> {
         wait_compiled(&format!("{base}/hello"))?;
         let body = curl(&[&format!("{base}/hello")])?.body;
         if name == "python-kv" {
-            assert_serves_python(&base, "Hello", "rows: 1\n")?;
+            // The default address, which the component is not granted.
+            let denied = "Error_ConnectionFailed: address postgres://localhost is not permitted\n";
+            assert_serves_python(&base, "Hello", "rows: 1\n", (502, denied))?;
         }
         cri.stop_container(&id, 10)?;
         assert_eq!(cri.container_status(&id)?.exit_code, 0);
