@@ -1574,19 +1574,15 @@ pub fn run_spin_detached(
     id: &str,
     ready: &str,
 ) -> Result<String> {
-    let base = start_spin_detached(containerd, image, id)?;
+    let base = start_spin_detached(containerd, image, id, &[])?;
     wait_http(&format!("{base}{ready}"))?;
     Ok(base)
 }
 
-/// `ctr run -d` of `image` as `id` under the spin shim, listening on a free loopback port;
-/// returns its base URL at once, before the app answers.
-pub fn start_spin_detached(containerd: &Containerd, image: &str, id: &str) -> Result<String> {
-    start_spin_detached_with(containerd, image, id, &[])
-}
-
-/// [`start_spin_detached`], the container's environment holding `env` (`NAME=VALUE`s) too.
-pub fn start_spin_detached_with(
+/// `ctr run -d` of `image` as `id` under the spin shim, listening on a free loopback port, its
+/// environment holding `env` (`NAME=VALUE`s) too; returns its base URL at once, before the app
+/// answers.
+pub fn start_spin_detached(
     containerd: &Containerd,
     image: &str,
     id: &str,

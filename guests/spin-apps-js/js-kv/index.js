@@ -7,9 +7,12 @@
 // PUT /kv/KEY     -> 201, stores the body under KEY in the default key-value store
 // GET /kv/KEY     -> 200 with the value, or 404
 // GET /sql        -> 200 "rows: N": inserts a row into the default SQLite database and counts them
+// GET /pg         -> 200 "<text> <number>": a query with parameters to PostgreSQL at the Spin
+//                    variable `pg_address` (spin:postgres@3.0.0), or 502 with the error
 import { Store } from 'fermyon:spin/key-value@2.0.0';
 import { get as getVariable } from 'fermyon:spin/variables@2.0.0';
 import { Connection } from 'fermyon:spin/sqlite@2.0.0';
+import { Connection as Postgres } from 'spin:postgres/postgres@3.0.0';
 
 function text(status, body) {
   return new Response(body, { status, headers: { 'content-type': 'text/plain' } });
@@ -46,6 +49,19 @@ async function handle(request) {
     db.execute('INSERT INTO hits (n) VALUES (?)', [{ tag: 'integer', val: 1n }]);
     const count = db.execute('SELECT COUNT(*) FROM hits', []).rows[0].values[0];
     return text(200, `rows: ${count.val}\n`);
+  }
+  if (request.method === 'GET' && path === '/pg') {
+    let row;
+    try {
+      const db = Postgres.open(getVariable('pg_address'));
+      row = db.query("SELECT $1::text || ' from JavaScript', $2::int4 + 2", [
+        { tag: 'str', val: 'hello' },
+        { tag: 'int32', val: 40 },
+      ]).rows[0];
+    } catch (e) {
+      return text(502, `${describe(e)}\n`);
+    }
+    return text(200, `${row[0].val} ${row[1].val}\n`);
   }
   return text(404, 'not found\n');
 }

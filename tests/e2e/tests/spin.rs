@@ -9,8 +9,7 @@ use anyhow::Result;
 use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
     Containerd, Docker, Postgres, Redis, Registry, Up, build_spin_image, curl, free_port,
-    run_spin_detached, spin_app, start_spin_detached, start_spin_detached_with, upstream, wait_for,
-    wait_http, wasmcell,
+    run_spin_detached, spin_app, start_spin_detached, upstream, wait_for, wait_http, wasmcell,
 };
 
 const SPIN: &str = "io.containerd.spin.v2";
@@ -677,7 +676,7 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
     let archive = build_spin_image(&app, "example.com/python-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = start_spin_detached_with(
+    let base = start_spin_detached(
         &containerd,
         "example.com/python-kv:1",
         "python",
@@ -700,11 +699,18 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
 fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("js-kv", tmp.path())?;
+    let pg = Postgres::start()?;
+    let address = format!("SPIN_VARIABLE_PG_ADDRESS={}", pg.address());
     let check = |base: &str, greeting: &str| -> Result<()> {
         let hello = curl(&[&format!("{base}/hello")])?;
         assert_eq!(
             (hello.status, hello.body.as_str()),
             (200, format!("{greeting}, JavaScript!\n").as_str())
+        );
+        let queried = curl(&[&format!("{base}/pg")])?;
+        assert_eq!(
+            (queried.status, queried.body.as_str()),
+            (200, "hello from JavaScript 42\n")
         );
         assert_eq!(curl(&[&format!("{base}/kv/k1")])?.status, 404);
         let put = curl(&["-X", "PUT", "--data-binary", "v1", &format!("{base}/kv/k1")])?;
@@ -715,14 +721,16 @@ fn a_javascript_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<
         assert_eq!(curl(&[&format!("{base}/sql")])?.body, "rows: 2\n");
         Ok(())
     };
-    up_compiled(&app, &["SPIN_VARIABLE_GREETING=Bonjour"], |base| {
-        check(base, "Bonjour")
-    })?;
+    up_compiled(
+        &app,
+        &["SPIN_VARIABLE_GREETING=Bonjour", &address],
+        |base| check(base, "Bonjour"),
+    )?;
 
     let archive = build_spin_image(&app, "example.com/js-kv:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = start_spin_detached(&containerd, "example.com/js-kv:1", "js")?;
+    let base = start_spin_detached(&containerd, "example.com/js-kv:1", "js", &[&address])?;
     wait_compiled(&format!("{base}/hello"))?;
     check(&base, "Hello")?;
     containerd
