@@ -7,6 +7,7 @@
 //!   with SQL literals and one with parameters, read back (and the column types).
 //! - `GET /v4/session`: `pg_backend_pid()` twice on one handle (`same PID` or not), then the PID.
 //! - `GET /v4/error`: a query of a table that does not exist: the error.
+//! - `GET /v4/sleep`: a query that sleeps ten minutes (the tests' request deadline ends it).
 //! - `POST /v4/abandon`: inserts into `visits` inside a transaction it never commits.
 //! - `POST /v4/visit`: inserts into `visits`; `GET /v4/visits`: how many there are.
 //! - `GET /v3/types` and `GET /v2/types`: dates, a UUID and text through the older interfaces
@@ -35,6 +36,10 @@ fn handle(request: Request) -> Response {
         "/v4/types" => v4_types().map_err(|e| format!("{e:?}")),
         "/v4/session" => v4_session().map_err(|e| format!("{e:?}")),
         "/v4/error" => v4_error().map_err(|e| format!("{e:?}")),
+        "/v4/sleep" => pg4::Connection::open(&address())
+            .and_then(|db| db.query("SELECT pg_sleep(600)", &[]))
+            .map(|_| "slept\n".to_owned())
+            .map_err(|e| format!("{e:?}")),
         "/v4/abandon" => v4_abandon().map_err(|e| format!("{e:?}")),
         "/v4/visit" => v4_visit().map_err(|e| format!("{e:?}")),
         "/v4/visits" => v4_visits().map_err(|e| format!("{e:?}")),

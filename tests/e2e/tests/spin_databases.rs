@@ -6,7 +6,8 @@ use std::process::Command;
 
 use anyhow::Result;
 use wasmcell_e2e::{
-    Containerd, MariaDb, Postgres, Up, build_spin_image, curl, run_spin_detached, wasmcell,
+    Containerd, MariaDb, Postgres, Up, build_spin_image, curl, run_spin_detached,
+    start_spin_detached, wait_http, wasmcell,
 };
 
 /// The app: one component with the databases at `pg` and `mysql`, granted `granted`.
@@ -212,8 +213,19 @@ fn a_spin_app_uses_postgres_through_spins_2_3_and_4_interfaces() -> Result<()> {
     let archive = build_spin_image(&app, "example.com/pg:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = run_spin_detached(&containerd, "example.com/pg:1", "pg", "/nothing")?;
+    let timeout = ["WASMCELL_HTTP_TIMEOUT=3"];
+    let base = start_spin_detached(&containerd, "example.com/pg:1", "pg", &timeout)?;
+    wait_http(&format!("{base}/nothing"))?;
     assert_uses_postgres(&base)?;
+    // A statement still running when the request's deadline passes is cancelled at the
+    // server, not left to hold its session.
+    assert_eq!(get(&base, "/v4/sleep")?.0, 504);
+    wasmcell_e2e::wait_for("the sleeping statement to be cancelled", || {
+        let active = "SELECT count(*) FROM pg_stat_activity \
+                      WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'";
+        Ok(pg.psql(active)?.stdout.trim() == "0")
+    })?;
+    assert!(session(&base)?.starts_with("DbValue::Int32("));
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "pg"])?
         .success()?;

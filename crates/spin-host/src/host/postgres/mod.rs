@@ -152,6 +152,32 @@ fn permitted(host: &SpinHost, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// A statement on its way: if its call is dropped before it ends (the request's deadline
+/// passed), the server is asked to cancel it, so that it does not run on and hold the session.
+struct InFlight(Option<tokio_postgres::CancelToken>);
+
+impl InFlight {
+    fn start(handle: &PgHandle) -> InFlight {
+        InFlight(Some(handle.session().cancel_token()))
+    }
+
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = token.cancel_query(NoTls).await;
+            });
+        }
+    }
+}
+
 /// The statement's parameters, ready to send, or the first that is not a value of its kind.
 fn parameters(params: Vec<v4::ParameterValue>) -> Result<Vec<values::Parameter>, String> {
     params.into_iter().map(values::parameter).collect()
@@ -159,6 +185,17 @@ fn parameters(params: Vec<v4::ParameterValue>) -> Result<Vec<values::Parameter>,
 
 /// Runs `statement` and reads its rows, at most [`MAX_RESULT_BYTES`] of them.
 async fn query(
+    handle: &PgHandle,
+    statement: &str,
+    params: Vec<v4::ParameterValue>,
+) -> Result<v4::RowSet, v4::Error> {
+    let in_flight = InFlight::start(handle);
+    let result = read_rows(handle, statement, params).await;
+    in_flight.ended();
+    result
+}
+
+async fn read_rows(
     handle: &PgHandle,
     statement: &str,
     params: Vec<v4::ParameterValue>,
