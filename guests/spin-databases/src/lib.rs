@@ -16,7 +16,8 @@
 //! - `GET /denied`: opens `host=db.invalid`: the error.
 //! - `GET /mysql/types`: a temporary table of MySQL's types, one row written with literals and
 //!   one with parameters, read back; `GET /mysql/error`: a query of a table that does not
-//!   exist; `GET /mysql/denied`: opens `mysql://db.invalid/x`.
+//!   exist; `GET /mysql/denied`: opens `mysql://db.invalid/x`; `GET /mysql/sleep`: a query
+//!   that computes for hours.
 
 use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_component;
@@ -48,6 +49,10 @@ fn handle(request: Request) -> Response {
         "/v2/unsigned" => v2_unsigned().map_err(|e| format!("{e:?}")),
         "/mysql/types" => mysql_types().map_err(|e| format!("{e:?}")),
         "/mysql/error" => mysql_error().map_err(|e| format!("{e:?}")),
+        "/mysql/sleep" => mysql::Connection::open(&mysql_address())
+            .and_then(|db| db.query("SELECT BENCHMARK(100000000000, MD5('x'))", &[]))
+            .map(|_| "slept\n".to_owned())
+            .map_err(|e| format!("{e:?}")),
         "/mysql/denied" => Ok(format!(
             "{:?}\n",
             mysql::Connection::open("mysql://x@db.invalid/x").err()

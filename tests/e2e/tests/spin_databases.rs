@@ -6,8 +6,8 @@ use std::process::Command;
 
 use anyhow::Result;
 use wasmcell_e2e::{
-    Containerd, MariaDb, Postgres, Up, build_spin_image, curl, run_spin_detached,
-    start_spin_detached, wait_http, wasmcell,
+    Containerd, MariaDb, Postgres, Up, build_spin_image, curl, start_spin_detached, wait_http,
+    wasmcell,
 };
 
 /// The app: one component with the databases at `pg` and `mysql`, granted `granted`.
@@ -326,7 +326,17 @@ fn a_spin_app_uses_mysql() -> Result<()> {
     let archive = build_spin_image(&app, "example.com/mysql:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let base = run_spin_detached(&containerd, "example.com/mysql:1", "my", "/nothing")?;
+    let timeout = ["WASMCELL_HTTP_TIMEOUT=3"];
+    let base = start_spin_detached(&containerd, "example.com/mysql:1", "my", &timeout)?;
+    wait_http(&format!("{base}/nothing"))?;
+    assert_uses_mysql(&base)?;
+    // A statement still running when the request's deadline passes is killed at the server.
+    assert_eq!(get(&base, "/mysql/sleep")?.0, 504);
+    wasmcell_e2e::wait_for("the runaway statement to be killed", || {
+        let active = "SELECT count(*) FROM information_schema.processlist \
+                      WHERE info LIKE 'SELECT BENCHMARK%'";
+        Ok(mysql.sql(active)?.stdout.trim() == "0")
+    })?;
     assert_uses_mysql(&base)?;
     containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "my"])?

@@ -38,7 +38,39 @@ const WAIT: Duration = Duration::from_secs(30);
 const BINARY_CHARSET: u16 = 63;
 
 /// An open handle: one connection, back to its pool when dropped.
-pub struct MysqlHandle(mysql_async::Conn);
+pub struct MysqlHandle {
+    connection: mysql_async::Conn,
+    pool: Pool,
+}
+
+/// A statement on its way: if its call is dropped before it ends (the request's deadline
+/// passed), the server is told to kill it (`KILL QUERY`, on another connection of the pool),
+/// so that it does not run on and hold its connection.
+struct InFlight(Option<(Pool, u32)>);
+
+impl InFlight {
+    fn start(handle: &MysqlHandle) -> InFlight {
+        InFlight(Some((handle.pool.clone(), handle.connection.id())))
+    }
+
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((pool, id)) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Ok(Ok(mut killer)) = tokio::time::timeout(WAIT, pool.get_conn()).await {
+                    let _ = killer.query_drop(format!("KILL QUERY {id}")).await;
+                }
+            });
+        }
+    }
+}
 
 /// A component's pools, by address.
 pub(crate) type Pools = super::pools::Pools<Pool>;
@@ -52,7 +84,7 @@ async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, Error> {
         .get(address, || Ok(Pool::new(opts)))
         .map_err(Error::Other)?;
     match tokio::time::timeout(WAIT, pool.get_conn()).await {
-        Ok(Ok(connection)) => Ok(MysqlHandle(connection)),
+        Ok(Ok(connection)) => Ok(MysqlHandle { connection, pool }),
         Ok(Err(e)) => Err(Error::ConnectionFailed(format!(
             "cannot connect to MySQL: {e}"
         ))),
@@ -290,7 +322,10 @@ impl mysql::HostConnection for SpinState {
         params: Vec<ParameterValue>,
     ) -> Outcome<RowSet, Error> {
         let handle = self.table.get_mut(&this)?;
-        Ok(query(&mut handle.0, &statement, params).await)
+        let in_flight = InFlight::start(handle);
+        let result = query(&mut handle.connection, &statement, params).await;
+        in_flight.ended();
+        Ok(result)
     }
 
     async fn execute(
@@ -301,11 +336,10 @@ impl mysql::HostConnection for SpinState {
     ) -> Outcome<(), Error> {
         let handle = self.table.get_mut(&this)?;
         let params = Params::Positional(params.into_iter().map(parameter).collect());
-        Ok(handle
-            .0
-            .exec_drop(statement, params)
-            .await
-            .map_err(|e| Error::QueryFailed(e.to_string())))
+        let in_flight = InFlight::start(handle);
+        let result = handle.connection.exec_drop(statement, params).await;
+        in_flight.ended();
+        Ok(result.map_err(|e| Error::QueryFailed(e.to_string())))
     }
 
     async fn drop(&mut self, this: Resource<MysqlHandle>) -> wasmtime::Result<()> {
