@@ -18,6 +18,7 @@ use std::time::Duration;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Value};
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Resource;
 
 use super::fermyon::spin2_0_0::mysql;
@@ -28,11 +29,23 @@ use super::services::{MYSQL, permitted};
 use super::{Outcome, SpinHost, SpinState};
 use wasmcell_stores::MAX_RESULT_BYTES;
 
+/// What a query over [`MAX_RESULT_BYTES`] answers.
+const OVER_LIMIT: &str = "query result exceeds limit of";
+
 /// How many connections a component keeps open to one address, at most.
 const CONNECTIONS: usize = 16;
 
 /// How long connecting (or waiting for a connection when all are in use) may take.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// The largest packet (so the largest row) a connection takes from the server.
+const MAX_PACKET: usize = 64 << 20;
+
+/// How long the server keeps an idle connection (MySQL's default).
+const IDLE_SECONDS: usize = 28_800;
+
+/// Prepared statements a connection keeps (mysql_async's default, whatever the address asks).
+const STATEMENT_CACHE: usize = 32;
 
 /// MySQL's character set number for bytes that are not text.
 const BINARY_CHARSET: u16 = 63;
@@ -41,6 +54,7 @@ const BINARY_CHARSET: u16 = 63;
 pub struct MysqlHandle {
     connection: mysql_async::Conn,
     pool: Pool,
+    _admitted: OwnedSemaphorePermit,
 }
 
 /// A statement on its way: if its call is dropped before it ends (the request's deadline
@@ -63,11 +77,11 @@ impl Drop for InFlight {
         if let Some((pool, id)) = self.0.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move {
-                if let Ok(Ok(mut killer)) = tokio::time::timeout(WAIT, pool.get_conn()).await {
+            runtime.spawn(tokio::time::timeout(WAIT, async move {
+                if let Ok(mut killer) = pool.get_conn().await {
                     let _ = killer.query_drop(format!("KILL QUERY {id}")).await;
                 }
-            });
+            }));
         }
     }
 }
@@ -79,12 +93,17 @@ pub(crate) type Pools = super::pools::Pools<Pool>;
 async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, Error> {
     permitted(host, address, MYSQL).map_err(Error::ConnectionFailed)?;
     let opts = options(address).map_err(Error::ConnectionFailed)?;
+    let admitted = host.mysql.admit().await.map_err(Error::ConnectionFailed)?;
     let pool = host
         .mysql
         .get(address, || Ok(Pool::new(opts)))
         .map_err(Error::Other)?;
     match tokio::time::timeout(WAIT, pool.get_conn()).await {
-        Ok(Ok(connection)) => Ok(MysqlHandle { connection, pool }),
+        Ok(Ok(connection)) => Ok(MysqlHandle {
+            connection,
+            pool,
+            _admitted: admitted,
+        }),
         Ok(Err(e)) => Err(Error::ConnectionFailed(format!(
             "cannot connect to MySQL: {e}"
         ))),
@@ -125,9 +144,17 @@ fn options(address: &str) -> Result<Opts, String> {
     if opts.socket().is_some() {
         return Err("Unix sockets are not supported: give a host name or address".to_owned());
     }
+    if opts.ssl_opts().is_some() {
+        return Err("require_ssl: this wasmcell connects to MySQL without TLS".to_owned());
+    }
     let constraints = PoolConstraints::new(0, CONNECTIONS).expect("0 <= the maximum");
+    // The packet size and idle timeout are set here, not read from the server: a value the
+    // server sends back is otherwise trusted (a huge packet size lets one row take all memory).
     Ok(OptsBuilder::from_opts(opts)
         .prefer_socket(false)
+        .max_allowed_packet(Some(MAX_PACKET))
+        .wait_timeout(Some(IDLE_SECONDS))
+        .stmt_cache_size(Some(STATEMENT_CACHE))
         .pool_opts(PoolOpts::default().with_constraints(constraints))
         .into())
 }
@@ -285,7 +312,7 @@ async fn query(
         size_read += row.iter().map(size).sum::<usize>();
         if size_read > MAX_RESULT_BYTES {
             return Err(Error::Other(format!(
-                "query result exceeds limit of {MAX_RESULT_BYTES} bytes"
+                "{OVER_LIMIT} {MAX_RESULT_BYTES} bytes"
             )));
         }
         rows.push(row);
@@ -324,7 +351,10 @@ impl mysql::HostConnection for SpinState {
         let handle = self.table.get_mut(&this)?;
         let in_flight = InFlight::start(handle);
         let result = query(&mut handle.connection, &statement, params).await;
-        in_flight.ended();
+        // Rows left unread (over the limit): the server is told to stop (`in_flight` dropped).
+        if !matches!(&result, Err(Error::Other(why)) if why.starts_with(OVER_LIMIT)) {
+            in_flight.ended();
+        }
         Ok(result)
     }
 
@@ -367,6 +397,11 @@ mod tests {
         assert!(refused.contains("Unix sockets"), "{refused}");
         let refused = options("mysql://spin@db/x?sslMode=REQUIRED").unwrap_err();
         assert!(refused.contains("without TLS"), "{refused}");
+        let refused = options("mysql://spin@db/x?require_ssl=true").unwrap_err();
+        assert!(refused.contains("without TLS"), "{refused}");
+        let opts = options("mysql://spin@db/x?stmt_cache_size=100000").unwrap();
+        assert_eq!(opts.stmt_cache_size(), STATEMENT_CACHE);
+        assert_eq!(opts.max_allowed_packet(), Some(MAX_PACKET));
         assert!(options("not a url").is_err());
     }
 

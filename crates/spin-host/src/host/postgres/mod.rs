@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::TryStreamExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls};
@@ -37,12 +38,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// PostgreSQL's port when an address names none.
 const PORT: u16 = 5432;
 
-/// An open handle: one session, rolled back when the handle is dropped.
-pub struct PgHandle(Option<deadpool_postgres::Object>);
+/// An open handle: one session, rolled back when the handle is dropped; and its place among
+/// the component's open handles.
+pub struct PgHandle {
+    session: Option<deadpool_postgres::Object>,
+    _admitted: OwnedSemaphorePermit,
+}
 
 impl PgHandle {
     fn session(&self) -> &deadpool_postgres::Object {
-        self.0
+        self.session
             .as_ref()
             .expect("a handle holds its session until dropped")
     }
@@ -50,14 +55,18 @@ impl PgHandle {
 
 impl Drop for PgHandle {
     /// Ends a transaction the guest left open before the session goes back to the pool
-    /// (deadpool's clean-up runs inside one otherwise).
+    /// (deadpool's clean-up runs inside one otherwise); a session that does not answer within
+    /// [`WAIT`] is closed instead.
     fn drop(&mut self) {
-        if let Some(session) = self.0.take()
+        if let Some(session) = self.session.take()
             && !session.is_closed()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                let _ = session.batch_execute("ROLLBACK").await;
+                let rolled_back = tokio::time::timeout(WAIT, session.batch_execute("ROLLBACK"));
+                if !matches!(rolled_back.await, Ok(Ok(()))) {
+                    drop(deadpool_postgres::Object::take(session));
+                }
             });
         }
     }
@@ -99,12 +108,20 @@ async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
             "sslmode=require: this wasmcell connects to PostgreSQL without TLS".to_owned(),
         ));
     }
+    let admitted = host
+        .postgres
+        .admit()
+        .await
+        .map_err(v4::Error::ConnectionFailed)?;
     let pool = host
         .postgres
         .get(address, || pool(config))
         .map_err(v4::Error::Other)?;
     match pool.get().await {
-        Ok(session) => Ok(PgHandle(Some(session))),
+        Ok(session) => Ok(PgHandle {
+            session: Some(session),
+            _admitted: admitted,
+        }),
         Err(e) => Err(v4::Error::ConnectionFailed(format!(
             "cannot connect to PostgreSQL: {e}"
         ))),
@@ -172,7 +189,7 @@ impl Drop for InFlight {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                let _ = token.cancel_query(NoTls).await;
+                let _ = tokio::time::timeout(WAIT, token.cancel_query(NoTls)).await;
             });
         }
     }
@@ -183,6 +200,19 @@ fn parameters(params: Vec<v4::ParameterValue>) -> Result<Vec<values::Parameter>,
     params.into_iter().map(values::parameter).collect()
 }
 
+/// Why a query's rows were not read: its own failure, or the result limit (the statement
+/// still running at the server).
+enum Unread {
+    Failed(v4::Error),
+    OverLimit,
+}
+
+impl From<v4::Error> for Unread {
+    fn from(error: v4::Error) -> Unread {
+        Unread::Failed(error)
+    }
+}
+
 /// Runs `statement` and reads its rows, at most [`MAX_RESULT_BYTES`] of them.
 async fn query(
     handle: &PgHandle,
@@ -191,15 +221,23 @@ async fn query(
 ) -> Result<v4::RowSet, v4::Error> {
     let in_flight = InFlight::start(handle);
     let result = read_rows(handle, statement, params).await;
-    in_flight.ended();
-    result
+    // Rows left unread: the server is told to stop sending them (`in_flight` dropped).
+    if !matches!(result, Err(Unread::OverLimit)) {
+        in_flight.ended();
+    }
+    result.map_err(|unread| match unread {
+        Unread::Failed(error) => error,
+        Unread::OverLimit => v4::Error::QueryFailed(v4::QueryError::Text(format!(
+            "query result exceeds limit of {MAX_RESULT_BYTES} bytes"
+        ))),
+    })
 }
 
 async fn read_rows(
     handle: &PgHandle,
     statement: &str,
     params: Vec<v4::ParameterValue>,
-) -> Result<v4::RowSet, v4::Error> {
+) -> Result<v4::RowSet, Unread> {
     let params = parameters(params).map_err(v4::Error::BadParameter)?;
     let session = handle.session();
     let prepared = session.prepare(statement).await.map_err(failed)?;
@@ -228,9 +266,7 @@ async fn read_rows(
             .map_err(failed)?;
         size += row.iter().map(values::size).sum::<usize>();
         if size > MAX_RESULT_BYTES {
-            return Err(v4::Error::QueryFailed(v4::QueryError::Text(format!(
-                "query result exceeds limit of {MAX_RESULT_BYTES} bytes"
-            ))));
+            return Err(Unread::OverLimit);
         }
         read.push(row);
     }
@@ -248,14 +284,20 @@ async fn execute(
 ) -> Result<u64, v4::Error> {
     let params = parameters(params).map_err(v4::Error::ValueConversionFailed)?;
     let session = handle.session();
-    let prepared = session.prepare(statement).await.map_err(failed)?;
-    session
-        .execute_raw(
-            &prepared,
-            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
-        )
-        .await
-        .map_err(|e| bad_parameter(e, v4::Error::ValueConversionFailed))
+    let in_flight = InFlight::start(handle);
+    let prepared = session.prepare(statement).await.map_err(failed);
+    let result = match prepared {
+        Ok(prepared) => session
+            .execute_raw(
+                &prepared,
+                params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+            )
+            .await
+            .map_err(|e| bad_parameter(e, v4::Error::ValueConversionFailed)),
+        Err(error) => Err(error),
+    };
+    in_flight.ended();
+    result
 }
 
 /// A parameter the statement's type for it does not take is the guest's parameter error

@@ -58,8 +58,12 @@ pub(super) fn parameter(value: ParameterValue) -> Result<Parameter, String> {
                 .map_err(|e| format!("invalid JSON {}: {e}", String::from_utf8_lossy(&v)))?,
         ),
         ParameterValue::Decimal(v) => Box::new(decimal(&v)?),
-        ParameterValue::RangeInt32((lower, upper)) => Box::new(range(lower, upper, Ok)?),
-        ParameterValue::RangeInt64((lower, upper)) => Box::new(range(lower, upper, Ok)?),
+        ParameterValue::RangeInt32((lower, upper)) => {
+            Box::new(range(discrete(lower, upper, i32::MAX)?, upper, Ok)?)
+        }
+        ParameterValue::RangeInt64((lower, upper)) => {
+            Box::new(range(discrete(lower, upper, i64::MAX)?, upper, Ok)?)
+        }
         ParameterValue::RangeDecimal((lower, upper)) => {
             Box::new(range(lower, upper, |v| decimal(&v).map(RangedDecimal))?)
         }
@@ -91,6 +95,22 @@ fn decimal(value: &str) -> Result<Decimal, String> {
 }
 
 type Bound<T> = Option<(T, RangeBoundKind)>;
+
+/// `lower`, if the bounds of an integer range can be put in PostgreSQL's canonical `[a, b)`
+/// form: an exclusive lower or inclusive upper bound at the type's maximum cannot (postgres_range
+/// would overflow adding one).
+fn discrete<T: PartialEq + Copy + std::fmt::Display>(
+    lower: Bound<T>,
+    upper: Bound<T>,
+    max: T,
+) -> Result<Bound<T>, String> {
+    let overflows = matches!(lower, Some((v, RangeBoundKind::Exclusive)) if v == max)
+        || matches!(upper, Some((v, RangeBoundKind::Inclusive)) if v == max);
+    match overflows {
+        true => Err(format!("a range bound past {max} has no next value")),
+        false => Ok(lower),
+    }
+}
 
 fn range<W, T: PartialOrd + Normalizable>(
     lower: Bound<W>,
@@ -219,6 +239,37 @@ impl<'a> FromSql<'a> for Interval {
     }
 }
 
+/// An array whose header is checked against its bytes before it is read: postgres-types
+/// reserves room for as many elements as the header claims, and a server claiming 2^31 would
+/// take all memory (every element takes at least its 4-byte length).
+struct Array<T>(Vec<Option<T>>);
+
+impl<'a, T: FromSql<'a>> FromSql<'a> for Array<T> {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        let word = |at: usize| -> Result<i32, BoxError> {
+            let bytes = raw.get(at..at + 4).ok_or("a truncated array")?;
+            Ok(i32::from_be_bytes(bytes.try_into()?))
+        };
+        let dimensions = usize::try_from(word(0)?)?;
+        let mut elements: usize = if dimensions == 0 { 0 } else { 1 };
+        for dimension in 0..dimensions {
+            let length = usize::try_from(word(12 + dimension * 8)?)?;
+            elements = elements.checked_mul(length).ok_or("an array too large")?;
+        }
+        if elements
+            .checked_mul(4)
+            .is_none_or(|least| least > raw.len())
+        {
+            return Err("an array claiming more elements than it holds".into());
+        }
+        Vec::<Option<T>>::from_sql(ty, raw).map(Array)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Vec<Option<T>> as FromSql>::accepts(ty)
+    }
+}
+
 /// A value of a type Spin has no case for: its bytes as PostgreSQL sent them.
 struct Raw(Vec<u8>);
 
@@ -291,25 +342,31 @@ pub(super) fn value(row: &Row, index: usize) -> Result<DbValue, tokio_postgres::
         DbDataType::Jsonb => get::<serde_json::Value>(row, index)?
             .map(|v| DbValue::Jsonb(serde_json::to_vec(&v).unwrap_or_default())),
         DbDataType::Decimal => get::<Decimal>(row, index)?.map(|d| DbValue::Decimal(d.to_string())),
-        DbDataType::RangeInt32 => {
-            get::<Range<i32>>(row, index)?.map(|r| DbValue::RangeInt32(bounds(r, |v| *v, 0)))
-        }
-        DbDataType::RangeInt64 => {
-            get::<Range<i64>>(row, index)?.map(|r| DbValue::RangeInt64(bounds(r, |v| *v, 0)))
-        }
+        DbDataType::RangeInt32 => unwound(|| get::<Range<i32>>(row, index))?
+            .map(|r| DbValue::RangeInt32(bounds(r, |v| *v, 0))),
+        DbDataType::RangeInt64 => unwound(|| get::<Range<i64>>(row, index))?
+            .map(|r| DbValue::RangeInt64(bounds(r, |v| *v, 0))),
         DbDataType::RangeDecimal => get::<Range<RangedDecimal>>(row, index)?.map(|r| {
             DbValue::RangeDecimal(bounds(r, |v| v.0.to_string(), RangedDecimal(Decimal::ZERO)))
         }),
-        DbDataType::ArrayInt32 => get(row, index)?.map(DbValue::ArrayInt32),
-        DbDataType::ArrayInt64 => get(row, index)?.map(DbValue::ArrayInt64),
-        DbDataType::ArrayDecimal => get::<Vec<Option<Decimal>>>(row, index)?.map(|v| {
-            DbValue::ArrayDecimal(v.into_iter().map(|d| d.map(|d| d.to_string())).collect())
+        DbDataType::ArrayInt32 => get::<Array<i32>>(row, index)?.map(|a| DbValue::ArrayInt32(a.0)),
+        DbDataType::ArrayInt64 => get::<Array<i64>>(row, index)?.map(|a| DbValue::ArrayInt64(a.0)),
+        DbDataType::ArrayDecimal => get::<Array<Decimal>>(row, index)?.map(|a| {
+            DbValue::ArrayDecimal(a.0.into_iter().map(|d| d.map(|d| d.to_string())).collect())
         }),
-        DbDataType::ArrayStr => get(row, index)?.map(DbValue::ArrayStr),
+        DbDataType::ArrayStr => get::<Array<String>>(row, index)?.map(|a| DbValue::ArrayStr(a.0)),
         DbDataType::Interval => get::<Interval>(row, index)?.map(|i| DbValue::Interval(i.0)),
         DbDataType::Other(_) => get::<Raw>(row, index)?.map(|raw| DbValue::Unsupported(raw.0)),
     };
     Ok(value.unwrap_or(DbValue::DbNull))
+}
+
+/// `read`, or its panic as an unreadable value: postgres_range asserts instead of failing on
+/// a bound with no next value, which only a hostile server sends.
+fn unwound<T>(
+    read: impl FnOnce() -> Result<Option<T>, tokio_postgres::Error>,
+) -> Result<Option<T>, tokio_postgres::Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or(Ok(None))
 }
 
 fn ymd(d: NaiveDate) -> (i32, u8, u8) {
@@ -504,4 +561,50 @@ pub(super) fn size(value: &DbValue) -> usize {
             }
             _ => 0,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest's range whose canonical form would overflow is refused, not a panic.
+    #[test]
+    fn integer_ranges_past_the_maximum_are_refused() {
+        use RangeBoundKind::{Exclusive, Inclusive};
+        for (lower, upper) in [
+            (None, Some((i32::MAX, Inclusive))),
+            (Some((i32::MAX, Exclusive)), None),
+        ] {
+            let refused = parameter(ParameterValue::RangeInt32((lower, upper)));
+            assert!(refused.is_err_and(|why| why.contains("no next value")));
+        }
+        let refused = parameter(ParameterValue::RangeInt64((
+            None,
+            Some((i64::MAX, Inclusive)),
+        )));
+        assert!(refused.is_err());
+        let fine = (Some((i32::MAX - 1, Exclusive)), Some((i32::MAX, Exclusive)));
+        assert!(parameter(ParameterValue::RangeInt32(fine)).is_ok());
+    }
+
+    /// An array header claiming more elements than its bytes hold is refused before anything
+    /// is reserved for them.
+    #[test]
+    fn arrays_claiming_more_than_they_hold_are_refused() {
+        let header = |count: i32| {
+            let mut raw = Vec::new();
+            for word in [1, 0, 23, count, 1] {
+                raw.extend_from_slice(&i32::to_be_bytes(word));
+            }
+            raw
+        };
+        let mut one = header(1);
+        one.extend_from_slice(&4i32.to_be_bytes());
+        one.extend_from_slice(&7i32.to_be_bytes());
+        let read = Array::<i32>::from_sql(&Type::INT4_ARRAY, &one).unwrap();
+        assert_eq!(read.0, vec![Some(7)]);
+        let lying = header(i32::MAX);
+        assert!(Array::<i32>::from_sql(&Type::INT4_ARRAY, &lying).is_err());
+        assert!(Array::<i32>::from_sql(&Type::INT4_ARRAY, &[0, 0, 0, 1]).is_err());
+    }
 }
