@@ -18,6 +18,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -35,12 +36,31 @@ const WRITE_BUDGET: usize = 64 * 1024;
 /// most 4 MiB is held for a reader that does not read).
 const WRITES_WAITING: usize = 64;
 
+/// How much unfinished lines may hold, across all the ports of an output: past it a line goes
+/// out unfinished (a guest opening stream after stream, each with a partial line, would
+/// otherwise hold memory without bound).
+const HELD_LINES: usize = 1 << 20;
+
 /// A write on its way to the writer, with the budget it holds until it is written.
 struct Chunk {
     bytes: Bytes,
     done: oneshot::Sender<io::Result<()>>,
     /// None only for what an instance left unfinished when it ended, which cannot wait.
     _budget: Option<OwnedSemaphorePermit>,
+    /// For such a chunk: its bytes, counted as held until written.
+    _held: Option<Held>,
+}
+
+/// Bytes counted in an output's held total until dropped.
+struct Held {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// How a port passes writes on.
@@ -57,6 +77,8 @@ pub(super) enum Framing {
 pub(super) struct SharedOutput {
     queue: mpsc::UnboundedSender<Chunk>,
     budget: Arc<Semaphore>,
+    /// Bytes of unfinished lines held back, and of those sent without budget.
+    held: Arc<AtomicUsize>,
     framing: Framing,
     terminal: bool,
 }
@@ -70,6 +92,7 @@ impl SharedOutput {
         SharedOutput {
             queue,
             budget: Arc::new(Semaphore::new(WRITES_WAITING)),
+            held: Default::default(),
             framing,
             terminal,
         }
@@ -192,9 +215,13 @@ impl Port {
             Framing::AsWritten => bytes,
             Framing::WholeLines => {
                 self.line.extend_from_slice(&bytes);
+                let held = &self.output.held;
+                let total = held.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
                 let end = match self.line.iter().rposition(|byte| *byte == b'\n') {
                     Some(newline) => newline + 1,
-                    None if self.line.len() >= WRITE_BUDGET => self.line.len(),
+                    None if self.line.len() >= WRITE_BUDGET || total > HELD_LINES => {
+                        self.line.len()
+                    }
                     None => {
                         // The grant goes back: a line held back must not keep others'
                         // writes waiting (a request printing progress without newlines).
@@ -203,6 +230,7 @@ impl Port {
                         return;
                     }
                 };
+                held.fetch_sub(end, Ordering::Relaxed);
                 self.line.split_to(end).freeze()
             }
         };
@@ -211,6 +239,7 @@ impl Port {
             bytes,
             done,
             _budget: Some(permit),
+            _held: None,
         };
         self.state = match self.output.queue.send(chunk) {
             Ok(()) => State::Writing(finished),
@@ -230,11 +259,17 @@ impl Drop for Port {
             // The line goes out even when the budget is spent: an instance ends only once.
             _ => self.output.budget.clone().try_acquire_owned().ok(),
         };
+        // Still counted as held until written, since it may have no budget.
+        let held = Held {
+            total: self.output.held.clone(),
+            bytes: self.line.len(),
+        };
         let (done, _) = oneshot::channel();
         let _ = self.output.queue.send(Chunk {
             bytes: self.line.split().freeze(),
             done,
             _budget: budget,
+            _held: Some(held),
         });
     }
 }
@@ -489,6 +524,34 @@ mod tests {
         let mut port = output.p2_stream();
         write(&mut port, "done\n").await;
         assert_eq!(read_exactly(&mut reader, 5).await, "done\n");
+    }
+
+    /// Unfinished lines hold at most [`HELD_LINES`]: past it, a line goes out unfinished, so
+    /// a guest opening stream after stream, each left with a partial line, holds no more.
+    #[tokio::test]
+    async fn unfinished_lines_hold_a_bounded_amount() {
+        let (writer, mut reader) = tokio::io::duplex(1 << 16);
+        let output = SharedOutput::new(Box::new(writer), Framing::WholeLines, false);
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = reader.read_to_end(&mut all).await;
+            all.len()
+        });
+        let partial = "x".repeat(WRITE_BUDGET - 1);
+        for _ in 0..2 * HELD_LINES / partial.len() {
+            let mut port = output.p2_stream();
+            write(&mut port, &partial).await;
+            assert!(output.held.load(Ordering::Relaxed) <= HELD_LINES + WRITE_BUDGET);
+            drop(port);
+        }
+        output.written().await;
+        drop(output);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            reading.await.unwrap(),
+            2 * HELD_LINES / partial.len() * partial.len(),
+            "every byte is written in the end"
+        );
     }
 
     /// A reader that goes away fails the write in flight, and the stream is closed after.
