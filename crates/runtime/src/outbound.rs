@@ -54,6 +54,12 @@ pub struct HttpHooks {
 }
 
 impl HttpHooks {
+    /// The workload's network, which a framework's other outbound services (databases,
+    /// brokers) follow too.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
     /// Requests go out as the workload's `network` allows.
     pub fn new(network: Network) -> HttpHooks {
         HttpHooks {

@@ -17,7 +17,7 @@ use wasmtime::component::Resource;
 
 use super::SpinState;
 use super::fermyon::spin2_0_0::mqtt;
-use super::services::{MQTT, host_and_port, permitted};
+use super::services::{MQTT, host_and_port, no_network, permitted};
 use crate::host::Outcome;
 
 /// How long connecting and one publish may take: a broker that does not answer fails the call
@@ -68,6 +68,9 @@ impl mqtt::HostConnection for SpinState {
     ) -> Outcome<Resource<MqttHandle>, mqtt::Error> {
         if host_and_port(&address, MQTT).is_none() {
             return Ok(Err(mqtt::Error::InvalidAddress));
+        }
+        if let Some(why) = no_network(self) {
+            return Ok(Err(mqtt::Error::ConnectionFailed(why)));
         }
         if let Err(why) = permitted(&self.host, &address, MQTT) {
             return Ok(Err(mqtt::Error::ConnectionFailed(why)));

@@ -25,7 +25,7 @@ use super::fermyon::spin2_0_0::mysql;
 use super::fermyon::spin2_0_0::rdbms_types::{
     self, Column as SpinColumn, DbDataType, DbValue, Error, ParameterValue, RowSet,
 };
-use super::services::{MYSQL, permitted};
+use super::services::{MYSQL, no_network, permitted};
 use super::{Outcome, SpinHost, SpinState};
 use wasmcell_stores::MAX_RESULT_BYTES;
 
@@ -335,6 +335,9 @@ impl mysql::Host for SpinState {}
 
 impl mysql::HostConnection for SpinState {
     async fn open(&mut self, address: String) -> Outcome<Resource<MysqlHandle>, Error> {
+        if let Some(why) = no_network(self) {
+            return Ok(Err(Error::ConnectionFailed(why)));
+        }
         let host = self.host.clone();
         Ok(match open(&host, &address).await {
             Ok(handle) => Ok(self.table.push(handle)?),

@@ -15,6 +15,7 @@ use super::fermyon::spin2_0_0::llm;
 use super::{SpinHost, SpinState};
 use crate::host::Outcome;
 use wasmcell_runtime::outbound::has_valid_port;
+use wasmcell_workload::Network;
 
 /// A service the component reaches at an address: its name for messages, the scheme its
 /// `allowed_outbound_hosts` entries use, and its default port.
@@ -65,6 +66,14 @@ pub(super) fn permitted(host: &SpinHost, address: &str, service: Service) -> Res
     Ok(())
 }
 
+/// Why the component of `state` may not reach any server: its workload has no network
+/// (`wasmcell run` without `--net`), as for its HTTP requests.
+pub(super) fn no_network(state: &SpinState) -> Option<String> {
+    (state.hooks.network() == Network::None).then(|| {
+        "the workload has no network: outbound connections need one (wasmcell run --net)".to_owned()
+    })
+}
+
 /// What an inferencing call answers: a model the component's `ai_models` does not name is
 /// invalid input, as in Spin; any other, that no backend runs models here (Spin's answer
 /// where it has no LLM engine).
@@ -102,7 +111,31 @@ impl llm::Host for SpinState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fermyon::spin2_0_0::rdbms_types as rdbms;
     use crate::host::tests::{spin_host, spin_state};
+
+    /// Without the network grant, no database or broker is reached, as no HTTP request is.
+    #[tokio::test]
+    async fn without_a_network_no_server_is_reached() {
+        use crate::host::fermyon::spin2_0_0::{mysql, redis};
+        let dir = tempfile::tempdir().unwrap();
+        let granted = ["mysql://db.example:3306", "redis://db.example:6379"];
+        let host = spin_host(dir.path(), &granted, &[], &[], &Default::default());
+        let mut state = spin_state(host);
+        state.hooks = wasmcell_runtime::outbound::HttpHooks::new(Network::None);
+        let address = "mysql://u@db.example/x".to_owned();
+        let opened = mysql::HostConnection::open(&mut state, address)
+            .await
+            .unwrap();
+        assert!(
+            matches!(opened, Err(rdbms::Error::ConnectionFailed(why)) if why.contains("no network"))
+        );
+        let address = "redis://db.example".to_owned();
+        let opened = redis::HostConnection::open(&mut state, address)
+            .await
+            .unwrap();
+        assert!(matches!(opened, Err(redis::Error::Other(why)) if why.contains("no network")));
+    }
 
     #[test]
     fn llm_answers_invalid_input_for_a_model_not_granted_and_a_runtime_error_otherwise() {

@@ -249,6 +249,9 @@ impl outbound_redis::HostConnection for SpinState {
         &mut self,
         address: String,
     ) -> Outcome<Resource<RedisHandle>, outbound_redis::Error> {
+        if let Some(why) = super::services::no_network(self) {
+            return Ok(Err(outbound_redis::Error::Other(why)));
+        }
         let spin = self.host.clone();
         let Ok(client) = ::redis::Client::open(address.as_str()) else {
             return Ok(Err(outbound_redis::Error::InvalidAddress));

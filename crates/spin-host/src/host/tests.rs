@@ -279,7 +279,7 @@ pub(crate) fn spin_state(host: SpinHost) -> SpinState {
     let engine = wasmtime::Engine::new(&wasmcell_runtime::config()).unwrap();
     let clock = Ticker::new(&engine).store_clock().unwrap();
     let budget = Budget::new(&Controls::new(&Default::default()), clock);
-    let hooks = HttpHooks::new(Network::None);
+    let hooks = HttpHooks::new(Network::Inherit);
     ComponentState::new(WasiCtxBuilder::new().build(), hooks, budget, Arc::new(host))
 }
 

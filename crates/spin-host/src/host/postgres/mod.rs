@@ -22,6 +22,7 @@ use tokio_postgres::{Config, NoTls};
 use wasmtime::component::Resource;
 
 use super::fermyon::spin2_0_0::{postgres as v2, rdbms_types};
+use super::services::no_network;
 use super::spin::postgres3_0_0::postgres as v3;
 use super::spin::postgres4_0_0::postgres as v4;
 use super::{Outcome, SpinHost, SpinState};
@@ -380,6 +381,9 @@ macro_rules! connection {
     ($module:ident, $error:ty, $params:expr, $rows:expr) => {
         impl $module::HostConnection for SpinState {
             async fn open(&mut self, address: String) -> Outcome<Resource<PgHandle>, $error> {
+                if let Some(why) = no_network(self) {
+                    return Ok(Err(v4::Error::ConnectionFailed(why).into()));
+                }
                 let host = self.host.clone();
                 Ok(match open(&host, &address).await {
                     Ok(handle) => Ok(self.table.push(handle)?),
