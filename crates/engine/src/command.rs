@@ -11,6 +11,7 @@ use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::Error;
 use wasmcell_runtime::exit::Exit;
+use wasmcell_runtime::http::exports;
 use wasmcell_runtime::outbound::HttpHooks;
 use wasmcell_runtime::run::{Run, RunFuture};
 use wasmcell_runtime::state::{ComponentState, ModuleState};
@@ -35,9 +36,19 @@ pub(crate) struct ModuleCommand {
 pub(crate) struct ComponentCommand<H: Send + 'static> {
     pub(crate) engine: wasmtime::Engine,
     pub(crate) ticker: Ticker,
-    pub(crate) pre: CommandPre<ComponentState<H>>,
+    pub(crate) pre: RunExport<H>,
     pub(crate) host: H,
 }
+
+/// The `run` a component exports: WASI 0.2's, or 0.3's (an async function, called on the
+/// store's event loop).
+pub(crate) enum RunExport<H: Send + 'static> {
+    P2(CommandPre<ComponentState<H>>),
+    P3(wasmtime_wasi::p3::bindings::CommandPre<ComponentState<H>>),
+}
+
+/// The interface name whose export makes a component a WASI 0.3 command.
+const RUN_P3: &str = "wasi:cli/run@0.3";
 
 impl<H: Send + 'static> ComponentCommand<H> {
     /// Links `component` for `wasi:cli/run` with `linker`; `path` names it in errors.
@@ -49,13 +60,17 @@ impl<H: Send + 'static> ComponentCommand<H> {
         path: &str,
         host: H,
     ) -> Result<ComponentCommand<H>, Error> {
-        let pre = linker
-            .instantiate_pre(component)
-            .and_then(CommandPre::new)
-            .map_err(|source| Error::Link {
-                path: path.to_owned(),
-                source,
-            })?;
+        let link_err = |source| Error::Link {
+            path: path.to_owned(),
+            source,
+        };
+        let pre = linker.instantiate_pre(component).map_err(link_err)?;
+        let pre = match exports(engine, component, RUN_P3) {
+            true => {
+                RunExport::P3(wasmtime_wasi::p3::bindings::CommandPre::new(pre).map_err(link_err)?)
+            }
+            false => RunExport::P2(CommandPre::new(pre).map_err(link_err)?),
+        };
         Ok(ComponentCommand {
             engine: engine.clone(),
             ticker: ticker.clone(),
@@ -120,11 +135,26 @@ impl<H: Clone + Send + Sync + 'static> Run for ComponentCommand<H> {
             let hooks = HttpHooks::new(spec.network);
             let state = ComponentState::new(wasi.build(), hooks, budget, self.host.clone());
             let mut store = new_store(&self.engine, state, controls);
-            let result = async {
-                let command = self.pre.instantiate_async(&mut store).await?;
-                command.wasi_cli_run().call_run(&mut store).await
-            }
-            .await;
+            let result = match &self.pre {
+                RunExport::P2(pre) => {
+                    async {
+                        let command = pre.instantiate_async(&mut store).await?;
+                        command.wasi_cli_run().call_run(&mut store).await
+                    }
+                    .await
+                }
+                RunExport::P3(pre) => {
+                    async {
+                        let command = pre.instantiate_async(&mut store).await?;
+                        store
+                            .run_concurrent(async |accessor| {
+                                command.wasi_cli_run().call_run(accessor).await
+                            })
+                            .await?
+                    }
+                    .await
+                }
+            };
             let exit = Exit::of_run(result, &store.data().budget.limiter);
             drop(store);
             outputs.written().await;

@@ -14,7 +14,9 @@ use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::{Error, error_chain};
 use wasmcell_runtime::exit::Exit;
-use wasmcell_runtime::http::{AllPaths, HttpEngine, Linkers, Proxy, Served, Start, is_proxy};
+use wasmcell_runtime::http::{
+    AllPaths, Handler, HttpEngine, Linkers, Proxy, Served, Service, Start, is_proxy, is_service,
+};
 use wasmcell_runtime::link::{exported_functions, link_error};
 use wasmcell_runtime::run::Run;
 use wasmcell_runtime::state::{ComponentState, component_linker, module_linker};
@@ -23,6 +25,8 @@ use wasmcell_runtime::{config, stdio};
 use wasmcell_slight_host::{Slight, SlightHost};
 use wasmcell_wasmedge::{self as wasmedge, WasmEdgeState};
 use wasmcell_workload::{App, WorkloadSpec};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// Hands the memory a step freed back to the kernel when the step returns, however it returns.
 /// glibc keeps freed memory in the arena of the thread that used it for the life of the
@@ -226,7 +230,8 @@ impl Engine {
 
     /// A component whose instances hold `host`, linked by `link`'s linker: served (an instance
     /// per request, on the pooling engine, loaded from the cache `entry`) when it exports
-    /// `wasi:http/incoming-handler`, run once through `wasi:cli/run` otherwise.
+    /// `wasi:http/handler@0.3` or `wasi:http/incoming-handler@0.2`, run once through
+    /// `wasi:cli/run` (0.3 or 0.2) otherwise.
     fn component<H: Clone + Send + Sync + 'static>(
         &self,
         spec: &WorkloadSpec,
@@ -243,7 +248,8 @@ impl Engine {
             path: path.to_owned(),
             source,
         };
-        if is_proxy(engine, component) {
+        let service = is_service(engine, component);
+        if service || is_proxy(engine, component) {
             let http = self.http()?;
             let linker = http.linkers().get(|| link(http.engine()))?;
             let component =
@@ -252,13 +258,20 @@ impl Engine {
                     source,
                 })?;
             let pre = linker.instantiate_pre(&component).map_err(link_err)?;
-            let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(link_err)?;
-            let proxy = Proxy {
-                pre,
-                start: Start::of_spec(spec)?,
-                host,
+            let start = Start::of_spec(spec)?;
+            let handler: Arc<dyn Handler> = match service {
+                true => Arc::new(Service {
+                    pre: ServicePre::new(pre).map_err(link_err)?,
+                    start,
+                    host,
+                }),
+                false => Arc::new(Proxy {
+                    pre: ProxyPre::new(pre).map_err(link_err)?,
+                    start,
+                    host,
+                }),
             };
-            let routes = Arc::new(AllPaths(Arc::new(proxy)));
+            let routes = Arc::new(AllPaths(handler));
             return Ok(Box::new(Served { http, routes }));
         }
         let linker = self.linkers.get(|| link(engine))?;

@@ -42,5 +42,7 @@ pub use usage::Usage;
 pub fn config() -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
+    // WASI 0.3 components: async functions, streams and futures.
+    config.wasm_component_model_async(true);
     config
 }

@@ -111,6 +111,10 @@ pub fn component_linker<H: Send + 'static>(
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(Error::Engine)?;
+    // WASI 0.3 (`@0.3.0` names, beside 0.2's): the same grants, through the same views and
+    // hooks (an outgoing 0.3 request goes through the policy's `send_request`).
+    wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(Error::Engine)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(Error::Engine)?;
     linker.allow_shadowing(true);
     linker
         .instance(OUTGOING_HANDLER)

@@ -16,6 +16,7 @@
 
 mod proxy;
 mod server;
+mod service;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +34,7 @@ pub use server::{
     Failure, Handler, HandlerFuture, Routes, Served, Server, Worker, bind, is_pool_exhausted,
     plain, serve,
 };
+pub use service::{Service, run_service};
 
 /// How much of a slot's dirtied memory (and table) is reset in place rather than released, per
 /// slot: the memory an idle server keeps for each slot it has used. A hello-world request
@@ -42,12 +44,25 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// The interface name whose export makes a component an HTTP server.
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
 
+/// The interface name whose export makes a component a WASI 0.3 HTTP server.
+const HANDLER: &str = "wasi:http/handler@0.3";
+
 /// Whether `component` serves HTTP: it exports `wasi:http/incoming-handler` (any 0.2 version).
 pub fn is_proxy(engine: &wasmtime::Engine, component: &Component) -> bool {
+    exports(engine, component, INCOMING_HANDLER)
+}
+
+/// Whether `component` serves HTTP through WASI 0.3: it exports `wasi:http/handler@0.3.x`.
+pub fn is_service(engine: &wasmtime::Engine, component: &Component) -> bool {
+    exports(engine, component, HANDLER)
+}
+
+/// Whether `component` exports an interface whose name starts with `prefix`.
+pub fn exports(engine: &wasmtime::Engine, component: &Component, prefix: &str) -> bool {
     component
         .component_type()
         .exports(engine)
-        .any(|(name, _)| name.starts_with(INCOMING_HANDLER))
+        .any(|(name, _)| name.starts_with(prefix))
 }
 
 /// Linkers made on one engine, one per type: each capability makes its own the first time a

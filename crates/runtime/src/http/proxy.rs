@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::outbound::HttpHooks;
 use crate::state::ComponentState;
 use crate::stdio::Outputs;
-use crate::store::new_store;
+use crate::store::{Budget, new_store};
 use crate::wasi::{add_preopens, wasi_base};
 use wasmcell_workload::WorkloadSpec;
 
@@ -132,21 +132,37 @@ pub async fn run_proxy<H: Send + 'static>(
                 .await
         }
         .await;
-        let budget = &store.data().budget;
-        match result {
-            Ok(()) => Ok(()),
-            Err(_) if budget.limiter.exceeded() => Err(Failure::OutOfMemory),
-            Err(error) if is_pool_exhausted(&error) => Err(Failure::Busy),
-            Err(error) => Err(Failure::Failed(format!("the handler failed: {error:?}"))),
-        }
+        failure_of(result, &store.data().budget)
     });
-    // One deadline for a handler computing in wasm (it yields at every epoch tick, so the
-    // timer fires and the abort lands at its next tick) and for one waiting in a host call.
-    let Ok(response) = tokio::time::timeout(timeout, receiver).await else {
+    answered(timeout, receiver, task).await
+}
+
+/// What a handler's run came to when it set no response (or after): the memory limit, a full
+/// pool, or a failure.
+pub(super) fn failure_of(result: wasmtime::Result<()>, budget: &Budget) -> Result<(), Failure> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(_) if budget.limiter.exceeded() => Err(Failure::OutOfMemory),
+        Err(error) if is_pool_exhausted(&error) => Err(Failure::Busy),
+        Err(error) => Err(Failure::Failed(format!("the handler failed: {error:?}"))),
+    }
+}
+
+/// Waits, within `timeout`, for what the handler running as `task` answers on `answer`: its
+/// response, its error code, or (the channel dropped) why its task ended without one. Past the
+/// deadline the task is aborted. One deadline for a handler computing in wasm (it yields at
+/// every epoch tick, so the timer fires and the abort lands at its next tick) and for one
+/// waiting in a host call.
+pub(super) async fn answered<E: std::fmt::Debug>(
+    timeout: std::time::Duration,
+    answer: tokio::sync::oneshot::Receiver<Result<Response<HyperOutgoingBody>, E>>,
+    task: tokio::task::JoinHandle<Result<(), Failure>>,
+) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let Ok(answer) = tokio::time::timeout(timeout, answer).await else {
         task.abort();
         return Err(Failure::TimedOut(timeout));
     };
-    match response {
+    match answer {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(code)) => Err(Failure::Failed(format!(
             "the handler answered with an error: {code:?}"

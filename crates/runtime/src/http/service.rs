@@ -1,0 +1,93 @@
+//! `wasi:http/handler@0.3.0` components (WASI 0.3's `service` world) as request handlers: a
+//! fresh instance per request, as for 0.2 proxies, its async `handle` called with the request
+//! within the deadline and limits.
+//!
+//! A 0.3 handler returns its response before its body is written: the body streams from the
+//! guest as the store's event loop runs, so the instance's task keeps the loop running
+//! (`poll_no_interesting_tasks`) until the guest has nothing left to do, and ends then.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::{Request, Response};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+use super::proxy::{answered, failure_of};
+use super::{Failure, Handler, HandlerFuture, Server, Start};
+use crate::outbound::HttpHooks;
+use crate::state::ComponentState;
+use crate::stdio::Outputs;
+use crate::store::new_store;
+use crate::wasi::wasi_base;
+
+/// A `wasi:http/handler@0.3.0` component whose instances hold `host`, as [`super::Proxy`] is
+/// for 0.2.
+pub struct Service<H: Send + 'static> {
+    /// The component, linked.
+    pub pre: ServicePre<ComponentState<H>>,
+    /// What its instances start from.
+    pub start: Start,
+    /// What each instance holds for its capability.
+    pub host: H,
+}
+
+impl<H: Clone + Send + Sync + 'static> Handler for Service<H> {
+    fn handle<'a>(
+        &'a self,
+        server: &'a Arc<Server>,
+        outputs: &'a Arc<Outputs>,
+        request: Request<wasmtime_wasi_http::WasiBody>,
+        _peer: SocketAddr,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let wasi = self.start.wasi(wasi_base(server.spec()), outputs);
+            let hooks = HttpHooks::new(server.spec().network);
+            let state = ComponentState::new(wasi, hooks, server.budget()?, self.host.clone());
+            run_service(server, &self.pre, state, request).await
+        })
+    }
+}
+
+/// What the handler answered: a response (its body still to stream) or its error code.
+type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
+
+/// Instantiates `pre` in a store of `state` and calls its `handle` with `request`, within the
+/// spec's deadline; the instance runs on as its own task while the response body streams.
+pub async fn run_service<H: Send + 'static>(
+    server: &Server,
+    pre: &ServicePre<ComponentState<H>>,
+    state: ComponentState<H>,
+    request: Request<wasmtime_wasi_http::WasiBody>,
+) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let timeout = server.spec().http.timeout;
+    let mut store = new_store(server.engine(), state, server.controls());
+    let (sender, receiver) = tokio::sync::oneshot::channel::<Answer>();
+    let pre = pre.clone();
+    let task = tokio::spawn(async move {
+        let result = async {
+            let service = pre.instantiate_async(&mut store).await?;
+            let (request, io) =
+                wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
+            store
+                .run_concurrent(async move |accessor| {
+                    let answer = match service.handle(accessor, request).await? {
+                        Ok(response) => {
+                            Ok(accessor.with(|mut store| response.into_http(&mut store, io))?)
+                        }
+                        Err(code) => Err(code),
+                    };
+                    let _ = sender.send(answer);
+                    // The body streams as the event loop runs: run it until the guest is done.
+                    std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+                    wasmtime::Result::<()>::Ok(())
+                })
+                .await?
+        }
+        .await;
+        failure_of(result, &store.data().budget)
+    });
+    answered(timeout, receiver, task).await
+}
