@@ -3,8 +3,10 @@
 #
 # wasm32-wasip1: every command guest. wasm32-wasip2: hello again, as a component
 # (`hello.component.wasm`), the HTTP example `hello-http.wasm` (a wasi:http/proxy component),
-# `echo-server.wasm` (wasi:sockets through std::net) and `slight-component.wasm` (wasi:keyvalue
-# and wasi:config, for the slight runtime). SpiderLightning apps' modules are `slight-*.wasm`
+# `echo-server.wasm` (wasi:sockets through std::net), `slight-component.wasm` (wasi:keyvalue
+# and wasi:config, for the slight runtime), and the WASI 0.3 components `p3-cli.wasm` (a
+# wasi:cli/run@0.3.0 command) and `p3-http.wasm` (a wasi:http/handler@0.3.0 service), which
+# are built for wasm32-wasip2 only. SpiderLightning apps' modules are `slight-*.wasm`
 # (wasm32-wasip1). Spin apps: guests/spin-apps/NAME with the
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
 # wasm32-wasip1, and `spin1_http.wasm`, a Spin 1 module), assembled into `spin/NAME/` (the
@@ -18,15 +20,18 @@ out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
 cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server \
-  --exclude spin-http --exclude spin-redis --exclude spin-databases --exclude slight-component
+  --exclude spin-http --exclude spin-redis --exclude spin-databases --exclude slight-component \
+  --exclude p3-cli --exclude p3-http
 cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-databases \
-  -p slight-component
+  -p slight-component -p p3-cli -p p3-http
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
 cp target/wasm32-wasip2/release/hello.wasm "$out/hello.component.wasm"
 cp target/wasm32-wasip2/release/hello_http.wasm "$out/hello-http.wasm"
 cp target/wasm32-wasip2/release/echo-server.wasm "$out/echo-server.wasm"
 cp target/wasm32-wasip2/release/slight-component.wasm "$out/slight-component.wasm"
+cp target/wasm32-wasip2/release/p3_cli.wasm "$out/p3-cli.wasm"
+cp target/wasm32-wasip2/release/p3_http.wasm "$out/p3-http.wasm"
 for app in spin-apps/*/; do
   name=$(basename "$app")
   rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"

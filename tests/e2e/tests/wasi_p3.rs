@@ -1,0 +1,169 @@
+//! WASI 0.3 components (`wasi:cli/run@0.3.0`, `wasi:http/handler@0.3.0`; guests/p3-cli and
+//! guests/p3-http, Rust with wit-bindgen's async support): run by `wasmcell run` and by the
+//! shim under containerd with the grants 0.2 components get, checked as a user would.
+
+use std::process::{Command, Stdio};
+
+use anyhow::Result;
+use wasmcell_e2e::{containerd_with, curl, free_port, guest, run, wait_http, wasmcell};
+
+/// `wasmcell run [flags] p3-cli.wasm args...`.
+fn p3_cli(flags: &[&str], args: &[&str]) -> Result<wasmcell_e2e::Ran> {
+    run(Command::new(wasmcell())
+        .arg("run")
+        .args(flags)
+        .arg(guest("p3-cli.wasm"))
+        .args(args))
+}
+
+#[test]
+fn a_wasi_0_3_command_gets_args_env_stdio_and_exit_codes() -> Result<()> {
+    let hello = p3_cli(&[], &["hello"])?.success()?;
+    assert_eq!(hello.stdout, "hello from wasi 0.3\n");
+    assert_eq!(hello.stderr, "to stderr\n");
+
+    let env = p3_cli(&["--env", "COLOR=red"], &["env", "COLOR"])?.success()?;
+    assert_eq!(env.stdout, "red\np3-cli.wasm env COLOR\n");
+    let unset = p3_cli(&[], &["env", "COLOR"])?.success()?;
+    assert_eq!(unset.stdout.lines().next(), Some("unset"));
+
+    assert_eq!(p3_cli(&[], &["exit", "7"])?.code, Some(7));
+    let failed = p3_cli(&[], &["fail"])?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+
+    // Standard input reaches the guest's 0.3 stream whole.
+    let mut cat = Command::new(wasmcell())
+        .arg("run")
+        .arg(guest("p3-cli.wasm"))
+        .arg("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let text = "line one\nline two\n".repeat(1000);
+    {
+        use std::io::Write;
+        let mut stdin = cat.stdin.take().expect("piped stdin");
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = cat.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout)?, text);
+    Ok(())
+}
+
+/// The preopened directory is the guest's, and only it: a path out of it is refused.
+#[test]
+fn a_wasi_0_3_command_uses_its_preopened_directory_only() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("existing"), "x")?;
+    let mount = format!("{}:/data", dir.path().display());
+    let fs = p3_cli(&["--dir", &mount], &["fs"])?.success()?;
+    assert_eq!(
+        fs.stdout,
+        "preopen: /data\nread: written by wasi 0.3\nexisting\np3.txt\n\
+         ../outside: not-permitted\nfs ok\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p3.txt"))?,
+        "written by wasi 0.3\n"
+    );
+    assert!(
+        !dir.path().parent().unwrap().join("outside").exists(),
+        "the guest wrote outside its directory"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_wasi_0_3_command_image_runs_under_containerd() -> Result<()> {
+    let (_tmp, containerd) = containerd_with(&[], &[("p3-cli.wasm", "example.com/p3-cli:1")])?;
+    let out = containerd
+        .run_wasm(
+            &["--rm", "--env", "COLOR=blue"],
+            "example.com/p3-cli:1",
+            "p3",
+            &["/p3-cli.wasm", "env", "COLOR"],
+        )?
+        .success()?;
+    assert_eq!(out.stdout, "blue\n/p3-cli.wasm env COLOR\n");
+    let out = containerd.run_wasm(
+        &["--rm"],
+        "example.com/p3-cli:1",
+        "p3-exit",
+        &["/p3-cli.wasm", "exit", "3"],
+    )?;
+    assert_eq!(out.code, Some(3), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn a_wasi_0_3_handler_is_served_like_a_0_2_proxy() -> Result<()> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(wasmcell())
+        .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
+        .args([
+            "-e",
+            "WASMCELL_HTTP_TIMEOUT=2",
+            "-e",
+            "WASMCELL_HTTP_MAX_BODY=4096",
+        ])
+        .arg(guest("p3-http.wasm"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let served = (|| -> Result<()> {
+        wait_http(&format!("{base}/hello"))?;
+        let hello = curl(&["-i", &format!("{base}/hello")])?;
+        assert_eq!(hello.status, 200, "{hello:?}");
+        assert!(
+            hello.body.ends_with("hello from a wasi 0.3 handler\n"),
+            "{hello:?}"
+        );
+        let body = "y".repeat(3000);
+        let echoed = curl(&["--data-binary", &body, &format!("{base}/echo")])?;
+        assert_eq!((echoed.status, echoed.body.as_str()), (200, body.as_str()));
+        let big = curl(&["--data-binary", &"z".repeat(8192), &format!("{base}/echo")])?;
+        assert_eq!(big.status, 413, "{big:?}");
+        assert_eq!(curl(&[&format!("{base}/trap")])?.status, 500);
+        let forever = curl(&[&format!("{base}/forever")])?;
+        assert_eq!(forever.status, 504, "{forever:?}");
+        // No network grant: the guest's 0.3 outgoing request is refused.
+        let fetched = curl(&[&format!("{base}/fetch?{base}/hello")])?;
+        assert_eq!(fetched.status, 502, "{fetched:?}");
+        assert!(fetched.body.contains("HttpRequestDenied"), "{fetched:?}");
+        // Every failure ended its own request only.
+        assert_eq!(curl(&[&format!("{base}/hello")])?.status, 200);
+        Ok(())
+    })();
+    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
+    let status = server.wait()?;
+    served?;
+    assert_eq!(status.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn a_wasi_0_3_handler_with_the_network_fetches() -> Result<()> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(wasmcell())
+        .args(["run", "--net", "-p", &format!("127.0.0.1:{port}:8080")])
+        .arg(guest("p3-http.wasm"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let served = (|| -> Result<()> {
+        wait_http(&format!("{base}/hello"))?;
+        let fetched = curl(&[&format!("{base}/fetch?{base}/hello")])?;
+        assert_eq!(fetched.status, 200, "{fetched:?}");
+        assert_eq!(
+            fetched.body,
+            "upstream 200\nhello from a wasi 0.3 handler\n"
+        );
+        Ok(())
+    })();
+    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
+    server.wait()?;
+    served
+}
