@@ -167,3 +167,24 @@ fn a_wasi_0_3_handler_with_the_network_fetches() -> Result<()> {
     server.wait()?;
     served
 }
+
+/// WASI 0.3 sockets follow the network grant as 0.2's do: a TCP connect only with `--net`.
+#[test]
+fn a_wasi_0_3_command_connects_only_with_the_network_grant() -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?.to_string();
+    let peer = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        let mut line = [0u8; 5];
+        stream.read_exact(&mut line)?;
+        stream.write_all(b"pong: ")?;
+        stream.write_all(&line)
+    });
+    let denied = p3_cli(&[], &["connect", &address])?;
+    assert_eq!(denied.stdout, "connect: access-denied\n", "{denied:?}");
+    let connected = p3_cli(&["--net"], &["connect", &address])?.success()?;
+    assert_eq!(connected.stdout, "pong: ping\n");
+    peer.join().expect("the peer thread")?;
+    Ok(())
+}
