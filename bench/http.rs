@@ -186,7 +186,29 @@ pub fn http(seconds: u32) -> Result<()> {
     let mut native = Command::new(std::env::current_exe()?);
     native.args(["native-http", &port.to_string()]);
     let _server = rows.measure_spawned("native Rust hyper (the limit)", port, &mut native)?;
-    rows.print("HTTP GET / of the hello-http example", WASMTIME_SERVE);
+
+    // The same greeting from a WASI 0.3 handler (guests/p3-http, GET /hello), against the
+    // 0.2 rows above and, where the engine's CLI takes its flags, `wasmtime serve` with 0.3.
+    rows.path = "/hello";
+    let p3 = guest("p3-http.wasm");
+    rows.measure_wasmcell_run("wasmcell run, WASI 0.3 handler", &p3)?;
+    if let Some(wasmtime) = std::env::var_os("WASMTIME_CLI") {
+        let port = free_port()?;
+        let mut serve = Command::new(wasmtime);
+        serve
+            .args(["serve", "-Scli", "-Sp3", "-Wcomponent-model-async"])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg(&p3);
+        if let Err(error) =
+            rows.measure_spawned("wasmtime serve -Sp3, WASI 0.3 handler", port, &mut serve)
+        {
+            println!("(wasmtime serve did not serve the 0.3 handler: {error:#})");
+        }
+    }
+    rows.print(
+        "HTTP GET of the hello examples (0.2: /, 0.3: /hello)",
+        WASMTIME_SERVE,
+    );
     Ok(())
 }
 

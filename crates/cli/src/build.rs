@@ -48,7 +48,7 @@ pub struct BuildArgs {
     /// registry format).
     #[arg(long, value_enum, default_value_t = FormatArg::Image)]
     format: FormatArg,
-    /// The platform to declare, OS/ARCH with OS wasi|wasip1|wasip2 and ARCH wasm|wasm32;
+    /// The platform to declare, OS/ARCH with OS wasi|wasip1|wasip2|wasip3 and ARCH wasm|wasm32;
     /// repeat it for one index that any of them pulls
     /// [default: wasip1/wasm for modules, wasip2/wasm for components]
     #[arg(long)]

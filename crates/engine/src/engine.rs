@@ -248,6 +248,14 @@ impl Engine {
             path: path.to_owned(),
             source,
         };
+        let candidates = release_candidates(engine, component);
+        if !candidates.is_empty() {
+            return Err(Error::MissingImports {
+                path: path.to_owned(),
+                imports: candidates.join(", "),
+                provided: COMPONENTS_PROVIDED,
+            });
+        }
         let service = is_service(engine, component);
         if service || is_proxy(engine, component) {
             let http = self.http()?;
@@ -278,6 +286,24 @@ impl Engine {
         let command = ComponentCommand::new(engine, &self.ticker, &linker, component, path, host)?;
         Ok(Box::new(command))
     }
+}
+
+/// What a component is linked with, for the message when it imports a WASI release candidate.
+const COMPONENTS_PROVIDED: &str = "wasmcell links WASI 0.2 (any 0.2.x) and WASI 0.3.0 (cli, clocks, filesystem, random, sockets, http); a WASI release candidate (@0.3.0-rc-...) is not supported: build the component against wasi@0.3.0";
+
+/// The WASI release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`):
+/// wasmtime implements 0.3.0, and a prerelease version never matches another.
+fn release_candidates(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("wasi:") && name.contains("-rc"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A workload ready to run: compiled, linked and pre-instantiated. Each [`Prepared::run`] is a

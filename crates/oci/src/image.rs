@@ -333,7 +333,11 @@ fn artifact_manifest(
     });
     if kind == WasmKind::Component {
         let (imports, exports) = component_world(wasm)?;
+        let target = component_target(&exports);
         config["component"] = serde_json::json!({"imports": imports, "exports": exports});
+        if let Some(target) = target {
+            config["component"]["target"] = target.into();
+        }
     }
     let config = Blob::new(
         MediaType::Other(WASM_CONFIG_MEDIA_TYPE.into()),
@@ -362,6 +366,26 @@ fn artifact_manifest(
 }
 
 /// A component's top-level import and export names, read from the binary.
+/// The world a component targets, named from what it exports as the CNCF artifact's
+/// `component.target` names it: `wasi:http/service@0.3.x` for a WASI 0.3 HTTP handler,
+/// `wasi:http/proxy@0.2.x` for a 0.2 one, `wasi:cli/command@…` for a command; none for a
+/// component exporting neither (a library).
+fn component_target(exports: &[String]) -> Option<String> {
+    let version = |interface: &str| {
+        exports.iter().find_map(|export| {
+            let version = export.strip_prefix(interface)?.strip_prefix('@')?;
+            Some(version.to_owned())
+        })
+    };
+    [
+        ("wasi:http/handler", "wasi:http/service"),
+        ("wasi:http/incoming-handler", "wasi:http/proxy"),
+        ("wasi:cli/run", "wasi:cli/command"),
+    ]
+    .into_iter()
+    .find_map(|(export, world)| Some(format!("{world}@{}", version(export)?)))
+}
+
 fn component_world(wasm: &[u8]) -> Result<(Vec<String>, Vec<String>), ArchiveError> {
     use wasmparser::{Parser, Payload};
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
@@ -491,4 +515,30 @@ fn layer_tar(
             .map_err(io_err(format!("add {} to the image", host.display())))?;
     }
     tar.into_inner().map_err(io_err("build layer"))
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::component_target;
+
+    #[test]
+    fn a_components_target_world_is_named_from_its_exports() {
+        let target = |exports: &[&str]| {
+            component_target(&exports.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            target(&["wasi:http/handler@0.3.0"]).as_deref(),
+            Some("wasi:http/service@0.3.0")
+        );
+        assert_eq!(
+            target(&["wasi:http/incoming-handler@0.2.6"]).as_deref(),
+            Some("wasi:http/proxy@0.2.6")
+        );
+        assert_eq!(
+            target(&["wasi:cli/run@0.3.0"]).as_deref(),
+            Some("wasi:cli/command@0.3.0")
+        );
+        assert_eq!(target(&["example:lib/api@1.0.0"]), None);
+        assert_eq!(target(&["wasi:cli/runner@0.2.0"]), None);
+    }
 }

@@ -1,8 +1,9 @@
 //! The platforms a Wasm image may declare.
 //!
 //! containerd matches platform strings exactly, and the ecosystem has not settled on one
-//! spelling, so images built here may carry any of os `wasi`/`wasip1`/`wasip2` with arch
-//! `wasm`/`wasm32`, and readers accept all of them.
+//! spelling, so images built here may carry any of os `wasi`/`wasip1`/`wasip2`/`wasip3` with
+//! arch `wasm`/`wasm32`, and readers accept all of them. (A WASI 0.3 component defaults to
+//! `wasip2`, which every reader matches; its artifact config names its 0.3 world.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,13 +15,13 @@ pub struct Platform {
     arch: &'static str,
 }
 
-const OSES: [&str; 3] = ["wasi", "wasip1", "wasip2"];
+const OSES: [&str; 4] = ["wasi", "wasip1", "wasip2", "wasip3"];
 const ARCHES: [&str; 2] = ["wasm", "wasm32"];
 
 /// A platform string that is not a Wasm platform.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unsupported platform `{0}`: a Wasm image platform is OS/ARCH with OS one of wasi, wasip1, wasip2 and ARCH one of wasm, wasm32 (e.g. wasip1/wasm or wasi/wasm32)"
+    "unsupported platform `{0}`: a Wasm image platform is OS/ARCH with OS one of wasi, wasip1, wasip2, wasip3 and ARCH one of wasm, wasm32 (e.g. wasip1/wasm or wasi/wasm32)"
 )]
 pub struct PlatformError(String);
 
@@ -50,7 +51,7 @@ impl Platform {
         }
     }
 
-    /// The OS part: `wasi`, `wasip1` or `wasip2`.
+    /// The OS part: `wasi`, `wasip1`, `wasip2` or `wasip3`.
     pub fn os(&self) -> &'static str {
         self.os
     }
@@ -94,7 +95,7 @@ mod tests {
 
     #[test]
     fn linux_and_malformed_platforms_are_refused() {
-        for bad in ["linux/amd64", "wasi", "wasi/", "wasip3/wasm", "wasi/wasm64"] {
+        for bad in ["linux/amd64", "wasi", "wasi/", "wasip4/wasm", "wasi/wasm64"] {
             let err = bad.parse::<Platform>().unwrap_err().to_string();
             assert!(err.contains(bad) && err.contains("wasip1/wasm"), "{err}");
         }

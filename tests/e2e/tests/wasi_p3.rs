@@ -188,3 +188,21 @@ fn a_wasi_0_3_command_connects_only_with_the_network_grant() -> Result<()> {
     peer.join().expect("the peer thread")?;
     Ok(())
 }
+
+/// A component built against a WASI 0.3 release candidate (as Spin 4's SDKs are) fails before
+/// it runs, naming the import and what is provided instead.
+#[test]
+fn a_wasi_release_candidate_import_is_refused_naming_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("rc.wasm");
+    let rc = "wasi:cli/environment@0.3.0-rc-2026-03-15";
+    std::fs::write(
+        &wasm,
+        wat::parse_str(format!("(component (import \"{rc}\" (instance)))"))?,
+    )?;
+    let ran = run(Command::new(wasmcell()).arg("run").arg(&wasm))?;
+    assert_ne!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stderr.contains(rc), "{ran:?}");
+    assert!(ran.stderr.contains("WASI 0.3.0"), "{ran:?}");
+    Ok(())
+}
