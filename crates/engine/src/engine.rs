@@ -268,11 +268,12 @@ impl Engine {
             let pre = linker.instantiate_pre(&component).map_err(link_err)?;
             let start = Start::of_spec(spec)?;
             let handler: Arc<dyn Handler> = match service {
-                true => Arc::new(Service {
-                    pre: ServicePre::new(pre).map_err(link_err)?,
+                true => Arc::new(Service::new(
+                    ServicePre::new(pre).map_err(link_err)?,
                     start,
                     host,
-                }),
+                    spec,
+                )),
                 false => Arc::new(Proxy {
                     pre: ProxyPre::new(pre).map_err(link_err)?,
                     start,

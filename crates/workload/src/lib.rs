@@ -62,8 +62,9 @@ pub struct NameFiles {
 impl HttpServe {
     /// The settings a guest's environment asks for, over the defaults: `WASMCELL_HTTP_ADDR`
     /// (or runwasi's `WASMTIME_HTTP_PROXY_SOCKET_ADDR`) `IP:PORT`, `WASMCELL_HTTP_MAX_BODY`
-    /// bytes, `WASMCELL_HTTP_TIMEOUT` and `WASMCELL_HTTP_HEADER_TIMEOUT` seconds, and
-    /// `WASMCELL_HTTP_MAX_CONNECTIONS`. The last value of a variable wins, as in a shell.
+    /// bytes, `WASMCELL_HTTP_TIMEOUT` and `WASMCELL_HTTP_HEADER_TIMEOUT` seconds,
+    /// `WASMCELL_HTTP_MAX_CONNECTIONS`, and `WASMCELL_HTTP_INSTANCE_CONCURRENCY` requests. The
+    /// last value of a variable wins, as in a shell.
     pub fn from_env(env: &[(String, String)]) -> Result<HttpServe, HttpSettingError> {
         const ADDR: &str = "an IP:PORT address such as 0.0.0.0:8080";
         let mut serve = HttpServe::default();
@@ -91,6 +92,19 @@ impl HttpServe {
                     let expected = "a number of connections such as 1000";
                     let cap: usize = setting("WASMCELL_HTTP_MAX_CONNECTIONS", value, expected)?;
                     serve.max_connections = cap.max(1);
+                }
+                "WASMCELL_HTTP_INSTANCE_CONCURRENCY" => {
+                    let expected = "a number of requests from 1 to 64, such as 16";
+                    let requests: usize =
+                        setting("WASMCELL_HTTP_INSTANCE_CONCURRENCY", value, expected)?;
+                    if !(1..=64).contains(&requests) {
+                        return Err(HttpSettingError {
+                            variable: "WASMCELL_HTTP_INSTANCE_CONCURRENCY",
+                            value: value.clone(),
+                            expected,
+                        });
+                    }
+                    serve.instance_concurrency = requests;
                 }
                 _ => {}
             }
@@ -151,6 +165,16 @@ pub struct HttpServe {
     /// The most connections a server holds at once, before the bound the process's descriptor
     /// limit sets (see `crate::connections`); past it, the connection idle the longest is closed.
     pub max_connections: usize,
+    /// How many requests one instance of a WASI 0.3 handler serves at once: 1, a fresh
+    /// instance per request as for 0.2 (requests share nothing); more, concurrent requests
+    /// share an instance (its memory, its limits, and its fate: a trap or a request past its
+    /// deadline ends the instance and the requests in it).
+    #[serde(default = "one")]
+    pub instance_concurrency: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for HttpServe {
@@ -167,6 +191,7 @@ impl Default for HttpServe {
             timeout: std::time::Duration::from_secs(60),
             header_timeout: std::time::Duration::from_secs(10),
             max_connections: 1000,
+            instance_concurrency: 1,
         }
     }
 }

@@ -206,3 +206,55 @@ fn a_wasi_release_candidate_import_is_refused_naming_it() -> Result<()> {
     assert!(ran.stderr.contains("WASI 0.3.0"), "{ran:?}");
     Ok(())
 }
+
+/// With WASMCELL_HTTP_INSTANCE_CONCURRENCY, a 0.3 handler's instance serves several requests
+/// at once; a trap or a request past its deadline ends that instance only, and the server
+/// serves on with fresh ones.
+#[test]
+fn a_wasi_0_3_handler_instance_serves_concurrent_requests_when_asked() -> Result<()> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(wasmcell())
+        .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
+        .args(["-e", "WASMCELL_HTTP_INSTANCE_CONCURRENCY=4"])
+        .args(["-e", "WASMCELL_HTTP_TIMEOUT=2"])
+        .arg(guest("p3-http.wasm"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let served = (|| -> Result<()> {
+        wait_http(&format!("{base}/hello"))?;
+        let waits: Vec<_> = (0..12)
+            .map(|_| {
+                let url = format!("{base}/wait?300");
+                std::thread::spawn(move || curl(&[&url]))
+            })
+            .collect();
+        for wait in waits {
+            let reply = wait.join().expect("a client thread")?;
+            assert_eq!((reply.status, reply.body.as_str()), (200, "waited\n"));
+        }
+        assert_eq!(curl(&[&format!("{base}/trap")])?.status, 500);
+        assert_eq!(curl(&[&format!("{base}/hello")])?.status, 200);
+        assert_eq!(curl(&[&format!("{base}/forever")])?.status, 504);
+        for _ in 0..5 {
+            assert_eq!(curl(&[&format!("{base}/hello")])?.status, 200);
+        }
+        Ok(())
+    })();
+    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
+    server.wait()?;
+    served?;
+    // A setting out of range is refused at start, naming it.
+    let refused = run(Command::new(wasmcell())
+        .args(["run", "-e", "WASMCELL_HTTP_INSTANCE_CONCURRENCY=0"])
+        .arg(guest("p3-http.wasm")))?;
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused
+            .stderr
+            .contains("WASMCELL_HTTP_INSTANCE_CONCURRENCY=0"),
+        "{refused:?}"
+    );
+    Ok(())
+}

@@ -15,6 +15,7 @@
 //! 5xx and a line on the container's stderr; the server carries on.
 
 mod proxy;
+mod reuse;
 mod server;
 mod service;
 #[cfg(test)]

@@ -290,7 +290,7 @@ async fn handle(
 }
 
 /// Why a request got no response from its handler.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     /// No instance slot free: the server is at its concurrency limit.
     Busy,

@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::proxy::{answered, failure_of};
+use super::reuse::Workers;
 use super::{Failure, Handler, HandlerFuture, Server, Start};
 use crate::outbound::HttpHooks;
 use crate::state::ComponentState;
@@ -32,6 +33,28 @@ pub struct Service<H: Send + 'static> {
     pub start: Start,
     /// What each instance holds for its capability.
     pub host: H,
+    /// Its instances serving several requests at once, where the spec asks for that
+    /// (`instance_concurrency` past 1); a fresh instance per request otherwise.
+    pub workers: Option<Workers<ComponentState<H>>>,
+}
+
+impl<H: Send + 'static> Service<H> {
+    /// The component `pre`, whose instances start from `start` and hold `host`, served as
+    /// `spec` asks.
+    pub fn new(
+        pre: ServicePre<ComponentState<H>>,
+        start: Start,
+        host: H,
+        spec: &wasmcell_workload::WorkloadSpec,
+    ) -> Service<H> {
+        let shared = spec.http.instance_concurrency > 1;
+        Service {
+            workers: shared.then(|| Workers::new(pre.clone())),
+            pre,
+            start,
+            host,
+        }
+    }
 }
 
 impl<H: Clone + Send + Sync + 'static> Handler for Service<H> {
@@ -43,10 +66,16 @@ impl<H: Clone + Send + Sync + 'static> Handler for Service<H> {
         _peer: SocketAddr,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let wasi = self.start.wasi(wasi_base(server.spec()), outputs);
-            let hooks = HttpHooks::new(server.spec().network);
-            let state = ComponentState::new(wasi, hooks, server.budget()?, self.host.clone());
-            run_service(server, &self.pre, state, request).await
+            let state = || {
+                let wasi = self.start.wasi(wasi_base(server.spec()), outputs);
+                let hooks = HttpHooks::new(server.spec().network);
+                let budget = server.budget()?;
+                Ok(ComponentState::new(wasi, hooks, budget, self.host.clone()))
+            };
+            match &self.workers {
+                Some(workers) => workers.serve(server, state, request).await,
+                None => run_service(server, &self.pre, state()?, request).await,
+            }
         })
     }
 }
