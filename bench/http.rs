@@ -64,11 +64,23 @@ impl Rows {
 
     /// Serves `wasm` with `wasmcell run -p` and measures it.
     fn measure_wasmcell_run(&mut self, name: &str, wasm: &std::path::Path) -> Result<()> {
+        self.measure_wasmcell_run_with(name, wasm, &[])
+    }
+
+    /// The same, the guest's environment holding `env` (`NAME=VALUE`s, e.g. HTTP settings).
+    fn measure_wasmcell_run_with(
+        &mut self,
+        name: &str,
+        wasm: &std::path::Path,
+        env: &[&str],
+    ) -> Result<()> {
         let port = free_port()?;
         let mut run = Command::new(wasmcell());
-        run.args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
-            .arg(wasm);
-        self.measure_spawned(name, port, &mut run).map(drop)
+        run.args(["run", "-p", &format!("127.0.0.1:{port}:8080")]);
+        for pair in env {
+            run.args(["-e", pair]);
+        }
+        self.measure_spawned(name, port, run.arg(wasm)).map(drop)
     }
 
     /// Starts `command`, a server on `port`, and measures it; it serves until the returned
@@ -192,6 +204,11 @@ pub fn http(seconds: u32) -> Result<()> {
     rows.path = "/hello";
     let p3 = guest("p3-http.wasm");
     rows.measure_wasmcell_run("wasmcell run, WASI 0.3 handler", &p3)?;
+    rows.measure_wasmcell_run_with(
+        "wasmcell run, 0.3, 16 requests per instance",
+        &p3,
+        &["WASMCELL_HTTP_INSTANCE_CONCURRENCY=16"],
+    )?;
     if let Some(wasmtime) = std::env::var_os("WASMTIME_CLI") {
         let port = free_port()?;
         let mut serve = Command::new(wasmtime);
