@@ -96,24 +96,36 @@ fn a_wasi_0_3_command_image_runs_under_containerd() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_wasi_0_3_handler_is_served_like_a_0_2_proxy() -> Result<()> {
+/// Serves p3-http.wasm with `wasmcell run [flags] -p PORT:8080`, runs `check` on its base URL
+/// once `/hello` answers, then stops it as Ctrl-C does: it must exit 0.
+fn serving(flags: &[&str], check: impl FnOnce(&str) -> Result<()>) -> Result<()> {
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(wasmcell())
-        .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
-        .args([
-            "-e",
-            "WASMCELL_HTTP_TIMEOUT=2",
-            "-e",
-            "WASMCELL_HTTP_MAX_BODY=4096",
-        ])
+        .arg("run")
+        .args(flags)
+        .args(["-p", &format!("127.0.0.1:{port}:8080")])
         .arg(guest("p3-http.wasm"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()?;
-    let served = (|| -> Result<()> {
-        wait_http(&format!("{base}/hello"))?;
+    let served = wait_http(&format!("{base}/hello")).and_then(|()| check(&base));
+    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
+    let status = server.wait()?;
+    served?;
+    assert_eq!(status.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn a_wasi_0_3_handler_is_served_like_a_0_2_proxy() -> Result<()> {
+    let flags = [
+        "-e",
+        "WASMCELL_HTTP_TIMEOUT=2",
+        "-e",
+        "WASMCELL_HTTP_MAX_BODY=4096",
+    ];
+    serving(&flags, |base| {
         let hello = curl(&["-i", &format!("{base}/hello")])?;
         assert_eq!(hello.status, 200, "{hello:?}");
         assert!(
@@ -135,26 +147,12 @@ fn a_wasi_0_3_handler_is_served_like_a_0_2_proxy() -> Result<()> {
         // Every failure ended its own request only.
         assert_eq!(curl(&[&format!("{base}/hello")])?.status, 200);
         Ok(())
-    })();
-    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
-    let status = server.wait()?;
-    served?;
-    assert_eq!(status.code(), Some(0));
-    Ok(())
+    })
 }
 
 #[test]
 fn a_wasi_0_3_handler_with_the_network_fetches() -> Result<()> {
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(wasmcell())
-        .args(["run", "--net", "-p", &format!("127.0.0.1:{port}:8080")])
-        .arg(guest("p3-http.wasm"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let served = (|| -> Result<()> {
-        wait_http(&format!("{base}/hello"))?;
+    serving(&["--net"], |base| {
         let fetched = curl(&[&format!("{base}/fetch?{base}/hello")])?;
         assert_eq!(fetched.status, 200, "{fetched:?}");
         assert_eq!(
@@ -162,10 +160,7 @@ fn a_wasi_0_3_handler_with_the_network_fetches() -> Result<()> {
             "upstream 200\nhello from a wasi 0.3 handler\n"
         );
         Ok(())
-    })();
-    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
-    server.wait()?;
-    served
+    })
 }
 
 /// WASI 0.3 sockets follow the network grant as 0.2's do: a TCP connect only with `--net`.
@@ -212,18 +207,13 @@ fn a_wasi_release_candidate_import_is_refused_naming_it() -> Result<()> {
 /// serves on with fresh ones.
 #[test]
 fn a_wasi_0_3_handler_instance_serves_concurrent_requests_when_asked() -> Result<()> {
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(wasmcell())
-        .args(["run", "-p", &format!("127.0.0.1:{port}:8080")])
-        .args(["-e", "WASMCELL_HTTP_INSTANCE_CONCURRENCY=4"])
-        .args(["-e", "WASMCELL_HTTP_TIMEOUT=2"])
-        .arg(guest("p3-http.wasm"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let served = (|| -> Result<()> {
-        wait_http(&format!("{base}/hello"))?;
+    let flags = [
+        "-e",
+        "WASMCELL_HTTP_INSTANCE_CONCURRENCY=4",
+        "-e",
+        "WASMCELL_HTTP_TIMEOUT=2",
+    ];
+    serving(&flags, |base| {
         let waits: Vec<_> = (0..12)
             .map(|_| {
                 let url = format!("{base}/wait?300");
@@ -241,10 +231,7 @@ fn a_wasi_0_3_handler_instance_serves_concurrent_requests_when_asked() -> Result
             assert_eq!(curl(&[&format!("{base}/hello")])?.status, 200);
         }
         Ok(())
-    })();
-    run(Command::new("kill").args(["-TERM", &server.id().to_string()]))?.success()?;
-    server.wait()?;
-    served?;
+    })?;
     // A setting out of range is refused at start, naming it.
     let refused = run(Command::new(wasmcell())
         .args(["run", "-e", "WASMCELL_HTTP_INSTANCE_CONCURRENCY=0"])
