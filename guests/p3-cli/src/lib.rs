@@ -13,6 +13,7 @@
 //! - `sleep MS`: `wasi:clocks/monotonic-clock@0.3.0#wait-for`, then "slept".
 //! - `connect IP:PORT`: TCP through `wasi:sockets@0.3.0`, sends "ping\n" and prints the first
 //!   line it reads back (or the error code).
+//! - `alloc MIB`: touches MIB MiB of fresh memory, then prints "allocated" (for memory limits).
 //! - anything else: usage on stderr, `Err`.
 //!
 //! Error codes print as their WIT names (`not-permitted`, `connection-refused`, ...).
@@ -83,6 +84,14 @@ impl exports::wasi::cli::run::Guest for Cli {
                 }
                 Err(_) => usage(&mut err).await,
             },
+            ["alloc", mib] => match mib.parse::<usize>() {
+                Ok(mib) => {
+                    let memory = vec![1u8; mib << 20];
+                    out.write(format!("allocated {}\n", memory.len() >> 20)).await;
+                    Ok(())
+                }
+                Err(_) => usage(&mut err).await,
+            },
             ["connect", addr] => match addr.parse::<SocketAddr>() {
                 Ok(addr) => connect(addr, &mut out).await,
                 Err(_) => usage(&mut err).await,
@@ -97,7 +106,7 @@ impl exports::wasi::cli::run::Guest for Cli {
 
 async fn usage(err: &mut Output) -> Result<(), ()> {
     err.write(
-        "usage: p3-cli hello | env NAME | exit N | fail | fs | cat | sleep MS | connect IP:PORT\n",
+        "usage: p3-cli hello | env NAME | exit N | fail | fs | cat | sleep MS | connect IP:PORT | alloc MIB\n",
     )
     .await;
     Err(())

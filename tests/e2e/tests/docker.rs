@@ -70,6 +70,36 @@ fn docker_loads_a_built_image_and_runs_it_with_the_wasmtime_runtime() -> Result<
             "{out:?}"
         );
     }
+
+    // A WASI 0.3 command, as any image: its environment, arguments and exit code; and the
+    // memory limit ends it with 137.
+    let tag = "example.com/p3-cli:latest";
+    let p3 = build_image(
+        &guest("p3-cli.wasm"),
+        tag,
+        tmp.path(),
+        &["--platform", "wasi/wasm32"],
+    )?;
+    docker.load(&p3)?;
+    let run = |opts: &[&str], args: &[&str]| {
+        let run = [
+            &["run", "--rm", RUNTIME, "--platform=wasi/wasm32"],
+            opts,
+            &[tag],
+            args,
+        ]
+        .concat();
+        docker.docker(&run)
+    };
+    let out = run(&["-e", "COLOR=green"], &["env", "COLOR"])?.success()?;
+    assert_eq!(out.stdout, "green\n/p3-cli.wasm env COLOR\n", "{out:?}");
+    assert_eq!(run(&[], &["exit", "4"])?.code, Some(4));
+    assert_eq!(
+        run(&["--memory", "64m"], &["alloc", "8"])?.stdout,
+        "allocated 8\n"
+    );
+    let oom = run(&["--memory", "64m"], &["alloc", "256"])?;
+    assert_eq!(oom.code, Some(137), "{oom:?}");
     Ok(())
 }
 
