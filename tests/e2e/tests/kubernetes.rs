@@ -38,10 +38,11 @@ impl Node {
             std::fs::copy(guest(wasm), tools.join(wasm))?;
         }
         let include = format!("{}:/", tools.display());
-        let pushes: [(&str, &str, &[&str]); 3] = [
+        let pushes: [(&str, &str, &[&str]); 4] = [
             ("sleeper.wasm", "toolbox:1", &["--include", &include]),
             ("hello-http.wasm", "hello-http:1", &[]),
             ("hello.wasm", "hello-artifact:1", &["--format", "artifact"]),
+            ("p3-cli.wasm", "p3-artifact:1", &["--format", "artifact"]),
         ];
         for (wasm, name, extra) in pushes {
             run(Command::new(wasmcell())
@@ -865,6 +866,12 @@ fn every_wasm_image_format_runs_in_a_pod() -> Result<()> {
     let artifact = node.pull("hello-artifact:1")?;
     let config = command(&pod, "artifact", &artifact, &["/hello.wasm", "artifact"]);
     assert_eq!(hello(&config)?, "Hello from Wasm!\narg: artifact\n");
+
+    // A WASI 0.3 command, as the CNCF artifact (whose config names its world,
+    // `wasi:cli/command@0.3.0`).
+    let p3 = node.pull("p3-artifact:1")?;
+    let config = command(&pod, "p3", &p3, &["/p3-cli.wasm", "hello"]);
+    assert_eq!(hello(&config)?, "hello from wasi 0.3\n");
 
     // runwasi's and wasm-pkg's images: the Wasm binary itself as the layer, of each media type
     // they use, imported as a node's pre-pulled images are.
