@@ -292,8 +292,9 @@ impl Engine {
 /// What a component is linked with, for the message when it imports a WASI release candidate.
 const COMPONENTS_PROVIDED: &str = "wasmcell links WASI 0.2 (any 0.2.x) and WASI 0.3.0 (cli, clocks, filesystem, random, sockets, http); a WASI release candidate (@0.3.0-rc-...) is not supported: build the component against wasi@0.3.0";
 
-/// The WASI release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`):
-/// wasmtime implements 0.3.0, and a prerelease version never matches another.
+/// The WASI 0.3 release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`):
+/// wasmtime implements 0.3.0, and a prerelease version never matches another. (0.2's drafts,
+/// such as `wasi:config/store@0.2.0-rc.1`, are another matter: a capability may link them.)
 fn release_candidates(
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
@@ -302,7 +303,7 @@ fn release_candidates(
         .component_type()
         .imports(engine)
         .map(|(name, _)| name)
-        .filter(|name| name.starts_with("wasi:") && name.contains("-rc"))
+        .filter(|name| name.starts_with("wasi:") && name.contains("@0.3.0-rc"))
         .map(str::to_owned)
         .collect()
 }
