@@ -46,6 +46,20 @@ impl Start {
         })
     }
 
+    /// A fresh instance's state on `server`, holding `host`: these args, env and preopens, the
+    /// server's working directory, network and outgoing-request policy, `outputs`, and its
+    /// budget.
+    pub fn state<H>(
+        &self,
+        server: &Server,
+        outputs: &Outputs,
+        host: H,
+    ) -> Result<ComponentState<H>, Failure> {
+        let wasi = self.wasi(wasi_base(server.spec()), outputs);
+        let hooks = HttpHooks::new(server.spec().network);
+        Ok(ComponentState::new(wasi, hooks, server.budget()?, host))
+    }
+
     /// An instance's WASI context: `base` (the working directory, the network as its
     /// framework grants it) with these args, env and preopens, and `outputs` as its stdout and
     /// stderr.
@@ -78,9 +92,7 @@ impl<H: Clone + Send + Sync + 'static> Handler for Proxy<H> {
         _peer: SocketAddr,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let wasi = self.start.wasi(wasi_base(server.spec()), outputs);
-            let hooks = HttpHooks::new(server.spec().network);
-            let state = ComponentState::new(wasi, hooks, server.budget()?, self.host.clone());
+            let state = self.start.state(server, outputs, self.host.clone())?;
             run_proxy(server, &self.pre, state, request).await
         })
     }

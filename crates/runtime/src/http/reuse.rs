@@ -17,10 +17,10 @@ use futures::stream::FuturesUnordered;
 use hyper::{Request, Response};
 use tokio::sync::{Notify, mpsc, oneshot};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service as Bound, ServicePre};
 
 use super::proxy::failure_of;
+use super::service::{Answer, answer};
 use super::{Failure, Server};
 use crate::state::ComponentState;
 use crate::store::new_store;
@@ -31,9 +31,6 @@ const SERVED: usize = 128;
 
 /// How long an instance waits for its next request before it ends.
 const IDLE: Duration = Duration::from_secs(1);
-
-/// What the handler answered: a response (its body still to stream) or its error code.
-type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
 
 /// A request for a worker, and where its answer goes.
 struct Job {
@@ -240,14 +237,7 @@ async fn call<H: Send + 'static>(
     job: Job,
     worker: &Worker,
 ) -> wasmtime::Result<()> {
-    // The request's headers are filtered as the instance's own hooks would (those only add a
-    // policy for outgoing requests); a hooks value of its own outlives the call.
-    let mut hooks = crate::outbound::HttpHooks::new(wasmcell_workload::Network::None);
-    let (request, io) = wasmtime_wasi_http::p3::Request::from_http(&mut hooks, job.request);
-    let answer = match service.handle(accessor, request).await? {
-        Ok(response) => Ok(accessor.with(|mut store| response.into_http(&mut store, io))?),
-        Err(code) => Err(code),
-    };
+    let answer = answer(accessor, service, job.request).await?;
     worker.in_flight.fetch_sub(1, Ordering::AcqRel);
     let _ = job.answer.send(answer);
     Ok(())

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::{Request, Response};
-use wasmtime_wasi_http::WasiHttpView;
+use wasmtime::component::Accessor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p3::bindings::{Service as Bound, ServicePre};
 
 use super::proxy::{answered, failure_of};
 use super::reuse::Workers;
@@ -22,7 +22,6 @@ use crate::outbound::HttpHooks;
 use crate::state::ComponentState;
 use crate::stdio::Outputs;
 use crate::store::new_store;
-use crate::wasi::wasi_base;
 
 /// A `wasi:http/handler@0.3.0` component whose instances hold `host`, as [`super::Proxy`] is
 /// for 0.2.
@@ -66,12 +65,7 @@ impl<H: Clone + Send + Sync + 'static> Handler for Service<H> {
         _peer: SocketAddr,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let state = || {
-                let wasi = self.start.wasi(wasi_base(server.spec()), outputs);
-                let hooks = HttpHooks::new(server.spec().network);
-                let budget = server.budget()?;
-                Ok(ComponentState::new(wasi, hooks, budget, self.host.clone()))
-            };
+            let state = || self.start.state(server, outputs, self.host.clone());
             match &self.workers {
                 Some(workers) => workers.serve(server, state, request).await,
                 None => run_service(server, &self.pre, state()?, request).await,
@@ -81,7 +75,24 @@ impl<H: Clone + Send + Sync + 'static> Handler for Service<H> {
 }
 
 /// What the handler answered: a response (its body still to stream) or its error code.
-type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
+pub(super) type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
+
+/// Calls `handle` of `service` with `request` on the store's event loop: its answer, the
+/// response's body left to stream as the loop runs on.
+pub(super) async fn answer<H: Send + 'static>(
+    accessor: &Accessor<ComponentState<H>>,
+    service: &Bound,
+    request: Request<wasmtime_wasi_http::WasiBody>,
+) -> wasmtime::Result<Answer> {
+    // The request's headers are filtered as the instance's own hooks would (those only add a
+    // policy for outgoing requests); a hooks value of its own outlives the call.
+    let mut hooks = HttpHooks::new(wasmcell_workload::Network::None);
+    let (request, io) = wasmtime_wasi_http::p3::Request::from_http(&mut hooks, request);
+    Ok(match service.handle(accessor, request).await? {
+        Ok(response) => Ok(accessor.with(|mut store| response.into_http(&mut store, io))?),
+        Err(code) => Err(code),
+    })
+}
 
 /// Instantiates `pre` in a store of `state` and calls its `handle` with `request`, within the
 /// spec's deadline; the instance runs on as its own task while the response body streams.
@@ -98,17 +109,9 @@ pub async fn run_service<H: Send + 'static>(
     let task = tokio::spawn(async move {
         let result = async {
             let service = pre.instantiate_async(&mut store).await?;
-            let (request, io) =
-                wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
             store
                 .run_concurrent(async move |accessor| {
-                    let answer = match service.handle(accessor, request).await? {
-                        Ok(response) => {
-                            Ok(accessor.with(|mut store| response.into_http(&mut store, io))?)
-                        }
-                        Err(code) => Err(code),
-                    };
-                    let _ = sender.send(answer);
+                    let _ = sender.send(answer(accessor, &service, request).await?);
                     // The body streams as the event loop runs: run it until the guest is done.
                     std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
                     wasmtime::Result::<()>::Ok(())
