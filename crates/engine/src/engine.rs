@@ -290,10 +290,12 @@ impl Engine {
 }
 
 /// What a component is linked with, for the message when it imports a WASI release candidate.
-const COMPONENTS_PROVIDED: &str = "wasmcell links WASI 0.2 (any 0.2.x) and WASI 0.3.0 (cli, clocks, filesystem, random, sockets, http); a WASI release candidate (@0.3.0-rc-...) is not supported: build the component against wasi@0.3.0";
+const COMPONENTS_PROVIDED: &str = "wasmcell links WASI 0.2 (any 0.2.x) and WASI 0.3.0 (cli, clocks, filesystem, random, sockets, http); 0.3.0-rc-2026-03-15, which is 0.3.0; another WASI release candidate (@0.3.0-rc-...) is not supported: build the component against wasi@0.3.0";
 
-/// The WASI 0.3 release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`):
-/// wasmtime implements 0.3.0, and a prerelease version never matches another. (0.2's drafts,
+/// The WASI 0.3 release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`)
+/// other than those that are 0.3.0 (renamed when the binary was read, see
+/// [`wasmcell_runtime::binary::alias_release_candidates`]): wasmtime implements 0.3.0, and a
+/// prerelease version never matches another. (0.2's drafts,
 /// such as `wasi:config/store@0.2.0-rc.1`, are another matter: a capability may link them.)
 fn release_candidates(
     engine: &wasmtime::Engine,

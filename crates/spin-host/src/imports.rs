@@ -20,6 +20,13 @@ const WASI: [&str; 7] = [
     "http",
 ];
 
+/// WASI 0.3's packages, which the linker provides at 0.3.0.
+const WASI3: [&str; 6] = ["clocks", "random", "filesystem", "sockets", "cli", "http"];
+
+/// Spin 4's async packages at 3.0.0, each with one interface of its own name
+/// (`spin:redis/redis@3.0.0`).
+const SPIN4: [&str; 5] = ["key-value", "variables", "redis", "mqtt", "mysql"];
+
 /// `fermyon:spin@2.0.0`'s interfaces: Spin 2's platform.
 const SPIN2: [&str; 9] = [
     "key-value",
@@ -34,7 +41,7 @@ const SPIN2: [&str; 9] = [
 ];
 
 /// What wasmcell provides Spin components, for messages.
-pub(crate) const PROVIDED: &str = "wasmcell provides WASI 0.2, wasi:http, fermyon:spin@2.0.0 (key-value, variables, sqlite, redis, llm, mqtt, postgres, mysql), spin:sqlite@3.0.0, spin:postgres@3.0.0 and @4.0.0, wasi:keyvalue@0.2.0-draft2 and wasi:config@0.2.0-draft-2024-09-27";
+pub(crate) const PROVIDED: &str = "wasmcell provides WASI 0.2 and 0.3.0 (and 0.3.0-rc-2026-03-15, which is 0.3.0), wasi:http, fermyon:spin@2.0.0 (key-value, variables, sqlite, redis, llm, mqtt, postgres, mysql), spin:sqlite@3.1.0, spin:postgres@3.0.0 and @4.2.0, Spin 4's spin:key-value, variables, redis, mqtt and mysql @3.0.0, wasi:keyvalue@0.2.0-draft2 and wasi:config@0.2.0-draft-2024-09-27";
 
 /// Whether the Spin linker defines the import `name` (`package:name/interface@version`).
 pub(crate) fn provided(name: &str) -> bool {
@@ -45,13 +52,21 @@ pub(crate) fn provided(name: &str) -> bool {
             ["store", "atomics", "batch"].contains(&interface) && version == "0.2.0-draft2"
         }
         Some(("wasi", "config")) => interface == "store" && version == "0.2.0-draft-2024-09-27",
+        // Any 0.2 patch version, and 0.3.0 (also as the release candidate that is it, renamed
+        // to `0.3.0+rc-...` when the binary was read).
         Some(("wasi", package)) => {
-            WASI.contains(&package) && version.starts_with("0.2.") && !version.contains('-')
+            // A prerelease, that is: a `-` before any build metadata (`+...`).
+            let release = !version.split('+').next().unwrap_or(version).contains('-');
+            (WASI.contains(&package) && version.starts_with("0.2.") && release)
+                || (WASI3.contains(&package) && version.starts_with("0.3.") && release)
         }
         Some(("fermyon", "spin")) => SPIN2.contains(&interface) && version == "2.0.0",
-        Some(("spin", "sqlite")) => interface == "sqlite" && version == "3.0.0",
+        Some(("spin", "sqlite")) => interface == "sqlite" && ["3.0.0", "3.1.0"].contains(&version),
         Some(("spin", "postgres")) => {
-            interface == "postgres" && ["3.0.0", "4.0.0"].contains(&version)
+            interface == "postgres" && ["3.0.0", "4.0.0", "4.1.0", "4.2.0"].contains(&version)
+        }
+        Some(("spin", package)) => {
+            SPIN4.contains(&package) && interface == package && version == "3.0.0"
         }
         _ => false,
     }
@@ -150,15 +165,23 @@ mod tests {
             "spin:postgres/postgres@3.0.0",
             "spin:postgres/postgres@4.0.0",
             "spin:sqlite/sqlite@3.0.0",
+            "spin:sqlite/sqlite@3.1.0",
+            "spin:postgres/postgres@4.2.0",
+            "spin:mqtt/mqtt@3.0.0",
+            "spin:key-value/key-value@3.0.0",
             "wasi:keyvalue/batch@0.2.0-draft2",
+            "wasi:http/types@0.3.0",
+            "wasi:cli/stdout@0.3.0+rc-2026-03-15",
         ] {
             assert!(provided(name), "{name}");
         }
         for name in [
             "wasi:nn/inference@0.2.0-rc-2024-10-28",
             "wasi:http/handler@0.3.0-rc-2026-03-15",
-            "spin:postgres/postgres@4.2.0",
-            "spin:mqtt/mqtt@3.0.0",
+            "wasi:io/streams@0.3.0",
+            "spin:postgres/postgres@5.0.0",
+            "spin:mqtt/mqtt@4.0.0",
+            "spin:mqtt/redis@3.0.0",
             "fermyon:spin/llm@3.0.0",
             "acme:widgets/frob",
         ] {

@@ -24,6 +24,7 @@ use wasmcell_oci::rootfs;
 use wasmcell_spin::{App, HttpHandler};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use host::{SpinHost, SpinState};
 use outbound::{Chain, SpinOutbound};
@@ -32,7 +33,9 @@ use wasmcell_runtime::Exit;
 use wasmcell_runtime::cache::{CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
-use wasmcell_runtime::http::{Handler, HandlerFuture, HttpEngine, Server, Start, run_proxy, serve};
+use wasmcell_runtime::http::{
+    Handler, HandlerFuture, HttpEngine, Server, Start, run_proxy, run_service, serve,
+};
 use wasmcell_runtime::outbound::HttpHooks;
 use wasmcell_runtime::run::{Run, RunFuture};
 use wasmcell_runtime::state::{ComponentState, component_linker};
@@ -62,11 +65,18 @@ struct Prepared {
     host: Arc<SpinHost>,
 }
 
-/// A Spin component's `wasi:http/incoming-handler`, as its HTTP trigger calls it.
+/// A Spin component's HTTP handler, as its HTTP trigger calls it.
 struct SpinComponent {
-    pre: ProxyPre<SpinState>,
+    pre: HttpExport,
     start: Start,
     host: Arc<SpinHost>,
+}
+
+/// What a Spin component serves HTTP with: Spin 2's and 3's `wasi:http/incoming-handler@0.2`,
+/// or Spin 4's `wasi:http/handler@0.3.0` (a fresh instance per request, as for 0.2).
+enum HttpExport {
+    Proxy(ProxyPre<SpinState>),
+    Service(ServicePre<SpinState>),
 }
 
 impl Handler for SpinComponent {
@@ -91,7 +101,10 @@ impl Handler for SpinComponent {
                 server.budget()?,
                 Some(chain),
             );
-            run_proxy(server, &self.pre, state, request).await
+            match &self.pre {
+                HttpExport::Proxy(pre) => run_proxy(server, pre, state, request).await,
+                HttpExport::Service(pre) => run_service(server, pre, state, request).await,
+            }
         })
     }
 }
@@ -161,7 +174,7 @@ fn read_component(
                 component.source
             ))
         })?;
-    let (bytes, kind) = match wasmcell_oci::FileKind::detect(&bytes) {
+    let (mut bytes, kind) = match wasmcell_oci::FileKind::detect(&bytes) {
         wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Component) => (bytes, kind),
         // Spin 1's modules run as core modules; Spin 2's are made components.
         wasmcell_oci::FileKind::Wasm(kind @ wasmcell_oci::WasmKind::Module)
@@ -184,6 +197,8 @@ fn read_component(
             )));
         }
     };
+    // Spin 4's SDKs import WASI 0.3 twice, as `@0.3.0` and as the release candidate that is it.
+    wasmcell_runtime::binary::alias_release_candidates(&mut bytes);
     // Checked before compiling, which takes seconds for a large component.
     let unprovided = imports::unprovided(&bytes);
     if !unprovided.is_empty() {
@@ -316,11 +331,16 @@ pub fn prepare(
             preopens: files.build().filesystem().clone(),
         };
         let handler: Option<Arc<dyn Handler>> = if served.contains(&index) {
-            let proxy = ProxyPre::new(pre.clone()).map_err(|_| {
-                spin("has an HTTP trigger but does not export wasi:http/incoming-handler@0.2 (Spin 1's inbound-http is not supported)".to_owned())
+            let export = if wasmcell_runtime::http::is_service(http.engine(), &loaded) {
+                ServicePre::new(pre.clone()).map(HttpExport::Service)
+            } else {
+                ProxyPre::new(pre.clone()).map(HttpExport::Proxy)
+            };
+            let export = export.map_err(|_| {
+                spin("has an HTTP trigger but exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3.0 (Spin 1's inbound-http is not supported)".to_owned())
             })?;
             Some(Arc::new(SpinComponent {
-                pre: proxy,
+                pre: export,
                 start: start.clone(),
                 host: host.clone(),
             }))

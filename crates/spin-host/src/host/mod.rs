@@ -32,8 +32,13 @@ wasmtime::component::bindgen!({
         "fermyon:spin/mysql.connection": mysql::MysqlHandle,
         "fermyon:spin/postgres.connection": postgres::PgHandle,
         "spin:postgres/postgres@3.0.0.connection": postgres::PgHandle,
-        "spin:postgres/postgres@4.0.0.connection": postgres::PgHandle,
+        "spin:postgres/postgres@4.2.0.connection": postgres::PgHandle,
+        "spin:postgres/postgres@4.2.0.connection-builder": postgres::PgBuilder,
         "spin:sqlite/sqlite.connection": DatabaseHandle,
+        "spin:key-value/key-value.store": StoreHandle,
+        "spin:redis/redis.connection": RedisHandle,
+        "spin:mqtt/mqtt.connection": mqtt_client::MqttHandle,
+        "spin:mysql/mysql.connection": mysql::SharedMysql,
         "wasi:keyvalue/store.bucket": StoreHandle,
         "wasi:keyvalue/atomics.cas": spin3::CasHandle,
     },
@@ -46,6 +51,7 @@ mod postgres;
 mod services;
 mod spin2;
 mod spin3;
+mod spin4;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -290,7 +296,7 @@ impl StoreHandle {
 
 /// An open SQLite database, and what its last statement through this handle did.
 pub struct DatabaseHandle {
-    db: Arc<OnceCell<Sqlite>>,
+    pub(super) db: Arc<OnceCell<Sqlite>>,
     /// The row id of the last insert (Spin 3's `last-insert-rowid`).
     pub(super) last_insert_rowid: i64,
     /// How many rows the last statement changed (Spin 3's `changes`).
@@ -298,32 +304,40 @@ pub struct DatabaseHandle {
 }
 
 impl DatabaseHandle {
-    /// Runs `statement` (off the request's thread; see [`Sqlite::run`]); its insert row id and
-    /// changes are read in the same turn on the connection, so another request's statement
-    /// cannot come between.
+    /// Runs `statement` and keeps what it did (its insert row id and changes).
     pub(super) async fn execute(
         &mut self,
         statement: String,
         parameters: Vec<sqlite::Value>,
     ) -> Result<sqlite::QueryResult, SqlError> {
-        let db = self
-            .db
-            .get()
-            .expect("a handle exists only for an opened database");
-        let (result, rowid, changes) = db
-            .run(move |db| {
-                let result = execute(db, &statement, parameters)?;
-                Ok((result, db.last_insert_rowid(), db.changes()))
-            })
-            .await?;
+        let (result, rowid, changes) = run_sql(self.db.clone(), statement, parameters).await?;
         self.last_insert_rowid = rowid;
         self.changes = changes;
         Ok(result)
     }
 }
 
+/// Runs `statement` on `db` (off the request's thread; see [`Sqlite::run`]): its result, and
+/// its insert row id and changes, read in the same turn on the connection, so another
+/// request's statement cannot come between.
+pub(super) async fn run_sql(
+    db: Arc<OnceCell<Sqlite>>,
+    statement: String,
+    parameters: Vec<sqlite::Value>,
+) -> Result<(sqlite::QueryResult, i64, u64), SqlError> {
+    let db = db
+        .get()
+        .expect("a handle exists only for an opened database");
+    db.run(move |db| {
+        let result = execute(db, &statement, parameters)?;
+        Ok((result, db.last_insert_rowid(), db.changes()))
+    })
+    .await
+}
+
 /// An open connection to a Redis server.
-pub struct RedisHandle(::redis::aio::ConnectionManager);
+#[derive(Clone)]
+pub struct RedisHandle(pub(super) ::redis::aio::ConnectionManager);
 
 /// Adds the Spin interfaces to a component linker.
 pub(crate) fn add_to_linker(linker: &mut Linker<SpinState>) -> wasmtime::Result<()> {

@@ -15,9 +15,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Qo
 use tokio::sync::Mutex;
 use wasmtime::component::Resource;
 
-use super::SpinState;
 use super::fermyon::spin2_0_0::mqtt;
 use super::services::{MQTT, host_and_port, no_network, permitted};
+use super::{SpinHost, SpinState};
 use crate::host::Outcome;
 
 /// How long connecting and one publish may take: a broker that does not answer fails the call
@@ -29,6 +29,7 @@ const QUEUE: usize = 10;
 
 /// An open connection: the client that queues messages, and the event loop that sends them,
 /// polled by whoever publishes (a connection is one guest's, its calls one at a time).
+#[derive(Clone)]
 pub struct MqttHandle(Arc<Connection>);
 
 struct Connection {
@@ -58,6 +59,78 @@ impl Connection {
 
 impl mqtt::Host for SpinState {}
 
+/// Connects to the broker at `address` for the component `host` (`unreachable`: why the
+/// workload cannot connect at all, if it cannot): `open` of every version.
+pub(super) async fn connect(
+    host: &SpinHost,
+    unreachable: Option<String>,
+    address: String,
+    username: String,
+    password: String,
+    keep_alive_interval_in_secs: u64,
+) -> Result<MqttHandle, mqtt::Error> {
+    if host_and_port(&address, MQTT).is_none() {
+        return Err(mqtt::Error::InvalidAddress);
+    }
+    if let Some(why) = unreachable {
+        return Err(mqtt::Error::ConnectionFailed(why));
+    }
+    permitted(host, &address, MQTT).map_err(mqtt::Error::ConnectionFailed)?;
+    let Ok(mut options) = MqttOptions::parse_url(address.as_str()) else {
+        return Err(mqtt::Error::InvalidAddress);
+    };
+    if !username.is_empty() {
+        options.set_credentials(username, password);
+    }
+    // MQTT's keep-alive is 16 bits of seconds.
+    let keep_alive = keep_alive_interval_in_secs.min(u64::from(u16::MAX));
+    options.set_keep_alive(Duration::from_secs(keep_alive));
+    let (client, events) = AsyncClient::new(options, QUEUE);
+    let connection = Connection {
+        client,
+        events: Mutex::new(events),
+    };
+    connection
+        .until(|event| matches!(event, Event::Incoming(Incoming::ConnAck(_))))
+        .await
+        .map_err(|why| {
+            mqtt::Error::ConnectionFailed(format!("cannot connect to {address}: {why}"))
+        })?;
+    Ok(MqttHandle(Arc::new(connection)))
+}
+
+impl MqttHandle {
+    /// Publishes `payload` to `topic`; returns once the broker has it as `qos` asks (sent,
+    /// acknowledged or completed).
+    pub(super) async fn publish(
+        &self,
+        topic: String,
+        payload: mqtt::Payload,
+        qos: mqtt::Qos,
+    ) -> Result<(), mqtt::Error> {
+        let connection = &self.0;
+        let qos = match qos {
+            mqtt::Qos::AtMostOnce => QoS::AtMostOnce,
+            mqtt::Qos::AtLeastOnce => QoS::AtLeastOnce,
+            mqtt::Qos::ExactlyOnce => QoS::ExactlyOnce,
+        };
+        if let Err(error) = connection.client.try_publish(topic, qos, false, payload) {
+            return Err(mqtt::Error::Other(error.to_string()));
+        }
+        connection
+            .until(|event| {
+                matches!(
+                    (qos, event),
+                    (QoS::AtMostOnce, Event::Outgoing(Outgoing::Publish(_)))
+                        | (QoS::AtLeastOnce, Event::Incoming(Incoming::PubAck(_)))
+                        | (QoS::ExactlyOnce, Event::Incoming(Incoming::PubComp(_)))
+                )
+            })
+            .await
+            .map_err(mqtt::Error::ConnectionFailed)
+    }
+}
+
 impl mqtt::HostConnection for SpinState {
     async fn open(
         &mut self,
@@ -66,38 +139,21 @@ impl mqtt::HostConnection for SpinState {
         password: String,
         keep_alive_interval_in_secs: u64,
     ) -> Outcome<Resource<MqttHandle>, mqtt::Error> {
-        if host_and_port(&address, MQTT).is_none() {
-            return Ok(Err(mqtt::Error::InvalidAddress));
-        }
-        if let Some(why) = no_network(self) {
-            return Ok(Err(mqtt::Error::ConnectionFailed(why)));
-        }
-        if let Err(why) = permitted(&self.host, &address, MQTT) {
-            return Ok(Err(mqtt::Error::ConnectionFailed(why)));
-        }
-        let Ok(mut options) = MqttOptions::parse_url(address.as_str()) else {
-            return Ok(Err(mqtt::Error::InvalidAddress));
-        };
-        if !username.is_empty() {
-            options.set_credentials(username, password);
-        }
-        // MQTT's keep-alive is 16 bits of seconds.
-        let keep_alive = keep_alive_interval_in_secs.min(u64::from(u16::MAX));
-        options.set_keep_alive(Duration::from_secs(keep_alive));
-        let (client, events) = AsyncClient::new(options, QUEUE);
-        let connection = Connection {
-            client,
-            events: Mutex::new(events),
-        };
-        let connected = connection
-            .until(|event| matches!(event, Event::Incoming(Incoming::ConnAck(_))))
-            .await;
-        if let Err(why) = connected {
-            return Ok(Err(mqtt::Error::ConnectionFailed(format!(
-                "cannot connect to {address}: {why}"
-            ))));
-        }
-        Ok(Ok(self.table.push(MqttHandle(Arc::new(connection)))?))
+        let host = self.host.clone();
+        let unreachable = no_network(self);
+        let connected = connect(
+            &host,
+            unreachable,
+            address,
+            username,
+            password,
+            keep_alive_interval_in_secs,
+        )
+        .await;
+        Ok(match connected {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(error) => Err(error),
+        })
     }
 
     async fn publish(
@@ -107,26 +163,8 @@ impl mqtt::HostConnection for SpinState {
         payload: mqtt::Payload,
         qos: mqtt::Qos,
     ) -> Outcome<(), mqtt::Error> {
-        let connection = self.table.get(&this)?.0.clone();
-        let qos = match qos {
-            mqtt::Qos::AtMostOnce => QoS::AtMostOnce,
-            mqtt::Qos::AtLeastOnce => QoS::AtLeastOnce,
-            mqtt::Qos::ExactlyOnce => QoS::ExactlyOnce,
-        };
-        if let Err(error) = connection.client.try_publish(topic, qos, false, payload) {
-            return Ok(Err(mqtt::Error::Other(error.to_string())));
-        }
-        let sent = connection
-            .until(|event| {
-                matches!(
-                    (qos, event),
-                    (QoS::AtMostOnce, Event::Outgoing(Outgoing::Publish(_)))
-                        | (QoS::AtLeastOnce, Event::Incoming(Incoming::PubAck(_)))
-                        | (QoS::ExactlyOnce, Event::Incoming(Incoming::PubComp(_)))
-                )
-            })
-            .await;
-        Ok(sent.map_err(mqtt::Error::ConnectionFailed))
+        let handle = self.table.get(&this)?.clone();
+        Ok(handle.publish(topic, payload, qos).await)
     }
 
     async fn drop(&mut self, this: Resource<MqttHandle>) -> wasmtime::Result<()> {

@@ -90,7 +90,7 @@ impl Drop for InFlight {
 pub(crate) type Pools = super::pools::Pools<Pool>;
 
 /// Opens a connection to `address` for the component `host`.
-async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, Error> {
+pub(super) async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, Error> {
     permitted(host, address, MYSQL).map_err(Error::ConnectionFailed)?;
     let opts = options(address).map_err(Error::ConnectionFailed)?;
     let admitted = host.mysql.admit().await.map_err(Error::ConnectionFailed)?;
@@ -330,6 +330,41 @@ async fn query(
     })
 }
 
+impl MysqlHandle {
+    /// Runs `statement` and reads the rows of its first result, at most
+    /// [`MAX_RESULT_BYTES`]; a statement whose call is dropped is killed at the server.
+    pub(super) async fn query(
+        &mut self,
+        statement: &str,
+        params: Vec<ParameterValue>,
+    ) -> Result<RowSet, Error> {
+        let in_flight = InFlight::start(self);
+        let result = query(&mut self.connection, statement, params).await;
+        // Rows left unread (over the limit): the server is told to stop (`in_flight` dropped).
+        if !matches!(&result, Err(Error::Other(why)) if why.starts_with(OVER_LIMIT)) {
+            in_flight.ended();
+        }
+        result
+    }
+
+    /// Runs `statement`, its results discarded.
+    pub(super) async fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<(), Error> {
+        let params = Params::Positional(params.into_iter().map(parameter).collect());
+        let in_flight = InFlight::start(self);
+        let result = self.connection.exec_drop(statement, params).await;
+        in_flight.ended();
+        result.map_err(|e| Error::QueryFailed(e.to_string()))
+    }
+}
+
+/// A connection of Spin 4's `spin:mysql@3.0.0`, whose async calls use it while the instance
+/// goes on: one statement at a time, as a connection runs them.
+pub type SharedMysql = std::sync::Arc<tokio::sync::Mutex<MysqlHandle>>;
+
 impl rdbms_types::Host for SpinState {}
 impl mysql::Host for SpinState {}
 
@@ -351,14 +386,7 @@ impl mysql::HostConnection for SpinState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Outcome<RowSet, Error> {
-        let handle = self.table.get_mut(&this)?;
-        let in_flight = InFlight::start(handle);
-        let result = query(&mut handle.connection, &statement, params).await;
-        // Rows left unread (over the limit): the server is told to stop (`in_flight` dropped).
-        if !matches!(&result, Err(Error::Other(why)) if why.starts_with(OVER_LIMIT)) {
-            in_flight.ended();
-        }
-        Ok(result)
+        Ok(self.table.get_mut(&this)?.query(&statement, params).await)
     }
 
     async fn execute(
@@ -367,12 +395,7 @@ impl mysql::HostConnection for SpinState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Outcome<(), Error> {
-        let handle = self.table.get_mut(&this)?;
-        let params = Params::Positional(params.into_iter().map(parameter).collect());
-        let in_flight = InFlight::start(handle);
-        let result = handle.connection.exec_drop(statement, params).await;
-        in_flight.ended();
-        Ok(result.map_err(|e| Error::QueryFailed(e.to_string())))
+        Ok(self.table.get_mut(&this)?.execute(statement, params).await)
     }
 
     async fn drop(&mut self, this: Resource<MysqlHandle>) -> wasmtime::Result<()> {

@@ -231,7 +231,7 @@ pub(super) fn execute(
 
 impl outbound_redis::Host for SpinState {}
 
-async fn redis_query<T: ::redis::FromRedisValue>(
+pub(super) async fn redis_query<T: ::redis::FromRedisValue>(
     mut connection: ::redis::aio::ConnectionManager,
     command: &::redis::Cmd,
 ) -> Result<T, outbound_redis::Error> {
@@ -244,34 +244,50 @@ async fn redis_query<T: ::redis::FromRedisValue>(
     })
 }
 
+impl SpinHost {
+    /// Connects to the Redis server at `address` (`unreachable`: why the workload cannot
+    /// connect at all, if it cannot): `open` of every version.
+    pub(crate) async fn open_redis(
+        &self,
+        unreachable: Option<String>,
+        address: String,
+    ) -> Result<RedisHandle, outbound_redis::Error> {
+        if let Some(why) = unreachable {
+            return Err(outbound_redis::Error::Other(why));
+        }
+        let Ok(client) = ::redis::Client::open(address.as_str()) else {
+            return Err(outbound_redis::Error::InvalidAddress);
+        };
+        let (scheme, host, port) = match &client.get_connection_info().addr {
+            ::redis::ConnectionAddr::Tcp(host, port) => ("redis", host.clone(), *port),
+            ::redis::ConnectionAddr::TcpTls { host, port, .. } => ("rediss", host.clone(), *port),
+            _ => return Err(outbound_redis::Error::InvalidAddress),
+        };
+        // As Spin answers an address the component may not reach (its conformance suite
+        // checks the variant); why is said on the container's stderr.
+        if !self.allowed_hosts.allows(scheme, &host, port) {
+            let target = format!("{scheme}://{host}:{port}");
+            self.report_denied(&target, &target);
+            return Err(outbound_redis::Error::InvalidAddress);
+        }
+        match ::redis::aio::ConnectionManager::new(client).await {
+            Ok(manager) => Ok(RedisHandle(manager)),
+            Err(error) => Err(outbound_redis::Error::Other(error.to_string())),
+        }
+    }
+}
+
 impl outbound_redis::HostConnection for SpinState {
     async fn open(
         &mut self,
         address: String,
     ) -> Outcome<Resource<RedisHandle>, outbound_redis::Error> {
-        if let Some(why) = super::services::no_network(self) {
-            return Ok(Err(outbound_redis::Error::Other(why)));
-        }
-        let spin = self.host.clone();
-        let Ok(client) = ::redis::Client::open(address.as_str()) else {
-            return Ok(Err(outbound_redis::Error::InvalidAddress));
-        };
-        let (scheme, host, port) = match &client.get_connection_info().addr {
-            ::redis::ConnectionAddr::Tcp(host, port) => ("redis", host.clone(), *port),
-            ::redis::ConnectionAddr::TcpTls { host, port, .. } => ("rediss", host.clone(), *port),
-            _ => return Ok(Err(outbound_redis::Error::InvalidAddress)),
-        };
-        // As Spin answers an address the component may not reach (its conformance suite
-        // checks the variant); why is said on the container's stderr.
-        if !spin.allowed_hosts.allows(scheme, &host, port) {
-            let target = format!("{scheme}://{host}:{port}");
-            spin.report_denied(&target, &target);
-            return Ok(Err(outbound_redis::Error::InvalidAddress));
-        }
-        match ::redis::aio::ConnectionManager::new(client).await {
-            Ok(manager) => Ok(Ok(self.table.push(RedisHandle(manager))?)),
-            Err(error) => Ok(Err(outbound_redis::Error::Other(error.to_string()))),
-        }
+        let host = self.host.clone();
+        let unreachable = super::services::no_network(self);
+        Ok(match host.open_redis(unreachable, address).await {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(error) => Err(error),
+        })
     }
 
     async fn publish(
@@ -379,7 +395,7 @@ impl outbound_redis::HostConnection for SpinState {
 }
 
 /// A Redis reply as Spin's `redis-result` list: arrays flattened, scalars one element.
-fn flatten(value: ::redis::Value) -> Vec<outbound_redis::RedisResult> {
+pub(super) fn flatten(value: ::redis::Value) -> Vec<outbound_redis::RedisResult> {
     use ::redis::Value;
     use outbound_redis::RedisResult as R;
     match value {

@@ -248,6 +248,41 @@ impl config::Host for SpinState {
     }
 }
 
+/// Spin 3's parameters as Spin 2's, which the statements run with.
+pub(super) fn to_v2(parameters: Vec<sqlite3::Value>) -> Vec<sqlite2::Value> {
+    parameters
+        .into_iter()
+        .map(|v| match v {
+            sqlite3::Value::Integer(i) => sqlite2::Value::Integer(i),
+            sqlite3::Value::Real(r) => sqlite2::Value::Real(r),
+            sqlite3::Value::Text(t) => sqlite2::Value::Text(t),
+            sqlite3::Value::Blob(b) => sqlite2::Value::Blob(b),
+            sqlite3::Value::Null => sqlite2::Value::Null,
+        })
+        .collect()
+}
+
+/// A statement's result as Spin 3 has it.
+pub(super) fn from_v2(result: sqlite2::QueryResult) -> sqlite3::QueryResult {
+    let value = |v| match v {
+        sqlite2::Value::Integer(i) => sqlite3::Value::Integer(i),
+        sqlite2::Value::Real(r) => sqlite3::Value::Real(r),
+        sqlite2::Value::Text(t) => sqlite3::Value::Text(t),
+        sqlite2::Value::Blob(b) => sqlite3::Value::Blob(b),
+        sqlite2::Value::Null => sqlite3::Value::Null,
+    };
+    sqlite3::QueryResult {
+        columns: result.columns,
+        rows: result
+            .rows
+            .into_iter()
+            .map(|row| sqlite3::RowResult {
+                values: row.values.into_iter().map(value).collect(),
+            })
+            .collect(),
+    }
+}
+
 impl sqlite3::Host for SpinState {}
 
 impl sqlite3::HostConnection for SpinState {
@@ -264,39 +299,12 @@ impl sqlite3::HostConnection for SpinState {
         statement: String,
         parameters: Vec<sqlite3::Value>,
     ) -> Outcome<sqlite3::QueryResult, sqlite3::Error> {
-        let parameters = parameters
-            .into_iter()
-            .map(|v| match v {
-                sqlite3::Value::Integer(i) => sqlite2::Value::Integer(i),
-                sqlite3::Value::Real(r) => sqlite2::Value::Real(r),
-                sqlite3::Value::Text(t) => sqlite2::Value::Text(t),
-                sqlite3::Value::Blob(b) => sqlite2::Value::Blob(b),
-                sqlite3::Value::Null => sqlite2::Value::Null,
-            })
-            .collect();
         let spin = self.host.clone();
         let handle = self.table.get_mut(&this)?;
-        let result = match handle.execute(statement, parameters).await {
-            Ok(result) => result,
-            Err(error) => return Ok(Err(spin.sqlite_error(error).into())),
-        };
-        let value = |v| match v {
-            sqlite2::Value::Integer(i) => sqlite3::Value::Integer(i),
-            sqlite2::Value::Real(r) => sqlite3::Value::Real(r),
-            sqlite2::Value::Text(t) => sqlite3::Value::Text(t),
-            sqlite2::Value::Blob(b) => sqlite3::Value::Blob(b),
-            sqlite2::Value::Null => sqlite3::Value::Null,
-        };
-        Ok(Ok(sqlite3::QueryResult {
-            columns: result.columns,
-            rows: result
-                .rows
-                .into_iter()
-                .map(|row| sqlite3::RowResult {
-                    values: row.values.into_iter().map(value).collect(),
-                })
-                .collect(),
-        }))
+        Ok(match handle.execute(statement, to_v2(parameters)).await {
+            Ok(result) => Ok(from_v2(result)),
+            Err(error) => Err(spin.sqlite_error(error).into()),
+        })
     }
 
     async fn last_insert_rowid(&mut self, this: Resource<DatabaseHandle>) -> wasmtime::Result<i64> {

@@ -11,6 +11,7 @@
 //! name to any address. Connections are plain TCP: an address asking for TLS
 //! (`sslmode=require`) is refused, saying so.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
@@ -24,7 +25,7 @@ use wasmtime::component::Resource;
 use super::fermyon::spin2_0_0::{postgres as v2, rdbms_types};
 use super::services::no_network;
 use super::spin::postgres3_0_0::postgres as v3;
-use super::spin::postgres4_0_0::postgres as v4;
+use super::spin::postgres4_2_0::postgres as v4;
 use super::{Outcome, SpinHost, SpinState};
 use wasmcell_stores::MAX_RESULT_BYTES;
 
@@ -39,14 +40,42 @@ const WAIT: Duration = Duration::from_secs(30);
 /// PostgreSQL's port when an address names none.
 const PORT: u16 = 5432;
 
-/// An open handle: one session, rolled back when the handle is dropped; and its place among
-/// the component's open handles.
-pub struct PgHandle {
+/// A connection being described (4.1.0's `connection-builder`): its address.
+pub struct PgBuilder {
+    address: String,
+}
+
+impl PgBuilder {
+    pub(super) fn new(address: String) -> PgBuilder {
+        PgBuilder { address }
+    }
+
+    pub(super) fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+/// An open handle: one session, shared by the handle and the async calls in progress on it
+/// (Spin 4's `query-async` runs while the instance goes on).
+#[derive(Clone)]
+pub struct PgHandle(Arc<Session>);
+
+impl std::ops::Deref for PgHandle {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.0
+    }
+}
+
+/// One session, rolled back when its handle is dropped; and its place among the component's
+/// open handles.
+pub struct Session {
     session: Option<deadpool_postgres::Object>,
     _admitted: OwnedSemaphorePermit,
 }
 
-impl PgHandle {
+impl Session {
     fn session(&self) -> &deadpool_postgres::Object {
         self.session
             .as_ref()
@@ -54,7 +83,7 @@ impl PgHandle {
     }
 }
 
-impl Drop for PgHandle {
+impl Drop for Session {
     /// Ends a transaction the guest left open before the session goes back to the pool
     /// (deadpool's clean-up runs inside one otherwise); a session that does not answer within
     /// [`WAIT`] is closed instead.
@@ -99,7 +128,7 @@ fn pool(config: Config) -> Result<Pool, String> {
 }
 
 /// Opens a session to `address` for the component `host`.
-async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
+pub(super) async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
     let config: Config = address
         .parse()
         .map_err(|e| v4::Error::ConnectionFailed(format!("invalid PostgreSQL address: {e}")))?;
@@ -119,10 +148,10 @@ async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
         .get(address, || pool(config))
         .map_err(v4::Error::Other)?;
     match pool.get().await {
-        Ok(session) => Ok(PgHandle {
+        Ok(session) => Ok(PgHandle(Arc::new(Session {
             session: Some(session),
             _admitted: admitted,
-        }),
+        }))),
         Err(e) => Err(v4::Error::ConnectionFailed(format!(
             "cannot connect to PostgreSQL: {e}"
         ))),
@@ -215,7 +244,7 @@ impl From<v4::Error> for Unread {
 }
 
 /// Runs `statement` and reads its rows, at most [`MAX_RESULT_BYTES`] of them.
-async fn query(
+pub(super) async fn query(
     handle: &PgHandle,
     statement: &str,
     params: Vec<v4::ParameterValue>,
@@ -278,7 +307,7 @@ async fn read_rows(
 }
 
 /// Runs `statement`; how many rows it affected.
-async fn execute(
+pub(super) async fn execute(
     handle: &PgHandle,
     statement: &str,
     params: Vec<v4::ParameterValue>,

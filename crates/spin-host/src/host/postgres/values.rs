@@ -19,7 +19,7 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
 use super::super::fermyon::spin2_0_0::rdbms_types;
 use super::super::spin::postgres3_0_0::postgres as v3;
-use super::super::spin::postgres4_0_0::postgres as v4;
+use super::super::spin::postgres4_2_0::postgres as v4;
 use v4::{DbDataType, DbValue, ParameterValue, RangeBoundKind};
 
 type BoxError = Box<dyn StdError + Sync + Send>;
