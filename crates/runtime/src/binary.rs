@@ -107,3 +107,93 @@ pub fn read_module(spec: &WorkloadSpec) -> Result<Vec<u8>, Error> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of the component's own imports.
+    fn imports(component: &[u8]) -> Vec<String> {
+        let engine = wasmtime::Engine::new(&crate::config()).unwrap();
+        let component = wasmtime::component::Component::new(&engine, component).unwrap();
+        component
+            .component_type()
+            .imports(&engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    const BOTH: &str = r#"(component
+        (import "wasi:cli/stdout@0.3.0" (instance (export "f" (func))))
+        (import "wasi:cli/stdout@0.3.0-rc-2026-03-15" (instance (export "f" (func))))
+        (import "wasi:cli/stdin@0.3.0-rc-2025-09-16" (instance (export "f" (func))))
+        (import "acme:cli/stdout@0.3.0-rc-2026-03-15" (instance (export "f" (func))))
+        (component (import "wasi:cli/exit@0.3.0-rc-2026-03-15" (func)))
+    )"#;
+
+    #[test]
+    fn the_release_candidate_that_is_0_3_0_is_asked_for_as_0_3_0() {
+        let mut bytes = wat::parse_str(BOTH).unwrap();
+        let before = bytes.len();
+        alias_release_candidates(&mut bytes);
+        assert_eq!(bytes.len(), before);
+        // Still a valid component (the names stay distinct), and only the WASI candidate that
+        // is 0.3.0 is renamed: not an earlier one, not another package's, not a nested
+        // component's import.
+        assert_eq!(
+            imports(&bytes),
+            [
+                "wasi:cli/stdout@0.3.0",
+                "wasi:cli/stdout@0.3.0+rc-2026-03-15",
+                "wasi:cli/stdin@0.3.0-rc-2025-09-16",
+                "acme:cli/stdout@0.3.0-rc-2026-03-15",
+            ]
+        );
+        let nested = String::from_utf8_lossy(&bytes);
+        assert!(nested.contains("wasi:cli/exit@0.3.0-rc-2026-03-15"));
+    }
+
+    /// Renamed, the candidate's import resolves to what the linker defines as 0.3.0, its
+    /// type still checked; not renamed, it finds nothing.
+    #[test]
+    fn a_renamed_import_links_to_0_3_0_and_is_type_checked() {
+        let engine = wasmtime::Engine::new(&crate::config()).unwrap();
+        let mut linker = wasmtime::component::Linker::<()>::new(&engine);
+        linker
+            .instance("wasi:cli/stdout@0.3.0")
+            .unwrap()
+            .func_wrap("f", |_, (): ()| Ok(()))
+            .unwrap();
+        let link = |wat: &str, rename: bool| {
+            let mut bytes = wat::parse_str(wat).unwrap();
+            if rename {
+                alias_release_candidates(&mut bytes);
+            }
+            let component = wasmtime::component::Component::new(&engine, &bytes).unwrap();
+            linker.instantiate_pre(&component).map(drop)
+        };
+        let candidate = r#"(component
+            (import "wasi:cli/stdout@0.3.0" (instance (export "f" (func))))
+            (import "wasi:cli/stdout@0.3.0-rc-2026-03-15" (instance (export "f" (func))))
+        )"#;
+        assert!(link(candidate, false).is_err());
+        link(candidate, true).unwrap();
+        let other_type = r#"(component
+            (import "wasi:cli/stdout@0.3.0-rc-2026-03-15"
+                (instance (export "f" (func (param "x" u32)))))
+        )"#;
+        assert!(link(other_type, true).is_err());
+    }
+
+    #[test]
+    fn a_binary_that_cannot_be_read_is_left_as_it_is() {
+        let mut bytes = wat::parse_str(BOTH).unwrap();
+        bytes.truncate(bytes.len() - 20);
+        let before = bytes.clone();
+        alias_release_candidates(&mut bytes);
+        assert_eq!(bytes, before);
+        let mut garbage = b"\0asm not a component at all".to_vec();
+        alias_release_candidates(&mut garbage);
+        assert_eq!(garbage, b"\0asm not a component at all");
+    }
+}

@@ -100,8 +100,10 @@ impl Outbound for SpinOutbound {
         let uri = request.uri().clone();
         let component = match self.route(&uri, network) {
             Route::Out => return send_out(request, options),
-            // Reported when `handle` asked (`permits`).
-            Route::Denied { .. } => {
+            // A 0.2 request was checked (`permits`, which says why on stderr) before it was
+            // sent; a 0.3 request (`wasi:http/client.send`) is checked only here.
+            Route::Denied { entry } => {
+                self.host.report_denied(&entry, &entry);
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             }
             Route::App { component } => component,

@@ -8,23 +8,36 @@ GET /kv-keys       -> 200 the store's keys, sorted, joined by ","
 GET /sql           -> 200 "rows: N": inserts a row into the default SQLite database and counts them
 GET /pg            -> 200 "<text> <number>": a query with parameters to PostgreSQL at the Spin
                       variable `pg_address`; or 502 with the error Spin's postgres interface answers
+GET /redis         -> 200 "<value> <count>" ("from Python 5 1" at first): sets "python5" to
+                      "from Python 5", gets it and increments "python5-count" in Redis at the
+                      Spin variable `redis_address` (spin_sdk.redis); or 502 with the error
+GET /mysql         -> 200 "rows: N word: hello": creates the table python5 if missing, inserts
+                      a row with a parameter ("hello") and counts the rows in MySQL at the Spin
+                      variable `mysql_address` (spin_sdk.mysql); or 502 with the error
+POST /mqtt?topic=T -> 200 "published": publishes the body to topic T (QoS at-least-once) at
+                      the MQTT broker at the Spin variable `mqtt_address` (spin_sdk.mqtt); or 502
+                      with the error
 GET /outbound?url= -> 200 "<status>\n<body>" of a GET of URL (wasi:http/client@0.3.0); or 502
                       with the error the host answers (e.g. HttpRequestDenied: the manifest
-                      allows only PostgreSQL)
+                      allows only PostgreSQL, Redis, MySQL and MQTT)
 anything else      -> 404
 
+A 502's body is "<variant>: <value>" of the error the host answered, e.g.
+"Error_ConnectionFailed: ..." (postgres, mysql, mqtt) or "Error_Other: ..." (redis).
+
 Every call into Spin is async (the SDK awaits the `*-async` functions of spin:sqlite@3.1.0 and
-spin:postgres@4.2.0, and spin:key-value@3.0.0 and spin:variables@3.0.0, which are async only);
-rows and keys come as a stream plus a future of the outcome, which spin_sdk.util.collect reads
-(and raises the outcome's error).
+spin:postgres@4.2.0, and spin:key-value@3.0.0, spin:variables@3.0.0, spin:redis@3.0.0,
+spin:mysql@3.0.0 and spin:mqtt@3.0.0, which are async only); rows and keys come as a stream plus
+a future of the outcome, which spin_sdk.util.collect reads (and raises the outcome's error).
 """
 
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from componentize_py_types import Err
-from spin_sdk import http, key_value, postgres, sqlite, util, variables
+from spin_sdk import http, key_value, mqtt, mysql, postgres, redis, sqlite, util, variables
 from spin_sdk.http import Request, Response
+from spin_sdk.mqtt import Qos
 from spin_sdk.sqlite import Value_Integer
 from spin_sdk.wit.imports.spin_postgres_postgres_4_2_0 import (
     DbValue_Int32,
@@ -33,6 +46,10 @@ from spin_sdk.wit.imports.spin_postgres_postgres_4_2_0 import (
     ParameterValue_Str,
     QueryError_DbError,
     QueryError_Text,
+)
+from spin_sdk.wit.imports.spin_mysql_mysql_3_0_0 import (
+    DbValue_Binary as MysqlDbValue_Binary,
+    ParameterValue_Str as MysqlParameterValue_Str,
 )
 
 
@@ -105,6 +122,56 @@ class HttpHandler(http.Handler):
             greeting, number = row
             assert isinstance(greeting, DbValue_Str) and isinstance(number, DbValue_Int32), row
             return text(200, f"{greeting.value} {number.value}\n")
+        if request.method == "GET" and path == "/redis":
+            try:
+                address = await variables.get("redis_address")
+                with await redis.open(address) as conn:
+                    await conn.set("python5", b"from Python 5")
+                    value = await conn.get("python5")
+                    hits = await conn.incr("python5-count")
+            except Err as e:
+                # e.value is a spin:redis@3.0.0 error variant, e.g. Error_Other("...").
+                return text(502, describe(e) + "\n")
+            stored = "(none)" if value is None else value.decode()
+            return text(200, f"{stored} {hits}\n")
+        if request.method == "GET" and path == "/mysql":
+            try:
+                address = await variables.get("mysql_address")
+                with await mysql.open(address) as db:
+                    await db.execute(
+                        "CREATE TABLE IF NOT EXISTS python5"
+                        " (id INT AUTO_INCREMENT PRIMARY KEY, word VARCHAR(32))",
+                        [],
+                    )
+                    await db.execute(
+                        "INSERT INTO python5 (word) VALUES (?)", [MysqlParameterValue_Str("hello")]
+                    )
+                    # query answers the columns, a stream of rows and a future of the outcome.
+                    _, my_rows, my_outcome = await db.query(
+                        "SELECT COUNT(*), MAX(word) FROM python5", []
+                    )
+                    my_row = (await util.collect((my_rows, my_outcome)))[0]
+            except Err as e:
+                # e.value is a spin:mysql@3.0.0 error variant, e.g. Error_ConnectionFailed("...").
+                return text(502, describe(e) + "\n")
+            # COUNT(*) is a BIGINT (db-value int64 or uint64), MAX(word) a str (or binary).
+            total = getattr(my_row[0], "value", None)
+            max_word = my_row[1]
+            if isinstance(max_word, MysqlDbValue_Binary):
+                word = max_word.value.decode()
+            else:
+                word = str(getattr(max_word, "value", None))
+            return text(200, f"rows: {total} word: {word}\n")
+        if request.method == "POST" and path == "/mqtt":
+            topic = parse_qs(url.query).get("topic", [""])[0]
+            try:
+                address = await variables.get("mqtt_address")
+                with await mqtt.open(address, "", "", 30) as broker:
+                    await broker.publish(topic, request.body or b"", Qos.AT_LEAST_ONCE)
+            except Err as e:
+                # e.value is a spin:mqtt@3.0.0 error variant, e.g. Error_ConnectionFailed("...").
+                return text(502, describe(e) + "\n")
+            return text(200, "published\n")
         if request.method == "GET" and path == "/outbound":
             target = parse_qs(url.query).get("url", [""])[0]
             try:

@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 use anyhow::Result;
 use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{
-    Containerd, Docker, Postgres, Redis, Registry, Up, build_spin_image, curl, free_port,
-    run_spin_detached, spin_app, start_spin_detached, upstream, wait_for, wait_http, wasmcell,
+    Containerd, Docker, MariaDb, Mosquitto, Postgres, Redis, Registry, Up, build_spin_image, curl,
+    free_port, run_spin_detached, spin_app, start_spin_detached, upstream, wait_for, wait_http,
+    wasmcell,
 };
 
 const SPIN: &str = "io.containerd.spin.v2";
@@ -692,6 +693,155 @@ fn a_python_spin_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> 
     Ok(())
 }
 
+/// The servers a Spin 4 app's outbound interfaces reach in a test, and the `SPIN_VARIABLE_*`
+/// settings that give the Python SDK 5 app (guests/spin-apps-python/python-sdk5) their
+/// addresses.
+struct Servers {
+    pg: Postgres,
+    redis: Redis,
+    mysql: MariaDb,
+    mqtt: Mosquitto,
+}
+
+impl Servers {
+    fn start() -> Result<Servers> {
+        Ok(Servers {
+            pg: Postgres::start()?,
+            redis: Redis::start()?,
+            mysql: MariaDb::start()?,
+            mqtt: Mosquitto::start()?,
+        })
+    }
+
+    fn env(&self) -> Vec<String> {
+        vec![
+            format!("SPIN_VARIABLE_PG_ADDRESS={}", self.pg.address()),
+            format!("SPIN_VARIABLE_REDIS_ADDRESS={}", self.redis.url()),
+            format!("SPIN_VARIABLE_MYSQL_ADDRESS={}", self.mysql.url()),
+            format!(
+                "SPIN_VARIABLE_MQTT_ADDRESS={}?client_id=python5",
+                self.mqtt.url()
+            ),
+        ]
+    }
+}
+
+/// What the Python SDK 5 app serves at `base` (its `n`th run against `servers`, counting
+/// from 1): its variable, its key-value store (with the keys as a stream), its SQLite
+/// database and PostgreSQL's rows (read from streams), Redis, MySQL and MQTT: every call
+/// through Spin 4's async interfaces, the handler itself `wasi:http/handler@0.3.0`.
+fn assert_serves_python5(base: &str, greeting: &str, servers: &Servers, n: u32) -> Result<()> {
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert_eq!(
+        (hello.status, hello.body.as_str()),
+        (200, format!("{greeting}, Python 5!\n").as_str())
+    );
+    for (key, value) in [("kiwi", "green"), ("fig", "purple")] {
+        let put = curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            value,
+            &format!("{base}/kv/{key}"),
+        ])?;
+        assert_eq!(put.status, 201, "{put:?}");
+    }
+    let got = curl(&[&format!("{base}/kv/kiwi")])?;
+    assert_eq!((got.status, got.body.as_str()), (200, "green"));
+    assert_eq!(curl(&[&format!("{base}/kv/missing")])?.status, 404);
+    let keys = curl(&[&format!("{base}/kv-keys")])?;
+    assert_eq!((keys.status, keys.body.as_str()), (200, "fig,kiwi\n"));
+    let sql = curl(&[&format!("{base}/sql")])?;
+    assert_eq!((sql.status, sql.body), (200, format!("rows: {n}\n")));
+    let pg = curl(&[&format!("{base}/pg")])?;
+    assert_eq!(
+        (pg.status, pg.body.as_str()),
+        (200, "hello from Python 5 42\n")
+    );
+    let redis = curl(&[&format!("{base}/redis")])?;
+    assert_eq!(
+        (redis.status, redis.body),
+        (200, format!("from Python 5 {n}\n"))
+    );
+    assert_eq!(
+        servers.redis.cli(&["GET", "python5"])?.stdout.trim(),
+        "from Python 5"
+    );
+    let mysql = curl(&[&format!("{base}/mysql")])?;
+    assert_eq!(
+        (mysql.status, mysql.body),
+        (200, format!("rows: {n} word: hello\n"))
+    );
+    let topic = format!("python5/{n}");
+    let received = servers.mqtt.receive(&topic, 1, || {
+        let published = curl(&[
+            "-X",
+            "POST",
+            "--data-binary",
+            "from Python 5",
+            &format!("{base}/mqtt?topic={topic}"),
+        ])?;
+        assert_eq!(
+            (published.status, published.body.as_str()),
+            (200, "published\n")
+        );
+        Ok(())
+    })?;
+    assert_eq!(received, "from Python 5\n");
+    Ok(())
+}
+
+/// A Spin 4 app: Python with Spin's SDK 5 (spin-sdk 5.0.0 and componentize-py 0.25.1 from
+/// PyPI), Spin 4's `spin:up/http-trigger@4.1.0` world. Its component imports WASI 0.3 twice
+/// (`@0.3.0` and `@0.3.0-rc-2026-03-15`), WASI 0.2, and every interface of Spin 2, 3 and 4,
+/// and exports `wasi:http/handler@0.3.0`. It serves under `wasmcell up` and the spin shim,
+/// with real servers behind its outbound interfaces.
+#[test]
+fn a_spin_sdk5_python_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("python-sdk5", tmp.path())?;
+    let servers = Servers::start()?;
+    let env = servers.env();
+    let mut up_env: Vec<&str> = env.iter().map(String::as_str).collect();
+    up_env.push("SPIN_VARIABLE_GREETING=Hallo");
+    up_compiled(&app, &up_env, |base| {
+        assert_serves_python5(base, "Hallo", &servers, 1)
+    })?;
+
+    let archive = build_spin_image(&app, "example.com/python-sdk5:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let base = start_spin_detached(&containerd, "example.com/python-sdk5:1", "python5", &env)?;
+    wait_compiled(&format!("{base}/hello"))?;
+    // The image leaves the SQLite database of the run above (`.spin/`) out; the servers keep
+    // theirs.
+    let sql = curl(&[&format!("{base}/sql")])?;
+    assert_eq!((sql.status, sql.body.as_str()), (200, "rows: 1\n"));
+    let redis = curl(&[&format!("{base}/redis")])?;
+    assert_eq!(
+        (redis.status, redis.body.as_str()),
+        (200, "from Python 5 2\n")
+    );
+    assert_eq!(
+        curl(&[&format!("{base}/pg")])?.body,
+        "hello from Python 5 42\n"
+    );
+    assert_eq!(
+        curl(&[&format!("{base}/mysql")])?.body,
+        "rows: 2 word: hello\n"
+    );
+    assert_eq!(
+        curl(&[&format!("{base}/hello")])?.body,
+        "Hello, Python 5!\n"
+    );
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "python5"])?
+        .success()?;
+    containerd.wait_status("python5", "STOPPED")?;
+    Ok(())
+}
+
 /// A Spin app in JavaScript (Spin's JS build tools from npm, ComponentizeJS:
 /// scripts/build-js-guests.sh) serves under `wasmcell up` and the spin shim: its variable,
 /// key-value store and SQLite database.
@@ -778,6 +928,7 @@ fn python_and_javascript_spin_apps_serve_from_pods() -> Result<()> {
     };
     assert_eq!(serve("python-kv")?, "Hello, Python!\n");
     assert_eq!(serve("js-kv")?, "Hello, JavaScript!\n");
+    assert_eq!(serve("python-sdk5")?, "Hello, Python 5!\n");
     Ok(())
 }
 
