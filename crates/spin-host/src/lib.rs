@@ -58,7 +58,7 @@ pub struct SpinApp {
 /// start from.
 struct Prepared {
     /// Set when a Redis trigger uses the component.
-    redis: Option<redis_trigger::RedisTriggerPre<SpinState>>,
+    redis: Option<redis_trigger::RedisExport>,
     /// Set when a command trigger runs the component.
     command: Option<wasmtime_wasi::p2::bindings::CommandPre<SpinState>>,
     start: Start,
@@ -358,9 +358,9 @@ pub fn prepare(
             None
         };
         let redis = if app.redis.iter().any(|t| t.component == index) {
-            Some(redis_trigger::RedisTriggerPre::new(pre).map_err(|_| {
+            Some(redis_trigger::RedisExport::new(pre).ok_or_else(|| {
                 spin(
-                    "has a Redis trigger but does not export fermyon:spin/inbound-redis".to_owned(),
+                    "has a Redis trigger but exports neither fermyon:spin/inbound-redis nor spin:redis/inbound-redis@3.0.0".to_owned(),
                 )
             })?)
         } else {
@@ -483,7 +483,7 @@ impl Run for SpinApp {
 
 /// What the Redis trigger needs of a component.
 struct RedisComponent<'a> {
-    redis: Option<&'a redis_trigger::RedisTriggerPre<SpinState>>,
+    redis: Option<&'a redis_trigger::RedisExport>,
     start: &'a Start,
     host: &'a Arc<SpinHost>,
 }

@@ -1,10 +1,11 @@
 //! Spin's Redis trigger: each message published on a subscribed channel runs the trigger's
-//! component (`fermyon:spin/inbound-redis`) in a fresh instance, one message at a time per
-//! channel, as Spin does. A failing handler is reported on stderr and the next message runs.
+//! component (`fermyon:spin/inbound-redis`, or Spin 4's `spin:redis/inbound-redis@3.0.0`) in
+//! a fresh instance, one message at a time per channel, as Spin does. A failing handler is reported on stderr and the next message runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::host::SpinState;
 use crate::{SpinApp, spin_state};
 use futures_util::StreamExt;
 use redis::{ProtocolVersion, Value};
@@ -19,6 +20,63 @@ wasmtime::component::bindgen!({
     world: "fermyon:spin/redis-trigger",
     exports: { default: async },
 });
+
+/// Spin 4's trigger export, `spin:redis/inbound-redis@3.0.0`, whose `handle-message` is async.
+mod spin4 {
+    wasmtime::component::bindgen!({
+        path: "wit/spin",
+        world: "fermyon:spin/redis-trigger3@2.0.0",
+        exports: { default: async | store },
+    });
+}
+
+/// What a component's Redis trigger calls: Spin 2's and 3's `fermyon:spin/inbound-redis`, or
+/// Spin 4's `spin:redis/inbound-redis@3.0.0`.
+pub(crate) enum RedisExport {
+    Spin2(RedisTriggerPre<SpinState>),
+    Spin4(spin4::RedisTrigger3Pre<SpinState>),
+}
+
+impl RedisExport {
+    /// The component's trigger export, if it has one.
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<SpinState>) -> Option<RedisExport> {
+        match RedisTriggerPre::new(pre.clone()) {
+            Ok(spin2) => Some(RedisExport::Spin2(spin2)),
+            Err(_) => spin4::RedisTrigger3Pre::new(pre).ok().map(RedisExport::Spin4),
+        }
+    }
+
+    /// Instantiates the component in `store` and hands it `payload`: whether its handler
+    /// succeeded.
+    async fn run(
+        &self,
+        store: &mut wasmtime::Store<SpinState>,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<bool> {
+        match self {
+            RedisExport::Spin2(pre) => {
+                let trigger = pre.instantiate_async(&mut *store).await?;
+                let handled = trigger
+                    .fermyon_spin_inbound_redis()
+                    .call_handle_message(&mut *store, &payload)
+                    .await?;
+                Ok(handled.is_ok())
+            }
+            RedisExport::Spin4(pre) => {
+                let trigger = pre.instantiate_async(&mut *store).await?;
+                let handled = store
+                    .run_concurrent(async move |accessor| {
+                        trigger
+                            .spin_redis_inbound_redis()
+                            .call_handle_message(accessor, payload)
+                            .await
+                    })
+                    .await??;
+                Ok(handled.is_ok())
+            }
+        }
+    }
+}
 
 /// Subscribes to every Redis trigger's channel and runs its component per message, until
 /// terminated. A server that cannot be reached at the start fails the run, as in Spin: the app
@@ -210,23 +268,17 @@ async fn handle(
     let budget = Budget::new(controls, clock);
     let state = spin_state(component.host, wasi, spec.network, budget, None);
     let mut store = new_store(app.http.engine(), state, controls);
-    let Some(pre) = component.redis else {
+    let Some(export) = component.redis else {
         return Err("the component has no Redis trigger export".to_owned());
     };
-    let run = async {
-        let trigger = pre.instantiate_async(&mut store).await?;
-        trigger
-            .fermyon_spin_inbound_redis()
-            .call_handle_message(&mut store, &payload)
-            .await
-    };
+    let run = export.run(&mut store, payload);
     match tokio::time::timeout(spec.http.timeout, run).await {
         Err(_) => Err(format!(
             "the handler did not finish within {:?}",
             spec.http.timeout
         )),
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(_))) => Err("the handler returned an error".to_owned()),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err("the handler returned an error".to_owned()),
         Ok(Err(_)) if store.data().budget.limiter.exceeded() => {
             Err("the handler exceeded its memory limit".to_owned())
         }
