@@ -29,6 +29,23 @@ pub fn redis_client(url: &str) -> Result<redis::Client, String> {
     }
 }
 
+/// Connects to the Redis server `client` names, giving up within seconds when it cannot be
+/// reached: redis-rs's defaults retry for minutes (six attempts, waits growing to 60 s), long
+/// past any request's deadline, so an unreachable server would look like a hung handler (a
+/// 504 after a minute) instead of the error it is. Each attempt waits at most 5 s for the
+/// connection, and one retry follows a second or two after a failure. The connection is made
+/// again the same way when it is lost later.
+pub async fn connect_redis(
+    client: redis::Client,
+) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(std::time::Duration::from_secs(5))
+        .set_number_of_retries(1)
+        .set_factor(2)
+        .set_max_delay(2000);
+    redis::aio::ConnectionManager::new_with_config(client, config).await
+}
+
 /// A connection to a Redis server, and how a store's keys are named there.
 pub struct Redis {
     manager: redis::aio::ConnectionManager,
@@ -77,7 +94,7 @@ impl KeyValue {
     /// Connects to the Redis server at `url`; `prefixed`: see [`Redis`].
     pub async fn open_redis(url: &str, prefixed: bool) -> Result<KeyValue, String> {
         let client = redis_client(url)?;
-        let manager = redis::aio::ConnectionManager::new(client)
+        let manager = connect_redis(client)
             .await
             .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
         Ok(KeyValue::Redis(Redis { manager, prefixed }))

@@ -29,7 +29,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
-pub use key_value::{KeyValue, Redis, redis_client};
+pub use key_value::{KeyValue, Redis, connect_redis, redis_client};
 pub use places::Places;
 pub use sqlite::{MAX_RESULT_BYTES, SqlError, Sqlite, open_database};
 

@@ -4,12 +4,10 @@
 //!
 //! Spin links every interface of its platform for every app and fails only a call, so an app
 //! whose SDK imports them all (Spin's Python SDK does, whatever the app calls) starts. Each
-//! call answers with the interface's own error: an address the component's
-//! `allowed_outbound_hosts` does not grant as Spin answers it (`connection-failed`, "... is
-//! not permitted"), with the entry to add on the container's stderr; any other address with
-//! `connection-failed` saying that this wasmcell does not connect to such servers. No
-//! connection is ever made, so no connection handle can exist: the bindings' resource types
-//! are uninhabited, and a call on a handle the guest made up traps.
+//! call answers with the interface's own error: an inferencing call, that no model runs here;
+//! an address the component's `allowed_outbound_hosts` does not grant, as Spin answers it
+//! (`connection-failed`, "... is not permitted"), with the entry to add on the container's
+//! stderr (the entry only: an address's password stays out of the log).
 
 use super::fermyon::spin2_0_0::llm;
 use super::{SpinHost, SpinState};

@@ -270,7 +270,7 @@ impl SpinHost {
             self.report_denied(&target, &target);
             return Err(outbound_redis::Error::InvalidAddress);
         }
-        match ::redis::aio::ConnectionManager::new(client).await {
+        match wasmcell_stores::connect_redis(client).await {
             Ok(manager) => Ok(RedisHandle(manager)),
             Err(error) => Err(outbound_redis::Error::Other(error.to_string())),
         }

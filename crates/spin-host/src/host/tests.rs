@@ -310,3 +310,26 @@ async fn a_redis_address_not_allowed_is_an_invalid_address() {
         "{reported}"
     );
 }
+
+/// A Redis server that cannot be reached is an error within seconds, not a handler that hangs
+/// past its deadline while the client retries.
+#[tokio::test]
+async fn a_redis_server_that_refuses_is_an_error_at_once() {
+    use super::fermyon::spin2_0_0::redis::{Error, HostConnection};
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let output = wasmcell_workload::Output::Null;
+    let host = spin_host(dir.path(), &["redis://127.0.0.1:*"], &[], &[], &output);
+    let mut state = spin_state(host);
+    let address = format!("redis://127.0.0.1:{port}");
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        HostConnection::open(&mut state, address),
+    )
+    .await
+    .expect("open gave up within 30 s")
+    .unwrap();
+    assert!(matches!(opened, Err(Error::Other(_))), "{opened:?}");
+}
