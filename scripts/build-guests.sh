@@ -9,11 +9,12 @@
 # are built for wasm32-wasip2 only. SpiderLightning apps' modules are `slight-*.wasm`
 # (wasm32-wasip1). Spin apps: guests/spin-apps/NAME with the
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
-# wasm32-wasip1, and `spin1_http.wasm`, a Spin 1 module), assembled into `spin/NAME/` (the
-# app's directory). Python Spin apps (guests/spin-apps-python/NAME) are built last, into
-# `spin/NAME/` too, by scripts/build-python-guests.sh (componentize-py, cached by a stamp), and
-# then the JavaScript ones (guests/spin-apps-js/NAME) by scripts/build-js-guests.sh (Spin's JS
-# build tools from npm, cached by a stamp).
+# wasm32-wasip1, `spin1_http.wasm`, a Spin 1 module, and `spin4_rust.wasm`, a Spin 4 SDK
+# component (WASI 0.3, wasi:http/handler@0.3.0) built for wasm32-wasip2), assembled into
+# `spin/NAME/` (the app's directory). Python Spin apps (guests/spin-apps-python/NAME) are built
+# last, into `spin/NAME/` too, by scripts/build-python-guests.sh (componentize-py, cached by a
+# stamp), and then the JavaScript ones (guests/spin-apps-js/NAME) by scripts/build-js-guests.sh
+# (Spin's JS build tools from npm, cached by a stamp).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
@@ -21,9 +22,9 @@ cd "$root/guests"
 export CARGO_TARGET_DIR=$root/guests/target
 cargo build --quiet --release --target wasm32-wasip1 --workspace --exclude hello-http --exclude echo-server \
   --exclude spin-http --exclude spin-redis --exclude spin-databases --exclude slight-component \
-  --exclude p3-cli --exclude p3-http
+  --exclude p3-cli --exclude p3-http --exclude spin4-rust
 cargo build --quiet --release --target wasm32-wasip2 -p hello -p hello-http -p echo-server -p spin-http -p spin-redis -p spin-databases \
-  -p slight-component -p p3-cli -p p3-http
+  -p slight-component -p p3-cli -p p3-http -p spin4-rust
 mkdir -p "$out"
 for wasm in target/wasm32-wasip1/release/*.wasm; do cp "$wasm" "$out/"; done
 cp target/wasm32-wasip2/release/hello.wasm "$out/hello.component.wasm"
@@ -38,7 +39,7 @@ for app in spin-apps/*/; do
   cp -r "$app". "$out/spin/$name/"
   cp target/wasm32-wasip2/release/spin_http.wasm target/wasm32-wasip2/release/spin_redis.wasm \
     target/wasm32-wasip2/release/spin_databases.wasm target/wasm32-wasip1/release/spin_preview1.wasm \
-    target/wasm32-wasip1/release/spin1_http.wasm "$out/spin/$name/"
+    target/wasm32-wasip1/release/spin1_http.wasm target/wasm32-wasip2/release/spin4_rust.wasm "$out/spin/$name/"
 done
 WASMCELL_GUESTS=$out "$root/scripts/build-python-guests.sh" >/dev/null
 WASMCELL_GUESTS=$out "$root/scripts/build-js-guests.sh" >/dev/null

@@ -2,7 +2,12 @@
 # Builds the Python Spin apps in guests/spin-apps-python/NAME (app.py and spin.toml) and prints
 # the directory holding them: each is assembled into `spin/NAME/` of the guests' directory
 # (${WASMCELL_GUESTS:-guests/target/wasm}, as scripts/build-guests.sh, which calls this), its
-# component `NAME.wasm` beside the app's files.
+# component `NAME.wasm` (app.py, for its SDK's HTTP world) beside the app's files.
+#
+# An app of several components (an HTTP one and a Redis trigger's, say) lists the others in a
+# file `components` in its directory, one `COMPONENT WORLD MODULE` a line ("#" starts a
+# comment): COMPONENT.wasm is made from the app's Python module MODULE for the SDK's world WORLD,
+# beside NAME.wasm. A component is one world's: componentize-py builds one world at a time.
 #
 # The components are made by componentize-py from Spin's Python SDK (spin-sdk on PyPI), both
 # pinned and installed into a virtualenv of their own under $WASMCELL_TOOLS. An app is built
@@ -15,15 +20,17 @@
 # The SDKs cannot share a virtualenv: each needs its own componentize-py, and both install the
 # package `spin_sdk`. A component keeps every import of its SDK's world (postgres, mysql, mqtt,
 # redis, ...), used or not. One build takes 7-40 s and writes 25-40 MB, so an app is rebuilt
-# only when the hash of its sources, the two versions and the build flags differs from the stamp
-# `NAME.wasm.stamp` beside its component; with every stamp current, no virtualenv is touched.
+# only when the hash of its sources (`components` among them), the two versions and the build
+# flags differs from the stamp `NAME.wasm.stamp` beside its components, or one of them is
+# missing; with every stamp current, no virtualenv is touched. The stamp covers all of an app's
+# components, which are built together.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${WASMCELL_GUESTS:-$root/guests/target/wasm}
 tools=${WASMCELL_TOOLS:-$HOME/.cache/wasmcell/tools}
 
 # Sets the toolchain of the app in directory $1: sdk, venv, componentize_py_version,
-# spin_sdk_version and flags.
+# spin_sdk_version, world (of NAME.wasm) and flags (for every component).
 select_sdk() {
   if [ -f "$1/sdk5" ]; then
     sdk=5
@@ -32,7 +39,8 @@ select_sdk() {
     # names every interface (`full_names`) and its exports, so the world is all it needs.
     componentize_py_version=0.25.1
     spin_sdk_version=5.0.0
-    flags=(-w spin:up/http-trigger@4.1.0)
+    world=spin:up/http-trigger@4.1.0
+    flags=()
   else
     sdk=3
     venv=$tools/python-guests-venv
@@ -45,8 +53,8 @@ select_sdk() {
     # The SDK generated its bindings with these interface names, but its componentize-py.toml
     # only carries the postgres one: without the others `spin_sdk.sqlite` finds no
     # `spin_sdk.wit.imports.sqlite`.
+    world=spin-http
     flags=(
-      -w spin-http
       --import-interface-name fermyon:spin/sqlite@2.0.0=sqlite
       --import-interface-name spin:postgres/postgres@3.0.0=spin_postgres_postgres
     )
@@ -54,6 +62,33 @@ select_sdk() {
 }
 
 log() { printf 'build-python-guests: %s\n' "$*" >&2; }
+
+# Sets the components of the app in directory $1 (after select_sdk), in the parallel arrays
+# comp_names, comp_worlds and comp_modules: NAME.wasm from app.py for $world, then those its
+# file `components` lists.
+read_components() {
+  comp_names=("$(basename "$1")") comp_worlds=("$world") comp_modules=(app)
+  local file=${1%/}/components line cname cworld cmodule extra
+  [ -f "$file" ] || return 0
+  while IFS= read -r line || [ -n "$line" ]; do
+    read -r cname cworld cmodule extra <<<"${line%%#*}"
+    [ -n "$cname" ] || continue
+    if [ -z "$cmodule" ] || [ -n "$extra" ]; then
+      log "$file: want COMPONENT WORLD MODULE, not: $line"
+      exit 1
+    fi
+    comp_names+=("$cname") comp_worlds+=("$cworld") comp_modules+=("$cmodule")
+  done <"$file"
+}
+
+# Whether every component of the app is in its directory $1, with the stamp $2 beside them.
+built() {
+  local c
+  [ "$(cat "$1/${comp_names[0]}.wasm.stamp" 2>/dev/null)" = "$2" ] || return 1
+  for c in "${comp_names[@]}"; do
+    [ -f "$1/$c.wasm" ] || return 1
+  done
+}
 
 # The version of the Python package $1 installed in the virtualenv, or nothing.
 installed() {
@@ -74,10 +109,13 @@ setup_venv() {
   fi
 }
 
-# The hash of the app in directory $1: its files (by name and content), the versions and the flags.
+# The hash of the app in directory $1: its files (by name and content, `components` among
+# them), the versions, and the world and flags of NAME.wasm (hashed as one line `-w WORLD
+# FLAGS...`, so that an app without `components` keeps the stamps of builds before it).
 app_hash() {
+  local build=(-w "$world" "${flags[@]}")
   {
-    printf '%s\n' "componentize-py $componentize_py_version" "spin-sdk $spin_sdk_version" "${flags[*]}"
+    printf '%s\n' "componentize-py $componentize_py_version" "spin-sdk $spin_sdk_version" "${build[*]}"
     (cd "$1" && find . -type f ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
   } | sha256sum | cut -d' ' -f1
 }
@@ -91,20 +129,26 @@ for app in "$root"/guests/spin-apps-python/*/; do
   name=$(basename "$app")
   dest=$out/spin/$name
   select_sdk "$app"
+  read_components "$app"
   hash=$(app_hash "$app")
-  if [ -f "$dest/$name.wasm" ] && [ "$(cat "$dest/$name.wasm.stamp" 2>/dev/null)" = "$hash" ]; then
-    continue
-  fi
+  built "$dest" "$hash" && continue
   [ -n "${venv_ready[$sdk]:-}" ] || { setup_venv; venv_ready[$sdk]=1; }
-  log "building $name (componentize-py $componentize_py_version, spin-sdk $spin_sdk_version)"
-  # Built in a copy of the app, so neither the sources nor the output keep componentize-py's
-  # __pycache__; VIRTUAL_ENV puts the venv's site-packages (the SDK) on the app's Python path.
-  rm -rf "${stage:?}/$name" && cp -r "$app" "$stage/$name"
-  (cd "$stage/$name" && VIRTUAL_ENV=$venv "$venv/bin/componentize-py" "${flags[@]}" \
-    componentize -p . app -o "$stage/$name.wasm") >&2
+  for i in "${!comp_names[@]}"; do
+    log "building ${comp_names[i]} of $name (${comp_modules[i]}.py for ${comp_worlds[i]}," \
+      "componentize-py $componentize_py_version, spin-sdk $spin_sdk_version)"
+    # Built in a fresh copy of the app, so neither the sources, the output nor the next
+    # component keep componentize-py's __pycache__; VIRTUAL_ENV puts the venv's site-packages
+    # (the SDK) on the app's Python path.
+    rm -rf "${stage:?}/$name" && cp -r "$app" "$stage/$name"
+    (cd "$stage/$name" && VIRTUAL_ENV=$venv "$venv/bin/componentize-py" -w "${comp_worlds[i]}" \
+      "${flags[@]}" componentize -p . "${comp_modules[i]}" -o "$stage/${comp_names[i]}.wasm") >&2
+  done
+  # The app's directory is replaced only once every component is built.
   rm -rf "$dest" && mkdir -p "$dest"
   cp -r "$app". "$dest/"
-  mv "$stage/$name.wasm" "$dest/$name.wasm"
+  for c in "${comp_names[@]}"; do
+    mv "$stage/$c.wasm" "$dest/$c.wasm"
+  done
   printf '%s\n' "$hash" >"$dest/$name.wasm.stamp"
 done
 echo "$out"

@@ -842,6 +842,53 @@ fn a_spin_sdk5_python_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result
     Ok(())
 }
 
+/// Publishes `message` on the Python SDK 5 listener's channel once its trigger has subscribed
+/// (the app may answer HTTP before), then waits until the app counts it: `count` messages.
+fn publish_to_python5(redis: &Redis, base: &str, message: &str, count: u32) -> Result<()> {
+    wait_for("the trigger to subscribe", || {
+        let published = redis.cli(&["PUBLISH", "python5-messages", message])?;
+        Ok(published.success()?.stdout.trim() == "1")
+    })?;
+    let expected = format!("{count} {message}\n");
+    wait_for("the message to be handled", || {
+        Ok(curl(&[&format!("{base}/last-message")])?.body == expected)
+    })
+}
+
+/// Spin 4's Redis trigger: a Python SDK 5 component exporting
+/// `spin:redis/inbound-redis@3.0.0` (an async `handle-message`) handles each message, one at a
+/// time, under `wasmcell up` and the spin shim; the app's HTTP component serves what it kept.
+#[test]
+fn a_spin4_redis_trigger_handles_each_message() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("python-sdk5-listener", tmp.path())?;
+    let redis = Redis::start()?;
+    let address = format!("SPIN_VARIABLE_REDIS_ADDRESS={}", redis.url());
+    up_compiled(&app, &[&address], |base| {
+        let none = curl(&[&format!("{base}/last-message")])?;
+        assert_eq!((none.status, none.body.as_str()), (404, "no message\n"));
+        publish_to_python5(&redis, base, "hello", 1)?;
+        publish_to_python5(&redis, base, "two words é", 2)
+    })?;
+
+    let archive = build_spin_image(&app, "example.com/python-sdk5-listener:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    let base = start_spin_detached(
+        &containerd,
+        "example.com/python-sdk5-listener:1",
+        "listener5",
+        &[&address],
+    )?;
+    wait_compiled(&format!("{base}/last-message"))?;
+    publish_to_python5(&redis, &base, "from the shim", 1)?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "listener5"])?
+        .success()?;
+    containerd.wait_status("listener5", "STOPPED")?;
+    Ok(())
+}
+
 /// A Spin app in JavaScript (Spin's JS build tools from npm, ComponentizeJS:
 /// scripts/build-js-guests.sh) serves under `wasmcell up` and the spin shim: its variable,
 /// key-value store and SQLite database.
