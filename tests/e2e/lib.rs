@@ -1306,6 +1306,8 @@ fn tools_libraries() -> std::ffi::OsString {
 pub struct Postgres {
     daemon: Daemon,
     port: u16,
+    /// The CA that signed its certificate (PEM), when it serves TLS.
+    ca: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -1318,6 +1320,21 @@ impl Postgres {
     /// Makes a cluster (UTF-8, locale C, not synced to disk), starts the server on 127.0.0.1
     /// only (its Unix socket in the data dir, fsync off) and waits until `psql` can query it.
     pub fn start() -> Result<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// The same, serving TLS too (`ssl=on`) with a certificate for `localhost` and
+    /// `127.0.0.1` signed by a CA of its own ([`Postgres::ca`]), made by `openssl` for it.
+    pub fn start_tls() -> Result<Postgres> {
+        Self::start_with(true)
+    }
+
+    /// The CA that signed the server's certificate (PEM), for a TLS server.
+    pub fn ca(&self) -> Option<&str> {
+        self.ca.as_deref()
+    }
+
+    fn start_with(tls: bool) -> Result<Postgres> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let password = dir.path().join("password");
@@ -1340,14 +1357,91 @@ impl Postgres {
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
             .arg(&data)
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
+        let ca = match tls {
+            true => {
+                let (ca, cert, key) = Self::certificates(dir.path())?;
+                command
+                    .args(["-c", "ssl=on", "-c"])
+                    .arg(format!("ssl_cert_file={}", cert.display()))
+                    .arg("-c")
+                    .arg(format!("ssl_key_file={}", key.display()));
+                Some(ca)
+            }
+            false => None,
+        };
         let daemon = Daemon::spawn("postgres", &mut command, &dir.path().join("postgres.log"))?;
         let postgres = Postgres {
             daemon,
             port,
+            ca,
             _dir: dir,
         };
         postgres.daemon.wait_ready(|| postgres.psql("SELECT 1"))?;
         Ok(postgres)
+    }
+
+    /// Makes a CA and a server certificate it signs (`localhost`, `127.0.0.1`) in `dir`: the
+    /// CA's PEM, the certificate's and its key's paths (the key private, as postgres wants).
+    fn certificates(dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
+        let openssl = |args: &[&str]| -> Result<()> {
+            run(Command::new("openssl").current_dir(dir).args(args))?
+                .success()
+                .map(drop)
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-noenc",
+        ];
+        let ca = [
+            "-subj",
+            "/CN=wasmcell test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ];
+        openssl(&[&["req", "-x509", "-days", "2"][..], &key, &ca].concat())?;
+        let request = [
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ];
+        openssl(&[&["req"][..], &key, &request].concat())?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ])?;
+        let key = dir.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        Ok((
+            std::fs::read_to_string(dir.join("ca.pem"))?,
+            dir.join("server.pem"),
+            key,
+        ))
     }
 
     /// `PROGRAM` from the extracted PostgreSQL, as uid 65534 in a user namespace mapping it to

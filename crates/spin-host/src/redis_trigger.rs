@@ -42,17 +42,19 @@ impl RedisExport {
     pub(crate) fn new(pre: wasmtime::component::InstancePre<SpinState>) -> Option<RedisExport> {
         match RedisTriggerPre::new(pre.clone()) {
             Ok(spin2) => Some(RedisExport::Spin2(spin2)),
-            Err(_) => spin4::RedisTrigger3Pre::new(pre).ok().map(RedisExport::Spin4),
+            Err(_) => spin4::RedisTrigger3Pre::new(pre)
+                .ok()
+                .map(RedisExport::Spin4),
         }
     }
 
-    /// Instantiates the component in `store` and hands it `payload`: whether its handler
-    /// succeeded.
+    /// Instantiates the component in `store` and hands it `payload`: what its handler
+    /// answered, its error as it gave it.
     async fn run(
         &self,
         store: &mut wasmtime::Store<SpinState>,
         payload: Vec<u8>,
-    ) -> wasmtime::Result<bool> {
+    ) -> wasmtime::Result<Result<(), String>> {
         match self {
             RedisExport::Spin2(pre) => {
                 let trigger = pre.instantiate_async(&mut *store).await?;
@@ -60,7 +62,7 @@ impl RedisExport {
                     .fermyon_spin_inbound_redis()
                     .call_handle_message(&mut *store, &payload)
                     .await?;
-                Ok(handled.is_ok())
+                Ok(handled.map_err(|error| format!("{error:?}")))
             }
             RedisExport::Spin4(pre) => {
                 let trigger = pre.instantiate_async(&mut *store).await?;
@@ -72,7 +74,7 @@ impl RedisExport {
                             .await
                     })
                     .await??;
-                Ok(handled.is_ok())
+                Ok(handled.map_err(|error| format!("{error:?}")))
             }
         }
     }
@@ -277,8 +279,8 @@ async fn handle(
             "the handler did not finish within {:?}",
             spec.http.timeout
         )),
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err("the handler returned an error".to_owned()),
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(error))) => Err(format!("the handler returned an error: {error}")),
         Ok(Err(_)) if store.data().budget.limiter.exceeded() => {
             Err("the handler exceeded its memory limit".to_owned())
         }

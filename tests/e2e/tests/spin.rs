@@ -713,28 +713,55 @@ impl Servers {
         })
     }
 
-    fn env(&self) -> Vec<String> {
+    /// The apps' settings; `client_id`: the MQTT client id of the app's connections.
+    fn env(&self, client_id: &str) -> Vec<String> {
         vec![
             format!("SPIN_VARIABLE_PG_ADDRESS={}", self.pg.address()),
             format!("SPIN_VARIABLE_REDIS_ADDRESS={}", self.redis.url()),
             format!("SPIN_VARIABLE_MYSQL_ADDRESS={}", self.mysql.url()),
             format!(
-                "SPIN_VARIABLE_MQTT_ADDRESS={}?client_id=python5",
+                "SPIN_VARIABLE_MQTT_ADDRESS={}?client_id={client_id}",
                 self.mqtt.url()
             ),
         ]
     }
 }
 
-/// What the Python SDK 5 app serves at `base` (its `n`th run against `servers`, counting
-/// from 1): its variable, its key-value store (with the keys as a stream), its SQLite
-/// database and PostgreSQL's rows (read from streams), Redis, MySQL and MQTT: every call
-/// through Spin 4's async interfaces, the handler itself `wasi:http/handler@0.3.0`.
-fn assert_serves_python5(base: &str, greeting: &str, servers: &Servers, n: u32) -> Result<()> {
+/// A Spin 4 test app: the Python SDK 5 one (guests/spin-apps-python/python-sdk5) or the Rust
+/// SDK 7 one (guests/spin-apps/spin4), which serve the same routes in their own words.
+struct Spin4App {
+    /// What its answers call it: "Python 5", "Spin 4".
+    who: &'static str,
+    /// The Redis key it sets.
+    redis_key: &'static str,
+}
+
+const PYTHON5: Spin4App = Spin4App {
+    who: "Python 5",
+    redis_key: "python5",
+};
+
+const RUST_SPIN4: Spin4App = Spin4App {
+    who: "Spin 4",
+    redis_key: "spin4",
+};
+
+/// What a Spin 4 app serves at `base` (its `n`th run against `servers`, counting from 1): its
+/// variable, its key-value store (with the keys as a stream), its SQLite database and
+/// PostgreSQL's rows (read from streams), Redis, MySQL and MQTT: every call through Spin 4's
+/// async interfaces, the handler itself `wasi:http/handler@0.3.0`.
+fn assert_serves_spin4(
+    app: &Spin4App,
+    base: &str,
+    greeting: &str,
+    servers: &Servers,
+    n: u32,
+) -> Result<()> {
+    let who = app.who;
     let hello = curl(&[&format!("{base}/hello")])?;
     assert_eq!(
         (hello.status, hello.body.as_str()),
-        (200, format!("{greeting}, Python 5!\n").as_str())
+        (200, format!("{greeting}, {who}!\n").as_str())
     );
     for (key, value) in [("kiwi", "green"), ("fig", "purple")] {
         let put = curl(&[
@@ -755,30 +782,30 @@ fn assert_serves_python5(base: &str, greeting: &str, servers: &Servers, n: u32) 
     assert_eq!((sql.status, sql.body), (200, format!("rows: {n}\n")));
     let pg = curl(&[&format!("{base}/pg")])?;
     assert_eq!(
-        (pg.status, pg.body.as_str()),
-        (200, "hello from Python 5 42\n")
+        (pg.status, pg.body),
+        (200, format!("hello from {who} 42\n"))
     );
     let redis = curl(&[&format!("{base}/redis")])?;
     assert_eq!(
         (redis.status, redis.body),
-        (200, format!("from Python 5 {n}\n"))
+        (200, format!("from {who} {n}\n"))
     );
     assert_eq!(
-        servers.redis.cli(&["GET", "python5"])?.stdout.trim(),
-        "from Python 5"
+        servers.redis.cli(&["GET", app.redis_key])?.stdout.trim(),
+        format!("from {who}")
     );
     let mysql = curl(&[&format!("{base}/mysql")])?;
     assert_eq!(
         (mysql.status, mysql.body),
         (200, format!("rows: {n} word: hello\n"))
     );
-    let topic = format!("python5/{n}");
+    let topic = format!("{}/{n}", app.redis_key);
     let received = servers.mqtt.receive(&topic, 1, || {
         let published = curl(&[
             "-X",
             "POST",
             "--data-binary",
-            "from Python 5",
+            &format!("from {who}"),
             &format!("{base}/mqtt?topic={topic}"),
         ])?;
         assert_eq!(
@@ -787,8 +814,38 @@ fn assert_serves_python5(base: &str, greeting: &str, servers: &Servers, n: u32) 
         );
         Ok(())
     })?;
-    assert_eq!(received, "from Python 5\n");
+    assert_eq!(received, format!("from {who}\n"));
     Ok(())
+}
+
+/// Starts `image` (a Spin 4 app already imported) as task `id` under the spin shim with the
+/// servers' settings, and checks it serves its second run against them (the image leaves the
+/// SQLite database of the first, under `wasmcell up`, out; the servers keep theirs).
+fn assert_spin4_under_the_shim(
+    app: &Spin4App,
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    env: &[String],
+) -> Result<()> {
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let base = start_spin_detached(containerd, image, id, &env)?;
+    wait_compiled(&format!("{base}/hello"))?;
+    let who = app.who;
+    let sql = curl(&[&format!("{base}/sql")])?;
+    assert_eq!((sql.status, sql.body.as_str()), (200, "rows: 1\n"));
+    let redis = curl(&[&format!("{base}/redis")])?;
+    assert_eq!((redis.status, redis.body), (200, format!("from {who} 2\n")));
+    let pg = curl(&[&format!("{base}/pg")])?;
+    assert_eq!(pg.body, format!("hello from {who} 42\n"));
+    let mysql = curl(&[&format!("{base}/mysql")])?;
+    assert_eq!(mysql.body, "rows: 2 word: hello\n");
+    let hello = curl(&[&format!("{base}/hello")])?;
+    assert_eq!(hello.body, format!("Hello, {who}!\n"));
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", id])?
+        .success()?;
+    containerd.wait_status(id, "STOPPED")
 }
 
 /// A Spin 4 app: Python with Spin's SDK 5 (spin-sdk 5.0.0 and componentize-py 0.25.1 from
@@ -801,45 +858,50 @@ fn a_spin_sdk5_python_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result
     let tmp = tempfile::tempdir()?;
     let app = spin_app("python-sdk5", tmp.path())?;
     let servers = Servers::start()?;
-    let env = servers.env();
+    let env = servers.env("python5");
     let mut up_env: Vec<&str> = env.iter().map(String::as_str).collect();
     up_env.push("SPIN_VARIABLE_GREETING=Hallo");
     up_compiled(&app, &up_env, |base| {
-        assert_serves_python5(base, "Hallo", &servers, 1)
+        assert_serves_spin4(&PYTHON5, base, "Hallo", &servers, 1)
     })?;
 
     let archive = build_spin_image(&app, "example.com/python-sdk5:1", tmp.path())?;
     let containerd = Containerd::start()?;
     containerd.import(&archive)?;
-    let env: Vec<&str> = env.iter().map(String::as_str).collect();
-    let base = start_spin_detached(&containerd, "example.com/python-sdk5:1", "python5", &env)?;
-    wait_compiled(&format!("{base}/hello"))?;
-    // The image leaves the SQLite database of the run above (`.spin/`) out; the servers keep
-    // theirs.
-    let sql = curl(&[&format!("{base}/sql")])?;
-    assert_eq!((sql.status, sql.body.as_str()), (200, "rows: 1\n"));
-    let redis = curl(&[&format!("{base}/redis")])?;
-    assert_eq!(
-        (redis.status, redis.body.as_str()),
-        (200, "from Python 5 2\n")
-    );
-    assert_eq!(
-        curl(&[&format!("{base}/pg")])?.body,
-        "hello from Python 5 42\n"
-    );
-    assert_eq!(
-        curl(&[&format!("{base}/mysql")])?.body,
-        "rows: 2 word: hello\n"
-    );
-    assert_eq!(
-        curl(&[&format!("{base}/hello")])?.body,
-        "Hello, Python 5!\n"
-    );
-    containerd
-        .ctr(&["task", "kill", "-s", "SIGKILL", "python5"])?
-        .success()?;
-    containerd.wait_status("python5", "STOPPED")?;
-    Ok(())
+    assert_spin4_under_the_shim(
+        &PYTHON5,
+        &containerd,
+        "example.com/python-sdk5:1",
+        "python5",
+        &env,
+    )
+}
+
+/// A Spin 4 app in Rust: Spin's Rust SDK 7 (spin-sdk 7.0.0 from crates.io, WASI 0.3 through
+/// wit-bindgen's async bindings; guests/spin4-rust), serving the same routes under
+/// `wasmcell up` and the spin shim with real servers behind its outbound interfaces.
+#[test]
+fn a_spin_sdk7_rust_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("spin4", tmp.path())?;
+    let servers = Servers::start()?;
+    let env = servers.env("spin4");
+    let mut up_env: Vec<&str> = env.iter().map(String::as_str).collect();
+    up_env.push("SPIN_VARIABLE_GREETING=Hej");
+    up_compiled(&app, &up_env, |base| {
+        assert_serves_spin4(&RUST_SPIN4, base, "Hej", &servers, 1)
+    })?;
+
+    let archive = build_spin_image(&app, "example.com/spin4:1", tmp.path())?;
+    let containerd = Containerd::start()?;
+    containerd.import(&archive)?;
+    assert_spin4_under_the_shim(
+        &RUST_SPIN4,
+        &containerd,
+        "example.com/spin4:1",
+        "spin4",
+        &env,
+    )
 }
 
 /// Publishes `message` on the Python SDK 5 listener's channel once its trigger has subscribed
@@ -887,6 +949,55 @@ fn a_spin4_redis_trigger_handles_each_message() -> Result<()> {
         .success()?;
     containerd.wait_status("listener5", "STOPPED")?;
     Ok(())
+}
+
+/// PostgreSQL over TLS, as Spin connects: with `sslmode=require` and the server's CA given
+/// (4.1.0's `connection-builder.set-ca-root`), the session is encrypted; without it, a
+/// certificate no known CA signed is refused; `sslmode=disable` connects in plain TCP.
+#[test]
+fn spin4_postgres_speaks_tls_and_checks_the_servers_certificate() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("spin4", tmp.path())?;
+    let pg = Postgres::start_tls()?;
+    let ca = pg.ca().expect("a TLS server's CA");
+    let address = |mode: &str| {
+        format!(
+            "SPIN_VARIABLE_PG_ADDRESS=host=localhost port={} user={} password={} dbname=postgres sslmode={mode}",
+            pg.port(),
+            Postgres::USER,
+            Postgres::PASSWORD
+        )
+    };
+    let ca = format!("SPIN_VARIABLE_PG_CA={ca}");
+    up_compiled(&app, &[&address("require"), &ca], |base| {
+        let tls = curl(&[&format!("{base}/pg-tls")])?;
+        assert_eq!(
+            (tls.status, tls.body.as_str()),
+            (200, "hello from Spin 4 42\n")
+        );
+        // The session the component's pool keeps is encrypted.
+        let encrypted = pg.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()",
+        )?;
+        assert_eq!(encrypted.stdout.trim(), "1", "{encrypted:?}");
+        // Without the CA (Mozilla's roots only) the server's certificate is refused.
+        let refused = curl(&[&format!("{base}/pg")])?;
+        assert_eq!(refused.status, 502, "{refused:?}");
+        assert!(
+            refused.body.contains("ConnectionFailed") && refused.body.contains("certificate"),
+            "{refused:?}"
+        );
+        Ok(())
+    })?;
+    up_compiled(&app, &[&address("disable")], |base| {
+        let plain = curl(&[&format!("{base}/pg")])?;
+        assert_eq!(
+            (plain.status, plain.body.as_str()),
+            (200, "hello from Spin 4 42\n")
+        );
+        Ok(())
+    })
 }
 
 /// A Spin app in JavaScript (Spin's JS build tools from npm, ComponentizeJS:

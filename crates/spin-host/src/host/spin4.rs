@@ -19,7 +19,7 @@ use super::fermyon::spin2_0_0::{
 };
 use super::mqtt_client::{self, MqttHandle};
 use super::mysql::{self, SharedMysql};
-use super::postgres::{self, PgBuilder, PgHandle};
+use super::postgres::{self, CaRoot, PgBuilder, PgHandle};
 use super::services::no_network;
 use super::spin::key_value::key_value as kv;
 use super::spin::mqtt::mqtt;
@@ -585,17 +585,27 @@ impl pg::HostConnectionBuilder for SpinState {
 
     async fn set_ca_root(
         &mut self,
-        _this: Resource<PgBuilder>,
-        _certificate: String,
+        this: Resource<PgBuilder>,
+        certificate: String,
     ) -> Outcome<(), pg::Error> {
-        Ok(Err(pg::Error::ConnectionFailed(
-            "a CA root is for TLS, and this wasmcell connects to PostgreSQL without TLS".to_owned(),
-        )))
+        let builder = self.table.get_mut(&this)?;
+        Ok(builder
+            .set_ca_root(certificate)
+            .map_err(pg::Error::ConnectionFailed))
     }
 
     async fn build(&mut self, this: Resource<PgBuilder>) -> Outcome<Resource<PgHandle>, pg::Error> {
-        let address = self.table.get(&this)?.address().to_owned();
-        pg::HostConnection::open(self, address).await
+        let (address, ca_root) = self.table.get(&this)?.target();
+        if let Some(why) = no_network(self) {
+            return Ok(Err(pg::Error::ConnectionFailed(why)));
+        }
+        let host = self.host.clone();
+        Ok(
+            match postgres::open(&host, &address, ca_root.as_ref()).await {
+                Ok(handle) => Ok(self.table.push(handle)?),
+                Err(error) => Err(error),
+            },
+        )
     }
 
     async fn drop(&mut self, this: Resource<PgBuilder>) -> wasmtime::Result<()> {
@@ -609,11 +619,29 @@ impl<T> pg::HostConnectionBuilderWithStore<T> for Spin {
         accessor: &Accessor<T, Self>,
         this: Resource<PgBuilder>,
     ) -> Outcome<Resource<PgHandle>, pg::Error> {
-        let address = with_state(accessor, |state| {
-            Ok::<_, wasmtime::Error>(state.table.get(&this)?.address().to_owned())
+        let (address, ca_root) = with_state(accessor, |state| {
+            Ok::<_, wasmtime::Error>(state.table.get(&this)?.target())
         })?;
-        <Spin as pg::HostConnectionWithStore<T>>::open_async(accessor, address).await
+        open_pg(accessor, address, ca_root).await
     }
+}
+
+/// Opens a session to `address`, its server's certificate also trusted if `ca_root` signed it.
+async fn open_pg<T>(
+    accessor: &Accessor<T, Spin>,
+    address: String,
+    ca_root: Option<CaRoot>,
+) -> Outcome<Resource<PgHandle>, pg::Error> {
+    if let Some(why) = with_state(accessor, |state| no_network(state)) {
+        return Ok(Err(pg::Error::ConnectionFailed(why)));
+    }
+    let host = grants(accessor);
+    Ok(
+        match postgres::open(&host, &address, ca_root.as_ref()).await {
+            Ok(handle) => Ok(push(accessor, handle)?),
+            Err(error) => Err(error),
+        },
+    )
 }
 
 impl<T> pg::HostConnectionWithStore<T> for Spin {
@@ -621,14 +649,7 @@ impl<T> pg::HostConnectionWithStore<T> for Spin {
         accessor: &Accessor<T, Self>,
         address: String,
     ) -> Outcome<Resource<PgHandle>, pg::Error> {
-        if let Some(why) = with_state(accessor, |state| no_network(state)) {
-            return Ok(Err(pg::Error::ConnectionFailed(why)));
-        }
-        let host = grants(accessor);
-        Ok(match postgres::open(&host, &address).await {
-            Ok(handle) => Ok(push(accessor, handle)?),
-            Err(error) => Err(error),
-        })
+        open_pg(accessor, address, None).await
     }
 
     #[allow(clippy::type_complexity)] // The interface's signature.

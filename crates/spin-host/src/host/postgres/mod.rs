@@ -8,18 +8,26 @@
 //! (deadpool's `Clean`: temporary tables, prepared statements, settings and locks gone).
 //! Every host and `hostaddr` of an address must be granted by `allowed_outbound_hosts`
 //! (`postgres://HOST:PORT`): Spin checks the hosts only, so `hostaddr` could take a granted
-//! name to any address. Connections are plain TCP: an address asking for TLS
-//! (`sslmode=require`) is refused, saying so.
+//! name to any address.
+//!
+//! TLS as Spin's: `sslmode=prefer` (the default) asks the server for TLS and goes on in plain
+//! TCP only when the server has none; `require` insists; `disable` never asks. The server's
+//! certificate is always checked, against Mozilla's roots and the CA roots a component gives
+//! (4.1.0's `connection-builder.set-ca-root`), so a server with a self-signed certificate needs
+//! its CA given, or `sslmode=disable`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::TryStreamExt;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::Config;
+use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use wasmtime::component::Resource;
 
 use super::fermyon::spin2_0_0::{postgres as v2, rdbms_types};
@@ -40,19 +48,72 @@ const WAIT: Duration = Duration::from_secs(30);
 /// PostgreSQL's port when an address names none.
 const PORT: u16 = 5432;
 
-/// A connection being described (4.1.0's `connection-builder`): its address.
+/// A connection being described (4.1.0's `connection-builder`): its address and the CA roots
+/// its server's certificate may chain to besides Mozilla's.
 pub struct PgBuilder {
     address: String,
+    ca_root: Option<CaRoot>,
 }
 
 impl PgBuilder {
     pub(super) fn new(address: String) -> PgBuilder {
-        PgBuilder { address }
+        PgBuilder {
+            address,
+            ca_root: None,
+        }
     }
 
-    pub(super) fn address(&self) -> &str {
-        &self.address
+    /// Trusts the certificates of `pem` too; a text that holds none is refused, saying why.
+    pub(super) fn set_ca_root(&mut self, pem: String) -> Result<(), String> {
+        self.ca_root = Some(CaRoot::parse(pem)?);
+        Ok(())
     }
+
+    /// What `build` opens: the address, and the CA roots given.
+    pub(super) fn target(&self) -> (String, Option<CaRoot>) {
+        (self.address.clone(), self.ca_root.clone())
+    }
+}
+
+/// CA certificates a component trusts for its server: as it gave them (PEM), and parsed.
+#[derive(Clone)]
+pub struct CaRoot {
+    pem: String,
+    certificates: Vec<CertificateDer<'static>>,
+}
+
+impl CaRoot {
+    fn parse(pem: String) -> Result<CaRoot, String> {
+        let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the CA root is not PEM certificates: {e}"))?;
+        if certificates.is_empty() {
+            return Err(
+                "the CA root holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            );
+        }
+        Ok(CaRoot { pem, certificates })
+    }
+}
+
+/// The TLS a session negotiates: the server's certificate checked against Mozilla's roots and
+/// `ca_root`'s.
+fn tls(ca_root: Option<&CaRoot>) -> Result<MakeRustlsConnect, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for certificate in ca_root.iter().flat_map(|ca| &ca.certificates) {
+        roots
+            .add(certificate.clone())
+            .map_err(|e| format!("the CA root cannot be used: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// An open handle: one session, shared by the handle and the async calls in progress on it
@@ -72,6 +133,8 @@ impl std::ops::Deref for PgHandle {
 /// open handles.
 pub struct Session {
     session: Option<deadpool_postgres::Object>,
+    /// How its statements are cancelled: over the same TLS.
+    tls: MakeRustlsConnect,
     _admitted: OwnedSemaphorePermit,
 }
 
@@ -105,11 +168,11 @@ impl Drop for Session {
 /// A component's session pools, by address.
 pub(crate) type Pools = super::pools::Pools<Pool>;
 
-/// A pool of sessions to the server `config` names.
-fn pool(config: Config) -> Result<Pool, String> {
+/// A pool of sessions to the server `config` names, over `tls`.
+fn pool(config: Config, tls: MakeRustlsConnect) -> Result<Pool, String> {
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Clean,
         },
@@ -128,34 +191,56 @@ fn pool(config: Config) -> Result<Pool, String> {
 }
 
 /// Opens a session to `address` for the component `host`.
-pub(super) async fn open(host: &SpinHost, address: &str) -> Result<PgHandle, v4::Error> {
+pub(super) async fn open(
+    host: &SpinHost,
+    address: &str,
+    ca_root: Option<&CaRoot>,
+) -> Result<PgHandle, v4::Error> {
     let config: Config = address
         .parse()
         .map_err(|e| v4::Error::ConnectionFailed(format!("invalid PostgreSQL address: {e}")))?;
     permitted(host, &config).map_err(v4::Error::ConnectionFailed)?;
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(v4::Error::ConnectionFailed(
-            "sslmode=require: this wasmcell connects to PostgreSQL without TLS".to_owned(),
-        ));
-    }
+    let tls = tls(ca_root).map_err(v4::Error::ConnectionFailed)?;
     let admitted = host
         .postgres
         .admit()
         .await
         .map_err(v4::Error::ConnectionFailed)?;
+    // A pool per address and CA root: sessions trust what their `open` asked them to.
+    let key = match ca_root {
+        Some(ca) => format!("{address}\n{}", ca.pem),
+        None => address.to_owned(),
+    };
     let pool = host
         .postgres
-        .get(address, || pool(config))
+        .get(&key, || pool(config, tls.clone()))
         .map_err(v4::Error::Other)?;
     match pool.get().await {
         Ok(session) => Ok(PgHandle(Arc::new(Session {
             session: Some(session),
+            tls,
             _admitted: admitted,
         }))),
         Err(e) => Err(v4::Error::ConnectionFailed(format!(
-            "cannot connect to PostgreSQL: {e}"
+            "cannot connect to PostgreSQL: {}",
+            chain(&e)
         ))),
     }
+}
+
+/// `error` and its causes, each after a colon: deadpool's and tokio-postgres's own messages
+/// name only the step that failed ("error performing TLS handshake"), their causes why.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = error.source();
+    }
+    text
 }
 
 /// Whether the component may connect to every host (and `hostaddr`) `config` names, each
@@ -201,11 +286,11 @@ fn permitted(host: &SpinHost, config: &Config) -> Result<(), String> {
 
 /// A statement on its way: if its call is dropped before it ends (the request's deadline
 /// passed), the server is asked to cancel it, so that it does not run on and hold the session.
-struct InFlight(Option<tokio_postgres::CancelToken>);
+struct InFlight(Option<(tokio_postgres::CancelToken, MakeRustlsConnect)>);
 
 impl InFlight {
     fn start(handle: &PgHandle) -> InFlight {
-        InFlight(Some(handle.session().cancel_token()))
+        InFlight(Some((handle.session().cancel_token(), handle.tls.clone())))
     }
 
     fn ended(mut self) {
@@ -215,11 +300,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(token) = self.0.take()
+        if let Some((token, tls)) = self.0.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                let _ = tokio::time::timeout(WAIT, token.cancel_query(NoTls)).await;
+                let _ = tokio::time::timeout(WAIT, token.cancel_query(tls)).await;
             });
         }
     }
@@ -414,7 +499,7 @@ macro_rules! connection {
                     return Ok(Err(v4::Error::ConnectionFailed(why).into()));
                 }
                 let host = self.host.clone();
-                Ok(match open(&host, &address).await {
+                Ok(match open(&host, &address, None).await {
                     Ok(handle) => Ok(self.table.push(handle)?),
                     Err(error) => Err(error.into()),
                 })
