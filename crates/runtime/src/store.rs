@@ -147,6 +147,8 @@ pub struct Budget {
     pub limiter: Limiter,
     /// Its part in the epoch clock: CPU time is counted while it runs wasm.
     pub clock: StoreClock,
+    /// What the host holds for it until it reads it.
+    pub held: Held,
 }
 
 impl Budget {
@@ -155,7 +157,65 @@ impl Budget {
         Budget {
             limiter: Limiter::new(controls.clone()),
             clock,
+            held: Held::default(),
         }
+    }
+}
+
+/// What the host holds for one instance outside its memory until the guest reads it: a
+/// query's rows handed over as a stream (WASI 0.3's async interfaces) wait in host memory,
+/// counted against no memory limit, for as long as the guest leaves them unread. A guest that
+/// asked for result after result without reading one would take the node's memory: the bytes
+/// held are bounded per instance ([`Held::MAX`]), and what would pass the bound is refused.
+#[derive(Clone, Default)]
+pub struct Held(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Held {
+    /// The most bytes an instance's unread results may hold: two of the largest result a
+    /// statement may have (`MAX_RESULT_BYTES` of the stores, 32 MiB).
+    pub const MAX: usize = 64 << 20;
+
+    /// Counts `bytes` more as held until the returned token is dropped, unless that would pass
+    /// [`Held::MAX`]: then how much is held already.
+    pub fn take(&self, bytes: usize) -> Result<HeldBytes, usize> {
+        use std::sync::atomic::Ordering;
+        let mut held = self.0.load(Ordering::Relaxed);
+        loop {
+            let total = held.saturating_add(bytes);
+            if total > Held::MAX {
+                return Err(held);
+            }
+            match self
+                .0
+                .compare_exchange_weak(held, total, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Ok(HeldBytes {
+                        bytes,
+                        held: self.0.clone(),
+                    });
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// The bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Bytes counted as held, until dropped.
+pub struct HeldBytes {
+    bytes: usize,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.held
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -221,6 +281,20 @@ mod tests {
     use wasmtime::ResourceLimiter;
 
     use super::*;
+
+    #[test]
+    fn held_bytes_are_bounded_and_released_when_dropped() {
+        let held = Held::default();
+        let first = held.take(Held::MAX / 2).unwrap();
+        let second = held.take(Held::MAX / 2).unwrap();
+        assert_eq!(held.take(1).err(), Some(Held::MAX));
+        drop(first);
+        assert_eq!(held.bytes(), Held::MAX / 2);
+        let third = held.take(Held::MAX / 2).unwrap();
+        assert_eq!(held.take(usize::MAX).err(), Some(Held::MAX));
+        drop((second, third));
+        assert_eq!(held.bytes(), 0);
+    }
 
     const MIB: usize = 1 << 20;
 

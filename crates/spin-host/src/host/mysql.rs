@@ -270,7 +270,7 @@ fn fraction(micros: u32) -> String {
 }
 
 /// About how much memory `value` takes, to bound what a query reads.
-fn size(value: &DbValue) -> usize {
+pub(super) fn size(value: &DbValue) -> usize {
     size_of::<DbValue>()
         + match value {
             DbValue::Str(v) => v.len(),

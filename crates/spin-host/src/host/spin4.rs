@@ -12,7 +12,15 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{Accessor, FutureReader, HasSelf, Resource, StreamReader};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use wasmcell_runtime::store::{Held, HeldBytes};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{
+    Accessor, Destination, FutureReader, HasSelf, Resource, StreamProducer, StreamReader,
+    StreamResult, VecBuffer,
+};
 
 use super::fermyon::spin2_0_0::{
     key_value as kv2, mqtt as mqtt2, rdbms_types as rdbms, redis as redis2, variables as variables2,
@@ -65,24 +73,76 @@ fn shared<T, H: Clone + Send + 'static>(
 /// interfaces return them.
 type Streamed<I, E> = (StreamReader<I>, FutureReader<Result<(), E>>);
 
-/// `items` as the stream an interface returns, with `outcome` as its future.
+/// `items` (of `bytes` in all) as the stream an interface returns, with `outcome` as its
+/// future; or, when the instance already holds as much unread as it may ([`Held`]), why not.
 fn streamed<T, I, E>(
     accessor: &Accessor<T, Spin>,
     items: Vec<I>,
+    bytes: usize,
     outcome: Result<(), E>,
-) -> wasmtime::Result<Streamed<I, E>>
+) -> wasmtime::Result<Result<Streamed<I, E>, String>>
 where
     I: wasmtime::component::Lower + wasmtime::component::Lift + Send + Sync + Unpin + 'static,
     E: wasmtime::component::Lower + wasmtime::component::Lift + Send + Sync + 'static,
 {
     accessor.with(|mut access| {
-        let stream = StreamReader::new(&mut access, items)?;
+        let held = match access.get().budget.held.take(bytes) {
+            Ok(held) => held,
+            Err(already) => {
+                return Ok(Err(format!(
+                    "a result of {bytes} bytes would pass what an instance may leave unread ({} bytes; {already} held): read or drop the streams of earlier results",
+                    Held::MAX
+                )));
+            }
+        };
+        let unread = Unread {
+            items: items.into_iter(),
+            _held: held,
+        };
+        let stream = StreamReader::new(&mut access, unread)?;
         let future = FutureReader::new(
             &mut access,
             std::future::ready(Ok::<_, wasmtime::Error>(outcome)),
         )?;
-        Ok((stream, future))
+        Ok(Ok((stream, future)))
     })
+}
+
+/// Rows (or keys) on their way to the guest, as many at each read as it has room for; until
+/// the last is handed over they count as held for the instance.
+struct Unread<I> {
+    items: std::vec::IntoIter<I>,
+    _held: HeldBytes,
+}
+
+impl<I, D> StreamProducer<D> for Unread<I>
+where
+    I: wasmtime::component::Lower + wasmtime::component::Lift + Send + Sync + Unpin + 'static,
+{
+    type Item = I;
+    type Buffer = VecBuffer<I>;
+
+    fn poll_produce<'a>(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        mut store: StoreContextMut<'a, D>,
+        mut destination: Destination<'a, I, VecBuffer<I>>,
+        _finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        let this = self.get_mut();
+        let room = match destination.remaining(&mut store) {
+            // A read that only waits for readiness: ready, and nothing buffered for it.
+            Some(0) => return Poll::Ready(Ok(StreamResult::Completed)),
+            Some(room) => room,
+            None => usize::MAX,
+        };
+        let chunk: Vec<I> = this.items.by_ref().take(room).collect();
+        destination.set_buffer(chunk.into());
+        Poll::Ready(Ok(match this.items.len() {
+            0 => StreamResult::Dropped,
+            _ => StreamResult::Completed,
+        }))
+    }
 }
 
 // ---- spin:key-value@3.0.0
@@ -167,9 +227,18 @@ impl<T> kv::HostStoreWithStore<T> for Spin {
         this: Resource<StoreHandle>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), kv::Error>>)> {
         let store = shared(accessor, &this)?;
-        match store.keys().await {
-            Ok(keys) => streamed(accessor, keys, Ok(())),
-            Err(why) => streamed(accessor, Vec::new(), Err(kv::Error::Other(why))),
+        let (keys, outcome) = match store.keys().await {
+            Ok(keys) => (keys, Ok(())),
+            Err(why) => (Vec::new(), Err(kv::Error::Other(why))),
+        };
+        let bytes = keys.iter().map(|key| size_of::<String>() + key.len()).sum();
+        match streamed(accessor, keys, bytes, outcome)? {
+            Ok(streamed) => Ok(streamed),
+            // The interface has no error for the call itself: the outcome says it.
+            Err(why) => Ok(
+                streamed(accessor, Vec::new(), 0, Err(kv::Error::Other(why)))?
+                    .expect("an empty stream holds nothing"),
+            ),
         }
     }
 }
@@ -481,6 +550,7 @@ impl<T> mysql3::HostConnectionWithStore<T> for Spin {
             Ok(set) => set,
             Err(error) => return Ok(Err(error.into())),
         };
+        let bytes = set.rows.iter().flatten().map(mysql::size).sum();
         let columns = set
             .columns
             .into_iter()
@@ -494,8 +564,10 @@ impl<T> mysql3::HostConnectionWithStore<T> for Spin {
             .into_iter()
             .map(|row| row.into_iter().map(Into::into).collect())
             .collect();
-        let (rows, outcome) = streamed(accessor, rows, Ok(()))?;
-        Ok(Ok((columns, rows, outcome)))
+        Ok(match streamed(accessor, rows, bytes, Ok(()))? {
+            Ok((rows, outcome)) => Ok((columns, rows, outcome)),
+            Err(why) => Err(Error3::Other(why)),
+        })
     }
 
     async fn execute(
@@ -555,8 +627,16 @@ impl<T> sqlite::HostConnectionWithStore<T> for Spin {
             }
         });
         let result = from_v2(result);
-        let (rows, outcome) = streamed(accessor, result.rows, Ok(()))?;
-        Ok(Ok((result.columns, rows, outcome)))
+        let bytes = result
+            .rows
+            .iter()
+            .flat_map(|row| &row.values)
+            .map(sqlite_size)
+            .sum();
+        Ok(match streamed(accessor, result.rows, bytes, Ok(()))? {
+            Ok((rows, outcome)) => Ok((result.columns, rows, outcome)),
+            Err(why) => Err(sqlite::Error::Io(why)),
+        })
     }
 
     async fn last_insert_rowid_async(
@@ -574,6 +654,16 @@ impl<T> sqlite::HostConnectionWithStore<T> for Spin {
     ) -> wasmtime::Result<u64> {
         with_state(accessor, |state| Ok(state.table.get(&this)?.changes))
     }
+}
+
+/// The bytes a SQLite value holds: its slot, and its text or blob.
+fn sqlite_size(value: &sqlite::Value) -> usize {
+    size_of::<sqlite::Value>()
+        + match value {
+            sqlite::Value::Text(text) => text.len(),
+            sqlite::Value::Blob(blob) => blob.len(),
+            _ => 0,
+        }
 }
 
 // ---- spin:postgres@4.2.0's async functions and 4.1.0's connection builder
@@ -671,8 +761,11 @@ impl<T> pg::HostConnectionWithStore<T> for Spin {
             Ok(set) => set,
             Err(error) => return Ok(Err(error)),
         };
-        let (rows, outcome) = streamed(accessor, set.rows, Ok(()))?;
-        Ok(Ok((set.columns, rows, outcome)))
+        let bytes = set.rows.iter().flatten().map(postgres::size).sum();
+        Ok(match streamed(accessor, set.rows, bytes, Ok(()))? {
+            Ok((rows, outcome)) => Ok((set.columns, rows, outcome)),
+            Err(why) => Err(pg::Error::Other(why)),
+        })
     }
 
     async fn execute_async(

@@ -39,6 +39,8 @@ use wasmcell_stores::MAX_RESULT_BYTES;
 
 mod values;
 
+pub(in crate::host) use values::size;
+
 /// How many sessions a component keeps open to one address, at most.
 const SESSIONS: usize = 16;
 

@@ -541,7 +541,7 @@ pub(super) fn to_v2(rows: v4::RowSet) -> rdbms_types::RowSet {
 }
 
 /// About how much memory `value` takes, to bound what a query reads.
-pub(super) fn size(value: &DbValue) -> usize {
+pub(in crate::host) fn size(value: &DbValue) -> usize {
     let strings = |values: &[Option<String>]| {
         values
             .iter()
