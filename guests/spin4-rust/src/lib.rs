@@ -17,6 +17,11 @@
 //!   "hello" (a parameter), `SELECT COUNT(*), MAX(word)`; 200 "rows: N word: W\n".
 //! - `POST /mqtt?topic=T`: MQTT at variable `mqtt_address`: publish the body at-least-once;
 //!   200 "published\n".
+//! - `GET /hoard?n=N` (N default 100, at most 1000): a guest-side attack on the host's memory:
+//!   open the default SQLite database, then up to N times run `SELECT zeroblob(8000000)` and
+//!   keep each result (the unread row stream and the outcome future) alive without reading a
+//!   row, stopping at the first call that fails; 200 "held K\n", then the first error's Debug
+//!   form and "\n" if one failed. Everything is dropped at the end.
 //! - `GET /outbound?url=URL`: GET URL through `wasi:http/client@0.3.0`; 200 "<status>\n<body>".
 //! - anything else: 404 "not found\n".
 //!
@@ -64,6 +69,13 @@ async fn handle(request: Request) -> Reply {
             },
             None => reply(400, "usage: POST /mqtt?topic=T\n"),
         },
+        (Method::GET, "/hoard") => {
+            let n = query_param(&query, "n")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(1000);
+            hoard(n).await
+        }
         (Method::GET, "/outbound") => match query_param(&query, "url") {
             Some(url) => outbound(&url).await,
             None => reply(400, "usage: /outbound?url=URL\n"),
@@ -149,6 +161,37 @@ async fn sql() -> Reply {
         Ok(None) => reply(500, "no count\n"),
         Err(e) => reply(500, format!("{e:?}\n")),
     }
+}
+
+/// Runs `SELECT zeroblob(8000000)` up to `n` times, holding every result unread.
+///
+/// `sqlite::Connection::execute` is a thin wrapper over `spin:sqlite@3.1.0`
+/// `connection.execute-async`: it awaits only the call itself and wraps the returned
+/// `(columns, stream<row-result>, future<result<_, error>>)` in a `QueryResult` without reading
+/// the stream, so each held `QueryResult` leaves its 8 MB row on the host's side.
+async fn hoard(n: usize) -> Reply {
+    let db = match sqlite::Connection::open_default().await {
+        Ok(db) => db,
+        Err(e) => return reply(500, format!("{e:?}\n")),
+    };
+    let mut held = Vec::new();
+    let mut failure = None;
+    for _ in 0..n {
+        match db.execute("SELECT zeroblob(8000000)", []).await {
+            Ok(result) => held.push(result.into_inner()),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut body = format!("held {}\n", held.len());
+    if let Some(e) = failure {
+        body.push_str(&format!("{e:?}\n"));
+    }
+    drop(held);
+    drop(db);
+    reply(200, body)
 }
 
 async fn postgres(builder: bool) -> Reply {
