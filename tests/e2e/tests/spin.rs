@@ -889,7 +889,22 @@ fn a_spin_sdk7_rust_app_serves_under_wasmcell_up_and_the_spin_shim() -> Result<(
     let mut up_env: Vec<&str> = env.iter().map(String::as_str).collect();
     up_env.push("SPIN_VARIABLE_GREETING=Hej");
     up_compiled(&app, &up_env, |base| {
-        assert_serves_spin4(&RUST_SPIN4, base, "Hej", &servers, 1)
+        assert_serves_spin4(&RUST_SPIN4, base, "Hej", &servers, 1)?;
+        // From the guest's side: query after query of an 8 MB blob, none read. The host holds
+        // no more than its bound for the instance, refuses the next, and serves on.
+        for _ in 0..2 {
+            let hoard = curl(&[&format!("{base}/hoard")])?;
+            assert_eq!(hoard.status, 200, "{hoard:?}");
+            assert!(
+                hoard.body.starts_with("held 8\n")
+                    && hoard
+                        .body
+                        .contains("would pass what an instance may leave unread"),
+                "{hoard:?}"
+            );
+        }
+        assert_eq!(curl(&[&format!("{base}/hello")])?.body, "Hej, Spin 4!\n");
+        Ok(())
     })?;
 
     let archive = build_spin_image(&app, "example.com/spin4:1", tmp.path())?;
