@@ -14,6 +14,8 @@
 //! - `connect IP:PORT`: TCP through `wasi:sockets@0.3.0`, sends "ping\n" and prints the first
 //!   line it reads back (or the error code).
 //! - `alloc MIB`: touches MIB MiB of fresh memory, then prints "allocated" (for memory limits).
+//! - `spin`: prints "spinning", then computes forever without a host call (for CPU quotas and
+//!   signals: only the engine's epoch checks can stop it).
 //! - anything else: usage on stderr, `Err`.
 //!
 //! Error codes print as their WIT names (`not-permitted`, `connection-refused`, ...).
@@ -92,6 +94,13 @@ impl exports::wasi::cli::run::Guest for Cli {
                 }
                 Err(_) => usage(&mut err).await,
             },
+            ["spin"] => {
+                out.write("spinning\n").await;
+                let mut x = 1u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
             ["connect", addr] => match addr.parse::<SocketAddr>() {
                 Ok(addr) => connect(addr, &mut out).await,
                 Err(_) => usage(&mut err).await,
@@ -106,7 +115,7 @@ impl exports::wasi::cli::run::Guest for Cli {
 
 async fn usage(err: &mut Output) -> Result<(), ()> {
     err.write(
-        "usage: p3-cli hello | env NAME | exit N | fail | fs | cat | sleep MS | connect IP:PORT | alloc MIB\n",
+        "usage: p3-cli hello | env NAME | exit N | fail | fs | cat | sleep MS | connect IP:PORT | alloc MIB | spin\n",
     )
     .await;
     Err(())

@@ -614,6 +614,37 @@ fn a_cpu_quota_holds_a_spinning_guest() -> Result<()> {
     Ok(())
 }
 
+/// A WASI 0.3 command (its `run` async, on the component model's event loop) computing without
+/// a host call is held to its CPU quota as a 0.2 one is, and stops at SIGTERM with 143.
+#[test]
+fn a_cpu_quota_and_sigterm_hold_a_spinning_wasi_0_3_guest() -> Result<()> {
+    let (_tmp, containerd) = containerd_with(&[], &[("p3-cli.wasm", "example.com/p3-cli:latest")])?;
+    containerd
+        .run_wasm(
+            &["-d", "--cpus", "0.1"],
+            "example.com/p3-cli:latest",
+            "p3-spinner",
+            &["/p3-cli.wasm", "spin"],
+        )?
+        .success()?;
+    let pid = containerd.running("p3-spinner")?;
+    assert_held_below_half_a_core(pid)?;
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "p3-spinner"])?
+        .success()?;
+    containerd.wait_status("p3-spinner", "STOPPED")?;
+    let deleted = containerd
+        .ctr(&["task", "delete", "p3-spinner"])?
+        .success()?;
+    assert!(
+        deleted
+            .stderr
+            .contains("task p3-spinner exit with non-zero exit code 143"),
+        "{deleted:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_cpu_quota_holds_per_container_inside_a_shared_sandbox() -> Result<()> {
     // The pod's sandbox (and its cgroup) comes from the survivor, which has no CPU quota;
