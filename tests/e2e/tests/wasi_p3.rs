@@ -184,13 +184,14 @@ fn a_wasi_0_3_command_connects_only_with_the_network_grant() -> Result<()> {
     Ok(())
 }
 
-/// A component built against a WASI 0.3 release candidate (as Spin 4's SDKs are) fails before
-/// it runs, naming the import and what is provided instead.
+/// A component built against an earlier WASI 0.3 release candidate, which differs from 0.3.0,
+/// fails before it runs, naming the import and what is provided instead (the candidate Spin 4's
+/// SDKs import, `0.3.0-rc-2026-03-15`, is 0.3.0 and links to it).
 #[test]
 fn a_wasi_release_candidate_import_is_refused_naming_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let wasm = dir.path().join("rc.wasm");
-    let rc = "wasi:cli/environment@0.3.0-rc-2026-03-15";
+    let rc = "wasi:cli/environment@0.3.0-rc-2025-09-16";
     std::fs::write(
         &wasm,
         wat::parse_str(format!("(component (import \"{rc}\" (instance)))"))?,
@@ -199,6 +200,10 @@ fn a_wasi_release_candidate_import_is_refused_naming_it() -> Result<()> {
     assert_ne!(ran.code, Some(0), "{ran:?}");
     assert!(ran.stderr.contains(rc), "{ran:?}");
     assert!(ran.stderr.contains("WASI 0.3.0"), "{ran:?}");
+    assert!(
+        ran.stderr.contains("0.3.0-rc-2026-03-15, which is 0.3.0"),
+        "{ran:?}"
+    );
     Ok(())
 }
 
