@@ -17,9 +17,20 @@ pub fn wasi_builder(spec: &WorkloadSpec) -> Result<WasiCtxBuilder, Error> {
 
 /// What every instance of `spec` starts from whatever its own args, env and files: the
 /// working directory, and the network when granted.
+///
+/// The working directory (`wasi:cli/environment.initial-cwd`) is the spec's only where the
+/// guest can see it, inside one of its preopened directories (an image's rootfs is one, at
+/// `/`); a guest with no such directory has none, as under `wasmtime run` (WASI's own test
+/// suite checks that a command run without directories sees no working directory).
 pub fn wasi_base(spec: &WorkloadSpec) -> WasiCtxBuilder {
     let mut wasi = WasiCtxBuilder::new();
-    wasi.initial_cwd(&spec.cwd);
+    if spec
+        .preopens
+        .iter()
+        .any(|preopen| contains(&preopen.guest, &spec.cwd))
+    {
+        wasi.initial_cwd(&spec.cwd);
+    }
     match spec.network {
         Network::None => {}
         Network::Inherit => {
@@ -30,6 +41,16 @@ pub fn wasi_base(spec: &WorkloadSpec) -> WasiCtxBuilder {
         }
     }
     wasi
+}
+
+/// Whether the guest path `path` is the directory `dir` or inside it (`/data` holds
+/// `/data/x`, not `/database`).
+fn contains(dir: &str, path: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    match path.strip_prefix(dir) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 /// Opens the spec's preopened directories into `wasi`.
@@ -47,4 +68,19 @@ pub fn add_preopens(wasi: &mut WasiCtxBuilder, spec: &WorkloadSpec) -> Result<()
             })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn a_working_directory_counts_only_inside_a_preopen() {
+        assert!(contains("/", "/"));
+        assert!(contains("/", "/app"));
+        assert!(contains("/data", "/data"));
+        assert!(contains("/data/", "/data/x"));
+        assert!(!contains("/data", "/database"));
+        assert!(!contains("/data", "/"));
+    }
 }

@@ -5,6 +5,7 @@
 //! - `hello`: "hello from wasi 0.3" on stdout, "to stderr" on stderr.
 //! - `env NAME`: NAME's value (or `unset`), then every argument (program name included) on one
 //!   line, joined by spaces.
+//! - `cwd`: `wasi:cli/environment@0.3.0#get-initial-cwd`, or `none`.
 //! - `exit N`: `wasi:cli/exit@0.3.0#exit-with-code(N)`.
 //! - `fail`: `run` returns `Err`.
 //! - `fs`: in the first preopen, writes `p3.txt`, reads it back, lists the directory (sorted
@@ -63,6 +64,12 @@ impl exports::wasi::cli::run::Guest for Cli {
                 out.write(format!("{}\n", args.join(" "))).await;
                 Ok(())
             }
+            ["cwd"] => {
+                let cwd = environment::get_initial_cwd();
+                out.write(format!("{}\n", cwd.as_deref().unwrap_or("none")))
+                    .await;
+                Ok(())
+            }
             ["exit", code] => match code.parse::<u8>() {
                 Ok(code) => {
                     out.finish().await;
@@ -115,7 +122,7 @@ impl exports::wasi::cli::run::Guest for Cli {
 
 async fn usage(err: &mut Output) -> Result<(), ()> {
     err.write(
-        "usage: p3-cli hello | env NAME | exit N | fail | fs | cat | sleep MS | connect IP:PORT | alloc MIB | spin\n",
+        "usage: p3-cli hello | env NAME | cwd | exit N | fail | fs | cat | sleep MS | connect IP:PORT | alloc MIB | spin\n",
     )
     .await;
     Err(())

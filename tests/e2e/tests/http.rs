@@ -36,6 +36,11 @@ fn wasmcell_run_serves_a_proxy_component_and_survives_bad_requests() -> Result<(
     // Each failure ends its own request only; the next request is served as before.
     let trapped = curl(&[&format!("{base}/trap")])?;
     assert_eq!(trapped.status, 500, "{trapped:?}");
+    // The trap's message and backtrace are the app's internals: the log's, not the client's.
+    assert_eq!(
+        trapped.body, "the handler failed (the container's log says why)\n",
+        "{trapped:?}"
+    );
     let spun = curl(&[&format!("{base}/spin")])?;
     assert_eq!(spun.status, 504, "{spun:?}");
     assert!(spun.body.contains("did not respond within 1s"), "{spun:?}");

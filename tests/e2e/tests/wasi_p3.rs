@@ -27,6 +27,8 @@ fn a_wasi_0_3_command_gets_args_env_stdio_and_exit_codes() -> Result<()> {
     let unset = p3_cli(&[], &["env", "COLOR"])?.success()?;
     assert_eq!(unset.stdout.lines().next(), Some("unset"));
 
+    // No directory, no working directory (as WASI's test suite expects); one inside a preopen.
+    assert_eq!(p3_cli(&[], &["cwd"])?.success()?.stdout, "none\n");
     assert_eq!(p3_cli(&[], &["exit", "7"])?.code, Some(7));
     let failed = p3_cli(&[], &["fail"])?;
     assert_eq!(failed.code, Some(1), "{failed:?}");
@@ -86,6 +88,16 @@ fn a_wasi_0_3_command_image_runs_under_containerd() -> Result<()> {
         )?
         .success()?;
     assert_eq!(out.stdout, "blue\n/p3-cli.wasm env COLOR\n");
+    // The image's working directory, inside its rootfs.
+    let out = containerd
+        .run_wasm(
+            &["--rm", "--cwd", "/etc"],
+            "example.com/p3-cli:1",
+            "p3-cwd",
+            &["/p3-cli.wasm", "cwd"],
+        )?
+        .success()?;
+    assert_eq!(out.stdout, "/etc\n");
     let out = containerd.run_wasm(
         &["--rm"],
         "example.com/p3-cli:1",

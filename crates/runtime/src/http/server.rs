@@ -280,11 +280,11 @@ async fn handle(
     match handler.handle(&server, &outputs, request, peer).await {
         Ok(response) => response,
         Err(failure) => {
-            let (status, reason) = failure.status();
+            let (_, reason) = failure.status();
             server
                 .diagnostics
                 .report(&format!("{method} {uri}: {reason}"));
-            plain(status, format!("{reason}\n"))
+            failure.response()
         }
     }
 }
@@ -322,9 +322,17 @@ impl Failure {
         }
     }
 
-    /// The answer a client gets for it.
+    /// The answer a client gets for it. A handler's failure is said without its details (a
+    /// trap's message and wasm backtrace, a guest's panic): those are the app's internals,
+    /// and go to the container's log, where [`Failure::status`] says them.
     pub fn response(&self) -> Response<HyperOutgoingBody> {
-        let (status, reason) = self.status();
+        let (status, reason) = match self {
+            Failure::Failed(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the handler failed (the container's log says why)".to_owned(),
+            ),
+            other => other.status(),
+        };
         plain(status, format!("{reason}\n"))
     }
 }

@@ -87,11 +87,39 @@ pub(super) async fn answer<H: Send + 'static>(
     // The request's headers are filtered as the instance's own hooks would (those only add a
     // policy for outgoing requests); a hooks value of its own outlives the call.
     let mut hooks = HttpHooks::new(wasmcell_workload::Network::None);
+    let request = with_scheme_and_authority(request);
     let (request, io) = wasmtime_wasi_http::p3::Request::from_http(&mut hooks, request);
     Ok(match service.handle(accessor, request).await? {
         Ok(response) => Ok(accessor.with(|mut store| response.into_http(&mut store, io))?),
         Err(code) => Err(code),
     })
+}
+
+/// `request` with the scheme it came by (`http`) and its `Host` as its authority, as a 0.2
+/// proxy's incoming request has them: HTTP/1.1 sends only the path in the request line, and a
+/// 0.3 handler reads `get-scheme` and `get-authority` from the request's URI (WASI's test suite
+/// checks both are set). A `Host` that is no authority leaves the URI as it was.
+fn with_scheme_and_authority<B>(mut request: Request<B>) -> Request<B> {
+    if request.uri().scheme().is_some() {
+        return request;
+    }
+    let authority = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok());
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = authority;
+    if parts.authority.is_none() {
+        return request;
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 /// Instantiates `pre` in a store of `state` and calls its `handle` with `request`, within the
@@ -122,4 +150,35 @@ pub async fn run_service<H: Send + 'static>(
         failure_of(result, &store.data().budget)
     });
     answered(timeout, receiver, task).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_scheme_and_authority;
+
+    fn uri(path: &str, host: Option<&str>) -> String {
+        let mut request = hyper::Request::builder().uri(path);
+        if let Some(host) = host {
+            request = request.header(hyper::header::HOST, host);
+        }
+        with_scheme_and_authority(request.body(()).unwrap())
+            .uri()
+            .to_string()
+    }
+
+    #[test]
+    fn a_request_gets_the_scheme_it_came_by_and_its_host_as_authority() {
+        assert_eq!(
+            uri("/whoami?x=1", Some("127.0.0.1:8080")),
+            "http://127.0.0.1:8080/whoami?x=1"
+        );
+        assert_eq!(uri("/", Some("example.com")), "http://example.com/");
+        // Without a Host, or with one that is no authority, the URI stays as it came.
+        assert_eq!(uri("/a", None), "/a");
+        assert_eq!(uri("/a", Some("bad host/x")), "/a");
+        assert_eq!(
+            uri("http://other:1/b", Some("example.com")),
+            "http://other:1/b"
+        );
+    }
 }
