@@ -51,6 +51,8 @@ struct Worker {
     failure: OnceLock<Failure>,
     ended: Notify,
     task: OnceLock<tokio::task::AbortHandle>,
+    /// The server thread it runs on (each has a runtime of its own, see `server::serve`).
+    thread: std::thread::ThreadId,
 }
 
 impl Worker {
@@ -151,7 +153,11 @@ impl<H: Send + 'static> Workers<ComponentState<H>> {
     ) -> Result<Arc<Worker>, Failure> {
         let mut workers = self.workers.lock().expect("workers lock");
         workers.retain(|worker| !worker.closed.load(Ordering::Acquire));
-        if let Some(worker) = workers.iter().find(|worker| worker.take(concurrency)) {
+        // Only a worker on this request's own thread: a job sent to another thread's worker
+        // wakes that thread, and its answer wakes this one back.
+        let here = std::thread::current().id();
+        let mut here_workers = workers.iter().filter(|worker| worker.thread == here);
+        if let Some(worker) = here_workers.find(|worker| worker.take(concurrency)) {
             return Ok(worker.clone());
         }
         let state = state
@@ -174,6 +180,7 @@ impl<H: Send + 'static> Workers<ComponentState<H>> {
             failure: OnceLock::new(),
             ended: Notify::new(),
             task: OnceLock::new(),
+            thread: std::thread::current().id(),
         });
         let store = new_store(server.engine(), state, server.controls());
         let task = tokio::spawn(work(self.pre.clone(), store, queue, worker.clone()));
