@@ -5,7 +5,7 @@
 use wasmcell_spin::StoreConfig;
 
 use crate::places::Places;
-use crate::sqlite::{SqlError, Sqlite, open_sqlite};
+use crate::sqlite::{MAX_RESULT_BYTES, SqlError, Sqlite, open_sqlite};
 
 /// An open key-value store.
 pub enum KeyValue {
@@ -44,6 +44,26 @@ pub async fn connect_redis(
         .set_factor(2)
         .set_max_delay(2000);
     redis::aio::ConnectionManager::new_with_config(client, config).await
+}
+
+/// Keys read so far, and the bytes they hold, within [`MAX_RESULT_BYTES`].
+#[derive(Default)]
+struct KeysRead {
+    keys: Vec<String>,
+    bytes: usize,
+}
+
+impl KeysRead {
+    fn push(&mut self, key: String) -> Result<(), String> {
+        self.bytes += size_of::<String>() + key.len();
+        if self.bytes > MAX_RESULT_BYTES {
+            return Err(format!(
+                "the store's keys take more than {MAX_RESULT_BYTES} bytes: more than one call can list"
+            ));
+        }
+        self.keys.push(key);
+        Ok(())
+    }
 }
 
 /// A connection to a Redis server, and how a store's keys are named there.
@@ -155,7 +175,9 @@ impl KeyValue {
         }
     }
 
-    /// Every key in `store`.
+    /// Every key in `store`, read within [`MAX_RESULT_BYTES`] (a store the app filled with
+    /// millions of keys would otherwise be read whole into host memory at each call): past
+    /// it, an error saying so.
     pub async fn keys(&self, store: &str) -> Result<Vec<String>, String> {
         match self {
             KeyValue::Sqlite(db) => {
@@ -165,10 +187,16 @@ impl KeyValue {
                         let mut query = db.prepare(
                             "SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key",
                         )?;
-                        let keys = query.query_map([store], |row| row.get(0))?;
-                        Ok(keys.collect::<rusqlite::Result<_>>()?)
+                        let mut rows = query.query([store])?;
+                        let mut keys = KeysRead::default();
+                        while let Some(row) = rows.next()? {
+                            if let Err(too_many) = keys.push(row.get(0)?) {
+                                return Ok(Err(too_many));
+                            }
+                        }
+                        Ok(Ok(keys.keys))
                     })
-                    .await)
+                    .await)?
             }
             KeyValue::Redis(redis) => {
                 // The prefix is matched literally: glob characters in it are escaped.
@@ -180,12 +208,34 @@ impl KeyValue {
                         c => vec![c],
                     })
                     .collect();
-                let keys: Vec<String> =
-                    redis_call(redis, redis::cmd("KEYS").arg(format!("{escaped}*"))).await?;
-                Ok(keys
-                    .into_iter()
-                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-                    .collect())
+                // SCAN, not KEYS: the server's reply comes in pages, read within the bound.
+                let mut connection = redis.manager.clone();
+                let mut cursor = 0u64;
+                let mut keys = KeysRead::default();
+                loop {
+                    let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(format!("{escaped}*"))
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(|e| format!("Redis: {e}"))?;
+                    for key in page {
+                        if let Some(key) = key.strip_prefix(&prefix) {
+                            keys.push(key.to_owned())?;
+                        }
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                // SCAN may return a key more than once, and in no order.
+                keys.keys.sort();
+                keys.keys.dedup();
+                Ok(keys.keys)
             }
         }
     }
@@ -365,6 +415,35 @@ mod tests {
             panic!("a planted link was opened");
         };
         assert!(error.contains("symbolic link"), "{error}");
+    }
+
+    /// A store whose keys would take more than a result may hold is not read whole into host
+    /// memory: listing it is an error saying so; one within the bound lists whole.
+    #[tokio::test]
+    async fn listing_a_store_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let places = Places::new(dir.path(), &[]);
+        let config = StoreConfig::Sqlite {
+            path: "kv.db".into(),
+        };
+        let store = KeyValue::open(&config, &places).await.unwrap();
+        let long = "k".repeat(1 << 20);
+        for i in 0..30 {
+            store
+                .set("big", &format!("{i:02}{long}"), b"")
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.keys("big").await.unwrap().len(), 30);
+        for i in 30..40 {
+            store
+                .set("big", &format!("{i:02}{long}"), b"")
+                .await
+                .unwrap();
+        }
+        let refused = store.keys("big").await.unwrap_err();
+        assert!(refused.contains("more than one call can list"), "{refused}");
+        assert!(store.keys("other").await.unwrap().is_empty());
     }
 
     /// Issue 24: stores were created and written in volumes mounted `ro`.

@@ -966,6 +966,37 @@ fn a_spin4_redis_trigger_handles_each_message() -> Result<()> {
     Ok(())
 }
 
+/// A key-value store kept in Redis lists its keys page by page (SCAN, within the bound a result
+/// may hold): as Spin keeps such a store, its keys are the server's, a key set by another
+/// client too.
+#[test]
+fn a_redis_key_value_store_lists_its_keys() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("spin4", tmp.path())?;
+    let redis = Redis::start()?;
+    std::fs::write(
+        app.join("runtime-config.toml"),
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )?;
+    redis.cli(&["SET", "outside", "x"])?.success()?;
+    up_compiled(&app, &[], |base| {
+        for key in ["b*", "a", "c[d]"] {
+            let url = format!("{base}/kv/{key}");
+            let put = curl(&["-g", "-X", "PUT", "--data-binary", "v", &url])?;
+            assert_eq!(put.status, 201, "{put:?}");
+        }
+        let keys = curl(&[&format!("{base}/kv-keys")])?;
+        assert_eq!(
+            (keys.status, keys.body.as_str()),
+            (200, "a,b*,c[d],outside\n")
+        );
+        Ok(())
+    })
+}
+
 /// PostgreSQL over TLS, as Spin connects: with `sslmode=require` and the server's CA given
 /// (4.1.0's `connection-builder.set-ca-root`), the session is encrypted; without it, a
 /// certificate no known CA signed is refused; `sslmode=disable` connects in plain TCP.
