@@ -36,10 +36,12 @@ use crate::images::{RegistryArgs, pull_into_store, store};
 /// Compiled code is cached (see --cache-dir), so later runs of the same binary start at once.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Set an environment variable in the guest (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    /// Set an environment variable in the guest (repeatable): KEY=VALUE, or KEY alone for the
+    /// value it has here, as with `docker run -e`.
+    #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
     env: Vec<String>,
-    /// Give the guest a host directory: HOST[:GUEST][:ro] (repeatable; GUEST defaults to HOST).
+    /// Give the guest a host directory: HOST[:GUEST][:ro] (repeatable; GUEST defaults to HOST;
+    /// wasmtime's HOST::GUEST also works).
     #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
     dirs: Vec<String>,
     /// Serve an HTTP component on the host's [IP:]PORT (IP defaults to 0.0.0.0). The container
@@ -113,7 +115,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Target::Wasm { path, function } => {
             let mut argv = vec![file_name(&path)];
             argv.extend(args.args.iter().cloned());
-            let env = parse_env(&args.env)?;
+            let env = parse_env_flags(&args.env)?;
             let http = HttpServe {
                 addr,
                 ..HttpServe::from_env(&env)?
@@ -176,8 +178,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             let entry = Entrypoint::parse(arg0);
             let mut argv = vec![entry.path.clone()];
             argv.extend(command[1..].iter().cloned());
-            let mut env = parse_env(&image.env())?;
-            for (key, value) in parse_env(&args.env)? {
+            let mut env = parse_image_env(&image.env())?;
+            for (key, value) in parse_env_flags(&args.env)? {
                 env.retain(|(k, _)| *k != key);
                 env.push((key, value));
             }
@@ -386,12 +388,56 @@ pub(crate) fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// An image's `Env`: its `KEY=VALUE`s. A bare name is nothing (the process would see no value
+/// for it), and never the host's value.
+fn parse_image_env(vars: &[String]) -> Result<Vec<(String, String)>> {
+    parse_env_with(vars, |_| None)
+}
+
+/// The user's `--env` flags: `KEY=VALUE`, or a bare `KEY` taking the value it has in this
+/// process's environment, as `docker run -e KEY` does (a key it does not have stays unset).
+/// Only for the user's own flags: an image's `Env` is [`parse_image_env`]'s, so that an image
+/// cannot name a host variable and have its value passed to the guest.
+pub(crate) fn parse_env_flags(vars: &[String]) -> Result<Vec<(String, String)>> {
+    parse_env_with(vars, |key| std::env::var(key).ok())
+}
+
+/// `KEY=VALUE`s, a bare `KEY` taking its value from `host`, if it has one.
+fn parse_env_with(
+    vars: &[String],
+    host: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for var in vars {
+        match var.split_once('=') {
+            Some((key, value)) if !key.is_empty() => env.push((key.to_owned(), value.to_owned())),
+            None if !var.is_empty() => {
+                if let Some(value) = host(var) {
+                    env.push((var.clone(), value));
+                }
+            }
+            _ => bail!("environment variable `{var}` is not KEY=VALUE"),
+        }
+    }
+    Ok(env)
+}
+
 fn parse_dir(dir: &str) -> Result<Preopen> {
     let (rest, access) = match dir.strip_suffix(":ro") {
         Some(rest) => (rest, Access::ReadOnly),
         None => (dir, Access::ReadWrite),
     };
-    let (host, guest) = rest.split_once(':').unwrap_or((rest, rest));
+    // wasmtime's own form, `HOST::GUEST`, first: split at the first `:`, it would mount at
+    // `:GUEST`.
+    let (host, guest) = rest
+        .split_once("::")
+        .or_else(|| rest.split_once(':'))
+        .unwrap_or((rest, rest));
+    if guest.starts_with(':') || guest.is_empty() {
+        bail!(
+            "--dir {dir}: the guest path `{guest}` is not one: write HOST[:GUEST][:ro] (or wasmtime's HOST::GUEST)"
+        );
+    }
     let host = PathBuf::from(host);
     if !host.is_dir() {
         bail!("--dir {dir}: {} is not a directory", host.display());
@@ -418,6 +464,15 @@ mod tests {
         );
         let p = parse_dir(&format!("{t}:/data:ro")).unwrap();
         assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadOnly));
+        // wasmtime's form.
+        let p = parse_dir(&format!("{t}::/data")).unwrap();
+        assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadWrite));
+        assert!(
+            parse_dir(&format!("{t}:::/data"))
+                .unwrap_err()
+                .to_string()
+                .contains("is not one")
+        );
         assert!(
             parse_dir("/no/such/dir:/x")
                 .unwrap_err()
@@ -433,6 +488,14 @@ mod tests {
             [("A".into(), "1".into()), ("B".into(), String::new())]
         );
         assert!(parse_env(&["NOVALUE".into()]).is_err());
+        // An image's bare name is nothing; a flag's takes the host's value, if it has one.
+        assert!(parse_image_env(&["HOME".into()]).unwrap().is_empty());
+        let host = |key: &str| (key == "HOME").then(|| "/root".to_owned());
+        assert_eq!(
+            parse_env_with(&["HOME".into(), "UNSET".into()], host).unwrap(),
+            [("HOME".into(), "/root".into())]
+        );
+        assert!(parse_env(&["=x".into()]).is_err());
     }
 
     #[test]

@@ -53,6 +53,37 @@ fn a_wasi_0_3_command_gets_args_env_stdio_and_exit_codes() -> Result<()> {
     Ok(())
 }
 
+/// The flags users bring from Docker and wasmtime: `-e KEY` passes the value it has here (and
+/// nothing when it has none), and wasmtime's `--dir HOST::GUEST` mounts at GUEST.
+#[test]
+fn docker_and_wasmtime_flag_habits_work() -> Result<()> {
+    let cli = |flags: &[&str], args: &[&str]| {
+        run(Command::new(wasmcell())
+            .env("WASMCELL_TEST_COLOR", "teal")
+            .env_remove("WASMCELL_TEST_UNSET")
+            .arg("run")
+            .args(flags)
+            .arg(guest("p3-cli.wasm"))
+            .args(args))
+    };
+    let passed = cli(
+        &["-e", "WASMCELL_TEST_COLOR"],
+        &["env", "WASMCELL_TEST_COLOR"],
+    )?;
+    assert_eq!(passed.success()?.stdout.lines().next(), Some("teal"));
+    let unset = cli(
+        &["-e", "WASMCELL_TEST_UNSET"],
+        &["env", "WASMCELL_TEST_UNSET"],
+    )?;
+    assert_eq!(unset.success()?.stdout.lines().next(), Some("unset"));
+    let dir = tempfile::tempdir()?;
+    let mount = format!("{}::/data", dir.path().display());
+    let fs = cli(&["--dir", &mount], &["fs"])?.success()?;
+    assert!(fs.stdout.starts_with("preopen: /data\n"), "{fs:?}");
+    assert!(dir.path().join("p3.txt").exists());
+    Ok(())
+}
+
 /// The preopened directory is the guest's, and only it: a path out of it is refused.
 #[test]
 fn a_wasi_0_3_command_uses_its_preopened_directory_only() -> Result<()> {
