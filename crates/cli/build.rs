@@ -6,8 +6,51 @@
 //! those pages stay clean file pages shared by all processes on the node. ASLR still places the
 //! stack, heap, mmaps and libraries at random; only the binary's own image is fixed, as it is
 //! as it is for Debian's runc and containerd-shim-runc-v2.
+//!
+//! Also gives `--version` what it prints besides the crate's version: the wasmtime it links
+//! (from the workspace's Cargo.lock) and the commit it was built from (`unknown` outside a
+//! git checkout).
 fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
+    println!(
+        "cargo:rustc-env=WASMCELL_WASMTIME_VERSION={}",
+        wasmtime_version()
+    );
+    println!("cargo:rustc-env=WASMCELL_COMMIT={}", commit());
+}
+
+/// The version of the `wasmtime` package in the workspace's lock file.
+fn wasmtime_version() -> String {
+    println!("cargo:rerun-if-changed=../../Cargo.lock");
+    let lock = std::fs::read_to_string("../../Cargo.lock").unwrap_or_default();
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"wasmtime\"" {
+            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
+                return version.trim_matches('"').to_owned();
+            }
+        }
+    }
+    "unknown".to_owned()
+}
+
+/// The commit checked out, abbreviated; `unknown` when there is none (a source tarball).
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    // Built again when the checkout moves to another commit.
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        println!("cargo:rerun-if-changed={dir}/refs/heads");
+        println!("cargo:rerun-if-changed={dir}/packed-refs");
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
 }

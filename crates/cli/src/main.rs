@@ -22,10 +22,20 @@ use wasmcell_shim::{RUNTIME_ENV, Runtime};
 /// Exit status for wasmcell's own failures, before a guest runs (as `docker run` uses 125).
 const FAILURE_STATUS: u8 = 125;
 
+/// What `--version` prints after the name: the release, the commit built and the wasmtime linked.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WASMCELL_COMMIT"),
+    ", wasmtime ",
+    env!("WASMCELL_WASMTIME_VERSION"),
+    ")"
+);
+
 /// Run WebAssembly apps as containers: with no container engine, or under containerd, Docker
 /// and Kubernetes through the shims this binary also provides.
 #[derive(Parser)]
-#[command(name = "wasmcell", version, propagate_version = true)]
+#[command(name = "wasmcell", version = VERSION, propagate_version = true)]
 #[command(
     after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell up -f spin.toml --listen 127.0.0.1:3000\n  wasmcell cache ls\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
 )]

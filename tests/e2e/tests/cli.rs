@@ -354,6 +354,18 @@ fn install_links_every_shim_name_to_one_binary() -> Result<()> {
     }
     let version = run(Command::new(tmp.path().join("bin/wasmcell")).arg("--version"))?.success()?;
     assert!(version.stdout.starts_with("wasmcell "), "{version:?}");
+    // The commit built and the wasmtime linked, for bug reports.
+    assert!(version.stdout.contains(", wasmtime 48."), "{version:?}");
+    let commit = version
+        .stdout
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_default();
+    assert!(
+        commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{version:?}"
+    );
     Ok(())
 }
 
