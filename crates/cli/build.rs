@@ -27,10 +27,10 @@ fn wasmtime_version() -> String {
     let lock = std::fs::read_to_string("../../Cargo.lock").unwrap_or_default();
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line == "name = \"wasmtime\"" {
-            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
-                return version.trim_matches('"').to_owned();
-            }
+        if line == "name = \"wasmtime\""
+            && let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = "))
+        {
+            return version.trim_matches('"').to_owned();
         }
     }
     "unknown".to_owned()
