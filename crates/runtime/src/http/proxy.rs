@@ -149,6 +149,11 @@ pub async fn run_proxy<H: Send + 'static>(
     answered(timeout, receiver, task).await
 }
 
+/// The failure of a handler that answered with an error code instead of a response.
+pub(super) fn answered_with(code: impl std::fmt::Debug) -> Failure {
+    Failure::Failed(format!("the handler answered with an error: {code:?}"))
+}
+
 /// What a handler's run came to when it set no response (or after): the memory limit, a full
 /// pool, or a failure.
 pub(super) fn failure_of(result: wasmtime::Result<()>, budget: &Budget) -> Result<(), Failure> {
@@ -175,10 +180,7 @@ pub(super) async fn answered<E: std::fmt::Debug>(
         return Err(Failure::TimedOut(timeout));
     };
     match answer {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(code)) => Err(Failure::Failed(format!(
-            "the handler answered with an error: {code:?}"
-        ))),
+        Ok(answer) => answer.map_err(answered_with),
         Err(_) => match task.await {
             Ok(Ok(())) => Err(Failure::Failed(
                 "the handler returned without setting a response".to_owned(),

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::{Service as Bound, ServicePre};
 
-use super::proxy::failure_of;
+use super::proxy::{answered_with, failure_of};
 use super::service::{Answer, answer};
 use super::{Failure, Server};
 use crate::state::ComponentState;
@@ -135,10 +135,7 @@ impl<H: Send + 'static> Workers<ComponentState<H>> {
             return Err(Failure::TimedOut(timeout));
         };
         match answer {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(Failure::Failed(format!(
-                "the handler answered with an error: {code:?}"
-            ))),
+            Ok(answer) => answer.map_err(answered_with),
             Err(_) => Err(worker.failure().await),
         }
     }
