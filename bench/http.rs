@@ -28,10 +28,10 @@ use http_body_util::Full;
 use wasmcell_e2e::{Background, Containerd, build_image, free_port, guest, wasmcell};
 
 /// One server's figures at one concurrency.
-struct Load {
-    requests_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Load {
+    pub(crate) requests_per_s: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// Servers' figures, a row each, measured one after another: from the start of the command
@@ -381,7 +381,7 @@ pub fn wasmedge_http(seconds: u32) -> Result<()> {
 
 /// How long after `started` the server on `port` first answers `GET path` with 200, polling
 /// every millisecond with a plain HTTP/1.0 request (no process spawned per try).
-fn first_200(port: u16, path: &str, started: Instant) -> Result<Duration> {
+pub(crate) fn first_200(port: u16, path: &str, started: Instant) -> Result<Duration> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     let answers = || -> std::io::Result<bool> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -401,7 +401,7 @@ fn first_200(port: u16, path: &str, started: Instant) -> Result<Duration> {
 }
 
 /// `wrk` against `url`: threads never exceed connections (wrk refuses that).
-fn wrk(url: &str, connections: u32, seconds: u32) -> Result<Load> {
+pub(crate) fn wrk(url: &str, connections: u32, seconds: u32) -> Result<Load> {
     let threads = connections.min(2);
     let out = Command::new("wrk")
         .args([

@@ -5,6 +5,8 @@
 //! `wasmcell-bench all [N]`: everything below at its defaults (N runs for ctr-run and cli).
 //! `wasmcell-bench cli [N]`: `wasmcell run hello.wasm` with a cold and a warm compile cache,
 //! against `wasmtime run` with its cache warm.
+//! `wasmcell-bench cold [N] [SECONDS]`: real apps (the Python and JS Spin apps, 37 and 12 MB)
+//! from an empty, a warm and a stale compile cache, first 200 and memory (see `cold.rs`).
 //! `wasmcell-bench density [N]`: PSS of N idle containers (ours: standalone and grouped in one pod;
 //! runc + busybox `sleep`), every process each adds.
 //! `wasmcell-bench parallel [N]`: wall time of N `ctr run -d` started at once, ours vs runc, and
@@ -23,6 +25,7 @@
 //!
 //! Run through `bench/run.sh`, which builds everything first.
 
+mod cold;
 mod http;
 mod pod;
 mod registry;
@@ -56,6 +59,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str).unwrap_or("all") {
         "ctr-run" => ctr_run(count(1)?),
         "cli" => cli(count(1)?),
+        "cold" => cold::cold(
+            args.get(1).map_or(Ok(3), |n| n.parse()).context("N")?,
+            seconds(2)?,
+        ),
         "all" => {
             let n = count(1)?;
             ctr_run(n)?;
@@ -87,7 +94,7 @@ fn main() -> Result<()> {
             sandbox_cost(Path::new(old), count(2)?)
         }
         other => bail!(
-            "unknown benchmark {other}: use ctr-run, cli, all, density, parallel, pod, soak, soak-exec, soak-pod, stress, http, spin, slight, wasmedge-http, registry or sandbox-cost"
+            "unknown benchmark {other}: use ctr-run, cli, cold, all, density, parallel, pod, soak, soak-exec, soak-pod, stress, http, spin, slight, wasmedge-http, registry or sandbox-cost"
         ),
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything (release) and runs the benchmarks:
 #   bench/run.sh [ctr-run|cli|all|density|parallel|pod|soak|soak-exec|registry] [N]
+#                | cold [N] [SECONDS]
 #                | http|spin|slight|wasmedge-http|stress|soak-pod [SECONDS]
 #                | sandbox-cost OLD_WASMCELL [N] | fuzz [SECONDS]
 # Every figure is printed with its baseline from the same run. Needs root (containerd, runc).

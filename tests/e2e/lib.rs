@@ -144,6 +144,11 @@ impl Background {
         ))
     }
 
+    /// Its PID.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Sends SIGTERM and waits (at most 10 s) for the process to end.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM)?;

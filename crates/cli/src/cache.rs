@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use wasmcell_engine::{CachedEntry, CompileCache, MAX_SIZE_ENV, Prune, parse_size};
+use wasmcell_engine::{
+    CachedEntry, CompileCache, CompilePolicy, Engine, MAX_SIZE_ENV, Prune, parse_size,
+};
 
 use crate::images::human;
 
@@ -80,6 +82,18 @@ struct PruneArgs {
 pub fn open(dir: Option<PathBuf>) -> Result<CompileCache> {
     let max_size = CompileCache::max_size_from_env().context(MAX_SIZE_ENV)?;
     Ok(CompileCache::new(dir.unwrap_or_else(CompileCache::default_dir)).max_size(max_size))
+}
+
+/// The engine `run` and `up` prepare with: compiling through [`open`]'s cache, each miss in a
+/// child process (bounded, and its memory gone with it, so a server that compiled weighs what
+/// one started from the cache weighs), as `policy` (else `WASMCELL_COMPILE`) says.
+pub fn engine(dir: Option<PathBuf>, policy: Option<CompilePolicy>) -> Result<Engine> {
+    let policy = match policy {
+        Some(policy) => policy,
+        None => CompilePolicy::from_env().context(CompilePolicy::ENV)?,
+    };
+    let cache = open(dir)?.compiling_in_own_child();
+    Ok(Engine::new(cache, policy)?)
 }
 
 pub fn cache(args: CacheArgs) -> Result<()> {

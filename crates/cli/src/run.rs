@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use wasmcell_engine::{
-    Access, App, Engine, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles, Network, Output,
-    Preopen, Prepared, Stdio, WorkloadSpec,
+    Access, App, CompilePolicy, Exit, HttpServe, Input, Limits, ModuleSource, NameFiles, Network,
+    Output, Preopen, Prepared, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind, ImageContents};
 
@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// else ~/.cache/wasmcell]
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// When to compile optimised code: `tiered` (a server not yet in the compile cache starts
+    /// at once on baseline code and moves to the optimised code when it is compiled; a
+    /// command waits for it), `optimized` (always wait) or `baseline` (never) [default:
+    /// $WASMCELL_COMPILE, else tiered]
+    #[arg(long, value_name = "POLICY")]
+    compile: Option<CompilePolicy>,
     /// When to pull an image reference: always, missing (not in the local store) or never.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pull: PullPolicy,
@@ -81,8 +87,7 @@ pub(crate) enum PullPolicy {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let cache = crate::cache::open(args.cache_dir.clone())?;
-    let engine = Engine::new(cache)?;
+    let engine = crate::cache::engine(args.cache_dir.clone(), args.compile)?;
     let mut preopens = args
         .dirs
         .iter()

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use wasmcell_engine::{
-    Access, Engine, HttpServe, Input, Limits, ModuleSource, NameFiles, Network, Output, Preopen,
-    Stdio, WorkloadSpec,
+    Access, CompilePolicy, HttpServe, Input, Limits, ModuleSource, NameFiles, Network, Output,
+    Preopen, Stdio, WorkloadSpec,
 };
 use wasmcell_spin::{App, HttpHandler, RuntimeConfigSource};
 
@@ -75,6 +75,12 @@ pub struct UpArgs {
     /// The compile cache directory [default: as for `wasmcell run`]
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// When to compile optimised code: `tiered` (a server not yet in the compile cache starts
+    /// at once on baseline code and moves to the optimised code when it is compiled; a
+    /// command waits for it), `optimized` (always wait) or `baseline` (never) [default:
+    /// $WASMCELL_COMPILE, else tiered]
+    #[arg(long, value_name = "POLICY")]
+    compile: Option<CompilePolicy>,
     /// When to pull an image reference: always, missing or never.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pull: PullPolicy,
@@ -226,8 +232,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         },
         app: Some(wasmcell_engine::App::Spin(Box::new(app))),
     };
-    let cache = crate::cache::open(args.cache_dir)?;
-    let engine = Engine::new(cache)?;
+    let engine = crate::cache::engine(args.cache_dir, args.compile)?;
     let prepared = engine.prepare(spec)?;
     eprint!("{routes}");
     let exit = tokio.block_on(until_done(&prepared))?;

@@ -2,14 +2,17 @@
 //! (everything that is not per instance, ending in the one choice of what the workload runs)
 //! and [`Prepared::run`].
 
+use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmcell_oci::WasmKind;
 use wasmtime::ExternType;
 
 use crate::command::{ComponentCommand, ModuleCommand};
 use wasmcell_runtime::binary::read_wasm;
-use wasmcell_runtime::cache::{Artifact, CompileCache, InUse, deserialize_component};
+use wasmcell_runtime::cache::{Artifact, CompileCache, InUse, Miss, deserialize_component};
+use wasmcell_runtime::codegen::{Codegen, CompilePolicy};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::{Error, error_chain};
@@ -20,8 +23,8 @@ use wasmcell_runtime::http::{
 use wasmcell_runtime::link::{exported_functions, link_error};
 use wasmcell_runtime::run::Run;
 use wasmcell_runtime::state::{ComponentState, component_linker, module_linker};
+use wasmcell_runtime::stdio;
 use wasmcell_runtime::store::OnFirstUse;
-use wasmcell_runtime::{config, stdio};
 use wasmcell_slight_host::{Slight, SlightHost};
 use wasmcell_wasmedge::{self as wasmedge, WasmEdgeState};
 use wasmcell_workload::{App, WorkloadSpec};
@@ -45,29 +48,32 @@ impl Drop for ReleaseFreedMemory {
     }
 }
 
-/// The wasmtime engine and the compile cache, without the means to run: what a process that
-/// only compiles (the shim) holds. Its configuration is the one [`Engine`] runs with, so what
-/// it compiles is what the runners load.
-pub struct Compiler {
+/// One code generator's wasmtime engine, and the cache its misses compile through.
+#[derive(Clone)]
+struct Target {
     engine: wasmtime::Engine,
     cache: CompileCache,
 }
 
-impl Compiler {
-    /// Creates the wasmtime engine.
-    pub fn new(cache: CompileCache) -> Result<Compiler, Error> {
-        let engine = wasmtime::Engine::new(&config()).map_err(Error::Engine)?;
-        Ok(Compiler { engine, cache })
+impl Target {
+    fn new(codegen: Codegen, cache: &CompileCache) -> Result<Target, Error> {
+        let engine = wasmtime::Engine::new(&codegen.config()).map_err(Error::Engine)?;
+        Ok(Target {
+            engine,
+            cache: cache.clone().codegen(codegen),
+        })
     }
 
-    /// Checks that `spec` names a wasm binary and compiles it into the cache unless it is there
-    /// already, without loading or linking it: the shim's half of `create`, which fails it at
-    /// once on a missing file, a non-wasm file or a malformed module. The sandbox loads the
-    /// artifact and links it (reporting a missing import or entry function). Blocking:
-    /// compiling can take seconds on a cache miss. Returns the entries held in use: keep them
-    /// until the sandbox has loaded them, so that no cache collection evicts them meanwhile.
-    pub fn compile(&self, spec: &WorkloadSpec) -> Result<Vec<InUse>, Error> {
-        let _release = ReleaseFreedMemory;
+    /// The same, doing `miss` on a cache miss.
+    fn on_miss(&self, miss: Miss) -> Target {
+        Target {
+            engine: self.engine.clone(),
+            cache: self.cache.clone().on_miss(miss),
+        }
+    }
+
+    /// Makes sure the cache holds the code of `spec`'s binaries (see [`Compiler::compile`]).
+    fn compile(&self, spec: &WorkloadSpec) -> Result<Vec<InUse>, Error> {
         if let Some(App::Spin(app)) = &spec.app {
             return wasmcell_spin_host::compile(&self.engine, &self.cache, spec, app);
         }
@@ -81,14 +87,121 @@ impl Compiler {
     }
 }
 
-/// One per process that runs guests: the [`Compiler`], the linkers made on its engine, the
-/// pooling engine for HTTP servers, and the epoch clock.
+/// Whether `spec` serves HTTP, told before anything is compiled: a Spin app with HTTP
+/// triggers, or a component exporting an HTTP handler. Only servers start on baseline code
+/// when tiered: a server's first request is what a cold start delays, and its new requests can
+/// move to the optimised code once it is ready. A command runs once, to its end, all of it on
+/// the code it started with: it waits for the optimised code.
+fn serves_http(spec: &WorkloadSpec) -> Result<bool, Error> {
+    if let Some(App::Spin(app)) = &spec.app {
+        return Ok(!app.http.is_empty());
+    }
+    let (_, bytes, kind) = read_wasm(spec)?;
+    Ok(kind == WasmKind::Component && wasmcell_runtime::binary::serves_http(&bytes))
+}
+
+/// Compiles `spec`'s optimised code into the cache on a thread of its own, after a tiered
+/// start on baseline code, for its server to switch to. A failure leaves the workload on
+/// baseline code and is logged.
+fn compile_in_background(target: Target, spec: WorkloadSpec) {
+    let compile = move || {
+        let _release = ReleaseFreedMemory;
+        if let Err(error) = target.compile(&spec) {
+            tracing::warn!("cannot compile optimised code: {}", error_chain(&error));
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("wasmcell-optimize".into())
+        .spawn(compile);
+    if let Err(error) = spawned {
+        tracing::warn!("cannot compile optimised code: {error}");
+    }
+}
+
+/// The wasmtime engines and the compile cache, without the means to run: what a process that
+/// only compiles (the shim) holds. Their configurations are the ones [`Engine`] runs with, so
+/// what it compiles is what the runners load.
+pub struct Compiler {
+    policy: CompilePolicy,
+    cache: CompileCache,
+    optimized: Target,
+    baseline: OnFirstUse<Target>,
+}
+
+impl Compiler {
+    /// Creates the wasmtime engine of optimised code; that of baseline code is made when first
+    /// needed.
+    pub fn new(cache: CompileCache, policy: CompilePolicy) -> Result<Compiler, Error> {
+        Ok(Compiler {
+            policy,
+            optimized: Target::new(Codegen::Optimized, &cache)?,
+            baseline: OnFirstUse::default(),
+            cache,
+        })
+    }
+
+    /// When it compiles what.
+    pub fn policy(&self) -> CompilePolicy {
+        self.policy
+    }
+
+    fn baseline(&self) -> Result<Arc<Target>, Error> {
+        self.baseline
+            .get(|| Target::new(Codegen::Baseline, &self.cache))
+    }
+
+    /// Checks that `spec` names a wasm binary and compiles it into the cache unless it is there
+    /// already, without loading or linking it: the shim's half of `create`, which fails it at
+    /// once on a missing file, a non-wasm file or a malformed module. The sandbox loads the
+    /// artifact and links it (reporting a missing import or entry function). Blocking:
+    /// compiling can take seconds on a cache miss. Returns the entries held in use: keep them
+    /// until the sandbox has loaded them, so that no cache collection evicts them meanwhile.
+    ///
+    /// Tiered, a miss compiles baseline code, and the optimised code in the background, which
+    /// the sandbox's server waits for and switches to ([`Engine::compiled_elsewhere`]).
+    pub fn compile(&self, spec: &WorkloadSpec) -> Result<Vec<InUse>, Error> {
+        let _release = ReleaseFreedMemory;
+        match self.policy {
+            CompilePolicy::Optimized => self.optimized.compile(spec),
+            CompilePolicy::Baseline => self.baseline()?.compile(spec),
+            CompilePolicy::Tiered => match self.optimized.on_miss(Miss::Refuse).compile(spec) {
+                Err(Error::NotCached { .. }) if serves_http(spec)? => {
+                    let held = self.baseline()?.compile(spec)?;
+                    compile_in_background(self.optimized.clone(), spec.clone());
+                    Ok(held)
+                }
+                Err(Error::NotCached { .. }) => self.optimized.compile(spec),
+                cached => cached,
+            },
+        }
+    }
+}
+
+/// How long a sandbox's server on baseline code waits for its shim to write the optimised
+/// code: past the longest a compile may take (`CompileBounds`' default wall-clock bound).
+const AWAIT_OPTIMIZED: Duration = Duration::from_secs(30 * 60);
+
+/// One per process that runs guests: the code of each tier ([`Tier`]), made as the compile
+/// policy asks.
 pub struct Engine {
-    compiler: Compiler,
+    policy: CompilePolicy,
+    cache: CompileCache,
+    optimized: OnFirstUse<Tier>,
+    baseline: OnFirstUse<Tier>,
+    /// How many CPUs this process may use: its affinity and its cgroup's quota.
+    cpus: usize,
+    /// Another process (the sandbox's shim) compiles this one's misses of optimised code.
+    compiled_elsewhere: bool,
+}
+
+/// Everything that runs one code generator's code: its engine and cache, the linkers made on
+/// the engine, the pooling engine for HTTP servers, and the epoch clock.
+struct Tier {
+    codegen: Codegen,
+    target: Target,
     linkers: Linkers,
     http: OnFirstUse<HttpEngine>,
     ticker: Ticker,
-    /// How many CPUs this process may use: its affinity and its cgroup's quota.
     cpus: usize,
 }
 
@@ -96,17 +209,20 @@ pub struct Engine {
 const PROVIDED: &str = "wasmcell links WASI preview 1, WASI 0.2, wasi:http and WasmEdge's socket extension; WasmEdge plugins (wasi-nn, wasi-crypto, ...) are not available";
 
 impl Engine {
-    /// Creates the engine; its epoch clock starts with the first guest run, and each linker
-    /// and the HTTP engine with the first guest that needs it.
-    pub fn new(cache: CompileCache) -> Result<Engine, Error> {
-        let compiler = Compiler::new(cache)?;
-        Ok(Engine {
-            ticker: Ticker::new(&compiler.engine),
-            compiler,
-            linkers: Linkers::default(),
-            http: OnFirstUse::default(),
+    /// An engine compiling and running as `policy` says; each tier's wasmtime engine, linkers
+    /// and HTTP engine are made with the first guest that needs them.
+    pub fn new(cache: CompileCache, policy: CompilePolicy) -> Result<Engine, Error> {
+        let engine = Engine {
+            policy,
+            cache,
+            optimized: OnFirstUse::default(),
+            baseline: OnFirstUse::default(),
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
-        })
+            compiled_elsewhere: false,
+        };
+        // The configuration is checked now rather than at the first guest.
+        engine.tier(Codegen::Optimized)?;
+        Ok(engine)
     }
 
     /// The same engine for a process that may use `cpus` CPUs, counted by the caller: a sandbox
@@ -115,12 +231,87 @@ impl Engine {
     pub fn cpus(self, cpus: usize) -> Engine {
         Engine {
             cpus: cpus.max(1),
+            optimized: OnFirstUse::default(),
             ..self
         }
     }
 
+    /// The same engine for a process whose optimised code another process compiles: a
+    /// sandbox, whose shim compiles what it runs. A server that starts on baseline code then
+    /// waits for the shim's optimised code to appear in the cache instead of compiling it.
+    pub fn compiled_elsewhere(self) -> Engine {
+        Engine {
+            compiled_elsewhere: true,
+            ..self
+        }
+    }
+
+    fn tier(&self, codegen: Codegen) -> Result<Arc<Tier>, Error> {
+        let make = || {
+            let target = Target::new(codegen, &self.cache)?;
+            Ok(Tier {
+                codegen,
+                ticker: Ticker::new(&target.engine),
+                target,
+                linkers: Linkers::default(),
+                http: OnFirstUse::default(),
+                cpus: self.cpus,
+            })
+        };
+        match codegen {
+            Codegen::Optimized => self.optimized.get(make),
+            Codegen::Baseline => self.baseline.get(make),
+        }
+    }
+
+    /// Does everything for `spec` that is not per instance (see [`Tier::prepare`]), with the
+    /// code the compile policy asks for. Tiered, a server whose optimised code is not in the
+    /// cache starts on baseline code, and switches to the optimised code when it is ready
+    /// (compiled here in the background, or by the shim); a command waits for the optimised
+    /// code. Blocking: compiling can take seconds on a cache miss.
+    pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
+        let _release = ReleaseFreedMemory;
+        match self.policy {
+            CompilePolicy::Optimized => self.tier(Codegen::Optimized)?.prepare(spec, Miss::Compile),
+            CompilePolicy::Baseline => self.tier(Codegen::Baseline)?.prepare(spec, Miss::Compile),
+            CompilePolicy::Tiered => self.prepare_tiered(spec),
+        }
+    }
+
+    fn prepare_tiered(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
+        let optimized = self.tier(Codegen::Optimized)?;
+        match optimized.prepare(spec.clone(), Miss::Refuse) {
+            Err(Error::NotCached { .. }) if serves_http(&spec)? => {}
+            Err(Error::NotCached { .. }) => return optimized.prepare(spec, Miss::Compile),
+            prepared => return prepared,
+        }
+        let prepared = self
+            .tier(Codegen::Baseline)?
+            .prepare(spec.clone(), Miss::Compile)?;
+        let miss = match self.compiled_elsewhere {
+            true => Miss::Await(AWAIT_OPTIMIZED),
+            false => Miss::Compile,
+        };
+        if prepared.run.serving().is_some() {
+            let tier_up = move || {
+                let _release = ReleaseFreedMemory;
+                let next = optimized.prepare(spec, miss)?;
+                let serving = next
+                    .run
+                    .serving()
+                    .ok_or_else(|| Error::App("its optimised code serves nothing".to_owned()))?;
+                Ok((serving, Box::new(next) as Box<dyn Any + Send + Sync>))
+            };
+            prepared.run.tier_up(Box::new(tier_up));
+        }
+        Ok(prepared)
+    }
+}
+
+impl Tier {
     fn http(&self) -> Result<Arc<HttpEngine>, Error> {
-        self.http.get(|| HttpEngine::new(config(), self.cpus))
+        self.http
+            .get(|| HttpEngine::new(self.codegen.config(), self.cpus))
     }
 
     /// Does everything for `spec` that is not per instance: reads the binary (inside the rootfs,
@@ -130,9 +321,11 @@ impl Engine {
     /// The one place that chooses what a workload runs from its app kind and binary: a Spin
     /// app, a slight app's module, a component served or run (with slight's capabilities
     /// under slight), or a core module's entry function.
-    pub fn prepare(&self, spec: WorkloadSpec) -> Result<Prepared, Error> {
-        let _release = ReleaseFreedMemory;
-        let Compiler { engine, cache } = &self.compiler;
+    ///
+    /// `miss`: what a miss in the compile cache does.
+    fn prepare(&self, spec: WorkloadSpec, miss: Miss) -> Result<Prepared, Error> {
+        let engine = &self.target.engine;
+        let cache = &self.target.cache.clone().on_miss(miss);
         if let Some(App::Spin(app)) = &spec.app {
             let (app, cached) = wasmcell_spin_host::prepare(cache, &self.http()?, &spec, app)?;
             return Ok(Prepared::new(Box::new(app), spec, cached));
@@ -176,7 +369,7 @@ impl Engine {
         module: &wasmtime::Module,
         path: &str,
     ) -> Result<ModuleCommand, Error> {
-        let engine = &self.compiler.engine;
+        let engine = &self.target.engine;
         let function = spec.function.clone().unwrap_or_else(|| "_start".to_owned());
         let entry_err = |reason: String| Error::EntryFunction {
             path: path.to_owned(),
@@ -243,7 +436,7 @@ impl Engine {
         ) -> Result<wasmtime::component::Linker<ComponentState<H>>, Error>,
         host: H,
     ) -> Result<Box<dyn Run>, Error> {
-        let engine = &self.compiler.engine;
+        let engine = &self.target.engine;
         let link_err = |source| Error::Link {
             path: path.to_owned(),
             source,
@@ -281,7 +474,7 @@ impl Engine {
                 }),
             };
             let routes = Arc::new(AllPaths(handler));
-            return Ok(Box::new(Served { http, routes }));
+            return Ok(Box::new(Served::new(http, routes)));
         }
         let linker = self.linkers.get(|| link(engine))?;
         let command = ComponentCommand::new(engine, &self.ticker, &linker, component, path, host)?;

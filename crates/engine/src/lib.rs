@@ -24,6 +24,7 @@ pub use wasmcell_runtime::cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
     parse_size,
 };
+pub use wasmcell_runtime::codegen::{Codegen, CompilePolicy};
 pub use wasmcell_runtime::http::open_pagemap;
 pub use wasmcell_runtime::precompile::{COMPILER_ARG0, CompileBounds, child_main as compiler_main};
 pub use wasmcell_runtime::store::Overrun;

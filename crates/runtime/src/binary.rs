@@ -79,6 +79,34 @@ pub fn alias_release_candidates(component: &mut [u8]) {
     }
 }
 
+/// Whether `component` exports an HTTP handler (`wasi:http/incoming-handler@0.2.x` or
+/// `wasi:http/handler@0.3.x`), read from its export section before it is compiled: what a
+/// tiered start asks ([`crate::codegen::CompilePolicy::Tiered`]). A binary that cannot be
+/// read serves nothing here, and its compile says what is wrong with it.
+pub fn serves_http(component: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload {
+            Err(_) => return false,
+            Ok(wasmparser::Payload::Version { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 1 => {
+                for export in exports {
+                    let Ok(export) = export else { return false };
+                    let name = export.name.name;
+                    if name.starts_with(crate::http::INCOMING_HANDLER)
+                        || name.starts_with(crate::http::HANDLER)
+                    {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
 /// Reads the binary the spec names. Inside a rootfs it is the image's, read as hostile input:
 /// resolved with the same capability rules the guest's own opens follow (no `..` above the
 /// root, no absolute symlinks), a regular file (a device or FIFO is refused before it is
@@ -183,6 +211,30 @@ mod tests {
                 (instance (export "f" (func (param "x" u32)))))
         )"#;
         assert!(link(other_type, true).is_err());
+    }
+
+    #[test]
+    fn an_http_handler_is_told_from_its_own_exports_before_compiling() {
+        let exporting = |name: &str| {
+            wat::parse_str(format!(
+                r#"(component (instance $i) (export "{name}" (instance $i)))"#
+            ))
+            .unwrap()
+        };
+        assert!(serves_http(&exporting("wasi:http/incoming-handler@0.2.3")));
+        assert!(serves_http(&exporting("wasi:http/handler@0.3.0")));
+        assert!(!serves_http(&exporting("wasi:cli/run@0.2.3")));
+        assert!(!serves_http(&exporting("acme:http/incoming-handler@0.2.3")));
+        // A nested component's export is not the component's.
+        let nested = wat::parse_str(
+            r#"(component (component (instance $i) (export "wasi:http/handler@0.3.0" (instance $i))))"#,
+        )
+        .unwrap();
+        assert!(!serves_http(&nested));
+        let mut cut = exporting("wasi:http/handler@0.3.0");
+        cut.truncate(cut.len() - 4);
+        assert!(!serves_http(&cut));
+        assert!(!serves_http(b"\0asm not a component at all"));
     }
 
     #[test]

@@ -94,6 +94,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The compile cache holds no code for `path` (yet), and this cache does not compile
+    /// ([`crate::cache::Miss`]): a tiered start asking whether the optimised code is there, or a
+    /// sandbox that waited for its shim's compile in vain.
+    #[error("the compile cache holds no compiled code for `{path}`")]
+    NotCached {
+        /// The binary's path.
+        path: String,
+    },
     /// A preopened directory could not be opened.
     #[error("cannot give the guest {} at `{guest}`", host.display())]
     Preopen {

@@ -11,6 +11,7 @@
 
 pub mod binary;
 pub mod cache;
+pub mod codegen;
 pub mod connections;
 pub mod controls;
 pub mod core_abi;
@@ -37,12 +38,7 @@ pub use error::{Error, error_chain};
 pub use exit::Exit;
 pub use usage::Usage;
 
-/// The engine configuration every process compiles and runs with: the compiler's child and
-/// every runner must agree on it, or artifacts would not load.
+/// The engine configuration of optimised code ([`codegen::Codegen::Optimized`]).
 pub fn config() -> wasmtime::Config {
-    let mut config = wasmtime::Config::new();
-    config.epoch_interruption(true);
-    // WASI 0.3 components: async functions, streams and futures.
-    config.wasm_component_model_async(true);
-    config
+    codegen::Codegen::Optimized.config()
 }

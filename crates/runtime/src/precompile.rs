@@ -5,8 +5,9 @@
 //! A shim therefore compiles each cache miss in a child (its own binary started as
 //! [`COMPILER_ARG0`]) whose `RLIMIT_CPU` and `RLIMIT_AS` bound what one image may take from the
 //! node (see [`CompileBounds`]); the child also gives every page of Cranelift's working set back when it exits, which a
-//! long-lived shim's allocator would not. The child receives the binary on stdin (its kind
-//! first, one byte) and answers with the artifact on stdout, or why not on stderr.
+//! long-lived process's allocator would not, so a server that compiled weighs what one started
+//! from the cache weighs. The child receives the binary on stdin (one byte first: its kind and
+//! which code to make) and answers with the artifact on stdout, or why not on stderr.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -18,6 +19,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use wasmcell_oci::WasmKind;
+
+use crate::codegen::Codegen;
 
 /// The `argv[0]` of a compiling child; the `wasmcell` binary dispatches on it.
 pub const COMPILER_ARG0: &str = "wasmcell-compile";
@@ -63,11 +66,12 @@ impl CompileBounds {
     }
 }
 
-/// Compiles `bytes` in a child started from `exe`, within `bounds`. The error says which bound
-/// was hit, or carries the compiler's own message.
+/// Compiles `bytes` to `codegen`'s code in a child started from `exe`, within `bounds`. The
+/// error says which bound was hit, or carries the compiler's own message.
 pub fn in_child(
     exe: &Path,
     bounds: CompileBounds,
+    codegen: Codegen,
     kind: WasmKind,
     bytes: &[u8],
 ) -> Result<Vec<u8>, String> {
@@ -140,7 +144,7 @@ pub fn in_child(
         scope.spawn(move || {
             // A child that dies early closes its end: what it wrote says why.
             let _ = stdin
-                .write_all(&[kind_byte(kind)])
+                .write_all(&[header(codegen, kind)])
                 .and_then(|()| stdin.write_all(bytes));
         });
         let message = scope.spawn(move || {
@@ -322,11 +326,18 @@ fn drop_privileges() -> std::io::Result<()> {
     Ok(())
 }
 
-fn kind_byte(kind: WasmKind) -> u8 {
-    match kind {
+/// The byte the binary follows: bit 0 its kind (set: a component), bit 1 the code to make
+/// (set: baseline).
+fn header(codegen: Codegen, kind: WasmKind) -> u8 {
+    let kind = match kind {
         WasmKind::Module => 0,
         WasmKind::Component => 1,
-    }
+    };
+    let codegen = match codegen {
+        Codegen::Optimized => 0,
+        Codegen::Baseline => 2,
+    };
+    kind | codegen
 }
 
 /// The compiling child's entry point (the `wasmcell` binary calls it when started as
@@ -349,11 +360,15 @@ pub fn child_main() -> ExitCode {
         eprintln!("cannot read the binary to compile: {error}");
         return ExitCode::FAILURE;
     }
-    let Some((&kind, bytes)) = input.split_first() else {
+    let Some((&header, bytes)) = input.split_first() else {
         eprintln!("nothing to compile");
         return ExitCode::FAILURE;
     };
-    let compiled = wasmtime::Engine::new(&crate::config()).and_then(|engine| match kind {
+    let codegen = match header & 2 {
+        0 => Codegen::Optimized,
+        _ => Codegen::Baseline,
+    };
+    let compiled = wasmtime::Engine::new(&codegen.config()).and_then(|engine| match header & 1 {
         0 => engine.precompile_module(bytes),
         _ => engine.precompile_component(bytes),
     });

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::controls::Controls;
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::http::{Serving, TierUp};
 use wasmcell_workload::WorkloadSpec;
 
 /// What a run is awaited as.
@@ -27,5 +28,17 @@ pub trait Run: Send + Sync {
     /// caller's thread is metered while it runs.
     fn meters_itself(&self) -> bool {
         false
+    }
+
+    /// What its HTTP server serves, if it has one: how a tier-up of the same workload hands
+    /// its optimised routes to the server that started on baseline code.
+    fn serving(&self) -> Option<Serving> {
+        None
+    }
+
+    /// Gives its server the means to switch to optimised code ([`crate::codegen`]), taken by
+    /// the next run. What serves nothing drops it.
+    fn tier_up(&self, tier_up: TierUp) {
+        drop(tier_up);
     }
 }

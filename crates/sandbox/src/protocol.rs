@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use wasmcell_engine::{Access, Input, Limits, NameFiles, Output, Usage, WorkloadSpec};
+use wasmcell_engine::{
+    Access, CompilePolicy, Input, Limits, NameFiles, Output, Usage, WorkloadSpec,
+};
 
 /// The descriptor number the control socket has in the sandbox.
 pub const CONTROL_FD: i32 = 3;
@@ -34,6 +36,10 @@ pub struct Setup {
     /// The compile cache to load artifacts from: the one host directory the sandbox sees (at
     /// the same path, read-only).
     pub cache_dir: PathBuf,
+    /// When the engines compile what (the shim's `WASMCELL_COMPILE`): a tiered server waits
+    /// for the optimised code the shim compiles.
+    #[serde(default)]
+    pub compile: CompilePolicy,
     /// The first container's `/etc/hosts` and `/etc/resolv.conf` (the sources of the bind
     /// mounts Docker and CRI add), which the sandbox's own root shows at those paths for the C
     /// library's name lookups (`wasi:sockets`' `ip-name-lookup`); the host's where not given.

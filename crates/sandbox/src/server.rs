@@ -43,8 +43,8 @@ pub fn main() -> ExitCode {
         return outbox.fail_setup(&error_chain(&error));
     }
     // Threads start only now, after the seccomp filter (which they inherit).
-    let engine = match Engine::new(CompileCache::new(&setup.cache_dir)) {
-        Ok(engine) => Arc::new(engine.cpus(cpus)),
+    let engine = match Engine::new(CompileCache::new(&setup.cache_dir), setup.compile) {
+        Ok(engine) => Arc::new(engine.cpus(cpus).compiled_elsewhere()),
         Err(error) => return outbox.fail_setup(&error_chain(&error)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

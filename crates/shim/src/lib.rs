@@ -34,7 +34,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::timestamp;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
-use wasmcell_engine::{CompileBounds, CompileCache, Compiler, DEFAULT_MAX_SIZE};
+use wasmcell_engine::{CompileCache, CompilePolicy, Compiler, DEFAULT_MAX_SIZE};
 
 pub use error::Error;
 pub use runtime::Runtime;
@@ -158,14 +158,15 @@ impl Shim for WasmShim {
             );
             DEFAULT_MAX_SIZE
         });
-        let cache = CompileCache::new(&cache_dir).max_size(max_size);
-        // An image's module is compiled in a child bounded in CPU time and memory; should this
-        // binary's path be unknown, in this process.
-        let cache = match std::env::current_exe() {
-            Ok(exe) => cache.compiling_in_child(exe, CompileBounds::from_env()),
-            Err(_) => cache,
-        };
-        let compiler = match Compiler::new(cache) {
+        // An image's module is compiled in a child bounded in CPU time and memory.
+        let cache = CompileCache::new(&cache_dir)
+            .max_size(max_size)
+            .compiling_in_own_child();
+        let policy = CompilePolicy::from_env().unwrap_or_else(|error| {
+            tracing::warn!("{error}; compiling as `{}`", CompilePolicy::default());
+            CompilePolicy::default()
+        });
+        let compiler = match Compiler::new(cache, policy) {
             Ok(compiler) => Arc::new(compiler),
             Err(error) => {
                 // Nothing can run without an engine; containerd sees the shim exit and reports it.
@@ -212,7 +213,11 @@ pub mod fuzzing {
         };
         let bundle = Path::new("/nonexistent/bundle");
         let _ = crate::spec::workload(&spec, bundle, wasmcell_engine::Stdio::default());
-        let _ = crate::spec::sandbox_setup(&spec, Path::new("/nonexistent/cache"));
+        let _ = crate::spec::sandbox_setup(
+            &spec,
+            Path::new("/nonexistent/cache"),
+            wasmcell_engine::CompilePolicy::Tiered,
+        );
         let _ = crate::spec::cgroup(&spec);
         let _ = crate::pod::Role::of(&spec);
     }

@@ -18,7 +18,7 @@ mod routes;
 mod spin1;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmcell_oci::rootfs;
 use wasmcell_spin::{App, HttpHandler};
@@ -34,7 +34,8 @@ use wasmcell_runtime::cache::{CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
 use wasmcell_runtime::http::{
-    Handler, HandlerFuture, HttpEngine, Server, Start, run_proxy, run_service, serve,
+    Handler, HandlerFuture, HttpEngine, Server, Serving, Start, TierUp, run_proxy, run_service,
+    serve,
 };
 use wasmcell_runtime::outbound::HttpHooks;
 use wasmcell_runtime::run::{Run, RunFuture};
@@ -52,6 +53,8 @@ pub struct SpinApp {
     routes: Arc<SpinRoutes>,
     /// By the app's component index.
     components: Vec<Prepared>,
+    /// How its server switches to optimised code, when it starts on baseline code.
+    tier_up: Mutex<Option<TierUp>>,
 }
 
 /// One component: what runs it for each of its non-HTTP triggers, and what its instances
@@ -384,6 +387,7 @@ pub fn prepare(
             http: http.clone(),
             routes,
             components,
+            tier_up: Mutex::new(None),
         },
         cached,
     ))
@@ -453,9 +457,13 @@ impl SpinApp {
         if !self.serves_http() && self.app.redis.is_empty() {
             return Ok(last);
         }
-        let routes = self.routes.clone();
+        let serving = Serving {
+            http: self.http.clone(),
+            routes: self.routes.clone(),
+        };
+        let tier_up = self.tier_up.lock().expect("tier-up lock").take();
         if self.app.redis.is_empty() {
-            return serve(&self.http, routes, spec, controls).await;
+            return serve(serving, tier_up, spec, controls).await;
         }
         if !self.serves_http() {
             redis_trigger::listen(self, spec, controls).await?;
@@ -464,7 +472,7 @@ impl SpinApp {
         // A trigger that cannot subscribe ends the app at once, HTTP server and all: an app that
         // serves but never handles its messages would look healthy to its probes.
         let (served, ()) = tokio::try_join!(
-            serve(&self.http, routes, spec, controls),
+            serve(serving, tier_up, spec, controls),
             redis_trigger::listen(self, spec, controls)
         )?;
         Ok(served)
@@ -478,6 +486,19 @@ impl Run for SpinApp {
 
     fn stops_gracefully(&self) -> bool {
         true
+    }
+
+    fn serving(&self) -> Option<Serving> {
+        self.serves_http().then(|| Serving {
+            http: self.http.clone(),
+            routes: self.routes.clone(),
+        })
+    }
+
+    /// Only its HTTP server switches: its commands have run by then, and its Redis trigger
+    /// stays on the code it started on.
+    fn tier_up(&self, tier_up: TierUp) {
+        *self.tier_up.lock().expect("tier-up lock") = Some(tier_up);
     }
 }
 

@@ -3,13 +3,14 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmcell_e2e::{
-    assert_serves_hello_http, containerd_with, curl, free_port, guest, wait_for, wait_http,
-    wasmcell,
+    Background, assert_serves_hello_http, containerd_with, curl, free_port, guest, wait_for,
+    wait_http, wasmcell,
 };
 
 const GREETING: &str = "Hello from a Wasm container!\n";
@@ -287,6 +288,110 @@ fn raise_open_file_limit(wanted: u64) -> Result<()> {
             "cannot raise RLIMIT_NOFILE to {wanted}: {}",
             std::io::Error::last_os_error()
         );
+    }
+    Ok(())
+}
+
+/// Issue 29: a server whose code is not in the compile cache answers at once on baseline code
+/// (Winch), and its new requests move to the optimised code (Cranelift) once the background
+/// compile has written it, no request lost meanwhile; its next start finds the optimised code.
+/// A command waits for optimised code; `--compile` chooses, and names the choices.
+#[test]
+fn a_server_missing_from_the_cache_starts_on_baseline_code_and_moves_to_optimised_code()
+-> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let log = tmp.path().join("stderr");
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let start = |extra: &[&str]| -> Result<Background> {
+        Background::spawn_logging(
+            Command::new(wasmcell())
+                .args(["run", "--cache-dir"])
+                .arg(&cache)
+                .args(extra)
+                .args(["-p", &format!("127.0.0.1:{port}:8080")])
+                .arg(guest("hello-http.wasm"))
+                .env("WASMCELL_LOG", "wasmcell_runtime=debug"),
+            std::fs::File::create(&log)?,
+        )
+    };
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let engines = |cache: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(cache)
+            .into_iter()
+            .flatten()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("wasmtime-"))
+            .collect();
+        names.sort();
+        names
+    };
+
+    let mut server = start(&[])?;
+    wait_http(&format!("{base}/"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !said().contains("serving on optimised code") {
+        assert_eq!(curl(&[&format!("{base}/")])?.body, GREETING);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no switch to optimised code within 120 s: {}",
+            said()
+        );
+    }
+    assert_serves_hello_http(&base)?;
+    // Both codes are cached, each under its own engine configuration.
+    let tiered = engines(&cache);
+    assert_eq!(tiered.len(), 2, "{tiered:?}");
+    assert!(server.terminate()?.success());
+
+    // The next start loads the optimised code and compiles nothing.
+    let mut again = start(&[])?;
+    wait_http(&format!("{base}/"))?;
+    assert_serves_hello_http(&base)?;
+    assert!(again.terminate()?.success());
+    let second = said();
+    assert!(second.contains("compile cache hit"), "{second}");
+    assert!(!second.contains("compile cache miss"), "{second}");
+    assert!(!second.contains("serving on optimised code"), "{second}");
+
+    // A command is compiled to optimised code only: the directory the server moved to.
+    let commands = tmp.path().join("commands");
+    wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["run", "--cache-dir"])
+            .arg(&commands)
+            .arg(guest("hello.wasm")),
+    )?
+    .success()?;
+    let optimized = engines(&commands);
+    assert_eq!(optimized.len(), 1, "{optimized:?}");
+    assert!(tiered.contains(&optimized[0]), "{tiered:?} {optimized:?}");
+
+    // `--compile baseline` never compiles optimised code: the other directory.
+    let baseline = tmp.path().join("baseline");
+    wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["run", "--compile", "baseline", "--cache-dir"])
+            .arg(&baseline)
+            .arg(guest("hello.wasm")),
+    )?
+    .success()?;
+    let only = engines(&baseline);
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert!(
+        tiered.contains(&only[0]) && only != optimized,
+        "{tiered:?} {only:?}"
+    );
+
+    let wrong = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["run", "--compile", "winch"])
+            .arg(guest("hello.wasm")),
+    )?;
+    assert_eq!(wrong.code, Some(2), "{wrong:?}");
+    for named in ["`winch`", "tiered", "optimized", "baseline"] {
+        assert!(wrong.stderr.contains(named), "{named}: {wrong:?}");
     }
     Ok(())
 }

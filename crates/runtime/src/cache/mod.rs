@@ -32,12 +32,13 @@ mod tests;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmcell_oci::WasmKind;
 use wasmtime::component::Component;
 
+use crate::codegen::Codegen;
 use crate::error::Error;
 use crate::precompile::CompileBounds;
 
@@ -63,6 +64,22 @@ pub struct CompileCache {
     compiler: Option<(PathBuf, CompileBounds)>,
     /// The total size in bytes that collection after a miss brings the cache back within.
     max_size: u64,
+    /// The code a compiling child makes (an in-process compile makes the given engine's).
+    codegen: Codegen,
+    /// What a miss does.
+    miss: Miss,
+}
+
+/// What [`CompileCache::ensure`] does when the cache has no sound entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Compiles it (the default).
+    Compile,
+    /// Fails with [`Error::NotCached`] at once: to ask whether code is there.
+    Refuse,
+    /// Waits up to this long for another process (a sandbox's shim) to write it, then fails
+    /// with [`Error::NotCached`].
+    Await(Duration),
 }
 
 /// One entry of the cache, as [`CompileCache::entries`] lists it.
@@ -86,6 +103,29 @@ impl CompileCache {
             dir: dir.into(),
             compiler: None,
             max_size: DEFAULT_MAX_SIZE,
+            codegen: Codegen::Optimized,
+            miss: Miss::Compile,
+        }
+    }
+
+    /// The same cache, its compiling child making `codegen`'s code: the engines given to
+    /// [`CompileCache::ensure`] must then be of that configuration.
+    pub fn codegen(self, codegen: Codegen) -> CompileCache {
+        CompileCache { codegen, ..self }
+    }
+
+    /// The same cache, doing `miss` on a miss.
+    pub fn on_miss(self, miss: Miss) -> CompileCache {
+        CompileCache { miss, ..self }
+    }
+
+    /// The same cache, compiling each miss in a child of this program's own binary (within
+    /// the bounds the environment sets, [`CompileBounds::from_env`]); in this process should
+    /// the binary's path be unknown.
+    pub fn compiling_in_own_child(self) -> CompileCache {
+        match std::env::current_exe() {
+            Ok(exe) => self.compiling_in_child(exe, CompileBounds::from_env()),
+            Err(_) => self,
         }
     }
 
@@ -189,6 +229,23 @@ impl CompileCache {
         if let Some(held) = hold_if_sound(&entry).map_err(cache_err(&entry))? {
             return Ok(held);
         }
+        let not_cached = || Error::NotCached {
+            path: path.to_owned(),
+        };
+        match self.miss {
+            Miss::Compile => {}
+            Miss::Refuse => return Err(not_cached()),
+            Miss::Await(bound) => {
+                let deadline = Instant::now() + bound;
+                while Instant::now() < deadline {
+                    std::thread::sleep(AWAIT_POLL);
+                    if let Some(held) = hold_if_sound(&entry).map_err(cache_err(&entry))? {
+                        return Ok(held);
+                    }
+                }
+                return Err(not_cached());
+            }
+        }
         let written = self.compile_and_write(engine, kind, bytes, path, &entry)?;
         self.collect_after_write();
         Ok(written)
@@ -220,7 +277,8 @@ impl CompileCache {
                 WasmKind::Component => engine.precompile_component(bytes),
             },
             Some((exe, bounds)) => {
-                crate::precompile::in_child(exe, *bounds, kind, bytes).map_err(wasmtime::Error::msg)
+                crate::precompile::in_child(exe, *bounds, self.codegen, kind, bytes)
+                    .map_err(wasmtime::Error::msg)
             }
         }
         .map_err(|source| Error::Compile {
@@ -250,6 +308,9 @@ impl CompileCache {
         })
     }
 }
+
+/// How often [`Miss::Await`] looks for the entry: a rename into place is seen within this.
+const AWAIT_POLL: Duration = Duration::from_millis(250);
 
 /// The error for a failure to use the directory that holds `entry`.
 fn cache_err(entry: &Path) -> impl Fn(std::io::Error) -> Error + '_ {

@@ -32,8 +32,8 @@ use crate::error::Error;
 
 pub use proxy::{AllPaths, Proxy, Start, run_proxy};
 pub use server::{
-    Failure, Handler, HandlerFuture, Routes, Served, Server, Worker, bind, is_pool_exhausted,
-    plain, serve,
+    Failure, Handler, HandlerFuture, Routes, Served, Server, Serving, TierUp, Worker, bind,
+    is_pool_exhausted, plain, serve,
 };
 pub use service::{Service, run_service};
 
@@ -43,10 +43,10 @@ pub use service::{Service, run_service};
 const KEEP_RESIDENT: usize = 1 << 20;
 
 /// The interface name whose export makes a component an HTTP server.
-const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
 
 /// The interface name whose export makes a component a WASI 0.3 HTTP server.
-const HANDLER: &str = "wasi:http/handler@0.3";
+pub const HANDLER: &str = "wasi:http/handler@0.3";
 
 /// Whether `component` serves HTTP: it exports `wasi:http/incoming-handler` (any 0.2 version).
 pub fn is_proxy(engine: &wasmtime::Engine, component: &Component) -> bool {

@@ -1,10 +1,11 @@
 //! The server: HTTP/1.1 connections on each worker runtime, a request's route, and what its
 //! handler answers within the request's limits.
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use super::HttpEngine;
 use crate::connections::Connections;
 use crate::controls::Controls;
 use crate::epoch::Ticker;
-use crate::error::Error;
+use crate::error::{Error, error_chain};
 use crate::exit::Exit;
 use crate::run::{Run, RunFuture};
 use crate::stdio::{Diagnostics, Outputs};
@@ -71,9 +72,49 @@ pub struct Server {
     controls: Controls,
     /// Why a request failed, for the guest's stderr, never holding up a response.
     diagnostics: Diagnostics,
+    /// What its code was loaded from, after a [`TierUp`]: kept for as long as it serves.
+    _kept: Option<Box<dyn Any + Send + Sync>>,
 }
 
+/// A server's engine and routes: what a [`TierUp`] replaces.
+#[derive(Clone)]
+pub struct Serving {
+    /// The pooling engine its instances run on.
+    pub http: Arc<HttpEngine>,
+    /// Where its requests go.
+    pub routes: Arc<dyn Routes>,
+}
+
+/// Makes the serving of the same workload on optimised code, and what must live as long as
+/// it serves (the cache entries it was loaded from): called once, on a thread of its own, by a
+/// server that started on baseline code (see [`crate::codegen`]). It may take seconds: it
+/// compiles, or waits for the process that does.
+pub type TierUp =
+    Box<dyn FnOnce() -> Result<(Serving, Box<dyn Any + Send + Sync>), Error> + Send + 'static>;
+
+/// The server requests go to, switched by a [`TierUp`]: each request takes the one current
+/// when it arrives, and keeps it to its end (its store belongs to that server's engine).
+type Current = Arc<RwLock<Arc<Server>>>;
+
 impl Server {
+    fn new(
+        serving: Serving,
+        spec: &Arc<WorkloadSpec>,
+        controls: &Controls,
+        diagnostics: &Diagnostics,
+        kept: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Server {
+        Server {
+            engine: serving.http.engine.clone(),
+            ticker: serving.http.ticker.clone(),
+            routes: serving.routes,
+            spec: spec.clone(),
+            controls: controls.clone(),
+            diagnostics: diagnostics.clone(),
+            _kept: kept,
+        }
+    }
+
     /// The engine its instances run on.
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
@@ -117,20 +158,45 @@ impl Server {
 /// also accepts, and deals connections out in turn; a connection's requests then run on its
 /// thread alone, woken by that thread's reactor. Measured on 2 cores: 12-28% less CPU per
 /// request than one two-worker runtime, whose request tasks woke the other worker.
+///
+/// With a `tier_up`, the server starts on the baseline code it was given and switches to the
+/// optimised code the tier-up makes, request by request: requests already running finish on
+/// the code they started on. Should the tier-up fail, the server stays on its baseline code
+/// and says why on the container's stderr.
 pub async fn serve(
-    http: &HttpEngine,
-    routes: Arc<dyn Routes>,
+    serving: Serving,
+    tier_up: Option<TierUp>,
     spec: &Arc<WorkloadSpec>,
     controls: &Controls,
 ) -> Result<Exit, Error> {
-    let server = Arc::new(Server {
-        engine: http.engine.clone(),
-        ticker: http.ticker.clone(),
-        routes,
-        spec: spec.clone(),
-        controls: controls.clone(),
-        diagnostics: Diagnostics::new(&spec.stdio.stderr),
-    });
+    let http = serving.http.clone();
+    let diagnostics = Diagnostics::new(&spec.stdio.stderr);
+    let first = Server::new(serving, spec, controls, &diagnostics, None);
+    let spec = spec.clone();
+    let current: Current = Arc::new(RwLock::new(Arc::new(first)));
+    if let Some(tier_up) = tier_up {
+        let (current, controls) = (current.clone(), controls.clone());
+        // Diagnostics are written by a task of the runtime that serves.
+        let runtime = tokio::runtime::Handle::current();
+        let switch = move || match tier_up() {
+            Ok((serving, kept)) => {
+                let next = Server::new(serving, &spec, &controls, &diagnostics, Some(kept));
+                *current.write().expect("current server lock") = Arc::new(next);
+                tracing::info!("serving on optimised code");
+            }
+            Err(error) => {
+                let _entered = runtime.enter();
+                diagnostics.report(&format!(
+                    "staying on baseline code: {}",
+                    error_chain(&error)
+                ));
+            }
+        };
+        std::thread::Builder::new()
+            .name("wasmcell-tier-up".into())
+            .spawn(switch)
+            .map_err(|e| Error::Engine(e.into()))?;
+    }
     let (done, exit) = tokio::sync::oneshot::channel();
     // Dropped with this future: the server thread sees it and stops at once.
     let (_cancel, cancelled) = tokio::sync::oneshot::channel::<Infallible>();
@@ -138,7 +204,7 @@ pub async fn serve(
         .map(|_| Worker::start(controls.clone()))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| Error::Engine(e.into()))?;
-    let meter_of = server.controls.clone();
+    let meter_of = controls.clone();
     std::thread::Builder::new()
         .name("wasmcell-http".into())
         .spawn(move || {
@@ -148,7 +214,7 @@ pub async fn serve(
                     let mut runtimes = vec![tokio::runtime::Handle::current()];
                     runtimes.extend(workers.iter().map(|worker| worker.runtime.clone()));
                     tokio::select! {
-                        exit = serve_here(server, runtimes) => exit,
+                        exit = serve_here(current, runtimes) => exit,
                         // Killed: nobody waits for this status.
                         _ = cancelled => Ok(Exit::Code(137)),
                     }
@@ -202,10 +268,11 @@ impl Worker {
 
 /// Accepts on this thread and serves each connection on one of `runtimes`, in turn.
 async fn serve_here(
-    server: Arc<Server>,
+    current: Current,
     runtimes: Vec<tokio::runtime::Handle>,
 ) -> Result<Exit, Error> {
-    let (spec, controls) = (&server.spec, &server.controls);
+    let first = current.read().expect("current server lock").clone();
+    let (spec, controls) = (&first.spec, &first.controls);
     let HttpServe { addr, .. } = spec.http;
     let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
     // Opened on this thread's runtime, whose reactor drives them for every thread's requests
@@ -220,8 +287,11 @@ async fn serve_here(
             let peer = accepted
                 .as_ref()
                 .map_or(crate::outbound::host_addr(), |(_, peer)| *peer);
-            let (server, outputs) = (server.clone(), outputs.clone());
-            let respond = move |request| handle(server.clone(), outputs.clone(), request, peer);
+            let (current, outputs) = (current.clone(), outputs.clone());
+            let respond = move |request| {
+                let server = current.read().expect("current server lock").clone();
+                handle(server, outputs.clone(), request, peer)
+            };
             connections
                 .serve(accepted.map(|(stream, _)| stream), respond)
                 .await;
@@ -360,17 +430,34 @@ pub fn plain(status: StatusCode, text: String) -> Response<HyperOutgoingBody> {
     response
 }
 
-/// A server as what a workload runs: `routes` served on `http` until terminated.
+/// A server as what a workload runs: served until terminated.
 pub struct Served {
-    /// The pooling engine its instances run on.
-    pub http: Arc<HttpEngine>,
-    /// Where its requests go.
-    pub routes: Arc<dyn Routes>,
+    serving: Serving,
+    tier_up: Mutex<Option<TierUp>>,
+}
+
+impl Served {
+    /// `routes` served on `http`.
+    pub fn new(http: Arc<HttpEngine>, routes: Arc<dyn Routes>) -> Served {
+        Served {
+            serving: Serving { http, routes },
+            tier_up: Mutex::new(None),
+        }
+    }
 }
 
 impl Run for Served {
     fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
-        Box::pin(serve(&self.http, self.routes.clone(), spec, controls))
+        let tier_up = self.tier_up.lock().expect("tier-up lock").take();
+        Box::pin(serve(self.serving.clone(), tier_up, spec, controls))
+    }
+
+    fn serving(&self) -> Option<Serving> {
+        Some(self.serving.clone())
+    }
+
+    fn tier_up(&self, tier_up: TierUp) {
+        *self.tier_up.lock().expect("tier-up lock") = Some(tier_up);
     }
 
     fn stops_gracefully(&self) -> bool {

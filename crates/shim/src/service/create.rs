@@ -115,7 +115,7 @@ impl TaskService {
         let handle = self
             .sandbox
             .get_or_try_init(|| async {
-                let setup = spec::sandbox_setup(oci, &self.cache_dir)?;
+                let setup = spec::sandbox_setup(oci, &self.cache_dir, self.compiler.policy())?;
                 let cgroup = match spec::cgroup(oci) {
                     Some((path, resources)) => {
                         // A pod's sandbox container is the pause process's (CRI gives it two

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 use wasmcell_engine::{
-    Access, App, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource, NameFiles, Network,
-    Preopen, Stdio, WorkloadSpec,
+    Access, App, CompilePolicy, CpuQuota, HttpServe, HttpSettingError, Limits, ModuleSource,
+    NameFiles, Network, Preopen, Stdio, WorkloadSpec,
 };
 use wasmcell_oci::Entrypoint;
 use wasmcell_sandbox::protocol::{Namespace, NamespaceKind, Rlimit, Setup, User};
@@ -321,7 +321,11 @@ const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 /// The sandbox's isolation for this spec. Namespaces follow runc: listed without a path, a new
 /// one; with a path, that one is joined; not listed, the host's is kept (`ctr run --net-host`).
 /// The mount namespace is always private. A user namespace is refused rather than ignored.
-pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> {
+pub fn sandbox_setup(
+    spec: &Spec,
+    cache_dir: &Path,
+    compile: CompilePolicy,
+) -> Result<Setup, SpecError> {
     let mut namespaces = Vec::new();
     for namespace in spec
         .linux()
@@ -373,6 +377,7 @@ pub fn sandbox_setup(spec: &Spec, cache_dir: &Path) -> Result<Setup, SpecError> 
             })
             .collect(),
         cache_dir: cache_dir.to_owned(),
+        compile,
         names: name_files(spec),
         bind_low_ports: process
             .capabilities()

@@ -169,7 +169,7 @@ fn namespaces_follow_runc() {
         {"type": "network", "path": "/var/run/netns/pod"},
         {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "pid"},
     ]}}));
-    let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
+    let setup = sandbox_setup(&s, Path::new("/cache"), CompilePolicy::Tiered).unwrap();
     assert_eq!(
         setup.namespaces,
         [
@@ -190,11 +190,11 @@ fn namespaces_follow_runc() {
     assert_eq!(setup.hostname.as_deref(), Some("box"));
     // No network namespace listed: the host's (`--net-host`); no new UTS: no hostname.
     let s = base(json!({"hostname": "box", "linux": {"namespaces": [{"type": "mount"}]}}));
-    let setup = sandbox_setup(&s, Path::new("/cache")).unwrap();
+    let setup = sandbox_setup(&s, Path::new("/cache"), CompilePolicy::Tiered).unwrap();
     assert!(setup.namespaces.is_empty() && setup.hostname.is_none());
     let s = base(json!({"linux": {"namespaces": [{"type": "user"}]}}));
     assert!(
-        sandbox_setup(&s, Path::new("/cache"))
+        sandbox_setup(&s, Path::new("/cache"), CompilePolicy::Tiered)
             .unwrap_err()
             .to_string()
             .contains("a user namespace")
@@ -205,8 +205,12 @@ fn namespaces_follow_runc() {
 fn rlimits_keep_their_spec_names() {
     let mut value = serde_json::to_value(base(json!({}))).unwrap();
     value["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096}]);
-    let setup =
-        sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
+    let setup = sandbox_setup(
+        &serde_json::from_value(value).unwrap(),
+        Path::new("/cache"),
+        CompilePolicy::Tiered,
+    )
+    .unwrap();
     assert_eq!(
         setup.rlimits,
         [Rlimit {
@@ -221,8 +225,12 @@ fn rlimits_keep_their_spec_names() {
 fn user_and_groups_come_from_the_process() {
     let mut value = serde_json::to_value(base(json!({}))).unwrap();
     value["process"]["user"] = json!({"uid": 1000, "gid": 100, "additionalGids": [10, 20]});
-    let setup =
-        sandbox_setup(&serde_json::from_value(value).unwrap(), Path::new("/cache")).unwrap();
+    let setup = sandbox_setup(
+        &serde_json::from_value(value).unwrap(),
+        Path::new("/cache"),
+        CompilePolicy::Tiered,
+    )
+    .unwrap();
     assert_eq!(
         setup.user,
         User {
