@@ -59,7 +59,9 @@ fn measure(name: &str, app: &Path, n: usize, seconds: u32) -> Result<()> {
         let cache = tmp.path().join(format!("cache-{round}"));
         rows[0].1.push(start(app, &cache, &[], true)?);
         let optimized = tmp.path().join(format!("optimized-{round}"));
-        rows[1].1.push(start(app, &optimized, &["--compile", "optimized"], false)?);
+        rows[1]
+            .1
+            .push(start(app, &optimized, &["--compile", "optimized"], false)?);
         // The changed app's own wasm differs in one custom section per round.
         append_custom_section(&changed, round)?;
         rows[2].1.push(start(&changed, &cache, &[], true)?);

@@ -100,6 +100,14 @@ fn serves_http(spec: &WorkloadSpec) -> Result<bool, Error> {
     Ok(kind == WasmKind::Component && wasmcell_runtime::binary::serves_http(&bytes))
 }
 
+/// Logs why a workload runs on optimised code where baseline code was asked for.
+fn not_baseline(error: &Error) {
+    tracing::info!(
+        "the baseline compiler cannot compile it ({}); using optimised code",
+        error_chain(error)
+    );
+}
+
 /// Compiles `spec`'s optimised code into the cache on a thread of its own, after a tiered
 /// start on baseline code, for its server to switch to. A failure leaves the workload on
 /// baseline code and is logged.
@@ -150,6 +158,18 @@ impl Compiler {
             .get(|| Target::new(Codegen::Baseline, &self.cache))
     }
 
+    /// Baseline code of `spec`; or, where Winch cannot compile it (it lacks a proposal the
+    /// module uses, such as tail calls or exceptions), its optimised code. Says which.
+    fn compile_baseline(&self, spec: &WorkloadSpec) -> Result<(Vec<InUse>, Codegen), Error> {
+        match self.baseline()?.compile(spec) {
+            Err(error @ Error::Compile { .. }) => {
+                not_baseline(&error);
+                Ok((self.optimized.compile(spec)?, Codegen::Optimized))
+            }
+            compiled => compiled.map(|held| (held, Codegen::Baseline)),
+        }
+    }
+
     /// Checks that `spec` names a wasm binary and compiles it into the cache unless it is there
     /// already, without loading or linking it: the shim's half of `create`, which fails it at
     /// once on a missing file, a non-wasm file or a malformed module. The sandbox loads the
@@ -163,11 +183,13 @@ impl Compiler {
         let _release = ReleaseFreedMemory;
         match self.policy {
             CompilePolicy::Optimized => self.optimized.compile(spec),
-            CompilePolicy::Baseline => self.baseline()?.compile(spec),
+            CompilePolicy::Baseline => self.compile_baseline(spec).map(|(held, _)| held),
             CompilePolicy::Tiered => match self.optimized.on_miss(Miss::Refuse).compile(spec) {
                 Err(Error::NotCached { .. }) if serves_http(spec)? => {
-                    let held = self.baseline()?.compile(spec)?;
-                    compile_in_background(self.optimized.clone(), spec.clone());
+                    let (held, codegen) = self.compile_baseline(spec)?;
+                    if codegen == Codegen::Baseline {
+                        compile_in_background(self.optimized.clone(), spec.clone());
+                    }
                     Ok(held)
                 }
                 Err(Error::NotCached { .. }) => self.optimized.compile(spec),
@@ -273,8 +295,24 @@ impl Engine {
         let _release = ReleaseFreedMemory;
         match self.policy {
             CompilePolicy::Optimized => self.tier(Codegen::Optimized)?.prepare(spec, Miss::Compile),
-            CompilePolicy::Baseline => self.tier(Codegen::Baseline)?.prepare(spec, Miss::Compile),
+            CompilePolicy::Baseline => self.prepare_baseline(spec).map(|(prepared, _)| prepared),
             CompilePolicy::Tiered => self.prepare_tiered(spec),
+        }
+    }
+
+    /// `spec` prepared on baseline code; or, where Winch cannot compile it, on optimised code.
+    /// Says which.
+    fn prepare_baseline(&self, spec: WorkloadSpec) -> Result<(Prepared, Codegen), Error> {
+        match self
+            .tier(Codegen::Baseline)?
+            .prepare(spec.clone(), Miss::Compile)
+        {
+            Err(error @ Error::Compile { .. }) => {
+                not_baseline(&error);
+                let optimized = self.tier(Codegen::Optimized)?;
+                Ok((optimized.prepare(spec, Miss::Compile)?, Codegen::Optimized))
+            }
+            prepared => prepared.map(|prepared| (prepared, Codegen::Baseline)),
         }
     }
 
@@ -285,9 +323,10 @@ impl Engine {
             Err(Error::NotCached { .. }) => return optimized.prepare(spec, Miss::Compile),
             prepared => return prepared,
         }
-        let prepared = self
-            .tier(Codegen::Baseline)?
-            .prepare(spec.clone(), Miss::Compile)?;
+        let (prepared, codegen) = self.prepare_baseline(spec.clone())?;
+        if codegen == Codegen::Optimized {
+            return Ok(prepared);
+        }
         let miss = match self.compiled_elsewhere {
             true => Miss::Await(AWAIT_OPTIMIZED),
             false => Miss::Compile,

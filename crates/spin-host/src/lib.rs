@@ -18,7 +18,7 @@ mod routes;
 mod spin1;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmcell_oci::rootfs;
 use wasmcell_spin::{App, HttpHandler};
@@ -34,8 +34,8 @@ use wasmcell_runtime::cache::{CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
 use wasmcell_runtime::http::{
-    Handler, HandlerFuture, HttpEngine, Server, Serving, Start, TierUp, run_proxy, run_service,
-    serve,
+    Handler, HandlerFuture, HttpEngine, Server, Serving, Start, TierUp, Tiers, run_proxy,
+    run_service, serve,
 };
 use wasmcell_runtime::outbound::HttpHooks;
 use wasmcell_runtime::run::{Run, RunFuture};
@@ -49,12 +49,12 @@ use wasmcell_workload::{ModuleSource, Network, WorkloadSpec};
 /// engine.
 pub struct SpinApp {
     app: Arc<App>,
+    /// The engine its Redis trigger's and commands' instances run on.
     http: Arc<HttpEngine>,
-    routes: Arc<SpinRoutes>,
+    /// Its HTTP routes on `http` (moved to optimised code by a tier-up).
+    tiers: Tiers,
     /// By the app's component index.
     components: Vec<Prepared>,
-    /// How its server switches to optimised code, when it starts on baseline code.
-    tier_up: Mutex<Option<TierUp>>,
 }
 
 /// One component: what runs it for each of its non-HTTP triggers, and what its instances
@@ -385,9 +385,11 @@ pub fn prepare(
         SpinApp {
             app,
             http: http.clone(),
-            routes,
+            tiers: Tiers::new(Serving {
+                http: http.clone(),
+                routes,
+            }),
             components,
-            tier_up: Mutex::new(None),
         },
         cached,
     ))
@@ -457,11 +459,7 @@ impl SpinApp {
         if !self.serves_http() && self.app.redis.is_empty() {
             return Ok(last);
         }
-        let serving = Serving {
-            http: self.http.clone(),
-            routes: self.routes.clone(),
-        };
-        let tier_up = self.tier_up.lock().expect("tier-up lock").take();
+        let (serving, tier_up) = self.tiers.for_run();
         if self.app.redis.is_empty() {
             return serve(serving, tier_up, spec, controls).await;
         }
@@ -489,16 +487,13 @@ impl Run for SpinApp {
     }
 
     fn serving(&self) -> Option<Serving> {
-        self.serves_http().then(|| Serving {
-            http: self.http.clone(),
-            routes: self.routes.clone(),
-        })
+        self.serves_http().then(|| self.tiers.serving())
     }
 
     /// Only its HTTP server switches: its commands have run by then, and its Redis trigger
     /// stays on the code it started on.
     fn tier_up(&self, tier_up: TierUp) {
-        *self.tier_up.lock().expect("tier-up lock") = Some(tier_up);
+        self.tiers.set_tier_up(tier_up);
     }
 }
 

@@ -384,6 +384,34 @@ fn a_server_missing_from_the_cache_starts_on_baseline_code_and_moves_to_optimise
         "{tiered:?} {only:?}"
     );
 
+    // What Winch cannot compile (tail calls) runs on optimised code instead, whatever the
+    // policy.
+    let tail_call = tmp.path().join("tail-call.wasm");
+    std::fs::write(
+        &tail_call,
+        wat::parse_str(
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                (memory (export "memory") 1)
+                (func $seven (result i32) i32.const 7)
+                (func $code (result i32) return_call $seven)
+                (func (export "_start") (call $exit (call $code))))"#,
+        )?,
+    )?;
+    let ran = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["run", "--compile", "baseline", "--cache-dir"])
+            .arg(tmp.path().join("tail-calls"))
+            .arg(&tail_call)
+            .env("WASMCELL_LOG", "wasmcell_engine=info"),
+    )?;
+    assert_eq!(ran.code, Some(7), "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains("the baseline compiler cannot compile it"),
+        "{ran:?}"
+    );
+
     let wrong = wasmcell_e2e::run(
         Command::new(wasmcell())
             .args(["run", "--compile", "winch"])
