@@ -271,8 +271,12 @@ async fn serve_here(
     current: Current,
     runtimes: Vec<tokio::runtime::Handle>,
 ) -> Result<Exit, Error> {
-    let first = current.read().expect("current server lock").clone();
-    let (spec, controls) = (&first.spec, &first.controls);
+    // Not the server itself: what this loop keeps must not keep a replaced server's code.
+    let (spec, controls) = {
+        let first = current.read().expect("current server lock");
+        (first.spec.clone(), first.controls.clone())
+    };
+    let (spec, controls) = (&spec, &controls);
     let HttpServe { addr, .. } = spec.http;
     let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
     // Opened on this thread's runtime, whose reactor drives them for every thread's requests
