@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use wasmcell_oci::{
-    BuildOptions, Format, Layout, Platform, SpinContent, build_app_image, build_image,
-    build_spin_image,
+    BuildOptions, Format, ImageContents, Layout, Platform, SpinContent, build_app_image,
+    build_image, build_spin_image,
 };
 use wasmcell_registry::{Registry, parse_reference};
 
@@ -63,6 +63,9 @@ pub struct BuildArgs {
     push: bool,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Do not compile the image's Wasm binaries into the compile cache ahead of its first run.
+    #[arg(long)]
+    no_compile: bool,
 }
 
 /// The `--format` values.
@@ -180,7 +183,8 @@ fn spin_app_dir(manifest: &Path) -> Result<PathBuf> {
 
 /// Stores the image locally, and writes or pushes it as the flags say.
 fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<()> {
-    image.store(&store()?)?;
+    let store = store()?;
+    image.store(&store)?;
     let platforms: Vec<_> = image.platforms.iter().map(ToString::to_string).collect();
     println!(
         "built {} ({what}, platform {}) into the local store\n  {} {}",
@@ -211,6 +215,9 @@ fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<
         };
         crate::images::runtime()?.block_on(registry.push(&reference, &image.root, &blob))?;
         println!("  and pushed to {reference}");
+    }
+    if !args.no_compile {
+        crate::precompile::image(&ImageContents::from_layout(&store, &args.tag)?)?;
     }
     Ok(())
 }

@@ -115,7 +115,9 @@ fn only_entry(index: &ImageIndex, source: &str) -> Result<Descriptor> {
 ///
 /// Only the Wasm image is fetched (the first Wasm platform of a multi-platform index, or the
 /// one `--platform` names). Every blob is checked against its digest; an interrupted pull
-/// resumes where it stopped when run again.
+/// resumes where it stopped when run again. The Wasm binaries it holds are then compiled into
+/// the compile cache, so its first run starts warm (as root, the cache the shims on this node
+/// use: `wasmcell pull` ahead of `ctr run` or a pod warms their first start too).
 #[derive(Args)]
 pub struct PullArgs {
     /// The image, e.g. 127.0.0.1:5000/hello:latest.
@@ -123,6 +125,9 @@ pub struct PullArgs {
     /// The platform to pull from a multi-platform image, e.g. wasip1/wasm.
     #[arg(long)]
     platform: Option<Platform>,
+    /// Do not compile the image's Wasm binaries ahead of its first run.
+    #[arg(long)]
+    no_compile: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -130,6 +135,9 @@ pub struct PullArgs {
 pub fn pull(args: PullArgs) -> Result<()> {
     let descriptor = pull_into_store(&args.reference, args.platform.as_ref(), &args.registry)?;
     println!("pulled {} ({})", args.reference, descriptor.digest());
+    if !args.no_compile {
+        crate::precompile::image(&ImageContents::from_layout(&store()?, &args.reference)?)?;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod cache;
 mod images;
 mod install;
 mod node;
+mod precompile;
 mod run;
 mod up;
 

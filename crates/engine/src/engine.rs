@@ -148,6 +148,18 @@ impl Compiler {
         })
     }
 
+    /// Compiles `bytes` (the binary at `path`) to optimised code into the cache unless it is
+    /// there: ahead of a first run (`wasmcell pull`, `build`), when nobody waits for it.
+    pub fn precompile(&self, path: &str, bytes: Vec<u8>) -> Result<(), Error> {
+        let _release = ReleaseFreedMemory;
+        let (bytes, kind) = wasmcell_runtime::binary::checked(path, bytes)?;
+        let target = &self.optimized;
+        target
+            .cache
+            .ensure(&target.engine, kind, &bytes, path)
+            .map(drop)
+    }
+
     /// When it compiles what.
     pub fn policy(&self) -> CompilePolicy {
         self.policy

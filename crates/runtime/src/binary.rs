@@ -19,15 +19,25 @@ pub fn read_wasm(spec: &WorkloadSpec) -> Result<(String, Vec<u8>, WasmKind), Err
         ModuleSource::File(file) => file.display().to_string(),
         ModuleSource::Rootfs { path, .. } => path.clone(),
     };
-    let bytes = read_module(spec)?;
+    let (bytes, kind) = checked(&path, read_module(spec)?)?;
+    Ok((path, bytes, kind))
+}
+
+/// `bytes` (read from `path`) checked to be wasm, as [`read_wasm`] gives them: a component's
+/// imports of WASI 0.3's release candidate renamed. The compile cache is keyed by what this
+/// returns.
+pub fn checked(path: &str, bytes: Vec<u8>) -> Result<(Vec<u8>, WasmKind), Error> {
     match FileKind::detect(&bytes) {
         FileKind::Wasm(WasmKind::Component) => {
             let mut bytes = bytes;
             alias_release_candidates(&mut bytes);
-            Ok((path, bytes, WasmKind::Component))
+            Ok((bytes, WasmKind::Component))
         }
-        FileKind::Wasm(kind) => Ok((path, bytes, kind)),
-        other => Err(Error::NotWasm { path, kind: other }),
+        FileKind::Wasm(kind) => Ok((bytes, kind)),
+        other => Err(Error::NotWasm {
+            path: path.to_owned(),
+            kind: other,
+        }),
     }
 }
 

@@ -613,3 +613,75 @@ fn misbehaving_registries_and_unrunnable_images_fail_naming_the_image_and_store_
     assert!(out.stdout.contains("arg: resumed"), "{out:?}");
     Ok(())
 }
+
+/// Issue 29 point 5: `build` and `pull` compile the Wasm an image holds into the compile cache,
+/// so its first run compiles nothing. A hostile image's FIFO, device and symlink out named
+/// `.wasm`, and thousands of files beside its module, are passed over without blocking.
+#[test]
+fn build_and_pull_compile_the_images_wasm_ahead_of_its_first_run() -> Result<()> {
+    let (tmp, registry, hello) = registry_fixture()?;
+    let reference = format!("{}/warm:1", registry.addr);
+    let built = wasmcell_in(tmp.path(), &["build", &hello, "-t", &reference, "--push"])?;
+    let built = built.success()?;
+    assert!(built.stdout.contains("compiled 1 Wasm binary"), "{built:?}");
+    let first_run = |store: &Path, reference: &str| {
+        run(Command::new(wasmcell())
+            .env("WASMCELL_STORE", store.join("images"))
+            .env("WASMCELL_CACHE_DIR", store.join("cache"))
+            .env("WASMCELL_LOG", "wasmcell_runtime=debug")
+            .args(["run", reference]))
+    };
+    let ran = first_run(tmp.path(), &reference)?.success()?;
+    assert!(ran.stdout.contains("Hello from Wasm!"), "{ran:?}");
+    assert!(!ran.stderr.contains("compile cache miss"), "{ran:?}");
+
+    // Pulled into another store and cache: compiled by the pull.
+    let other = tmp.path().join("other");
+    let pulled = wasmcell_in(&other, &["pull", &reference])?.success()?;
+    assert!(
+        pulled.stdout.contains("compiled 1 Wasm binary"),
+        "{pulled:?}"
+    );
+    let ran = first_run(&other, &reference)?.success()?;
+    assert!(!ran.stderr.contains("compile cache miss"), "{ran:?}");
+    // `--no-compile`: nothing compiled, the run compiles.
+    let lazy = tmp.path().join("lazy");
+    let pulled = wasmcell_in(&lazy, &["pull", "--no-compile", &reference])?.success()?;
+    assert!(!pulled.stdout.contains("compiled"), "{pulled:?}");
+    assert!(
+        first_run(&lazy, &reference)?
+            .success()?
+            .stderr
+            .contains("compile cache miss")
+    );
+
+    // What an attacker packs around the module.
+    let mut image = wasmcell_e2e::linux_image::LinuxImage::new("example.com/hostile:1")
+        .platform("wasip1", "wasm")
+        .entrypoint(&["/hello.wasm"])
+        .executable("/hello.wasm", Path::new(&hello))?
+        .fifo("/fifo.wasm")
+        .char_device("/zero.wasm", 1, 5)
+        .symlink("/link.wasm", "/etc/hostname")
+        .symlink("/out.wasm", "../../../../../../../bin/sh");
+    for i in 0..3000 {
+        image = image.file(&format!("/many/{i}.wasm"), "not wasm", 0o644);
+    }
+    let archive = tmp.path().join("hostile.tar");
+    image.write(&archive)?;
+    let hostile = format!("{}/hostile:1", registry.addr);
+    let archive = archive.to_str().expect("utf-8 path");
+    wasmcell_in(tmp.path(), &["push", archive, &hostile])?.success()?;
+    let fresh = tmp.path().join("fresh");
+    let started = std::time::Instant::now();
+    let pulled = wasmcell_in(&fresh, &["pull", &hostile])?.success()?;
+    assert!(
+        pulled.stdout.contains("compiled 1 Wasm binary"),
+        "{pulled:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "a FIFO blocked the pull"
+    );
+    Ok(())
+}
