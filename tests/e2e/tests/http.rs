@@ -382,7 +382,7 @@ fn a_server_missing_from_the_cache_starts_on_baseline_code_and_moves_to_optimise
             .arg(guest("hello.wasm")),
     )?
     .success()?;
-    assert_eq!(engines(&commands), [optimized.clone()]);
+    assert_eq!(engines(&commands), std::slice::from_ref(&optimized));
 
     // `--compile baseline` never compiles optimised code: the other directory.
     let baseline = tmp.path().join("baseline");

@@ -672,16 +672,12 @@ fn build_and_pull_compile_the_images_wasm_ahead_of_its_first_run() -> Result<()>
     let hostile = format!("{}/hostile:1", registry.addr);
     let archive = archive.to_str().expect("utf-8 path");
     wasmcell_in(tmp.path(), &["push", archive, &hostile])?.success()?;
+    // (A FIFO read would block the pull until `run`'s deadline fails it.)
     let fresh = tmp.path().join("fresh");
-    let started = std::time::Instant::now();
     let pulled = wasmcell_in(&fresh, &["pull", &hostile])?.success()?;
     assert!(
         pulled.stdout.contains("compiled 1 Wasm binary"),
         "{pulled:?}"
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(60),
-        "a FIFO blocked the pull"
     );
     Ok(())
 }
