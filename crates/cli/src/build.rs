@@ -217,7 +217,8 @@ fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<
         println!("  and pushed to {reference}");
     }
     if !args.no_compile {
-        crate::precompile::image(&ImageContents::from_layout(&store, &args.tag)?)?;
+        let built = ImageContents::from_layout(&store, &args.tag)?;
+        crate::precompile::image(&built, &args.tag)?;
     }
     Ok(())
 }

@@ -136,7 +136,8 @@ pub fn pull(args: PullArgs) -> Result<()> {
     let descriptor = pull_into_store(&args.reference, args.platform.as_ref(), &args.registry)?;
     println!("pulled {} ({})", args.reference, descriptor.digest());
     if !args.no_compile {
-        crate::precompile::image(&ImageContents::from_layout(&store()?, &args.reference)?)?;
+        let image = ImageContents::from_layout(&store()?, &args.reference)?;
+        crate::precompile::image(&image, &args.reference)?;
     }
     Ok(())
 }

@@ -26,9 +26,10 @@ const MAX_ENTRIES: usize = 20_000;
 /// How deep directories are walked.
 const MAX_DEPTH: usize = 16;
 
-/// Compiles the Wasm binaries `image` holds into the compile cache, saying what it did on
-/// stdout. A binary that does not compile is reported and skipped: its run will say why.
-pub fn image(image: &ImageContents) -> Result<()> {
+/// Compiles the Wasm binaries `image` (named `reference`) holds into the compile cache, saying
+/// what it did on stdout. A binary that does not compile is reported and skipped: its run will
+/// say why.
+pub fn image(image: &ImageContents, reference: &str) -> Result<()> {
     let started = Instant::now();
     let unpacked = tempfile::Builder::new()
         .prefix("wasmcell-precompile-")
@@ -41,7 +42,9 @@ pub fn image(image: &ImageContents) -> Result<()> {
     if binaries.is_empty() {
         return Ok(());
     }
-    let cache = crate::cache::open(None)?.compiling_in_own_child();
+    let cache = crate::cache::open(None)?
+        .compiling_in_own_child()
+        .functions_of(&crate::cache::app_scope(reference));
     let compiler = Compiler::new(cache, CompilePolicy::Optimized)?;
     let mut compiled = 0;
     for path in &binaries {

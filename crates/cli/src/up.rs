@@ -232,7 +232,11 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         },
         app: Some(wasmcell_engine::App::Spin(Box::new(app))),
     };
-    let engine = crate::cache::engine(args.cache_dir, args.compile)?;
+    let app = match &args.image {
+        Some(image) => image.clone(),
+        None => dir.display().to_string(),
+    };
+    let engine = crate::cache::engine(args.cache_dir, args.compile, &app)?;
     let prepared = engine.prepare(spec)?;
     eprint!("{routes}");
     let exit = tokio.block_on(until_done(&prepared))?;

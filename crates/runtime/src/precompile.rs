@@ -14,12 +14,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use wasmcell_oci::WasmKind;
 
+use crate::cache::FunctionCache;
+use crate::cache::functions::{Remote, serve};
 use crate::codegen::Codegen;
 
 /// The `argv[0]` of a compiling child; the `wasmcell` binary dispatches on it.
@@ -66,15 +69,30 @@ impl CompileBounds {
     }
 }
 
-/// Compiles `bytes` to `codegen`'s code in a child started from `exe`, within `bounds`. The
-/// error says which bound was hit, or carries the compiler's own message.
+/// The descriptor on which a compiling child reaches its parent's function cache, when it is
+/// given one (see [`crate::cache::functions`]).
+const FUNCTION_CACHE_FD: RawFd = 3;
+
+/// Compiles `bytes` to `codegen`'s code in a child started from `exe`, within `bounds`,
+/// reusing and filling `functions` (optimised code only). The error says which bound was hit,
+/// or carries the compiler's own message.
 pub fn in_child(
     exe: &Path,
     bounds: CompileBounds,
     codegen: Codegen,
     kind: WasmKind,
     bytes: &[u8],
+    functions: Option<&FunctionCache>,
 ) -> Result<Vec<u8>, String> {
+    let functions = functions.filter(|_| codegen == Codegen::Optimized);
+    let link = match functions {
+        Some(_) => Some(
+            std::os::unix::net::UnixStream::pair()
+                .map_err(|e| format!("cannot reach the function cache: {e}"))?,
+        ),
+        None => None,
+    };
+    let theirs = link.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
     let CompileBounds {
         cpu_seconds,
         memory_bytes,
@@ -106,6 +124,16 @@ pub fn in_child(
             limit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)?;
             limit(libc::RLIMIT_AS, memory_bytes, memory_bytes)?;
             limit(libc::RLIMIT_CORE, 0, 0)?;
+            // The function cache's socket at a known number, open across exec.
+            if let Some(fd) = theirs {
+                if fd == FUNCTION_CACHE_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, FUNCTION_CACHE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Nothing of the node's network, mounts or IPC: the child's own namespaces, where
             // it then roots itself in an empty directory (`child_main`).
             if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0 {
@@ -121,6 +149,8 @@ pub fn in_child(
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start the compiler {}: {e}", exe.display()))?;
+    // Only the child holds its end now: its exit ends the service.
+    let ours = link.map(|(ours, _)| ours);
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let mut stdout = child.stdout.take().expect("piped stdout");
@@ -133,6 +163,9 @@ pub fn in_child(
     let most = artifact_bound(bytes.len());
     let (output, message) = std::thread::scope(|scope| {
         let (timed_out, pidfd) = (&timed_out, &pidfd);
+        if let (Some(functions), Some(ours)) = (functions, ours) {
+            scope.spawn(move || serve(functions, ours));
+        }
         scope.spawn(move || {
             if deadline.recv_timeout(wall) == Err(RecvTimeoutError::Timeout) {
                 timed_out.store(true, Ordering::Relaxed);
@@ -144,7 +177,7 @@ pub fn in_child(
         scope.spawn(move || {
             // A child that dies early closes its end: what it wrote says why.
             let _ = stdin
-                .write_all(&[header(codegen, kind)])
+                .write_all(&[header(codegen, kind, functions.is_some())])
                 .and_then(|()| stdin.write_all(bytes));
         });
         let message = scope.spawn(move || {
@@ -327,8 +360,8 @@ fn drop_privileges() -> std::io::Result<()> {
 }
 
 /// The byte the binary follows: bit 0 its kind (set: a component), bit 1 the code to make
-/// (set: baseline).
-fn header(codegen: Codegen, kind: WasmKind) -> u8 {
+/// (set: baseline), bit 2 whether [`FUNCTION_CACHE_FD`] reaches a function cache.
+fn header(codegen: Codegen, kind: WasmKind, functions: bool) -> u8 {
     let kind = match kind {
         WasmKind::Module => 0,
         WasmKind::Component => 1,
@@ -337,7 +370,7 @@ fn header(codegen: Codegen, kind: WasmKind) -> u8 {
         Codegen::Optimized => 0,
         Codegen::Baseline => 2,
     };
-    kind | codegen
+    kind | codegen | if functions { 4 } else { 0 }
 }
 
 /// The compiling child's entry point (the `wasmcell` binary calls it when started as
@@ -368,7 +401,17 @@ pub fn child_main() -> ExitCode {
         0 => Codegen::Optimized,
         _ => Codegen::Baseline,
     };
-    let compiled = wasmtime::Engine::new(&codegen.config()).and_then(|engine| match header & 1 {
+    let mut config = codegen.config();
+    if header & 4 != 0 {
+        // SAFETY: the parent placed the socket at this number for this process alone, and
+        // nothing else in it uses the descriptor.
+        let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(FUNCTION_CACHE_FD) };
+        if let Err(error) = config.enable_incremental_compilation(Arc::new(Remote::new(stream))) {
+            eprintln!("cannot use the function cache: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let compiled = wasmtime::Engine::new(&config).and_then(|engine| match header & 1 {
         0 => engine.precompile_module(bytes),
         _ => engine.precompile_component(bytes),
     });

@@ -27,6 +27,7 @@
 
 mod collect;
 mod entry;
+pub(crate) mod functions;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,7 @@ use crate::precompile::CompileBounds;
 pub use collect::{DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Prune, Pruned, SizeError, parse_size};
 pub use entry::InUse;
 use entry::{EntryLock, checksum_of, discard, flock, hold_if_sound, persist, stage};
+pub use functions::FunctionCache;
 
 /// A compiled binary, either kind.
 #[derive(Clone)]
@@ -68,6 +70,8 @@ pub struct CompileCache {
     codegen: Codegen,
     /// What a miss does.
     miss: Miss,
+    /// The function cache a miss's optimised compile reuses and fills, if any.
+    functions: Option<FunctionCache>,
 }
 
 /// What [`CompileCache::ensure`] does when the cache has no sound entry.
@@ -105,6 +109,17 @@ impl CompileCache {
             max_size: DEFAULT_MAX_SIZE,
             codegen: Codegen::Optimized,
             miss: Miss::Compile,
+            functions: None,
+        }
+    }
+
+    /// The same cache, its compiling child's optimised compiles reusing the functions earlier
+    /// compiles of the app named `scope` made (see [`FunctionCache`]): for the CLI, which knows
+    /// which app it compiles.
+    pub fn functions_of(self, scope: &str) -> CompileCache {
+        CompileCache {
+            functions: Some(FunctionCache::new(&self.dir, scope)),
+            ..self
         }
     }
 
@@ -277,8 +292,13 @@ impl CompileCache {
                 WasmKind::Component => engine.precompile_component(bytes),
             },
             Some((exe, bounds)) => {
-                crate::precompile::in_child(exe, *bounds, self.codegen, kind, bytes)
-                    .map_err(wasmtime::Error::msg)
+                let functions = self.functions.as_ref();
+                let compiled =
+                    crate::precompile::in_child(exe, *bounds, self.codegen, kind, bytes, functions);
+                if let Some(functions) = functions {
+                    functions.collect();
+                }
+                compiled.map_err(wasmtime::Error::msg)
             }
         }
         .map_err(|source| Error::Compile {
