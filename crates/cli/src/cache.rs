@@ -172,6 +172,16 @@ fn prune(args: PruneArgs) -> Result<()> {
     for entry in &pruned.in_use {
         println!("Kept (in use): {}", name(entry));
     }
+    // `--all` also empties the apps' function caches (each already bounded on its own).
+    let functions = cache.dir().join("functions");
+    if args.all && functions.exists() {
+        std::fs::remove_dir_all(&functions)
+            .with_context(|| format!("cannot delete {}", functions.display()))?;
+        println!(
+            "Deleted the apps' function caches ({})",
+            functions.display()
+        );
+    }
     println!(
         "\nTotal reclaimed space: {} ({} remaining)",
         human(pruned.reclaimed()),

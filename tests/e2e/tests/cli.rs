@@ -275,9 +275,19 @@ fn a_full_or_read_only_cache_is_named_and_never_holds_a_truncated_artifact() -> 
         for expected in ["compile cache", why, "WASMCELL_CACHE_DIR"] {
             assert!(out.stderr.contains(expected), "no {expected:?}: {out:?}");
         }
-        // Nothing half-written is left to be loaded by the next run.
-        let files: Vec<_> = walk(cache);
+        // Nothing half-written is left to be loaded by the next run: no artifact, and only
+        // whole entries of the function cache (renamed into place, named by their key's hash).
+        let (functions, files): (Vec<_>, Vec<_>) = walk(cache)
+            .into_iter()
+            .partition(|file| file.starts_with(cache.join("functions")));
         assert!(files.is_empty(), "left in the cache: {files:?}");
+        for file in functions {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            assert!(
+                name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()),
+                "{file:?}"
+            );
+        }
     }
     let out = wasmcell_run(&tmp.path().join("cache"), &[path(&guest("hello.wasm"))])?;
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -422,14 +432,18 @@ fn processes_racing_to_compile_one_module_compile_it_once_and_leave_one_entry() 
     Ok(())
 }
 
-/// Every file in a compile cache's engine directories (not the collection's lock beside them),
-/// sorted.
+/// Every file in a compile cache's engine directories (not the collection's lock beside them,
+/// nor the apps' function caches), sorted.
 fn cache_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(cache)
         .into_iter()
         .flatten()
         .map(|dir| dir.unwrap().path())
         .filter(|dir| dir.is_dir())
+        .filter(|dir| {
+            dir.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("wasmtime-"))
+        })
         .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|entry| entry.unwrap().path())
         .collect();
@@ -487,6 +501,7 @@ fn the_cache_stays_within_its_bound_evicting_the_least_recently_used() -> Result
         "{pruned:?}"
     );
     assert_eq!(CacheListing::of(&cache)?.total()?, 0);
+    assert!(!cache.join("functions").exists(), "{pruned:?}");
     let out = wasmcell_run(&cache, &[path(&modules[3]), "again"])?.success()?;
     assert!(out.stdout.contains("arg: again"), "{out:?}");
     assert_eq!(cache_files(&cache).len(), 2, "compiled once more");
