@@ -83,11 +83,11 @@ fn measure(name: &str, original: &Path, n: usize, seconds: u32) -> Result<()> {
         component_size(original)? >> 20
     );
     println!(
-        "| {:<42} | {:>9} | {:>7} | {:>9} | {:>7} | {:>11} | {:>11} |",
+        "| {:<48} | {:>9} | {:>7} | {:>9} | {:>7} | {:>11} | {:>11} |",
         "start", "first 200", "× warm", "RSS MiB", "× warm", "optimised @", "RSS after"
     );
     println!(
-        "|{:-<44}|{:->11}|{:->9}|{:->11}|{:->9}|{:->13}|{:->13}|",
+        "|{:-<50}|{:->11}|{:->9}|{:->11}|{:->9}|{:->13}|{:->13}|",
         "", "", "", "", "", "", ""
     );
     for (what, starts) in &rows {
@@ -109,7 +109,7 @@ fn measure(name: &str, original: &Path, n: usize, seconds: u32) -> Result<()> {
             )
         };
         println!(
-            "| {what:<42} | {:>7.2} s | {:>6.1}x | {:>9.0} | {:>6.2}x | {at:>11} | {after:>11} |",
+            "| {what:<48} | {:>7.2} s | {:>6.1}x | {:>9.0} | {:>6.2}x | {at:>11} | {after:>11} |",
             first,
             first / warm,
             rss / 1024.0,
