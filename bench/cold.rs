@@ -22,6 +22,7 @@ use anyhow::{Context, Result, ensure};
 use wasmcell_e2e::{Background, free_port, guest, wasmcell};
 
 use crate::http::{first_200, wrk};
+use crate::stress::rss_kib;
 
 /// One start's figures.
 struct Start {
@@ -181,15 +182,6 @@ fn start(app: &Path, cache: &Path, extra: &[&str], switch: bool) -> Result<Start
         rss_kib: resident,
         switched,
     })
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

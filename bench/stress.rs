@@ -253,7 +253,7 @@ fn wrk(base: &str, script: Option<&std::path::Path>, seconds: u32) -> Result<Cou
 }
 
 /// The resident set of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -7,6 +7,7 @@
 
 mod build;
 mod cache;
+mod compile;
 mod images;
 mod install;
 mod node;

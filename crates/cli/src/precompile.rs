@@ -42,9 +42,9 @@ pub fn image(image: &ImageContents, reference: &str) -> Result<()> {
     if binaries.is_empty() {
         return Ok(());
     }
-    let cache = crate::cache::open(None)?
+    let cache = crate::compile::open(None)?
         .compiling_in_own_child()
-        .functions_of(&crate::cache::app_scope(reference));
+        .functions_of(&crate::compile::app_scope(reference));
     let compiler = Compiler::new(cache, CompilePolicy::Optimized)?;
     let mut compiled = 0;
     for path in &binaries {

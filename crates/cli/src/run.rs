@@ -87,7 +87,7 @@ pub(crate) enum PullPolicy {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let engine = crate::cache::engine(args.cache_dir.clone(), args.compile, &args.target)?;
+    let engine = crate::compile::engine(args.cache_dir.clone(), args.compile, &args.target)?;
     let mut preopens = args
         .dirs
         .iter()

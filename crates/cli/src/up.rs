@@ -236,7 +236,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         Some(image) => image.clone(),
         None => dir.display().to_string(),
     };
-    let engine = crate::cache::engine(args.cache_dir, args.compile, &app)?;
+    let engine = crate::compile::engine(args.cache_dir, args.compile, &app)?;
     let prepared = engine.prepare(spec)?;
     eprint!("{routes}");
     let exit = tokio.block_on(until_done(&prepared))?;

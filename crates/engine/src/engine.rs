@@ -18,10 +18,10 @@ use wasmcell_runtime::epoch::Ticker;
 use wasmcell_runtime::error::{Error, error_chain};
 use wasmcell_runtime::exit::Exit;
 use wasmcell_runtime::http::{
-    AllPaths, Handler, HttpEngine, Linkers, Proxy, Served, Service, Start, is_proxy, is_service,
+    AllPaths, Handler, HttpEngine, Linkers, Proxy, Service, Start, is_proxy, is_service,
 };
 use wasmcell_runtime::link::{exported_functions, link_error};
-use wasmcell_runtime::run::Run;
+use wasmcell_runtime::run::{Run, Served};
 use wasmcell_runtime::state::{ComponentState, component_linker, module_linker};
 use wasmcell_runtime::stdio;
 use wasmcell_runtime::store::OnFirstUse;

@@ -1,5 +1,5 @@
-//! The kernel every Wasm workload runs on, naming no framework: the compile cache and the
-//! compiler's child process, the epoch clock, pause and live limits (controls), resource usage,
+//! The kernel every Wasm workload runs on, naming no framework: the compile cache, the function
+//! cache and the compiler's child process, which code to compile when (codegen), the epoch clock, pause and live limits (controls), resource usage,
 //! standard streams, the store types and their WASI linkers, the HTTP server, how a run ends,
 //! and the error type.
 //!
@@ -18,6 +18,7 @@ pub mod core_abi;
 pub mod epoch;
 pub mod error;
 pub mod exit;
+pub mod functions;
 pub mod http;
 pub mod link;
 pub mod outbound;

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use wasmcell_oci::WasmKind;
 
-use crate::cache::FunctionCache;
-use crate::cache::functions::{Remote, serve};
 use crate::codegen::Codegen;
+use crate::functions::{FunctionCache, Remote, serve};
 
 /// The `argv[0]` of a compiling child; the `wasmcell` binary dispatches on it.
 pub const COMPILER_ARG0: &str = "wasmcell-compile";
@@ -70,7 +69,7 @@ impl CompileBounds {
 }
 
 /// The descriptor on which a compiling child reaches its parent's function cache, when it is
-/// given one (see [`crate::cache::functions`]).
+/// given one (see [`crate::functions`]).
 const FUNCTION_CACHE_FD: RawFd = 3;
 
 /// Compiles `bytes` to `codegen`'s code in a child started from `exe`, within `bounds`,

@@ -34,11 +34,11 @@ use wasmcell_runtime::cache::{CompileCache, InUse};
 use wasmcell_runtime::controls::Controls;
 use wasmcell_runtime::error::Error;
 use wasmcell_runtime::http::{
-    Handler, HandlerFuture, HttpEngine, Server, Serving, Start, TierUp, Tiers, run_proxy,
-    run_service, serve,
+    Handler, HandlerFuture, HttpEngine, Server, Serving, Start, TierUp, run_proxy, run_service,
+    serve,
 };
 use wasmcell_runtime::outbound::HttpHooks;
-use wasmcell_runtime::run::{Run, RunFuture};
+use wasmcell_runtime::run::{Run, RunFuture, Tiers};
 use wasmcell_runtime::state::{ComponentState, component_linker};
 use wasmcell_runtime::stdio::Outputs;
 use wasmcell_runtime::store::{Budget, new_store};

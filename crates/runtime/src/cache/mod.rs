@@ -27,7 +27,6 @@
 
 mod collect;
 mod entry;
-pub(crate) mod functions;
 #[cfg(test)]
 mod tests;
 
@@ -41,12 +40,12 @@ use wasmtime::component::Component;
 
 use crate::codegen::Codegen;
 use crate::error::Error;
+use crate::functions::FunctionCache;
 use crate::precompile::CompileBounds;
 
 pub use collect::{DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Prune, Pruned, SizeError, parse_size};
 pub use entry::InUse;
 use entry::{EntryLock, checksum_of, discard, flock, hold_if_sound, persist, stage};
-pub use functions::FunctionCache;
 
 /// A compiled binary, either kind.
 #[derive(Clone)]

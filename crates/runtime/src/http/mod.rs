@@ -32,7 +32,7 @@ use crate::error::Error;
 
 pub use proxy::{AllPaths, Proxy, Start, run_proxy};
 pub use server::{
-    Failure, Handler, HandlerFuture, Routes, Served, Server, Serving, TierUp, Tiers, Worker, bind,
+    Failure, Handler, HandlerFuture, Routes, Server, Serving, TierUp, Worker, bind,
     is_pool_exhausted, plain, serve,
 };
 pub use service::{Service, run_service};

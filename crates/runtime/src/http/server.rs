@@ -5,7 +5,7 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,6 @@ use crate::controls::Controls;
 use crate::epoch::Ticker;
 use crate::error::{Error, error_chain};
 use crate::exit::Exit;
-use crate::run::{Run, RunFuture};
 use crate::stdio::{Diagnostics, Outputs};
 use crate::store::Budget;
 use wasmcell_workload::{HttpServe, WorkloadSpec};
@@ -432,80 +431,4 @@ pub fn plain(status: StatusCode, text: String) -> Response<HyperOutgoingBody> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// What a workload's server serves, and the [`TierUp`] that will move it to optimised code:
-/// once moved, this holds the optimised serving instead, so that nothing keeps the baseline
-/// code (a Python component's, ~30 MiB resident) once its last request has ended.
-pub struct Tiers {
-    serving: Arc<Mutex<Serving>>,
-    tier_up: Mutex<Option<TierUp>>,
-}
-
-impl Tiers {
-    /// Serving `serving`, with no tier-up yet.
-    pub fn new(serving: Serving) -> Tiers {
-        Tiers {
-            serving: Arc::new(Mutex::new(serving)),
-            tier_up: Mutex::new(None),
-        }
-    }
-
-    /// What it serves now.
-    pub fn serving(&self) -> Serving {
-        self.serving.lock().expect("serving lock").clone()
-    }
-
-    /// Sets the tier-up the next run takes.
-    pub fn set_tier_up(&self, tier_up: TierUp) {
-        *self.tier_up.lock().expect("tier-up lock") = Some(tier_up);
-    }
-
-    /// What a run serves, and the tier-up it takes (whose serving then becomes this one's).
-    pub fn for_run(&self) -> (Serving, Option<TierUp>) {
-        let tier_up = self.tier_up.lock().expect("tier-up lock").take();
-        let tier_up = tier_up.map(|tier_up| {
-            let home = self.serving.clone();
-            Box::new(move || {
-                let (serving, kept) = tier_up()?;
-                *home.lock().expect("serving lock") = serving.clone();
-                Ok((serving, kept))
-            }) as TierUp
-        });
-        (self.serving(), tier_up)
-    }
-}
-
-/// A server as what a workload runs: served until terminated.
-pub struct Served(Tiers);
-
-impl Served {
-    /// `routes` served on `http`.
-    pub fn new(http: Arc<HttpEngine>, routes: Arc<dyn Routes>) -> Served {
-        Served(Tiers::new(Serving { http, routes }))
-    }
-}
-
-impl Run for Served {
-    fn run<'a>(&'a self, spec: &'a Arc<WorkloadSpec>, controls: &'a Controls) -> RunFuture<'a> {
-        let (serving, tier_up) = self.0.for_run();
-        Box::pin(serve(serving, tier_up, spec, controls))
-    }
-
-    fn serving(&self) -> Option<Serving> {
-        Some(self.0.serving())
-    }
-
-    fn tier_up(&self, tier_up: TierUp) {
-        self.0.set_tier_up(tier_up);
-    }
-
-    fn stops_gracefully(&self) -> bool {
-        true
-    }
-
-    /// Its threads count their own CPU (see `crate::usage`).
-    fn meters_itself(&self) -> bool {
-        true
-    }
 }

@@ -1,4 +1,4 @@
-//! The function cache: Cranelift's incremental compilation cache (optimised code per function,
+//! The function cache, beside the compile cache: Cranelift's incremental compilation cache (optimised code per function,
 //! keyed by a hash of the function's body and the compiler's settings), so an app rebuilt with
 //! its interpreter unchanged (a one-line change to a Python or JS app) recompiles only what
 //! changed.
