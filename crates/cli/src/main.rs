@@ -61,6 +61,9 @@ enum Command {
     Rmi(images::RmiArgs),
     Cache(cache::CacheArgs),
     Install(install::InstallArgs),
+    /// Print the version, the commit it was built from and the wasmtime it links (as
+    /// --version does).
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,21 @@ fn main() -> ExitCode {
         return wasmcell_engine::compiler_main();
     }
     if let Some(runtime) = shim_runtime(&name) {
+        // What containerd's own shims answer to `-v` (`containerd-shim-runc-v2 -v`).
+        if std::env::args()
+            .skip(1)
+            .any(|arg| arg == "-v" || arg == "-version")
+        {
+            println!(
+                "{}:\n  Version:  {}\n  Revision: {}\n  Runtime:  {} (wasmcell, wasmtime {})",
+                runtime.binary_name(),
+                env!("CARGO_PKG_VERSION"),
+                env!("WASMCELL_COMMIT"),
+                runtime.id(),
+                env!("WASMCELL_WASMTIME_VERSION"),
+            );
+            return ExitCode::SUCCESS;
+        }
         wasmcell_shim::main(runtime);
         return ExitCode::SUCCESS;
     }
@@ -106,6 +124,10 @@ fn main() -> ExitCode {
         Command::Rmi(args) => images::rmi(args).map(|()| ExitCode::SUCCESS),
         Command::Cache(args) => cache::cache(args).map(|()| ExitCode::SUCCESS),
         Command::Install(args) => install::install(args).map(|()| ExitCode::SUCCESS),
+        Command::Version => {
+            println!("wasmcell {VERSION}");
+            Ok(ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|error| {
         eprintln!("wasmcell: error: {error:#}");

@@ -376,6 +376,17 @@ fn install_links_every_shim_name_to_one_binary() -> Result<()> {
         commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
         "{version:?}"
     );
+    let subcommand = run(Command::new(tmp.path().join("bin/wasmcell")).arg("version"))?;
+    assert_eq!(subcommand.success()?.stdout, version.stdout);
+    // Each shim answers `-v` as containerd's own shims do: its name, version and revision.
+    for shim in ["containerd-shim-wasmtime-v1", "containerd-shim-spin-v2"] {
+        let said = run(Command::new(tmp.path().join("bin").join(shim)).arg("-v"))?.success()?;
+        assert!(said.stdout.starts_with(&format!("{shim}:\n")), "{said:?}");
+        assert!(
+            said.stdout.contains(&format!("Revision: {commit}")),
+            "{said:?}"
+        );
+    }
     Ok(())
 }
 
