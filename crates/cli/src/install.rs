@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use wasmcell_shim::Runtime;
 
+use crate::manual;
 use crate::node::{self, Edit, Entry};
 
 /// Install wasmcell and the containerd shim links (containerd-shim-wasmtime-v1, ...), and with
@@ -59,7 +60,8 @@ pub struct InstallArgs {
     print_runtime_classes: bool,
 }
 
-pub fn install(args: InstallArgs) -> Result<()> {
+/// `command`: the CLI's definition, whose completion scripts and man pages are installed too.
+pub fn install(args: InstallArgs, command: clap::Command) -> Result<()> {
     if args.print_runtime_classes {
         print!("{}", node::runtime_classes());
         return Ok(());
@@ -85,6 +87,7 @@ pub fn install(args: InstallArgs) -> Result<()> {
         Plan::Install => install_files(&bin, args.dry_run, &say)?,
         Plan::Remove => remove_files(&bin, args.dry_run, &say)?,
     }
+    manual_files(&args.prefix, &command, plan, args.dry_run, &say)?;
     if args.containerd && !args.dry_run {
         restart(args.restart, &say)?;
     }
@@ -159,6 +162,50 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
     }
     tmp.persist(path)
         .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes (or removes) the completion scripts and man pages under `prefix`/share.
+fn manual_files(
+    prefix: &Path,
+    command: &clap::Command,
+    plan: Plan,
+    dry_run: bool,
+    say: &dyn Fn(String),
+) -> Result<()> {
+    let files = manual::files(prefix, command)?;
+    let share = prefix.join("share");
+    let what = format!(
+        "the completions for bash, zsh and fish and {} man pages under {}",
+        files.len() - 3,
+        share.display()
+    );
+    match (plan, dry_run) {
+        (Plan::Install, true) => say(format!("would install {what}")),
+        (Plan::Remove, true) => say(format!("would remove {what}")),
+        (Plan::Install, false) => {
+            for (path, text) in &files {
+                let dir = path.parent().expect("under share");
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::write(path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            say(format!("installed {what}"));
+        }
+        (Plan::Remove, false) => {
+            for (path, _) in &files {
+                match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error)
+                            .with_context(|| format!("cannot remove {}", path.display()));
+                    }
+                    _ => {}
+                }
+            }
+            say(format!("removed {what}"));
+        }
+    }
     Ok(())
 }
 

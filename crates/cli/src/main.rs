@@ -10,6 +10,7 @@ mod cache;
 mod compile;
 mod images;
 mod install;
+mod manual;
 mod node;
 mod precompile;
 mod run;
@@ -18,7 +19,7 @@ mod up;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use wasmcell_shim::{RUNTIME_ENV, Runtime};
 
 /// Exit status for wasmcell's own failures, before a guest runs (as `docker run` uses 125).
@@ -64,6 +65,9 @@ enum Command {
     /// Print the version, the commit it was built from and the wasmtime it links (as
     /// --version does).
     Version,
+    /// List the containerd runtime names the shims answer to, and what each runs.
+    Runtimes,
+    Completions(manual::CompletionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -123,9 +127,19 @@ fn main() -> ExitCode {
         Command::Images(args) => images::images(args).map(|()| ExitCode::SUCCESS),
         Command::Rmi(args) => images::rmi(args).map(|()| ExitCode::SUCCESS),
         Command::Cache(args) => cache::cache(args).map(|()| ExitCode::SUCCESS),
-        Command::Install(args) => install::install(args).map(|()| ExitCode::SUCCESS),
+        Command::Install(args) => {
+            install::install(args, Cli::command()).map(|()| ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("wasmcell {VERSION}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runtimes => {
+            manual::runtimes();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions(args) => {
+            manual::completions(args, Cli::command());
             Ok(ExitCode::SUCCESS)
         }
     };

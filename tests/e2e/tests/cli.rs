@@ -387,6 +387,41 @@ fn install_links_every_shim_name_to_one_binary() -> Result<()> {
             "{said:?}"
         );
     }
+    // Which runtime name runs what.
+    let runtimes = run(Command::new(wasmcell()).arg("runtimes"))?.success()?;
+    for id in [
+        "io.containerd.wasmtime.v1",
+        "io.containerd.spin.v2",
+        "io.containerd.slight.v1",
+    ] {
+        assert!(runtimes.stdout.contains(id), "{runtimes:?}");
+    }
+    // Completions and man pages where the shells and `man` look, generated from --help's
+    // definitions; gone with --uninstall, the binary too.
+    let share = tmp.path().join("share");
+    let bash = std::fs::read_to_string(share.join("bash-completion/completions/wasmcell"))?;
+    assert!(
+        bash.contains("--compile") && bash.contains("_wasmcell"),
+        "{bash}"
+    );
+    assert!(share.join("zsh/site-functions/_wasmcell").is_file());
+    assert!(
+        share
+            .join("fish/vendor_completions.d/wasmcell.fish")
+            .is_file()
+    );
+    let page = std::fs::read_to_string(share.join("man/man1/wasmcell-run.1"))?;
+    assert!(page.contains(".TH wasmcell-run 1"), "{page}");
+    assert!(page.contains("publish"), "{page}");
+    let printed = run(Command::new(wasmcell()).args(["completions", "bash"]))?.success()?;
+    assert_eq!(printed.stdout, bash);
+    run(Command::new(wasmcell())
+        .args(["install", "--uninstall", "--prefix"])
+        .arg(tmp.path()))?
+    .success()?;
+    assert!(!share.join("man/man1/wasmcell.1").exists());
+    assert!(!share.join("bash-completion/completions/wasmcell").exists());
+    assert!(!tmp.path().join("bin/wasmcell").exists());
     Ok(())
 }
 
