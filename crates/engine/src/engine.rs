@@ -220,6 +220,9 @@ const AWAIT_OPTIMIZED: Duration = Duration::from_secs(30 * 60);
 pub struct Engine {
     policy: CompilePolicy,
     cache: CompileCache,
+    /// The wasmtime engine of optimised code, made (and its configuration checked) by
+    /// [`Engine::new`]; its tier is made around it with the first guest.
+    optimized_target: Target,
     optimized: OnFirstUse<Tier>,
     baseline: OnFirstUse<Tier>,
     /// How many CPUs this process may use: its affinity and its cgroup's quota.
@@ -246,17 +249,15 @@ impl Engine {
     /// An engine compiling and running as `policy` says; each tier's wasmtime engine, linkers
     /// and HTTP engine are made with the first guest that needs them.
     pub fn new(cache: CompileCache, policy: CompilePolicy) -> Result<Engine, Error> {
-        let engine = Engine {
+        Ok(Engine {
             policy,
+            optimized_target: Target::new(Codegen::Optimized, &cache)?,
             cache,
             optimized: OnFirstUse::default(),
             baseline: OnFirstUse::default(),
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
             compiled_elsewhere: false,
-        };
-        // The configuration is checked now rather than at the first guest.
-        engine.tier(Codegen::Optimized)?;
-        Ok(engine)
+        })
     }
 
     /// The same engine for a process that may use `cpus` CPUs, counted by the caller: a sandbox
@@ -265,7 +266,6 @@ impl Engine {
     pub fn cpus(self, cpus: usize) -> Engine {
         Engine {
             cpus: cpus.max(1),
-            optimized: OnFirstUse::default(),
             ..self
         }
     }
@@ -282,7 +282,10 @@ impl Engine {
 
     fn tier(&self, codegen: Codegen) -> Result<Arc<Tier>, Error> {
         let make = || {
-            let target = Target::new(codegen, &self.cache)?;
+            let target = match codegen {
+                Codegen::Optimized => self.optimized_target.clone(),
+                Codegen::Baseline => Target::new(codegen, &self.cache)?,
+            };
             Ok(Tier {
                 codegen,
                 ticker: Ticker::new(&target.engine),
