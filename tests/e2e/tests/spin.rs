@@ -272,13 +272,7 @@ fn a_spin_apps_redis_trigger_and_redis_store_use_a_real_redis() -> Result<()> {
     let redis = Redis::start()?;
     let tmp = tempfile::tempdir()?;
     let app = spin_app("listener", tmp.path())?;
-    std::fs::write(
-        app.join("runtime-config.toml"),
-        format!(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ),
-    )?;
+    keep_default_store_in(&redis, &app)?;
     let up = Up::start(
         Command::new(wasmcell())
             .args(["up", "-f"])
@@ -974,13 +968,7 @@ fn a_redis_key_value_store_lists_its_keys() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let app = spin_app("spin4", tmp.path())?;
     let redis = Redis::start()?;
-    std::fs::write(
-        app.join("runtime-config.toml"),
-        format!(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ),
-    )?;
+    keep_default_store_in(&redis, &app)?;
     redis.cli(&["SET", "outside", "x"])?.success()?;
     up_compiled(&app, &[], |base| {
         for key in ["b*", "a", "c[d]"] {
@@ -1713,5 +1701,17 @@ fn a_redis_trigger_that_cannot_subscribe_ends_its_app_non_zero() -> Result<()> {
         &nobody[8..]
     );
     assert!(logged.contains(&reason), "no {reason:?} in {logged}");
+    Ok(())
+}
+
+/// Gives the app in `app` a runtime config keeping its default key-value store in `redis`.
+fn keep_default_store_in(redis: &Redis, app: &Path) -> Result<()> {
+    std::fs::write(
+        app.join("runtime-config.toml"),
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )?;
     Ok(())
 }
