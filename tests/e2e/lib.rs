@@ -1329,7 +1329,7 @@ impl Postgres {
     }
 
     /// The same, serving TLS too (`ssl=on`) with a certificate for `localhost` and
-    /// `127.0.0.1` signed by a CA of its own ([`Postgres::ca`]), made by `openssl` for it.
+    /// `127.0.0.1` signed by a CA of its own ([`Postgres::ca`]), made by [`certificates`].
     pub fn start_tls() -> Result<Postgres> {
         Self::start_with(true)
     }
@@ -1364,7 +1364,7 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         let ca = match tls {
             true => {
-                let (ca, cert, key) = Self::certificates(dir.path())?;
+                let (ca, cert, key) = certificates(dir.path())?;
                 command
                     .args(["-c", "ssl=on", "-c"])
                     .arg(format!("ssl_cert_file={}", cert.display()))
@@ -1383,70 +1383,6 @@ impl Postgres {
         };
         postgres.daemon.wait_ready(|| postgres.psql("SELECT 1"))?;
         Ok(postgres)
-    }
-
-    /// Makes a CA and a server certificate it signs (`localhost`, `127.0.0.1`) in `dir`: the
-    /// CA's PEM, the certificate's and its key's paths (the key private, as postgres wants).
-    fn certificates(dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
-        let openssl = |args: &[&str]| -> Result<()> {
-            run(Command::new("openssl").current_dir(dir).args(args))?
-                .success()
-                .map(drop)
-        };
-        let key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-noenc",
-        ];
-        let ca = [
-            "-subj",
-            "/CN=wasmcell test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ];
-        openssl(&[&["req", "-x509", "-days", "2"][..], &key, &ca].concat())?;
-        let request = [
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ];
-        openssl(&[&["req"][..], &key, &request].concat())?;
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ])?;
-        let key = dir.join("server.key");
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        Ok((
-            std::fs::read_to_string(dir.join("ca.pem"))?,
-            dir.join("server.pem"),
-            key,
-        ))
     }
 
     /// `PROGRAM` from the extracted PostgreSQL, as uid 65534 in a user namespace mapping it to
@@ -1515,6 +1451,70 @@ impl Drop for Postgres {
     }
 }
 
+/// Makes a CA and a server certificate it signs (`localhost`, `127.0.0.1`) in `dir`: the
+/// CA's PEM, the certificate's and its key's paths (the key private, as servers want).
+fn certificates(dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    let openssl = |args: &[&str]| -> Result<()> {
+        run(Command::new("openssl").current_dir(dir).args(args))?
+            .success()
+            .map(drop)
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-noenc",
+    ];
+    let ca = [
+        "-subj",
+        "/CN=wasmcell test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ];
+    openssl(&[&["req", "-x509", "-days", "2"][..], &key, &ca].concat())?;
+    let request = [
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
+    openssl(&[&["req"][..], &key, &request].concat())?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ])?;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok((
+        std::fs::read_to_string(dir.join("ca.pem"))?,
+        dir.join("server.pem"),
+        key,
+    ))
+}
+
 /// A private MariaDB 10.11 server (Debian's, extracted by scripts/setup.sh) on a free loopback
 /// port, its data, socket and PID file in a temp dir; database `spin`, on which user `spin`
 /// (password `wasmcell`) has every privilege; stopped by PID when dropped.
@@ -1524,6 +1524,7 @@ impl Drop for Postgres {
 pub struct MariaDb {
     daemon: Daemon,
     port: u16,
+    ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -1554,9 +1555,29 @@ impl MariaDb {
         "--collation-server=utf8mb4_general_ci",
     ];
 
+    /// The user that may connect over TLS only (`REQUIRE SSL`), with [`MariaDb::PASSWORD`],
+    /// on a TLS server.
+    pub const TLS_USER: &str = "spin_tls";
+
     /// Makes the data dir with `mariadb-install-db` (system tables, then user `spin` and its
     /// database), starts the server on 127.0.0.1 and waits until `spin` can query it.
     pub fn start() -> Result<MariaDb> {
+        Self::start_with(false)
+    }
+
+    /// The same, serving TLS too with a certificate for `localhost` and `127.0.0.1` signed by a
+    /// CA of its own ([`MariaDb::ca`], made by [`certificates`]); and user
+    /// [`MariaDb::TLS_USER`], which the server lets in over TLS only.
+    pub fn start_tls() -> Result<MariaDb> {
+        Self::start_with(true)
+    }
+
+    /// The file holding the CA that signed the server's certificate (PEM), for a TLS server.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
+    fn start_with(tls: bool) -> Result<MariaDb> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let init = dir.path().join("init.sql");
@@ -1567,9 +1588,12 @@ impl MariaDb {
             format!(
                 "FLUSH PRIVILEGES;\nCREATE DATABASE {db};\n\
                  CREATE USER '{user}'@'%' IDENTIFIED BY '{password}';\n\
-                 GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'%';\n",
+                 GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'%';\n\
+                 CREATE USER '{tls_user}'@'%' IDENTIFIED BY '{password}' REQUIRE SSL;\n\
+                 GRANT ALL PRIVILEGES ON {db}.* TO '{tls_user}'@'%';\n",
                 db = Self::DATABASE,
                 user = Self::USER,
+                tls_user = Self::TLS_USER,
                 password = Self::PASSWORD
             ),
         )?;
@@ -1602,10 +1626,21 @@ impl MariaDb {
                 dir.path().join("mariadbd.pid").display()
             ))
             .args(Self::OPTIONS);
+        let ca = match tls {
+            true => {
+                let (_, cert, key) = certificates(dir.path())?;
+                command
+                    .arg(format!("--ssl-cert={}", cert.display()))
+                    .arg(format!("--ssl-key={}", key.display()));
+                Some(dir.path().join("ca.pem"))
+            }
+            false => None,
+        };
         let daemon = Daemon::spawn("mariadbd", &mut command, &dir.path().join("mariadbd.log"))?;
         let mariadb = MariaDb {
             daemon,
             port,
+            ca,
             _dir: dir,
         };
         mariadb.daemon.wait_ready(|| mariadb.sql("SELECT 1"))?;

@@ -8,7 +8,7 @@
 //! The sandbox isolates itself before it reads anything but its setup ([`sys::isolate`]): the
 //! spec's network/IPC/UTS namespaces (joined by path, or new), a private mount namespace whose
 //! root is a fresh read-only tmpfs (`pivot_root`, as runc does) holding only its own
-//! `/proc/self/fd`, the compile cache and the resolver's files, the spec's uid/gid/groups, no
+//! `/proc/self/fd`, the compile cache, the resolver's files and the node's CA bundle, the spec's uid/gid/groups, no
 //! capabilities in any set, `no_new_privs`, and a seccomp allow-list. The shim has already
 //! placed it in the container's cgroup. It can name no host path: the shim opens everything a
 //! container is granted (rootfs, bind sources, stdio) and passes the descriptors with each

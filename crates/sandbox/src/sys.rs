@@ -318,8 +318,8 @@ fn detached_mount(path: &Path, access: Access) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Starts `exe` as a sandbox with `control` as its descriptor [`CONTROL_FD`], an empty
-/// environment and no stdio. Returns its PID. The child is not waited for here: the shim's
+/// Starts `exe` as a sandbox with `control` as its descriptor [`CONTROL_FD`], no stdio and an
+/// empty environment but the node's `SSL_CERT_FILE` (see [`trust_bundle`]). Returns its PID. The child is not waited for here: the shim's
 /// reaper collects it, and the control socket tells when it is gone.
 ///
 /// Before it executes anything, the child writes `0` (the writer itself) to each of `joins`:
@@ -333,6 +333,7 @@ pub fn spawn(exe: &Path, control: OwnedFd, joins: Vec<OwnedFd>) -> io::Result<u3
     command
         .arg0(SANDBOX_ARG0)
         .env_clear()
+        .envs(std::env::var_os(CERT_FILE).map(|file| (CERT_FILE, file)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -546,10 +547,22 @@ fn resolver_files(names: &NameFiles) -> [(&Path, &Path); 5] {
     ]
 }
 
+/// Where OpenSSL's users (and rustls-native-certs) take the CA bundle from when it is set.
+const CERT_FILE: &str = "SSL_CERT_FILE";
+
+/// The node's bundle of trusted CA certificates (`SSL_CERT_FILE`, else the distribution's, as
+/// OpenSSL finds it), shown read-only at its own path: the host side's TLS (a Spin app's
+/// databases) then trusts in a sandbox what it trusts under `wasmcell up`. A CA directory
+/// (`SSL_CERT_DIR`) is not shown: its entries are links into other host directories.
+fn trust_bundle() -> Option<PathBuf> {
+    // `probe` reads CERT_FILE, which the shim passed on.
+    openssl_probe::probe().cert_file
+}
+
 /// Makes this process's root a fresh, read-only tmpfs holding only what the sandbox needs by
 /// path, and nothing of the host's filesystem: its own descriptors at `/proc/self/fd` (where
 /// every granted path leads, see [`crate::protocol::apply_grants`]), the compile cache at its
-/// own path (read-only), and the resolver's files. Anything that runs in the sandbox on a
+/// own path (read-only), the resolver's files and the node's CA bundle. Anything that runs in the sandbox on a
 /// guest's behalf (WASI, SQLite and the other stores, Spin's file mounts) can then name no host
 /// path, whatever string it is given: an absolute path lands in this empty root, and the
 /// grants are detached mounts whose `..` goes nowhere (see `detached_mount`). This is what
@@ -586,6 +599,12 @@ fn enter_own_root(setup: &Setup) -> Result<(), IsolationError> {
         if let Ok(fd) = open_path(source) {
             shown.push((fd, shown_at, sealed));
         }
+    }
+    let bundle = trust_bundle();
+    if let Some(bundle) = bundle.as_deref().filter(|path| path.is_absolute())
+        && let Ok(fd) = open_path(bundle)
+    {
+        shown.push((fd, bundle, sealed));
     }
     mount(
         Some("tmpfs"),

@@ -10,8 +10,8 @@ use anyhow::{Result, ensure};
 use wasmcell_e2e::linux_image::LinuxImage;
 use wasmcell_e2e::{Containerd, build_image, cgroup_dir, containerd_with, guest};
 
-/// The sandbox's root holds its own descriptors, the compile cache and the resolver's files,
-/// and nothing else of the host's: not `/etc/shadow`, not the host's `/usr`, not a file the
+/// The sandbox's root holds its own descriptors, the compile cache, the resolver's files and
+/// the node's CA bundle, and nothing else of the host's: not `/etc/shadow`, not the host's `/usr`, not a file the
 /// test put next to the cache.
 #[test]
 fn the_sandbox_can_name_no_host_path_r24() -> Result<()> {
@@ -47,12 +47,23 @@ fn the_sandbox_can_name_no_host_path_r24() -> Result<()> {
         "nsswitch.conf",
         "host.conf",
         "gai.conf",
+        "ssl",
     ]
     .into_iter()
     .map(str::to_owned)
     .collect();
     let etc = names(&root.join("etc"))?;
     ensure!(etc.is_subset(&resolver), "the sandbox's /etc shows {etc:?}");
+    // Of the node's TLS files, its CA bundle only (Debian's, read-only), not its private keys.
+    let ssl = root.join("etc/ssl");
+    if ssl.exists() {
+        let shown = (names(&ssl)?, names(&ssl.join("certs"))?);
+        let bundle = BTreeSet::from(["ca-certificates.crt".to_owned()]);
+        ensure!(
+            shown == (BTreeSet::from(["certs".to_owned()]), bundle),
+            "the sandbox's /etc/ssl shows {shown:?}"
+        );
+    }
     ensure!(names(&root.join("proc"))? == BTreeSet::from(["self".to_owned()]));
 
     let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));

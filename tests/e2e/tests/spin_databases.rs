@@ -311,7 +311,13 @@ fn a_spin_app_uses_mysql() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mysql = MariaDb::start()?;
     let granted = [format!("mysql://127.0.0.1:{}", mysql.port())];
-    let app = app(tmp.path(), "", &mysql.url(), &granted)?;
+    // `preferred` asks for TLS, and a server without it is used in plain TCP.
+    let app = app(
+        tmp.path(),
+        "",
+        &format!("{}?ssl-mode=preferred", mysql.url()),
+        &granted,
+    )?;
     let up = Up::start(
         Command::new(wasmcell()).args(["up", "-f"]).arg(&app),
         "/nothing",
@@ -342,5 +348,78 @@ fn a_spin_app_uses_mysql() -> Result<()> {
         .ctr(&["task", "kill", "-s", "SIGKILL", "my"])?
         .success()?;
     containerd.wait_status("my", "STOPPED")?;
+    Ok(())
+}
+
+/// MySQL over TLS, as Spin connects: with `ssl-mode=required`, an account the server admits
+/// over TLS only is reached when the node trusts the server's CA (`SSL_CERT_FILE`), under
+/// `wasmcell up` and in the spin shim's sandbox; a certificate the node does not trust is
+/// refused, naming why; and that account is refused in plain TCP, so the first connection was
+/// encrypted.
+#[test]
+fn a_spin_app_speaks_tls_to_mysql_and_checks_the_certificate() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mysql = MariaDb::start_tls()?;
+    let ca = mysql.ca().expect("a TLS server's CA").to_owned();
+    let address = |mode: &str| {
+        format!(
+            "mysql://{}:{}@127.0.0.1:{}/{}?ssl-mode={mode}",
+            MariaDb::TLS_USER,
+            MariaDb::PASSWORD,
+            mysql.port(),
+            MariaDb::DATABASE
+        )
+    };
+    let granted = [format!("mysql://127.0.0.1:{}", mysql.port())];
+    // `app` writes DIR/db: each call below remakes it.
+    let required = app(tmp.path(), "", &address("required"), &granted)?;
+    let trusted = Up::start(
+        Command::new(wasmcell())
+            .env("SSL_CERT_FILE", &ca)
+            .args(["up", "-f"])
+            .arg(&required),
+        "/nothing",
+    )?;
+    assert_eq!(
+        get(&trusted.base, "/mysql/types")?,
+        (200, MYSQL_TYPES.to_owned())
+    );
+    trusted.stop()?;
+
+    let untrusted = Up::start(
+        Command::new(wasmcell()).args(["up", "-f"]).arg(&required),
+        "/nothing",
+    )?;
+    let (status, refused) = get(&untrusted.base, "/mysql/types")?;
+    assert_eq!(status, 500, "{refused}");
+    assert!(
+        refused.contains("ConnectionFailed") && refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+    untrusted.stop()?;
+
+    let plain = app(tmp.path(), "", &address("disabled"), &granted)?;
+    let up = Up::start(
+        Command::new(wasmcell()).args(["up", "-f"]).arg(&plain),
+        "/nothing",
+    )?;
+    let (status, refused) = get(&up.base, "/mysql/types")?;
+    assert_eq!(status, 500, "{refused}");
+    assert!(refused.contains("Access denied"), "{refused}");
+    up.stop()?;
+
+    // In the shim's sandbox, the node's CA bundle (containerd's SSL_CERT_FILE) is trusted too.
+    let tls = app(tmp.path(), "", &address("required"), &granted)?;
+    let archive = build_spin_image(&tls, "example.com/mysql-tls:1", tmp.path())?;
+    let ca = ca.to_str().expect("a UTF-8 path");
+    let containerd = Containerd::start_with_env(&[("SSL_CERT_FILE", ca)])?;
+    containerd.import(&archive)?;
+    let base = start_spin_detached(&containerd, "example.com/mysql-tls:1", "tls", &[])?;
+    wait_http(&format!("{base}/nothing"))?;
+    assert_eq!(get(&base, "/mysql/types")?, (200, MYSQL_TYPES.to_owned()));
+    containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "tls"])?
+        .success()?;
+    containerd.wait_status("tls", "STOPPED")?;
     Ok(())
 }

@@ -54,6 +54,7 @@ mod spin3;
 mod spin4;
 #[cfg(test)]
 pub(crate) mod tests;
+mod trust;
 
 use fermyon::spin2_0_0::{key_value, sqlite};
 

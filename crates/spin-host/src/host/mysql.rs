@@ -4,9 +4,16 @@
 //! requests; mysql_async resets a connection when it goes back, ending its transaction). The
 //! address must be granted as `mysql://HOST:PORT`. Connections are plain TCP to that host:
 //! mysql_async's `prefer_socket` (which would switch a connection to 127.0.0.1 over to the
-//! server's Unix socket, a path on the node) is off and a `socket=` address is refused, as is
-//! one asking for TLS (`ssl-mode` other than `disabled` or `preferred`); `LOAD DATA LOCAL`
-//! finds no handler, so the server cannot read the host's files.
+//! server's Unix socket, a path on the node) is off and a `socket=` address is refused;
+//! `LOAD DATA LOCAL` finds no handler, so the server cannot read the host's files.
+//!
+//! TLS as Spin reads the address: `ssl-mode` (or `sslmode`) `disabled`, or none, is plain TCP;
+//! `preferred` asks for TLS and stays plain only when the server has none (MySQL's meaning;
+//! Spin insists on TLS for it); `required`, `verify_ca`, `verify_identity` (and mysql_async's
+//! `require_ssl=true`) insist. Whatever the mode says, the server's certificate and name are
+//! checked, against Mozilla's roots and the node's trust store ([`super::trust`]), as Spin's
+//! native TLS checks them: MySQL's own `required` would take any certificate, and with it any
+//! server in the middle.
 //!
 //! Values as Spin maps them: integers by size and signedness, floats, text (`str`) and bytes
 //! (`binary`, for the `binary` character set). Where Spin fails a query for a column it has no
@@ -17,7 +24,9 @@ use std::time::Duration;
 
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Column, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Value};
+use mysql_async::{
+    Column, DriverError, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, SslOpts, Value,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Resource;
 
@@ -92,31 +101,75 @@ pub(crate) type Pools = super::pools::Pools<Pool>;
 /// Opens a connection to `address` for the component `host`.
 pub(super) async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, Error> {
     permitted(host, address, MYSQL).map_err(Error::ConnectionFailed)?;
-    let opts = options(address).map_err(Error::ConnectionFailed)?;
+    let (opts, tls) = options(address).map_err(Error::ConnectionFailed)?;
     let admitted = host.mysql.admit().await.map_err(Error::ConnectionFailed)?;
     let pool = host
         .mysql
-        .get(address, || Ok(Pool::new(opts)))
+        .get(address, || Ok(Pool::new(opts.clone())))
         .map_err(Error::Other)?;
+    let (connection, pool) = match connect(&pool).await {
+        Ok(connection) => (connection, pool),
+        // `preferred` and a server without TLS: plain TCP, for this address from now on.
+        Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
+            if tls == Tls::Preferred =>
+        {
+            let plain = Pool::new(OptsBuilder::from_opts(opts).ssl_opts(None));
+            host.mysql.replace(address, plain.clone());
+            (connect(&plain).await.map_err(connect_error)?, plain)
+        }
+        Err(e) => return Err(connect_error(e)),
+    };
+    Ok(MysqlHandle {
+        connection,
+        pool,
+        _admitted: admitted,
+    })
+}
+
+/// A connection from `pool`, within [`WAIT`].
+async fn connect(pool: &Pool) -> Result<mysql_async::Conn, mysql_async::Error> {
     match tokio::time::timeout(WAIT, pool.get_conn()).await {
-        Ok(Ok(connection)) => Ok(MysqlHandle {
-            connection,
-            pool,
-            _admitted: admitted,
-        }),
-        Ok(Err(e)) => Err(Error::ConnectionFailed(format!(
-            "cannot connect to MySQL: {e}"
-        ))),
-        Err(_) => Err(Error::ConnectionFailed(format!(
-            "cannot connect to MySQL: no connection within {WAIT:?}"
+        Ok(connected) => connected,
+        Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {WAIT:?}"),
+            ),
         ))),
     }
 }
 
-/// mysql_async's options for `address`, TCP only, without TLS.
-fn options(address: &str) -> Result<Opts, String> {
+fn connect_error(e: mysql_async::Error) -> Error {
+    let mut message = format!("cannot connect to MySQL: {e}");
+    // A TLS failure's cause (an unknown issuer, a wrong name) is in its sources.
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    Error::ConnectionFailed(message)
+}
+
+/// What an address asks of TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    /// Plain TCP.
+    Off,
+    /// TLS when the server has it.
+    Preferred,
+    /// TLS, or no connection.
+    Required,
+}
+
+/// mysql_async's options for `address` (TCP only) and what it asks of TLS.
+fn options(address: &str) -> Result<(Opts, Tls), String> {
     let mut url = url::Url::parse(address).map_err(|e| format!("invalid MySQL address: {e}"))?;
     let mut ssl_mode = None;
+    // mysql_async does not know `ssl-mode`, and its own TLS parameters (`verify_ca=false`...)
+    // could turn the certificate check off: both are taken out of what it reads.
     let kept: Vec<(String, String)> = url
         .query_pairs()
         .filter(|(key, value)| {
@@ -124,18 +177,10 @@ fn options(address: &str) -> Result<Opts, String> {
             if ssl {
                 ssl_mode = Some(value.to_ascii_lowercase());
             }
-            !ssl
+            !ssl && !matches!(&**key, "verify_ca" | "verify_identity" | "built_in_roots")
         })
         .map(|(key, value)| (key.into_owned(), value.into_owned()))
         .collect();
-    if let Some(mode) = ssl_mode
-        && mode != "disabled"
-        && mode != "preferred"
-    {
-        return Err(format!(
-            "ssl-mode={mode}: this wasmcell connects to MySQL without TLS"
-        ));
-    }
     url.set_query(None);
     if !kept.is_empty() {
         url.query_pairs_mut().extend_pairs(kept);
@@ -144,19 +189,33 @@ fn options(address: &str) -> Result<Opts, String> {
     if opts.socket().is_some() {
         return Err("Unix sockets are not supported: give a host name or address".to_owned());
     }
-    if opts.ssl_opts().is_some() {
-        return Err("require_ssl: this wasmcell connects to MySQL without TLS".to_owned());
-    }
+    let tls = match ssl_mode.as_deref() {
+        None if opts.ssl_opts().is_some() => Tls::Required,
+        None | Some("disabled") => Tls::Off,
+        Some("preferred") => Tls::Preferred,
+        Some("required" | "verify_ca" | "verify_identity") => Tls::Required,
+        Some(other) => {
+            return Err(format!(
+                "ssl-mode={other} is not a MySQL ssl-mode: use disabled, preferred, required, \
+                 verify_ca or verify_identity"
+            ));
+        }
+    };
+    let ssl = (tls != Tls::Off).then(|| {
+        let node = super::trust::node_roots().iter();
+        SslOpts::default().with_root_certs(node.map(|c| c.to_vec().into()).collect())
+    });
     let constraints = PoolConstraints::new(0, CONNECTIONS).expect("0 <= the maximum");
     // The packet size and idle timeout are set here, not read from the server: a value the
     // server sends back is otherwise trusted (a huge packet size lets one row take all memory).
-    Ok(OptsBuilder::from_opts(opts)
+    let opts = OptsBuilder::from_opts(opts)
         .prefer_socket(false)
+        .ssl_opts(ssl)
         .max_allowed_packet(Some(MAX_PACKET))
         .wait_timeout(Some(IDLE_SECONDS))
         .stmt_cache_size(Some(STATEMENT_CACHE))
-        .pool_opts(PoolOpts::default().with_constraints(constraints))
-        .into())
+        .pool_opts(PoolOpts::default().with_constraints(constraints));
+    Ok((opts.into(), tls))
 }
 
 fn parameter(value: ParameterValue) -> Value {
@@ -409,26 +468,55 @@ mod tests {
     use super::*;
 
     /// TCP to the host the address names, and nothing else: no Unix socket, by name or by
-    /// mysql_async's preference; TLS asked for is refused, not silently dropped.
+    /// mysql_async's preference.
     #[test]
     fn addresses_give_tcp_options_only() {
-        let opts = options("mysql://spin:pw@127.0.0.1:3307/db?ssl-mode=DISABLED").unwrap();
+        let (opts, tls) = options("mysql://spin:pw@127.0.0.1:3307/db?ssl-mode=DISABLED").unwrap();
         assert_eq!(
             (opts.ip_or_hostname(), opts.tcp_port()),
             ("127.0.0.1", 3307)
         );
         assert!(!opts.prefer_socket());
         assert_eq!(opts.db_name(), Some("db"));
+        assert_eq!(tls, Tls::Off);
+        assert!(opts.ssl_opts().is_none());
         let refused = options("mysql://spin@db/x?socket=/run/mysqld/mysqld.sock").unwrap_err();
         assert!(refused.contains("Unix sockets"), "{refused}");
-        let refused = options("mysql://spin@db/x?sslMode=REQUIRED").unwrap_err();
-        assert!(refused.contains("without TLS"), "{refused}");
-        let refused = options("mysql://spin@db/x?require_ssl=true").unwrap_err();
-        assert!(refused.contains("without TLS"), "{refused}");
-        let opts = options("mysql://spin@db/x?stmt_cache_size=100000").unwrap();
+        let (opts, _) = options("mysql://spin@db/x?stmt_cache_size=100000").unwrap();
         assert_eq!(opts.stmt_cache_size(), STATEMENT_CACHE);
         assert_eq!(opts.max_allowed_packet(), Some(MAX_PACKET));
         assert!(options("not a url").is_err());
+    }
+
+    /// Each ssl-mode as Spin and MySQL name them; whatever the address says, a TLS connection
+    /// checks the server's certificate and name against the built-in roots too.
+    #[test]
+    fn ssl_modes_ask_for_tls_and_never_turn_the_checks_off() {
+        let tls = |address: &str| options(address).map(|(opts, tls)| (tls, opts));
+        assert_eq!(tls("mysql://spin@db/x").unwrap().0, Tls::Off);
+        assert_eq!(
+            tls("mysql://spin@db/x?ssl-mode=PREFERRED").unwrap().0,
+            Tls::Preferred
+        );
+        for required in [
+            "sslMode=REQUIRED",
+            "ssl-mode=verify_ca",
+            "ssl-mode=VERIFY_IDENTITY",
+            "require_ssl=true",
+            "require_ssl=true&verify_ca=false&verify_identity=false&built_in_roots=false",
+        ] {
+            let (tls, opts) = tls(&format!("mysql://spin@db/x?{required}")).unwrap();
+            assert_eq!(tls, Tls::Required, "{required}");
+            let ssl = opts.ssl_opts().expect("TLS options");
+            assert!(!ssl.accept_invalid_certs(), "{required}");
+            assert!(!ssl.skip_domain_validation(), "{required}");
+            assert!(!ssl.disable_built_in_roots(), "{required}");
+        }
+        let refused = tls("mysql://spin@db/x?ssl-mode=sometimes").unwrap_err();
+        assert!(
+            refused.contains("use disabled, preferred, required"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@
 //!
 //! TLS as Spin's: `sslmode=prefer` (the default) asks the server for TLS and goes on in plain
 //! TCP only when the server has none; `require` insists; `disable` never asks. The server's
-//! certificate is always checked, against Mozilla's roots and the CA roots a component gives
-//! (4.1.0's `connection-builder.set-ca-root`), so a server with a self-signed certificate needs
-//! its CA given, or `sslmode=disable`.
+//! certificate is always checked, against Mozilla's roots, the node's trust store and the CA
+//! roots a component gives (4.1.0's `connection-builder.set-ca-root`), so a server with a
+//! self-signed certificate needs its CA given or installed on the node, or `sslmode=disable`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,12 +98,10 @@ impl CaRoot {
     }
 }
 
-/// The TLS a session negotiates: the server's certificate checked against Mozilla's roots and
-/// `ca_root`'s.
+/// The TLS a session negotiates: the server's certificate checked against Mozilla's roots, the
+/// node's (see [`super::trust`]) and `ca_root`'s.
 fn tls(ca_root: Option<&CaRoot>) -> Result<MakeRustlsConnect, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = super::trust::roots();
     for certificate in ca_root.iter().flat_map(|ca| &ca.certificates) {
         roots
             .add(certificate.clone())
