@@ -8,6 +8,7 @@
 mod build;
 mod cache;
 mod compile;
+mod flags;
 mod images;
 mod install;
 mod manual;
@@ -43,9 +44,10 @@ const VERSION: &str = concat!(
     after_help = "Examples:\n  wasmcell run app.wasm hello world\n  wasmcell build app.wasm --tag example.com/app:latest --output app.tar\n  wasmcell run app.tar\n  wasmcell build app.wasm --tag 127.0.0.1:5000/app:latest --format artifact --push\n  wasmcell run 127.0.0.1:5000/app:latest\n  wasmcell up -f spin.toml --listen 127.0.0.1:3000\n  wasmcell cache ls\n  wasmcell install --prefix /usr/local\n  wasmcell install --containerd --restart   # a Kubernetes node"
 )]
 struct Cli {
-    /// Print wasmcell's own diagnostics on stderr (-v: info, -vv: debug; or set WASMCELL_LOG
-    /// to a tracing filter such as `wasmtime_wasi=warn`). By default stderr is the guest's.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// Print wasmcell's own diagnostics on stderr (--verbose: info, twice: debug; or set
+    /// WASMCELL_LOG to a tracing filter such as `wasmtime_wasi=warn`). By default stderr is
+    /// the guest's. (-v is `run`'s volume flag, as in `docker run`.)
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,

@@ -15,6 +15,7 @@ use wasmcell_engine::{
 };
 use wasmcell_oci::{Archive, Entrypoint, FileKind, ImageContents};
 
+use crate::flags;
 use crate::images::{RegistryArgs, pull_into_store, store};
 
 /// Run a Wasm module or component, a Wasm image archive, or an image by reference (from the
@@ -40,10 +41,50 @@ pub struct RunArgs {
     /// value it has here, as with `docker run -e`.
     #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
     env: Vec<String>,
+    /// Read environment variables from FILE (repeatable), as `docker run --env-file`: a
+    /// KEY=VALUE or a bare KEY per line, `#` comments; --env wins over it.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
     /// Give the guest a host directory: HOST[:GUEST][:ro] (repeatable; GUEST defaults to HOST;
-    /// wasmtime's HOST::GUEST also works).
-    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
+    /// docker's -v/--volume HOST:GUEST and wasmtime's --dir HOST::GUEST both work).
+    #[arg(
+        long = "dir",
+        short = 'v',
+        visible_alias = "volume",
+        value_name = "HOST[:GUEST][:ro]"
+    )]
     dirs: Vec<String>,
+    /// The guest's working directory, an absolute path inside a directory it is given
+    /// [default: the image's WorkingDir, else /], told to the guest as wasi:cli's initial-cwd.
+    /// A guest whose libc starts at / whatever it is told (wasi-libc today, and every preview 1
+    /// module: preview 1 cannot say) stays at /, as under wasmtime.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    workdir: Option<String>,
+    /// Give the guest the image's root filesystem read-only, as `docker run --read-only`
+    /// (--dir directories keep their own :ro or read-write).
+    #[arg(long)]
+    read_only: bool,
+    /// Limit the guest's memory (its linear memories and tables) to SIZE, such as 64m or 1g;
+    /// growing past it ends the guest with status 137, as `docker run --memory` does.
+    #[arg(long, short = 'm', value_name = "SIZE")]
+    memory: Option<String>,
+    /// Limit the guest to N CPUs' worth of time, such as 0.5, as `docker run --cpus` does.
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// Call FUNCTION, an export of a core module, instead of _start, as `wasmtime run --invoke`
+    /// (the same as TARGET#FUNCTION).
+    #[arg(long, value_name = "FUNCTION")]
+    invoke: Option<String>,
+    /// Accepted as `docker run --rm` is typed: nothing is kept after the guest ends anyway.
+    #[arg(long)]
+    rm: bool,
+    /// Accepted as `docker run -i` is typed: the guest reads this process's stdin anyway.
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Refused: a Wasm guest has no terminal (WASI has none). Its stdin, stdout and stderr are
+    /// this process's; leave -t out.
+    #[arg(long, short = 't', hide_short_help = true)]
+    tty: bool,
     /// Serve an HTTP component on the host's [IP:]PORT (IP defaults to 0.0.0.0). The container
     /// port must be the one the component serves on (8080).
     #[arg(long = "publish", short = 'p', value_name = "[IP:]PORT:8080")]
@@ -87,11 +128,28 @@ pub(crate) enum PullPolicy {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    if args.tty {
+        bail!(
+            "-t/--tty: a Wasm guest has no terminal to attach (WASI has none). Leave -t out: the guest's stdin, stdout and stderr are this shell's already"
+        );
+    }
+    let _habits = (args.rm, args.interactive);
+    let limits = Limits {
+        memory: args.memory.as_deref().map(flags::memory).transpose()?,
+        cpu: args.cpus.as_deref().map(flags::cpus).transpose()?,
+    };
+    let workdir = args.workdir.as_deref().map(flags::workdir).transpose()?;
+    let mut env_flags = Vec::new();
+    for file in &args.env_files {
+        env_flags.extend(flags::env_file(file)?);
+    }
+    env_flags.extend(args.env.iter().cloned());
+    let env_flags = flags::env_flags(&env_flags)?;
     let engine = crate::compile::engine(args.cache_dir.clone(), args.compile, &args.target)?;
     let mut preopens = args
         .dirs
         .iter()
-        .map(|dir| parse_dir(dir))
+        .map(|dir| flags::dir(dir))
         .collect::<Result<Vec<_>>>()?;
     let stdio = Stdio {
         stdin: Input::Inherit,
@@ -120,7 +178,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Target::Wasm { path, function } => {
             let mut argv = vec![file_name(&path)];
             argv.extend(args.args.iter().cloned());
-            let env = parse_env_flags(&args.env)?;
+            let env = env_flags;
             let http = HttpServe {
                 addr,
                 ..HttpServe::from_env(&env)?
@@ -145,13 +203,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             };
             WorkloadSpec {
                 module: ModuleSource::File(path),
-                function,
+                function: invoked(args.invoke.as_deref(), function)?,
                 args: argv,
                 env,
-                cwd: "/".to_owned(),
+                cwd: workdir.unwrap_or_else(|| "/".to_owned()),
                 preopens,
                 stdio,
-                limits: Limits::default(),
+                limits,
                 network,
                 http,
                 names,
@@ -184,7 +242,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             let mut argv = vec![entry.path.clone()];
             argv.extend(command[1..].iter().cloned());
             let mut env = parse_image_env(&image.env())?;
-            for (key, value) in parse_env_flags(&args.env)? {
+            for (key, value) in env_flags {
                 env.retain(|(k, _)| *k != key);
                 env.push((key, value));
             }
@@ -193,7 +251,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 Preopen {
                     host: dir.path().to_owned(),
                     guest: "/".to_owned(),
-                    access: Access::ReadWrite,
+                    access: match args.read_only {
+                        true => Access::ReadOnly,
+                        false => Access::ReadWrite,
+                    },
                 },
             );
             let http = HttpServe {
@@ -205,13 +266,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     root: dir.path().to_owned(),
                     path: entry.path,
                 },
-                function: entry.function,
+                function: invoked(args.invoke.as_deref(), entry.function)?,
                 args: argv,
                 env,
-                cwd: image.working_dir(),
+                cwd: workdir.unwrap_or_else(|| image.working_dir()),
                 preopens,
                 stdio,
-                limits: Limits::default(),
+                limits,
                 network,
                 http,
                 names,
@@ -227,11 +288,31 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     if prepared.stops_gracefully() && args.slightfile.is_none() {
-        eprintln!("wasmcell: serving HTTP on http://{addr} (Ctrl-C stops)");
+        port_free(addr, "-p/--publish [IP:]PORT:8080")?;
+    }
+    if let Some(publish) = &args.publish
+        && !prepared.stops_gracefully()
+    {
+        eprintln!(
+            "wasmcell: warning: --publish {publish} has nothing to publish: {} serves no HTTP (it exports no wasi:http handler); it runs as a command",
+            args.target
+        );
     }
     let exit = tokio.block_on(until_done(&prepared))?;
     drop(rootfs_dir);
     Ok(ExitCode::from(exit.status() as u8))
+}
+
+/// The export to call: `--invoke`'s, or the one TARGET#FUNCTION (or the image's entrypoint)
+/// names; both at once must agree.
+fn invoked(invoke: Option<&str>, named: Option<String>) -> Result<Option<String>> {
+    match (invoke, named) {
+        (Some(invoke), Some(named)) if invoke != named => {
+            bail!("--invoke {invoke} and #{named} name different functions: give one of them")
+        }
+        (Some(invoke), _) => Ok(Some(invoke.to_owned())),
+        (None, named) => Ok(named),
+    }
 }
 
 /// Runs the guest to its end. A server is asked to stop on SIGINT or SIGTERM and finishes the
@@ -251,6 +332,20 @@ pub(crate) async fn until_done(prepared: &Prepared) -> Result<Exit> {
             _ = interrupt.recv() => controls.terminate(),
             _ = terminate.recv() => controls.terminate(),
         }
+    }
+}
+
+/// Fails, naming `flag` as the way out, when something already listens on `addr`: before the
+/// server starts, so the error comes once and before any line that says it serves.
+pub(crate) fn port_free(addr: SocketAddr, flag: &str) -> Result<()> {
+    // std's listener sets SO_REUSEADDR, as the server's does: a port whose last connections
+    // are in TIME_WAIT is free to it.
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "{addr} is already in use: stop what listens there, or choose another address with {flag}"
+        ),
+        Err(e) => bail!("cannot listen on {addr}: {e} (choose another address with {flag})"),
     }
 }
 
@@ -351,7 +446,7 @@ pub(crate) fn target_kind(target: &str) -> Result<Target> {
 
 /// Whether a target that is not a file names an image: `[REGISTRY/]REPO[:TAG]` with a
 /// registry host or a tag, never a `.wasm` path.
-fn looks_like_reference(target: &str) -> bool {
+pub(crate) fn looks_like_reference(target: &str) -> bool {
     !target.ends_with(".wasm")
         && !target.ends_with(".tar")
         && (target.contains(':') || target.split('/').count() > 1)
@@ -384,123 +479,20 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-pub(crate) fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>> {
-    vars.iter()
-        .map(|var| match var.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-            _ => bail!("environment variable `{var}` is not KEY=VALUE"),
-        })
-        .collect()
-}
-
 /// An image's `Env`: its `KEY=VALUE`s. A bare name is nothing (the process would see no value
 /// for it), and never the host's value.
 fn parse_image_env(vars: &[String]) -> Result<Vec<(String, String)>> {
-    parse_env_with(vars, |_| None)
-}
-
-/// The user's `--env` flags: `KEY=VALUE`, or a bare `KEY` taking the value it has in this
-/// process's environment, as `docker run -e KEY` does (a key it does not have stays unset).
-/// Only for the user's own flags: an image's `Env` is [`parse_image_env`]'s, so that an image
-/// cannot name a host variable and have its value passed to the guest.
-pub(crate) fn parse_env_flags(vars: &[String]) -> Result<Vec<(String, String)>> {
-    parse_env_with(vars, |key| std::env::var(key).ok())
-}
-
-/// `KEY=VALUE`s, a bare `KEY` taking its value from `host`, if it has one.
-fn parse_env_with(
-    vars: &[String],
-    host: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(String, String)>> {
-    let mut env = Vec::new();
-    for var in vars {
-        match var.split_once('=') {
-            Some((key, value)) if !key.is_empty() => env.push((key.to_owned(), value.to_owned())),
-            None if !var.is_empty() => {
-                if let Some(value) = host(var) {
-                    env.push((var.clone(), value));
-                }
-            }
-            _ => bail!("environment variable `{var}` is not KEY=VALUE"),
-        }
-    }
-    Ok(env)
-}
-
-fn parse_dir(dir: &str) -> Result<Preopen> {
-    let (rest, access) = match dir.strip_suffix(":ro") {
-        Some(rest) => (rest, Access::ReadOnly),
-        None => (dir, Access::ReadWrite),
-    };
-    // wasmtime's own form, `HOST::GUEST`, first: split at the first `:`, it would mount at
-    // `:GUEST`.
-    let (host, guest) = rest
-        .split_once("::")
-        .or_else(|| rest.split_once(':'))
-        .unwrap_or((rest, rest));
-    if guest.starts_with(':') || guest.is_empty() {
-        bail!(
-            "--dir {dir}: the guest path `{guest}` is not one: write HOST[:GUEST][:ro] (or wasmtime's HOST::GUEST)"
-        );
-    }
-    let host = PathBuf::from(host);
-    if !host.is_dir() {
-        bail!("--dir {dir}: {} is not a directory", host.display());
-    }
-    Ok(Preopen {
-        host,
-        guest: guest.to_owned(),
-        access,
-    })
+    flags::env_with(vars, |_| None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An image's bare name is nothing, never the host's value.
     #[test]
-    fn dir_flag_forms() {
-        let tmp = std::env::temp_dir();
-        let t = tmp.display();
-        let p = parse_dir(&format!("{t}")).unwrap();
-        assert_eq!(
-            (p.guest.as_str(), p.access),
-            (t.to_string().as_str(), Access::ReadWrite)
-        );
-        let p = parse_dir(&format!("{t}:/data:ro")).unwrap();
-        assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadOnly));
-        // wasmtime's form.
-        let p = parse_dir(&format!("{t}::/data")).unwrap();
-        assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadWrite));
-        assert!(
-            parse_dir(&format!("{t}:::/data"))
-                .unwrap_err()
-                .to_string()
-                .contains("is not one")
-        );
-        assert!(
-            parse_dir("/no/such/dir:/x")
-                .unwrap_err()
-                .to_string()
-                .contains("is not a directory")
-        );
-    }
-
-    #[test]
-    fn env_flag_forms() {
-        assert_eq!(
-            parse_env(&["A=1".into(), "B=".into()]).unwrap(),
-            [("A".into(), "1".into()), ("B".into(), String::new())]
-        );
-        assert!(parse_env(&["NOVALUE".into()]).is_err());
-        // An image's bare name is nothing; a flag's takes the host's value, if it has one.
+    fn an_images_env_names_no_host_variable() {
         assert!(parse_image_env(&["HOME".into()]).unwrap().is_empty());
-        let host = |key: &str| (key == "HOME").then(|| "/root".to_owned());
-        assert_eq!(
-            parse_env_with(&["HOME".into(), "UNSET".into()], host).unwrap(),
-            [("HOME".into(), "/root".into())]
-        );
-        assert!(parse_env(&["=x".into()]).is_err());
     }
 
     #[test]

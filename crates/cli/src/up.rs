@@ -13,8 +13,9 @@ use wasmcell_engine::{
 };
 use wasmcell_spin::{App, HttpHandler, RuntimeConfigSource};
 
+use crate::flags;
 use crate::images::RegistryArgs;
-use crate::run::{PullPolicy, Target, parse_env, target_kind, unpack, until_done};
+use crate::run::{PullPolicy, Target, target_kind, unpack, until_done};
 
 /// Run a Spin app: its HTTP routes served on --listen, its Redis channels followed.
 ///
@@ -31,7 +32,8 @@ use crate::run::{PullPolicy, Target, parse_env, target_kind, unpack, until_done}
     after_help = "Examples:\n  wasmcell up -f guests/spin-apps/shop/spin.toml\n  SPIN_VARIABLE_GREETING=Hi wasmcell up --listen 0.0.0.0:3000\n  wasmcell up --key-value greeting=hi --sqlite @migration.sql\n  wasmcell up 127.0.0.1:5000/shop:latest"
 )]
 pub struct UpArgs {
-    /// The app's manifest, or the directory holding spin.toml [default: ./spin.toml]
+    /// The app's manifest, or the directory holding spin.toml [default: ./spin.toml]; an image
+    /// (a reference or an archive) here is taken as the image, as `spin up -f REF` takes it.
     #[arg(
         long = "from",
         short = 'f',
@@ -41,8 +43,8 @@ pub struct UpArgs {
     from: Option<PathBuf>,
     /// An image holding a Spin app (an archive or a reference), instead of -f.
     image: Option<String>,
-    /// Where the HTTP trigger listens.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3000")]
+    /// Where the HTTP trigger listens: IP:PORT, or HOST:PORT such as localhost:3000.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3000", value_parser = listen_addr)]
     listen: SocketAddr,
     /// The runtime config (key-value stores, SQLite databases) [default: runtime-config.toml
     /// beside the manifest, if there is one]
@@ -88,8 +90,18 @@ pub struct UpArgs {
     registry: RegistryArgs,
 }
 
-pub fn up(args: UpArgs) -> Result<ExitCode> {
-    let env = parse_env(&args.env)?;
+pub fn up(mut args: UpArgs) -> Result<ExitCode> {
+    let env = flags::env(&args.env)?;
+    // `spin up -f` takes an image too: a reference, or here an archive.
+    if let Some(from) = args.from.as_deref().and_then(Path::to_str) {
+        let image = match Path::new(from) {
+            path if path.is_file() => matches!(target_kind(from), Ok(Target::Archive(_))),
+            path => !path.exists() && crate::run::looks_like_reference(from),
+        };
+        if image {
+            args.image = args.from.take().map(|from| from.display().to_string());
+        }
+    }
     // Kept until the app is done: an unpacked image, and the components' staged files.
     let mut unpacked = None;
     let mut locked = None;
@@ -238,10 +250,28 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
     };
     let engine = crate::compile::engine(args.cache_dir, args.compile, &app)?;
     let prepared = engine.prepare(spec)?;
+    if prepared.stops_gracefully() {
+        crate::run::port_free(args.listen, "--listen IP:PORT")?;
+    }
     eprint!("{routes}");
     let exit = tokio.block_on(until_done(&prepared))?;
     drop((staging, unpacked));
     Ok(ExitCode::from(exit.status() as u8))
+}
+
+/// `--listen`: an address, or a host name and port (its first IPv4 address, else its first).
+fn listen_addr(listen: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| format!("expected IP:PORT or HOST:PORT, such as 127.0.0.1:3000 ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{listen} has no address"))
 }
 
 /// Where the stores see `--state-dir`.

@@ -74,7 +74,7 @@ fn the_guests_stderr_is_its_own_and_statuses_map_as_wasmtimes() -> Result<()> {
     assert_eq!(out.stderr, "sock_recv: errno 57\n", "{out:?}");
     // Asked for, it is there, without colour codes on a pipe.
     let out = run(Command::new(wasmcell())
-        .args(["run", "-v", "--cache-dir", path(tmp.path())])
+        .args(["run", "--verbose", "--cache-dir", path(tmp.path())])
         .arg(guest("hostile.wasm"))
         .args(["sock"])
         .env("WASMCELL_LOG", "wasmtime_wasi=warn"))?;
@@ -149,6 +149,133 @@ fn image_archive_runs_like_a_container() -> Result<()> {
     assert_eq!(
         (out.code, out.stdout.as_str()),
         (Some(4), "Hello from Wasm!\narg: a\n")
+    );
+    Ok(())
+}
+
+/// The flags users type from `docker run` and `wasmtime run` habits do what those tools do
+/// with them (issue 30, point 1).
+#[test]
+fn run_takes_the_flags_of_docker_and_wasmtime() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data)?;
+    std::fs::write(data.join("note"), "a note\n")?;
+
+    // --env-file (comments, a bare name taking this shell's value), with -e winning over it.
+    let env_file = tmp.path().join("app.env");
+    std::fs::write(
+        &env_file,
+        "# settings\nFROM_FILE=1\nBOTH=file\nHOST_ONLY_CANARY\n",
+    )?;
+    let out = wasmcell_run(
+        cache,
+        &[
+            "--env-file",
+            path(&env_file),
+            "-e",
+            "BOTH=flag",
+            path(&guest("hello.wasm")),
+            "env",
+        ],
+    )?
+    .success()?;
+    for line in ["FROM_FILE=1", "BOTH=flag", "HOST_ONLY_CANARY=leaked"] {
+        assert!(out.stdout.lines().any(|l| l == line), "{line}: {out:?}");
+    }
+
+    // -v and --volume as docker's.
+    let volume = format!("{}:/data:ro", path(&data));
+    for flag in ["-v", "--volume"] {
+        let out = wasmcell_run(
+            cache,
+            &[flag, &volume, path(&guest("fs.wasm")), "cat", "/data/note"],
+        )?
+        .success()?;
+        assert_eq!(out.stdout, "a note\n", "{flag}");
+    }
+    // -w: the working directory a component is told (wasi:cli's initial-cwd).
+    let out = wasmcell_run(
+        cache,
+        &[
+            "-v",
+            &volume,
+            "-w",
+            "/data",
+            path(&guest("p3-cli.wasm")),
+            "cwd",
+        ],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "/data\n");
+    let out = wasmcell_run(cache, &["-w", "data", path(&guest("hello.wasm"))])?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(out.stderr.contains("must be an absolute path"), "{out:?}");
+
+    // --memory ends a guest that grows past it with 137, as the OOM killer would.
+    let out = wasmcell_run(
+        cache,
+        &["--memory", "16m", path(&guest("hostile.wasm")), "alloc"],
+    )?;
+    assert_eq!(out.code, Some(137), "{out:?}");
+    let out = wasmcell_run(
+        cache,
+        &["-m", "64m", path(&guest("hostile.wasm")), "alloc", "8"],
+    )?;
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "done: 8 MiB\n"));
+    // --cpus as docker bounds it.
+    wasmcell_run(cache, &["--cpus", "0.5", path(&guest("hello.wasm"))])?.success()?;
+    let out = wasmcell_run(cache, &["--cpus", "0", path(&guest("hello.wasm"))])?;
+    assert!(out.stderr.contains("the range is 0.01 to"), "{out:?}");
+
+    // wasmtime's --invoke, as TARGET#FUNCTION.
+    let out = wasmcell_run(
+        cache,
+        &["--invoke", "greet", path(&guest("reactor.wasm")), "x"],
+    )?
+    .success()?;
+    assert_eq!(out.stdout, "greetings from greet\narg: x\n");
+
+    // --read-only: the image's rootfs cannot be written; without it, it can.
+    let image = build_image(&guest("fs.wasm"), "example.com/fs:latest", tmp.path(), &[])?;
+    let out = wasmcell_run(cache, &["--read-only", path(&image), "write", "/f", "x"])?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("fs: write /f"), "{out:?}");
+    wasmcell_run(cache, &["--rm", "-i", path(&image), "write", "/f", "x"])?.success()?;
+
+    // -t has no terminal to give; -p on a command says it publishes nothing.
+    let out = wasmcell_run(cache, &["-it", path(&guest("hello.wasm"))])?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(out.stderr.contains("no terminal"), "{out:?}");
+    let out = wasmcell_run(cache, &["-p", "8080:8080", path(&guest("hello.wasm"))])?.success()?;
+    assert!(
+        out.stderr
+            .contains("--publish 8080:8080 has nothing to publish")
+            && out.stderr.contains("serves no HTTP"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+/// A port already in use is said once, before anything claims to serve, with the flag that
+/// moves the server; a server that starts says where it listens, once.
+#[test]
+fn a_port_in_use_is_named_with_the_flag_that_moves_the_server() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let publish = format!("{}:8080", taken.local_addr()?);
+    let out = wasmcell_run(
+        tmp.path(),
+        &["-p", &publish, path(&guest("hello-http.wasm"))],
+    )?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "wasmcell: error: {} is already in use: stop what listens there, or choose another address with -p/--publish [IP:]PORT:8080\n",
+            taken.local_addr()?
+        )
     );
     Ok(())
 }

@@ -275,6 +275,15 @@ fn docker_runs_the_http_example_as_in_dockers_wasm_guide() -> Result<()> {
                 .stdout
                 .contains("hello-http: a log line"))
         })?;
+        // The server said once, on the container's stderr, that it started and where.
+        let logs = docker.docker(&["logs", &id])?;
+        assert_eq!(
+            logs.stderr
+                .matches("wasmcell: listening on http://")
+                .count(),
+            1,
+            "{logs:?}"
+        );
 
         // SIGTERM is honoured: the server drains and exits 0 (a SIGKILL after the timeout
         // would show as 137).

@@ -1228,6 +1228,50 @@ fn a_command_trigger_runs_its_component_to_completion() -> Result<()> {
     Ok(())
 }
 
+/// `spin up`'s habits: `-f` takes an image as well as a manifest, `--listen` a host name; a
+/// port already in use is said once, with `--listen`, before any route is printed.
+#[test]
+fn wasmcell_up_takes_an_image_with_f_and_a_host_name_to_listen_on() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let archive = build_spin_image(&app, "example.com/shop:f", tmp.path())?;
+    let port = free_port()?;
+    let up = Command::new(wasmcell())
+        .env("WASMCELL_STORE", tmp.path().join("store"))
+        .args(["up", "-f"])
+        .arg(&archive)
+        .args(["--listen", &format!("localhost:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let served = wait_http(&format!("http://127.0.0.1:{port}/health"));
+    let _ = Command::new("kill").arg(up.id().to_string()).status();
+    let out = up.wait_with_output()?;
+    served?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(
+        stderr.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let listen = taken.local_addr()?.to_string();
+    let out = wasmcell_e2e::run(
+        Command::new(wasmcell())
+            .args(["up", "-f"])
+            .arg(&app)
+            .args(["--listen", &listen]),
+    )?;
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "wasmcell: error: {listen} is already in use: stop what listens there, or choose another address with --listen IP:PORT\n"
+        )
+    );
+    Ok(())
+}
+
 #[test]
 fn wasmcell_up_runs_an_image_with_a_runtime_config_file() -> Result<()> {
     let tmp = tempfile::tempdir()?;

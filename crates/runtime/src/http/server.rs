@@ -281,7 +281,14 @@ async fn serve_here(
     // Opened on this thread's runtime, whose reactor drives them for every thread's requests
     // for as long as the server runs.
     let outputs = Arc::new(Outputs::open(&spec.stdio).await?);
-    tracing::debug!(%addr, "serving HTTP");
+    // One line on the guest's stderr once it listens, so that `docker logs` and `kubectl logs`
+    // show the server started, and where.
+    let listening = listener.local_addr().unwrap_or(addr);
+    crate::stdio::report(
+        &spec.stdio.stderr,
+        &format!("listening on http://{listening}"),
+    )
+    .await;
     let mut connections = Connections::new(&spec.http, runtimes);
     loop {
         // Both steps may wait (for a connection, for room for it), and stop when terminated.
