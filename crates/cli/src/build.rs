@@ -50,7 +50,8 @@ pub struct BuildArgs {
     format: FormatArg,
     /// The platform to declare, OS/ARCH with OS wasi|wasip1|wasip2|wasip3 and ARCH wasm|wasm32;
     /// repeat it for one index that any of them pulls
-    /// [default: wasip1/wasm for modules, wasip2/wasm for components]
+    /// [default: wasi/wasm, as Docker's guide types it; for an artifact wasip1/wasm for
+    /// modules, wasip2/wasm for components]
     #[arg(long)]
     platform: Vec<Platform>,
     /// Copy a host directory into the image: HOST_DIR[:IMAGE_DIR] (repeatable; IMAGE_DIR defaults
@@ -75,7 +76,9 @@ enum FormatArg {
     Artifact,
 }
 
-pub fn build(args: BuildArgs) -> Result<()> {
+pub fn build(mut args: BuildArgs) -> Result<()> {
+    // Checked and kept as Docker names it (`myapp` is `myapp:latest`), before any work.
+    args.tag = crate::names::familiar(&args.tag)?;
     let format = match args.format {
         FormatArg::Image => Format::Image,
         FormatArg::Artifact => Format::Artifact,
@@ -98,7 +101,8 @@ pub fn build(args: BuildArgs) -> Result<()> {
             )?,
             Format::Artifact => spin_registry_image(&dir, &args.tag)?,
         };
-        return deliver(&args, &image, &format!("Spin app {}", dir.display()));
+        let what = format!("Spin app {}", dir.display());
+        return deliver(&args, &image, &what, Workload::SpinApp);
     }
     let wasm = std::fs::read(&args.wasm)
         .with_context(|| format!("cannot read {}", args.wasm.display()))?;
@@ -128,11 +132,21 @@ pub fn build(args: BuildArgs) -> Result<()> {
         format,
     };
     let image = build_image(&wasm, &options)?;
-    deliver(
-        &args,
-        &image,
-        &format!("{} {}", image.kind, options.file_name),
-    )
+    let workload = match wasmcell_engine::serves_http(&wasm) {
+        true => Workload::Server,
+        false => Workload::Command,
+    };
+    let what = format!("{} {}", image.kind, options.file_name);
+    deliver(&args, &image, &what, workload)
+}
+
+/// What an image runs, for the commands `build` suggests.
+#[derive(Clone, Copy)]
+enum Workload {
+    Command,
+    /// A component exporting a wasi:http handler.
+    Server,
+    SpinApp,
 }
 
 /// The app in `dir` locked, in Spin's registry format (as `spin registry push` makes it).
@@ -181,8 +195,14 @@ fn spin_app_dir(manifest: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Stores the image locally, and writes or pushes it as the flags say.
-fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<()> {
+/// Stores the image locally, writes or pushes it as the flags say, and prints the commands
+/// that run what it made.
+fn deliver(
+    args: &BuildArgs,
+    image: &wasmcell_oci::Image,
+    what: &str,
+    workload: Workload,
+) -> Result<()> {
     let store = store()?;
     image.store(&store)?;
     let platforms: Vec<_> = image.platforms.iter().map(ToString::to_string).collect();
@@ -199,11 +219,7 @@ fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<
             println!("  and into the OCI layout {}", output.display());
         } else {
             write_archive(image, output)?;
-            println!(
-                "  and into {}\n  next: ctr images import --all-platforms {}",
-                output.display(),
-                output.display()
-            );
+            println!("  and into {}", output.display());
         }
     }
     if args.push {
@@ -220,7 +236,60 @@ fn deliver(args: &BuildArgs, image: &wasmcell_oci::Image, what: &str) -> Result<
         let built = ImageContents::from_layout(&store, &args.tag)?;
         crate::precompile::image(&built, &args.tag)?;
     }
+    print!("{}", next_steps(args, &platforms[0], workload));
     Ok(())
+}
+
+/// The commands that run the image just built, as they must be typed: `wasmcell` always; for
+/// the image format, `ctr` and `docker` after loading the archive (`-o`) or, for Docker, from
+/// the registry it was pushed to. The CNCF artifact is for registries and `wasmcell`: ctr and
+/// Docker cannot run one.
+fn next_steps(args: &BuildArgs, platform: &str, workload: Workload) -> String {
+    let tag = &args.tag;
+    let (wasmcell, runtime, publish) = match workload {
+        Workload::Command => (format!("wasmcell run {tag}"), "wasmtime", ""),
+        Workload::Server => (
+            format!("wasmcell run -p 8080:8080 {tag}"),
+            "wasmtime",
+            "-p 8080:8080 ",
+        ),
+        Workload::SpinApp => (format!("wasmcell up {tag}"), "spin", "-p 8080:80 "),
+    };
+    let runtime = match workload {
+        Workload::SpinApp => format!("io.containerd.{runtime}.v2"),
+        _ => format!("io.containerd.{runtime}.v1"),
+    };
+    let mut steps = format!("run it:\n  {wasmcell}\n");
+    let image_format = matches!(args.format, FormatArg::Image);
+    let archive = args
+        .output
+        .as_ref()
+        .filter(|o| !(o.is_dir() || o.as_os_str().to_string_lossy().ends_with('/')));
+    if let (true, Some(archive)) = (image_format, archive) {
+        let id = tag
+            .rsplit('/')
+            .next()
+            .and_then(|last| last.split([':', '@']).next())
+            .unwrap_or("app");
+        let detach = match workload {
+            Workload::Command => "--rm",
+            _ => "-d --net-host",
+        };
+        let archive = archive.display();
+        steps.push_str(&format!(
+            "  ctr images import --all-platforms {archive}\n  ctr run {detach} --runtime {runtime} {tag} {id}\n  docker load -i {archive}\n"
+        ));
+    }
+    if image_format && (archive.is_some() || args.push) {
+        let detach = match workload {
+            Workload::Command => "--rm ",
+            _ => "-d ",
+        };
+        steps.push_str(&format!(
+            "  docker run {detach}{publish}--runtime={runtime} --platform={platform} {tag}\n"
+        ));
+    }
+    steps
 }
 
 /// Writes `image` to `path` as an OCI archive: beside it first, then renamed into place, never

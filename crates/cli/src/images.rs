@@ -8,6 +8,7 @@ use clap::Args;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use wasmcell_engine::CompileCache;
 use wasmcell_oci::layout::{ref_name, sha256};
+use wasmcell_oci::media::IMAGE_NAME_ANNOTATION;
 use wasmcell_oci::{Archive, ImageContents, Layout, Platform};
 use wasmcell_registry::{Registry, RegistryError, parse_reference};
 
@@ -60,9 +61,21 @@ pub struct PushArgs {
 }
 
 pub fn push(args: PushArgs) -> Result<()> {
-    let target = args.reference.as_deref().unwrap_or(&args.source);
-    let reference = parse_reference(target)?;
     let path = Path::new(&args.source);
+    let target = match (&args.reference, path.exists()) {
+        (Some(reference), _) => reference.clone(),
+        (None, false) => stored_name(&store()?, &args.source)?,
+        // An archive or layout goes where the name it holds says, never to Docker Hub under
+        // its file name.
+        (None, true) => own_name(path).with_context(|| {
+            format!(
+                "{} names no image to push to: give one, `wasmcell push {} REGISTRY/NAME:TAG`",
+                args.source, args.source
+            )
+        })?,
+    };
+    let target = target.as_str();
+    let reference = parse_reference(target)?;
     let registry = Registry::new(&reference, args.registry.insecure);
     let runtime = runtime()?;
     if path.is_file() {
@@ -77,7 +90,8 @@ pub fn push(args: PushArgs) -> Result<()> {
             (layout, root)
         } else {
             let layout = store()?;
-            let root = layout.resolve(&args.source)?.with_context(|| {
+            let name = stored_name(&layout, &args.source)?;
+            let root = layout.resolve(&name)?.with_context(|| {
                 format!("{} is neither a file, a directory nor an image in the local store (`wasmcell images`)", args.source)
             })?;
             (layout, root)
@@ -87,6 +101,21 @@ pub fn push(args: PushArgs) -> Result<()> {
     }
     println!("pushed {reference}");
     Ok(())
+}
+
+/// The name an archive or layout gives its one image (containerd's and Docker's annotation),
+/// when it gives a full one: `[REGISTRY/]REPOSITORY[:TAG]` with a registry.
+fn own_name(path: &Path) -> Option<String> {
+    let index = match path.is_dir() {
+        true => Layout::open(path).ok()?.index().ok()?,
+        false => Archive::files(path).ok()?.index().ok()?,
+    };
+    let [entry] = index.manifests().as_slice() else {
+        return None;
+    };
+    let annotations = entry.annotations().as_ref()?;
+    let name = annotations.get(IMAGE_NAME_ANNOTATION)?;
+    (!crate::names::is_short(name)).then(|| name.clone())
 }
 
 fn not_found(reference: &str, cause: impl std::fmt::Display) -> RegistryError {
@@ -133,11 +162,12 @@ pub struct PullArgs {
 }
 
 pub fn pull(args: PullArgs) -> Result<()> {
+    let name = crate::names::familiar(&args.reference)?;
     let descriptor = pull_into_store(&args.reference, args.platform.as_ref(), &args.registry)?;
-    println!("pulled {} ({})", args.reference, descriptor.digest());
+    println!("pulled {name} ({})", descriptor.digest());
     if !args.no_compile {
-        let image = ImageContents::from_layout(&store()?, &args.reference)?;
-        crate::precompile::image(&image, &args.reference)?;
+        let image = ImageContents::from_layout(&store()?, &name)?;
+        crate::precompile::image(&image, &name)?;
     }
     Ok(())
 }
@@ -148,37 +178,84 @@ pub fn pull_into_store(
     platform: Option<&Platform>,
     registry: &RegistryArgs,
 ) -> Result<Descriptor> {
+    let name = crate::names::familiar(reference)?;
     let parsed = parse_reference(reference)?;
     let store = store()?;
     let client = Registry::new(&parsed, registry.insecure);
     let descriptor = runtime()?.block_on(client.pull(&parsed, &store, platform))?;
-    if parsed.whole() != reference {
-        // Also under the name as the user wrote it, so `wasmcell run NAME` finds it.
-        store.tag(reference, descriptor.clone())?;
+    if parsed.whole() != name {
+        // Kept under its familiar name alone (`myapp:latest`, not
+        // `docker.io/library/myapp:latest`), as `docker images` shows it.
+        store.tag(&name, descriptor.clone())?;
+        store.remove(&parsed.whole())?;
     }
     Ok(descriptor)
 }
 
 /// List the images in the local store.
 #[derive(Args)]
-pub struct ImagesArgs {}
+#[command(
+    after_help = "Examples:\n  wasmcell images\n  wasmcell rmi $(wasmcell images -q)     # remove every image\n  wasmcell images --format json | jq -r .Repository"
+)]
+pub struct ImagesArgs {
+    /// Print only the images' names, one a line (what `rmi` takes, as `docker images -q`
+    /// prints what `docker rmi` takes).
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// `table`, or `json`: one JSON object a line per image, as `docker images --format json`
+    /// prints them (Repository, Tag, Digest, Size, and Platform, Format and Bytes).
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+}
 
-pub fn images(_: ImagesArgs) -> Result<()> {
+/// `images --format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+pub fn images(args: ImagesArgs) -> Result<()> {
     let store = store()?;
-    println!(
-        "{:<48} {:<24} {:<9} {:<19} {:>10}",
-        "REFERENCE", "PLATFORM", "FORMAT", "DIGEST", "SIZE"
-    );
+    let table = args.format == ListFormat::Table && !args.quiet;
+    if table {
+        println!(
+            "{:<48} {:<24} {:<9} {:<19} {:>10}",
+            "REFERENCE", "PLATFORM", "FORMAT", "DIGEST", "SIZE"
+        );
+    }
     for entry in store.index()?.manifests() {
         let name = ref_name(entry).unwrap_or("<none>");
+        if args.quiet {
+            println!("{name}");
+            continue;
+        }
         let (platform, format, size) =
             describe(&store, entry).unwrap_or_else(|_| ("?".into(), "?".into(), 0));
         let digest = entry.digest().to_string();
-        println!(
-            "{name:<48} {platform:<24} {format:<9} {:<19} {:>10}",
-            digest.get(..19).unwrap_or(&digest),
-            human(size)
-        );
+        if table {
+            println!(
+                "{name:<48} {platform:<24} {format:<9} {:<19} {:>10}",
+                digest.get(..19).unwrap_or(&digest),
+                human(size)
+            );
+            continue;
+        }
+        // Docker's split: the tag after the last `:` that is not part of the registry's port.
+        let (repository, tag) = match name.rsplit_once(':') {
+            Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+            _ => (name, ""),
+        };
+        let line = serde_json::json!({
+            "Repository": repository,
+            "Tag": tag,
+            "Digest": digest,
+            "Size": human(size),
+            "Bytes": size,
+            "Platform": platform,
+            "Format": format,
+        });
+        println!("{line}");
     }
     Ok(())
 }
@@ -230,6 +307,16 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
+/// The name `written` has in the local store: its familiar form (`myapp` is `myapp:latest`),
+/// or, for a name stored before names were normalised, as written.
+pub(crate) fn stored_name(store: &Layout, written: &str) -> Result<String> {
+    let familiar = crate::names::familiar(written)?;
+    if store.resolve(&familiar)?.is_none() && store.resolve(written)?.is_some() {
+        return Ok(written.to_owned());
+    }
+    Ok(familiar)
+}
+
 /// Remove images from the local store.
 ///
 /// Blobs no other image uses are deleted, and so are the compiled forms of binaries no other
@@ -244,7 +331,8 @@ pub struct RmiArgs {
 pub fn rmi(args: RmiArgs) -> Result<()> {
     let store = store()?;
     let cache = CompileCache::new(CompileCache::default_dir());
-    for reference in &args.references {
+    for written in &args.references {
+        let reference = &stored_name(&store, written)?;
         let module = ImageContents::from_layout(&store, reference)
             .ok()
             .and_then(|image| image.entry_module())

@@ -12,6 +12,7 @@ mod flags;
 mod images;
 mod install;
 mod manual;
+mod names;
 mod node;
 mod precompile;
 mod run;

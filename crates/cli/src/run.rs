@@ -16,7 +16,7 @@ use wasmcell_engine::{
 use wasmcell_oci::{Archive, Entrypoint, FileKind, ImageContents};
 
 use crate::flags;
-use crate::images::{RegistryArgs, pull_into_store, store};
+use crate::images::{RegistryArgs, pull_into_store, store, stored_name};
 
 /// Run a Wasm module or component, a Wasm image archive, or an image by reference (from the
 /// local store, pulled when missing), as a sandboxed process.
@@ -425,7 +425,7 @@ pub(crate) fn target_kind(target: &str) -> Result<Target> {
         (PathBuf::from(target), None)
     } else {
         let entry = Entrypoint::parse(target);
-        if !Path::new(&entry.path).exists() && looks_like_reference(target) {
+        if !Path::new(&entry.path).exists() && (looks_like_reference(target) || stored(target)) {
             return Ok(Target::Image(target.to_owned()));
         }
         (PathBuf::from(entry.path), entry.function)
@@ -433,7 +433,18 @@ pub(crate) fn target_kind(target: &str) -> Result<Target> {
     let mut header = Vec::with_capacity(512);
     std::fs::File::open(&path)
         .and_then(|f| f.take(512).read_to_end(&mut header))
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .with_context(|| {
+            let file_like = path.exists()
+                || target.starts_with(['/', '.'])
+                || target.ends_with(".wasm")
+                || target.ends_with(".tar");
+            match file_like {
+                true => format!("cannot read {}", path.display()),
+                false => format!(
+                    "{target} is neither a file nor an image in the local store (`wasmcell images` lists them)"
+                ),
+            }
+        })?;
     match FileKind::detect(&header) {
         FileKind::Wasm(_) => Ok(Target::Wasm { path, function }),
         _ if header.get(257..262) == Some(b"ustar") => Ok(Target::Archive(path)),
@@ -442,6 +453,16 @@ pub(crate) fn target_kind(target: &str) -> Result<Target> {
             path.display()
         ),
     }
+}
+
+/// Whether `target` names an image in the local store (`myapp`, as `docker run myapp` finds
+/// what `docker build -t myapp` made).
+fn stored(target: &str) -> bool {
+    let found = || -> Result<bool> {
+        let store = store()?;
+        Ok(store.resolve(&stored_name(&store, target)?)?.is_some())
+    };
+    found().unwrap_or(false)
 }
 
 /// Whether a target that is not a file names an image: `[REGISTRY/]REPO[:TAG]` with a
@@ -460,17 +481,21 @@ fn stored_image(
     registry: &RegistryArgs,
 ) -> Result<ImageContents> {
     let store = store()?;
-    let have = store.resolve(reference)?.is_some();
+    let name = stored_name(&store, reference)?;
+    let have = store.resolve(&name)?.is_some();
     match (pull, have) {
+        (PullPolicy::Missing, false) if crate::names::is_short(reference) => bail!(
+            "no image {name} in the local store (`wasmcell images` lists them); a name without a registry is not pulled from Docker Hub unasked: `wasmcell pull {reference}` pulls docker.io's"
+        ),
         (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
             pull_into_store(reference, None, registry)?;
         }
         (PullPolicy::Never, false) => bail!(
-            "no image {reference} in the local store, and --pull never: `wasmcell pull {reference}` first"
+            "no image {name} in the local store, and --pull never: `wasmcell pull {reference}` first"
         ),
         _ => {}
     }
-    Ok(ImageContents::from_layout(&store, reference)?)
+    Ok(ImageContents::from_layout(&store, &name)?)
 }
 
 fn file_name(path: &Path) -> String {

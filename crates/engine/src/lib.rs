@@ -20,6 +20,7 @@ pub use engine::{Compiler, Engine, Prepared};
 pub use wasmcell_runtime::Controls;
 pub use wasmcell_runtime::Exit;
 pub use wasmcell_runtime::Usage;
+pub use wasmcell_runtime::binary::serves_http;
 pub use wasmcell_runtime::cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
     parse_size,

@@ -548,14 +548,18 @@ mod tests {
 
     #[test]
     fn built_image_reads_back_with_entrypoint_and_layer() {
-        for format in [Format::Image, Format::Artifact] {
+        // The image format declares what Docker's guide types; the artifact its own OS names.
+        for (format, platform) in [
+            (Format::Image, Platform::WASI),
+            (Format::Artifact, Platform::WASIP1),
+        ] {
             let (dir, path, image) = build(MODULE, &[], format);
             assert_eq!(
                 (image.platforms[0], image.kind),
-                (Platform::WASIP1, WasmKind::Module)
+                (platform, WasmKind::Module)
             );
             let read = Archive::read(&path).unwrap();
-            assert_eq!(read.platform, Platform::WASIP1);
+            assert_eq!(read.platform, platform);
             assert_eq!(read.command(), (vec!["/app.wasm".to_owned()], vec![]));
             let rootfs = dir.path().join("rootfs");
             read.unpack(&rootfs).unwrap();
@@ -568,9 +572,13 @@ mod tests {
     }
 
     #[test]
-    fn components_default_to_wasip2_and_platform_is_selectable() {
+    fn components_default_to_wasi_or_wasip2_and_platform_is_selectable() {
         assert_eq!(
             build(COMPONENT, &[], Format::Image).2.platforms,
+            [Platform::WASI]
+        );
+        assert_eq!(
+            build(COMPONENT, &[], Format::Artifact).2.platforms,
             [Platform::WASIP2]
         );
         let (_dir, path, _) = build(MODULE, &["wasi/wasm32"], Format::Image);
@@ -634,7 +642,7 @@ mod tests {
             "example.com/hello:v1"
         );
         assert_eq!(manifest["annotations"][REF_NAME], "v1");
-        assert_eq!(manifest["platform"]["os"], "wasip1");
+        assert_eq!(manifest["platform"]["os"], "wasi");
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub enum Format {
 pub struct BuildOptions {
     /// The image name, e.g. `example.com/hello:latest`.
     pub reference: String,
-    /// The platforms to declare; none picks `wasip1/wasm` for modules, `wasip2/wasm` for
-    /// components.
+    /// The platforms to declare; none picks, for the image format, `wasi/wasm` (what Docker's
+    /// Wasm guide tells users to type, `docker run --platform=wasi/wasm`), and for the CNCF
+    /// artifact its own OS names, `wasip1/wasm` for modules and `wasip2/wasm` for components.
     pub platforms: Vec<Platform>,
     /// The module's file name inside the image: it is placed at `/<file_name>`.
     pub file_name: String,
@@ -133,9 +134,10 @@ pub fn build_image(wasm: &[u8], options: &BuildOptions) -> Result<Image, Archive
     }
     let mut platforms = options.platforms.clone();
     if platforms.is_empty() {
-        platforms.push(match kind {
-            WasmKind::Module => Platform::WASIP1,
-            WasmKind::Component => Platform::WASIP2,
+        platforms.push(match (options.format, kind) {
+            (Format::Image, _) => Platform::WASI,
+            (Format::Artifact, WasmKind::Module) => Platform::WASIP1,
+            (Format::Artifact, WasmKind::Component) => Platform::WASIP2,
         });
     }
     platforms.dedup();

@@ -2,7 +2,7 @@
 //! and containerd's, the CNCF Wasm artifact's, and Spin's registry format.
 
 /// The annotation containerd and Docker read an imported image's name from.
-pub(crate) const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
+pub const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
 /// Records whether the entry binary is a core module or a component.
 pub const WASM_KIND_ANNOTATION: &str = "run.wasmcell.wasm.kind";
 /// crun and other Wasm-aware runtimes recognise compat images by this manifest annotation.

@@ -26,17 +26,17 @@ const ARCHES: [&str; 2] = ["wasm", "wasm32"];
 pub struct PlatformError(String);
 
 impl Platform {
-    /// `wasip1/wasm`: the default for core modules.
+    /// `wasip1/wasm`: the CNCF artifact's default for core modules.
     pub const WASIP1: Platform = Platform {
         os: "wasip1",
         arch: "wasm",
     };
-    /// `wasi/wasm`: the platform Docker's Spin images declare.
+    /// `wasi/wasm`: the image format's default, as Docker's Wasm guide writes it.
     pub const WASI: Platform = Platform {
         os: "wasi",
         arch: "wasm",
     };
-    /// `wasip2/wasm`: the default for components.
+    /// `wasip2/wasm`: the CNCF artifact's default for components.
     pub const WASIP2: Platform = Platform {
         os: "wasip2",
         arch: "wasm",

@@ -39,14 +39,15 @@ pub enum RegistryError {
         /// Why it does not parse.
         reason: String,
     },
-    /// The registry refused or failed a request.
-    #[error("{reference}: {source}")]
+    /// The registry refused or failed a request: said once, as Docker says it
+    /// (`manifest unknown: 127.0.0.1:5000/app:latest`), not as the client library's error
+    /// envelope, which repeats its cause.
+    #[error("{}", said(.cause, .reference))]
     Distribution {
         /// The image.
         reference: String,
-        /// The cause.
-        #[source]
-        source: OciDistributionError,
+        /// What the client library reported (not a `source`: [`said`] has said what it holds).
+        cause: OciDistributionError,
     },
     /// A blob download stopped before its end.
     #[error(
@@ -90,6 +91,37 @@ pub enum RegistryError {
         #[source]
         source: LayoutError,
     },
+}
+
+/// What a registry error says to the user: the registry's own messages (`manifest unknown`),
+/// or what stood in the way of reaching it, with the way out where there is one.
+fn said(cause: &OciDistributionError, reference: &str) -> String {
+    match cause {
+        OciDistributionError::RegistryError { envelope, .. } if !envelope.errors.is_empty() => {
+            let messages: Vec<&str> = envelope.errors.iter().map(|e| e.message.as_str()).collect();
+            format!("{}: {reference}", messages.join("; "))
+        }
+        OciDistributionError::ServerError { code, message, .. } => {
+            format!(
+                "{reference}: the registry answered {code} {}",
+                message.trim()
+            )
+        }
+        OciDistributionError::UnauthorizedError { .. } => format!(
+            "{reference}: not authorized: log in to the registry (`docker login`; credentials are read from Docker's config.json)"
+        ),
+        OciDistributionError::RequestError(error) => {
+            // reqwest's own layers each repeat the URL: the innermost cause is what happened.
+            let mut innermost: &dyn std::error::Error = error;
+            while let Some(next) = innermost.source() {
+                innermost = next;
+            }
+            format!(
+                "{reference}: cannot reach its registry: {innermost} (is it running? one not on loopback speaks HTTPS unless --insecure)"
+            )
+        }
+        other => format!("{reference}: {other}"),
+    }
 }
 
 /// Parses an image reference (`[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`).
@@ -140,7 +172,7 @@ impl Registry {
 
     fn distribution(reference: &Reference) -> impl FnOnce(OciDistributionError) -> RegistryError {
         let reference = reference.whole();
-        move |source| RegistryError::Distribution { reference, source }
+        move |cause| RegistryError::Distribution { reference, cause }
     }
 
     /// Pushes the image rooted at `root` (a manifest, or an index of manifests) as `reference`,
@@ -189,13 +221,16 @@ impl Registry {
             let mut pushed = HashSet::new();
             for part in std::iter::once(manifest.config()).chain(manifest.layers()) {
                 let digest = part.digest().to_string();
-                if !pushed.insert(digest.clone())
-                    || self
-                        .client
-                        .blob_exists(target, &digest)
-                        .await
-                        .map_err(Registry::distribution(target))?
+                if !pushed.insert(digest.clone()) {
+                    continue;
+                }
+                if self
+                    .client
+                    .blob_exists(target, &digest)
+                    .await
+                    .map_err(Registry::distribution(target))?
                 {
+                    log_blob(bars, &digest, "Layer already exists");
                     continue;
                 }
                 let bar = bars.add(transfer_bar(&digest, part.size(), "push"));
@@ -205,6 +240,7 @@ impl Registry {
                     .await
                     .map_err(Registry::distribution(target))?;
                 bar.finish();
+                log_blob(bars, &digest, "Pushed");
             }
         }
         let content_type = descriptor
@@ -333,6 +369,7 @@ impl Registry {
             source,
         };
         if layout.has_blob(&digest) {
+            log_blob(bars, &digest, "Already exists");
             return Ok(());
         }
         let mut incoming = layout.incoming(part).map_err(store)?;
@@ -397,6 +434,7 @@ impl Registry {
         }
         incoming.finish().map_err(store)?;
         bar.finish();
+        log_blob(bars, &digest, "Pull complete");
         Ok(())
     }
 }
@@ -434,6 +472,14 @@ fn check_runnable(reference: &str, manifest: &ImageManifest) -> Result<(), Regis
 
 fn digest_of(digest: &str) -> oci_spec::image::Digest {
     digest.parse().expect("a sha256 digest we computed")
+}
+
+/// Without a terminal (the bars hidden, as in CI logs), one line per blob as Docker prints it:
+/// `1a1e6b3dda49: Pull complete`.
+fn log_blob(bars: &MultiProgress, digest: &str, status: &str) {
+    if bars.is_hidden() {
+        eprintln!("{}: {status}", digest.get(7..19).unwrap_or(digest));
+    }
 }
 
 /// A progress bar for one blob; hidden when stderr is not a terminal.

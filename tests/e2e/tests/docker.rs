@@ -9,7 +9,7 @@ use wasmcell_e2e::{
 };
 
 const RUNTIME: &str = "--runtime=io.containerd.wasmtime.v1";
-const PLATFORM: &str = "--platform=wasip1/wasm";
+const PLATFORM: &str = "--platform=wasi/wasm";
 
 /// A private Docker with these guests built and loaded as images (guest file, tag).
 fn docker_with(images: &[(&str, &str)]) -> Result<(tempfile::TempDir, Docker)> {

@@ -681,3 +681,114 @@ fn build_and_pull_compile_the_images_wasm_ahead_of_its_first_run() -> Result<()>
     );
     Ok(())
 }
+
+/// Image names as Docker users type them (issue 30, points 2 and 5): a short name built is run
+/// by that name and never pulled from Docker Hub unasked; a name Docker refuses is refused at
+/// build; an archive is pushed where its own name says or not at all; `build` prints the lines
+/// that run what it made; `images -q` and `--format json` script; a registry's error is said
+/// once, Docker's way; a pull without a terminal prints a line per layer.
+#[test]
+fn names_scripting_and_registry_errors_speak_dockers_language() -> Result<()> {
+    let (tmp, registry, hello) = registry_fixture()?;
+    let hello = hello.as_str();
+    let wc = |args: &[&str]| wasmcell_in(tmp.path(), args);
+
+    let built = wc(&["build", hello, "-t", "myapp"])?.success()?;
+    assert!(
+        built
+            .stdout
+            .contains("built myapp:latest (module hello.wasm, platform wasi/wasm)")
+            && built
+                .stdout
+                .contains("run it:\n  wasmcell run myapp:latest\n"),
+        "{built:?}"
+    );
+    for name in ["myapp", "myapp:latest", "docker.io/library/myapp"] {
+        let ran = wc(&["run", name, "x"])?.success()?;
+        assert_eq!(ran.stdout, "Hello from Wasm!\narg: x\n", "{name}");
+    }
+    let never = wc(&["run", "nosuchapp:1"])?;
+    assert_eq!(never.code, Some(125), "{never:?}");
+    assert!(
+        never
+            .stderr
+            .contains("no image nosuchapp:1 in the local store")
+            && never.stderr.contains("not pulled from Docker Hub unasked"),
+        "{never:?}"
+    );
+    for bad in ["Bad Tag", "MyApp", "app:bad tag"] {
+        let refused = wc(&["build", hello, "-t", bad])?;
+        assert_eq!(refused.code, Some(125), "{bad}: {refused:?}");
+        assert!(
+            refused.stderr.contains("in lower case"),
+            "{bad}: {refused:?}"
+        );
+    }
+
+    // An archive names where it goes, or push asks for a reference.
+    let archive = tmp.path().join("app.tar");
+    let archive = archive.to_str().expect("utf-8 path");
+    let built = wc(&["build", hello, "-t", "myapp", "-o", archive])?.success()?;
+    for line in [
+        "  ctr images import --all-platforms ",
+        "  ctr run --rm --runtime io.containerd.wasmtime.v1 myapp:latest myapp\n",
+        "  docker run --rm --runtime=io.containerd.wasmtime.v1 --platform=wasi/wasm myapp:latest\n",
+    ] {
+        assert!(built.stdout.contains(line), "{line}: {built:?}");
+    }
+    let unnamed = wc(&["push", archive])?;
+    assert_eq!(unnamed.code, Some(125), "{unnamed:?}");
+    assert!(
+        unnamed.stderr.contains("names no image to push to")
+            && unnamed.stderr.contains("wasmcell push"),
+        "{unnamed:?}"
+    );
+    let named = format!("{}/named:1", registry.addr);
+    wc(&["build", hello, "-t", &named, "-o", archive])?.success()?;
+    let pushed = wc(&["push", archive])?.success()?;
+    assert_eq!(pushed.stdout, format!("pushed {named}\n"), "{pushed:?}");
+    // Without a terminal, a line per layer, as docker prints them.
+    assert!(pushed.stderr.contains(": Pushed\n"), "{pushed:?}");
+
+    // Scripting: names alone, or JSON a line per image.
+    let quiet = wc(&["images", "-q"])?.success()?;
+    let mut names: Vec<&str> = quiet.stdout.lines().collect();
+    names.sort();
+    assert_eq!(names, [named.as_str(), "myapp:latest"]);
+    let json = wc(&["images", "--format", "json"])?.success()?;
+    let images: Vec<serde_json::Value> = json
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let myapp = images
+        .iter()
+        .find(|i| i["Repository"] == "myapp")
+        .expect("myapp listed");
+    assert_eq!(
+        (&myapp["Tag"], &myapp["Platform"], &myapp["Format"]),
+        (&"latest".into(), &"wasi/wasm".into(), &"image".into())
+    );
+    wc(&["rmi", named.as_str()])?.success()?;
+    // The blobs it shares with myapp are there already: said so, as docker says it.
+    let pulled = wc(&["pull", &named])?.success()?;
+    let lines: Vec<&str> = pulled.stderr.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines.iter().all(|l| {
+                let (short, status) = l.split_once(": ").unwrap_or_default();
+                short.len() == 12 && ["Already exists", "Pull complete"].contains(&status)
+            }),
+        "{pulled:?}"
+    );
+
+    // A registry's error, once.
+    let missing = format!("{}/named:nope", registry.addr);
+    let failed = wc(&["pull", &missing])?;
+    assert_eq!(failed.code, Some(125), "{failed:?}");
+    assert_eq!(
+        failed.stderr,
+        format!("wasmcell: error: manifest unknown: {missing}\n")
+    );
+    Ok(())
+}
