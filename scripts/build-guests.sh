@@ -7,7 +7,8 @@
 # and wasi:config, for the slight runtime), and the WASI 0.3 components `p3-cli.wasm` (a
 # wasi:cli/run@0.3.0 command) and `p3-http.wasm` (a wasi:http/handler@0.3.0 service), which
 # are built for wasm32-wasip2 only. SpiderLightning apps' modules are `slight-*.wasm`
-# (wasm32-wasip1). Spin apps: guests/spin-apps/NAME with the
+# (wasm32-wasip1); `slight/router/` is the example app as its image holds it (`app.wasm`, from
+# slight-http, beside its `slightfile.toml`). Spin apps: guests/spin-apps/NAME with the
 # Spin SDK components they name (and `spin_preview1.wasm`, a Spin 3 SDK core module for
 # wasm32-wasip1, `spin1_http.wasm`, a Spin 1 module, and `spin4_rust.wasm`, a Spin 4 SDK
 # component (WASI 0.3, wasi:http/handler@0.3.0) built for wasm32-wasip2), assembled into
@@ -33,6 +34,10 @@ cp target/wasm32-wasip2/release/echo-server.wasm "$out/echo-server.wasm"
 cp target/wasm32-wasip2/release/slight-component.wasm "$out/slight-component.wasm"
 cp target/wasm32-wasip2/release/p3_cli.wasm "$out/p3-cli.wasm"
 cp target/wasm32-wasip2/release/p3_http.wasm "$out/p3-http.wasm"
+# The SpiderLightning example as a slight image holds it: app.wasm beside its slightfile.
+mkdir -p "$out/slight/router"
+cp target/wasm32-wasip1/release/slight-http.wasm "$out/slight/router/app.wasm"
+cp slight-http/slightfile.toml "$out/slight/router/"
 for app in spin-apps/*/; do
   name=$(basename "$app")
   rm -rf "$out/spin/$name" && mkdir -p "$out/spin/$name"

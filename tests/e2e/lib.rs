@@ -535,6 +535,11 @@ disabled_plugins = {disabled:?}
         Containerd::start_with_env(&[])
     }
 
+    /// Its API socket: `CONTAINERD_ADDRESS`'s value for a plain `ctr`.
+    pub fn address(&self) -> PathBuf {
+        self.dir().join("containerd.sock")
+    }
+
     /// The namespace its `ctr` commands use.
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -717,8 +722,14 @@ pub struct Registry {
 impl Registry {
     /// Starts it and waits until it answers `/v2/`.
     pub fn start() -> Result<Registry> {
+        Registry::start_at(&format!("127.0.0.1:{}", free_port()?))
+    }
+
+    /// Starts it on `addr` (e.g. `127.0.0.1:5000`, where the docs' examples push) and waits
+    /// until it answers `/v2/`.
+    pub fn start_at(addr: &str) -> Result<Registry> {
         let dir = tempfile::Builder::new().prefix("wcr-").tempdir_in("/tmp")?;
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let addr = addr.to_owned();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -873,6 +884,11 @@ impl Docker {
             .arg("--host")
             .arg(format!("unix://{}", self.socket.display()));
         command
+    }
+
+    /// Where `docker` reaches this engine: `DOCKER_HOST`'s value.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
     }
 
     /// The containerd under this engine (its shims, for instance).

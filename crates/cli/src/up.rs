@@ -29,7 +29,7 @@ use crate::run::{PullPolicy, Target, target_kind, unpack, until_done};
 /// Ctrl-C stops the app after the requests in flight.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  wasmcell up -f guests/spin-apps/shop/spin.toml\n  SPIN_VARIABLE_GREETING=Hi wasmcell up --listen 0.0.0.0:3000\n  wasmcell up --key-value greeting=hi --sqlite @migration.sql\n  wasmcell up 127.0.0.1:5000/shop:latest"
+    after_help = "Examples:\n  wasmcell up -f guests/target/wasm/spin/shop   # built by scripts/build-guests.sh\n  SPIN_VARIABLE_GREETING=Hi wasmcell up --listen 0.0.0.0:3000\n  wasmcell up --key-value greeting=hi --sqlite @migration.sql\n  wasmcell up 127.0.0.1:5000/shop:latest\n  wasmcell up -f shop.tar --listen localhost:3000"
 )]
 pub struct UpArgs {
     /// The app's manifest, or the directory holding spin.toml [default: ./spin.toml]; an image

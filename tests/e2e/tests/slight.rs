@@ -14,25 +14,9 @@ use wasmcell_e2e::{
 
 const SLIGHT: &str = "io.containerd.slight.v1";
 
-/// What the HTTP app needs: its server, a store, its environment and the client.
-const HTTP_SLIGHTFILE: &str = r#"specversion = "0.2"
-
-[[capability]]
-resource = "http"
-name = "api"
-
-[[capability]]
-resource = "keyvalue.filesystem"
-name = "my-container"
-
-[[capability]]
-resource = "configs.envvars"
-name = "env"
-
-[[capability]]
-resource = "http-client"
-name = "client"
-"#;
+/// What the HTTP app needs: its server, a store, its environment and the client (the slightfile
+/// it ships with).
+const HTTP_SLIGHTFILE: &str = include_str!("../../../guests/slight-http/slightfile.toml");
 
 /// An app's directory as a slight image holds it: `slightfile` and the guest `module` as
 /// `app.wasm`.
