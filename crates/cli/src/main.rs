@@ -8,6 +8,7 @@
 mod build;
 mod cache;
 mod compile;
+mod containers;
 mod flags;
 mod images;
 mod install;
@@ -71,6 +72,15 @@ enum Command {
     /// List the containerd runtime names the shims answer to, and what each runs.
     Runtimes,
     Completions(manual::CompletionsArgs),
+    Ps(containers::PsArgs),
+    Logs(containers::LogsArgs),
+    Stop(containers::StopArgs),
+    Rm(containers::RmArgs),
+    /// Supervise the detached container whose state is in DIR (what `run -d` starts).
+    #[command(hide = true)]
+    Supervise {
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,6 +155,11 @@ fn main() -> ExitCode {
             manual::completions(args, Cli::command());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ps(args) => containers::ps(args).map(|()| ExitCode::SUCCESS),
+        Command::Logs(args) => containers::logs(args).map(|()| ExitCode::SUCCESS),
+        Command::Stop(args) => containers::stop(args).map(|()| ExitCode::SUCCESS),
+        Command::Rm(args) => containers::rm(args).map(|()| ExitCode::SUCCESS),
+        Command::Supervise { dir } => containers::supervise(&dir).map(ExitCode::from),
     };
     result.unwrap_or_else(|error| {
         eprintln!("wasmcell: error: {error:#}");

@@ -75,7 +75,15 @@ pub struct RunArgs {
     /// (the same as TARGET#FUNCTION).
     #[arg(long, value_name = "FUNCTION")]
     invoke: Option<String>,
-    /// Accepted as `docker run --rm` is typed: nothing is kept after the guest ends anyway.
+    /// Run in the background, as `docker run -d`: prints the container's name; `wasmcell ps`,
+    /// `logs`, `stop` and `rm` take it from there.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// The name of a detached container [default: the target's name and a number].
+    #[arg(long, requires = "detach")]
+    name: Option<String>,
+    /// With -d, remove the container when it ends, as `docker run --rm`; in the foreground
+    /// nothing is kept anyway.
     #[arg(long)]
     rm: bool,
     /// Accepted as `docker run -i` is typed: the guest reads this process's stdin anyway.
@@ -134,6 +142,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let _habits = (args.rm, args.interactive);
+    if args.detach && std::env::var_os(crate::containers::DETACHED_ENV).is_none() {
+        // What can be checked at once is, as `docker run -d` fails at once on a missing image.
+        target_kind(&args.target)?;
+        crate::containers::detach(args.name.as_deref(), &args.target, args.rm)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let limits = Limits {
         memory: args.memory.as_deref().map(flags::memory).transpose()?,
         cpu: args.cpus.as_deref().map(flags::cpus).transpose()?,
@@ -223,6 +237,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         Target::Archive(_) | Target::Image(_) => {
             let (path, image, dir) = unpack(target, args.pull, &args.registry)?;
+            if image.spin_app().is_some() || wasmcell_spin::is_app(dir.path()) {
+                bail!(
+                    "{} is a Spin app: `wasmcell up {}` runs it (under containerd, runtime io.containerd.spin.v2)",
+                    path.display(),
+                    args.target
+                );
+            }
             let (entrypoint, cmd) = image.command();
             let command: Vec<String> = entrypoint
                 .into_iter()

@@ -122,6 +122,14 @@ pub fn up(mut args: UpArgs) -> Result<ExitCode> {
         }
         None => app_dir(args.from.as_deref())?,
     };
+    if let (Some(image), None) = (&args.image, &locked)
+        && !wasmcell_spin::is_app(&dir)
+    {
+        bail!(
+            "{image} is not a Spin app image (it holds no {}): `wasmcell run {image}` runs a Wasm image",
+            wasmcell_spin::MANIFEST
+        );
+    }
     if locked.is_none() && !wasmcell_spin::is_app(&dir) {
         bail!(
             "no {} in {}: give the app's manifest with -f, or an image built with `wasmcell build --spin`",

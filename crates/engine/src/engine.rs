@@ -77,7 +77,7 @@ impl Target {
         if let Some(App::Spin(app)) = &spec.app {
             return wasmcell_spin_host::compile(&self.engine, &self.cache, spec, app);
         }
-        let (path, bytes, kind) = read_wasm(spec)?;
+        let (path, bytes, kind) = read_entry(spec)?;
         Ok(vec![self.cache.ensure(
             &self.engine,
             kind,
@@ -96,7 +96,7 @@ fn serves_http(spec: &WorkloadSpec) -> Result<bool, Error> {
     if let Some(App::Spin(app)) = &spec.app {
         return Ok(!app.http.is_empty());
     }
-    let (_, bytes, kind) = read_wasm(spec)?;
+    let (_, bytes, kind) = read_entry(spec)?;
     Ok(kind == WasmKind::Component && wasmcell_runtime::binary::serves_http(&bytes))
 }
 
@@ -384,7 +384,7 @@ impl Tier {
             let (app, cached) = wasmcell_spin_host::prepare(cache, &self.http()?, &spec, app)?;
             return Ok(Prepared::new(Box::new(app), spec, cached));
         }
-        let (path, bytes, kind) = read_wasm(&spec)?;
+        let (path, bytes, kind) = read_entry(&spec)?;
         if let (Some(App::Slight(app)), WasmKind::Module) = (&spec.app, kind) {
             let (slight, cached) = Slight::prepare(self.http()?, cache, &bytes, app, &spec, &path)?;
             return Ok(Prepared::new(Box::new(slight), spec, vec![cached]));
@@ -495,6 +495,15 @@ impl Tier {
             path: path.to_owned(),
             source,
         };
+        if let Some(import) = spin_import(engine, component)
+            && spec.app.is_none()
+        {
+            return Err(Error::OtherApp {
+                path: path.to_owned(),
+                what: format!("a Spin component (it imports {import})"),
+                fix: RUN_AS_SPIN,
+            });
+        }
         let candidates = release_candidates(engine, component);
         if !candidates.is_empty() {
             return Err(Error::MissingImports {
@@ -538,6 +547,42 @@ impl Tier {
 
 /// What a component is linked with, for the message when it imports a WASI release candidate.
 const COMPONENTS_PROVIDED: &str = "wasmcell links WASI 0.2 (any 0.2.x) and WASI 0.3.0 (cli, clocks, filesystem, random, sockets, http); 0.3.0-rc-2026-03-15, which is 0.3.0; another WASI release candidate (@0.3.0-rc-...) is not supported: build the component against wasi@0.3.0";
+
+/// The entry binary of `spec` ([`read_wasm`]); a Spin app's manifest given to a plain runtime
+/// (a Spin image under the wasmtime runtime names `/spin.toml` as its entrypoint) is said to
+/// be one, with what runs it.
+fn read_entry(spec: &WorkloadSpec) -> Result<(String, Vec<u8>, WasmKind), Error> {
+    read_wasm(spec).map_err(|error| match error {
+        Error::NotWasm { path, .. } if spec.app.is_none() && path.ends_with(SPIN_MANIFEST) => {
+            Error::OtherApp {
+                path,
+                what: "a Spin app's manifest".to_owned(),
+                fix: RUN_AS_SPIN,
+            }
+        }
+        error => error,
+    })
+}
+
+/// The file a Spin app image's entrypoint names.
+const SPIN_MANIFEST: &str = "spin.toml";
+
+/// What runs a Spin app or component, for one given to a plain runtime.
+const RUN_AS_SPIN: &str = "run it as a Spin app, with its spin.toml: `wasmcell up`, or under containerd with runtime io.containerd.spin.v2 (RuntimeClass spin)";
+
+/// The first of Spin's own interfaces (`fermyon:spin/...`, `spin:...`) `component` imports:
+/// only a Spin app's runtime provides them.
+fn spin_import(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .find(|name| name.starts_with("fermyon:spin") || name.starts_with("spin:"))
+        .map(str::to_owned)
+}
 
 /// The WASI 0.3 release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`)
 /// other than those that are 0.3.0 (renamed when the binary was read, see

@@ -36,6 +36,16 @@ pub enum Error {
         /// What it is instead.
         kind: FileKind,
     },
+    /// The entrypoint is another framework's app, run by another runtime name or command.
+    #[error("the entrypoint `{path}` is {what}: {fix}")]
+    OtherApp {
+        /// The path as written in the spec.
+        path: String,
+        /// What it is.
+        what: String,
+        /// What runs it.
+        fix: &'static str,
+    },
     /// The binary failed validation or compilation.
     #[error("the entrypoint `{path}` is not a valid Wasm binary")]
     Compile {

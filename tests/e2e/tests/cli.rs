@@ -280,6 +280,105 @@ fn a_port_in_use_is_named_with_the_flag_that_moves_the_server() -> Result<()> {
     Ok(())
 }
 
+/// Containers with no engine, as `docker run -d`, `ps`, `logs`, `stop` and `rm` handle them
+/// (issue 30, point 6): exit statuses kept (a server drains to 0, a command's own code, 143 for
+/// a command SIGTERM ended), output kept apart by stream, names unique, `--rm` honoured, and
+/// nothing left running.
+#[test]
+fn detached_runs_are_listed_logged_stopped_and_removed_as_dockers() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let wc = |args: &[&str]| {
+        run(Command::new(wasmcell())
+            .env("WASMCELL_STATE", tmp.path().join("state"))
+            .env("WASMCELL_CACHE_DIR", tmp.path().join("cache"))
+            .args(args))
+    };
+    let status_of = |name: &str| -> Result<Option<String>> {
+        let ps = wc(&["ps", "-a"])?.success()?;
+        Ok(ps.stdout.lines().find_map(|line| {
+            let mut columns = line.split_whitespace();
+            (columns.next() == Some(name)).then(|| {
+                let rest: Vec<&str> = columns.collect();
+                rest[..rest
+                    .iter()
+                    .position(|c| *c == "wasmcell")
+                    .unwrap_or(rest.len())]
+                    .join(" ")
+            })
+        }))
+    };
+
+    let port = wasmcell_e2e::free_port()?;
+    let publish = format!("127.0.0.1:{port}:8080");
+    let http = guest("hello-http.wasm");
+    let started = wc(&["run", "-d", "--name", "web", "-p", &publish, path(&http)])?.success()?;
+    assert_eq!(started.stdout, "web\n");
+    let base = format!("http://127.0.0.1:{port}");
+    wasmcell_e2e::wait_http(&format!("{base}/"))?;
+    assert_eq!(status_of("web")?.as_deref(), Some("Up"));
+    assert_eq!(wc(&["ps", "-q"])?.success()?.stdout, "web\n");
+    wasmcell_e2e::curl(&[&format!("{base}/stdout")])?;
+    let logs = wc(&["logs", "web"])?.success()?;
+    assert!(logs.stdout.contains("hello-http: a log line"), "{logs:?}");
+    assert!(
+        logs.stderr
+            .contains(&format!("wasmcell: listening on http://127.0.0.1:{port}")),
+        "{logs:?}"
+    );
+    let taken = wc(&["run", "-d", "--name", "web", path(&http)])?;
+    assert_eq!(taken.code, Some(125), "{taken:?}");
+    assert!(
+        taken.stderr.contains("name web is already in use"),
+        "{taken:?}"
+    );
+    let running = wc(&["rm", "web"])?;
+    assert!(running.stderr.contains("is running"), "{running:?}");
+    assert_eq!(wc(&["stop", "web"])?.success()?.stdout, "web\n");
+    assert_eq!(status_of("web")?.as_deref(), Some("Exited (0)"));
+    assert_eq!(wc(&["ps", "-q"])?.success()?.stdout, "");
+    wc(&["rm", "web"])?.success()?;
+    assert_eq!(status_of("web")?, None);
+
+    // A command: its own status, its output; SIGTERM ends one at once, as 143.
+    wc(&[
+        "run",
+        "-d",
+        "--name",
+        "cmd",
+        path(&guest("hello.wasm")),
+        "exit=3",
+    ])?
+    .success()?;
+    wasmcell_e2e::wait_for("cmd to exit", || {
+        Ok(status_of("cmd")?.is_some_and(|s| s != "Up"))
+    })?;
+    assert_eq!(status_of("cmd")?.as_deref(), Some("Exited (3)"));
+    let logs = wc(&["logs", "-f", "cmd"])?.success()?;
+    assert_eq!(logs.stdout, "Hello from Wasm!\n");
+    wc(&[
+        "run",
+        "-d",
+        "--name",
+        "spinner",
+        path(&guest("hostile.wasm")),
+        "spin",
+    ])?
+    .success()?;
+    wc(&["stop", "-t", "5", "spinner"])?.success()?;
+    assert_eq!(status_of("spinner")?.as_deref(), Some("Exited (143)"));
+    // --rm: gone once it ends; a generated name from the target.
+    let named = wc(&["run", "-d", "--rm", path(&guest("hello.wasm"))])?.success()?;
+    assert_eq!(named.stdout, "hello-1\n");
+    wasmcell_e2e::wait_for("hello-1 to be removed", || {
+        Ok(status_of("hello-1")?.is_none())
+    })?;
+    wc(&["rm", "cmd", "spinner"])?.success()?;
+    assert_eq!(wc(&["ps", "-a", "-q"])?.success()?.stdout, "");
+    let bad = wc(&["run", "-d", "--name", "../x", path(&guest("hello.wasm"))])?;
+    assert!(bad.stderr.contains("invalid container name"), "{bad:?}");
+    Ok(())
+}
+
 #[test]
 fn dir_grants_exactly_what_it_says() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -592,6 +592,69 @@ fn broken_spin_apps_fail_create_naming_the_problem() -> Result<()> {
     Ok(())
 }
 
+/// The wrong tool for a Spin app, or the Spin tool for a plain image, points at the right one
+/// (issue 30, point 3): `wasmcell run` of a Spin app image or of a Spin component, a Spin image
+/// under the wasmtime runtime, and `wasmcell up` of an image that is not a Spin app.
+#[test]
+fn the_wrong_tool_for_an_app_points_at_the_right_one() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let app = spin_app("shop", tmp.path())?;
+    let spin_image = build_spin_image(&app, "example.com/shop:wrong", tmp.path())?;
+    let store = tmp.path().join("store");
+    let wasmcell_cmd = |args: &[&str]| {
+        wasmcell_e2e::run(
+            Command::new(wasmcell())
+                .env("WASMCELL_STORE", &store)
+                .env("WASMCELL_CACHE_DIR", tmp.path().join("cache"))
+                .args(args),
+        )
+    };
+    let spin_image = spin_image.to_str().expect("utf-8 path");
+    let ran = wasmcell_cmd(&["run", spin_image])?;
+    assert_eq!(ran.code, Some(125), "{ran:?}");
+    assert!(
+        ran.stderr.contains("is a Spin app: `wasmcell up ")
+            && ran.stderr.contains("io.containerd.spin.v2"),
+        "{ran:?}"
+    );
+    let component = app.join("spin_http.wasm");
+    let ran = wasmcell_cmd(&["run", component.to_str().expect("utf-8 path")])?;
+    assert_eq!(ran.code, Some(125), "{ran:?}");
+    assert!(
+        ran.stderr.contains("is a Spin component (it imports spin:")
+            && ran.stderr.contains("`wasmcell up`"),
+        "{ran:?}"
+    );
+    let hello = wasmcell_e2e::build_image(
+        &wasmcell_e2e::guest("hello.wasm"),
+        "example.com/hello:plain",
+        tmp.path(),
+        &[],
+    )?;
+    let hello = hello.to_str().expect("utf-8 path");
+    let ran = wasmcell_cmd(&["up", hello])?;
+    assert_eq!(ran.code, Some(125), "{ran:?}");
+    assert!(
+        ran.stderr.contains(&format!(
+            "{hello} is not a Spin app image (it holds no spin.toml)"
+        )),
+        "{ran:?}"
+    );
+
+    // Under containerd: the Spin image given to the wasmtime runtime fails create, saying
+    // which runtime runs it.
+    let containerd = Containerd::start()?;
+    containerd.import(Path::new(spin_image))?;
+    let ran = containerd.run_wasm(&[], "example.com/shop:wrong", "wrong", &[])?;
+    assert_ne!(ran.code, Some(0), "{ran:?}");
+    assert!(
+        ran.stderr.contains("is a Spin app's manifest")
+            && ran.stderr.contains("runtime io.containerd.spin.v2"),
+        "{ran:?}"
+    );
+    Ok(())
+}
+
 /// Waits until `url` answers, for as long as a 36 MB component's first compile may take here
 /// (10-40 s).
 fn wait_compiled(url: &str) -> Result<()> {
