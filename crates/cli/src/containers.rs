@@ -13,6 +13,7 @@
 //! - `exit`: the exit status, once it has ended.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -135,9 +136,9 @@ pub fn detach(name: Option<&str>, target: &str, remove: bool) -> Result<()> {
         None => generated_name(target),
     };
     let root = state_dir();
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    private_dir(&root)?;
     let dir = root.join(&name);
-    if let Err(e) = std::fs::create_dir(&dir) {
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             bail!(
                 "the container name {name} is already in use: `wasmcell rm -f {name}` removes that container, or give another --name"
@@ -178,6 +179,38 @@ pub fn detach(name: Option<&str>, target: &str, remove: bool) -> Result<()> {
     std::fs::write(dir.join("supervisor"), format!("{pid} {start}\n"))?;
     println!("{name}");
     Ok(())
+}
+
+/// Makes `dir` (and what is missing above it) readable by this user alone, and checks that it
+/// is this user's own directory and its parent this user's or root's, neither a link another
+/// user planted (a state directory in /tmp is where one could): the logs in it are the guest's
+/// output.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let check = |checked: &Path, owners: [u32; 2]| -> Result<()> {
+        let meta = std::fs::symlink_metadata(checked)?;
+        if !meta.is_dir() || !owners.contains(&meta.uid()) {
+            bail!(
+                "{} is not a directory of this user's: containers' state cannot be kept there (set WASMCELL_STATE)",
+                checked.display()
+            );
+        }
+        Ok(())
+    };
+    let create = |dir: &Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))
+    };
+    // The parent is checked before anything is made through it.
+    let parent = dir.parent().unwrap_or(dir);
+    create(parent)?;
+    check(parent, [me, 0])?;
+    create(dir)?;
+    check(dir, [me, me])
 }
 
 /// A name for a container given none: the target's file stem and a number that is free.

@@ -570,18 +570,24 @@ const SPIN_MANIFEST: &str = "spin.toml";
 /// What runs a Spin app or component, for one given to a plain runtime.
 const RUN_AS_SPIN: &str = "run it as a Spin app, with its spin.toml: `wasmcell up`, or under containerd with runtime io.containerd.spin.v2 (RuntimeClass spin)";
 
+/// The names of what `component` imports.
+fn imports(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
 /// The first of Spin's own interfaces (`fermyon:spin/...`, `spin:...`) `component` imports:
 /// only a Spin app's runtime provides them.
 fn spin_import(
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
 ) -> Option<String> {
-    component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name)
+    imports(engine, component)
+        .into_iter()
         .find(|name| name.starts_with("fermyon:spin") || name.starts_with("spin:"))
-        .map(str::to_owned)
 }
 
 /// The WASI 0.3 release candidates `component` imports (`wasi:cli/environment@0.3.0-rc-…`)
@@ -593,13 +599,9 @@ fn release_candidates(
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
 ) -> Vec<String> {
-    component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name)
-        .filter(|name| name.starts_with("wasi:") && name.contains("@0.3.0-rc"))
-        .map(str::to_owned)
-        .collect()
+    let mut names = imports(engine, component);
+    names.retain(|name| name.starts_with("wasi:") && name.contains("@0.3.0-rc"));
+    names
 }
 
 /// A workload ready to run: compiled, linked and pre-instantiated. Each [`Prepared::run`] is a

@@ -603,6 +603,9 @@ fn enter_own_root(setup: &Setup) -> Result<(), IsolationError> {
     let bundle = trust_bundle();
     if let Some(bundle) = bundle.as_deref().filter(|path| path.is_absolute())
         && let Ok(fd) = open_path(bundle)
+        // A regular file only: whatever the variable names, no device or directory is shown.
+        && nix::sys::stat::fstat(fd.as_raw_fd())
+            .is_ok_and(|stat| stat.st_mode & libc::S_IFMT == libc::S_IFREG)
     {
         shown.push((fd, bundle, sealed));
     }

@@ -376,6 +376,18 @@ fn detached_runs_are_listed_logged_stopped_and_removed_as_dockers() -> Result<()
     assert_eq!(wc(&["ps", "-a", "-q"])?.success()?.stdout, "");
     let bad = wc(&["run", "-d", "--name", "../x", path(&guest("hello.wasm"))])?;
     assert!(bad.stderr.contains("invalid container name"), "{bad:?}");
+    // State behind a link someone planted is not written through.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere)?;
+    std::os::unix::fs::symlink(&elsewhere, tmp.path().join("planted"))?;
+    let planted = run(Command::new(wasmcell())
+        .env("WASMCELL_STATE", tmp.path().join("planted/containers"))
+        .args(["run", "-d", path(&guest("hello.wasm"))]))?;
+    assert_eq!(planted.code, Some(125), "{planted:?}");
+    assert!(
+        planted.stderr.contains("is not a directory of this user's"),
+        "{planted:?}"
+    );
     Ok(())
 }
 
