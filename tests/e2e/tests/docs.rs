@@ -233,3 +233,38 @@ fn every_runnable_block_of_the_docs_runs_as_written() -> Result<()> {
     );
     Ok(())
 }
+
+/// The first example `wasmcell up --help` gives runs from a checkout as written (it named an
+/// app that only builds elsewhere once).
+#[test]
+fn the_first_example_of_up_help_serves() -> Result<()> {
+    let help = wasmcell_e2e::run(Command::new(wasmcell()).args(["up", "--help"]))?.success()?;
+    let example = help
+        .stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("wasmcell up "))
+        .context("an example in up --help")?;
+    let args: Vec<&str> = example
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    wasmcell_e2e::guest("hello.wasm"); // builds the guests the example names
+    let port = wasmcell_e2e::free_port()?;
+    let state = tempfile::tempdir()?;
+    let mut up = Command::new(wasmcell())
+        .current_dir(repo())
+        .arg("up")
+        .args(&args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let served = wasmcell_e2e::wait_http(&format!("http://127.0.0.1:{port}/hello"));
+    let _ = up.kill();
+    let _ = up.wait();
+    served.with_context(|| format!("`wasmcell up {example}` from up --help"))
+}
