@@ -79,6 +79,9 @@ enum FormatArg {
 pub fn build(mut args: BuildArgs) -> Result<()> {
     // Checked and kept as Docker names it (`myapp` is `myapp:latest`), before any work.
     args.tag = crate::names::familiar(&args.tag)?;
+    // In the image itself (the name containerd and Docker import it under) the full name, as
+    // containerd names every image: `docker.io/library/myapp:latest` for `myapp`.
+    let full = parse_reference(&args.tag)?.whole();
     let format = match args.format {
         FormatArg::Image => Format::Image,
         FormatArg::Artifact => Format::Artifact,
@@ -86,7 +89,7 @@ pub fn build(mut args: BuildArgs) -> Result<()> {
     if args.spin {
         let dir = spin_app_dir(&args.wasm)?;
         let options = BuildOptions {
-            reference: args.tag.clone(),
+            reference: full.clone(),
             platforms: args.platform.clone(),
             file_name: wasmcell_spin::MANIFEST.to_owned(),
             include: Vec::new(),
@@ -99,7 +102,7 @@ pub fn build(mut args: BuildArgs) -> Result<()> {
                 &[wasmcell_spin::LOCAL_STATE],
                 &options,
             )?,
-            Format::Artifact => spin_registry_image(&dir, &args.tag)?,
+            Format::Artifact => spin_registry_image(&dir, &full)?,
         };
         let what = format!("Spin app {}", dir.display());
         return deliver(&args, &image, &what, Workload::SpinApp);
@@ -125,7 +128,7 @@ pub fn build(mut args: BuildArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let options = BuildOptions {
-        reference: args.tag.clone(),
+        reference: full,
         platforms: args.platform.clone(),
         file_name,
         include,
@@ -204,7 +207,7 @@ fn deliver(
     workload: Workload,
 ) -> Result<()> {
     let store = store()?;
-    image.store(&store)?;
+    image.store_as(&store, &args.tag)?;
     let platforms: Vec<_> = image.platforms.iter().map(ToString::to_string).collect();
     println!(
         "built {} ({what}, platform {}) into the local store\n  {} {}",
@@ -246,6 +249,8 @@ fn deliver(
 /// Docker cannot run one.
 fn next_steps(args: &BuildArgs, platform: &str, workload: Workload) -> String {
     let tag = &args.tag;
+    // ctr takes names as containerd keeps them, whole; docker and wasmcell take the short form.
+    let whole = parse_reference(tag).map_or_else(|_| tag.clone(), |r| r.whole());
     let (wasmcell, runtime, publish) = match workload {
         Workload::Command => (format!("wasmcell run {tag}"), "wasmtime", ""),
         Workload::Server => (
@@ -277,7 +282,7 @@ fn next_steps(args: &BuildArgs, platform: &str, workload: Workload) -> String {
         };
         let archive = archive.display();
         steps.push_str(&format!(
-            "  ctr images import --all-platforms {archive}\n  ctr run {detach} --runtime {runtime} {tag} {id}\n  docker load -i {archive}\n"
+            "  ctr images import --all-platforms {archive}\n  ctr run {detach} --runtime {runtime} {whole} {id}\n  docker load -i {archive}\n"
         ));
     }
     if image_format && (archive.is_some() || args.push) {

@@ -28,7 +28,7 @@ pub const DETACHED_ENV: &str = "WASMCELL_DETACHED";
 
 /// Where the containers' state lives: `$WASMCELL_STATE`, else `/run/wasmcell/containers` for
 /// root, else `$XDG_RUNTIME_DIR/wasmcell/containers` (or a directory of the user's in /tmp).
-fn state_dir() -> PathBuf {
+fn state_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("WASMCELL_STATE") {
         return PathBuf::from(dir);
     }
@@ -39,6 +39,16 @@ fn state_dir() -> PathBuf {
         (false, None) => std::env::temp_dir().join(format!("wasmcell-{uid}")),
     };
     base.join("containers")
+}
+
+/// The state directory, when it is this user's own (see [`check_private`]): every command
+/// reads it through here, so that state another user planted is never acted on.
+fn state_root() -> Result<PathBuf> {
+    let root = state_path();
+    if root.exists() {
+        check_private(&root)?;
+    }
+    Ok(root)
 }
 
 /// A container's name, checked as Docker checks it (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`): it names a
@@ -63,6 +73,9 @@ struct Config {
     name: String,
     /// `wasmcell`'s arguments for the run (as typed, `-d` and `--name` included).
     command: Vec<String>,
+    /// What runs, and its arguments: what `ps` shows (not the flags, which may hold secrets).
+    target: String,
+    args: Vec<String>,
     /// When it was created, in seconds since the epoch.
     created: u64,
     /// Removed once it ends (`--rm`).
@@ -84,7 +97,7 @@ enum Status {
 
 impl Container {
     fn open(name: &str) -> Result<Container> {
-        let dir = state_dir().join(checked_name(name)?);
+        let dir = state_root()?.join(checked_name(name)?);
         if !dir.join("config.json").is_file() {
             bail!("no such container: {name} (`wasmcell ps -a` lists them)");
         }
@@ -129,26 +142,35 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Starts `wasmcell run` detached: its state directory, and a supervisor in a session of its
-/// own. Prints the container's name, as `docker run -d` prints its ID.
-pub fn detach(name: Option<&str>, target: &str, remove: bool) -> Result<()> {
-    let name = match name {
-        Some(name) => checked_name(name)?.to_owned(),
-        None => generated_name(target),
-    };
-    let root = state_dir();
+/// own, which records itself before it starts the run. Prints the container's name, as
+/// `docker run -d` prints its ID.
+pub fn detach(name: Option<&str>, target: &str, args: &[String], remove: bool) -> Result<()> {
+    let root = state_path();
     private_dir(&root)?;
-    let dir = root.join(&name);
-    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            bail!(
-                "the container name {name} is already in use: `wasmcell rm -f {name}` removes that container, or give another --name"
-            );
+    let given = name;
+    let (name, dir) = loop {
+        let name = match given {
+            Some(name) => checked_name(name)?.to_owned(),
+            None => generated_name(&root, target),
+        };
+        let dir = root.join(&name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break (name, dir),
+            // Another `run -d` took the generated name first: the next number.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && given.is_some() => {
+                bail!(
+                    "the container name {name} is already in use: `wasmcell rm -f {name}` removes that container, or give another --name"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
         }
-        return Err(e).with_context(|| format!("cannot create {}", dir.display()));
-    }
+    };
     let config = Config {
         name: name.clone(),
         command: std::env::args().skip(1).collect(),
+        target: target.to_owned(),
+        args: args.to_vec(),
         created: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -173,31 +195,47 @@ pub fn detach(name: Option<&str>, target: &str, remove: bool) -> Result<()> {
                 .map_err(std::io::Error::from)
         });
     }
-    let child = supervisor.spawn().context("cannot start the container")?;
-    let pid = child.id() as i32;
-    let start = start_time(pid).context("the container's supervisor ended at once")?;
-    std::fs::write(dir.join("supervisor"), format!("{pid} {start}\n"))?;
+    let mut child = supervisor.spawn().context("cannot start the container")?;
+    // Back only once the supervisor has recorded itself: until then the container would look
+    // gone, and `rm` would take its directory from under it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("supervisor").exists() {
+        if child.try_wait()?.is_some() || Instant::now() > deadline {
+            let said = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            bail!("the container {name} did not start: {}", said.trim());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     println!("{name}");
     Ok(())
 }
 
-/// Makes `dir` (and what is missing above it) readable by this user alone, and checks that it
-/// is this user's own directory and its parent this user's or root's, neither a link another
-/// user planted (a state directory in /tmp is where one could): the logs in it are the guest's
-/// output.
-fn private_dir(dir: &Path) -> Result<()> {
+/// Checks that `dir` is this user's own directory and its parent this user's or root's,
+/// neither a link another user planted (a state directory in /tmp is where one could): the
+/// logs in it are the guest's output, and its PIDs are what `stop` signals.
+fn check_private(dir: &Path) -> Result<()> {
+    owned_dir(dir.parent().unwrap_or(dir), true)?;
+    owned_dir(dir, false)
+}
+
+/// Checks that `path` is a directory (not a link to one) of this user's, or root's when
+/// `or_root`.
+fn owned_dir(path: &Path, or_root: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
-    let check = |checked: &Path, owners: [u32; 2]| -> Result<()> {
-        let meta = std::fs::symlink_metadata(checked)?;
-        if !meta.is_dir() || !owners.contains(&meta.uid()) {
-            bail!(
-                "{} is not a directory of this user's: containers' state cannot be kept there (set WASMCELL_STATE)",
-                checked.display()
-            );
-        }
-        Ok(())
-    };
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() || !(meta.uid() == me || (or_root && meta.uid() == 0)) {
+        bail!(
+            "{} is not a directory of this user's: containers' state cannot be kept there (set WASMCELL_STATE)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Makes `dir` (and what is missing above it) readable by this user alone, checked by
+/// [`check_private`] before anything is made through its parent.
+fn private_dir(dir: &Path) -> Result<()> {
     let create = |dir: &Path| {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -205,16 +243,15 @@ fn private_dir(dir: &Path) -> Result<()> {
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))
     };
-    // The parent is checked before anything is made through it.
     let parent = dir.parent().unwrap_or(dir);
     create(parent)?;
-    check(parent, [me, 0])?;
+    owned_dir(parent, true)?;
     create(dir)?;
-    check(dir, [me, me])
+    owned_dir(dir, false)
 }
 
 /// A name for a container given none: the target's file stem and a number that is free.
-fn generated_name(target: &str) -> String {
+fn generated_name(root: &Path, target: &str) -> String {
     let stem: String = Path::new(target.split(['#', ':', '@']).next().unwrap_or(target))
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -228,7 +265,7 @@ fn generated_name(target: &str) -> String {
     };
     (1..)
         .map(|n| format!("{stem}-{n}"))
-        .find(|name| !state_dir().join(name).exists())
+        .find(|name| !root.join(name).exists())
         .expect("a free name")
 }
 
@@ -237,8 +274,10 @@ fn generated_name(target: &str) -> String {
 pub fn supervise(dir: &Path) -> Result<u8> {
     use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
     let config: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    let me = std::process::id();
+    let start = start_time(me as i32).context("cannot read this process's start time")?;
     let mut signals = SigSet::empty();
-    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+    for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
         signals.add(signal);
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)?;
@@ -251,6 +290,7 @@ pub fn supervise(dir: &Path) -> Result<u8> {
         });
     }
     let mut child = run.spawn()?;
+    std::fs::write(dir.join("supervisor"), format!("{me} {start}\n"))?;
     let pid = Pid::from_raw(child.id() as i32);
     let status = loop {
         match signals.wait()? {
@@ -274,6 +314,16 @@ pub fn supervise(dir: &Path) -> Result<u8> {
     Ok(0)
 }
 
+/// The signals a supervisor passes on to its run (any other ends it, as for any process).
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
 /// List the containers `run -d` started.
 #[derive(Args)]
 pub struct PsArgs {
@@ -287,12 +337,15 @@ pub struct PsArgs {
 
 pub fn ps(args: PsArgs) -> Result<()> {
     let mut containers = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(state_dir()) {
+    if let Ok(entries) = std::fs::read_dir(state_root()?) {
         for entry in entries.flatten() {
             let container = Container { dir: entry.path() };
             let Ok(config) = container.config() else {
                 continue;
             };
+            if checked_name(&config.name).is_err() {
+                continue;
+            }
             let status = container.status();
             if args.all || matches!(status, Status::Running) {
                 containers.push((config, status));
@@ -313,11 +366,10 @@ pub fn ps(args: PsArgs) -> Result<()> {
             Status::Exited(code) => format!("Exited ({code})"),
             Status::Gone => "Exited (unknown)".to_owned(),
         };
-        println!(
-            "{:<24} {status:<16} wasmcell {}",
-            config.name,
-            config.command.join(" ")
-        );
+        let command: Vec<&str> = std::iter::once(config.target.as_str())
+            .chain(config.args.iter().map(String::as_str))
+            .collect();
+        println!("{:<24} {status:<16} {}", config.name, command.join(" "));
     }
     Ok(())
 }
@@ -381,20 +433,37 @@ fn stop_one(container: &Container, grace: Duration) -> Result<()> {
     let Some(supervisor) = container.supervisor() else {
         return Ok(());
     };
-    let _ = kill(supervisor, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while container.supervisor().is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if container.supervisor().is_some() {
-        // The session: the supervisor and the run under it.
-        let _ = kill(Pid::from_raw(-supervisor.as_raw()), Signal::SIGKILL);
+    let signal = |target: Pid, signal: Signal| match kill(target, signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot signal the container's processes: {e}"
+        )),
+    };
+    signal(supervisor, Signal::SIGTERM)?;
+    let ended = |within: Duration| {
+        let deadline = Instant::now() + within;
         while container.supervisor().is_some() {
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if !container.dir.join("exit").exists() {
-            std::fs::write(container.dir.join("exit"), "137\n")?;
+        true
+    };
+    if ended(grace) {
+        return Ok(());
+    }
+    // The session: the supervisor and the run under it.
+    signal(Pid::from_raw(-supervisor.as_raw()), Signal::SIGKILL)?;
+    if !ended(Duration::from_secs(10)) {
+        bail!("the container's processes did not end after SIGKILL");
+    }
+    match container.config()?.remove {
+        true => std::fs::remove_dir_all(&container.dir)?,
+        false if !container.dir.join("exit").exists() => {
+            std::fs::write(container.dir.join("exit"), "137\n")?
         }
+        false => {}
     }
     Ok(())
 }

@@ -17,12 +17,14 @@ pub fn env_file(file: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("--env-file {}: cannot read it", file.display()))?;
     let mut vars = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     for (number, line) in text.lines().enumerate() {
         let line = line.trim_start();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if line.starts_with('=') || line.split('=').next().is_some_and(|k| k.contains(' ')) {
+        let key = line.split('=').next().unwrap_or_default();
+        if line.starts_with('=') || key.contains(char::is_whitespace) {
             bail!(
                 "--env-file {} line {}: `{line}` is not KEY=VALUE (a name holds no spaces)",
                 file.display(),
@@ -34,29 +36,34 @@ pub fn env_file(file: &Path) -> Result<Vec<String>> {
     Ok(vars)
 }
 
-/// `--memory SIZE`, as Docker reads it: bytes, or a number with `b`, `k`, `m` or `g` (powers
-/// of 1024, either case); at least 6 MiB, Docker's own floor.
+/// `--memory SIZE`, as Docker reads it: bytes, or a number with a unit `k`, `m`, `g`, `t` or
+/// `p` (powers of 1024, either case, optionally followed by `i` and `b`: `512m`, `1.5GiB`);
+/// at least 6 MiB, Docker's own floor.
 pub fn memory(size: &str) -> Result<u64> {
     let bad = || {
-        anyhow::anyhow!("--memory {size}: expected a size such as 512m or 1g (b, k, m, g; 1024s)")
+        anyhow::anyhow!(
+            "--memory {size}: expected a size such as 512m or 1g (b, k, m, g, t; 1024s)"
+        )
     };
     let lower = size.trim().to_ascii_lowercase();
-    let (number, unit) = match lower.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => lower.split_at(at),
-        None => (lower.as_str(), "b"),
-    };
-    let shift = match unit.trim_end_matches('b') {
+    let at = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(at);
+    let unit = unit.trim_start();
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let shift = match unit {
         "" => 0,
         "k" => 10,
         "m" => 20,
         "g" => 30,
+        "t" => 40,
+        "p" => 50,
         _ => return Err(bad()),
     };
-    if unit.len() > 2 || (unit.len() == 2 && !unit.ends_with('b')) {
-        return Err(bad());
-    }
     let number: f64 = number.parse().map_err(|_| bad())?;
-    let bytes = number * f64::from(1u32 << shift);
+    let bytes = number * (1u64 << shift) as f64;
     if !bytes.is_finite() || bytes > u64::MAX as f64 {
         return Err(bad());
     }
@@ -95,9 +102,22 @@ pub fn workdir(dir: &str) -> Result<String> {
 
 /// `--dir`/`-v`/`--volume`: `HOST[:GUEST][:ro]`, or wasmtime's `HOST::GUEST`.
 pub fn dir(dir: &str) -> Result<Preopen> {
-    let (rest, access) = match dir.strip_suffix(":ro") {
-        Some(rest) => (rest, Access::ReadOnly),
-        None => (dir.strip_suffix(":rw").unwrap_or(dir), Access::ReadWrite),
+    // Docker's options after the guest path: `ro`/`rw`, and SELinux's `z`/`Z`, which mean
+    // nothing here (comma-separated).
+    let (rest, access) = match dir.rsplit_once(':') {
+        Some((rest, options))
+            if !options.is_empty()
+                && options
+                    .split(',')
+                    .all(|o| matches!(o, "ro" | "rw" | "z" | "Z")) =>
+        {
+            let access = match options.split(',').any(|o| o == "ro") {
+                true => Access::ReadOnly,
+                false => Access::ReadWrite,
+            };
+            (rest, access)
+        }
+        _ => (dir, Access::ReadWrite),
     };
     // wasmtime's own form, `HOST::GUEST`, first: split at the first `:`, it would mount at
     // `:GUEST`.
@@ -183,6 +203,10 @@ mod tests {
         assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadOnly));
         let p = dir(&format!("{t}:/data:rw")).unwrap();
         assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadWrite));
+        let p = dir(&format!("{t}:/data:ro,z")).unwrap();
+        assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadOnly));
+        let p = dir(&format!("{t}:/data:Z")).unwrap();
+        assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadWrite));
         // wasmtime's form.
         let p = dir(&format!("{t}::/data")).unwrap();
         assert_eq!((p.guest.as_str(), p.access), ("/data", Access::ReadWrite));
@@ -214,7 +238,10 @@ mod tests {
         assert_eq!(memory("1.5g").unwrap(), 3 << 29);
         assert_eq!(memory("8192kb").unwrap(), 8 << 20);
         assert_eq!(memory("10485760").unwrap(), 10 << 20);
-        for bad in ["", "m", "12x", "1mm", "-5m", "1e400g"] {
+        assert_eq!(memory("512MiB").unwrap(), 512 << 20);
+        assert_eq!(memory("1 g").unwrap(), 1 << 30);
+        assert_eq!(memory("1t").unwrap(), 1 << 40);
+        for bad in ["", "m", "12x", "1mm", "1bb", "-5m", "1e400g", "1ib"] {
             assert!(memory(bad).is_err(), "{bad}");
         }
         assert!(
@@ -249,6 +276,10 @@ mod tests {
         );
         std::fs::write(&file, "A B=1\n").unwrap();
         assert!(env_file(&file).unwrap_err().to_string().contains("line 1"));
+        std::fs::write(&file, "\u{feff}A=1\n").unwrap();
+        assert_eq!(env_file(&file).unwrap(), ["A=1"]);
+        std::fs::write(&file, "A\tB=1\n").unwrap();
+        assert!(env_file(&file).is_err());
         assert!(env_file(&tmp.path().join("none")).is_err());
     }
 

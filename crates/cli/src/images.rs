@@ -69,7 +69,7 @@ pub fn push(args: PushArgs) -> Result<()> {
         // its file name.
         (None, true) => own_name(path).with_context(|| {
             format!(
-                "{} names no image to push to: give one, `wasmcell push {} REGISTRY/NAME:TAG`",
+                "{} names no registry to push to (Docker Hub is never pushed to unasked): give the reference, `wasmcell push {} REGISTRY/NAME:TAG`",
                 args.source, args.source
             )
         })?,
@@ -104,7 +104,7 @@ pub fn push(args: PushArgs) -> Result<()> {
 }
 
 /// The name an archive or layout gives its one image (containerd's and Docker's annotation),
-/// when it gives a full one: `[REGISTRY/]REPOSITORY[:TAG]` with a registry.
+/// when it names a registry other than Docker Hub's: one a build named for where it goes.
 fn own_name(path: &Path) -> Option<String> {
     let index = match path.is_dir() {
         true => Layout::open(path).ok()?.index().ok()?,
@@ -115,7 +115,9 @@ fn own_name(path: &Path) -> Option<String> {
     };
     let annotations = entry.annotations().as_ref()?;
     let name = annotations.get(IMAGE_NAME_ANNOTATION)?;
-    (!crate::names::is_short(name)).then(|| name.clone())
+    let registry = parse_reference(name).ok()?.resolve_registry().to_owned();
+    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&registry.as_str());
+    (!crate::names::is_short(name) && !hub).then(|| name.clone())
 }
 
 fn not_found(reference: &str, cause: impl std::fmt::Display) -> RegistryError {
@@ -186,8 +188,7 @@ pub fn pull_into_store(
     if parsed.whole() != name {
         // Kept under its familiar name alone (`myapp:latest`, not
         // `docker.io/library/myapp:latest`), as `docker images` shows it.
-        store.tag(&name, descriptor.clone())?;
-        store.remove(&parsed.whole())?;
+        store.rename(&parsed.whole(), &name)?;
     }
     Ok(descriptor)
 }
@@ -227,7 +228,10 @@ pub fn images(args: ImagesArgs) -> Result<()> {
     for entry in store.index()?.manifests() {
         let name = ref_name(entry).unwrap_or("<none>");
         if args.quiet {
-            println!("{name}");
+            // What `rmi` takes: an image with no name has nothing to give it.
+            if ref_name(entry).is_some() {
+                println!("{name}");
+            }
             continue;
         }
         let (platform, format, size) =
@@ -241,9 +245,11 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             );
             continue;
         }
-        // Docker's split: the tag after the last `:` that is not part of the registry's port.
-        let (repository, tag) = match name.rsplit_once(':') {
-            Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+        // Docker's split: a digest after `@`, else the tag after the last `:` that is not
+        // the registry's port.
+        let (repository, tag) = match (name.split_once('@'), name.rsplit_once(':')) {
+            (Some((repository, _)), _) => (repository, ""),
+            (None, Some((repository, tag))) if !tag.contains('/') => (repository, tag),
             _ => (name, ""),
         };
         let line = serde_json::json!({

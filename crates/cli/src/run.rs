@@ -142,12 +142,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let _habits = (args.rm, args.interactive);
-    if args.detach && std::env::var_os(crate::containers::DETACHED_ENV).is_none() {
-        // What can be checked at once is, as `docker run -d` fails at once on a missing image.
-        target_kind(&args.target)?;
-        crate::containers::detach(args.name.as_deref(), &args.target, args.rm)?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let limits = Limits {
         memory: args.memory.as_deref().map(flags::memory).transpose()?,
         cpu: args.cpus.as_deref().map(flags::cpus).transpose()?,
@@ -159,12 +153,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     env_flags.extend(args.env.iter().cloned());
     let env_flags = flags::env_flags(&env_flags)?;
-    let engine = crate::compile::engine(args.cache_dir.clone(), args.compile, &args.target)?;
     let mut preopens = args
         .dirs
         .iter()
         .map(|dir| flags::dir(dir))
         .collect::<Result<Vec<_>>>()?;
+    let addr = listen_addr(args.publish.as_deref())?;
+    let target = target_kind(&args.target)?;
+    if args.detach && std::env::var_os(crate::containers::DETACHED_ENV).is_none() {
+        // What can be checked is, before detaching, as `docker run -d` fails at once on a bad
+        // flag, a missing image (pulled here when the policy says so) or a taken port.
+        if let Target::Image(reference) = &target {
+            stored_image(reference, args.pull, &args.registry)?;
+        }
+        if args.publish.is_some() {
+            port_free(addr, "-p/--publish [IP:]PORT:8080")?;
+        }
+        crate::containers::detach(args.name.as_deref(), &args.target, &args.args, args.rm)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let engine = crate::compile::engine(args.cache_dir.clone(), args.compile, &args.target)?;
     let stdio = Stdio {
         stdin: Input::Inherit,
         stdout: Output::Inherit,
@@ -183,11 +191,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         },
         Network::None => NameFiles::default(),
     };
-    let addr = listen_addr(args.publish.as_deref())?;
-
     // Kept alive until the guest is done: the unpacked image rootfs.
     let mut rootfs_dir = None;
-    let target = target_kind(&args.target)?;
     let spec = match target {
         Target::Wasm { path, function } => {
             let mut argv = vec![file_name(&path)];

@@ -498,6 +498,15 @@ impl Image {
         }
         layout.tag(&self.reference, self.root.clone())
     }
+
+    /// Stores the image in `layout` under `name` (the local store's short form of its
+    /// reference), its blobs as [`Image::store`] writes them.
+    pub fn store_as(&self, layout: &Layout, name: &str) -> Result<(), LayoutError> {
+        for blob in &self.blobs {
+            layout.write_blob(&blob.bytes)?;
+        }
+        layout.tag(name, self.root.clone())
+    }
 }
 
 /// The image's only layer: the binary at the root, executable, then the included directories.

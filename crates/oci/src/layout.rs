@@ -231,6 +231,28 @@ impl Layout {
         self.save(&index)
     }
 
+    /// Renames what `from` names to `to` (replacing what `to` named), collecting nothing: a
+    /// pull in progress beside it keeps its blobs.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), LayoutError> {
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d) != Some(to))
+            .cloned()
+            .collect();
+        for descriptor in &mut manifests {
+            if ref_name(descriptor) == Some(from) {
+                let mut annotations = descriptor.annotations().clone().unwrap_or_default();
+                annotations.insert(REF_NAME.to_owned(), to.to_owned());
+                descriptor.set_annotations(Some(annotations));
+            }
+        }
+        index.set_manifests(manifests);
+        self.save(&index)
+    }
+
     /// Removes the name `reference`, then every blob no name reaches. Returns the removed
     /// descriptor and the digests of the removed blobs, or `None` if nothing had that name.
     pub fn remove(

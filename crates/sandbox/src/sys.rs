@@ -601,7 +601,14 @@ fn enter_own_root(setup: &Setup) -> Result<(), IsolationError> {
         }
     }
     let bundle = trust_bundle();
-    if let Some(bundle) = bundle.as_deref().filter(|path| path.is_absolute())
+    // Absolute and without `..`: it is made in the new root by name, and must land there.
+    let plain = |path: &&Path| {
+        path.is_absolute()
+            && path
+                .components()
+                .all(|c| !matches!(c, std::path::Component::ParentDir))
+    };
+    if let Some(bundle) = bundle.as_deref().filter(plain)
         && let Ok(fd) = open_path(bundle)
         // A regular file only: whatever the variable names, no device or directory is shown.
         && nix::sys::stat::fstat(fd.as_raw_fd())

@@ -297,13 +297,10 @@ fn detached_runs_are_listed_logged_stopped_and_removed_as_dockers() -> Result<()
         let ps = wc(&["ps", "-a"])?.success()?;
         Ok(ps.stdout.lines().find_map(|line| {
             let mut columns = line.split_whitespace();
-            (columns.next() == Some(name)).then(|| {
-                let rest: Vec<&str> = columns.collect();
-                rest[..rest
-                    .iter()
-                    .position(|c| *c == "wasmcell")
-                    .unwrap_or(rest.len())]
-                    .join(" ")
+            (columns.next() == Some(name)).then(|| match columns.next() {
+                // `Exited (N)` is two columns.
+                Some("Exited") => format!("Exited {}", columns.next().unwrap_or_default()),
+                other => other.unwrap_or_default().to_owned(),
             })
         }))
     };
@@ -376,6 +373,15 @@ fn detached_runs_are_listed_logged_stopped_and_removed_as_dockers() -> Result<()
     assert_eq!(wc(&["ps", "-a", "-q"])?.success()?.stdout, "");
     let bad = wc(&["run", "-d", "--name", "../x", path(&guest("hello.wasm"))])?;
     assert!(bad.stderr.contains("invalid container name"), "{bad:?}");
+    // What can be checked fails before detaching, leaving no container, as with docker.
+    for args in [
+        &["run", "-d", "--memory", "4m", path(&guest("hello.wasm"))][..],
+        &["run", "-d", "nosuchimage:1"][..],
+    ] {
+        let refused = wc(args)?;
+        assert_eq!(refused.code, Some(125), "{args:?}: {refused:?}");
+    }
+    assert_eq!(wc(&["ps", "-a", "-q"])?.success()?.stdout, "");
     // State behind a link someone planted is not written through.
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir(&elsewhere)?;

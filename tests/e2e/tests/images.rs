@@ -731,15 +731,27 @@ fn names_scripting_and_registry_errors_speak_dockers_language() -> Result<()> {
     let built = wc(&["build", hello, "-t", "myapp", "-o", archive])?.success()?;
     for line in [
         "  ctr images import --all-platforms ",
-        "  ctr run --rm --runtime io.containerd.wasmtime.v1 myapp:latest myapp\n",
+        "  ctr run --rm --runtime io.containerd.wasmtime.v1 docker.io/library/myapp:latest myapp\n",
         "  docker run --rm --runtime=io.containerd.wasmtime.v1 --platform=wasi/wasm myapp:latest\n",
     ] {
         assert!(built.stdout.contains(line), "{line}: {built:?}");
     }
+    // The lines it printed run it: containerd keeps the name whole, as it keeps every name.
+    let containerd = Containerd::start()?;
+    containerd.import(Path::new(archive))?;
+    let ran = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wasmtime.v1",
+        "docker.io/library/myapp:latest",
+        "myapp",
+    ])?;
+    assert_eq!(ran.stdout, "Hello from Wasm!\n", "{ran:?}");
     let unnamed = wc(&["push", archive])?;
     assert_eq!(unnamed.code, Some(125), "{unnamed:?}");
     assert!(
-        unnamed.stderr.contains("names no image to push to")
+        unnamed.stderr.contains("names no registry to push to")
             && unnamed.stderr.contains("wasmcell push"),
         "{unnamed:?}"
     );

@@ -109,12 +109,17 @@ pub(super) async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, 
         .map_err(Error::Other)?;
     let (connection, pool) = match connect(&pool).await {
         Ok(connection) => (connection, pool),
-        // `preferred` and a server without TLS: plain TCP, for this address from now on.
+        // `preferred` and a server without TLS: this connection in plain TCP, from a pool of
+        // its own (the next one asks for TLS again).
         Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
             if tls == Tls::Preferred =>
         {
-            let plain = Pool::new(OptsBuilder::from_opts(opts).ssl_opts(None));
-            host.mysql.replace(address, plain.clone());
+            let plain = host
+                .mysql
+                .get(&format!("{address}#plain"), || {
+                    Ok(Pool::new(OptsBuilder::from_opts(opts).ssl_opts(None)))
+                })
+                .map_err(Error::Other)?;
             (connect(&plain).await.map_err(connect_error)?, plain)
         }
         Err(e) => return Err(connect_error(e)),
@@ -153,8 +158,8 @@ fn connect_error(e: mysql_async::Error) -> Error {
     Error::ConnectionFailed(message)
 }
 
-/// What an address asks of TLS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What an address asks of TLS, weakest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Tls {
     /// Plain TCP.
     Off,
@@ -167,7 +172,7 @@ enum Tls {
 /// mysql_async's options for `address` (TCP only) and what it asks of TLS.
 fn options(address: &str) -> Result<(Opts, Tls), String> {
     let mut url = url::Url::parse(address).map_err(|e| format!("invalid MySQL address: {e}"))?;
-    let mut ssl_mode = None;
+    let mut ssl_modes = Vec::new();
     // mysql_async does not know `ssl-mode`, and its own TLS parameters (`verify_ca=false`...)
     // could turn the certificate check off: both are taken out of what it reads.
     let kept: Vec<(String, String)> = url
@@ -175,7 +180,7 @@ fn options(address: &str) -> Result<(Opts, Tls), String> {
         .filter(|(key, value)| {
             let ssl = key.eq_ignore_ascii_case("ssl-mode") || key.eq_ignore_ascii_case("sslmode");
             if ssl {
-                ssl_mode = Some(value.to_ascii_lowercase());
+                ssl_modes.push(value.to_ascii_lowercase());
             }
             !ssl && !matches!(&**key, "verify_ca" | "verify_identity" | "built_in_roots")
         })
@@ -189,18 +194,25 @@ fn options(address: &str) -> Result<(Opts, Tls), String> {
     if opts.socket().is_some() {
         return Err("Unix sockets are not supported: give a host name or address".to_owned());
     }
-    let tls = match ssl_mode.as_deref() {
-        None if opts.ssl_opts().is_some() => Tls::Required,
-        None | Some("disabled") => Tls::Off,
-        Some("preferred") => Tls::Preferred,
-        Some("required" | "verify_ca" | "verify_identity") => Tls::Required,
-        Some(other) => {
-            return Err(format!(
-                "ssl-mode={other} is not a MySQL ssl-mode: use disabled, preferred, required, \
-                 verify_ca or verify_identity"
-            ));
-        }
+    // Whatever else the address says, the strictest of what it asks holds: `require_ssl=true`
+    // beside `ssl-mode=disabled`, or two `ssl-mode`s, never mean plain TCP.
+    let mut tls = match opts.ssl_opts() {
+        Some(_) => Tls::Required,
+        None => Tls::Off,
     };
+    for mode in ssl_modes {
+        tls = tls.max(match mode.as_str() {
+            "disabled" => Tls::Off,
+            "preferred" => Tls::Preferred,
+            "required" | "verify_ca" | "verify_identity" => Tls::Required,
+            other => {
+                return Err(format!(
+                    "ssl-mode={other} is not a MySQL ssl-mode: use disabled, preferred, required, \
+                     verify_ca or verify_identity"
+                ));
+            }
+        });
+    }
     let ssl = (tls != Tls::Off).then(|| {
         let node = super::trust::node_roots().iter();
         SslOpts::default().with_root_certs(node.map(|c| c.to_vec().into()).collect())
@@ -511,6 +523,15 @@ mod tests {
             assert!(!ssl.accept_invalid_certs(), "{required}");
             assert!(!ssl.skip_domain_validation(), "{required}");
             assert!(!ssl.disable_built_in_roots(), "{required}");
+        }
+        // The strictest of what an address asks holds.
+        for conflicting in [
+            "ssl-mode=disabled&require_ssl=true",
+            "ssl-mode=preferred&ssl-mode=required",
+            "ssl-mode=required&ssl-mode=disabled",
+        ] {
+            let (tls, _) = tls(&format!("mysql://spin@db/x?{conflicting}")).unwrap();
+            assert_eq!(tls, Tls::Required, "{conflicting}");
         }
         let refused = tls("mysql://spin@db/x?ssl-mode=sometimes").unwrap_err();
         assert!(

@@ -70,19 +70,6 @@ impl<P: Clone> Pools<P> {
         pools.push((address.to_owned(), pool.clone()));
         Ok(pool)
     }
-
-    /// Makes `pool` the pool for `address` (a connection found it must be made otherwise).
-    pub(crate) fn replace(&self, address: &str, pool: P) {
-        let mut pools = self
-            .pools
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pools.retain(|(a, _)| a != address);
-        if pools.len() == POOLS {
-            pools.remove(0);
-        }
-        pools.push((address.to_owned(), pool));
-    }
 }
 
 #[cfg(test)]

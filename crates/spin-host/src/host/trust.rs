@@ -11,8 +11,10 @@ use std::sync::OnceLock;
 
 use rustls::pki_types::CertificateDer;
 
-/// The node's CA certificates, read once per process (a few milliseconds, on the first
-/// connection that asks for TLS, not at start).
+/// The node's CA certificates that rustls can use as roots, read once per process (a few
+/// milliseconds, on the first connection that asks for TLS, not at start). One it cannot use
+/// is passed over, as OpenSSL passes over one it cannot parse: a client that adds roots one by
+/// one (mysql_async) would otherwise fail every connection on it.
 pub(crate) fn node_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
@@ -20,12 +22,15 @@ pub(crate) fn node_roots() -> &'static [CertificateDer<'static>] {
         for error in &found.errors {
             tracing::debug!("the node's trust store: {error}");
         }
-        found.certs
+        found
+            .certs
+            .into_iter()
+            .filter(|cert| rustls::RootCertStore::empty().add(cert.clone()).is_ok())
+            .collect()
     })
 }
 
-/// Mozilla's roots and the node's, in one store (a node certificate rustls cannot use is
-/// passed over, as OpenSSL passes over one it cannot parse).
+/// Mozilla's roots and the node's, in one store.
 pub(crate) fn roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
