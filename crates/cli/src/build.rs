@@ -252,17 +252,21 @@ fn next_steps(args: &BuildArgs, platform: &str, workload: Workload) -> String {
     // ctr takes names as containerd keeps them, whole; docker and wasmcell take the short form.
     let whole = parse_reference(tag).map_or_else(|_| tag.clone(), |r| r.whole());
     let (wasmcell, runtime, publish) = match workload {
-        Workload::Command => (format!("wasmcell run {tag}"), "wasmtime", ""),
+        Workload::Command => (
+            format!("wasmcell run {tag}"),
+            "io.containerd.wasmtime.v1",
+            "",
+        ),
         Workload::Server => (
             format!("wasmcell run -p 8080:8080 {tag}"),
-            "wasmtime",
+            "io.containerd.wasmtime.v1",
             "-p 8080:8080 ",
         ),
-        Workload::SpinApp => (format!("wasmcell up {tag}"), "spin", "-p 8080:80 "),
-    };
-    let runtime = match workload {
-        Workload::SpinApp => format!("io.containerd.{runtime}.v2"),
-        _ => format!("io.containerd.{runtime}.v1"),
+        Workload::SpinApp => (
+            format!("wasmcell up {tag}"),
+            "io.containerd.spin.v2",
+            "-p 8080:80 ",
+        ),
     };
     let mut steps = format!("run it:\n  {wasmcell}\n");
     let image_format = matches!(args.format, FormatArg::Image);

@@ -36,38 +36,14 @@ pub fn env_file(file: &Path) -> Result<Vec<String>> {
     Ok(vars)
 }
 
-/// `--memory SIZE`, as Docker reads it: bytes, or a number with a unit `k`, `m`, `g`, `t` or
-/// `p` (powers of 1024, either case, optionally followed by `i` and `b`: `512m`, `1.5GiB`);
-/// at least 6 MiB, Docker's own floor.
+/// `--memory SIZE`, as Docker reads it ([`wasmcell_engine::parse_memory_size`]: `512m`,
+/// `1.5GiB`); at least 6 MiB, Docker's own floor.
 pub fn memory(size: &str) -> Result<u64> {
-    let bad = || {
+    let bytes = wasmcell_engine::parse_memory_size(size).map_err(|_| {
         anyhow::anyhow!(
             "--memory {size}: expected a size such as 512m or 1g (b, k, m, g, t; 1024s)"
         )
-    };
-    let lower = size.trim().to_ascii_lowercase();
-    let at = lower
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(at);
-    let unit = unit.trim_start();
-    let unit = unit.strip_suffix('b').unwrap_or(unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let shift = match unit {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        _ => return Err(bad()),
-    };
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let bytes = number * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(bad());
-    }
-    let bytes = bytes as u64;
+    })?;
     if bytes < 6 << 20 {
         bail!("--memory {size}: the minimum is 6m, as with Docker");
     }

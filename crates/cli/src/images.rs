@@ -117,7 +117,7 @@ fn own_name(path: &Path) -> Option<String> {
     let name = annotations.get(IMAGE_NAME_ANNOTATION)?;
     let registry = parse_reference(name).ok()?.resolve_registry().to_owned();
     let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&registry.as_str());
-    (!crate::names::is_short(name) && !hub).then(|| name.clone())
+    (!hub).then(|| name.clone())
 }
 
 fn not_found(reference: &str, cause: impl std::fmt::Display) -> RegistryError {

@@ -141,7 +141,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             "-t/--tty: a Wasm guest has no terminal to attach (WASI has none). Leave -t out: the guest's stdin, stdout and stderr are this shell's already"
         );
     }
-    let _habits = (args.rm, args.interactive);
+    // `-i` asks for what a run always does: the guest reads this process's stdin.
+    let _ = args.interactive;
     let limits = Limits {
         memory: args.memory.as_deref().map(flags::memory).transpose()?,
         cpu: args.cpus.as_deref().map(flags::cpus).transpose()?,

@@ -23,7 +23,7 @@ pub use wasmcell_runtime::Usage;
 pub use wasmcell_runtime::binary::serves_http;
 pub use wasmcell_runtime::cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
-    parse_size,
+    parse_memory_size, parse_size,
 };
 pub use wasmcell_runtime::codegen::{Codegen, CompilePolicy};
 pub use wasmcell_runtime::http::open_pagemap;

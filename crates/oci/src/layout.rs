@@ -214,41 +214,44 @@ impl Layout {
     }
 
     /// Names `descriptor` (whose blobs are stored) `reference`, replacing what it named.
-    pub fn tag(&self, reference: &str, mut descriptor: Descriptor) -> Result<(), LayoutError> {
+    pub fn tag(&self, reference: &str, descriptor: Descriptor) -> Result<(), LayoutError> {
         let _lock = self.lock()?;
-        let mut index = self.index()?;
-        let mut annotations = descriptor.annotations().clone().unwrap_or_default();
-        annotations.insert(REF_NAME.to_owned(), reference.to_owned());
-        descriptor.set_annotations(Some(annotations));
-        let mut manifests: Vec<_> = index
-            .manifests()
-            .iter()
-            .filter(|d| ref_name(d) != Some(reference))
-            .cloned()
-            .collect();
-        manifests.push(descriptor);
-        index.set_manifests(manifests);
-        self.save(&index)
+        self.save_named(self.index()?, reference, descriptor, None)
     }
 
     /// Renames what `from` names to `to` (replacing what `to` named), collecting nothing: a
     /// pull in progress beside it keeps its blobs.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), LayoutError> {
         let _lock = self.lock()?;
-        let mut index = self.index()?;
-        let mut manifests: Vec<Descriptor> = index
+        let index = self.index()?;
+        let named = index.manifests().iter().find(|d| ref_name(d) == Some(from));
+        match named.cloned() {
+            Some(descriptor) => self.save_named(index, to, descriptor, Some(from)),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves `index` with `descriptor` named `reference`, in place of what had that name (and
+    /// of the entry named `replaced`). The caller holds the lock.
+    fn save_named(
+        &self,
+        mut index: ImageIndex,
+        reference: &str,
+        mut descriptor: Descriptor,
+        replaced: Option<&str>,
+    ) -> Result<(), LayoutError> {
+        let mut annotations = descriptor.annotations().clone().unwrap_or_default();
+        annotations.insert(REF_NAME.to_owned(), reference.to_owned());
+        descriptor.set_annotations(Some(annotations));
+        let mut manifests: Vec<_> = index
             .manifests()
             .iter()
-            .filter(|d| ref_name(d) != Some(to))
+            .filter(|d| {
+                ref_name(d) != Some(reference) && (replaced.is_none() || ref_name(d) != replaced)
+            })
             .cloned()
             .collect();
-        for descriptor in &mut manifests {
-            if ref_name(descriptor) == Some(from) {
-                let mut annotations = descriptor.annotations().clone().unwrap_or_default();
-                annotations.insert(REF_NAME.to_owned(), to.to_owned());
-                descriptor.set_annotations(Some(annotations));
-            }
-        }
+        manifests.push(descriptor);
         index.set_manifests(manifests);
         self.save(&index)
     }

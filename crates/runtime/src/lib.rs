@@ -32,7 +32,7 @@ pub mod wasi;
 
 pub use cache::{
     CachedEntry, CompileCache, DEFAULT_MAX_SIZE, InUse, MAX_SIZE_ENV, Prune, Pruned, SizeError,
-    parse_size,
+    parse_memory_size, parse_size,
 };
 pub use controls::Controls;
 pub use error::{Error, error_chain};

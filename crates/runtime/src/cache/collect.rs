@@ -27,15 +27,29 @@ pub const MAX_SIZE_ENV: &str = "WASMCELL_CACHE_MAX_SIZE";
 pub struct SizeError(String);
 
 /// Parses a size: bytes (`1048576`), or a whole number with a binary suffix `K`, `M`, `G` or `T`,
-/// optionally followed by `i` and/or `B` (`512M`, `2GiB`, `64kb`), as `docker --memory` reads them.
+/// optionally followed by `i` and/or `B` (`512M`, `2GiB`, `64kb`).
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
-    let invalid = || SizeError(text.to_owned());
+    size(text, false).ok_or_else(|| SizeError(text.to_owned()))
+}
+
+/// Parses a memory size as `docker run --memory` reads it: what [`parse_size`] takes, and also
+/// a fraction (`1.5g`), a space before the unit (`1 g`) and `P`.
+pub fn parse_memory_size(text: &str) -> Result<u64, SizeError> {
+    size(text, true).ok_or_else(|| SizeError(text.to_owned()))
+}
+
+/// A number and a binary unit (see [`parse_size`]); with `docker`, Docker's wider forms.
+fn size(text: &str, docker: bool) -> Option<u64> {
     let lower = text.trim().to_ascii_lowercase();
-    let (digits, unit) = lower.split_at(
+    let (number, unit) = lower.split_at(
         lower
-            .find(|c: char| !c.is_ascii_digit())
+            .find(|c: char| !(c.is_ascii_digit() || (docker && c == '.')))
             .unwrap_or(lower.len()),
     );
+    let unit = match docker {
+        true => unit.strip_prefix(' ').unwrap_or(unit),
+        false => unit,
+    };
     let prefix = unit
         .strip_suffix("ib")
         .or_else(|| unit.strip_suffix('b'))
@@ -46,10 +60,17 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         "m" => 20,
         "g" => 30,
         "t" => 40,
-        _ => return Err(invalid()),
+        "p" if docker => 50,
+        _ => return None,
     };
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    number.checked_mul(1 << shift).ok_or_else(invalid)
+    if !number.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    if !number.contains('.') {
+        return number.parse::<u64>().ok()?.checked_mul(1 << shift);
+    }
+    let bytes = number.parse::<f64>().ok()? * (1u64 << shift) as f64;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// What to evict (see [`CompileCache::prune`]).

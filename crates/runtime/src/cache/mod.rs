@@ -43,7 +43,9 @@ use crate::error::Error;
 use crate::functions::FunctionCache;
 use crate::precompile::CompileBounds;
 
-pub use collect::{DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Prune, Pruned, SizeError, parse_size};
+pub use collect::{
+    DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Prune, Pruned, SizeError, parse_memory_size, parse_size,
+};
 pub use entry::InUse;
 use entry::{EntryLock, checksum_of, discard, flock, hold_if_sound, persist, stage};
 

@@ -105,7 +105,7 @@ pub(super) async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, 
     let admitted = host.mysql.admit().await.map_err(Error::ConnectionFailed)?;
     let pool = host
         .mysql
-        .get(address, || Ok(Pool::new(opts.clone())))
+        .get(address, || Ok(Pool::new(trusting(opts.clone()))))
         .map_err(Error::Other)?;
     let (connection, pool) = match connect(&pool).await {
         Ok(connection) => (connection, pool),
@@ -129,6 +129,16 @@ pub(super) async fn open(host: &SpinHost, address: &str) -> Result<MysqlHandle, 
         pool,
         _admitted: admitted,
     })
+}
+
+/// `opts` with the node's CA roots beside the built-in ones, when they ask for TLS.
+fn trusting(opts: Opts) -> Opts {
+    let Some(ssl) = opts.ssl_opts().cloned() else {
+        return opts;
+    };
+    let node = super::trust::node_roots().iter();
+    let ssl = ssl.with_root_certs(node.map(|c| c.to_vec().into()).collect());
+    OptsBuilder::from_opts(opts).ssl_opts(ssl).into()
 }
 
 /// A connection from `pool`, within [`WAIT`].
@@ -213,10 +223,8 @@ fn options(address: &str) -> Result<(Opts, Tls), String> {
             }
         });
     }
-    let ssl = (tls != Tls::Off).then(|| {
-        let node = super::trust::node_roots().iter();
-        SslOpts::default().with_root_certs(node.map(|c| c.to_vec().into()).collect())
-    });
+    // The node's roots are added when a pool is made (see `trusting`), not on every open.
+    let ssl = (tls != Tls::Off).then(SslOpts::default);
     let constraints = PoolConstraints::new(0, CONNECTIONS).expect("0 <= the maximum");
     // The packet size and idle timeout are set here, not read from the server: a value the
     // server sends back is otherwise trusted (a huge packet size lets one row take all memory).
