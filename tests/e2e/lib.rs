@@ -272,7 +272,7 @@ pub fn assert_serves_hello_http(base: &str) -> Result<()> {
         first.status == 200
             && first
                 .body
-                .starts_with("counter=42 bss=clean heap=clean pages="),
+                .starts_with("counter=42 bss=clean heap=clean scattered=clean pages="),
         "GET /state: {first:?}"
     );
     for _ in 0..4 {
