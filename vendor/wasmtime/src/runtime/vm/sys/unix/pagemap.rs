@@ -170,9 +170,11 @@ impl PageMap {
 /// Putting this all together this helps explain the search criteria for
 /// `PAGEMAP_SCAN`, notably:
 ///
-/// * `Categories::PRESENT` - we're only interested in present pages, anything
-///   unmapped wasn't touched by the guest so no need for the host to touch it
-///   either.
+/// * `Categories::PRESENT` or `Categories::SWAPPED` - we're only interested in
+///   pages that are mapped, anything unmapped wasn't touched by the guest so no
+///   need for the host to touch it either. A written page may be swapped out,
+///   or be migrating (which the kernel also reports as swapped): it is reset
+///   like a present one, which faults it back in first.
 ///
 /// * `Categories::WRITTEN` - if a page was only read by the guest no need to
 ///   take a look at it as the contents aren't changed from the initial image.
@@ -299,13 +301,16 @@ pub unsafe fn reset_with_pagemap(
         // backed by files. Such pages mean that they haven't changed from their
         // original contents, so they're inverted.
         .category_inverted(Categories::PFNZERO | Categories::FILE)
-        // Search for pages that are written and present as those are the dirty
-        // pages. Additionally search for the zero page/file page as those are
+        // Search for pages that are written as those are the dirty pages.
+        // Additionally search for the zero page/file page as those are
         // inverted above meaning we're searching for pages that specifically
         // don't have those flags.
-        .category_mask(
-            Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
-        )
+        .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
+        // A written page is present, or swapped out, or being migrated (the
+        // kernel reports the last two as swapped). Left out, those would be
+        // neither reset nor decommitted, and the next instance would read
+        // them back as the last one left them.
+        .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
         // Don't return any categories back. This helps group regions together
         // since the reported set of categories is always empty and we otherwise
         // aren't looking for anything in particular.
@@ -353,7 +358,13 @@ pub unsafe fn reset_with_pagemap(
             bytes_resident += region.len();
             pages_left = pages_left.saturating_sub(region.len() / host_page_size);
         }
-        scanned_to = result.walk_end().addr();
+        // The kernel moves on past what it reported; were it ever not to, the
+        // rest is decommitted below rather than scanned again.
+        let walk_end = result.walk_end().addr();
+        if walk_end <= scanned_to || walk_end > end {
+            break;
+        }
+        scanned_to = walk_end;
 
         // Short of a full buffer, the scan stopped at the end of memory or at
         // `max_pages`: either way it is done.
@@ -487,7 +498,6 @@ mod ioctl {
         ///
         /// For more detail see the `pagemap_scan_is_interesting_page` function
         /// in the Linux kernel source.
-        #[expect(dead_code, reason = "bindings for the future if we need them")]
         pub fn category_anyof_mask(&mut self, flags: Categories) -> &mut PageMapScanBuilder {
             self.pm_scan_arg.category_anyof_mask = flags;
             self
