@@ -74,9 +74,11 @@ const HEAP: usize = 4 << 20;
 /// (vendor/README.md), so this is its reset past the first 32.
 const SCATTERED: usize = 40;
 const WORDS_PER_RUN: usize = 8192 / 8;
+/// Every word of [`SCATTERED_DATA`] at the start.
+const SCATTERED_INITIAL: u64 = 0x5157_a7e5_5157_a7e5;
 /// In the data segment: reset means the image's contents copied back.
 static SCATTERED_DATA: [AtomicU64; SCATTERED * WORDS_PER_RUN] =
-    [const { AtomicU64::new(0x5157_a7e5_5157_a7e5) }; SCATTERED * WORDS_PER_RUN];
+    [const { AtomicU64::new(SCATTERED_INITIAL) }; SCATTERED * WORDS_PER_RUN];
 /// Zero-initialised: reset means zeroes.
 static SCATTERED_BSS: [AtomicU64; SCATTERED * WORDS_PER_RUN] =
     [const { AtomicU64::new(0) }; SCATTERED * WORDS_PER_RUN];
@@ -90,10 +92,10 @@ fn state() -> String {
     let bss = MARKS
         .iter()
         .all(|mark| mark.swap(0xabab, Ordering::Relaxed) == 0);
-    let initial = SCATTERED_DATA[1].load(Ordering::Relaxed);
     let scattered = (0..SCATTERED).all(|run| {
         let word = run * WORDS_PER_RUN;
-        let data = SCATTERED_DATA[word].swap(!initial, Ordering::Relaxed) == initial;
+        let data =
+            SCATTERED_DATA[word].swap(!SCATTERED_INITIAL, Ordering::Relaxed) == SCATTERED_INITIAL;
         let bss = SCATTERED_BSS[word].swap(0xabab, Ordering::Relaxed) == 0;
         data & bss
     });
